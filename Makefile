@@ -1,0 +1,50 @@
+# make run    set up everything and run the pipeline in the foreground (Ctrl-C stops it all)
+# make test   set up everything, run the whole test suite, leave nothing running
+# make up | status | down   the same stack, detached
+SHELL := /bin/bash
+VENV := .venv
+PY311 := $(shell command -v python3.11 || command -v python3)
+export STACK_APPS := $(CURDIR)/services.conf
+
+.PHONY: run test up status down venv lint unit clean
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@$(PY311) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+	  || { echo "Python 3.11 is required (found: $(PY311))" >&2; exit 1; }
+	@test -x $(VENV)/bin/python || $(PY311) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -r requirements.lock
+	$(VENV)/bin/python -m pip install -q --no-deps -e .
+	@touch $@
+
+venv: $(VENV)/.installed
+
+up: venv
+	stack/stack.sh up
+
+status:
+	@stack/stack.sh status
+
+down:
+	stack/stack.sh down
+
+run: venv
+	stack/stack.sh run
+
+# Brings the stack up if it is not, runs every test, and takes down what it started.
+test: venv
+	@started=0; stack/stack.sh status >/dev/null 2>&1 || started=1; \
+	stack/stack.sh up || { [ $$started = 1 ] && stack/stack.sh down; exit 1; }; \
+	$(VENV)/bin/pytest; rc=$$?; \
+	[ $$started = 1 ] && stack/stack.sh down; \
+	exit $$rc
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean: down
+	rm -rf .stack

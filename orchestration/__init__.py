@@ -1,0 +1,1 @@
+"""Dagster orchestration of the review pipeline: depends on `streaming/`, never the reverse."""

