@@ -1,4 +1,4 @@
-"""The single entry point Dagster loads (workspace.yaml, `dagster dev -m orchestration.definitions`)."""
+"""The single entry point Dagster loads (workspace.yaml, `dagster dev -m ...definitions`)."""
 
 import dagster as dg
 
