@@ -15,12 +15,11 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-from confluent_kafka.serialization import MessageField, SerializationContext
 
 from streaming.admin import SCHEMAS_DIR, load_topic_specs
 from streaming.config import Settings
+from streaming.serde import AvroEncoder, Registry, decode, local_schema
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,23 +71,26 @@ def _consume_all(settings: Settings, topic: str, isolation: str, expect: int) ->
 
 
 def test_avro_round_trip_through_registry(settings, registry, temp_topic):
-    schema_str = (SCHEMAS_DIR / "review.avsc").read_text()
-    serializer = AvroSerializer(registry, schema_str)
-    ctx = SerializationContext(temp_topic, MessageField.VALUE)
-    value = serializer(REVIEW, ctx)
+    codec_registry = Registry(settings.schema_registry_url)
+    encoder = AvroEncoder(codec_registry, f"{temp_topic}-value", "review.avsc")
+    value = encoder.encode(REVIEW)
     assert value[0] == 0  # Confluent wire format: magic byte, then the 4-byte schema id
     schema_id = int.from_bytes(value[1:5], "big")
+    assert schema_id == encoder.schema_id
     assert json.loads(registry.get_schema(schema_id).schema_str)["name"] == "Review"
 
     producer = Producer(settings.kafka_config())
     producer.produce(temp_topic, key=str(REVIEW["id"]).encode(), value=value)
     assert producer.flush(30) == 0
     (msg,) = _consume_all(settings, temp_topic, "read_committed", 1)
-    decoded = AvroDeserializer(registry)(msg.value(), ctx)
+    # a fresh Registry: the writer schema really comes from the registry, not a local cache
+    fresh = Registry(settings.schema_registry_url)
+    decoded = decode(fresh, msg.value(), local_schema("review.avsc"))
     assert decoded["id"] == REVIEW["id"]
     assert decoded["content"] == REVIEW["content"]
     assert decoded["course"] == REVIEW["course"]
     assert msg.key() == b"6225498"
+    registry.delete_subject(f"{temp_topic}-value", permanent=False)
 
 
 def test_aborted_transaction_is_invisible_to_read_committed(settings, temp_topic):
