@@ -9,7 +9,8 @@ received rather than a re-encoding.
 
 The model is pluggable: callers read the `FRAUD_MODEL` environment variable, a dotted path
 "package.module:factory_or_class" (empty or unset = `HashFraudModel`), and pass it to
-`load_model`.
+`load_model`. The stream worker hands a model whole batches of canonical Review bodies, packed
+(`review_bytes.pack`), so a byte-level model runs compiled over the batch.
 """
 
 import importlib
@@ -17,8 +18,8 @@ import io
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 from fastavro import schemaless_writer
-from murmurhash2 import murmurhash2
 
 from streaming.core.avro_codec import (
     SINGLE_OBJECT_MAGIC,
@@ -26,12 +27,10 @@ from streaming.core.avro_codec import (
     schema_fingerprint_le,
     schemas_dir,
 )
+from streaming.core.review_bytes import hash_buckets, pack
 
 FRAUD_MODEL_ENV = "FRAUD_MODEL"
 """Environment variable callers pass to `load_model` to pick the fraud model."""
-
-KAFKA_MURMUR2_SEED = 0x9747B28C
-"""Seed of Kafka's `Utils.murmur2`, used by its default partitioner and by the original app."""
 
 FRAUD_PERCENT = 5
 """Share of hash buckets (out of 100) that the default rule calls fraud."""
@@ -39,27 +38,19 @@ FRAUD_PERCENT = 5
 REVIEW_SCHEMA_FILE = "review.avsc"
 
 
-def murmur2(data: bytes) -> int:
-    """Kafka's `Utils.murmur2`: a signed 32-bit int, as Java returns it."""
-    h = murmurhash2(data, KAFKA_MURMUR2_SEED)
-    return h - 0x1_0000_0000 if h & 0x8000_0000 else h
-
-
-def to_positive(x: int) -> int:
-    """Kafka's `Utils.toPositive`: clear the sign bit (not abs, so MIN_VALUE maps to 0)."""
-    return x & 0x7FFF_FFFF
-
-
 @runtime_checkable
 class FraudModel(Protocol):
     """What the fraud filter needs from a model.
 
-    `is_fraud_body` gets the raw Avro body (the bytes after the Confluent header) so that
-    byte-level models skip decoding; `is_fraud` gets the decoded Review for models that look
-    at fields.
+    `is_fraud_batch` gets a packed batch of canonical Review Avro bodies (the bytes after the
+    Confluent header: `buf`, and each body's `starts`/`ends` in it) and returns one bool per
+    body, so byte-level models skip decoding and per-record Python calls; `is_fraud` gets one
+    decoded Review, for models that look at fields and for the batch side.
     """
 
-    def is_fraud_body(self, body: bytes) -> bool: ...
+    def is_fraud_batch(
+        self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray
+    ) -> np.ndarray: ...
 
     def is_fraud(self, review: dict[str, Any]) -> bool: ...
 
@@ -76,15 +67,15 @@ class HashFraudModel:
         path = schema_path if schema_path is not None else schemas_dir() / REVIEW_SCHEMA_FILE
         self.schema = load_schema(path)
         self.prefix = SINGLE_OBJECT_MAGIC + schema_fingerprint_le(self.schema)
+        self._prefix_array = np.frombuffer(self.prefix, dtype=np.uint8)
+
+    def is_fraud_batch(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Verdicts on a packed batch: murmur2 of prefix + body, compiled, no concatenation."""
+        return hash_buckets(self._prefix_array, buf, starts, ends, 100) < FRAUD_PERCENT
 
     def is_fraud_body(self, body: bytes) -> bool:
-        """Verdict on an Avro binary body (hot path: `to_positive` inlined).
-
-        murmurhash2 returns the hash unsigned; masking the sign bit gives the same value as
-        Kafka's toPositive of the signed int.
-        """
-        h = murmurhash2(self.prefix + body, KAFKA_MURMUR2_SEED)
-        return (h & 0x7FFF_FFFF) % 100 < FRAUD_PERCENT
+        """Verdict on one Avro binary body (the batch path, for one record)."""
+        return bool(self.is_fraud_batch(*pack([body]))[0])
 
     def is_fraud(self, review: dict[str, Any]) -> bool:
         """Verdict on a decoded Review, by encoding it with the model's schema."""
@@ -126,6 +117,7 @@ def load_model(spec: str | None) -> FraudModel:
     if not isinstance(model, FraudModel):
         raise ValueError(
             f"bad {FRAUD_MODEL_ENV} spec {spec!r}: {attr_path!r} returned "
-            f"{type(model).__name__}, which lacks is_fraud_body(body) and is_fraud(review)"
+            f"{type(model).__name__}, which lacks is_fraud_batch(buf, starts, ends) and "
+            "is_fraud(review)"
         )
     return model

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastavro import schemaless_writer
 from fastavro.schema import fingerprint, parse_schema
@@ -27,13 +28,8 @@ from streaming.core.avro_codec import (
     single_object_encoding,
     split_confluent,
 )
-from streaming.core.fraud import (
-    FraudModel,
-    HashFraudModel,
-    load_model,
-    murmur2,
-    to_positive,
-)
+from streaming.core.fraud import FraudModel, HashFraudModel, load_model
+from streaming.core.review_bytes import REVIEW_LAYOUT, check_bodies, murmur2, pack, to_positive
 
 REVIEW_AVSC = Path(__file__).resolve().parents[2] / "schemas" / "review.avsc"
 
@@ -185,6 +181,62 @@ def test_murmur2_matches_kafka_utils_test(data: bytes, expected: int) -> None:
     assert murmur2(data) == expected
 
 
+def reference_murmur2(data: bytes) -> int:
+    """Kafka's Utils.murmur2 transcribed line by line in plain Python (slow, obviously right)."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    h = (0x9747B28C ^ len(data)) & mask
+    for i in range(len(data) // 4):
+        k = int.from_bytes(data[i * 4 : i * 4 + 4], "little")
+        k = (k * m) & mask
+        k ^= k >> 24
+        k = (k * m) & mask
+        h = ((h * m) & mask) ^ k
+    tail = len(data) & ~3
+    rest = len(data) % 4
+    if rest == 3:
+        h ^= data[tail + 2] << 16
+    if rest >= 2:
+        h ^= data[tail + 1] << 8
+    if rest >= 1:
+        h ^= data[tail]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x8000_0000 else h
+
+
+@pytest.mark.parametrize(("data", "expected"), KAFKA_MURMUR2_CASES)
+def test_reference_murmur2_matches_kafka_utils_test(data: bytes, expected: int) -> None:
+    assert reference_murmur2(data) == expected
+
+
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=20), st.binary(max_size=12))
+def test_batch_hash_equals_scalar_reference(bodies: list[bytes], prefix: bytes) -> None:
+    from streaming.core.review_bytes import hash_buckets
+
+    prefix_array = np.frombuffer(prefix, dtype=np.uint8)
+    got = hash_buckets(prefix_array, *pack(bodies), 100)
+    assert [int(x) for x in got] == [
+        to_positive(reference_murmur2(prefix + body)) % 100 for body in bodies
+    ]
+    assert [murmur2(prefix + b) for b in bodies] == [reference_murmur2(prefix + b) for b in bodies]
+
+
+def test_check_bodies_accepts_whole_records_only(review_schema: Any) -> None:
+    bodies = [encode(review_schema, r) for r in generated_reviews(300, seed=3)]
+    assert check_bodies(*pack(bodies), REVIEW_LAYOUT).all()
+    broken = [
+        bodies[0][:-1],  # truncated inside the last string
+        bodies[1][:3],  # truncated inside the header fields
+        bodies[2] + b"\x00",  # a trailing byte
+        b"",  # nothing at all
+        bodies[3][:1] + b"\x06" + bodies[3][2:],  # union branch 3 does not exist
+        b"\x02\x00\x00\x01",  # a negative string length
+    ]
+    assert not check_bodies(*pack(broken), REVIEW_LAYOUT).any()
+
+
 def test_to_positive_clears_only_the_sign_bit() -> None:
     assert to_positive(-(2**31)) == 0
     assert to_positive(-1) == 0x7FFF_FFFF
@@ -257,7 +309,7 @@ def test_is_fraud_body_is_the_documented_rule(model: HashFraudModel, review_sche
     fp = schema_fingerprint_le(review_schema)
     for review in generated_reviews(500, seed=7):
         body = encode(review_schema, review)
-        expected = to_positive(murmur2(single_object_encoding(body, fp))) % 100 < 5
+        expected = to_positive(reference_murmur2(single_object_encoding(body, fp))) % 100 < 5
         assert model.is_fraud_body(body) is expected
 
 
@@ -314,8 +366,8 @@ def test_schemas_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 class EveryFifthId:
     """A field-based test model: fraud iff the review id is a multiple of 5."""
 
-    def is_fraud_body(self, body: bytes) -> bool:
-        return False
+    def is_fraud_batch(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        return np.zeros(len(starts), dtype=bool)
 
     def is_fraud(self, review: dict[str, Any]) -> bool:
         return review["id"] % 5 == 0
@@ -369,7 +421,7 @@ def test_load_builtin_model_by_dotted_path(monkeypatch: pytest.MonkeyPatch) -> N
         (f"{__name__}:Missing", "has no 'Missing'"),
         (f"{__name__}:Models.missing", "has no 'Models.missing'"),
         (f"{__name__}:NOT_CALLABLE", "is not callable"),
-        (f"{__name__}:NotAModel", "lacks is_fraud_body"),
+        (f"{__name__}:NotAModel", "lacks is_fraud_batch"),
     ],
 )
 def test_bad_spec_raises_clear_value_error(spec: str, reason: str) -> None:

@@ -1,0 +1,163 @@
+"""Byte-level work over batches of Review Avro bodies, compiled to machine code with numba.
+
+The fraud filter must check and hash ~100k records/s in one Python process. Decoding a record
+with fastavro costs ~10 µs and a pure-Python walk of its bytes ~4 µs; here a batch is packed once
+into one buffer (`pack`) and both the structural check and Kafka's murmur2 run compiled, at a few
+tens of nanoseconds a record. `murmur2` is also the scalar entry point: one implementation of
+Kafka's hash for the whole project, tested against Kafka's own vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+
+KAFKA_MURMUR2_SEED = 0x9747B28C
+"""Seed of Kafka's `Utils.murmur2` (its default partitioner and the original fraud app)."""
+
+_M = 0x5BD1E995
+_MASK32 = 0xFFFFFFFF
+
+# Field layout of the canonical Review body (schemas/review.avsc), in order:
+# L = long (zig-zag varint), S = string (varint length + bytes), U = union [null, string].
+_LONG, _STRING, _OPTIONAL_STRING = 0, 1, 2
+REVIEW_LAYOUT = np.array(
+    [
+        _LONG,  # id
+        _OPTIONAL_STRING,  # title
+        _OPTIONAL_STRING,  # content
+        _STRING,  # rating
+        _LONG,  # created
+        _LONG,  # modified
+        _STRING,  # user.title
+        _STRING,  # user.name
+        _STRING,  # user.display_name
+        _LONG,  # course.id
+        _STRING,  # course.title
+        _STRING,  # course.url
+    ],
+    dtype=np.int8,
+)
+
+
+def pack(bodies: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One contiguous buffer for a batch, plus each body's [start, end) offsets into it."""
+    lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    buf = np.frombuffer(b"".join(bodies), dtype=np.uint8)
+    return buf, starts, ends
+
+
+@numba.njit(cache=True, nogil=True)
+def _murmur2_parts(prefix: np.ndarray, buf: np.ndarray, start: int, end: int) -> int:
+    """Kafka's murmur2 over prefix + buf[start:end], without building the concatenation.
+
+    All arithmetic is uint64 masked to 32 bits (numba would turn int64/uint64 mixes into floats).
+    """
+    m = np.uint64(_M)
+    mask = np.uint64(_MASK32)
+    plen = prefix.shape[0]
+    length = plen + (end - start)
+    h = (np.uint64(KAFKA_MURMUR2_SEED) ^ np.uint64(length)) & mask
+    for i in range(length // 4):
+        k = np.uint64(0)
+        for j in range(4):
+            pos = i * 4 + j
+            byte = prefix[pos] if pos < plen else buf[start + pos - plen]
+            k |= np.uint64(byte) << np.uint64(8 * j)
+        k = (k * m) & mask
+        k ^= k >> np.uint64(24)
+        k = (k * m) & mask
+        h = (h * m) & mask
+        h ^= k
+    rem = length % 4
+    if rem > 0:
+        tail = length - rem
+        for j in range(rem - 1, -1, -1):
+            pos = tail + j
+            byte = prefix[pos] if pos < plen else buf[start + pos - plen]
+            h ^= np.uint64(byte) << np.uint64(8 * j)
+        h = (h * m) & mask
+    h ^= h >> np.uint64(13)
+    h = (h * m) & mask
+    h ^= h >> np.uint64(15)
+    return h
+
+
+_EMPTY = np.zeros(0, dtype=np.uint8)
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's `Utils.murmur2` as the signed 32-bit int Java returns."""
+    h = _murmur2_parts(_EMPTY, np.frombuffer(data, dtype=np.uint8), 0, len(data))
+    return h - 0x1_0000_0000 if h & 0x8000_0000 else h
+
+
+def to_positive(x: int) -> int:
+    """Kafka's `Utils.toPositive`: clear the sign bit (not abs, so MIN_VALUE maps to 0)."""
+    return x & 0x7FFF_FFFF
+
+
+@numba.njit(cache=True, nogil=True)
+def hash_buckets(
+    prefix: np.ndarray, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, buckets: int
+) -> np.ndarray:
+    """to_positive(murmur2(prefix + body)) % buckets for every body of a packed batch."""
+    out = np.empty(starts.shape[0], dtype=np.int32)
+    for i in range(starts.shape[0]):
+        h = _murmur2_parts(prefix, buf, starts[i], ends[i]) & np.uint64(0x7FFFFFFF)
+        out[i] = h % np.uint64(buckets)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _read_varint(buf: np.ndarray, pos: int, end: int) -> tuple[int, int, bool]:
+    """Zig-zag varint at pos: (value, next position, ok). Not ok if it runs past end."""
+    acc = 0
+    shift = 0
+    while pos < end and shift < 64:
+        byte = buf[pos]
+        pos += 1
+        acc |= (np.int64(byte) & 0x7F) << shift
+        if byte < 0x80:
+            return (acc >> 1) ^ -(acc & 1), pos, True
+        shift += 7
+    return 0, pos, False
+
+
+@numba.njit(cache=True, nogil=True)
+def check_bodies(
+    buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, layout: np.ndarray
+) -> np.ndarray:
+    """True where a body is exactly one well-formed record of `layout` (no short or extra bytes).
+
+    Catches truncated bodies, bad union branches and negative or overlong string lengths: what
+    makes a record unreadable. It does not validate UTF-8 inside strings.
+    """
+    ok = np.ones(starts.shape[0], dtype=np.bool_)
+    for i in range(starts.shape[0]):
+        pos = starts[i]
+        end = ends[i]
+        for kind in layout:
+            if kind == 2:  # [null, string]: branch index 0 or 1
+                branch, pos, good = _read_varint(buf, pos, end)
+                if not good or branch < 0 or branch > 1:
+                    ok[i] = False
+                    break
+                if branch == 0:
+                    continue
+            value, pos, good = _read_varint(buf, pos, end)
+            if not good:
+                ok[i] = False
+                break
+            if kind != 0:  # a string: skip its bytes
+                if value < 0 or value > end - pos:
+                    ok[i] = False
+                    break
+                pos += value
+        if ok[i] and pos != end:
+            ok[i] = False
+    return ok

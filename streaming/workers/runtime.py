@@ -1,0 +1,162 @@
+"""What every stream worker needs around its loop: JSON logs, metrics, a health endpoint, signals.
+
+A supervisor (Dagster's sensors here, Kubernetes probes elsewhere) reads `GET /health` for
+liveness and progress: records in/out per topic, dead letters, consumer lag, last commit time.
+It answers 503 when the loop has not turned for `stall_after_s`, so a wedged worker shows as
+unhealthy even though its process is alive.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: what log shippers parse without a grok pattern."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str | None = None) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level or os.environ.get("LOG_LEVEL", "INFO"), handlers=[handler])
+    for noisy in ("httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def log_event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log a message with structured fields (they become top-level JSON keys)."""
+    logger.log(level, msg, extra={"fields": fields})
+
+
+@dataclass
+class WorkerMetrics:
+    """Counters the loop updates and the health endpoint reads (GIL-atomic updates suffice)."""
+
+    worker: str
+    instance: str
+    started_at: float = field(default_factory=time.time)
+    records_in: int = 0
+    records_out: Counter[str] = field(default_factory=Counter)
+    dead_letters: int = 0
+    transactions: int = 0
+    last_commit_time: float | None = None
+    last_loop_time: float = field(default_factory=time.monotonic)
+    consumer_lag: int | None = None
+    assigned: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def snapshot(self, stall_after_s: float) -> dict[str, Any]:
+        stalled = time.monotonic() - self.last_loop_time > stall_after_s
+        return {
+            "worker": self.worker,
+            "instance": self.instance,
+            "pid": os.getpid(),
+            "status": "stalled" if stalled else "ok",
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "records_in": self.records_in,
+            "records_out": dict(self.records_out),
+            "dead_letters": self.dead_letters,
+            "transactions": self.transactions,
+            "last_commit_time": self.last_commit_time,
+            "consumer_lag": self.consumer_lag,
+            "assigned_partitions": list(self.assigned),
+            **self.extra,
+        }
+
+    def on_stats(self, stats_json: str) -> None:
+        """librdkafka statistics callback: total consumer lag over assigned partitions."""
+        stats = json.loads(stats_json)
+        lag = 0
+        for topic in stats.get("topics", {}).values():
+            for pid, part in topic.get("partitions", {}).items():
+                if pid != "-1" and part.get("fetch_state") == "active":
+                    lag += max(part.get("consumer_lag", 0), 0)
+        self.consumer_lag = lag
+
+
+class HealthServer:
+    """`GET /health` (200 ok / 503 stalled) with the metrics snapshot as JSON, in a thread."""
+
+    def __init__(self, metrics: WorkerMetrics, port: int, stall_after_s: float = 30.0) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") not in ("/health", ""):
+                    self.send_error(404, "try /health")
+                    return
+                body = outer.metrics.snapshot(outer.stall_after_s)
+                data = json.dumps(body).encode()
+                self.send_response(200 if body["status"] == "ok" else 503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return  # health polls are not worth a log line each
+
+        self.metrics = metrics
+        self.stall_after_s = stall_after_s
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT so the loop finishes its transaction and exits cleanly."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self._stop.set()
+
+    def __bool__(self) -> bool:
+        return self._stop.is_set()
+
+    def set(self) -> None:
+        self._stop.set()
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
