@@ -15,7 +15,7 @@ Environment (defaults): KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL (see stream
 WORKER_INSTANCE [0], FRAUD_GROUP_ID [fraud-filter], FRAUD_INPUT_TOPIC [udemy-reviews],
 FRAUD_VALID_TOPIC [udemy-reviews-valid], FRAUD_FRAUD_TOPIC [udemy-reviews-fraud],
 DEAD_LETTER_TOPIC [reviews-dead-letter], COMMIT_EVERY_RECORDS [20000], COMMIT_INTERVAL_MS [100],
-HEALTH_PORT [8091; 0 picks a free port], FRAUD_MODEL [the hash rule].
+HEALTH_PORT [8091; 0 picks a free port], SESSION_TIMEOUT_MS [10000], FRAUD_MODEL [the hash rule].
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class FraudFilterConfig:
     commit_interval_ms: int = 100
     health_port: int = 8091
     batch_size: int = 5_000
+    session_timeout_ms: int = 10_000
 
     @classmethod
     def from_env(cls) -> FraudFilterConfig:
@@ -71,6 +72,7 @@ class FraudFilterConfig:
             commit_every_records=env_int("COMMIT_EVERY_RECORDS", d.commit_every_records),
             commit_interval_ms=env_int("COMMIT_INTERVAL_MS", d.commit_interval_ms),
             health_port=env_int("HEALTH_PORT", d.health_port),
+            session_timeout_ms=env_int("SESSION_TIMEOUT_MS", d.session_timeout_ms),
         )
 
     @property
@@ -106,6 +108,10 @@ class FraudFilter:
             settings.kafka_config(
                 **{
                     "group.id": config.group_id,
+                    # static membership: a restarted instance gets its partitions back at once
+                    # instead of the group waiting out the dead member's session
+                    "group.instance.id": config.transactional_id,
+                    "session.timeout.ms": config.session_timeout_ms,
                     "enable.auto.commit": False,
                     "isolation.level": "read_committed",
                     "auto.offset.reset": "earliest",
@@ -210,13 +216,18 @@ class FraudFilter:
         self.in_txn = 0
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.metrics.assigned = [f"{p.topic}[{p.partition}]" for p in consumer.assignment()]
+        self.metrics.assigned += [f"{p.topic}[{p.partition}]" for p in partitions]
         log_event(log, "assigned", partitions=self.metrics.assigned)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        gone = {f"{p.topic}[{p.partition}]" for p in partitions}
+        self.metrics.assigned = [a for a in self.metrics.assigned if a not in gone]
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Commit what was processed for these partitions before another member takes them."""
         if self.in_txn:
             self.commit()
+        self._forget(partitions)
         log_event(log, "revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
