@@ -161,3 +161,72 @@ def check_bodies(
         if ok[i] and pos != end:
             ok[i] = False
     return ok
+
+
+@numba.njit(cache=True, nogil=True)
+def _rating_halves(buf: np.ndarray, pos: int, length: int) -> int:
+    """Halves of a rating written as "D.0" or "D.5" (0.5 .. 5.0); -1 for any other spelling."""
+    if length != 3 or buf[pos + 1] != 46:  # '.'
+        return -1
+    whole = np.int64(buf[pos]) - 48
+    frac = buf[pos + 2]
+    if whole < 0 or whole > 5 or (frac != 48 and frac != 53):  # '0' / '5'
+        return -1
+    halves = whole * 2 + (1 if frac == 53 else 0)
+    return halves if 1 <= halves <= 10 else -1
+
+
+@numba.njit(cache=True, nogil=True)
+def extract_fields(
+    buf: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the aggregator needs from each canonical Review body, without decoding it.
+
+    Returns (longs, spans, ok): longs[i] = (id, created, modified, course.id, halves) with
+    halves -1 when the rating is not spelled "D.0"/"D.5"; spans[i] = (start, end) of the rating
+    and of the course title in `buf`; ok[i] False for a body that is not one whole Review.
+    """
+    n = starts.shape[0]
+    longs = np.zeros((n, 5), dtype=np.int64)
+    spans = np.zeros((n, 4), dtype=np.int64)
+    ok = np.ones(n, dtype=np.bool_)
+    for i in range(n):
+        pos = starts[i]
+        end = ends[i]
+        good = True
+        for f in range(REVIEW_LAYOUT.shape[0]):
+            kind = REVIEW_LAYOUT[f]
+            if kind == 2:
+                branch, pos, good = _read_varint(buf, pos, end)
+                if not good or branch < 0 or branch > 1:
+                    good = False
+                    break
+                if branch == 0:
+                    continue
+            value, pos, good = _read_varint(buf, pos, end)
+            if not good:
+                break
+            if kind == 0:
+                if f == 0:
+                    longs[i, 0] = value
+                elif f == 4:
+                    longs[i, 1] = value
+                elif f == 5:
+                    longs[i, 2] = value
+                else:
+                    longs[i, 3] = value
+            else:
+                if value < 0 or value > end - pos:
+                    good = False
+                    break
+                if f == 3:
+                    spans[i, 0] = pos
+                    spans[i, 1] = pos + value
+                elif f == 10:
+                    spans[i, 2] = pos
+                    spans[i, 3] = pos + value
+                pos += value
+        ok[i] = good and pos == end
+        if ok[i]:
+            longs[i, 4] = _rating_halves(buf, spans[i, 0], spans[i, 1] - spans[i, 0])
+    return longs, spans, ok

@@ -160,3 +160,26 @@ def env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def serve(worker: Any, health_port: int) -> int:
+    """Run a worker with its health endpoint; exit code 1 on a fatal Kafka error (restart me)."""
+    from confluent_kafka import KafkaException
+
+    setup_logging()
+    log = logging.getLogger(worker.name)
+    health = HealthServer(worker.metrics, health_port).start()
+    log_event(log, "health endpoint", url=f"http://127.0.0.1:{health.port}/health")
+    try:
+        worker.run()
+    except KafkaException as exc:
+        log_event(
+            log,
+            "fatal Kafka error, exiting for the supervisor to restart",
+            logging.ERROR,
+            error=str(exc.args[0]),
+        )
+        return 1
+    finally:
+        health.stop()
+    return 0
