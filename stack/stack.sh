@@ -317,7 +317,7 @@ cmd_up() {
   say "stack up in $((SECONDS - t0)) s; addresses in $STACK_DIR/env"
 }
 
-line() { printf '%-10s %-9s %s\n' "$1" "$2" "$3"; }
+line() { printf '%-13s %-8s %s\n' "$1" "$2" "$3"; }
 
 cmd_status() {
   local bad=0 name url _cmd

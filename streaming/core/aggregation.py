@@ -63,28 +63,39 @@ class PartitionState:
         self.reviews: dict[int, ReviewVersion] = {}
         self.aggregates = Aggregates(as_of_day)
 
-    def apply(self, records: Iterable[bytes]) -> tuple[set[int], dict[int, bytes]]:
+    def apply(
+        self, records: Iterable[bytes | None]
+    ) -> tuple[set[int], dict[int, bytes], dict[int, str]]:
         """Apply packed versions in arrival order.
 
         Returns (ids of courses whose statistics records changed, {review id: packed record}
-        for every review whose current version changed: the changelog entries to write).
+        for every review whose current version changed: the changelog entries to write,
+        {index: reason} of records that could not be read and were skipped).
         """
         changed: set[int] = set()
         changelog: dict[int, bytes] = {}
+        errors: dict[int, str] = {}
         reviews = self.reviews
-        for data in records:
-            review_id, incoming, title = unpack_version(data)
+        for i, data in enumerate(records):
+            try:
+                if data is None:
+                    raise RecordFormatError("null value")
+                review_id, incoming, title = unpack_version(data)
+            except (RecordFormatError, UnicodeDecodeError) as exc:
+                errors[i] = f"aggregator record: {exc}"
+                continue
             stored = reviews.get(review_id)
             current, courses = apply_version(self.aggregates, stored, incoming, title)
             if current is incoming:
                 reviews[review_id] = incoming
                 changelog[review_id] = data
             changed.update(courses)
-        return changed, changelog
+        return changed, changelog, errors
 
-    def restore(self, records: Iterable[bytes]) -> None:
-        """Rebuild from changelog records (current versions, in changelog order)."""
-        self.apply(records)
+    def restore(self, records: Iterable[bytes | None]) -> int:
+        """Rebuild from changelog records (current versions, in changelog order); returns how
+        many records could not be read (a changelog is written only by the aggregator)."""
+        return len(self.apply(records)[2])
 
     def advance(self, as_of_day: int) -> list[int]:
         """Move the recent window; every course's recent record changes (its window moved)."""

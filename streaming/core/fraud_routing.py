@@ -90,7 +90,7 @@ def route(
             framed.append(v)
         else:
             try:
-                framed.append(_HOLE + _reencode(v, last_writer.parsed, review_schema))
+                framed.append(_HOLE + reencode(v, last_writer.parsed, review_schema))
             except Exception as exc:  # any decode/resolution failure is the record's fault
                 sid = int.from_bytes(head, "big")
                 reasons[i] = f"cannot read with writer schema {sid} as Review: {exc}"
@@ -108,7 +108,7 @@ def route(
     return codes, reasons
 
 
-def _reencode(value: bytes, writer: Any, review_schema: Any) -> bytes:
+def reencode(value: bytes, writer: Any, review_schema: Any) -> bytes:
     """Decode with the writer schema into the Review schema, then encode canonically."""
     bio = io.BytesIO(value[HEADER:])
     record: dict[str, Any] = schemaless_reader(bio, writer, review_schema)

@@ -111,11 +111,8 @@ class Catalogue:
         if course_id not in self._positions:
             raise KeyError(f"course {course_id} is not in the catalogue")
         stored = review_to_json(review)
-        position, review_id, created_ms = (
-            self._positions[course_id],
-            review["id"],
-            review["created"],
-        )
+        position = self._positions[course_id]
+        review_id, created_ms = review["id"], review["created"]
         with self._lock:
             current = self._locate(review_id)
             if current is not None:

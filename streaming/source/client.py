@@ -6,11 +6,13 @@ looped forever when the count was an exact multiple of the page size. Pages are 
 number (the absolute `next` URL only says whether more exist), so up to `concurrency` pages are
 fetched ahead on a thread pool over one pooled `httpx.Client`.
 
-Pages are newest first, so reviews created during a walk push older ones onto later pages: the
-walk drops repeats by (id, modified), and when the main pass ends it walks from page 1 again for
-the reviews created since it began (a catch-up pass that stops at the first review it already
-knew). Edits of reviews the walk has passed are not seen; the next walk (or `POST /reviews`)
-carries them.
+Pages are newest first, so reviews created during a walk push older ones onto later pages. The
+walk drops repeats by (id, modified); a page fetched ahead whose `count` shows that reviews
+arrived after the page before it was fetched is fetched again, so nothing slips between pages;
+and when the main pass ends, one catch-up pass from page 1 collects the reviews created since
+the walk began (it stops at the review that was newest then). Edits of reviews the walk has
+passed, and reviews back-dated into pages already walked, are not seen: the next walk (or
+`POST /reviews`) carries them.
 
 Requests are retried with exponential backoff and jitter on transport errors and 5xx, wait as
 long as `Retry-After` says on 429, and raise `SourceError` for other 4xx. A `Checkpoint` keeps a
@@ -45,6 +47,9 @@ DEFAULT_REVIEW_FIELDS = "title,content,rating,created,modified,user_modified,use
 MAX_PAGE_SIZE = 100
 
 Review = dict[str, Any]
+
+_RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+"""Transport failures worth retrying (a wrong URL scheme or proxy setting is not one)."""
 
 
 class SourceError(Exception):
@@ -107,9 +112,9 @@ class Checkpoint:
     """Per-course walk progress in `directory/course-<id>.json`, written atomically.
 
     The file records the page size, pages done and the page to resume at, so a restarted
-    backfill refetches at most the page it was on. Resuming can hand over reviews again (pages
-    shift as reviews arrive); downstream keys versions by (id, modified), so repeats are
-    harmless.
+    backfill refetches at most the page it was on. A resumed walk hands some reviews over again
+    (pages shift as reviews arrive, and its catch-up pass has not seen the first pages);
+    downstream keys versions by (id, modified), so repeats are harmless.
     """
 
     def __init__(self, directory: str | Path) -> None:
@@ -223,7 +228,7 @@ class UdemyClient:
         while True:
             try:
                 response = self._http.send(request)
-            except httpx.TransportError as exc:
+            except _RETRYABLE_ERRORS as exc:
                 failures += 1
                 if failures >= self.retry.attempts:
                     detail = f"{type(exc).__name__}: {exc} (after {failures} attempts)"
@@ -288,7 +293,10 @@ class UdemyClient:
 
         Up to `concurrency` pages are in flight while the caller processes the current one.
         After the main pass, catch-up pages (numbered from 1 again, `state` unchanged) bring
-        the reviews created during the walk.
+        the reviews created during the walk (and new versions of reviews near the top): the
+        walk returns every review that existed when it began or was created before its
+        catch-up pass began. One pass, so a course that never stops receiving reviews still
+        ends its walk.
         """
         state = state or WalkState(course_id, self.page_size)
         seen: set[tuple[Any, Any]] = set()
@@ -308,18 +316,11 @@ class UdemyClient:
             results = fresh(page.results)
             state = replace(state, next_page=page.page + 1, reviews=state.reviews + len(results))
             yield replace(page, results=results, state=state)
-        head = state.head
-        while head is not None:
-            newest, found = None, 0
-            for page in self._catch_up_pass(course_id, state.page_size, head):
-                newest = newest or _sort_key(page.results[0])
-                results = [item for item in fresh(page.results) if (_sort_key(item) or head) > head]
-                found += len(results)
+        if state.head is not None:
+            for page in self._catch_up_pass(course_id, state.page_size, state.head):
+                results = fresh(page.results)
                 state = replace(state, reviews=state.reviews + len(results))
                 yield replace(page, results=results, state=state)
-            if not found:
-                return
-            head = newest
 
     def iter_reviews(
         self, course_id: int, *, concurrency: int = 1, checkpoint: Checkpoint | None = None
@@ -332,7 +333,7 @@ class UdemyClient:
             state = page.state
             if checkpoint:
                 checkpoint.save(state)
-        if checkpoint and state:
+        if checkpoint is not None and state is not None:
             checkpoint.save(replace(state, complete=True))
 
     def _main_pass(

@@ -354,7 +354,9 @@ class Sample:
 
     def items(self, rows: np.ndarray, fields: Sequence[str] = REVIEW_FIELDS) -> list[dict]:
         """Current versions of `rows` as Udemy result items, restricted to `fields`."""
-        return self._project(rows, fields, self.modified_s, self.rating_halves, self.content_index)
+        return self._project(
+            rows, fields, self.modified_s[rows], self.rating_halves[rows], self.content_index[rows]
+        )
 
     def reviews(self, course_id: int | None = None) -> Iterator[dict]:
         """Current version of every review (of one course, or all), in id order."""
@@ -379,7 +381,7 @@ class Sample:
         for start in range(0, len(order), _CHUNK):
             chunk = order[start : start + _CHUNK]
             yield from self._project(
-                rows[chunk], REVIEW_FIELDS, modified[chunk], rating[chunk], content[chunk], True
+                rows[chunk], REVIEW_FIELDS, modified[chunk], rating[chunk], content[chunk]
             )
 
     def _project(
@@ -389,15 +391,12 @@ class Sample:
         modified_s: np.ndarray,
         rating_halves: np.ndarray,
         content_index: np.ndarray,
-        gathered: bool = False,
     ) -> list[dict]:
-        """Build items column by column; `gathered` means the version columns are per item."""
-        if not gathered:
-            modified_s = modified_s[rows]
-            rating_halves = rating_halves[rows]
-            content_index = content_index[rows]
+        """Build items column by column (vectorised where numpy can); the version columns
+        (modified, rating, content) are given per item, so earlier versions share the code."""
         count = len(rows)
         columns: list[list[Any]] = []
+        modified_iso: list[str] | None = None
         for field in fields:
             if field == "_class":
                 columns.append([REVIEW_CLASS] * count)
@@ -412,7 +411,9 @@ class Sample:
             elif field == "created":
                 columns.append(_iso(self.created_s[rows]))
             elif field in ("modified", "user_modified"):
-                columns.append(_iso(modified_s))
+                if modified_iso is None:
+                    modified_iso = _iso(modified_s)
+                columns.append(modified_iso)
             elif field == "user":
                 columns.append(self._users(rows))
             elif field == "course":

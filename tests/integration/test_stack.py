@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import uuid
@@ -181,9 +182,9 @@ def test_status_fails_after_a_kill_and_up_brings_it_back():
     os.kill(pid, signal.SIGKILL)
     status = _stack("status")
     assert status.returncode == 1
-    assert "registry   DOWN" in status.stdout
+    assert re.search(r"^registry\s+DOWN", status.stdout, re.M), status.stdout
     up = _stack("up")
     assert up.returncode == 0, up.stderr
     after = _stack("status")
     assert after.returncode == 0, after.stdout
-    assert "registry   healthy" in after.stdout
+    assert re.search(r"^registry\s+healthy", after.stdout, re.M), after.stdout
