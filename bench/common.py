@@ -92,3 +92,10 @@ def write_result(name: str, figures: dict, command: str) -> Path:
     )
     print(f"figures written to {out}; reproduce with: {command}")
     return out
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MB (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6

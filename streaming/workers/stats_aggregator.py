@@ -188,6 +188,9 @@ class StatsAggregator(EosWorker):
                 produce(self.t.changelog, data, str(review_id).encode(), partition=partition)
             self._emit(state, changed, now_ms)
             self._dead_letters(batch, list(errors.items()))
+        self.metrics.extra["versions_aggregated"] = self.metrics.extra.get(
+            "versions_aggregated", 0
+        ) + len(msgs)
 
     def _emit(self, state: PartitionState, courses: set[int] | list[int], now_ms: int) -> None:
         produce = self.producer.produce
