@@ -1,0 +1,1 @@
+"""The pipeline's HTTP API: `POST /reviews` (ingestion) and the statistics read API."""

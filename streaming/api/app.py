@@ -1,0 +1,58 @@
+"""The pipeline's HTTP API (FastAPI): ingestion and statistics; OpenAPI at /docs.
+
+Run: `reviews api` (or `python -m streaming.api.app`); PIPELINE_API_PORT [8000], plus the Kafka
+and registry settings of streaming.config (DATABASE_URL for the read side).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+from streaming.api import ingest
+from streaming.config import Settings
+from streaming.ingest.producer import ReviewProducer
+
+DEFAULT_PORT = 8000
+
+
+def create_app(settings: Settings | None = None, *, ack_timeout_s: float | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    timeout_s = ack_timeout_s or ingest.ACK_TIMEOUT_S
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # a short delivery timeout: a POST while Kafka is down answers 503, not after minutes
+        producer = ReviewProducer(
+            settings, **{"linger.ms": 1, "message.timeout.ms": int(timeout_s * 1000)}
+        )
+        app.state.producer = ingest.AckingProducer(producer, timeout_s)
+        yield
+        app.state.producer.close()
+
+    app = FastAPI(
+        title="Course reviews pipeline API",
+        version="1",
+        description="Ingest reviews into Kafka and read the per-course rating statistics.",
+        lifespan=lifespan,
+    )
+    app.include_router(ingest.router)
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def main() -> None:
+    port = int(os.environ.get("PIPELINE_API_PORT") or DEFAULT_PORT)
+    uvicorn.run(create_app(), host="127.0.0.1", port=port, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

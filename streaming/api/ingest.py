@@ -1,0 +1,188 @@
+"""`POST /reviews`: one review in the Udemy result shape into `udemy-reviews`, acknowledged.
+
+The answer is sent only after the broker acknowledged the record (acks=all, idempotent
+producer): 201 with where it landed. Invalid input gets 400 (not JSON) or 422 (which field, and
+why: the same mapping the backfill uses); an oversized body 413; Kafka unavailable or slow 503
+with Retry-After — never a silent drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from streaming.core.review_mapping import ReviewMappingError, json_to_review
+from streaming.ingest.producer import ReviewProducer
+
+MAX_BODY_BYTES = 64 * 1024
+ACK_TIMEOUT_S = 10.0
+RETRY_AFTER_S = 5
+
+_NAMED = {"type": "object", "required": ["title", "name", "display_name"]}
+REVIEW_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "rating", "created", "modified", "user", "course"],
+    "properties": {
+        "_class": {"type": "string", "enum": ["course_review"]},
+        "id": {"type": "integer", "minimum": 1, "description": "review id"},
+        "title": {"type": ["string", "null"]},
+        "content": {"type": ["string", "null"]},
+        "rating": {
+            "type": "number",
+            "enum": [x / 2 for x in range(1, 11)],
+            "description": "0.5 .. 5.0 in half steps",
+        },
+        "created": {"type": "string", "format": "date-time"},
+        "modified": {"type": "string", "format": "date-time", "description": ">= created"},
+        "user": {
+            **_NAMED,
+            "properties": {
+                k: {"type": "string"} for k in ("_class", "title", "name", "display_name")
+            },
+        },
+        "course": {
+            "type": "object",
+            "required": ["id", "title", "url"],
+            "properties": {
+                "_class": {"type": "string"},
+                "id": {"type": "integer", "minimum": 1},
+                "title": {"type": "string"},
+                "url": {"type": "string"},
+            },
+        },
+    },
+    "example": {
+        "_class": "course_review",
+        "id": 6225498,
+        "title": "",
+        "content": "",
+        "rating": 4.0,
+        "created": "2017-03-30T20:13:54Z",
+        "modified": "2017-03-31T21:23:04Z",
+        "user": {
+            "_class": "user",
+            "title": "Renato Dias Santana",
+            "name": "Renato Dias",
+            "display_name": "Renato Dias Santana",
+        },
+        "course": {
+            "_class": "course",
+            "id": 1075642,
+            "title": "Apache Kafka Series - Learn Apache Kafka for Beginners",
+            "url": "/apache-kafka-series-kafka-from-beginner-to-intermediate/",
+        },
+    },
+}
+
+
+class AckingProducer:
+    """A ReviewProducer whose deliveries resolve asyncio futures; polled by a daemon thread."""
+
+    def __init__(self, producer: ReviewProducer, ack_timeout_s: float = ACK_TIMEOUT_S) -> None:
+        self.producer = producer
+        self.ack_timeout_s = ack_timeout_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True, name="kafka-poll")
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+
+    async def send(self, review: dict[str, Any]) -> Message:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Message] = loop.create_future()
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            def settle() -> None:
+                if done.done():
+                    return
+                if err is not None:
+                    done.set_exception(KafkaException(err))
+                else:
+                    done.set_result(msg)
+
+            loop.call_soon_threadsafe(settle)
+
+        self.producer.produce(review, on_delivery=on_delivery)
+        return await asyncio.wait_for(done, self.ack_timeout_s + 1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.producer.flush(self.ack_timeout_s)
+
+
+def _unavailable(reason: str) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"Kafka unavailable, nothing was stored: {reason}; retry later"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+router = APIRouter()
+
+
+@router.post(
+    "/reviews",
+    status_code=201,
+    summary="Ingest one new or edited review",
+    description=__doc__,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": REVIEW_JSON_SCHEMA}},
+        }
+    },
+    responses={
+        201: {"description": "Stored in Kafka (acknowledged by the broker)"},
+        400: {"description": "The body is not JSON"},
+        413: {"description": f"The body is larger than {MAX_BODY_BYTES} bytes"},
+        422: {"description": "A field is missing or invalid: `detail[].loc` and `msg` say which"},
+        503: {"description": "Kafka unavailable: nothing stored, retry after Retry-After"},
+    },
+)
+async def post_review(request: Request) -> JSONResponse:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return JSONResponse({"detail": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return JSONResponse({"detail": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+    try:
+        item = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return JSONResponse({"detail": f"body is not valid JSON: {exc}"}, status_code=400)
+    try:
+        review = json_to_review(item)
+    except ReviewMappingError as exc:
+        loc = ["body", *[p for p in exc.path.split(".") if p]]
+        detail = [{"loc": loc, "msg": exc.reason, "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+    producer: AckingProducer = request.app.state.producer
+    try:
+        msg = await producer.send(review)
+    except BufferError:
+        return _unavailable("the producer queue is full")
+    except TimeoutError:
+        return _unavailable(f"no acknowledgement within {producer.ack_timeout_s:.0f} s")
+    except KafkaException as exc:
+        return _unavailable(str(exc.args[0]))
+    return JSONResponse(
+        {
+            "id": review["id"],
+            "topic": msg.topic(),
+            "partition": msg.partition(),
+            "offset": msg.offset(),
+        },
+        status_code=201,
+    )

@@ -1,0 +1,1 @@
+"""Getting reviews into `udemy-reviews`: the backfill from the review source and `POST /reviews`."""
