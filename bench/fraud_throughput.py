@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import produce_reviews, write_result
 from streaming.config import Settings
 from streaming.core.fraud import HashFraudModel
-from streaming.workers.fraud_filter import FraudFilter, FraudFilterConfig
+from streaming.workers.eos import LoopConfig
+from streaming.workers.fraud_filter import FraudFilter, FraudTopics
 from streaming.workers.runtime import StopFlag
 
 
@@ -74,15 +75,9 @@ def run_once(
     outs = [f"bench-{name}-{tag}" for name in ("valid", "fraud", "dlq")]
     for fut in admin.create_topics([NewTopic(t, partitions, 1) for t in outs]).values():
         fut.result(30)
-    config = FraudFilterConfig(
-        instance=tag,
-        group_id=f"bench-{cls.__name__}-{tag}",
-        input_topic=source,
-        valid_topic=outs[0],
-        fraud_topic=outs[1],
-        dead_letter_topic=outs[2],
-    )
-    worker = cls(settings, config, HashFraudModel(), StopFlag())
+    loop = LoopConfig(group_id=f"bench-{cls.__name__}-{tag}", instance=tag)
+    topics = FraudTopics(input=source, valid=outs[0], fraud=outs[1], dead_letter=outs[2])
+    worker = cls(settings, loop, topics, HashFraudModel(), StopFlag())
     worker.target = records
     worker.run()
     elapsed = time.perf_counter() - (worker.first or time.perf_counter())

@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from streaming.config import Settings
+from streaming.sink.render import CONNECTORS_DIR
+
+if TYPE_CHECKING:
+    from streaming.sink.connect import ConnectClient, ConnectorState
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
@@ -85,6 +91,89 @@ def _backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_lines(state: ConnectorState) -> list[str]:
+    """One line for the connector and one per task, with the failure summary when there is one."""
+    from streaming.sink.connect import trace_summary
+
+    rows = [("connector", state.state, state.worker_id, state.trace)]
+    rows += [(f"task {t.id}", t.state, t.worker_id, t.trace) for t in state.tasks]
+    return [
+        f"{state.name:<24} {part:<9} {st:<10} {worker} {trace_summary(trace)}".rstrip()
+        for part, st, worker, trace in rows
+    ]
+
+
+def _deploy(client: ConnectClient, names: list[str], wait_s: float, directory: Path) -> int:
+    """Create/update, then (with a wait) restart what failed and wait until all run: `make up`
+    runs this as an init step, so a sink that cannot run fails the start loudly."""
+    from streaming.sink.connect import describe
+    from streaming.sink.render import render_connector
+
+    database_url = Settings.from_env().database_url
+    for name in names:
+        config = render_connector(name, database_url, directory=directory)
+        print(f"connectors: {name} {client.deploy(name, config)}")
+    if wait_s <= 0:
+        return 0
+    bad = 0
+    for name in names:
+        try:
+            state = client.wait_for(name, lambda s: s.running or s.failed, wait_s)
+            if state.failed:
+                print(f"connectors: {name} had failed ({describe(state)}): restarting")
+                client.restart_failed(name)
+                state = client.wait_for(name, lambda s: s.running, wait_s)
+            print(f"connectors: {name} running ({len(state.tasks)} tasks)")
+        except TimeoutError as exc:
+            print(f"connectors: {exc}", file=sys.stderr)
+            bad = 1
+    return bad
+
+
+def _status(client: ConnectClient, names: list[str]) -> int:
+    from streaming.sink.connect import ConnectError
+
+    bad = 0
+    for name in names:
+        try:
+            state = client.status(name)
+        except ConnectError as exc:
+            if exc.status != 404:
+                raise
+            print(f"{name:<24} {'connector':<9} {'MISSING':<10} not deployed")
+            bad = 1
+            continue
+        print("\n".join(_state_lines(state)))
+        bad |= state.failed
+    return bad
+
+
+def _connectors(args: argparse.Namespace) -> int:
+    from streaming.sink.connect import ConnectClient, ConnectError
+    from streaming.sink.render import declared_connectors
+
+    names = [args.name] if args.name else declared_connectors(args.config_dir)
+    with ConnectClient.from_env() as client:
+        try:
+            if args.action == "deploy":
+                return _deploy(client, names, args.wait, args.config_dir)
+            if args.action == "status":
+                return _status(client, names)
+            for name in names:
+                if args.action == "restart":
+                    print("\n".join(_state_lines(client.restart_failed(name))))
+                elif args.action == "pause":
+                    client.pause(name)
+                    print(f"connectors: {name} paused")
+                else:
+                    client.resume(name)
+                    print(f"connectors: {name} resumed")
+        except (ConnectError, ValueError) as exc:
+            print(f"connectors {args.action}: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reviews", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4, help="pages fetched in parallel")
     p.add_argument("--checkpoint-dir", help="resume state directory (one file per course)")
     p.set_defaults(func=_backfill)
+
+    conn = sub.add_parser("connectors", help="the PostgreSQL sink's Kafka Connect connectors")
+    actions = conn.add_subparsers(dest="action", required=True)
+    helps = {
+        "deploy": "create or update from streaming/sink/connectors (idempotent)",
+        "status": "one line per connector and task; exit 1 if any is FAILED or missing",
+        "restart": "restart the connector and its tasks that FAILED",
+        "pause": "pause (consumption stops, offsets kept)",
+        "resume": "resume after a pause",
+    }
+    for action, text in helps.items():
+        a = actions.add_parser(action, help=text)
+        a.add_argument("name", nargs="?", help="one connector (default: every declared one)")
+        a.add_argument(
+            "--config-dir",
+            type=Path,
+            default=CONNECTORS_DIR,
+            help="where the connector configs (<name>.json) are (default: %(default)s)",
+        )
+        if action == "deploy":
+            a.add_argument(
+                "--wait",
+                type=float,
+                default=60,
+                help="seconds to wait until every task runs, restarting failed ones (0: no wait)",
+            )
+        a.set_defaults(func=_connectors)
     return parser
 
 

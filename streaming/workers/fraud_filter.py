@@ -24,7 +24,8 @@ from confluent_kafka import Message
 
 from streaming.config import Settings
 from streaming.core.fraud import FRAUD_MODEL_ENV, FraudModel, load_model
-from streaming.core.fraud_routing import DEAD, FRAUD, Writer, route, schema_ids, writer_for
+from streaming.core.fraud_routing import DEAD, FRAUD, route
+from streaming.core.review_frames import Writer, writer_for
 from streaming.serde import Registry, UnknownSchemaError, local_schema
 from streaming.workers.eos import EosWorker, LoopConfig, dead_letter_headers
 from streaming.workers.runtime import StopFlag, env_int, log_event, serve
@@ -71,19 +72,19 @@ class FraudFilter(EosWorker):
     def topics(self) -> list[str]:
         return [self.out.input]
 
-    def resolve_writers(self, values: list[bytes | None]) -> None:
-        """Look up schema ids not seen yet (the only registry I/O; cached for the process)."""
-        for sid in schema_ids(values) - self.writers.keys():
+    def resolve(self, schema_id: int) -> Writer | None:
+        """The writer schema of an id, from the registry once per process (the only I/O)."""
+        if schema_id not in self.writers:
             try:
-                parsed = self.registry.writer_schema(sid).parsed
-                self.writers[sid] = writer_for(parsed, self.review_schema)
+                parsed = self.registry.writer_schema(schema_id).parsed
+                self.writers[schema_id] = writer_for(parsed, self.review_schema)
             except UnknownSchemaError:
-                self.writers[sid] = None
+                self.writers[schema_id] = None
+        return self.writers[schema_id]
 
     def process(self, msgs: list[Message]) -> None:
         values = [msg.value() for msg in msgs]
-        self.resolve_writers(values)
-        codes, reasons = route(values, self.writers, self.model, self.review_schema)
+        codes, reasons = route(values, self.resolve, self.model, self.review_schema)
         produce = self.producer.produce
         topics = (self.out.valid, self.out.fraud)
         for msg, code in zip(msgs, codes.tolist(), strict=True):

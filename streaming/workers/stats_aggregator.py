@@ -38,15 +38,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from confluent_kafka import Consumer, Message, TopicPartition
 from fastavro import schemaless_writer
 
 from streaming.config import Settings
 from streaming.core.aggregation import PartitionState, pack_version
 from streaming.core.avro_codec import confluent_frame
-from streaming.core.fraud_routing import HEADER, Writer, reencode, schema_ids, writer_for
 from streaming.core.ratings import rating_halves
-from streaming.core.review_bytes import extract_fields, pack
+from streaming.core.review_bytes import extract_fields
+from streaming.core.review_frames import Writer, frame_batch, writer_for
 from streaming.core.stats import ReviewVersion
 from streaming.core.window import epoch_day
 from streaming.serde import Registry, UnknownSchemaError, local_schema
@@ -112,67 +113,42 @@ class StatsAggregator(EosWorker):
         return [self.t.valid, self.t.fraud, self.t.repartition]
 
     # -- stage 1: re-key by course ---------------------------------------------------------
-    def rekey(self, msgs: list[Message]) -> None:
-        values = [m.value() for m in msgs]
-        for sid in schema_ids(values) - self.writers.keys():
+    def resolve(self, schema_id: int) -> Writer | None:
+        """The writer schema of an id, from the registry once per process (the only I/O)."""
+        if schema_id not in self.writers:
             try:
-                self.writers[sid] = writer_for(
-                    self.registry.writer_schema(sid).parsed, self.review_schema
-                )
+                parsed = self.registry.writer_schema(schema_id).parsed
+                self.writers[schema_id] = writer_for(parsed, self.review_schema)
             except UnknownSchemaError:
-                self.writers[sid] = None
-        framed, index, dead = [], [], []
-        for i, v in enumerate(values):
-            reason = self._unreadable(v)
-            if reason:
-                dead.append((i, reason))
-                continue
-            writer = self.writers[int.from_bytes(v[1:HEADER], "big")]
-            if writer.canonical:
-                framed.append(v)
-            else:
-                try:
-                    framed.append(b"\x00" * HEADER + reencode(v, writer.parsed, self.review_schema))
-                except Exception as exc:  # the record's fault: dead letter
-                    dead.append((i, f"cannot read as Review: {exc}"))
-                    continue
-            index.append(i)
-        if framed:
-            buf, starts, ends = pack(framed)
-            starts += HEADER
-            longs, spans, ok = extract_fields(buf, starts, ends)
-            raw = buf.tobytes()
-            rows = longs.tolist()
-            spans_l = spans.tolist()
-            produce = self.producer.produce
-            for j, i in enumerate(index):
-                if not ok[j]:
-                    dead.append((i, "malformed Avro body: truncated, corrupt or trailing bytes"))
-                    continue
-                review_id, created, modified, course_id, halves = rows[j]
-                r0, r1, t0, t1 = spans_l[j]
-                if halves < 0:
-                    try:
-                        halves = rating_halves(raw[r0:r1].decode("utf-8", "strict"))
-                    except ValueError as exc:
-                        dead.append((i, f"rating: {exc}"))
-                        continue
-                valid = msgs[i].topic() == self.t.valid
-                version = ReviewVersion(modified, created, halves, valid, course_id)
-                produce(
-                    self.t.repartition,
-                    pack_version(review_id, version, raw[t0:t1]),
-                    str(course_id).encode(),
-                )
-            self.metrics.records_out[self.t.repartition] += len(index)
-        self._dead_letters(msgs, dead)
+                self.writers[schema_id] = None
+        return self.writers[schema_id]
 
-    def _unreadable(self, v: bytes | None) -> str | None:
-        if v is None or len(v) < HEADER or v[0] != 0:
-            return "wire format: not a Confluent-framed Avro value"
-        if self.writers.get(int.from_bytes(v[1:HEADER], "big")) is None:
-            return f"unknown schema id {int.from_bytes(v[1:HEADER], 'big')}"
-        return None
+    def rekey(self, msgs: list[Message]) -> None:
+        batch = frame_batch([m.value() for m in msgs], self.resolve, self.review_schema)
+        dead = batch.reasons
+        longs, spans, _ = extract_fields(batch.buf, batch.body_starts, batch.ends)
+        raw = batch.buf.tobytes()
+        produce = self.producer.produce
+        rekeyed = 0
+        for i in np.flatnonzero(batch.readable).tolist():
+            review_id, created, modified, course_id, halves = longs[i].tolist()
+            r0, r1, t0, t1 = spans[i].tolist()
+            if halves < 0:
+                try:
+                    halves = rating_halves(raw[r0:r1].decode("utf-8", "strict"))
+                except ValueError as exc:
+                    dead[i] = f"rating: {exc}"
+                    continue
+            valid = msgs[i].topic() == self.t.valid
+            version = ReviewVersion(modified, created, halves, valid, course_id)
+            produce(
+                self.t.repartition,
+                pack_version(review_id, version, raw[t0:t1]),
+                str(course_id).encode(),
+            )
+            rekeyed += 1
+        self.metrics.records_out[self.t.repartition] += rekeyed
+        self._dead_letters(msgs, sorted(dead.items()))
 
     # -- stage 2: aggregate ----------------------------------------------------------------
     def aggregate(self, msgs: list[Message]) -> None:

@@ -11,7 +11,8 @@ from fastavro import parse_schema, schemaless_writer
 
 from streaming.core.avro_codec import confluent_frame
 from streaming.core.fraud import HashFraudModel
-from streaming.core.fraud_routing import DEAD, FRAUD, VALID, route, schema_ids, writer_for
+from streaming.core.fraud_routing import DEAD, FRAUD, VALID, route
+from streaming.core.review_frames import writer_for
 from streaming.serde import SCHEMAS_DIR, local_schema
 
 REVIEW = local_schema("review.avsc")
@@ -56,7 +57,9 @@ def writers() -> dict[int, Any]:
 
 def test_canonical_values_get_the_rule_verdict(writers):
     bodies = [body(REVIEW, review(i)) for i in range(2000)]
-    codes, reasons = route([confluent_frame(REVIEW_ID, b) for b in bodies], writers, MODEL, REVIEW)
+    codes, reasons = route(
+        [confluent_frame(REVIEW_ID, b) for b in bodies], writers.get, MODEL, REVIEW
+    )
     assert reasons == {}
     assert codes.tolist() == [FRAUD if MODEL.is_fraud_body(b) else VALID for b in bodies]
     assert 0.03 < (codes == FRAUD).mean() < 0.07
@@ -66,7 +69,7 @@ def test_other_writer_schema_is_judged_on_its_canonical_bytes(writers):
     evolved = evolved_schema()
     records = [review(i) for i in range(300)]
     values = [confluent_frame(EVOLVED_ID, body(evolved, {**r, "language": "en"})) for r in records]
-    codes, reasons = route(values, writers, MODEL, REVIEW)
+    codes, reasons = route(values, writers.get, MODEL, REVIEW)
     assert reasons == {}
     assert codes.tolist() == [FRAUD if MODEL.is_fraud(r) else VALID for r in records]
 
@@ -84,19 +87,8 @@ def test_unreadable_records_are_dead_with_a_reason(writers):
     }
     values = [*cases.values(), confluent_frame(REVIEW_ID, good)]
     writers = {**writers, 99: None}
-    codes, reasons = route(values, writers, MODEL, REVIEW)
+    codes, reasons = route(values, writers.get, MODEL, REVIEW)
     assert codes.tolist()[:-1] == [DEAD] * len(cases)
     assert codes[-1] in (VALID, FRAUD)
     for i, expected in enumerate(cases):
         assert expected in reasons[i], (expected, reasons[i])
-
-
-def test_schema_ids_lists_the_ids_to_resolve():
-    values = [
-        confluent_frame(1, b"x"),
-        confluent_frame(1, b"y"),
-        confluent_frame(2, b"z"),
-        None,
-        b"\x07bad",
-    ]
-    assert schema_ids(values) == {1, 2}

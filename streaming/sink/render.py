@@ -1,0 +1,87 @@
+"""Connector configs: the committed JSON of `connectors/` plus the connection from DATABASE_URL.
+
+The Python side reaches PostgreSQL through a SQLAlchemy URL and the sink (Java) through JDBC;
+deriving the JDBC settings from the one DATABASE_URL keeps both on the same database and keeps
+credentials out of the repository.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+from sqlalchemy.engine import make_url
+
+CONNECTORS_DIR = Path(__file__).with_name("connectors")
+CONNECTION_KEYS = ("connection.url", "connection.username", "connection.password")
+
+
+def jdbc_connection(database_url: str) -> dict[str, str]:
+    """`connection.url`/`.username`/`.password` for the JDBC sink from a SQLAlchemy URL.
+
+    `postgresql+psycopg2://user:pw@host:port/db?sslmode=require` becomes
+    `jdbc:postgresql://host:port/db?sslmode=require` plus the user and the (percent-decoded)
+    password; query parameters pass through, as pgjdbc knows libpq's `ssl*` names.
+    """
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        raise ValueError(f"DATABASE_URL: expected a postgresql URL, got {url.drivername!r}")
+    if not url.host or not url.database:
+        raise ValueError("DATABASE_URL: the JDBC sink needs a host and a database name")
+    host = f"[{url.host}]" if ":" in url.host else url.host  # an IPv6 literal
+    port = f":{url.port}" if url.port else ""
+    query = urlencode(dict(url.query), doseq=True)
+    jdbc = f"jdbc:postgresql://{host}{port}/{quote(url.database, safe='')}"
+    out = {"connection.url": f"{jdbc}?{query}" if query else jdbc}
+    if url.username:
+        out["connection.username"] = url.username
+    if url.password is not None:
+        out["connection.password"] = url.password
+    return out
+
+
+def declared_connectors(directory: Path = CONNECTORS_DIR) -> list[str]:
+    """Names of the connectors kept as configuration (one `<name>.json` each)."""
+    return sorted(path.stem for path in directory.glob("*.json"))
+
+
+def load_connector(name: str, directory: Path = CONNECTORS_DIR) -> dict[str, str]:
+    """A connector's committed config; refuses non-string values (Connect stores strings, and
+    deploy compares configs to skip no-op updates) and committed credentials."""
+    path = directory / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(declared_connectors(directory)) or "none"
+        raise ValueError(f"no connector config {path} (declared: {known})")
+    config = json.loads(path.read_text())
+    bad = sorted(k for k, v in config.items() if not isinstance(v, str))
+    if bad:
+        raise ValueError(f"{path}: values must be JSON strings, not: {', '.join(bad)}")
+    committed = sorted(set(CONNECTION_KEYS) & config.keys())
+    if committed:
+        raise ValueError(f"{path}: {', '.join(committed)} come from DATABASE_URL at deploy time")
+    return config
+
+
+def render_connector(
+    name: str,
+    database_url: str,
+    *,
+    topic: str | None = None,
+    table: str | None = None,
+    overrides: Mapping[str, str] | None = None,
+    directory: Path = CONNECTORS_DIR,
+) -> dict[str, str]:
+    """The config to deploy: committed settings, the JDBC connection, then overrides.
+
+    `topic` and `table` re-point a connector (tests run the real configs against temporary
+    topics and tables); `overrides` replaces any other setting.
+    """
+    config = {**load_connector(name, directory), **jdbc_connection(database_url)}
+    if topic is not None:
+        config["topics"] = topic
+    if table is not None:
+        config["collection.name.format"] = table
+    config.update(overrides or {})
+    return config
