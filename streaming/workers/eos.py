@@ -116,6 +116,9 @@ class EosWorker(ABC):
     def partitions_revoked(self, partitions: list[TopicPartition]) -> None:  # noqa: B027
         """Drop the state of partitions this instance no longer owns."""
 
+    def committed(self, positions: list[TopicPartition]) -> None:  # noqa: B027 - optional hook
+        """The input positions of a transaction that just committed."""
+
     def transaction_aborted(self) -> None:  # noqa: B027 - optional hook
         """State changed since the last commit is void: restore it from the committed point."""
 
@@ -131,6 +134,7 @@ class EosWorker(ABC):
         self.in_txn = 0
         self.producer.begin_transaction()
         self.txn_started = time.monotonic()
+        self.committed(positions)
 
     def abort(self) -> None:
         """Abort the open transaction and rewind every partition to its committed offset."""

@@ -10,6 +10,7 @@ Two stages in one loop and one transaction per commit, as a Kafka Streams topolo
    (`streaming.core.aggregation.PartitionState`); each changed review's current version goes to
    the compacted changelog topic (same partition number), and each changed course gets a new
    `long-term-stats` and `recent-stats` record (once per batch, not once per review).
+   Consumed repartition records are deleted after their transaction committed.
 
 Outputs, changelog writes and the input offsets of both stages commit in one transaction, so the
 state restored from the changelog on start or rebalance is exactly the state at the committed
@@ -24,7 +25,8 @@ AGGREGATOR_GROUP_ID [stats-aggregator], STATS_VALID_TOPIC [udemy-reviews-valid],
 STATS_FRAUD_TOPIC [udemy-reviews-fraud], STATS_LONG_TERM_TOPIC [long-term-stats],
 STATS_RECENT_TOPIC [recent-stats], STATS_REPARTITION_TOPIC [stats-aggregator-repartition],
 STATS_CHANGELOG_TOPIC [stats-aggregator-changelog], DEAD_LETTER_TOPIC [reviews-dead-letter],
-COMMIT_EVERY_RECORDS, COMMIT_INTERVAL_MS, SESSION_TIMEOUT_MS, HEALTH_PORT [8092].
+COMMIT_EVERY_RECORDS, COMMIT_INTERVAL_MS, SESSION_TIMEOUT_MS, HEALTH_PORT [8092],
+REPARTITION_PURGE_S [30] (how often consumed repartition records are deleted).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
 from fastavro import schemaless_writer
 
 from streaming.config import Settings
@@ -57,6 +60,7 @@ from streaming.workers.runtime import StopFlag, env_int, log_event, serve
 log = logging.getLogger("stats_aggregator")
 Clock = Callable[[], float]  # seconds since the epoch, like time.time
 RESTORE_TIMEOUT_S = 600
+PURGE_INTERVAL_S = 30
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,9 @@ class StatsAggregator(EosWorker):
             for topic in (topics.long_term, topics.recent)
         }
         self.states: dict[int, PartitionState] = {}
+        self.admin = AdminClient(settings.kafka_config())
+        self._last_purge = time.monotonic()
+        self.purge_interval_s = env_int("REPARTITION_PURGE_S", PURGE_INTERVAL_S)
         self.as_of_day = epoch_day(int(clock() * 1000))
         self.metrics.extra["as_of_day"] = self.as_of_day
 
@@ -230,6 +237,27 @@ class StatsAggregator(EosWorker):
             self.producer.produce(self.t.recent, value, str(course_id).encode())
             self.metrics.records_out[self.t.recent] += 1
         self.in_txn += len(courses)
+
+    def committed(self, positions: list[TopicPartition]) -> None:
+        """Purge repartition records below committed offsets, as Kafka Streams does: they are
+        consumed and their effect is in the changelog, so the internal topic stays small."""
+        now = time.monotonic()
+        if now - self._last_purge < self.purge_interval_s:
+            return
+        self._last_purge = now
+        done = [
+            TopicPartition(tp.topic, tp.partition, tp.offset)
+            for tp in positions
+            if tp.topic == self.t.repartition and tp.offset > 0
+        ]
+        if done:
+            for tp, fut in self.admin.delete_records(done).items():
+                try:
+                    fut.result(10)
+                except KafkaException as exc:  # a later purge covers it; never fail the loop
+                    log_event(
+                        log, "purge failed", logging.WARNING, partition=tp.partition, error=str(exc)
+                    )
 
     # -- state: restore on assignment, drop on revocation ----------------------------------
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from streaming.core.window import MS_PER_DAY, day_to_date, epoch_day
 from streaming.serde import Registry, decode, local_schema
@@ -170,6 +171,14 @@ def stream_stats(settings, topics) -> pd.DataFrame:
     return frame.set_index(["recent", "course_id"]).sort_index()
 
 
+def low_watermarks(settings, topic: str) -> list[int]:
+    c = Consumer(settings.kafka_config(**{"group.id": f"probe-{uuid.uuid4().hex}"}))
+    try:
+        return [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] for p in range(4)]
+    finally:
+        c.close()
+
+
 def feed(settings, topics, schema_id, versions) -> None:
     p = producer(settings)
     for kind, rec in versions:
@@ -200,11 +209,16 @@ def test_statistics_equal_an_independent_computation(settings, topics, schema_id
     versions = history(3000, now_ms)
     feed(settings, topics, schema_id, versions)
     expected = expected_stats(versions, epoch_day(now_ms))
-    env = env_for(topics, f"agg-{uuid.uuid4().hex[:8]}")
+    env = env_for(topics, f"agg-{uuid.uuid4().hex[:8]}", REPARTITION_PURGE_S="0")
     with worker_process(MODULE, env, tmp_path / "agg.log") as worker:
         worker.wait_healthy()
         got = wait_for(expected, settings, topics)
-    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+        pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+        # consumed repartition records are purged once committed
+        deadline = time.monotonic() + 30
+        while not any(low > 0 for low in low_watermarks(settings, topics["repartition"])):
+            assert time.monotonic() < deadline, "repartition topic never purged"
+            time.sleep(0.3)  # poll interval
 
 
 def test_exact_under_repeated_sigkill(settings, topics, schema_id, tmp_path):
