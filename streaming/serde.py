@@ -20,6 +20,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 
 from streaming.core.avro_codec import confluent_frame, split_confluent
+from streaming.core.review_frames import Writer, writer_for
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
 
@@ -100,3 +101,22 @@ def decode(registry: Registry, value: bytes, reader_schema: dict[str, Any]) -> d
     if bio.tell() != len(body):
         raise ValueError(f"{len(body) - bio.tell()} trailing bytes after the Avro body")
     return record
+
+
+class ReviewWriters:
+    """schema id -> how to read Review records written with it (None: the registry has no such
+    id), looked up once per id for the process: the workers' only registry I/O."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.review_schema = local_schema("review.avsc")
+        self._known: dict[int, Writer | None] = {}
+
+    def __call__(self, schema_id: int) -> Writer | None:
+        if schema_id not in self._known:
+            try:
+                parsed = self.registry.writer_schema(schema_id).parsed
+                self._known[schema_id] = writer_for(parsed, self.review_schema)
+            except UnknownSchemaError:
+                self._known[schema_id] = None
+        return self._known[schema_id]

@@ -25,8 +25,7 @@ from confluent_kafka import Message
 from streaming.config import Settings
 from streaming.core.fraud import FRAUD_MODEL_ENV, FraudModel, load_model
 from streaming.core.fraud_routing import DEAD, FRAUD, route
-from streaming.core.review_frames import Writer, writer_for
-from streaming.serde import Registry, UnknownSchemaError, local_schema
+from streaming.serde import Registry, ReviewWriters, local_schema
 from streaming.workers.eos import EosWorker, LoopConfig, dead_letter_headers
 from streaming.workers.runtime import StopFlag, env_int, log_event, serve
 
@@ -67,20 +66,10 @@ class FraudFilter(EosWorker):
         self.model = model
         self.review_schema = local_schema("review.avsc")
         self.registry = Registry(settings.schema_registry_url)
-        self.writers: dict[int, Writer | None] = {}
+        self.resolve = ReviewWriters(self.registry)
 
     def topics(self) -> list[str]:
         return [self.out.input]
-
-    def resolve(self, schema_id: int) -> Writer | None:
-        """The writer schema of an id, from the registry once per process (the only I/O)."""
-        if schema_id not in self.writers:
-            try:
-                parsed = self.registry.writer_schema(schema_id).parsed
-                self.writers[schema_id] = writer_for(parsed, self.review_schema)
-            except UnknownSchemaError:
-                self.writers[schema_id] = None
-        return self.writers[schema_id]
 
     def process(self, msgs: list[Message]) -> None:
         values = [msg.value() for msg in msgs]

@@ -50,10 +50,10 @@ from streaming.core.aggregation import PartitionState, pack_version
 from streaming.core.avro_codec import confluent_frame
 from streaming.core.ratings import rating_halves
 from streaming.core.review_bytes import extract_fields
-from streaming.core.review_frames import Writer, frame_batch, writer_for
+from streaming.core.review_frames import frame_batch
 from streaming.core.stats import ReviewVersion
 from streaming.core.window import epoch_day
-from streaming.serde import Registry, UnknownSchemaError, local_schema
+from streaming.serde import Registry, ReviewWriters, local_schema
 from streaming.workers.eos import EosWorker, LoopConfig, dead_letter_headers
 from streaming.workers.runtime import StopFlag, env_int, log_event, serve
 
@@ -104,7 +104,7 @@ class StatsAggregator(EosWorker):
         self.review_schema = local_schema("review.avsc")
         self.stat_schema = local_schema("course_statistic.avsc")
         self.registry = Registry(settings.schema_registry_url)
-        self.writers: dict[int, Writer | None] = {}
+        self.resolve = ReviewWriters(self.registry)
         self.stat_schema_ids = {
             topic: self.registry.register(f"{topic}-value", "course_statistic.avsc")
             for topic in (topics.long_term, topics.recent)
@@ -120,16 +120,6 @@ class StatsAggregator(EosWorker):
         return [self.t.valid, self.t.fraud, self.t.repartition]
 
     # -- stage 1: re-key by course ---------------------------------------------------------
-    def resolve(self, schema_id: int) -> Writer | None:
-        """The writer schema of an id, from the registry once per process (the only I/O)."""
-        if schema_id not in self.writers:
-            try:
-                parsed = self.registry.writer_schema(schema_id).parsed
-                self.writers[schema_id] = writer_for(parsed, self.review_schema)
-            except UnknownSchemaError:
-                self.writers[schema_id] = None
-        return self.writers[schema_id]
-
     def rekey(self, msgs: list[Message]) -> None:
         batch = frame_batch([m.value() for m in msgs], self.resolve, self.review_schema)
         dead = batch.reasons
