@@ -1,7 +1,76 @@
-"""The single entry point Dagster loads (workspace.yaml, `dagster dev -m ...definitions`)."""
+"""The single entry point Dagster loads (workspace.yaml: `-m orchestration.definitions`).
+
+Every service address comes from the operating contract's environment variables (`.stack/env`
+locally), read when a run or sensor uses the resource, so one code location serves any stack.
+"""
+
+from __future__ import annotations
+
+import os
 
 import dagster as dg
 
-from orchestration.assets import topic_assets
+from orchestration.assets.backfill import course_reviews
+from orchestration.assets.batch import build_batch_assets
+from orchestration.assets.reconciliation import stream_vs_batch
+from orchestration.assets.stream import table_specs, topic_specs
+from orchestration.checks import health_checks, reconciliation_checks
+from orchestration.jobs import (
+    batch_job,
+    course_backfill_job,
+    reconciliation_job,
+    restart_connector_job,
+    restart_worker_job,
+)
+from orchestration.resources import (
+    ConnectResource,
+    KafkaResource,
+    LocalProcessRuntime,
+    PostgresResource,
+    ReviewSourceResource,
+    SchemaRegistryResource,
+    SqlModelsResource,
+)
+from orchestration.schedules import nightly_batch
+from orchestration.sensors import all_sensors
+from orchestration.sql_models import MODELS_DIR
+from orchestration.topology import WORKERS
 
-defs = dg.Definitions(assets=topic_assets)
+defs = dg.Definitions(
+    assets=[
+        course_reviews,
+        *topic_specs(),
+        *table_specs(),
+        *build_batch_assets(str(MODELS_DIR)),
+        stream_vs_batch,
+    ],
+    asset_checks=[*reconciliation_checks, *health_checks],
+    jobs=[
+        course_backfill_job,
+        batch_job,
+        reconciliation_job,
+        restart_worker_job,
+        restart_connector_job,
+    ],
+    schedules=[nightly_batch],
+    sensors=all_sensors,
+    resources={
+        "kafka": KafkaResource(bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS")),
+        "schema_registry": SchemaRegistryResource(url=dg.EnvVar("SCHEMA_REGISTRY_URL")),
+        "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
+        "review_source": ReviewSourceResource(
+            api_url=dg.EnvVar("UDEMY_API_URL"),
+            client_id=dg.EnvVar("UDEMY_CLIENT_ID"),
+            client_secret=dg.EnvVar("UDEMY_CLIENT_SECRET"),
+        ),
+        "connect": ConnectResource(url=dg.EnvVar("CONNECT_URL")),
+        # Same state directory and health URLs as stack/stack.sh (STACK_DIR, .stack/env).
+        "worker_runtime": LocalProcessRuntime(
+            state_dir=os.environ.get("STACK_DIR", ".stack"),
+            health_urls={
+                w.name: os.environ.get(w.health_url_env, w.default_health_url) for w in WORKERS
+            },
+        ),
+        "sql_models": SqlModelsResource(),
+    },
+)

@@ -1,0 +1,13 @@
+-- Current versions the fraud rule accepts (verdicts by the Python step `review_verdicts`, the
+-- stream's rule code), with the rating in halves (rating * 2, 1..10) so sums stay exact, and
+-- the UTC day of creation (epoch days, as the recent window counts them).
+select
+    c.id,
+    c.course_id,
+    c.created_ms,
+    (c.rating::numeric * 2)::int as halves,
+    floor(c.created_ms / 86400000.0)::int as created_day
+from {{ ref('current_reviews') }} as c
+join {{ ref('review_verdicts') }} as v
+    on v.id = c.id and v.modified_ms = c.modified_ms
+where not v.is_fraud

@@ -1,0 +1,1 @@
+"""The asset graph: ingest (backfill), stream (external), batch (SQL models), reconciliation."""

@@ -1,0 +1,435 @@
+"""Dagster resources: the pipeline's services, configured from the operating contract's variables.
+
+Each resource is a thin typed handle over a client the `streaming` package has, so assets and
+sensors never build connections themselves and tests swap a resource for a fake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import dagster as dg
+import httpx
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from pydantic import Field
+from sqlalchemy import Engine, create_engine
+
+from orchestration.sql_models import MODELS_DIR
+from orchestration.topology import WORKERS
+from streaming.config import REPO_ROOT, Settings
+from streaming.ingest.backfill import BackfillResult, backfill_course
+from streaming.ingest.producer import ReviewProducer
+from streaming.sink.connect import ConnectClient, ConnectorState
+from streaming.source.client import RetryPolicy, UdemyClient
+
+Offsets = dict[tuple[str, int], int]
+"""(topic, partition) -> offset."""
+
+NO_OFFSET = -1
+"""What `committed_offsets` reports for a partition the group never committed."""
+
+
+class KafkaResource(dg.ConfigurableResource):
+    """Kafka admin reads the orchestrator needs: end offsets, group offsets, gap probes.
+
+    Extra librdkafka settings (SASL/TLS) come from KAFKA_SECURITY_CONFIG at use time, as for
+    every service of the pipeline, so secrets never appear in Dagster's run config.
+    """
+
+    bootstrap_servers: str
+    timeout_s: float = 30.0
+
+    def settings(self, schema_registry_url: str) -> Settings:
+        """The `streaming` settings for code that takes them (the backfill producer)."""
+        return Settings(
+            kafka_bootstrap_servers=self.bootstrap_servers,
+            schema_registry_url=schema_registry_url,
+            kafka_extra=Settings.from_env().kafka_extra,
+        )
+
+    def config(self, **overrides: object) -> dict[str, object]:
+        """librdkafka settings: bootstrap servers, security extras, then overrides."""
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            **Settings.from_env().kafka_extra,
+            **overrides,
+        }
+
+    def admin(self) -> AdminClient:
+        return AdminClient(self.config())
+
+    def partitions(self, topics: Iterable[str]) -> list[TopicPartition]:
+        metadata = self.admin().list_topics(timeout=self.timeout_s).topics
+        out = []
+        for topic in topics:
+            if topic not in metadata:
+                raise LookupError(f"topic {topic!r} does not exist")
+            out += [TopicPartition(topic, p) for p in sorted(metadata[topic].partitions)]
+        return out
+
+    def end_offsets(self, topics: Iterable[str]) -> Offsets:
+        """Last stable offsets: what a read_committed consumer can reach now."""
+        admin = self.admin()  # referenced until the futures resolve (its thread serves them)
+        request = {tp: OffsetSpec.latest() for tp in self.partitions(topics)}
+        futures = admin.list_offsets(
+            request,
+            isolation_level=IsolationLevel.READ_COMMITTED,
+            request_timeout=self.timeout_s,
+        )
+        return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+
+    def committed_offsets(self, group_id: str, topics: Iterable[str]) -> Offsets:
+        """The group's committed offsets (NO_OFFSET where it has none, or no such group)."""
+        partitions = self.partitions(topics)
+        request = [ConsumerGroupTopicPartitions(group_id, partitions)]
+        admin = self.admin()  # referenced until the future resolves (its thread serves it)
+        futures = admin.list_consumer_group_offsets(request, request_timeout=self.timeout_s)
+        result = futures[group_id].result()
+        return {
+            (tp.topic, tp.partition): tp.offset if tp.offset >= 0 else NO_OFFSET
+            for tp in result.topic_partitions
+        }
+
+    def has_records(self, topic: str, partition: int, start: int, end: int) -> bool:
+        """Whether a read_committed consumer finds a record at an offset in [start, end).
+
+        A group that read everything of a transactional topic may have committed below the end
+        offset: transaction markers take offsets but are never delivered (Connect commits the
+        last record's offset + 1). Reading the gap tells markers from unread records.
+        """
+        if start >= end:
+            return False
+        consumer = Consumer(
+            self.config(
+                **{
+                    "group.id": f"orchestration-probe-{uuid.uuid4().hex[:8]}",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "enable.partition.eof": True,
+                    "auto.offset.reset": "earliest",
+                }
+            )
+        )
+        try:
+            consumer.assign([TopicPartition(topic, partition, max(start, 0))])
+            deadline = time.monotonic() + self.timeout_s
+            while time.monotonic() < deadline:
+                msg = consumer.poll(1.0)
+                if msg is None:
+                    continue
+                error = msg.error()
+                if error is None:
+                    return msg.offset() < end
+                if error.code() == KafkaError._PARTITION_EOF:
+                    return False
+                raise KafkaException(error)
+            raise TimeoutError(f"no answer reading {topic}[{partition}] from offset {start}")
+        finally:
+            consumer.close()
+
+
+class SchemaRegistryResource(dg.ConfigurableResource):
+    """The Confluent-compatible schema registry (Apicurio's ccompat API locally)."""
+
+    url: str
+
+    def latest_versions(self, subjects: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """Subject -> (version, schema id) of its latest schema; unregistered subjects left out."""
+        client = SchemaRegistryClient({"url": self.url})
+        out = {}
+        for subject in subjects:
+            try:
+                latest = client.get_latest_version(subject)
+            except SchemaRegistryError as exc:
+                if exc.http_status_code == 404:
+                    continue
+                raise
+            out[subject] = (latest.version, latest.schema_id)
+        return out
+
+
+@cache
+def _engine(url: str) -> Engine:
+    return create_engine(url, pool_pre_ping=True)
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """The pipeline's PostgreSQL database (stream tables, batch and reconciliation schemas)."""
+
+    database_url: str
+
+    def engine(self) -> Engine:
+        """One pooled engine per URL and process (sensors evaluate every few seconds)."""
+        return _engine(self.database_url)
+
+
+class SqlModelsResource(dg.ConfigurableResource):
+    """Where the batch SQL models live and which schemas they read and write.
+
+    `stream_schema` holds the tables the sink connectors write (`reviews`, `long_term_stats`,
+    `recent_stats`); tests point it at a scratch schema.
+    """
+
+    models_dir: str = str(MODELS_DIR)
+    stream_schema: str = "public"
+    batch_schema: str = "batch"
+    reconciliation_schema: str = "reconciliation"
+
+
+class ReviewSourceResource(dg.ConfigurableResource):
+    """The Udemy-compatible review API (the real one or the project's local server)."""
+
+    api_url: str
+    client_id: str
+    client_secret: str
+
+    def client(self, **options: Any) -> UdemyClient:
+        return UdemyClient(self.api_url, self.client_id, self.client_secret, **options)
+
+    def course_ids(self) -> list[int]:
+        """Every course the source lists; retries are few, a sensor tick must stay short."""
+        with self.client(retry=RetryPolicy(attempts=2, rate_limited_attempts=2)) as client:
+            return [int(course["id"]) for course in client.iter_courses()]
+
+    def backfill(self, settings: Settings, course_ids: Iterable[int]) -> Iterator[BackfillResult]:
+        """Produce every review of each course into the input topic, one course after another
+        over one producer; a result once the broker acknowledged all of a course's records."""
+        producer = ReviewProducer(settings)
+        with self.client() as client:
+            for course_id in course_ids:
+                yield backfill_course(course_id, source_client=client, producer=producer)
+
+
+class ConnectResource(dg.ConfigurableResource):
+    """Kafka Connect's REST API, through the project's client."""
+
+    url: str
+    retry_conflicts_s: float = 10.0
+    """How long to retry while Connect rebalances; short, a sensor tick must stay short."""
+
+    def client(self) -> ConnectClient:
+        return ConnectClient(self.url, retry_conflicts_s=self.retry_conflicts_s)
+
+    def statuses(self) -> dict[str, ConnectorState]:
+        """Every connector's state and its tasks' states, by connector name."""
+        with self.client() as client:
+            return {name: client.status(name) for name in client.list()}
+
+    def restart_failed(self, name: str) -> ConnectorState:
+        """Restart the connector if it failed, and its failed tasks."""
+        with self.client() as client:
+            return client.restart_failed(name)
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """What a runtime knows of one worker.
+
+    `process_alive` is None when the runtime knows no process (no pid file, or a remote
+    runtime that cannot see processes); `health` is the worker's `GET /health` document
+    (answered 200 or 503), None when it did not answer.
+    """
+
+    name: str
+    pid: int | None
+    process_alive: bool | None
+    health: dict[str, Any] | None
+
+
+class WorkerRuntimeResource(dg.ConfigurableResource, ABC):
+    """Starts, stops, restarts and inspects the stream workers by name.
+
+    The supervisor sensors and the restart job only talk to this interface. LocalProcessRuntime
+    runs workers as local processes; a Kubernetes runtime (a Deployment per worker, restart =
+    rollout restart, status from the pod and its /health) or a systemd one (a unit per worker)
+    would be other implementations with the same four methods.
+    """
+
+    @abstractmethod
+    def start(self, name: str) -> WorkerStatus:
+        """Start the worker unless it runs; return once it answers its health endpoint."""
+
+    @abstractmethod
+    def stop(self, name: str) -> None:
+        """Stop the worker gracefully (it commits its open transaction), forcibly if it hangs."""
+
+    @abstractmethod
+    def status(self, name: str) -> WorkerStatus: ...
+
+    def restart(self, name: str) -> WorkerStatus:
+        self.stop(name)
+        return self.start(name)
+
+
+_children: dict[int, subprocess.Popen[bytes]] = {}
+"""Workers this process spawned, so their exit is reaped rather than left as zombies."""
+
+
+def _process_alive(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"  # a zombie has exited; it only awaits its parent's wait()
+    return True
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    """Signal the worker's process group (it leads its own session), else the process."""
+    with contextlib.suppress(ProcessLookupError):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            os.kill(pid, sig)
+
+
+def _wait_exit(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _process_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)  # interval between exit polls
+    return True
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines of `.stack/env` (what stack.sh exports before spawning an app)."""
+    if not path.exists():
+        return {}
+    out = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            out[key] = value
+    return out
+
+
+def _fetch_health(url: str) -> dict[str, Any] | None:
+    """A worker's health document, whether it answered 200 (ok) or 503 (stalled)."""
+    try:
+        body = httpx.get(url, timeout=3.0).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+class LocalProcessRuntime(WorkerRuntimeResource):
+    """Workers as local processes, under stack/stack.sh's conventions.
+
+    A worker runs as `<python> -m <module>` in its own session, detached from the Dagster run
+    that started it; its pid is in `<state_dir>/run/<name>.pid` and its output is appended to
+    `<state_dir>/logs/<name>.log`, so `make status` and `make down` see the same processes
+    whoever started them. Its environment is this process's plus `<state_dir>/env` (as
+    stack.sh gives it), and HEALTH_PORT is the port of its health URL.
+    """
+
+    root: str = str(REPO_ROOT)
+    python: str = ".venv/bin/python"
+    state_dir: str = ".stack"
+    modules: dict[str, str] = Field(default_factory=lambda: {w.name: w.module for w in WORKERS})
+    health_urls: dict[str, str] = Field(
+        default_factory=lambda: {w.name: w.default_health_url for w in WORKERS}
+    )
+    ready_timeout_s: float = 120.0
+    stop_timeout_s: float = 30.0
+
+    def _path(self, *parts: str) -> Path:
+        return Path(self.root, self.state_dir, *parts)
+
+    def _pid(self, name: str) -> int | None:
+        try:
+            return int(self._path("run", f"{name}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _known(self, name: str) -> None:
+        if name not in self.modules or name not in self.health_urls:
+            raise KeyError(f"unknown worker {name!r} (known: {sorted(self.modules)})")
+
+    def status(self, name: str) -> WorkerStatus:
+        self._known(name)
+        pid = self._pid(name)
+        alive = None if pid is None else _process_alive(pid)
+        return WorkerStatus(name, pid, alive, _fetch_health(self.health_urls[name]))
+
+    def start(self, name: str) -> WorkerStatus:
+        current = self.status(name)
+        if current.health is not None and current.process_alive is not False:
+            return current
+        port = urlparse(self.health_urls[name]).port
+        env = {**os.environ, **_read_env_file(self._path("env")), "HEALTH_PORT": str(port)}
+        self._path("run").mkdir(parents=True, exist_ok=True)
+        self._path("logs").mkdir(parents=True, exist_ok=True)
+        with self._path("logs", f"{name}.log").open("ab") as log:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            log.write(f"=== {stamp} starting {name} (dagster)\n".encode())
+            log.flush()
+            child = subprocess.Popen(
+                [str(Path(self.root, self.python)), "-m", self.modules[name]],
+                cwd=self.root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _children[child.pid] = child
+        self._path("run", f"{name}.pid").write_text(f"{child.pid}\n")
+        return self._wait_ready(name, child.pid)
+
+    def _wait_ready(self, name: str, pid: int) -> WorkerStatus:
+        """Poll the health endpoint until this very process answers ok (as stack.sh does)."""
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            if not _process_alive(pid):
+                log = self._path("logs", f"{name}.log")
+                raise RuntimeError(f"{name} exited during start-up (log: {log})")
+            status = self.status(name)
+            health = status.health or {}
+            if health.get("pid") == pid and health.get("status") == "ok":
+                return status
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{name} not healthy after {self.ready_timeout_s:.0f}s")
+            time.sleep(0.2)  # interval between readiness polls
+
+    def stop(self, name: str) -> None:
+        self._known(name)
+        pid = self._pid(name)
+        if pid is not None and _process_alive(pid):
+            _signal(pid, signal.SIGTERM)
+            if not _wait_exit(pid, self.stop_timeout_s):
+                _signal(pid, signal.SIGKILL)
+                if not _wait_exit(pid, 10.0):
+                    raise RuntimeError(f"{name} (pid {pid}) survived SIGKILL")
+            _children.pop(pid, None)
+        self._path("run", f"{name}.pid").unlink(missing_ok=True)

@@ -1,0 +1,488 @@
+"""Orchestration against the real PostgreSQL and Kafka of the stack.
+
+The batch SQL models must give exactly the numbers of `compute_from_scratch` (the stream's
+reference) on a scripted data set; the reconciliation must pass on agreeing tables and fail on
+a tampered one; the Kafka offset reads must tell transaction markers from unread records.
+"""
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from sqlalchemy import Engine, create_engine, text
+
+from orchestration.assets.batch import build_batch_assets
+from orchestration.assets.reconciliation import stream_vs_batch, wait_for_stages
+from orchestration.checks import reconciliation_checks
+from orchestration.resources import (
+    KafkaResource,
+    LocalProcessRuntime,
+    PostgresResource,
+    SchemaRegistryResource,
+    SqlModelsResource,
+)
+from orchestration.sensors import observe_stream
+from orchestration.sql_models import MODELS_DIR, ensure_schema
+from orchestration.topology import SINKS, Stage, table_key, topic_key
+from streaming.admin import load_topic_specs
+from streaming.config import REPO_ROOT, Settings
+from streaming.core.fraud import HashFraudModel
+from streaming.core.ratings import RATINGS, rating_halves
+from streaming.core.stats import ReviewVersion, compute_from_scratch
+from streaming.core.window import MS_PER_DAY, day_to_date
+
+pytestmark = pytest.mark.integration
+
+AS_OF_DAY = 20_000  # 2024-10-04
+COURSES = {
+    101: ("Apache Kafka Series - Learn Apache Kafka for Beginners", "/kafka-beginners/"),
+    102: ("Kafka Streams for Data Processing", "/kafka-streams/"),
+    103: ("Kafka Connect Hands-on Learning", "/kafka-connect/"),
+    104: ("A course whose only review is fraud", "/fraud-only/"),
+}
+STAT_COLUMNS = (
+    "course_id bigint primary key, course_title text not null, average_rating float8 not null, "
+    "count_reviews bigint not null, count_five_stars bigint not null, "
+    "count_four_stars bigint not null, count_three_stars bigint not null, "
+    "count_two_stars bigint not null, count_one_star bigint not null, "
+    "count_zero_star bigint not null, last_review_time timestamp not null, "
+    "sum_rating float8 not null, window_start_day date, window_end_day date, as_of_time timestamp"
+)
+
+
+def _review(
+    review_id: int, course_id: int, rating: str, created: int, modified: int, content: str | None
+) -> dict[str, Any]:
+    title, url = COURSES[course_id]
+    return {
+        "id": review_id,
+        "title": None if review_id % 7 == 0 else "",
+        "content": content,
+        "rating": rating,
+        "created": created,
+        "modified": modified,
+        "user": {
+            "title": f"User {review_id}",
+            "name": f"User {review_id % 13}",
+            "display_name": f"U. {review_id}",
+        },
+        "course": {"id": course_id, "title": title, "url": url},
+    }
+
+
+def _content_with_verdict(model: HashFraudModel, base: dict[str, Any], fraud: bool) -> str:
+    """A review text that makes `base` get the wanted verdict (the rule hashes the bytes)."""
+    for n in range(10_000):
+        content = f"edited text {n}"
+        if model.is_fraud({**base, "content": content}) == fraud:
+            return content
+    raise AssertionError("no text found with the wanted verdict")
+
+
+def scripted_versions() -> list[dict[str, Any]]:
+    """Review versions in arrival order: all ratings (0.5 included), edits that change the
+    rating, an edit that flips a review to fraud, a course with only fraud, days on both sides
+    of the recent window and after the as-of day, created times with milliseconds."""
+    rng = random.Random(20241004)
+    model = HashFraudModel()
+    versions = []
+    offsets = [-400, -200, -90, -89, -88, -30, -1, 0, 1, 5]  # days relative to the as-of day
+    for review_id in range(1, 301):
+        course_id = rng.choice((101, 101, 102, 103))
+        day = AS_OF_DAY + rng.choice(offsets)
+        created = day * MS_PER_DAY + rng.randrange(MS_PER_DAY)
+        rating = rng.choice(RATINGS)
+        content = rng.choice((None, "", "great course", "too fast"))
+        versions.append(_review(review_id, course_id, rating, created, created, content))
+        if rng.random() < 0.3:
+            edited = created + rng.randrange(1, 40) * MS_PER_DAY + rng.randrange(1000)
+            new_rating = rng.choice(RATINGS)
+            versions.append(_review(review_id, course_id, new_rating, created, edited, content))
+    # a valid review edited into fraud: its first version counts, its current one must not
+    created = (AS_OF_DAY - 3) * MS_PER_DAY + 123
+    first = _review(400, 102, "5.0", created, created, None)
+    first["content"] = _content_with_verdict(model, first, fraud=False)
+    second = _review(400, 102, "4.5", created, created + 60_000, None)
+    second["content"] = _content_with_verdict(model, second, fraud=True)
+    # a course whose only review is fraud: zero statistics, but the course exists
+    lone = _review(401, 104, "1.0", created, created, None)
+    lone["content"] = _content_with_verdict(model, lone, fraud=True)
+    versions += [first, second, lone]
+    verdicts = [model.is_fraud(v) for v in versions]
+    assert 0 < sum(verdicts) < len(versions), "the data must hold valid and fraud versions"
+    return versions
+
+
+def _ts(ms: int, aware: bool) -> datetime:
+    value = datetime(1970, 1, 1) + timedelta(milliseconds=ms)
+    return value.replace(tzinfo=UTC) if aware else value
+
+
+def write_reviews(
+    engine: Engine, schema: str, versions: list[dict[str, Any]], timestamp_type: str
+) -> None:
+    """The `reviews` table as the sink writes it: one row per (id, modified), flattened."""
+    aware = timestamp_type == "timestamptz"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f'create table "{schema}".reviews (id bigint not null, title text, content text, '
+                f"rating text not null, created {timestamp_type} not null, "
+                f"modified {timestamp_type} not null, user_title text, user_name text, "
+                "user_display_name text, course_id bigint not null, course_title text, "
+                "course_url text, primary key (id, modified))"
+            )
+        )
+        conn.execute(
+            text(
+                f'insert into "{schema}".reviews values (:id, :title, :content, :rating, '
+                ":created, :modified, :user_title, :user_name, :user_display_name, :course_id, "
+                ":course_title, :course_url)"
+            ),
+            [
+                {
+                    "id": v["id"],
+                    "title": v["title"],
+                    "content": v["content"],
+                    "rating": v["rating"],
+                    "created": _ts(v["created"], aware),
+                    "modified": _ts(v["modified"], aware),
+                    "user_title": v["user"]["title"],
+                    "user_name": v["user"]["name"],
+                    "user_display_name": v["user"]["display_name"],
+                    "course_id": v["course"]["id"],
+                    "course_title": v["course"]["title"],
+                    "course_url": v["course"]["url"],
+                }
+                for v in versions
+            ],
+        )
+
+
+def expected_statistics(versions: list[dict[str, Any]]) -> dict[int, tuple[dict, dict]]:
+    """The stream's reference numbers: compute_from_scratch over the verdicts of the rule."""
+    model = HashFraudModel()
+    events = [
+        (
+            v["id"],
+            ReviewVersion(
+                v["modified"],
+                v["created"],
+                rating_halves(v["rating"]),
+                not model.is_fraud(v),
+                v["course"]["id"],
+            ),
+        )
+        for v in versions
+    ]
+    titles = {course_id: title for course_id, (title, _) in COURSES.items()}
+    return compute_from_scratch(events, AS_OF_DAY, titles=titles)
+
+
+def write_stream_tables(engine: Engine, schema: str, stats: dict[int, tuple[dict, dict]]) -> None:
+    """long_term_stats and recent_stats as the sink would hold them after the stream ran."""
+    emitted = datetime(2024, 10, 4, 12, 0, 0)
+    with engine.begin() as conn:
+        for index, table in enumerate(("long_term_stats", "recent_stats")):
+            conn.execute(text(f'create table "{schema}".{table} ({STAT_COLUMNS})'))
+            rows = []
+            for pair in stats.values():
+                row = dict(pair[index])
+                row["last_review_time"] = _ts(row["last_review_time"], aware=False)
+                for day in ("window_start_day", "window_end_day"):
+                    row[day] = None if row[day] is None else day_to_date(row[day])
+                row["as_of_time"] = emitted
+                rows.append(row)
+            conn.execute(
+                text(
+                    f'insert into "{schema}".{table} values (:course_id, :course_title, '
+                    ":average_rating, :count_reviews, :count_five_stars, :count_four_stars, "
+                    ":count_three_stars, :count_two_stars, :count_one_star, :count_zero_star, "
+                    ":last_review_time, :sum_rating, :window_start_day, :window_end_day, "
+                    ":as_of_time)"
+                ),
+                rows,
+            )
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Engine:
+    return create_engine(settings.database_url)
+
+
+@pytest.fixture
+def scratch(engine: Engine) -> Iterator[SqlModelsResource]:
+    """Scratch schemas for the stream tables, the batch models and the reconciliation."""
+    base = f"t_{uuid.uuid4().hex[:10]}"
+    layout = SqlModelsResource(
+        stream_schema=base,
+        batch_schema=f"{base}_batch",
+        reconciliation_schema=f"{base}_recon",
+    )
+    with engine.begin() as conn:
+        conn.execute(text(f'create schema "{base}"'))
+    yield layout
+    with engine.begin() as conn:
+        for schema in (base, layout.batch_schema, layout.reconciliation_schema):
+            conn.execute(text(f'drop schema if exists "{schema}" cascade'))
+
+
+def _batch_rows(engine: Engine, schema: str, table: str) -> dict[int, dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = (
+            conn.execute(
+                text(
+                    "select *, (extract(epoch from last_review_time) * 1000)::bigint as last_ms, "
+                    "window_start_day - date '1970-01-01' as start_day, "
+                    "window_end_day - date '1970-01-01' as end_day "
+                    f'from "{schema}".{table}'
+                )
+            )
+            .mappings()
+            .all()
+        )
+    return {row["course_id"]: dict(row) for row in rows}
+
+
+@pytest.mark.parametrize("timestamp_type", ["timestamp", "timestamptz"])
+def test_batch_models_equal_the_stream_reference(
+    engine: Engine, scratch: SqlModelsResource, settings: Settings, timestamp_type: str
+) -> None:
+    versions = scripted_versions()
+    write_reviews(engine, scratch.stream_schema, versions, timestamp_type)
+    result = dg.materialize(
+        build_batch_assets(str(MODELS_DIR)),
+        resources={
+            "postgres": PostgresResource(database_url=settings.database_url),
+            "sql_models": scratch,
+        },
+        run_config={"ops": {"batch__recent_stats": {"config": {"as_of_day": AS_OF_DAY}}}},
+    )
+    assert result.success
+    expected = expected_statistics(versions)
+    assert expected[104][0]["count_reviews"] == 0, "the fraud-only course must count nothing"
+    for index, table in enumerate(("long_term_stats", "recent_stats")):
+        got = _batch_rows(engine, scratch.batch_schema, table)
+        assert got.keys() == expected.keys()
+        for course_id, pair in expected.items():
+            want, row = pair[index], got[course_id]
+            for field, value in want.items():
+                if field == "last_review_time":
+                    assert row["last_ms"] == value, (table, course_id, field)
+                elif field == "window_start_day":
+                    assert row["start_day"] == value, (table, course_id, field)
+                elif field == "window_end_day":
+                    assert row["end_day"] == value, (table, course_id, field)
+                elif field != "as_of_time":
+                    assert row[field] == value, (table, course_id, field, row[field], value)
+    materialised = result.asset_materializations_for_node("batch__long_term_stats")
+    assert materialised[0].metadata["dagster/row_count"].value == len(COURSES)
+
+
+class CaughtUpKafka(KafkaResource):
+    """Every stage has committed up to the end: the reconciliation needs no stream running."""
+
+    def end_offsets(self, topics: Any) -> dict[tuple[str, int], int]:
+        return {(topic, 0): 42 for topic in topics}
+
+    def committed_offsets(self, group_id: str, topics: Any) -> dict[tuple[str, int], int]:
+        return {(topic, 0): 42 for topic in topics}
+
+
+def _reconcile(settings: Settings, layout: SqlModelsResource) -> dict[str, bool]:
+    result = dg.materialize(
+        [stream_vs_batch, *reconciliation_checks],
+        resources={
+            "kafka": CaughtUpKafka(bootstrap_servers="unused:9092"),
+            "postgres": PostgresResource(database_url=settings.database_url),
+            "sql_models": layout,
+        },
+    )
+    assert result.success
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_reconciliation_passes_on_agreement_and_fails_on_a_tampered_row(
+    engine: Engine, scratch: SqlModelsResource, settings: Settings
+) -> None:
+    versions = scripted_versions()
+    write_reviews(engine, scratch.stream_schema, versions, "timestamp")
+    write_stream_tables(engine, scratch.stream_schema, expected_statistics(versions))
+
+    assert _reconcile(settings, scratch) == {
+        "long_term_stats_agree": True,
+        "recent_stats_agree": True,
+    }
+
+    with engine.begin() as conn:  # one star too many in one course's recent statistics
+        conn.execute(
+            text(
+                f'update "{scratch.stream_schema}".recent_stats '
+                "set count_five_stars = count_five_stars + 1 where course_id = 101"
+            )
+        )
+    assert _reconcile(settings, scratch) == {
+        "long_term_stats_agree": True,
+        "recent_stats_agree": False,
+    }
+    with engine.connect() as conn:
+        mismatches = conn.execute(
+            text(f'select kind, course_id, field from "{scratch.reconciliation_schema}".mismatches')
+        ).all()
+    assert [tuple(m) for m in mismatches] == [("recent", 101, "count_five_stars")]
+
+
+def test_reconciliation_fails_on_a_course_missing_from_the_stream(
+    engine: Engine, scratch: SqlModelsResource, settings: Settings
+) -> None:
+    versions = scripted_versions()
+    write_reviews(engine, scratch.stream_schema, versions, "timestamp")
+    write_stream_tables(engine, scratch.stream_schema, expected_statistics(versions))
+    with engine.begin() as conn:
+        conn.execute(
+            text(f'delete from "{scratch.stream_schema}".long_term_stats where course_id = 104')
+        )
+    assert _reconcile(settings, scratch)["long_term_stats_agree"] is False
+
+
+def test_parallel_steps_create_their_schema_without_racing(engine: Engine) -> None:
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: ensure_schema(engine, schema), range(8)))
+        with engine.connect() as conn:
+            found = conn.execute(
+                text("select count(*) from pg_namespace where nspname = :s"), {"s": schema}
+            ).scalar()
+        assert found == 1
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f'drop schema if exists "{schema}" cascade'))
+
+
+def test_offset_reads_tell_transaction_markers_from_unread_records(
+    settings: Settings, temp_topic: str
+) -> None:
+    """A group that read a transactional topic to its end commits below the end offset (the
+    commit marker takes an offset): that counts as caught up; unread records do not."""
+    producer = Producer(settings.kafka_config(**{"transactional.id": f"t-{uuid.uuid4().hex}"}))
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(3):
+        producer.produce(temp_topic, f"v{i}".encode(), b"k", partition=0)
+    producer.commit_transaction(30)
+    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers)
+    ends = kafka.end_offsets([temp_topic])
+    assert ends == {(temp_topic, 0): 4}  # three records and the commit marker
+
+    group = f"t-{uuid.uuid4().hex}"
+    consumer = Consumer(settings.kafka_config(**{"group.id": group, "enable.auto.commit": False}))
+    consumer.commit(offsets=[TopicPartition(temp_topic, 0, 3)], asynchronous=False)
+    consumer.close()  # committed the last record + 1, as Connect does
+    assert kafka.committed_offsets(group, [temp_topic]) == {(temp_topic, 0): 3}
+    assert kafka.has_records(temp_topic, 0, 3, 4) is False
+    assert kafka.has_records(temp_topic, 0, 2, 4) is True
+    stage = Stage("test sink", group, (temp_topic,))
+    [progress] = wait_for_stages(kafka, ends, timeout_s=30, stages=[stage])
+    assert progress.lag_at_cut == 1
+
+    behind = Stage("idle group", f"t-{uuid.uuid4().hex}", (temp_topic,))
+    with pytest.raises(dg.Failure, match="has not reached the cut"):
+        wait_for_stages(kafka, ends, timeout_s=1, stages=[behind])
+
+
+def test_stream_observer_reports_every_topic_and_sink_table(settings: Settings) -> None:
+    resources = {
+        "kafka": KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers),
+        "schema_registry": SchemaRegistryResource(url=settings.schema_registry_url),
+        "postgres": PostgresResource(database_url=settings.database_url),
+        "sql_models": SqlModelsResource(),
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    first = observe_stream(dg.build_sensor_context(instance=instance, resources=resources))
+    keys = {event.asset_key for event in first.asset_events}
+    assert keys == {topic_key(t.name) for t in load_topic_specs()} | {
+        table_key(s.table) for s in SINKS
+    }
+    reviews = next(e for e in first.asset_events if e.asset_key == topic_key("udemy-reviews"))
+    assert "lag fraud filter" in reviews.metadata
+    assert reviews.metadata["value_schema"].value.startswith("version ")
+    second = observe_stream(
+        dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=resources)
+    )
+    reviews = next(e for e in second.asset_events if e.asset_key == topic_key("udemy-reviews"))
+    assert "offsets_per_s" in reviews.metadata
+
+
+def test_the_runtime_starts_restarts_and_stops_a_real_fraud_filter(
+    admin: AdminClient, tmp_path: Path
+) -> None:
+    """The real worker module on scratch topics and group, under the runtime's conventions."""
+    suffix = uuid.uuid4().hex[:8]
+    topics = {name: f"t-{name}-{suffix}" for name in ("input", "valid", "fraud", "dlq")}
+    for future in admin.create_topics([NewTopic(t, 1, 1) for t in topics.values()]).values():
+        future.result(30)
+    (tmp_path / "env").write_text(
+        f"FRAUD_GROUP_ID=t-fraud-{suffix}\nWORKER_INSTANCE=t\n"
+        f"FRAUD_INPUT_TOPIC={topics['input']}\nFRAUD_VALID_TOPIC={topics['valid']}\n"
+        f"FRAUD_FRAUD_TOPIC={topics['fraud']}\nDEAD_LETTER_TOPIC={topics['dlq']}\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runtime = LocalProcessRuntime(
+        state_dir=str(tmp_path),
+        modules={"fraud-filter": "streaming.workers.fraud_filter"},
+        health_urls={"fraud-filter": f"http://127.0.0.1:{port}/health"},
+        ready_timeout_s=60,
+    )
+    try:
+        first = runtime.start("fraud-filter")
+        assert first.health is not None and first.health["worker"] == "fraud-filter"
+        second = runtime.restart("fraud-filter")
+        assert second.pid != first.pid and second.health["pid"] == second.pid
+        log = (tmp_path / "logs" / "fraud-filter.log").read_text()
+        assert '"msg": "stopped"' in log, "SIGTERM lets the worker finish and close cleanly"
+    finally:
+        runtime.stop("fraud-filter")
+        admin.delete_topics(list(topics.values()))
+    assert runtime.status("fraud-filter").health is None
+
+
+def test_dagster_yaml_gives_a_postgres_instance(tmp_path: Path) -> None:
+    shutil.copy(REPO_ROOT / "orchestration" / "dagster.yaml", tmp_path / "dagster.yaml")
+    script = (
+        "import dagster as dg\n"
+        "i = dg.DagsterInstance.get()\n"
+        "storages = (i.run_storage, i.event_log_storage, i.schedule_storage)\n"
+        "print(*(type(s).__name__ for s in storages), i.telemetry_enabled)\n"
+    )
+    env = {"DAGSTER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    for key in ("PGHOST", "PGPORT", "PGUSER"):
+        env[key] = os.environ[key]
+    out = subprocess.run(
+        [str(REPO_ROOT / ".venv/bin/python"), "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.split() == [
+        "PostgresRunStorage",
+        "PostgresEventLogStorage",
+        "PostgresScheduleStorage",
+        "False",
+    ]

@@ -1,0 +1,24 @@
+"""A stand-in stream worker for the LocalProcessRuntime tests: a health endpoint, nothing else.
+
+It reports `FAKE_MARKER` from its environment, so tests see which environment it was given.
+"""
+
+import os
+import signal
+import sys
+
+from streaming.workers.runtime import HealthServer, WorkerMetrics
+
+
+def main() -> int:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    metrics = WorkerMetrics("fake", "0")
+    metrics.extra["marker"] = os.environ.get("FAKE_MARKER", "")
+    health = HealthServer(metrics, int(os.environ["HEALTH_PORT"])).start()
+    signal.sigwait({signal.SIGTERM})
+    health.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
