@@ -21,6 +21,7 @@
 #                                   answers 2xx (or "-" for no URL: ready while alive)
 #   env KEY=VALUE                   appended to .stack/env (values may use ${VARS} of .stack/env)
 #   init COMMAND...                 run once after the infrastructure is up, before any app
+#   post COMMAND...                 run once by `run` after every app is ready (e.g. a demo)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -254,13 +255,13 @@ apps() { # apps: print "NAME READY_URL COMMAND..." lines of $STACK_APPS, variabl
 
 app_ok() { local name=$1 url=$2; alive "$name" && { [ "$url" = - ] || http_ok "$url"; }; }
 
-run_inits() {
+run_steps() { # run_steps KIND: run every "KIND COMMAND..." line of $STACK_APPS, in order
   [ -n "$STACK_APPS" ] || return 0
   local kind rest
   while read -r kind rest; do
-    [ "$kind" = init ] || continue
+    [ "$kind" = "$1" ] || continue
     say "running: $rest"
-    (set -a; . "$STACK_DIR/env"; set +a; cd "$ROOT"; bash -c "$rest") || die "init step failed: $rest"
+    (set -a; . "$STACK_DIR/env"; set +a; cd "$ROOT"; bash -c "$rest") || die "$1 step failed: $rest"
   done <"$STACK_APPS"
 }
 
@@ -312,12 +313,12 @@ cmd_up() {
   up_kafka
   up_registry
   up_connect
-  run_inits
+  run_steps init
   up_apps
   say "stack up in $((SECONDS - t0)) s; addresses in $STACK_DIR/env"
 }
 
-line() { printf '%-13s %-8s %s\n' "$1" "$2" "$3"; }
+line() { printf '%-18s %-8s %s\n' "$1" "$2" "$3"; }
 
 cmd_status() {
   local bad=0 name url _cmd
@@ -346,6 +347,7 @@ cmd_down() {
 cmd_run() {
   trap 'echo; cmd_down; exit 0' INT TERM
   cmd_up
+  run_steps post
   echo
   cmd_status || true
   echo
