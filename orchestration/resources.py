@@ -37,11 +37,11 @@ from pydantic import Field
 from sqlalchemy import Engine, create_engine
 
 from orchestration.sql_models import MODELS_DIR
-from orchestration.topology import WORKERS
+from orchestration.topology import SINKS, WORKERS
 from streaming.config import REPO_ROOT, Settings
 from streaming.ingest.backfill import BackfillResult, backfill_course
 from streaming.ingest.producer import ReviewProducer
-from streaming.sink.connect import ConnectClient, ConnectorState
+from streaming.sink.connect import ConnectClient, ConnectError, ConnectorState
 from streaming.source.client import RetryPolicy, UdemyClient
 
 Offsets = dict[tuple[str, int], int]
@@ -233,9 +233,20 @@ class ConnectResource(dg.ConfigurableResource):
         return ConnectClient(self.url, retry_conflicts_s=self.retry_conflicts_s)
 
     def statuses(self) -> dict[str, ConnectorState]:
-        """Every connector's state and its tasks' states, by connector name."""
+        """The pipeline's sink connectors' states, by name; one not deployed is absent.
+
+        Only the declared sinks: other connectors on a shared Connect cluster (tests, other
+        teams) are not ours to judge or restart, and may vanish between a list and a status.
+        """
+        out: dict[str, ConnectorState] = {}
         with self.client() as client:
-            return {name: client.status(name) for name in client.list()}
+            for sink in SINKS:
+                try:
+                    out[sink.connector] = client.status(sink.connector)
+                except ConnectError as exc:
+                    if exc.status != 404:
+                        raise
+        return out
 
     def restart_failed(self, name: str) -> ConnectorState:
         """Restart the connector if it failed, and its failed tasks."""

@@ -12,7 +12,6 @@ from confluent_kafka import KafkaException
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from streaming.config import Settings
-from streaming.sink.render import CONNECTORS_DIR
 
 if TYPE_CHECKING:
     from streaming.sink.connect import ConnectClient, ConnectorState
@@ -150,13 +149,14 @@ def _status(client: ConnectClient, names: list[str]) -> int:
 
 def _connectors(args: argparse.Namespace) -> int:
     from streaming.sink.connect import ConnectClient, ConnectError
-    from streaming.sink.render import declared_connectors
+    from streaming.sink.render import CONNECTORS_DIR, declared_connectors
 
-    names = [args.name] if args.name else declared_connectors(args.config_dir)
+    directory = args.config_dir or CONNECTORS_DIR
+    names = [args.name] if args.name else declared_connectors(directory)
     with ConnectClient.from_env() as client:
         try:
             if args.action == "deploy":
-                return _deploy(client, names, args.wait, args.config_dir)
+                return _deploy(client, names, args.wait, directory)
             if args.action == "status":
                 return _status(client, names)
             for name in names:
@@ -206,8 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument(
             "--config-dir",
             type=Path,
-            default=CONNECTORS_DIR,
-            help="where the connector configs (<name>.json) are (default: %(default)s)",
+            help="directory of the <name>.json configs (default: streaming/sink/connectors)",
         )
         if action == "deploy":
             a.add_argument(

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from streaming.api import ingest
+from streaming.api import ingest, read
 from streaming.config import Settings
 from streaming.ingest.producer import ReviewProducer
 
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None, *, ack_timeout_s: float | None 
         lifespan=lifespan,
     )
     app.include_router(ingest.router)
+    app.include_router(read.router)
 
     @app.get("/health", include_in_schema=False)
     async def health() -> dict[str, str]:

@@ -1,10 +1,11 @@
 """Statistics read API: `GET /courses/{course_id}/stats` and the paged `GET /courses`.
 
 It reads the tables the PostgreSQL sink (Kafka Connect) upserts, `long_term_stats` and
-`recent_stats`, one row per course each, so it serves what the sink has committed and never
-talks to Kafka. The sink writes timestamps as UTC `timestamp` columns; they are returned as
-ISO 8601 UTC. Include `router` in the app; the engine comes from DATABASE_URL, once per process
-(`get_engine`, a dependency tests override).
+`recent_stats` (in `public`, found through the connection's search_path), one row per course
+each, so it serves what the sink has committed and never talks to Kafka. The sink writes
+timestamps as UTC `timestamp` columns; they are returned as ISO 8601 UTC. Include `router` in
+the app; the engine comes from DATABASE_URL, once per process (`get_engine`, a dependency tests
+override).
 """
 
 from __future__ import annotations

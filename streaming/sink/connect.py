@@ -1,8 +1,9 @@
 """A small Kafka Connect REST client: what the CLI and the orchestration use to run the sink.
 
-Connect answers 409 while its workers rebalance (for example right after another connector was
-created); such requests are retried for a while instead of failing a deploy. Every other error
-becomes a ConnectError carrying the HTTP status and Connect's own message.
+Connect refuses requests while its workers rebalance (for example right after another connector
+was created or deleted): 409, or 500 "...because a rebalance is expected". Those are retried for
+a while instead of failing a deploy. Every other error becomes a ConnectError carrying the HTTP
+status and Connect's own message.
 """
 
 from __future__ import annotations
@@ -131,8 +132,8 @@ class ConnectClient:
                 raise ConnectError(
                     f"{method} {path}: Kafka Connect at {self.base_url} is unreachable: {exc}"
                 ) from exc
-            if resp.status_code == 409 and time.monotonic() < deadline:
-                time.sleep(POLL_INTERVAL_S)  # a rebalance is in progress; Connect asks to retry
+            if _rebalancing(resp) and time.monotonic() < deadline:
+                time.sleep(POLL_INTERVAL_S)
                 continue
             if resp.is_error:
                 raise ConnectError(
@@ -192,6 +193,11 @@ class ConnectClient:
     def resume(self, name: str) -> None:
         self._request("PUT", f"/connectors/{_q(name)}/resume")
 
+    def stop(self, name: str) -> None:
+        """Shut the tasks down (their consumers leave the group), keeping config and offsets;
+        unlike a pause, nothing of the connector keeps running. `resume` starts it again."""
+        self._request("PUT", f"/connectors/{_q(name)}/stop")
+
     def delete(self, name: str) -> None:
         self._request("DELETE", f"/connectors/{_q(name)}")
 
@@ -229,6 +235,10 @@ def describe(state: ConnectorState | None) -> str:
 
 def _q(name: str) -> str:
     return quote(name, safe="")
+
+
+def _rebalancing(resp: httpx.Response) -> bool:
+    return resp.status_code == 409 or (resp.status_code == 500 and "rebalance" in _message(resp))
 
 
 def _message(resp: httpx.Response) -> str:

@@ -216,6 +216,8 @@ class MockedConnect(ConnectResource):
             if parts == ["connectors"]:
                 return httpx.Response(200, json=sorted(statuses))
             if parts[-1] == "status":
+                if parts[1] not in statuses:  # as Connect answers for a connector not deployed
+                    return httpx.Response(404, json={"error_code": 404, "message": "not found"})
                 return httpx.Response(200, json=statuses[parts[1]])
             raise AssertionError(f"unexpected request {request.method} {request.url}")
 

@@ -1,0 +1,132 @@
+"""Sink connector configs and the DATABASE_URL -> JDBC conversion, without Connect."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streaming.admin import load_topic_specs
+from streaming.sink.render import (
+    CONNECTION_KEYS,
+    declared_connectors,
+    jdbc_connection,
+    load_connector,
+    render_connector,
+)
+
+LOCAL = "postgresql+psycopg2://postgres@127.0.0.1:5433/reviews"
+TABLES = {  # schema-qualified: the sink resolves a bare name in any schema that has one
+    "long-term-stats": "public.long_term_stats",
+    "recent-stats": "public.recent_stats",
+    "udemy-reviews": "public.reviews",
+}
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            LOCAL,
+            {
+                "connection.url": "jdbc:postgresql://127.0.0.1:5433/reviews",
+                "connection.username": "postgres",
+            },
+        ),
+        (
+            "postgresql://app:s3cr%40t%3A%2F@db.example.com/reviews?sslmode=require",
+            {
+                "connection.url": "jdbc:postgresql://db.example.com/reviews?sslmode=require",
+                "connection.username": "app",
+                "connection.password": "s3cr@t:/",
+            },
+        ),
+        (
+            "postgresql+psycopg://u:@[::1]:6543/my%20db",
+            {
+                "connection.url": "jdbc:postgresql://[::1]:6543/my%20db",
+                "connection.username": "u",
+                "connection.password": "",
+            },
+        ),
+    ],
+)
+def test_sqlalchemy_url_becomes_jdbc_settings(url: str, expected: dict[str, str]) -> None:
+    assert jdbc_connection(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("mysql+pymysql://u:p@h/db", "expected a postgresql URL"),
+        ("postgresql:///reviews", "needs a host"),
+        ("postgresql://u@h", "needs a host and a database"),
+    ],
+)
+def test_unusable_urls_are_refused(url: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        jdbc_connection(url)
+
+
+def test_the_three_connectors_are_declared() -> None:
+    assert declared_connectors() == sorted(TABLES)
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_committed_configs_follow_the_contract(name: str) -> None:
+    config = load_connector(name)
+    assert config["connector.class"] == "io.debezium.connector.jdbc.JdbcSinkConnector"
+    assert config["topics"] == name
+    assert config["collection.name.format"] == TABLES[name]
+    assert config["insert.mode"] == "upsert"
+    assert config["primary.key.mode"] == "record_value"
+    assert config["schema.evolution"] == "basic"
+    assert config["consumer.override.isolation.level"] == "read_committed"
+    assert config["errors.tolerance"] == "all"
+    assert config["errors.deadletterqueue.context.headers.enable"] == "true"
+    assert config["errors.deadletterqueue.topic.replication.factor"] == "1"
+    dlq = config["errors.deadletterqueue.topic.name"]
+    assert dlq in {spec.name for spec in load_topic_specs()}, "the DLQ topic must be declared"
+    assert not set(CONNECTION_KEYS) & config.keys(), "credentials come from DATABASE_URL"
+
+
+def test_statistics_key_on_the_course_and_reviews_on_each_version() -> None:
+    for name in ("long-term-stats", "recent-stats"):
+        assert load_connector(name)["primary.key.fields"] == "course_id"
+        assert "transforms" not in load_connector(name)
+    reviews = load_connector("udemy-reviews")
+    assert reviews["primary.key.fields"] == "id,modified"
+    assert reviews["transforms"] == "flatten"
+    assert reviews["transforms.flatten.type"] == "org.apache.kafka.connect.transforms.Flatten$Value"
+    assert reviews["transforms.flatten.delimiter"] == "_"
+
+
+def test_render_adds_the_connection_then_the_overrides() -> None:
+    config = render_connector(
+        "udemy-reviews",
+        "postgresql://sink:pw@pg:5432/reviews",
+        topic="test-topic",
+        table="test_schema.reviews",
+        overrides={"errors.tolerance": "none", "tasks.max": "1"},
+    )
+    assert config == {
+        **load_connector("udemy-reviews"),
+        "connection.url": "jdbc:postgresql://pg:5432/reviews",
+        "connection.username": "sink",
+        "connection.password": "pw",
+        "topics": "test-topic",
+        "collection.name.format": "test_schema.reviews",
+        "errors.tolerance": "none",
+        "tasks.max": "1",
+    }
+
+
+def test_configs_with_non_strings_or_credentials_are_refused(tmp_path) -> None:
+    (tmp_path / "numbers.json").write_text(json.dumps({"tasks.max": 2, "topics": "t"}))
+    (tmp_path / "secret.json").write_text(json.dumps({"connection.password": "x"}))
+    with pytest.raises(ValueError, match=r"must be JSON strings, not: tasks\.max"):
+        load_connector("numbers", tmp_path)
+    with pytest.raises(ValueError, match=r"connection\.password come from DATABASE_URL"):
+        load_connector("secret", tmp_path)
+    with pytest.raises(ValueError, match="declared: numbers, secret"):
+        load_connector("missing", tmp_path)
