@@ -87,12 +87,23 @@ class WorkerMetrics:
         }
 
     def on_stats(self, stats_json: str) -> None:
-        """librdkafka statistics callback: total consumer lag over assigned partitions."""
+        """librdkafka statistics callback: records not yet handed to the loop, all partitions.
+
+        Per partition: last stable offset - fetch position + prefetched records. Not librdkafka's
+        `consumer_lag` (end - committed): on topics written in transactions the commit marker
+        after the last record is never "consumed", so that figure stays >= 1 on an idle,
+        caught-up worker and would make a supervisor think it stalled.
+        """
         stats = json.loads(stats_json)
         lag = 0
         for topic in stats.get("topics", {}).values():
             for pid, part in topic.get("partitions", {}).items():
-                if pid != "-1" and part.get("fetch_state") == "active":
+                if pid == "-1" or part.get("fetch_state") != "active":
+                    continue
+                position, end = part.get("next_offset", -1), part.get("ls_offset", -1)
+                if position >= 0 and end >= 0:
+                    lag += max(end - position, 0) + part.get("fetchq_cnt", 0)
+                else:
                     lag += max(part.get("consumer_lag", 0), 0)
         self.consumer_lag = lag
 

@@ -1,0 +1,46 @@
+"""Worker metrics read from librdkafka statistics, and the health endpoint."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from streaming.workers.runtime import HealthServer, WorkerMetrics
+
+
+def stats(*partitions: dict) -> str:
+    parts = {str(i): {"fetch_state": "active", **p} for i, p in enumerate(partitions)}
+    parts["-1"] = {"fetch_state": "none", "consumer_lag": 99}
+    return json.dumps({"topics": {"t": {"partitions": parts}}})
+
+
+def test_idle_after_a_transaction_marker_is_no_lag():
+    m = WorkerMetrics("w", "0")
+    # caught up: the fetch position is past the commit marker; librdkafka's own figure says 1
+    m.on_stats(stats({"next_offset": 120, "ls_offset": 120, "fetchq_cnt": 0, "consumer_lag": 1}))
+    assert m.consumer_lag == 0
+
+
+def test_lag_counts_unfetched_and_prefetched_records():
+    m = WorkerMetrics("w", "0")
+    m.on_stats(
+        stats(
+            {"next_offset": 100, "ls_offset": 150, "fetchq_cnt": 20},
+            {"next_offset": -1001, "ls_offset": -1, "consumer_lag": 7},  # not fetched yet
+        )
+    )
+    assert m.consumer_lag == 50 + 20 + 7
+
+
+def test_health_answers_503_when_the_loop_stalls():
+    m = WorkerMetrics("w", "0")
+    server = HealthServer(m, 0, stall_after_s=3600).start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/health"
+        assert httpx.get(url).status_code == 200
+        server.stall_after_s = -1  # the loop's last turn is now "too long ago"
+        answer = httpx.get(url)
+        assert answer.status_code == 503 and answer.json()["status"] == "stalled"
+    finally:
+        server.stop()
