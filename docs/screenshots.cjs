@@ -23,7 +23,7 @@ await page.goto(
   { waitUntil: "networkidle" },
 );
 await dismissOnboarding();
-await page.waitForTimeout(4000);
+await page.waitForTimeout(8000);
 await page.screenshot({ path: "docs/asset-graph.png" });
 
 // the batch lineage: the SQL models over the sink's reviews table
@@ -31,12 +31,12 @@ await page.goto(`${base}/locations/__repository__@reviews/asset-groups/batch`, {
   waitUntil: "networkidle",
 });
 await dismissOnboarding();
-await page.waitForTimeout(4000);
+await page.waitForTimeout(8000);
 await page.screenshot({ path: "docs/batch-graph.png" });
 
 await page.goto(`${base}/assets/reconciliation/stream_vs_batch`, { waitUntil: "networkidle" });
 await dismissOnboarding();
-await page.waitForTimeout(3000);
+await page.waitForTimeout(6000);
 await page.screenshot({ path: "docs/reconciliation.png", fullPage: true });
 await browser.close();
 
