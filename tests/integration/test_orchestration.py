@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from sqlalchemy import Engine, create_engine, text
 
+from orchestration.assets.backfill import course_reviews, courses
 from orchestration.assets.batch import build_batch_assets
 from orchestration.assets.reconciliation import stream_vs_batch, wait_for_stages
 from orchestration.checks import reconciliation_checks
@@ -30,6 +31,7 @@ from orchestration.resources import (
     KafkaResource,
     LocalProcessRuntime,
     PostgresResource,
+    ReviewSourceResource,
     SchemaRegistryResource,
     SqlModelsResource,
 )
@@ -42,6 +44,7 @@ from streaming.core.fraud import HashFraudModel
 from streaming.core.ratings import RATINGS, rating_halves
 from streaming.core.stats import ReviewVersion, compute_from_scratch
 from streaming.core.window import MS_PER_DAY, day_to_date
+from streaming.source.client import UdemyClient
 
 pytestmark = pytest.mark.integration
 
@@ -486,3 +489,32 @@ def test_dagster_yaml_gives_a_postgres_instance(tmp_path: Path) -> None:
         "PostgresScheduleStorage",
         "False",
     ]
+
+
+def test_backfill_asset_puts_a_small_course_into_kafka(settings: Settings) -> None:
+    """The real resources: the stack's review source, registry and Kafka, one small course."""
+    with UdemyClient.from_env() as source:
+        counts = {
+            int(c["id"]): source.fetch_page(int(c["id"]), 1).count for c in source.iter_courses()
+        }
+    course_id = min(counts, key=counts.get)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(courses.name, [str(course_id)])
+    result = dg.materialize(
+        [course_reviews],
+        instance=instance,
+        partition_key=str(course_id),
+        resources={
+            "kafka": KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers),
+            "schema_registry": SchemaRegistryResource(url=settings.schema_registry_url),
+            "review_source": ReviewSourceResource(
+                api_url=os.environ["UDEMY_API_URL"],
+                client_id=os.environ["UDEMY_CLIENT_ID"],
+                client_secret=os.environ["UDEMY_CLIENT_SECRET"],
+            ),
+        },
+    )
+    assert result.success
+    (materialisation,) = result.asset_materializations_for_node("ingest__course_reviews")
+    assert materialisation.metadata["reviews"].value == counts[course_id]
+    assert materialisation.metadata["last_offsets"].value, "offsets of the written records"
