@@ -55,6 +55,7 @@ def _backfill(args: argparse.Namespace) -> int:
 
     from streaming.ingest.backfill import BackfillError, backfill_all, backfill_course
     from streaming.ingest.producer import ReviewProducer
+    from streaming.serde import RegistryUnavailable
     from streaming.source.client import Checkpoint, SourceError, UdemyClient
 
     settings = Settings.from_env()
@@ -76,7 +77,7 @@ def _backfill(args: argparse.Namespace) -> int:
                 results = [backfill_course(cid, **options) for cid in args.course]
             else:
                 results = backfill_all(**options)
-    except (SourceError, BackfillError, KafkaException) as exc:
+    except (SourceError, BackfillError, KafkaException, RegistryUnavailable) as exc:
         print(f"backfill failed: {exc}", file=sys.stderr)
         return 1
     total = sum(r.reviews for r in results)

@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
@@ -23,6 +24,10 @@ from streaming.core.avro_codec import confluent_frame, split_confluent
 from streaming.core.review_frames import Writer, writer_for
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
+
+
+class RegistryUnavailable(ConnectionError):
+    """The schema registry could not be reached: nothing is wrong with the data, retry later."""
 
 
 class UnknownSchemaError(LookupError):
@@ -58,7 +63,7 @@ class Registry:
         found = self._by_id.get(schema_id)
         if found is None:
             try:
-                schema_str = self._client.get_schema(schema_id).schema_str
+                schema_str = self._call(self._client.get_schema, schema_id).schema_str
             except SchemaRegistryError as exc:
                 if exc.http_status_code == 404:
                     msg = f"schema id {schema_id} is not in the registry"
@@ -72,7 +77,16 @@ class Registry:
     def register(self, subject: str, schema_file: str) -> int:
         """Register (idempotently) a schema of `schemas/` under a subject and return its id."""
         text = (SCHEMAS_DIR / schema_file).read_text()
-        return self._client.register_schema(subject, Schema(text, "AVRO"))
+        return self._call(self._client.register_schema, subject, Schema(text, "AVRO"))
+
+    def _call(self, method: Any, *args: Any) -> Any:
+        """A registry request; a transport failure becomes RegistryUnavailable naming the URL."""
+        try:
+            return method(*args)
+        except httpx2.TransportError as exc:
+            raise RegistryUnavailable(
+                f"schema registry at {self.url} is unreachable: {exc}"
+            ) from exc
 
 
 class AvroEncoder:

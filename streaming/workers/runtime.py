@@ -174,7 +174,8 @@ def env_int(name: str, default: int) -> int:
 
 
 def serve(worker: Any, health_port: int) -> int:
-    """Run a worker with its health endpoint; exit code 1 on a fatal Kafka error (restart me)."""
+    """Run a worker with its health endpoint; exit code 1 on a fatal Kafka error or an
+    unreachable service (restart me)."""
     from confluent_kafka import KafkaException
 
     setup_logging()
@@ -189,6 +190,14 @@ def serve(worker: Any, health_port: int) -> int:
             "fatal Kafka error, exiting for the supervisor to restart",
             logging.ERROR,
             error=str(exc.args[0]),
+        )
+        return 1
+    except ConnectionError as exc:  # e.g. RegistryUnavailable: not the data's fault
+        log_event(
+            log,
+            "a service is unreachable, exiting for the supervisor to restart",
+            logging.ERROR,
+            error=str(exc),
         )
         return 1
     finally:

@@ -53,7 +53,7 @@ from streaming.core.review_bytes import extract_fields
 from streaming.core.review_frames import frame_batch
 from streaming.core.stats import ReviewVersion
 from streaming.core.window import epoch_day
-from streaming.serde import Registry, ReviewWriters, local_schema
+from streaming.serde import Registry, RegistryUnavailable, ReviewWriters, local_schema
 from streaming.workers.eos import EosWorker, LoopConfig, dead_letter_headers
 from streaming.workers.runtime import StopFlag, env_int, log_event, serve
 
@@ -319,12 +319,16 @@ class StatsAggregator(EosWorker):
 
 def main() -> int:
     settings = Settings.from_env()
-    worker = StatsAggregator(
-        settings,
-        LoopConfig.from_env("AGGREGATOR_GROUP_ID", "stats-aggregator"),
-        AggregatorTopics.from_env(),
-        StopFlag(),
-    )
+    try:  # registers the statistics schemas: needs the registry
+        worker = StatsAggregator(
+            settings,
+            LoopConfig.from_env("AGGREGATOR_GROUP_ID", "stats-aggregator"),
+            AggregatorTopics.from_env(),
+            StopFlag(),
+        )
+    except RegistryUnavailable as exc:
+        print(f"stats-aggregator: {exc}", file=sys.stderr)
+        return 1
     return serve(worker, env_int("HEALTH_PORT", 8092))
 
 
