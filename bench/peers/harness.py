@@ -137,7 +137,8 @@ def run_peer(
     try:
         while not done():
             if proc.poll() is not None:
-                raise RuntimeError(f"peer exited with {proc.returncode} before finishing; see {log}")
+                code = proc.returncode
+                raise RuntimeError(f"peer exited with {code} before finishing; see {log}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"peer did not finish within {timeout_s:.0f} s; see {log}")
             time.sleep(POLL_S)  # the observation interval, not a readiness wait
