@@ -1,0 +1,316 @@
+"""The Kafka Streams peer (issue 9): the original fraud app and aggregator, timed by the harness.
+
+`bench/peers/kstreams/` holds the original simplesteph topologies in Java on Kafka Streams 4.3.1
+(the broker's version) with the same fraud rule, exactly-once v2 and one stream thread. This
+module builds their jar, runs each app on fresh output topics and a fresh application id, checks
+what it wrote, and deletes every topic it made (Streams' internal ones included), its consumer
+group, its schema subjects and its state directory.
+
+    .venv/bin/python -m bench.peers.kstreams --records 200000 --runs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from bench.common import produce_reviews, review
+from bench.peers.harness import PeerRun, StatsWatcher, input_committed, run_peer
+from streaming.config import Settings
+from streaming.core.avro_codec import CONFLUENT_HEADER_SIZE, schemas_dir
+from streaming.core.fraud import HashFraudModel
+from streaming.core.review_bytes import pack
+from streaming.serde import Registry
+
+PROJECT = Path(__file__).resolve().parent / "kstreams"
+JAR = PROJECT / "target" / "kstreams-peer.jar"
+JVM_OPTIONS = ["-Xmx1g"]
+INPUT_SUBJECT = "udemy-reviews-value"
+"""The subject `bench.common.produce_reviews` registers review.avsc under and writes with."""
+
+
+def build() -> Path:
+    """The peer's jar, rebuilt with Maven when missing or older than its pom or sources."""
+    sources = [PROJECT / "pom.xml", *(p for p in (PROJECT / "src").rglob("*") if p.is_file())]
+    if JAR.exists() and JAR.stat().st_mtime >= max(p.stat().st_mtime for p in sources):
+        return JAR
+    cmd = ["mvn", "-q", "-f", str(PROJECT / "pom.xml"), "package", "-DskipTests"]
+    print(f"building the Kafka Streams peer: {' '.join(cmd)}", flush=True)
+    subprocess.run(cmd, check=True)
+    return JAR
+
+
+@dataclass(frozen=True)
+class _App:
+    """One run's names: everything under `bench-ks-<tag>-<app>` so cleanup finds it all."""
+
+    app_id: str
+    log_dir: Path
+
+    @property
+    def state_dir(self) -> Path:
+        return self.log_dir / f"{self.app_id}-state"
+
+    @property
+    def log(self) -> Path:
+        return self.log_dir / f"{self.app_id}.log"
+
+    def topic(self, name: str) -> str:
+        return f"{self.app_id}-out-{name}"
+
+    def command(self, settings: Settings, app: str, **options: object) -> list[str]:
+        """The java command line; options become `--name value` (underscores -> dashes)."""
+        home = os.environ.get("JAVA_HOME")
+        java = str(Path(home) / "bin" / "java") if home else "java"
+        cmd = [java, *JVM_OPTIONS, "-jar", str(build()), app]
+        options = {
+            "bootstrap": settings.kafka_bootstrap_servers,
+            "application_id": self.app_id,
+            "state_dir": self.state_dir,
+            **options,
+        }
+        for name, value in options.items():
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+        return cmd
+
+
+@contextmanager
+def _fresh_app(settings: Settings, app: str, log_dir: Path) -> Iterator[_App]:
+    """A new application id; afterwards its topics, group, subjects and state are deleted."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    run = _App(f"bench-ks-{uuid.uuid4().hex[:8]}-{app}", log_dir)
+    try:
+        yield run
+    finally:
+        _delete(settings, run.app_id)
+        shutil.rmtree(run.state_dir, ignore_errors=True)
+
+
+def _create_topics(settings: Settings, topics: list[str], partitions: int) -> None:
+    """Output topics with infinite retention: the aggregator's records carry review creation
+    times (years old) as timestamps, which time-based retention would delete."""
+    admin = AdminClient(settings.kafka_config())
+    new = [NewTopic(t, partitions, config={"retention.ms": "-1"}) for t in topics]
+    for fut in admin.create_topics(new).values():
+        fut.result(30)
+
+
+def _delete(settings: Settings, app_id: str) -> None:
+    """Every topic named `<app_id>-...` (ours and Streams' internal ones), the group, the
+    subjects. The group and subjects are only warned about: they hold nothing a later run
+    reads, and an exception here would hide the one that ended the run."""
+    admin = AdminClient(settings.kafka_config())
+    prefix = f"{app_id}-"
+    topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+    if topics:
+        for fut in admin.delete_topics(topics).values():
+            fut.result(30)
+    try:
+        admin.delete_consumer_groups([app_id])[app_id].result(30)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
+            print(f"warning: consumer group {app_id} not deleted: {exc}", file=sys.stderr)
+    registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+    for subject in (s for s in registry.get_subjects() if s.startswith(prefix)):
+        try:
+            registry.delete_subject(subject)
+            registry.delete_subject(subject, permanent=True)
+        except Exception as exc:  # any registry error: the subject is only a leftover
+            print(f"warning: subject {subject} not deleted: {exc}", file=sys.stderr)
+
+
+def _scan(
+    settings: Settings,
+    topic: str,
+    partitions: int,
+    on_batch: Callable[[list[Message]], None],
+    timeout_s: float = 300,
+) -> None:
+    """Hand every committed record of `topic`, from the start to its end, to `on_batch`."""
+    consumer = Consumer(
+        settings.kafka_config(
+            **{
+                "group.id": f"bench-ks-scan-{uuid.uuid4().hex[:8]}",  # assigned, never joins
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+                "enable.auto.commit": False,
+            }
+        )
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    pending = set(range(partitions))
+    deadline = time.monotonic() + timeout_s
+    try:
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to the end")
+            records = []
+            for msg in consumer.consume(10_000, timeout=1):
+                err = msg.error()
+                if err is None:
+                    records.append(msg)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                else:
+                    raise KafkaException(err)
+            if records:
+                on_batch(records)
+    finally:
+        consumer.close()
+
+
+def _check_fraud(
+    settings: Settings, input_topic: str, valid: str, fraud: str, partitions: int, records: int
+) -> None:
+    """Valid + fraud hold the whole input once, and fraud holds exactly the reviews our rule
+    (`HashFraudModel`, run over the input's own bytes) calls fraud; RuntimeError otherwise."""
+    model = HashFraudModel()
+    expected: list[bytes] = []
+
+    def judge(msgs: list[Message]) -> None:
+        verdicts = model.is_fraud_batch(*pack([m.value()[CONFLUENT_HEADER_SIZE:] for m in msgs]))
+        expected.extend(m.key() for m, bad in zip(msgs, verdicts, strict=True) if bad)
+
+    _scan(settings, input_topic, partitions, judge)
+    valid_count = 0
+
+    def count(msgs: list[Message]) -> None:
+        nonlocal valid_count
+        valid_count += len(msgs)
+
+    _scan(settings, valid, partitions, count)
+    flagged: list[bytes] = []
+    _scan(settings, fraud, partitions, lambda msgs: flagged.extend(m.key() for m in msgs))
+    if valid_count + len(flagged) != records:
+        raise RuntimeError(
+            f"Kafka Streams fraud app wrote {valid_count:,} valid + {len(flagged):,} fraud "
+            f"records for {records:,} input records"
+        )
+    if sorted(flagged) != sorted(expected):
+        raise RuntimeError(
+            f"Kafka Streams fraud app flagged {len(flagged):,} reviews, our rule "
+            f"{len(expected):,} ({len(set(flagged) ^ set(expected)):,} differ)"
+        )
+
+
+def fraud(
+    settings: Settings, input_topic: str, partitions: int, records: int, log_dir: Path
+) -> PeerRun:
+    """Time the fraud app over `records` input records, then check its outputs."""
+    with _fresh_app(settings, "fraud", log_dir) as app:
+        valid, flagged = app.topic("valid"), app.topic("fraud")
+        _create_topics(settings, [valid, flagged], partitions)
+        cmd = app.command(
+            settings,
+            "fraud",
+            input=input_topic,
+            valid=valid,
+            fraud=flagged,
+            review_schema=schemas_dir() / "review.avsc",
+            review_schema_id=Registry(settings.schema_registry_url).register(
+                INPUT_SUBJECT, "review.avsc"
+            ),
+        )
+        done = input_committed(settings, app.app_id, [input_topic], records)
+        result = run_peer(cmd, done, records, app.log)
+        _check_fraud(settings, input_topic, valid, flagged, partitions, records)
+        return result
+
+
+def aggregate(
+    settings: Settings,
+    valid_topic: str,
+    partitions: int,
+    records: int,
+    expected: dict[int, int],
+    log_dir: Path,
+) -> PeerRun:
+    """Time the aggregator until every course's all-time count reaches `expected`."""
+    with _fresh_app(settings, "aggregate", log_dir) as app:
+        long_term, recent = app.topic("long-term-stats"), app.topic("recent-stats")
+        _create_topics(settings, [long_term, recent], partitions)
+        registry = Registry(settings.schema_registry_url)
+        cmd = app.command(
+            settings,
+            "aggregate",
+            input=valid_topic,
+            long_term=long_term,
+            recent=recent,
+            review_schema=schemas_dir() / "review.avsc",
+            review_schema_id=registry.register(INPUT_SUBJECT, "review.avsc"),
+            stat_schema=schemas_dir() / "course_statistic.avsc",
+            long_term_schema_id=registry.register(f"{long_term}-value", "course_statistic.avsc"),
+            recent_schema_id=registry.register(f"{recent}-value", "course_statistic.avsc"),
+        )
+        watcher = StatsWatcher(settings, long_term, expected)
+        try:
+            return run_peer(cmd, watcher, records, app.log)
+        finally:
+            watcher.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--log-dir", type=Path, default=Path(tempfile.gettempdir()) / "bench-ks", help="peer logs"
+    )
+    args = parser.parse_args()
+    settings = Settings.from_env()
+    build()
+    source = f"bench-ks-{uuid.uuid4().hex[:8]}-reviews"
+    admin = AdminClient(settings.kafka_config())
+    admin.create_topics([NewTopic(source, args.partitions)])[source].result(30)
+    try:
+        print(f"producing {args.records:,} reviews into {source} ...", flush=True)
+        produce_reviews(settings, source, args.records)
+        expected = dict(Counter(review(i)["course"]["id"] for i in range(args.records)))
+        rates: dict[str, list[float]] = {"fraud": [], "aggregate": []}
+        for run in range(args.runs):
+            f = fraud(settings, source, args.partitions, args.records, args.log_dir)
+            # the whole input stands for the valid topic: every review is counted
+            a = aggregate(settings, source, args.partitions, args.records, expected, args.log_dir)
+            rates["fraud"].append(f.rps)
+            rates["aggregate"].append(a.rps)
+            print(
+                f"run {run + 1}: fraud {f.rps:,.0f} records/s ({f.seconds:.2f} s), "
+                f"aggregate {a.rps:,.0f} records/s ({a.seconds:.2f} s)",
+                flush=True,
+            )
+    finally:
+        admin.delete_topics([source])[source].result(30)
+    print(
+        f"Kafka Streams, {args.records:,} records, median of {args.runs}: "
+        f"fraud {statistics.median(rates['fraud']):,.0f} records/s, "
+        f"aggregate {statistics.median(rates['aggregate']):,.0f} records/s; logs in {args.log_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

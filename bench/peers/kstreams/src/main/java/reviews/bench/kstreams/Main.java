@@ -1,0 +1,96 @@
+package reviews.bench.kstreams;
+
+import java.time.Duration;
+import java.util.Properties;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.atomic.AtomicBoolean;
+import org.apache.kafka.clients.consumer.ConsumerConfig;
+import org.apache.kafka.clients.producer.ProducerConfig;
+import org.apache.kafka.streams.CloseOptions;
+import org.apache.kafka.streams.KafkaStreams;
+import org.apache.kafka.streams.StreamsConfig;
+import org.apache.kafka.streams.Topology;
+import org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler.StreamThreadExceptionResponse;
+import org.apache.kafka.streams.kstream.ForeachAction;
+
+/**
+ * The Kafka Streams peer of the benchmarks: {@code fraud} or {@code aggregate}, then
+ * {@code --name value} options (see bench/peers/kstreams.py for the full command lines).
+ * Runs until SIGTERM; exits 1 if the topology fails.
+ */
+public final class Main {
+  private Main() {}
+
+  public static void main(String[] argv) throws Exception {
+    if (argv.length == 0 || !(argv[0].equals("fraud") || argv[0].equals("aggregate"))) {
+      System.err.println("usage: (fraud | aggregate) --name value ...");
+      System.exit(2);
+    }
+    Args args = new Args(argv, 1);
+    Topology topology =
+        argv[0].equals("fraud") ? FraudApp.topology(args) : AggregateApp.topology(args);
+    run(topology, config(args));
+  }
+
+  /**
+   * Exactly-once v2 on one stream thread. Client settings mirror our Python workers
+   * (streaming/workers/eos.py) where Streams has an equivalent; everything else is Streams'
+   * default.
+   */
+  static Properties config(Args args) {
+    Properties p = new Properties();
+    p.put(StreamsConfig.APPLICATION_ID_CONFIG, args.get("application-id"));
+    p.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, args.get("bootstrap"));
+    p.put(StreamsConfig.STATE_DIR_CONFIG, args.get("state-dir"));
+    p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.EXACTLY_ONCE_V2);
+    p.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, 1);
+    // Ours commit every 100 ms (or 20,000 records); 100 ms is also Streams' EOS default.
+    p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 100);
+    p.put(StreamsConfig.consumerPrefix(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG), "earliest");
+    // Ours consume batches of 5,000 (Streams default 1,000) with these fetch sizes.
+    p.put(StreamsConfig.consumerPrefix(ConsumerConfig.MAX_POLL_RECORDS_CONFIG), 5_000);
+    p.put(StreamsConfig.consumerPrefix(ConsumerConfig.FETCH_MAX_BYTES_CONFIG), 52_428_800);
+    p.put(StreamsConfig.consumerPrefix(ConsumerConfig.MAX_PARTITION_FETCH_BYTES_CONFIG), 4_194_304);
+    // Ours: linger 5 ms (Streams default 100), batches up to 1 MB, 60 s transaction timeout.
+    p.put(StreamsConfig.producerPrefix(ProducerConfig.LINGER_MS_CONFIG), 5);
+    p.put(StreamsConfig.producerPrefix(ProducerConfig.BATCH_SIZE_CONFIG), 1_000_000);
+    p.put(StreamsConfig.producerPrefix(ProducerConfig.TRANSACTION_TIMEOUT_CONFIG), 60_000);
+    return p;
+  }
+
+  /** A peek that prints {@code FIRST <epoch_ms>} once, when the first record goes through. */
+  static <K, V> ForeachAction<K, V> firstRecord() {
+    AtomicBoolean seen = new AtomicBoolean();
+    return (key, value) -> {
+      if (!seen.getAndSet(true)) {
+        System.out.println("FIRST " + System.currentTimeMillis());
+        System.out.flush();
+      }
+    };
+  }
+
+  private static void run(Topology topology, Properties config) throws InterruptedException {
+    KafkaStreams streams = new KafkaStreams(topology, config);
+    CountDownLatch stopped = new CountDownLatch(1);
+    streams.setStateListener((now, before) -> {
+      if (now == KafkaStreams.State.NOT_RUNNING || now == KafkaStreams.State.ERROR) {
+        stopped.countDown();
+      }
+    });
+    // A failure stops the client, so the harness sees the process exit instead of a stall.
+    streams.setUncaughtExceptionHandler(e -> {
+      e.printStackTrace();
+      return StreamThreadExceptionResponse.SHUTDOWN_CLIENT;
+    });
+    // SIGTERM from the harness: commit what was processed and leave the group, so the driver
+    // can delete it at once (Streams otherwise stays a member until the session times out).
+    Runtime.getRuntime().addShutdownHook(new Thread(() -> streams.close(
+        CloseOptions.groupMembershipOperation(CloseOptions.GroupMembershipOperation.LEAVE_GROUP)
+            .withTimeout(Duration.ofSeconds(15)))));
+    streams.start();
+    stopped.await();
+    if (streams.state() == KafkaStreams.State.ERROR) {
+      System.exit(1);
+    }
+  }
+}
