@@ -11,39 +11,24 @@ watches the table every 10 ms; latency = first seen - POST answered (wall clock,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_result
 from streaming.config import Settings
-
-
-def review(review_id: int, course_id: int) -> dict:
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
-        "_class": "course_review",
-        "id": review_id,
-        "title": "",
-        "content": "",
-        "rating": random.choice([5.0, 5.0, 5.0, 4.5, 4.0]),
-        "created": now,
-        "modified": now,
-        "user": {"_class": "user", "title": "Bench", "name": "Bench", "display_name": "Bench"},
-        "course": {"_class": "course", "id": course_id, "title": "Bench", "url": "/bench/"},
-    }
 
 
 class Poller(threading.Thread):
@@ -71,50 +56,64 @@ class Poller(threading.Thread):
                 time.sleep(0.01)  # the poll interval: the measurement's resolution
 
 
-async def load(api_url: str, rate: int, seconds: float, ids: range, answered: dict) -> float:
-    """POST at a steady rate (open loop); returns the achieved rate."""
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(base_url=api_url, timeout=30, limits=limits) as client:
-        start = time.perf_counter()
-
-        async def one(i: int, course_id: int) -> None:
-            r = await client.post("/reviews", json=review(course_id, course_id))
-            if r.status_code == 201:
-                answered[course_id] = time.time()
-
-        tasks = []
-        for n, course_id in enumerate(ids):
-            delay = start + n / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(n, course_id)))
-            if n + 1 >= rate * seconds:
-                break
-        await asyncio.gather(*tasks)
-        return len(tasks) / (time.perf_counter() - start)
+LUA = Path(__file__).with_name("e2e_load.lua")
 
 
-def measure(settings: Settings, api_url: str, rate: int, seconds: float) -> dict:
+def load(
+    api_url: str, rate: int, count: int, base: int, connections: int
+) -> tuple[dict[int, float], int]:
+    """POST `count` reviews at `rate`/s with wrk; returns {id: answered epoch s} and failures."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "answers"
+        env = {
+            **os.environ,
+            "E2E_RATE": str(rate),
+            "E2E_BASE": str(base),
+            "E2E_COUNT": str(count),
+            "E2E_OUT": str(out),
+            "E2E_CONNECTIONS": str(connections),
+        }
+        cap = int(count / rate) + 60  # wrk stops itself after the last answer; this is a bound
+        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{cap}s", "--timeout", "30s", "-s", str(LUA)]
+        subprocess.run([*cmd, api_url], env=env, check=True, capture_output=True, text=True)
+        answered: dict[int, float] = {}
+        failures = 0
+        for line in out.read_text().splitlines():
+            key, value = line.split()
+            if key == "!":
+                failures += 1
+            else:
+                answered[int(key)] = float(value) / 1000
+        return answered, failures
+
+
+def measure(settings: Settings, api_url: str, rate: int, seconds: float, connections: int) -> dict:
+    """One steady run; the first second is warm-up (connections opening) and not counted."""
     base = 2_000_000_000 + random.randrange(10**9)
     n = int(rate * seconds)
     engine = sa.create_engine(settings.database_url)
     poller = Poller(engine, base, base + n)
     poller.start()
-    answered: dict[int, float] = {}
-    achieved = asyncio.run(load(api_url, rate, seconds, range(base, base + n), answered))
+    answered, failures = load(api_url, rate, n, base, connections)
     deadline = time.monotonic() + 60
     while len(poller.seen.keys() & answered.keys()) < len(answered) and time.monotonic() < deadline:
         time.sleep(0.1)  # waiting for the tail to arrive
     poller.stop.set()
     poller.join()
     engine.dispose()
-    lat = sorted((poller.seen[c] - t) * 1000 for c, t in answered.items() if c in poller.seen)
+    times = sorted(answered.values())
+    achieved = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+    counted = {c: t for c, t in answered.items() if c >= base + rate}
+    lat = sorted((poller.seen[c] - t) * 1000 for c, t in counted.items() if c in poller.seen)
     p99 = lat[int(0.99 * (len(lat) - 1))] if lat else float("nan")
     return {
         "rate": rate,
         "achieved_rps": round(achieved),
         "answered": len(answered),
-        "missing": len(answered) - len(lat),
+        "failed": failures,
+        "missing": len(counted) - len(lat),
         "p50_ms": round(statistics.median(lat)) if lat else None,
         "p99_ms": round(p99) if lat else None,
         "max_ms": round(lat[-1]) if lat else None,
@@ -125,6 +124,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", default="100,1000")
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--connections", type=int, default=64)
     parser.add_argument(
         "--api-url", default=os.environ.get("PIPELINE_API_URL", "http://127.0.0.1:8000")
     )
@@ -132,7 +132,7 @@ def main() -> int:
     settings = Settings.from_env()
     results = []
     for rate in (int(r) for r in args.rates.split(",")):
-        res = measure(settings, args.api_url, rate, args.seconds)
+        res = measure(settings, args.api_url, rate, args.seconds, args.connections)
         print(json.dumps(res), flush=True)
         results.append(res)
     figures = {f"e2e_{k}_at_{r['rate']}": r[k] for r in results for k in ("p50_ms", "p99_ms")}
