@@ -4,7 +4,7 @@
 -- Requests follow a fixed schedule (slot k due at start + k/E2E_RATE s), so the rate does not
 -- sag when answers slow down, as long as enough connections are open. Every 201 answer is
 -- written to E2E_OUT as "<review id> <answered epoch ms>"; other statuses as "! <status>".
--- wrk stops itself once E2E_COUNT answers have arrived.
+-- The thread stops once E2E_COUNT answers have arrived (wrk itself runs for its -d).
 
 local ffi = require("ffi")
 ffi.cdef [[
@@ -21,10 +21,8 @@ local rate = tonumber(os.getenv("E2E_RATE"))
 local base = tonumber(os.getenv("E2E_BASE"))
 local count = tonumber(os.getenv("E2E_COUNT"))
 local out_path = os.getenv("E2E_OUT")
-local connections = tonumber(os.getenv("E2E_CONNECTIONS"))
 
--- The first request of each connection goes at once (wrk asks for no delay): slots 0..c-1.
-local sent, slot, answers, start, out = 0, connections - 1, 0, nil, nil
+local sent, slot, answers, start, out = 0, -1, 0, nil, nil
 local template = '{"id":%d,"title":"","content":"","rating":%s,'
   .. '"created":"%s","modified":"%s",'
   .. '"user":{"title":"Bench","name":"Bench","display_name":"Bench"},'
@@ -36,7 +34,7 @@ function init(args)
   out = io.open(out_path, "w")
 end
 
--- Reserve the next slot of the schedule.
+-- Reserve the next slot of the schedule (wrk asks before every request, the first ones too).
 function delay()
   if start == nil then start = now_ms() end
   slot = slot + 1
