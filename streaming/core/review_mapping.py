@@ -22,6 +22,12 @@ USER_CLASS = "user"
 COURSE_CLASS = "course"
 USER_FIELDS: tuple[str, ...] = ("title", "name", "display_name")
 LONG_MAX = 2**63 - 1
+NUL = "\x00"
+NUL_REASON = "contains U+0000 (NUL), which PostgreSQL text cannot store"
+MIN_TIMESTAMP_MS = -62_135_596_800_000
+"""0001-01-01T00:00:00Z: the first instant the read API (Python's datetime) can serve."""
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: the last instant the read API (Python's datetime) can serve."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DATE = _EPOCH.date()
@@ -93,6 +99,8 @@ def _string(value: object, path: str) -> str:
         raise ReviewMappingError(path, "missing")
     if not isinstance(value, str):
         raise ReviewMappingError(path, f"expected a string, got {_json_type(value)}")
+    if NUL in value:
+        raise ReviewMappingError(path, NUL_REASON)
     return value
 
 
@@ -101,6 +109,8 @@ def _optional_string(value: object, path: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise ReviewMappingError(path, f"expected a string or null, got {_json_type(value)}")
+    if NUL in value:
+        raise ReviewMappingError(path, NUL_REASON)
     return value
 
 
@@ -167,7 +177,14 @@ def parse_timestamp(value: object, path: str) -> int:
         ) from None
     if parsed.tzinfo is None:
         raise ReviewMappingError(path, f'"{value}" has no UTC offset (add "Z" or "+00:00")')
-    return (parsed - _EPOCH) // _MS
+    ms = (parsed - _EPOCH) // _MS
+    if not MIN_TIMESTAMP_MS <= ms <= MAX_TIMESTAMP_MS:
+        # an offset can push a valid local time past year 9999 or before year 1 in UTC, where
+        # the statistics built from it could no longer be served
+        raise ReviewMappingError(
+            path, f'"{value}" is outside 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z in UTC'
+        )
+    return ms
 
 
 def format_timestamp(ms: int) -> str:

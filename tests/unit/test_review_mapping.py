@@ -127,6 +127,16 @@ def test_timestamps(text: str, millis: int) -> None:
     assert parse_timestamp(text, "created") == millis
 
 
+def test_timestamps_at_the_servable_bounds_are_kept() -> None:
+    assert parse_timestamp("0001-01-01T00:00:00Z", "created") == -62_135_596_800_000
+    assert parse_timestamp("9999-12-31T23:59:59.999Z", "modified") == 253_402_300_799_999
+
+
+def test_control_characters_other_than_nul_are_kept() -> None:
+    text = "".join(map(chr, range(1, 32))) + "\x7f\u2028\ufeff"
+    assert json_to_review(with_value("content", text))["content"] == text
+
+
 def test_format_timestamp_writes_udemy_form() -> None:
     assert format_timestamp(1490904834000) == "2017-03-30T20:13:54Z"
     assert format_timestamp(1490904834007) == "2017-03-30T20:13:54.007Z"
@@ -142,8 +152,9 @@ def test_inverse_of_the_example() -> None:
     assert review_to_json(json_to_review(EXAMPLE)) == EXAMPLE
 
 
-texts = st.none() | st.text(max_size=30)
-names = st.text(max_size=20)
+stored = st.characters(exclude_characters="\x00")  # what PostgreSQL text can hold
+texts = st.none() | st.text(stored, max_size=30)
+names = st.text(stored, max_size=20)
 reviews = st.builds(
     lambda review_id, title, content, halves, created, delay, user, course: {
         "id": review_id,
@@ -226,6 +237,29 @@ REJECTIONS = [
     (with_value("course.id", -1), "course.id: -1 is not a positive 64-bit integer"),
     (with_value("course.title", MISSING), "course.title: missing"),
     (with_value("course.url", None), "course.url: expected a string, got null"),
+    # PostgreSQL text cannot hold U+0000: refused here, the sink would fail on it every retry
+    *(
+        (with_value(path, "a\x00b"), f"{path}: contains U+0000 (NUL)")
+        for path in (
+            "title",
+            "content",
+            "user.title",
+            "user.name",
+            "user.display_name",
+            "course.title",
+            "course.url",
+        )
+    ),
+    # in range as written, outside years 1..9999 in UTC: stats the read API could not serve
+    (
+        with_value("created", "0001-01-01T00:00:00+01:00"),
+        'created: "0001-01-01T00:00:00+01:00" is outside 0001-01-01T00:00:00Z .. '
+        "9999-12-31T23:59:59.999Z in UTC",
+    ),
+    (
+        with_value("modified", "9999-12-31T23:59:59-01:00"),
+        'modified: "9999-12-31T23:59:59-01:00" is outside 0001-01-01T00:00:00Z',
+    ),
 ]
 
 
