@@ -95,7 +95,8 @@ def measure(settings: Settings, api_url: str, rate: int, seconds: float, connect
     base = 2_000_000_000 + random.randrange(10**9)
     n = int(rate * seconds)
     engine = sa.create_engine(settings.database_url)
-    poller = Poller(engine, base, base + n)
+    # wrk builds one request per thread that it never sends, so ids can run one past base + n
+    poller = Poller(engine, base, base + n + 1)
     poller.start()
     answered, failures = load(api_url, rate, n, base, connections)
     deadline = time.monotonic() + 60
