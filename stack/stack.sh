@@ -8,6 +8,8 @@
 #   stack.sh status    one line per service; exit 1 when any is unhealthy
 #   stack.sh down      stop everything in reverse order; nothing of ours is left running
 #   stack.sh run       up, print where everything is, stay in the foreground; Ctrl-C = down
+#   stack.sh restart SERVICE   stop one infrastructure service (kafka, registry, connect,
+#                      postgres) and start it again, e.g. for fault drills or a config change
 #
 # Settings (environment, defaults in brackets): STACK_DIR [.stack], PG_PORT [5433],
 # KAFKA_PORT [9092], KAFKA_CONTROLLER_PORT [9093], REGISTRY_PORT [8081],
@@ -344,6 +346,15 @@ cmd_down() {
   say "stack down"
 }
 
+cmd_restart() {
+  case "${1:-}" in
+    kafka | registry | connect) stop_proc "$1"; "up_$1" ;;
+    postgres) down_postgres; up_postgres ;;
+    *) die "restart: unknown service '${1:-}' (kafka, registry, connect, postgres)" ;;
+  esac
+  say "$1 restarted"
+}
+
 cmd_run() {
   trap 'echo; cmd_down; exit 0' INT TERM
   cmd_up
@@ -361,5 +372,6 @@ case "${1:-}" in
   status) cmd_status ;;
   down) cmd_down ;;
   run) cmd_run ;;
+  restart) cmd_restart "${2:-}" ;;
   *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
