@@ -1,12 +1,13 @@
 # make run    set up everything and run the pipeline in the foreground (Ctrl-C stops it all)
 # make test   set up everything, run the whole test suite, leave nothing running
+# make chaos  fault injection under load on the real stack, ends with a one-line verdict
 # make up | status | down   the same stack, detached
 SHELL := /bin/bash
 VENV := .venv
 PY311 := $(shell command -v python3.11 || command -v python3)
 export STACK_APPS := $(CURDIR)/services.conf
 
-.PHONY: run test up status down venv lint unit clean
+.PHONY: run test up status down venv lint unit clean chaos tools
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PY311) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
@@ -36,6 +37,21 @@ test: venv
 	@started=0; stack/stack.sh status >/dev/null 2>&1 || started=1; \
 	stack/stack.sh up || { [ $$started = 1 ] && stack/stack.sh down; exit 1; }; \
 	$(VENV)/bin/pytest; rc=$$?; \
+	[ $$started = 1 ] && stack/stack.sh down; \
+	exit $$rc
+
+# Command-line tools the load generators need (Debian packages).
+tools:
+	@command -v wrk >/dev/null || { echo "installing wrk (apt)"; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q wrk >/dev/null; }
+
+# SIGKILLs the workers, restarts the broker and Connect while reviews stream in, then proves
+# nothing was lost or doubled. CHAOS_ARGS="--duration 240 --kills 5 --post-rate 50 --seed N"
+chaos: venv tools
+	@started=0; stack/stack.sh status >/dev/null 2>&1 || started=1; \
+	stack/stack.sh up || { [ $$started = 1 ] && stack/stack.sh down; exit 1; }; \
+	set -a; . .stack/env; set +a; \
+	$(VENV)/bin/python -m chaos.run $(CHAOS_ARGS); rc=$$?; \
 	[ $$started = 1 ] && stack/stack.sh down; \
 	exit $$rc
 
