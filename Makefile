@@ -1,13 +1,14 @@
 # make run    set up everything and run the pipeline in the foreground (Ctrl-C stops it all)
 # make test   set up everything, run the whole test suite, leave nothing running
 # make chaos  fault injection under load on the real stack, ends with a one-line verdict
+# make bench  every benchmark, ours beside Kafka Streams and Quix: bench/results/report.md
 # make up | status | down   the same stack, detached
 SHELL := /bin/bash
 VENV := .venv
 PY311 := $(shell command -v python3.11 || command -v python3)
 export STACK_APPS := $(CURDIR)/services.conf
 
-.PHONY: run test up status down venv lint unit clean chaos tools
+.PHONY: run test up status down venv lint unit clean chaos bench tools
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PY311) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
@@ -52,6 +53,15 @@ chaos: venv tools
 	stack/stack.sh up || { [ $$started = 1 ] && stack/stack.sh down; exit 1; }; \
 	set -a; . .stack/env; set +a; \
 	$(VENV)/bin/python -m chaos.run $(CHAOS_ARGS); rc=$$?; \
+	[ $$started = 1 ] && stack/stack.sh down; \
+	exit $$rc
+
+# Every benchmark on the real stack (see bench/run_all.py); BENCH_ARGS="--runs 3 --only fraud".
+bench: venv tools
+	@started=0; stack/stack.sh status >/dev/null 2>&1 || started=1; \
+	stack/stack.sh up || { [ $$started = 1 ] && stack/stack.sh down; exit 1; }; \
+	set -a; . .stack/env; set +a; \
+	$(VENV)/bin/python bench/run_all.py $(BENCH_ARGS); rc=$$?; \
 	[ $$started = 1 ] && stack/stack.sh down; \
 	exit $$rc
 

@@ -1,0 +1,339 @@
+"""`make bench`: every benchmark on the real stack, side by side with the peers, in one run.
+
+Writes `bench/results/latest.json` (every figure, the goals, the machine and the versions) and
+`bench/results/report.md`. Throughputs are medians over `--runs`; within a run the engines take
+turns on the same input topic (ours, Kafka Streams, Quix Streams), so machine noise hits all
+of them alike and the ratios are the figures to trust.
+
+    make bench                      (stack up, tools installed, then this)
+    .venv/bin/python bench/run_all.py [--records 1000000] [--runs 3] [--only fraud,aggregate]
+
+Steps: produce_limit (Kafka's own ProducerPerformance), fraud, aggregate, e2e, backfill,
+reconcile, recovery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+
+import httpx
+from confluent_kafka.admin import AdminClient, NewTopic
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import aggregate_throughput, e2e_latency, fraud_throughput
+from bench.common import RESULTS, produce_reviews, review
+from bench.peers import kstreams, quix
+from chaos.ledger import Outcome
+from chaos.run import Killer, Worker
+from streaming.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTITIONS = 4
+LOGS = ROOT / ".stack" / "logs" / "bench"
+
+# figure -> (comparison, bound): the goals of the benchmark issue, on our 2-core machine
+GOALS: dict[str, tuple[str, float]] = {
+    "fraud_eos_rps": (">=", 100_000),
+    "fraud_vs_passthrough": (">=", 0.8),
+    "fraud_vs_kstreams": (">=", 1.0),
+    "aggregate_eos_rps": (">=", 50_000),
+    "aggregate_vs_kstreams": (">=", 1.0),
+    "e2e_p99_ms_at_1k": ("<", 1000),
+    "backfill_1m_s": ("<", 60),
+    "reconcile_1m_s": ("<", 30),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def create(admin: AdminClient, *topics: str) -> None:
+    for fut in admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics]).values():
+        fut.result(30)
+
+
+def delete(admin: AdminClient, *topics: str) -> None:
+    for fut in admin.delete_topics(list(topics)).values():
+        fut.result(30)
+
+
+def produce_limit(settings: Settings, runs: int, records: int) -> dict:
+    """Kafka's ProducerPerformance (acks=all, 250-byte records): the broker's ceiling here."""
+    java = Path(os.environ.get("JAVA_HOME", "/usr/lib/jvm/java-17-openjdk-amd64"), "bin", "java")
+    admin = AdminClient(settings.kafka_config())
+    rates = []
+    for run in range(runs):
+        topic = f"bench-perf-{uuid.uuid4().hex[:8]}"
+        create(admin, topic)
+        try:
+            out = subprocess.run(
+                [
+                    *(str(java), "-Xmx512m", "-cp", str(ROOT / ".stack/dist/libs/*")),
+                    f"-Dlog4j2.configurationFile={ROOT / 'stack/conf/log4j2.properties'}",
+                    "org.apache.kafka.tools.ProducerPerformance",
+                    *("--topic", topic, "--num-records", str(records), "--record-size", "250"),
+                    *("--throughput", "-1", "--producer-props"),
+                    f"bootstrap.servers={settings.kafka_bootstrap_servers}",
+                    *("acks=all", "linger.ms=5", "batch.size=1000000", "compression.type=none"),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        finally:
+            delete(admin, topic)
+        found = re.findall(r"records sent, ([\d.]+) records/sec", out)
+        if not found:
+            raise RuntimeError(f"ProducerPerformance printed no summary:\n{out[-2000:]}")
+        rates.append(float(found[-1]))
+        log(f"produce limit run {run + 1}: {rates[-1]:,.0f} records/s")
+    return {"broker_produce_limit_rps": round(median(rates))}
+
+
+def fraud(settings: Settings, runs: int, records: int) -> dict:
+    """Pass-through, our filter, Kafka Streams and Quix on one input topic, taking turns."""
+    admin = AdminClient(settings.kafka_config())
+    source = f"bench-fraud-in-{uuid.uuid4().hex[:8]}"
+    create(admin, source)
+    rates: dict[str, list[float]] = {"passthrough": [], "ours": [], "kstreams": [], "quix": []}
+    try:
+        log(f"producing {records:,} reviews into {source}")
+        produce_reviews(settings, source, records)
+        engines: dict[str, Callable[[], float]] = {
+            "passthrough": lambda: fraud_throughput.run_once(
+                fraud_throughput.TimedPassThrough, settings, admin, source, records, PARTITIONS
+            ),
+            "ours": lambda: fraud_throughput.run_once(
+                fraud_throughput.TimedFilter, settings, admin, source, records, PARTITIONS
+            ),
+            "kstreams": lambda: kstreams.fraud(settings, source, PARTITIONS, records, LOGS).rps,
+            "quix": lambda: quix.fraud(settings, source, PARTITIONS, records, LOGS).rps,
+        }
+        for run in range(runs):
+            for name, engine in engines.items():
+                rates[name].append(engine())
+            log(
+                f"fraud run {run + 1}: "
+                + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items())
+            )
+    finally:
+        delete(admin, source)
+    m = {k: median(v) for k, v in rates.items()}
+    return {
+        "passthrough_eos_rps": round(m["passthrough"]),
+        "fraud_eos_rps": round(m["ours"]),
+        "fraud_vs_passthrough": round(m["ours"] / m["passthrough"], 3),
+        "kstreams_fraud_rps": round(m["kstreams"]),
+        "fraud_vs_kstreams": round(m["ours"] / m["kstreams"], 2),
+        "quix_fraud_rps": round(m["quix"]),
+        "fraud_vs_quix": round(m["ours"] / m["quix"], 2),
+    }
+
+
+def aggregate(settings: Settings, runs: int, records: int) -> dict:
+    """Our aggregator, Kafka Streams and Quix on one valid-reviews topic, taking turns."""
+    admin = AdminClient(settings.kafka_config())
+    tag = uuid.uuid4().hex[:8]
+    valid, flagged = f"bench-agg-valid-{tag}", f"bench-agg-fraud-{tag}"
+    create(admin, valid, flagged)
+    expected = dict(Counter(review(i)["course"]["id"] for i in range(records)))
+    rates: dict[str, list[float]] = {"ours": [], "kstreams": [], "quix": []}
+    mems: list[float] = []
+    try:
+        log(f"producing {records:,} reviews into {valid}")
+        produce_reviews(settings, valid, records)
+        for run in range(runs):
+            rate, mem, reviews = aggregate_throughput.run_once(
+                settings, admin, valid, flagged, records, PARTITIONS
+            )
+            rates["ours"].append(rate)
+            mems.append(mem * 1_000_000 / reviews)
+            rates["kstreams"].append(
+                kstreams.aggregate(settings, valid, PARTITIONS, records, expected, LOGS).rps
+            )
+            rates["quix"].append(
+                quix.aggregate(settings, valid, PARTITIONS, records, expected, LOGS).rps
+            )
+            log(
+                f"aggregate run {run + 1}: "
+                + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items())
+                + f"; ours +{mems[-1]:,.0f} MB RSS per 1M reviews"
+            )
+    finally:
+        delete(admin, valid, flagged)
+    m = {k: median(v) for k, v in rates.items()}
+    return {
+        "aggregate_eos_rps": round(m["ours"]),
+        "kstreams_aggregate_rps": round(m["kstreams"]),
+        "aggregate_vs_kstreams": round(m["ours"] / m["kstreams"], 2),
+        "quix_aggregate_rps": round(m["quix"]),
+        "aggregate_vs_quix": round(m["ours"] / m["quix"], 2),
+        "aggregator_rss_mb_per_1m_reviews": round(median(mems)),
+    }
+
+
+def e2e(settings: Settings, runs: int, records: int) -> dict:
+    """POST answered -> PostgreSQL row, 20 s at 100/s and at 1,000/s; medians of the runs."""
+    api = os.environ.get("PIPELINE_API_URL", "http://127.0.0.1:8000")
+    out: dict[str, float] = {}
+    for rate, suffix in ((100, "100"), (1000, "1k")):
+        res = [e2e_latency.measure(settings, api, rate, 20, 64) for _ in range(runs)]
+        for r in res:
+            log(f"e2e {rate}/s: {json.dumps(r)}")
+        out[f"e2e_p50_ms_at_{suffix}"] = round(median([r["p50_ms"] for r in res]))
+        out[f"e2e_p99_ms_at_{suffix}"] = round(median([r["p99_ms"] for r in res]))
+        out[f"e2e_achieved_rps_at_{suffix}"] = round(median([r["achieved_rps"] for r in res]))
+    return out
+
+
+def script(name: str, result: str) -> Callable[[Settings, int, int], dict]:
+    """A benchmark run as its own script (`--reviews N --runs R`), saving results/<result>.json."""
+
+    def run(settings: Settings, runs: int, records: int) -> dict:
+        path = ROOT / "bench" / f"{name}.py"
+        cmd = [sys.executable, str(path), "--reviews", str(records), "--runs", str(runs)]
+        subprocess.run(cmd, check=True)
+        return json.loads((RESULTS / f"{result}.json").read_text())["figures"]
+
+    return run
+
+
+def recovery(settings: Settings, runs: int, records: int) -> dict:
+    """SIGKILL the fraud filter; seconds until the supervisor's new process is healthy."""
+    worker = Worker("fraud-filter", os.environ.get("FRAUD_FILTER_HEALTH_URL", ""))
+    if httpx.get(worker.health_url, timeout=5).status_code != 200:
+        raise RuntimeError(f"the fraud filter is not healthy at {worker.health_url}")
+    out = Outcome()
+    Killer(worker, runs, time.monotonic(), random.Random(), out).run()
+    if out.failures:
+        raise RuntimeError("; ".join(out.failures))
+    return {
+        "recovery_s": round(median(out.recoveries_s), 1),
+        "recovery_runs": len(out.recoveries_s),
+    }
+
+
+STEPS: dict[str, Callable[[Settings, int, int], dict]] = {
+    "produce_limit": lambda s, runs, records: produce_limit(s, runs, records * 3),
+    "fraud": fraud,
+    "aggregate": aggregate,
+    "e2e": e2e,
+    "backfill": script("backfill_throughput", "backfill"),
+    "reconcile": script("reconcile_throughput", "reconcile"),
+    "recovery": recovery,
+}
+
+
+def pinned(path: Path, pattern: str) -> str:
+    """A peer's version as its build file pins it."""
+    found = re.search(pattern, path.read_text(), re.MULTILINE)
+    return found.group(1) if found else "unknown"
+
+
+def verdict(key: str, value: float) -> str:
+    op, bound = GOALS[key]
+    met = value >= bound if op == ">=" else value < bound
+    return f"{op} {bound:,}: {'met' if met else 'MISSED'}"
+
+
+def report(doc: dict) -> str:
+    figures = doc["figures"]
+    lines = [
+        "# Benchmark report",
+        "",
+        f"Measured {doc['measured_at']} on {doc['machine']['cores']} cores "
+        f"({doc['machine']['platform']}), everything (Kafka, Connect, registry, PostgreSQL, "
+        "Dagster, the workers) on the same machine. Medians of "
+        f"{doc['runs']} runs of {doc['records']:,} records; reproduce with `{doc['command']}`.",
+        "",
+        "| figure | value | goal |",
+        "|---|---:|---|",
+        *(
+            f"| `{k}` | {v:,} | {verdict(k, v) if k in GOALS else ''} |"
+            for k, v in figures.items()
+            if isinstance(v, int | float)
+        ),
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + ".",
+    ]
+    if doc["failed"]:
+        lines += ["", "Steps that failed: " + "; ".join(doc["failed"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", default=",".join(STEPS), help="comma-separated steps")
+    args = parser.parse_args()
+    steps = args.only.split(",")
+    unknown = set(steps) - STEPS.keys()
+    if unknown:
+        parser.error(f"unknown steps {sorted(unknown)}; known: {', '.join(STEPS)}")
+    settings = Settings.from_env()
+    LOGS.mkdir(parents=True, exist_ok=True)
+    if {"fraud", "aggregate"} & set(steps):
+        log("building the peers (Kafka Streams jar, Quix venv) if needed")
+        kstreams.build()
+        quix.build()
+    figures: dict[str, float] = {}
+    failed: list[str] = []
+    t0 = time.monotonic()
+    for step in steps:
+        log(f"step {step}")
+        started = time.monotonic()
+        try:
+            figures.update(STEPS[step](settings, args.runs, args.records))
+        except Exception as exc:  # one broken step must not lose the others' figures
+            failed.append(f"{step}: {exc}")
+            log(f"step {step} FAILED: {exc}")
+        log(f"step {step} took {time.monotonic() - started:.0f} s")
+    extra = " ".join(sys.argv[1:])
+    doc = {
+        "figures": figures,
+        "goals": {k: f"{op} {bound}" for k, (op, bound) in GOALS.items()},
+        "failed": failed,
+        "runs": args.runs,
+        "records": args.records,
+        "command": "make bench" + (f' BENCH_ARGS="{extra}"' if extra else ""),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.monotonic() - t0),
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
+        "versions": {
+            "python": platform.python_version(),
+            "kafka (broker, clients of the peers)": "4.3.1",
+            **{pkg: version(pkg) for pkg in ("confluent-kafka", "fastavro", "numba")},
+            "kafka-streams": pinned(kstreams.PROJECT / "pom.xml", r"<kafka.version>([^<]+)<"),
+            "quixstreams": pinned(quix.REQUIREMENTS, r"^quixstreams==(\S+)"),
+        },
+    }
+    (RESULTS / "latest.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (RESULTS / "report.md").write_text(report(doc))
+    print(report(doc))
+    log(f"written {RESULTS / 'latest.json'} and {RESULTS / 'report.md'} in {doc['seconds']} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
