@@ -10,6 +10,12 @@ export STACK_APPS := $(CURDIR)/services.conf
 
 .PHONY: run test up status down venv lint unit clean chaos bench tools
 
+# $(call on_stack,COMMAND): bring the stack up unless it is, run COMMAND, then take down
+# only what this call started; the exit status is COMMAND's.
+on_stack = started=0; stack/stack.sh status >/dev/null 2>&1 || started=1; \
+	stack/stack.sh up || { [ $$started = 1 ] && stack/stack.sh down; exit 1; }; \
+	$(1); rc=$$?; [ $$started = 1 ] && stack/stack.sh down; exit $$rc
+
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PY311) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
 	  || { echo "Python 3.11 is required (found: $(PY311))" >&2; exit 1; }
@@ -35,11 +41,7 @@ run: venv
 
 # Brings the stack up if it is not, runs every test, and takes down what it started.
 test: venv
-	@started=0; stack/stack.sh status >/dev/null 2>&1 || started=1; \
-	stack/stack.sh up || { [ $$started = 1 ] && stack/stack.sh down; exit 1; }; \
-	$(VENV)/bin/pytest; rc=$$?; \
-	[ $$started = 1 ] && stack/stack.sh down; \
-	exit $$rc
+	@$(call on_stack,$(VENV)/bin/pytest)
 
 # Command-line tools the load generators need (Debian packages).
 tools:
@@ -49,21 +51,11 @@ tools:
 # SIGKILLs the workers, restarts the broker and Connect while reviews stream in, then proves
 # nothing was lost or doubled. CHAOS_ARGS="--duration 240 --kills 5 --post-rate 50 --seed N"
 chaos: venv tools
-	@started=0; stack/stack.sh status >/dev/null 2>&1 || started=1; \
-	stack/stack.sh up || { [ $$started = 1 ] && stack/stack.sh down; exit 1; }; \
-	set -a; . .stack/env; set +a; \
-	$(VENV)/bin/python -m chaos.run $(CHAOS_ARGS); rc=$$?; \
-	[ $$started = 1 ] && stack/stack.sh down; \
-	exit $$rc
+	@$(call on_stack,set -a; . .stack/env; set +a; $(VENV)/bin/python -m chaos.run $(CHAOS_ARGS))
 
 # Every benchmark on the real stack (see bench/run_all.py); BENCH_ARGS="--runs 3 --only fraud".
 bench: venv tools
-	@started=0; stack/stack.sh status >/dev/null 2>&1 || started=1; \
-	stack/stack.sh up || { [ $$started = 1 ] && stack/stack.sh down; exit 1; }; \
-	set -a; . .stack/env; set +a; \
-	$(VENV)/bin/python bench/run_all.py $(BENCH_ARGS); rc=$$?; \
-	[ $$started = 1 ] && stack/stack.sh down; \
-	exit $$rc
+	@$(call on_stack,set -a; . .stack/env; set +a; $(VENV)/bin/python bench/run_all.py $(BENCH_ARGS))
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit
