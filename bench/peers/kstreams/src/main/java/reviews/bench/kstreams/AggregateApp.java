@@ -23,6 +23,11 @@ import org.apache.kafka.streams.state.WindowStore;
  * The original aggregator: valid reviews re-keyed by course (so Streams repartitions), then
  * all-time statistics in a key-value store and recent statistics in 91-day windows hopping by
  * one day, each store backed by a changelog, each table streamed to its topic.
+ *
+ * <p>"Recent" is the original's: created within the last 91 days (the current window), not
+ * DESIGN.md's 90; a window's grace is one day, the default of the original's
+ * {@code TimeWindows.of}. Input keys are strings, as DESIGN.md fixes them (the original's were
+ * Long-typed, and it never read them).
  */
 final class AggregateApp {
   private static final Duration WINDOW = Duration.ofDays(91);
@@ -34,8 +39,10 @@ final class AggregateApp {
     ConfluentAvroSerde reviews =
         new ConfluentAvroSerde(args.schema("review-schema"), args.integer("review-schema-id"));
     Schema statSchema = args.schema("stat-schema");
-    ConfluentAvroSerde longTerm = new ConfluentAvroSerde(statSchema, args.integer("long-term-schema-id"));
-    ConfluentAvroSerde recent = new ConfluentAvroSerde(statSchema, args.integer("recent-schema-id"));
+    ConfluentAvroSerde longTerm =
+        new ConfluentAvroSerde(statSchema, args.integer("long-term-schema-id"));
+    ConfluentAvroSerde recent =
+        new ConfluentAvroSerde(statSchema, args.integer("recent-schema-id"));
     Statistics stats = new Statistics(statSchema);
     Grouped<String, GenericRecord> byKey = Grouped.with(Serdes.String(), reviews);
 
@@ -43,7 +50,8 @@ final class AggregateApp {
     // As in the original, a review's time is its creation time (windows are over it).
     KStream<String, GenericRecord> byCourse = builder
         .stream(args.get("input"), Consumed.with(Serdes.String(), reviews)
-            .withTimestampExtractor((record, partitionTime) -> created((GenericRecord) record.value())))
+            .withTimestampExtractor((record, partitionTime) ->
+                created((GenericRecord) record.value())))
         .peek(Main.firstRecord())
         .selectKey((reviewId, review) -> course(review).get("id").toString());
 
@@ -56,7 +64,9 @@ final class AggregateApp {
 
     // Recent: reviews younger than the window, aggregated per window; only the window ending
     // within the next day (the current one) is emitted, under the plain course key.
-    byCourse.filter((courseId, review) -> created(review) + WINDOW.toMillis() >= System.currentTimeMillis())
+    byCourse
+        .filter((courseId, review) ->
+            created(review) + WINDOW.toMillis() >= System.currentTimeMillis())
         .groupByKey(byKey)
         .windowedBy(TimeWindows.ofSizeAndGrace(WINDOW, ADVANCE).advanceBy(ADVANCE))
         .aggregate(stats::empty, stats::add,
@@ -113,6 +123,7 @@ final class AggregateApp {
 
     /** One more review: count, sum, average, its star bucket, the latest creation time. */
     GenericRecord add(String courseId, GenericRecord review, GenericRecord current) {
+      // A shallow copy: the instance read from the store may still be forwarded as the old value.
       GenericData.Record stat = new GenericData.Record((GenericData.Record) current, false);
       GenericRecord course = course(review);
       stat.put("course_id", course.get("id"));

@@ -53,7 +53,8 @@ final class ConfluentAvroSerde implements Serde<GenericRecord> {
       try {
         writer.write(record, encoder);
       } catch (IOException | RuntimeException e) {
-        throw new SerializationException("cannot encode a " + schema.getName() + " for " + topic, e);
+        throw new SerializationException(
+            "cannot encode a " + schema.getName() + " for " + topic, e);
       }
       return out.toByteArray();
     };
@@ -78,7 +79,8 @@ final class ConfluentAvroSerde implements Serde<GenericRecord> {
         return reader.read(
             null, DecoderFactory.get().binaryDecoder(data, HEADER, data.length - HEADER, null));
       } catch (IOException | RuntimeException e) {
-        throw new SerializationException("cannot decode a " + schema.getName() + " from " + topic, e);
+        throw new SerializationException(
+            "cannot decode a " + schema.getName() + " from " + topic, e);
       }
     };
   }

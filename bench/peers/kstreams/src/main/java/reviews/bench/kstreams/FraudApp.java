@@ -35,8 +35,9 @@ final class FraudApp {
     builder.stream(args.get("input"), Consumed.with(Serdes.String(), reviews))
         .peek(Main.firstRecord())
         .split()
-        .branch((key, review) -> !rule.isFraud(review), Branched.withConsumer(s -> s.to(args.get("valid"), out)))
-        .defaultBranch(Branched.withConsumer(s -> s.to(args.get("fraud"), out)));
+        .branch((key, review) -> !rule.isFraud(review),
+            Branched.withConsumer(valid -> valid.to(args.get("valid"), out)))
+        .defaultBranch(Branched.withConsumer(fraud -> fraud.to(args.get("fraud"), out)));
     return builder.build();
   }
 

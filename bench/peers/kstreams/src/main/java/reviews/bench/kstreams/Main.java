@@ -10,7 +10,7 @@ import org.apache.kafka.streams.CloseOptions;
 import org.apache.kafka.streams.KafkaStreams;
 import org.apache.kafka.streams.StreamsConfig;
 import org.apache.kafka.streams.Topology;
-import org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler.StreamThreadExceptionResponse;
+import org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler;
 import org.apache.kafka.streams.kstream.ForeachAction;
 
 /**
@@ -80,7 +80,7 @@ public final class Main {
     // A failure stops the client, so the harness sees the process exit instead of a stall.
     streams.setUncaughtExceptionHandler(e -> {
       e.printStackTrace();
-      return StreamThreadExceptionResponse.SHUTDOWN_CLIENT;
+      return StreamsUncaughtExceptionHandler.StreamThreadExceptionResponse.SHUTDOWN_CLIENT;
     });
     // SIGTERM from the harness: commit what was processed and leave the group, so the driver
     // can delete it at once (Streams otherwise stays a member until the session times out).
