@@ -16,13 +16,19 @@ from fastapi import FastAPI
 
 from streaming.api import ingest, read
 from streaming.config import Settings
-from streaming.ingest.producer import ReviewProducer
+from streaming.ingest.producer import REVIEWS_TOPIC, ReviewProducer
 
 DEFAULT_PORT = 8000
 DEFAULT_WORKERS = 2
 
 
-def create_app(settings: Settings | None = None, *, ack_timeout_s: float | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    ack_timeout_s: float | None = None,
+    topic: str = REVIEWS_TOPIC,
+) -> FastAPI:
+    """The API; `topic` re-points ingestion (tests fuzz it against a temporary topic)."""
     settings = settings or Settings.from_env()
     timeout_s = ack_timeout_s or ingest.ACK_TIMEOUT_S
 
@@ -30,7 +36,7 @@ def create_app(settings: Settings | None = None, *, ack_timeout_s: float | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # a short delivery timeout: a POST while Kafka is down answers 503, not after minutes
         producer = ReviewProducer(
-            settings, **{"linger.ms": 1, "message.timeout.ms": int(timeout_s * 1000)}
+            settings, topic, **{"linger.ms": 1, "message.timeout.ms": int(timeout_s * 1000)}
         )
         app.state.producer = ingest.AckingProducer(producer, timeout_s)
         yield

@@ -2,8 +2,9 @@
 
 The answer is sent only after the broker acknowledged the record (acks=all, idempotent
 producer): 201 with where it landed. Invalid input gets 400 (not JSON) or 422 (which field, and
-why: the same mapping the backfill uses); an oversized body 413; Kafka unavailable or slow 503
-with Retry-After — never a silent drop.
+why: the same mapping the backfill uses); an oversized body 413; a body declared as anything but
+JSON 415 (a form or text/plain POST is what a cross-site page can send without asking); Kafka
+unavailable or slow 503 with Retry-After — never a silent drop.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from streaming.core.review_mapping import ReviewMappingError, json_to_review
+from streaming.core.review_mapping import LONG_MAX, ReviewMappingError, json_to_review
 from streaming.ingest.producer import ReviewProducer
 
 MAX_BODY_BYTES = 64 * 1024
@@ -30,7 +31,7 @@ REVIEW_JSON_SCHEMA: dict[str, Any] = {
     "required": ["id", "rating", "created", "modified", "user", "course"],
     "properties": {
         "_class": {"type": "string", "enum": ["course_review"]},
-        "id": {"type": "integer", "minimum": 1, "description": "review id"},
+        "id": {"type": "integer", "minimum": 1, "maximum": LONG_MAX, "description": "review id"},
         "title": {"type": ["string", "null"]},
         "content": {"type": ["string", "null"]},
         "rating": {
@@ -43,15 +44,16 @@ REVIEW_JSON_SCHEMA: dict[str, Any] = {
         "user": {
             **_NAMED,
             "properties": {
-                k: {"type": "string"} for k in ("_class", "title", "name", "display_name")
+                "_class": {"type": "string", "enum": ["user"]},
+                **{k: {"type": "string"} for k in ("title", "name", "display_name")},
             },
         },
         "course": {
             "type": "object",
             "required": ["id", "title", "url"],
             "properties": {
-                "_class": {"type": "string"},
-                "id": {"type": "integer", "minimum": 1},
+                "_class": {"type": "string", "enum": ["course"]},
+                "id": {"type": "integer", "minimum": 1, "maximum": LONG_MAX},
                 "title": {"type": "string"},
                 "url": {"type": "string"},
             },
@@ -119,6 +121,16 @@ class AckingProducer:
         self.producer.flush(self.ack_timeout_s)
 
 
+def _json_media_type(content_type: str | None) -> bool:
+    """application/json or application/*+json; no Content-Type at all is read as JSON too."""
+    if content_type is None:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 def _unavailable(reason: str) -> JSONResponse:
     return JSONResponse(
         {"detail": f"Kafka unavailable, nothing was stored: {reason}; retry later"},
@@ -145,11 +157,18 @@ router = APIRouter()
         201: {"description": "Stored in Kafka (acknowledged by the broker)"},
         400: {"description": "The body is not JSON"},
         413: {"description": f"The body is larger than {MAX_BODY_BYTES} bytes"},
+        415: {"description": "The Content-Type is not JSON"},
         422: {"description": "A field is missing or invalid: `detail[].loc` and `msg` say which"},
         503: {"description": "Kafka unavailable: nothing stored, retry after Retry-After"},
     },
 )
 async def post_review(request: Request) -> JSONResponse:
+    content_type = request.headers.get("content-type")
+    if not _json_media_type(content_type):
+        return JSONResponse(
+            {"detail": f"Content-Type must be application/json, got {content_type!r}"},
+            status_code=415,
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         return JSONResponse({"detail": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)

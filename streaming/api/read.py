@@ -48,6 +48,8 @@ _metadata = sa.MetaData()
 LONG_TERM = sa.Table("long_term_stats", _metadata, *(sa.Column(n, t) for n, t in STAT_COLUMNS))
 RECENT = sa.Table("recent_stats", _metadata, *(sa.Column(n, t) for n, t in STAT_COLUMNS))
 UNDEFINED_TABLE = "42P01"
+FIRST_SERVABLE = datetime(1, 1, 1)
+LAST_SERVABLE = datetime(9999, 12, 31, 23, 59, 59, 999999)
 MAX_PAGE = 10**9  # keeps OFFSET within bigint whatever the page size
 
 
@@ -105,6 +107,17 @@ class NoTables(Exception):
     """The sink has not created its tables yet (no statistics were ever written)."""
 
 
+def _served(table: sa.Table, name: str) -> sa.ColumnElement[Any]:
+    """A column as selected for serving. PostgreSQL holds timestamps beyond Python's datetime
+    (years 0 and below, 10000 and above); such a value, which only a producer that bypassed
+    ingestion can write, would fail the whole answer (and every page of /courses holding it),
+    so it is clamped to the servable range instead."""
+    column = table.c[name]
+    if isinstance(column.type, sa.DateTime):
+        return sa.func.least(sa.func.greatest(column, FIRST_SERVABLE), LAST_SERVABLE)
+    return column
+
+
 @contextmanager
 def _reading(engine: Engine) -> Iterator[Connection]:
     """A connection; database trouble becomes 503, a missing sink table NoTables."""
@@ -152,9 +165,10 @@ def course_stats(course_id: int, engine: EngineDep) -> CourseStats:
     """All-time and 90-day statistics of one course, as last written by the sink."""
     query = sa.union_all(
         *(
-            sa.select(sa.literal(kind).label("kind"), *(table.c[n] for n, _ in STAT_COLUMNS)).where(
-                table.c.course_id == course_id
-            )
+            sa.select(
+                sa.literal(kind).label("kind"),
+                *(_served(table, n).label(n) for n, _ in STAT_COLUMNS),
+            ).where(table.c.course_id == course_id)
             for kind, table in (("all_time", LONG_TERM), ("recent", RECENT))
         )
     )
@@ -189,8 +203,8 @@ def list_courses(
     order = key.desc() if sort.startswith("-") else key.asc()
     query = (
         sa.select(
-            *(LONG_TERM.c[n].label(f"l_{n}") for n, _ in STAT_COLUMNS),
-            *(RECENT.c[n].label(f"r_{n}") for n, _ in STAT_COLUMNS),
+            *(_served(LONG_TERM, n).label(f"l_{n}") for n, _ in STAT_COLUMNS),
+            *(_served(RECENT, n).label(f"r_{n}") for n, _ in STAT_COLUMNS),
         )
         .select_from(joined)
         .order_by(order.nulls_last(), course_id)
