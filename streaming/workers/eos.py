@@ -20,11 +20,21 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from streaming.config import Settings
 from streaming.workers.runtime import StopFlag, WorkerMetrics, env_int, log_event
 
 log = logging.getLogger("eos")
+
+MAX_PRODUCE_BYTES = 8 * 1024 * 1024
+"""The producer's own record limit, above any topic's: the broker enforces each topic's
+max.message.bytes, and librdkafka's default (1,000,000) is below Kafka's (1,048,588), so a record
+that fits its input topic could not even be passed through or dead-lettered."""
+DEFAULT_TOPIC_MAX_BYTES = 1_000_000
+"""Assumed max.message.bytes of a dead-letter topic whose config cannot be read."""
+RECORD_SLACK_BYTES = 1024
+"""Record batch and record framing around a record's key, value and headers."""
 
 
 @dataclass(frozen=True)
@@ -92,9 +102,11 @@ class EosWorker(ABC):
                     "batch.size": 1_000_000,
                     "queue.buffering.max.messages": 1_000_000,
                     "transaction.timeout.ms": 60_000,
+                    "message.max.bytes": MAX_PRODUCE_BYTES,
                 }
             )
         )
+        self._topic_max_bytes: dict[str, int] = {}
         self.in_txn = 0
         self.txn_started = time.monotonic()
 
@@ -121,6 +133,32 @@ class EosWorker(ABC):
 
     def transaction_aborted(self) -> None:  # noqa: B027 - optional hook
         """State changed since the last commit is void: restore it from the committed point."""
+
+    # -- dead letters ------------------------------------------------------------------------
+    def produce_dead_letter(self, topic: str, msg: Message, reason: str) -> None:
+        """Send an unreadable record to `topic` in the open transaction, cut to fit the topic."""
+        headers = dead_letter_headers(msg, reason, self.loop.transactional_id)
+        limit = self.topic_max_bytes(topic)
+        value, headers = fit_dead_letter(msg.key(), msg.value(), headers, limit)
+        self.producer.produce(topic, value, msg.key(), headers=headers)
+
+    def topic_max_bytes(self, topic: str) -> int:
+        """A topic's max.message.bytes, read once (the broker refuses a larger record, which
+        would abort the transaction, rewind, and fail again on every retry: a stalled worker)."""
+        if topic not in self._topic_max_bytes:
+            limit = DEFAULT_TOPIC_MAX_BYTES
+            admin = AdminClient(self.settings.kafka_config())
+            resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+            try:
+                config = admin.describe_configs([resource])[resource].result(30)
+                limit = int(config["max.message.bytes"].value)
+            except (KafkaException, KeyError, ValueError) as exc:
+                log_event(
+                    log, "topic config unreadable", logging.WARNING, topic=topic, error=str(exc)
+                )
+            self._topic_max_bytes[topic] = limit
+            self.metrics.extra["dead_letter_max_bytes"] = limit
+        return self._topic_max_bytes[topic]
 
     # -- the loop ---------------------------------------------------------------------------
     def commit(self) -> None:
@@ -222,3 +260,33 @@ def dead_letter_headers(msg: Message, reason: str, worker: str) -> list[tuple[st
         ("dlq.worker", worker.encode()),
         *(msg.headers() or []),
     ]
+
+
+def fit_dead_letter(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]], limit: int
+) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """The dead letter as it can be sent to a topic whose max.message.bytes is `limit`.
+
+    Whole when it fits (the usual case: dead-letter topics are declared larger than the inputs).
+    Otherwise the record's own headers (after the dlq.* ones) are dropped if they alone are too
+    big, and the value is cut; `dlq.value.truncated` / `dlq.headers.dropped` give the original
+    sizes, and the source coordinates still lead to the whole record.
+    """
+
+    def size(v: bytes | None, hs: list[tuple[str, bytes]]) -> int:
+        framing = sum(len(k) + len(h or b"") for k, h in hs)
+        return RECORD_SLACK_BYTES + len(key or b"") + len(v or b"") + framing
+
+    if size(value, headers) <= limit:
+        return value, headers
+    n_own = sum(1 for k, _ in headers if k.startswith("dlq."))
+    own, extra = headers[:n_own], headers[n_own:]
+    if size(b"", headers) > limit // 2:
+        dropped = sum(len(k) + len(h or b"") for k, h in extra)
+        headers = [*own, ("dlq.headers.dropped", str(dropped).encode())]
+        if size(value, headers) <= limit:
+            return value, headers
+    original = len(value or b"")
+    headers = [*headers, ("dlq.value.truncated", str(original).encode())]
+    room = max(limit - size(b"", headers), 0)
+    return (value or b"")[:room], headers

@@ -26,7 +26,7 @@ from streaming.config import Settings
 from streaming.core.fraud import FRAUD_MODEL_ENV, FraudModel, load_model
 from streaming.core.fraud_routing import DEAD, FRAUD, route
 from streaming.serde import Registry, ReviewWriters, local_schema
-from streaming.workers.eos import EosWorker, LoopConfig, dead_letter_headers
+from streaming.workers.eos import EosWorker, LoopConfig
 from streaming.workers.runtime import StopFlag, env_int, log_event, serve
 
 log = logging.getLogger("fraud_filter")
@@ -87,8 +87,7 @@ class FraudFilter(EosWorker):
                 )
         for i, reason in reasons.items():
             msg = msgs[i]
-            headers = dead_letter_headers(msg, reason, self.loop.transactional_id)
-            produce(self.out.dead_letter, msg.value(), msg.key(), headers=headers)
+            self.produce_dead_letter(self.out.dead_letter, msg, reason)
             log_event(
                 log,
                 "dead letter",

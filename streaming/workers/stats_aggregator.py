@@ -51,10 +51,11 @@ from streaming.core.avro_codec import confluent_frame
 from streaming.core.ratings import rating_halves
 from streaming.core.review_bytes import extract_fields
 from streaming.core.review_frames import frame_batch
+from streaming.core.review_mapping import NUL_REASON
 from streaming.core.stats import ReviewVersion
 from streaming.core.window import epoch_day
 from streaming.serde import Registry, RegistryUnavailable, ReviewWriters, local_schema
-from streaming.workers.eos import EosWorker, LoopConfig, dead_letter_headers
+from streaming.workers.eos import EosWorker, LoopConfig
 from streaming.workers.runtime import StopFlag, env_int, log_event, serve
 
 log = logging.getLogger("stats_aggregator")
@@ -130,6 +131,9 @@ class StatsAggregator(EosWorker):
         for i in np.flatnonzero(batch.readable).tolist():
             review_id, created, modified, course_id, halves = longs[i].tolist()
             r0, r1, t0, t1 = spans[i].tolist()
+            if raw.find(b"\x00", t0, t1) >= 0:  # the stats sink would fail on it, every retry
+                dead[i] = f"course.title: {NUL_REASON}"
+                continue
             if halves < 0:
                 try:
                     halves = rating_halves(raw[r0:r1].decode("utf-8", "strict"))
@@ -182,8 +186,7 @@ class StatsAggregator(EosWorker):
     def _dead_letters(self, msgs: list[Message], dead: list[tuple[int, str]]) -> None:
         for i, reason in dead:
             m = msgs[i]
-            headers = dead_letter_headers(m, reason, self.loop.transactional_id)
-            self.producer.produce(self.t.dead_letter, m.value(), m.key(), headers=headers)
+            self.produce_dead_letter(self.t.dead_letter, m, reason)
             log_event(
                 log,
                 "dead letter",
