@@ -7,12 +7,11 @@ stream's own rule code (`streaming.core.fraud`) over every current version at on
 
 import io
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
-from fastavro import schemaless_writer
 from pydantic import Field
 from sqlalchemy import Engine, text
 
@@ -27,9 +26,8 @@ from orchestration.sql_models import (
 )
 from orchestration.topology import batch_key, table_key
 from streaming.core.fraud import FRAUD_MODEL_ENV, FraudModel, load_model
-from streaming.core.review_bytes import pack
+from streaming.core.review_bytes import encode_reviews
 from streaming.core.window import RECENT_DAYS, date_to_day
-from streaming.serde import local_schema
 
 VERDICTS = "review_verdicts"
 PYTHON_MODELS: dict[str, tuple[str, ...]] = {VERDICTS: ("current_reviews",)}
@@ -39,6 +37,23 @@ SOURCE_TABLES: dict[tuple[str, str], str] = {("stream", "reviews"): "reviews"}
 """source(group, name) of the models -> the stream table it stands for."""
 
 VERDICT_CHUNK = 50_000
+
+REVIEW_COLUMNS = (
+    "id",
+    "title",
+    "content",
+    "rating",
+    "created_ms",
+    "modified_ms",
+    "user_title",
+    "user_name",
+    "user_display_name",
+    "course_id",
+    "course_title",
+    "course_url",
+)
+"""`current_reviews` columns in the Review schema's field order (what `encode_reviews` takes)."""
+MODIFIED_MS = REVIEW_COLUMNS.index("modified_ms")
 
 
 def source_relations(layout: SqlModelsResource) -> dict[tuple[str, str], str]:
@@ -57,38 +72,15 @@ def today() -> int:
     return date_to_day(datetime.now(UTC).date())
 
 
-def _review_records(rows: Iterator[Any]) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    for row in rows:
-        yield (
-            row.id,
-            row.modified_ms,
-            {
-                "id": row.id,
-                "title": row.title,
-                "content": row.content,
-                "rating": row.rating,
-                "created": row.created_ms,
-                "modified": row.modified_ms,
-                "user": {
-                    "title": row.user_title,
-                    "name": row.user_name,
-                    "display_name": row.user_display_name,
-                },
-                "course": {"id": row.course_id, "title": row.course_title, "url": row.course_url},
-            },
-        )
-
-
 def write_review_verdicts(engine: Engine, schema: str, model: FraudModel) -> tuple[int, int]:
     """Judge every current version with the stream's rule; build `schema.review_verdicts`.
 
-    Each row is re-encoded as the canonical Review Avro body (the bytes the fraud filter hashes)
-    and judged a chunk at a time by the model's batch entry point. Returns (rows, fraud).
+    Each row is re-encoded as the canonical Review Avro body (the bytes the fraud filter hashes),
+    a chunk at a time by the compiled encoder, and judged by the model's batch entry point.
+    Returns (rows, fraud).
     """
-    review_schema = local_schema("review.avsc")
     source = f"{quote(schema)}.{quote('current_reviews')}"
     rows = fraud = 0
-    buf = io.BytesIO()
     with engine.connect() as reader, engine.begin() as writer:
         writer.execute(text(f"drop table if exists {quote(schema)}.{quote(VERDICTS + '__new')}"))
         writer.execute(
@@ -99,26 +91,19 @@ def write_review_verdicts(engine: Engine, schema: str, model: FraudModel) -> tup
         )
         cursor = writer.connection.cursor()
         result = reader.execution_options(stream_results=True, yield_per=VERDICT_CHUNK).execute(
-            text(f"select * from {source}")
+            text(f"select {', '.join(REVIEW_COLUMNS)} from {source}")
         )
         for chunk in result.partitions():
-            keys, bodies = [], []
-            for review_id, modified_ms, record in _review_records(iter(chunk)):
-                buf.seek(0)
-                buf.truncate()
-                schemaless_writer(buf, review_schema, record)
-                bodies.append(buf.getvalue())
-                keys.append((review_id, modified_ms))
-            verdicts = model.is_fraud_batch(*pack(bodies))
+            verdicts = model.is_fraud_batch(*encode_reviews(chunk))
             lines = io.StringIO()
-            for (review_id, modified_ms), is_fraud in zip(keys, verdicts.tolist(), strict=True):
-                lines.write(f"{review_id}\t{modified_ms}\t{'t' if is_fraud else 'f'}\n")
+            for row, is_fraud in zip(chunk, verdicts.tolist(), strict=True):
+                lines.write(f"{row[0]}\t{row[MODIFIED_MS]}\t{'t' if is_fraud else 'f'}\n")
             lines.seek(0)
             cursor.copy_expert(
                 f"copy {quote(schema)}.{quote(VERDICTS + '__new')} from stdin", lines
             )
-            rows += len(keys)
-            fraud += int(sum(verdicts.tolist()))
+            rows += len(chunk)
+            fraud += int(verdicts.sum())
         swap_in(writer, schema, VERDICTS)
     return rows, fraud
 

@@ -10,6 +10,8 @@ Kafka's hash for the whole project, tested against Kafka's own vectors.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
+from typing import Any
 
 import numba
 import numpy as np
@@ -49,6 +51,108 @@ def pack(bodies: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     starts = ends - lengths
     buf = np.frombuffer(b"".join(bodies), dtype=np.uint8)
     return buf, starts, ends
+
+
+_MAX_VARINT = 10
+"""Bytes of the longest zig-zag varint (a 64-bit long)."""
+
+
+def encode_reviews(rows: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Canonical Review Avro bodies of flat rows, packed as `pack` packs them.
+
+    A row holds the Review's fields in REVIEW_LAYOUT order, nested records flattened (the sink's
+    `reviews` columns): id, title, content, rating, created, modified, user title, name,
+    display_name, course id, title, url; only title and content may be None. The bytes equal
+    fastavro's. The batch side re-encodes a million current versions per run: fastavro's call
+    and dicts cost ~10 µs a record; here strings are UTF-8 encoded a column at a time and the
+    bytes written compiled, ~3 µs a record, most of it the string encoding.
+    """
+    n = len(rows)
+    columns = list(zip(*rows, strict=True)) if n else [()] * len(REVIEW_LAYOUT)
+    if len(columns) != len(REVIEW_LAYOUT):
+        raise ValueError(f"a Review row has {len(REVIEW_LAYOUT)} fields, not {len(columns)}")
+    kinds = REVIEW_LAYOUT.tolist()
+    longs = np.empty((n, kinds.count(_LONG)), dtype=np.int64)
+    nulls = np.zeros((len(kinds) - longs.shape[1], n), dtype=np.bool_)
+    texts: list[list[bytes]] = []
+    for position, (column, kind) in enumerate(zip(columns, kinds, strict=True)):
+        if kind == _LONG:
+            longs[:, position - len(texts)] = np.fromiter(column, dtype=np.int64, count=n)
+            continue
+        if kind == _OPTIONAL_STRING:
+            nulls[len(texts)] = np.fromiter((v is None for v in column), dtype=np.bool_, count=n)
+            texts.append([b"" if v is None else v.encode() for v in column])
+            continue
+        try:
+            texts.append([v.encode() for v in column])
+        except AttributeError:
+            raise ValueError(f"field {position} of a Review row is a required string") from None
+    lengths = np.array([np.fromiter(map(len, t), dtype=np.int64, count=n) for t in texts])
+    flat = lengths.ravel()
+    text_starts = (np.cumsum(flat) - flat).reshape(lengths.shape)
+    text = np.frombuffer(b"".join(chain.from_iterable(texts)), dtype=np.uint8)
+    out = np.empty(text.shape[0] + n * len(kinds) * (_MAX_VARINT + 1), dtype=np.uint8)
+    starts = np.empty(n, dtype=np.int64)
+    ends = np.empty(n, dtype=np.int64)
+    size = _encode_bodies(
+        REVIEW_LAYOUT, longs, text, text_starts, lengths, nulls, out, starts, ends
+    )
+    return out[:size], starts, ends
+
+
+@numba.njit(cache=True, nogil=True)
+def _write_varint(out: np.ndarray, pos: int, value: int) -> int:
+    """The zig-zag varint of an int64 at `pos`; returns the position after it."""
+    z = np.uint64((value << 1) ^ (value >> 63))
+    while z > np.uint64(0x7F):
+        out[pos] = np.uint8((z & np.uint64(0x7F)) | np.uint64(0x80))
+        pos += 1
+        z >>= np.uint64(7)
+    out[pos] = np.uint8(z)
+    return pos + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_bodies(
+    layout: np.ndarray,
+    longs: np.ndarray,
+    text: np.ndarray,
+    text_starts: np.ndarray,
+    text_lengths: np.ndarray,
+    nulls: np.ndarray,
+    out: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+) -> int:
+    """Write every record of `layout` into `out` from its columns (longs[i, j]; the k-th string
+    of record i at text[text_starts[k, i]:][:text_lengths[k, i]], None where nulls[k, i]);
+    fill starts/ends and return the bytes written."""
+    pos = 0
+    for i in range(longs.shape[0]):
+        starts[i] = pos
+        j = 0
+        k = 0
+        for kind in layout:
+            if kind == _LONG:
+                pos = _write_varint(out, pos, longs[i, j])
+                j += 1
+                continue
+            if kind == _OPTIONAL_STRING:
+                if nulls[k, i]:
+                    out[pos] = 0  # branch 0: null
+                    pos += 1
+                    k += 1
+                    continue
+                out[pos] = 2  # branch 1 (zig-zag): string
+                pos += 1
+            length = text_lengths[k, i]
+            start = text_starts[k, i]
+            pos = _write_varint(out, pos, length)
+            out[pos : pos + length] = text[start : start + length]
+            pos += length
+            k += 1
+        ends[i] = pos
+    return pos
 
 
 @numba.njit(cache=True, nogil=True)

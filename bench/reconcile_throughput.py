@@ -1,0 +1,357 @@
+"""Reconciliation of a million reviews: the `stream_vs_batch` asset's own work, timed.
+
+A scratch schema gets a `reviews` table shaped as the sink's (`like public.reviews`), filled in
+SQL with realistic review versions (skewed course popularity, the brief's rating mix, creation
+over the last `--days` days so the 90-day window is partial, edits that may change rating and
+text, hence the fraud verdict, which the batch side derives from the bytes like the stream).
+Its `long_term_stats` / `recent_stats` are computed independently from the same rows by the
+stream's pure reference (`compute_from_scratch`; verdicts by the fraud filter's model over
+bodies fastavro encodes, as ingestion does), so every run also proves agreement: any mismatch
+fails the benchmark.
+
+Each run materialises the real asset and its checks through Dagster on the stack's PostgreSQL,
+with the scratch schemas as `SqlModelsResource` and the stages reported caught up: the scratch
+tables are not fed by the live pipeline, and others' traffic into it would only make the asset
+compare again. `reconcile_1m_s` is thus what the asset does once its stages have caught up:
+rebuild the batch models, read both sides, compare every course, write the mismatches, plus
+Dagster's in-process run and the two checks. The asset's wait on the live stages (offset reads
+and marker probes on the real broker) is timed apart after each run (`stage_wait_s`).
+
+    make up && .venv/bin/python bench/reconcile_throughput.py [--reviews 1000000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from fastavro import schemaless_writer
+from sqlalchemy import Engine, create_engine, text
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import write_result
+from orchestration.assets.batch import today
+from orchestration.assets.reconciliation import MISMATCHES_TABLE, stream_vs_batch, wait_for_stages
+from orchestration.checks import reconciliation_checks
+from orchestration.resources import KafkaResource, Offsets, PostgresResource, SqlModelsResource
+from orchestration.sql_models import quote
+from orchestration.topology import INPUT_TOPIC
+from streaming.config import Settings
+from streaming.core.fraud import FRAUD_MODEL_ENV, load_model
+from streaming.core.ratings import rating_halves
+from streaming.core.review_bytes import pack
+from streaming.core.stats import ReviewVersion, compute_from_scratch
+from streaming.core.window import day_to_date
+from streaming.serde import local_schema
+
+FIRST_REVIEW_ID = 50_000_000
+FIRST_COURSE_ID = 9_000_000
+SEED = 0.2024
+"""setseed() value: the same draws every run (the timestamps still follow the clock)."""
+CHUNK = 50_000
+STAGE_TIMEOUT_S = 300.0
+
+GENERATE = """
+insert into {reviews} (id, modified, title, content, rating, created, user_title, user_name,
+    user_display_name, course_id, course_title, course_url)
+with review as materialized (
+    select
+        g as n,
+        :first_id + g as id,
+        :first_course + floor(:courses * power(random(), 3))::bigint as course_id,
+        date_trunc('milliseconds', cast(:now as timestamp) - random() * :days * interval '1 day')
+            as created,
+        random() as pick_rating,
+        random() as pick_versions,
+        random() as pick_text
+    from generate_series(1, :reviews) as g
+), version as materialized (
+    select
+        r.*,
+        v,
+        case when v = 0 then r.created
+            else date_trunc('milliseconds', r.created + v * interval '1 millisecond'
+                + (cast(:now as timestamp) - r.created) * ((v - 1 + random()) / 2))
+        end as modified,
+        case when v = 0 or random() < 0.5 then r.pick_rating else random() end as pick
+    from review as r
+    cross join lateral generate_series(
+        0, case when r.pick_versions < 0.02 then 2 when r.pick_versions < 0.10 then 1 else 0 end
+    ) as v
+)
+select
+    id,
+    modified,
+    case when n % 7 = 0 then null else '' end,
+    case when v > 0 then 'Edited after the last section (version ' || v || ' of review ' || n || ')'
+        when pick_text < 0.8 then ''
+        else (array['Clear explanations, good pace.', 'Too fast for beginners.',
+            'Great hands-on labs', 'Très bien expliqué', 'Outdated in places'])[1 + n % 5]
+    end,
+    case when pick < 0.75 then '5.0' when pick < 0.86 then '4.5' when pick < 0.95 then '4.0'
+        when pick < 0.97 then '3.5' when pick < 0.985 then '3.0'
+        else (array['2.5', '2.0', '1.5', '1.0'])[1 + floor((pick - 0.985) / 0.015 * 4)::int]
+    end,
+    created,
+    'Student ' || n,
+    (array['Ana', 'Ben', 'Chen', 'Dana', 'Emeka', 'Farah', 'Goran'])[1 + n % 7],
+    'Student ' || n,
+    course_id,
+    'Course ' || course_id || ': Apache Kafka for Beginners',
+    '/course-' || course_id || '/'
+from version
+"""
+"""Review versions: the brief's rating mix, ~10 % of reviews edited (2 % twice), each edit later
+than the version before, spread up to now, a popular head of courses with tens of thousands."""
+
+READ_VERSIONS = """
+select id, title, content, rating, (extract(epoch from created) * 1000)::bigint,
+    (extract(epoch from modified) * 1000)::bigint, user_title, user_name, user_display_name,
+    course_id, course_title, course_url
+from {reviews}
+"""
+
+
+class CaughtUpKafka(KafkaResource):
+    """Every stage committed up to the end of its input: the asset goes straight to its work.
+
+    The scratch tables are not fed by the live pipeline, so the live offsets say nothing about
+    them, and traffic from other users would only make the asset compare again at a new cut.
+    The asset's real wait on the live stack is timed apart (`stage_wait_s`).
+    """
+
+    def end_offsets(self, topics: Iterable[str]) -> Offsets:
+        return {(topic, 0): 0 for topic in topics}
+
+    def committed_offsets(self, group_id: str, topics: Iterable[str]) -> Offsets:
+        return {(topic, 0): 0 for topic in topics}
+
+
+def create_reviews(engine: Engine, schema: str, reviews: int, courses: int, days: int) -> int:
+    """The scratch `reviews` table (the sink's columns, keys and types), filled; rows written."""
+    relation = f"{quote(schema)}.{quote('reviews')}"
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with engine.begin() as conn:
+        conn.execute(text(f"create schema {quote(schema)}"))
+        conn.execute(text(f"create table {relation} (like public.reviews including all)"))
+        conn.execute(text("select setseed(:seed)"), {"seed": SEED})
+        rows = conn.execute(
+            text(GENERATE.format(reviews=relation)),
+            {
+                "first_id": FIRST_REVIEW_ID,
+                "first_course": FIRST_COURSE_ID,
+                "courses": courses,
+                "reviews": reviews,
+                "days": days,
+                "now": now,
+            },
+        ).rowcount
+    # A steady-state table: statistics and visibility map as autovacuum would leave them, and no
+    # autovacuum pass kicking in during the timed runs.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"vacuum (analyze) {relation}"))
+    return rows
+
+
+def stream_statistics(
+    engine: Engine, schema: str, as_of_day: int
+) -> tuple[dict[int, tuple[dict, dict]], int]:
+    """What the stream's tables hold after it read every row: (stats by course, fraud versions).
+
+    Verdicts by the fraud filter's model over each version's canonical Avro body, statistics by
+    `compute_from_scratch`, the stream's reference, with no SQL involved.
+    """
+    model = load_model(os.environ.get(FRAUD_MODEL_ENV))
+    review_schema = local_schema("review.avsc")
+    versions: list[tuple[int, ReviewVersion]] = []
+    titles: dict[int, tuple[int, str]] = {}
+    fraud = 0
+    buf = io.BytesIO()
+    sql = READ_VERSIONS.format(reviews=f"{quote(schema)}.{quote('reviews')}")
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(text(sql))
+        for chunk in result.partitions():
+            bodies = []
+            for row in chunk:
+                rid, title, content, rating, created, modified, *user, cid, ctitle, url = row
+                buf.seek(0)
+                buf.truncate()
+                schemaless_writer(
+                    buf,
+                    review_schema,
+                    {
+                        "id": rid,
+                        "title": title,
+                        "content": content,
+                        "rating": rating,
+                        "created": created,
+                        "modified": modified,
+                        "user": dict(zip(("title", "name", "display_name"), user, strict=True)),
+                        "course": {"id": cid, "title": ctitle, "url": url},
+                    },
+                )
+                bodies.append(buf.getvalue())
+                if modified >= titles.get(cid, (-1, ""))[0]:
+                    titles[cid] = (modified, ctitle)
+            verdicts = model.is_fraud_batch(*pack(bodies)).tolist()
+            fraud += sum(verdicts)
+            for row, is_fraud in zip(chunk, verdicts, strict=True):
+                versions.append(
+                    (
+                        row[0],
+                        ReviewVersion(row[5], row[4], rating_halves(row[3]), not is_fraud, row[9]),
+                    )
+                )
+    stats = compute_from_scratch(
+        versions,
+        as_of_day,
+        titles={cid: title for cid, (_, title) in titles.items()},
+        as_of_time=int(time.time() * 1000),
+    )
+    return stats, fraud
+
+
+def _timestamp(ms: int) -> datetime:
+    return datetime(1970, 1, 1) + timedelta(milliseconds=ms)
+
+
+def write_stream_tables(engine: Engine, schema: str, stats: dict[int, tuple[dict, dict]]) -> None:
+    """long_term_stats and recent_stats shaped as the sink's, holding the stream's numbers."""
+    with engine.begin() as conn:
+        for index, table in enumerate(("long_term_stats", "recent_stats")):
+            relation = f"{quote(schema)}.{quote(table)}"
+            conn.execute(text(f"create table {relation} (like public.{table} including all)"))
+            rows = []
+            for pair in stats.values():
+                row = dict(pair[index])
+                row["last_review_time"] = _timestamp(row["last_review_time"])
+                row["as_of_time"] = _timestamp(row["as_of_time"])
+                for day in ("window_start_day", "window_end_day"):
+                    row[day] = None if row[day] is None else day_to_date(row[day])
+                rows.append(row)
+            columns = list(rows[0])
+            conn.execute(
+                text(
+                    f"insert into {relation} ({', '.join(columns)}) "
+                    f"values ({', '.join(':' + c for c in columns)})"
+                ),
+                rows,
+            )
+
+
+def stage_wait(kafka: KafkaResource) -> float:
+    """Seconds the asset's wait on the live stages takes right now (offset reads and probes)."""
+    started = time.perf_counter()
+    wait_for_stages(kafka, kafka.end_offsets([INPUT_TOPIC]), STAGE_TIMEOUT_S)
+    return time.perf_counter() - started
+
+
+def run_once(database_url: str, layout: SqlModelsResource) -> dict[str, Any]:
+    """One materialisation of the asset and its checks: seconds, mismatches, check results."""
+    started = time.perf_counter()
+    result = dg.materialize(
+        [stream_vs_batch, *reconciliation_checks],
+        resources={
+            "kafka": CaughtUpKafka(bootstrap_servers="unused:9092"),
+            "postgres": PostgresResource(database_url=database_url),
+            "sql_models": layout,
+        },
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+    seconds = time.perf_counter() - started
+    [materialisation] = result.asset_materializations_for_node("reconciliation__stream_vs_batch")
+    return {
+        "reconcile_s": seconds,
+        "mismatches": materialisation.metadata["mismatches"].value,
+        "courses": materialisation.metadata["courses"].value,
+        "checks": {e.check_name: e.passed for e in result.get_asset_check_evaluations()},
+    }
+
+
+def _mismatch_sample(engine: Engine, schema: str) -> list[tuple]:
+    relation = f"{quote(schema)}.{quote(MISMATCHES_TABLE)}"
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(f"select * from {relation} limit 10"))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reviews", type=int, default=1_000_000, help="distinct review ids")
+    parser.add_argument("--courses", type=int, default=3_000)
+    parser.add_argument("--days", type=int, default=200, help="creation spread, days back")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    settings = Settings.from_env()
+    engine = create_engine(settings.database_url)
+    base = f"bench_reconcile_{uuid.uuid4().hex[:8]}"
+    layout = SqlModelsResource(
+        stream_schema=base, batch_schema=f"{base}_batch", reconciliation_schema=f"{base}_recon"
+    )
+    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers)
+    runs: list[dict[str, Any]] = []
+    try:
+        print(f"generating {args.reviews:,} reviews into {base}.reviews ...", flush=True)
+        started = time.perf_counter()
+        rows = create_reviews(engine, base, args.reviews, args.courses, args.days)
+        generated = time.perf_counter()
+        as_of_day = today()
+        stats, fraud = stream_statistics(engine, base, as_of_day)
+        write_stream_tables(engine, base, stats)
+        finished = time.perf_counter()
+        print(
+            f"setup: {rows:,} versions of {args.reviews:,} reviews, {len(stats):,} courses, "
+            f"{fraud:,} fraud versions ({100 * fraud / rows:.1f} %); generated and loaded in "
+            f"{generated - started:.1f} s, stream tables computed in Python in "
+            f"{finished - generated:.1f} s",
+            flush=True,
+        )
+        for run in range(args.runs):
+            outcome = run_once(settings.database_url, layout)
+            outcome["stage_wait_s"] = stage_wait(kafka)
+            runs.append(outcome)
+            print(
+                f"run {run + 1}: reconcile {outcome['reconcile_s']:.1f} s, "
+                f"{outcome['courses']:,} courses, {outcome['mismatches']} mismatches; "
+                f"wait on the live stages {outcome['stage_wait_s']:.1f} s",
+                flush=True,
+            )
+            if outcome["mismatches"] or not all(outcome["checks"].values()):
+                sample = _mismatch_sample(engine, layout.reconciliation_schema)
+                raise SystemExit(
+                    f"stream and batch disagree: {outcome['checks']}, first mismatches {sample}"
+                )
+    finally:
+        with engine.begin() as conn:
+            for schema in (base, layout.batch_schema, layout.reconciliation_schema):
+                conn.execute(text(f"drop schema if exists {quote(schema)} cascade"))
+    result = {
+        "reconcile_1m_s": round(statistics.median(r["reconcile_s"] for r in runs), 1),
+        "stage_wait_s": round(statistics.median(r["stage_wait_s"] for r in runs), 1),
+        "setup_generate_s": round(generated - started, 1),
+        "setup_stream_stats_s": round(finished - generated, 1),
+        "mismatches": max(r["mismatches"] for r in runs),
+        "reviews": args.reviews,
+        "versions": rows,
+        "fraud_versions": fraud,
+        "courses": len(stats),
+        "runs": args.runs,
+    }
+    print(json.dumps(result, indent=2))
+    write_result("reconcile", result, " ".join(["bench/reconcile_throughput.py", *sys.argv[1:]]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
