@@ -169,9 +169,15 @@ def observe_stream(
     sql_models: SqlModelsResource,
 ) -> dg.SensorResult:
     now = time.time()
-    topic_events, state = observe_topics(kafka, schema_registry, _cursor(context), now)
-    table_events = observe_tables(postgres.engine(), sql_models.stream_schema, now)
-    return dg.SensorResult(asset_events=topic_events + table_events, cursor=json.dumps(state))
+    cursor = _cursor(context)
+    topic_events, topics = observe_topics(kafka, schema_registry, cursor.get("topics", {}), now)
+    table_events, tables = observe_tables(
+        postgres.engine(), sql_models.stream_schema, cursor.get("tables", {}), now
+    )
+    return dg.SensorResult(
+        asset_events=topic_events + table_events,
+        cursor=json.dumps({"topics": topics, "tables": tables}),
+    )
 
 
 @dg.sensor(

@@ -20,7 +20,8 @@
 #
 # STACK_APPS is a file of application processes, one per line:
 #   app NAME READY_URL COMMAND...   started after the infrastructure, ready when READY_URL
-#                                   answers 2xx (or "-" for no URL: ready while alive)
+#                                   answers 2xx (tcp://HOST:PORT: accepts connections; "-":
+#                                   ready while alive)
 #   env KEY=VALUE                   appended to .stack/env (values may use ${VARS} of .stack/env)
 #   init COMMAND...                 run once after the infrastructure is up, before any app
 #   post COMMAND...                 run once by `run` after every app is ready (e.g. a demo)
@@ -255,7 +256,16 @@ apps() { # apps: print "NAME READY_URL COMMAND..." lines of $STACK_APPS, variabl
   done <"$STACK_APPS"
 }
 
-app_ok() { local name=$1 url=$2; alive "$name" && { [ "$url" = - ] || http_ok "$url"; }; }
+tcp_ok() { local hp=${1#tcp://}; (exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}") 2>/dev/null; }
+app_ok() { # app_ok NAME READY: alive, and READY ("-", an http(s) URL, or tcp://HOST:PORT) answers
+  local name=$1 url=$2
+  alive "$name" || return 1
+  case $url in
+    -) ;;
+    tcp://*) tcp_ok "$url" ;;
+    *) http_ok "$url" ;;
+  esac
+}
 
 run_steps() { # run_steps KIND: run every "KIND COMMAND..." line of $STACK_APPS, in order
   [ -n "$STACK_APPS" ] || return 0

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, text
 
 from orchestration.resources import KafkaResource, SchemaRegistryResource
 from orchestration.sql_models import quote
@@ -108,26 +108,47 @@ def observe_topics(
     return observations, {"time": now, "totals": dict(totals)}
 
 
-def observe_tables(engine: Engine, schema: str, now: float) -> list[dg.AssetObservation]:
-    """Rows and last update of each sink table (max as_of_time of statistics, max modified of
-    reviews), and how many seconds ago that was."""
+def observe_tables(
+    engine: Engine, schema: str, previous: Mapping[str, Any], now: float
+) -> tuple[list[dg.AssetObservation], dict[str, Any]]:
+    """Rows and write rate of each sink table, and the last update of the statistics tables.
+
+    Row counts and writes come from PostgreSQL's statistics views (`pg_stat_user_tables`), so
+    an observation every minute never scans `reviews`, which holds every version ever ingested;
+    the statistics tables (one row per course) are small enough to ask for max(as_of_time).
+    `previous` is the state returned last time ({} at first), for the write rate.
+    """
+    with engine.connect() as conn:
+        activity = {
+            name: (int(rows), int(writes))
+            for name, rows, writes in conn.execute(
+                text(
+                    "select relname, n_live_tup, n_tup_ins + n_tup_upd "
+                    "from pg_stat_user_tables where schemaname = :schema"
+                ),
+                {"schema": schema},
+            )
+        }
+    elapsed = now - previous.get("time", now)
     observations = []
-    present = set(inspect(engine).get_table_names(schema=schema))
     for sink in SINKS:
-        if sink.table not in present:
-            metadata: dict[str, Any] = {"exists": False}
-        else:
-            column = "as_of_time" if sink.table in STATS_TABLES else "modified"
+        metadata: dict[str, Any] = {"exists": sink.table in activity}
+        if sink.table in activity:
+            rows, writes = activity[sink.table]
+            metadata["rows (estimate)"] = rows
+            before = previous.get("writes", {}).get(sink.table)
+            if before is not None and elapsed > 0 and writes >= before:
+                metadata["rows_written_per_s"] = round((writes - before) / elapsed, 2)
+        if sink.table in activity and sink.table in STATS_TABLES:
             with engine.connect() as conn:
-                rows, last = conn.execute(
+                last = conn.execute(
                     text(
-                        f"select count(*), extract(epoch from max({quote(column)}))::float8 "
+                        "select extract(epoch from max(as_of_time))::float8 "
                         f"from {quote(schema)}.{quote(sink.table)}"
                     )
-                ).one()
-            metadata = {"exists": True, "rows": int(rows)}
+                ).scalar()
             if last is not None:
-                metadata[f"max {column}"] = dg.MetadataValue.timestamp(float(last))
+                metadata["max as_of_time"] = dg.MetadataValue.timestamp(float(last))
                 metadata["seconds_since_update"] = round(now - float(last), 1)
         observations.append(dg.AssetObservation(asset_key=table_key(sink.table), metadata=metadata))
-    return observations
+    return observations, {"time": now, "writes": {t: w for t, (_, w) in activity.items()}}

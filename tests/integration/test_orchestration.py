@@ -10,6 +10,7 @@ import random
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from sqlalchemy import Engine, create_engine, text
 from orchestration.assets.backfill import course_reviews, courses
 from orchestration.assets.batch import build_batch_assets
 from orchestration.assets.reconciliation import stream_vs_batch, wait_for_stages
+from orchestration.assets.stream import observe_tables
 from orchestration.checks import reconciliation_checks
 from orchestration.resources import (
     KafkaResource,
@@ -427,6 +429,47 @@ def test_stream_observer_reports_every_topic_and_sink_table(settings: Settings) 
     )
     reviews = next(e for e in second.asset_events if e.asset_key == topic_key("udemy-reviews"))
     assert "offsets_per_s" in reviews.metadata
+    table = next(e for e in second.asset_events if e.asset_key == table_key("reviews"))
+    assert "rows (estimate)" in table.metadata and "rows_written_per_s" in table.metadata
+
+
+def test_table_observations_read_statistics_views_not_the_tables(settings: Settings) -> None:
+    """Rows and write rates from pg_stat_user_tables, the last update of statistics tables."""
+    engine = create_engine(settings.database_url)
+    schema = f"t_observe_{uuid.uuid4().hex[:8]}"
+
+    def write(sql: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(text(sql))
+        engine.dispose()  # a backend reports its table statistics when it ends
+
+    def observe_until(rows: int, previous: dict[str, Any], now: float) -> tuple[dict, dict]:
+        deadline = time.monotonic() + 30
+        while True:
+            events, state = observe_tables(engine, schema, previous, now)
+            by_table = {e.asset_key: {k: v.value for k, v in e.metadata.items()} for e in events}
+            if by_table[table_key("reviews")].get("rows (estimate)") == rows:
+                return by_table, state
+            assert time.monotonic() < deadline, f"pg_stat_user_tables never showed {rows} rows"
+            time.sleep(0.2)  # PostgreSQL publishes table statistics asynchronously
+
+    try:
+        write(f'create schema "{schema}"')
+        write(f'create table "{schema}".reviews (id bigint primary key)')
+        write(f'create table "{schema}".long_term_stats (course_id bigint, as_of_time timestamp)')
+        write(f'insert into "{schema}".reviews select generate_series(1, 100)')
+        write(f"insert into \"{schema}\".long_term_stats values (1, '2026-01-02 03:04:05')")
+        first, state = observe_until(100, {}, now=1_000.0)
+        assert "rows_written_per_s" not in first[table_key("reviews")]
+        assert first[table_key("recent_stats")] == {"exists": False}
+        stats = first[table_key("long_term_stats")]
+        as_of = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
+        assert stats["max as_of_time"] == as_of
+        write(f'insert into "{schema}".reviews select generate_series(101, 150)')
+        second, _ = observe_until(150, state, now=1_010.0)
+        assert second[table_key("reviews")]["rows_written_per_s"] == 5.0
+    finally:
+        write(f'drop schema "{schema}" cascade')
 
 
 def test_the_runtime_starts_restarts_and_stops_a_real_fraud_filter(
