@@ -210,14 +210,16 @@ def e2e(settings: Settings, runs: int, records: int) -> dict:
     return out
 
 
-def script(name: str, result: str) -> Callable[[Settings, int, int], dict]:
-    """A benchmark run as its own script (`--reviews N --runs R`), saving results/<result>.json."""
+def script(name: str, result: str, keep: dict[str, str]) -> Callable[[Settings, int, int], dict]:
+    """A benchmark run as its own script (`--reviews N --runs R`) that saves
+    results/<result>.json; `keep` maps the figures taken from it to their names in the report."""
 
     def run(settings: Settings, runs: int, records: int) -> dict:
         path = ROOT / "bench" / f"{name}.py"
         cmd = [sys.executable, str(path), "--reviews", str(records), "--runs", str(runs)]
         subprocess.run(cmd, check=True)
-        return json.loads((RESULTS / f"{result}.json").read_text())["figures"]
+        figures = json.loads((RESULTS / f"{result}.json").read_text())["figures"]
+        return {out: figures[key] for key, out in keep.items()}
 
     return run
 
@@ -233,7 +235,7 @@ def recovery(settings: Settings, runs: int, records: int) -> dict:
         raise RuntimeError("; ".join(out.failures))
     return {
         "recovery_s": round(median(out.recoveries_s), 1),
-        "recovery_runs": len(out.recoveries_s),
+        "recovery_kills": len(out.recoveries_s),
     }
 
 
@@ -242,8 +244,16 @@ STEPS: dict[str, Callable[[Settings, int, int], dict]] = {
     "fraud": fraud,
     "aggregate": aggregate,
     "e2e": e2e,
-    "backfill": script("backfill_throughput", "backfill"),
-    "reconcile": script("reconcile_throughput", "reconcile"),
+    "backfill": script(
+        "backfill_throughput",
+        "backfill",
+        {"backfill_1m_s": "backfill_1m_s", "source_walk_1m_s": "backfill_source_walk_1m_s"},
+    ),
+    "reconcile": script(
+        "reconcile_throughput",
+        "reconcile",
+        {"reconcile_1m_s": "reconcile_1m_s", "mismatches": "reconcile_mismatches"},
+    ),
     "recovery": recovery,
 }
 
