@@ -27,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from urllib.parse import urlparse
 
 import dagster as dg
 import httpx
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from dagster_graphql import DagsterGraphQLClient
 
 from chaos.ledger import Outcome, acked_lost_and_duplicated, lost_and_duplicated, parse_answers
@@ -51,6 +50,7 @@ from orchestration.topology import (
 )
 from streaming.config import Settings
 from streaming.sink.connect import ConnectClient, ConnectError
+from streaming.topic_reader import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD_SCRIPT = ROOT / "bench" / "e2e_load.lua"
@@ -167,38 +167,8 @@ def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
 
 
 def read_window(settings: Settings, topic: str, start: dict[int, int]) -> list[Message]:
-    """Committed records of `topic` from `start` to its end (the end of each partition is
-    signalled by librdkafka's partition EOF, which also covers trailing transaction markers)."""
-    consumer = Consumer(
-        settings.kafka_config(
-            **{
-                "group.id": f"chaos-read-{uuid.uuid4().hex[:8]}",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            }
-        )
-    )
-    try:
-        end = end_offsets(consumer, topic)
-        pending = {p for p in end if end[p] > start.get(p, 0)}
-        consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in pending])
-        records: list[Message] = []
-        deadline = time.monotonic() + 120
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} did not finish in 120 s")
-            for msg in consumer.consume(10_000, timeout=1):
-                err = msg.error()
-                if err is None:
-                    records.append(msg)
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                else:
-                    raise RuntimeError(f"reading {topic}: {err}")
-        return records
-    finally:
-        consumer.close()
+    """Committed records of `topic` from `start` to its end."""
+    return list(read_records(settings, topic, start, timeout_s=120))
 
 
 def reconcile(out: Outcome, since: float) -> None:

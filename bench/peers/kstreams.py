@@ -18,7 +18,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,12 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
     KafkaError,
     KafkaException,
     Message,
-    TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -44,6 +40,7 @@ from streaming.core.avro_codec import CONFLUENT_HEADER_SIZE, schemas_dir
 from streaming.core.fraud import HashFraudModel
 from streaming.core.review_bytes import pack
 from streaming.serde import Registry
+from streaming.topic_reader import read_batches
 
 PROJECT = Path(__file__).resolve().parent / "kstreams"
 JAR = PROJECT / "target" / "kstreams-peer.jar"
@@ -142,44 +139,10 @@ def _delete(settings: Settings, app_id: str) -> None:
             print(f"warning: subject {subject} not deleted: {exc}", file=sys.stderr)
 
 
-def _scan(
-    settings: Settings,
-    topic: str,
-    partitions: int,
-    on_batch: Callable[[list[Message]], None],
-    timeout_s: float = 300,
-) -> None:
+def _scan(settings: Settings, topic: str, on_batch: Callable[[list[Message]], None]) -> None:
     """Hand every committed record of `topic`, from the start to its end, to `on_batch`."""
-    consumer = Consumer(
-        settings.kafka_config(
-            **{
-                "group.id": f"bench-ks-scan-{uuid.uuid4().hex[:8]}",  # assigned, never joins
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-                "enable.auto.commit": False,
-            }
-        )
-    )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-    pending = set(range(partitions))
-    deadline = time.monotonic() + timeout_s
-    try:
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to the end")
-            records = []
-            for msg in consumer.consume(10_000, timeout=1):
-                err = msg.error()
-                if err is None:
-                    records.append(msg)
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                else:
-                    raise KafkaException(err)
-            if records:
-                on_batch(records)
-    finally:
-        consumer.close()
+    for batch in read_batches(settings, topic):
+        on_batch(batch)
 
 
 def _check_fraud(
@@ -194,16 +157,16 @@ def _check_fraud(
         verdicts = model.is_fraud_batch(*pack([m.value()[CONFLUENT_HEADER_SIZE:] for m in msgs]))
         expected.extend(m.key() for m, bad in zip(msgs, verdicts, strict=True) if bad)
 
-    _scan(settings, input_topic, partitions, judge)
+    _scan(settings, input_topic, judge)
     valid_count = 0
 
     def count(msgs: list[Message]) -> None:
         nonlocal valid_count
         valid_count += len(msgs)
 
-    _scan(settings, valid, partitions, count)
+    _scan(settings, valid, count)
     flagged: list[bytes] = []
-    _scan(settings, fraud, partitions, lambda msgs: flagged.extend(m.key() for m in msgs))
+    _scan(settings, fraud, lambda msgs: flagged.extend(m.key() for m in msgs))
     if valid_count + len(flagged) != records:
         raise RuntimeError(
             f"Kafka Streams fraud app wrote {valid_count:,} valid + {len(flagged):,} fraud "

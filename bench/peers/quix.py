@@ -21,10 +21,8 @@ import sys
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from fastavro import schemaless_reader
 
@@ -36,6 +34,7 @@ from streaming.core.avro_codec import schemas_dir, split_confluent
 from streaming.core.fraud import HashFraudModel
 from streaming.core.review_bytes import pack
 from streaming.serde import Registry, local_schema
+from streaming.topic_reader import read_records
 
 HERE = Path(__file__).resolve().parent / "quix"
 APP = HERE / "app.py"
@@ -69,35 +68,6 @@ def build() -> Path:
     return python
 
 
-def read_topic(settings: Settings, topic: str) -> Iterator[Message]:
-    """Every committed record of a topic, from the start to the end (read_committed)."""
-    c = Consumer(
-        settings.kafka_config(
-            **{
-                "group.id": f"bench-qx-read-{uuid.uuid4().hex[:8]}",
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-                "enable.auto.commit": False,
-            }
-        )
-    )
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        c.assign([TopicPartition(topic, p, 0) for p in parts])
-        pending = set(parts)
-        while pending:
-            for msg in c.consume(10_000, timeout=1):
-                err = msg.error()
-                if err is None:
-                    yield msg
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                else:
-                    raise RuntimeError(f"reading {topic}: {err}")
-    finally:
-        c.close()
-
-
 _fraud_keys: dict[str, frozenset[bytes]] = {}
 
 
@@ -106,7 +76,7 @@ def expected_fraud_keys(settings: Settings, topic: str) -> frozenset[bytes]:
     if topic not in _fraud_keys:
         model = HashFraudModel()
         keys, bodies = [], []
-        for msg in read_topic(settings, topic):
+        for msg in read_records(settings, topic):
             keys.append(msg.key())
             bodies.append(split_confluent(msg.value())[1])
         verdicts = model.is_fraud_batch(*pack(bodies))
@@ -181,8 +151,8 @@ def fraud(
                 records=records,
                 log=log_dir / f"quix-fraud-{tag}.log",
             )
-        valid_keys = [m.key() for m in read_topic(settings, valid)]
-        fraud_keys = [m.key() for m in read_topic(settings, fraud_topic)]
+        valid_keys = [m.key() for m in read_records(settings, valid)]
+        fraud_keys = [m.key() for m in read_records(settings, fraud_topic)]
         if len(valid_keys) + len(fraud_keys) != records:
             raise AssertionError(
                 f"quix fraud: {len(valid_keys):,} valid + {len(fraud_keys):,} fraud records, "
@@ -251,7 +221,7 @@ def check_statistics(
     """One statistic per input record (each counted once), the last of each course complete."""
     schema = local_schema("course_statistic.avsc")
     emitted, latest = 0, {}
-    for msg in read_topic(settings, topic):
+    for msg in read_records(settings, topic):
         rec = schemaless_reader(io.BytesIO(split_confluent(msg.value())[1]), schema, schema)
         emitted += 1
         latest[rec["course_id"]] = rec["count_reviews"]

@@ -22,6 +22,7 @@ from fastavro import schemaless_writer
 from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame
 from streaming.serde import local_schema
+from streaming.topic_reader import read_records
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,33 +92,8 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
 
 
 def read_all(settings: Settings, topic: str, timeout_s: float = 30) -> list[Message]:
-    """Every committed record of a topic, up to its end offsets at the time of the call."""
-    ends = end_offsets(settings, topic)
-    c = Consumer(
-        settings.kafka_config(
-            **{
-                "group.id": f"reader-{uuid.uuid4().hex}",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            }
-        )
-    )
-    c.assign([TopicPartition(topic, p, 0) for p in ends])
-    out: list[Message] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            for msg in c.consume(10_000, timeout=0.5):
-                if msg.error() is None:
-                    out.append(msg)
-            positions = c.position([TopicPartition(topic, p) for p in ends])
-            # read_committed stops at the last stable offset: control records count as read
-            if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in positions):
-                return out
-    finally:
-        c.close()
-    raise TimeoutError(f"{topic}: did not reach the end offsets {ends} in {timeout_s}s")
+    """Every committed record of a topic, from the beginning to its end."""
+    return list(read_records(settings, topic, timeout_s=timeout_s))
 
 
 def free_port() -> int:
