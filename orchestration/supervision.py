@@ -18,7 +18,7 @@ from orchestration.resources import WorkerStatus
 from orchestration.topology import SinkSpec, WorkerSpec, table_key, topic_key
 from streaming.sink.connect import ConnectorState, describe
 
-OK, DEAD, STALLED = "ok", "dead", "stalled"
+OK, DEAD, STALLED, RESTORING = "ok", "dead", "stalled", "restoring"
 CONNECTOR_CHECK = "sink_connector_running"
 
 
@@ -49,6 +49,8 @@ def assess_worker(status: WorkerStatus, previous: Mapping[str, Any] | None) -> W
     }
     if health.get("status") == STALLED:
         return WorkerAssessment(STALLED, "it reports its loop stalled", snapshot)
+    if health.get("status") == RESTORING:  # progress that records_in does not show
+        return WorkerAssessment(OK, "restoring the state of newly assigned partitions", snapshot)
     if (
         previous
         and previous.get("pid") == snapshot["pid"]

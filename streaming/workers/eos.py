@@ -187,7 +187,12 @@ class EosWorker(ABC):
         self.txn_started = time.monotonic()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.partitions_assigned(partitions)
+        self.metrics.restoring_since = time.monotonic()  # the health says restoring, not stalled
+        try:
+            self.partitions_assigned(partitions)
+        finally:
+            self.metrics.restoring_since = None
+            self.metrics.last_loop_time = time.monotonic()
         self.metrics.assigned += [tp_name(p) for p in partitions]
         log_event(log, "assigned", partitions=[tp_name(p) for p in partitions])
 

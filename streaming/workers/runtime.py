@@ -64,17 +64,30 @@ class WorkerMetrics:
     transactions: int = 0
     last_commit_time: float | None = None
     last_loop_time: float = field(default_factory=time.monotonic)
+    restoring_since: float | None = None
     consumer_lag: int | None = None
     assigned: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def snapshot(self, stall_after_s: float) -> dict[str, Any]:
-        stalled = time.monotonic() - self.last_loop_time > stall_after_s
+    def snapshot(self, stall_after_s: float, restore_limit_s: float = 600) -> dict[str, Any]:
+        """Counters and status: ok; restoring (the loop waits while newly assigned partitions
+        rebuild their state, which can take minutes: not a stall, up to `restore_limit_s`);
+        stalled (the loop has not turned for `stall_after_s`)."""
+        now = time.monotonic()
+        restoring = self.restoring_since is not None and now - self.restoring_since <= (
+            restore_limit_s
+        )
+        if restoring:
+            status = "restoring"
+        elif now - max(self.last_loop_time, self.restoring_since or 0) > stall_after_s:
+            status = "stalled"
+        else:
+            status = "ok"
         return {
             "worker": self.worker,
             "instance": self.instance,
             "pid": os.getpid(),
-            "status": "stalled" if stalled else "ok",
+            "status": status,
             "uptime_s": round(time.time() - self.started_at, 1),
             "records_in": self.records_in,
             "records_out": dict(self.records_out),
@@ -109,7 +122,7 @@ class WorkerMetrics:
 
 
 class HealthServer:
-    """`GET /health` (200 ok / 503 stalled) with the metrics snapshot as JSON, in a thread."""
+    """`GET /health` (200 ok or restoring / 503 stalled) with the metrics snapshot as JSON, in a thread."""
 
     def __init__(self, metrics: WorkerMetrics, port: int, stall_after_s: float = 30.0) -> None:
         outer = self
@@ -121,7 +134,7 @@ class HealthServer:
                     return
                 body = outer.metrics.snapshot(outer.stall_after_s)
                 data = json.dumps(body).encode()
-                self.send_response(200 if body["status"] == "ok" else 503)
+                self.send_response(503 if body["status"] == "stalled" else 200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

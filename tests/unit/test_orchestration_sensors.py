@@ -105,6 +105,14 @@ def test_stalled_when_it_says_so_or_makes_no_progress_with_lag() -> None:
     assert assess_worker(restarted, first.snapshot).state == OK  # a new process: new baseline
 
 
+def test_a_worker_restoring_its_state_is_not_restarted_for_lack_of_progress() -> None:
+    """State restore blocks the loop for minutes with lag and no records in: it is progress."""
+    restoring = WorkerStatus("w", 1, True, health(consumer_lag=500, status="restoring"))
+    first = assess_worker(restoring, None)
+    assert assess_worker(restoring, first.snapshot).state == OK
+    assert "restoring" in assess_worker(restoring, first.snapshot).reason
+
+
 # -- worker supervisors ---------------------------------------------------------------------
 
 

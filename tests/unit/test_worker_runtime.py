@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 
@@ -44,3 +45,15 @@ def test_health_answers_503_when_the_loop_stalls():
         assert answer.status_code == 503 and answer.json()["status"] == "stalled"
     finally:
         server.stop()
+
+
+def test_restoring_state_is_alive_not_stalled_until_its_limit():
+    """A worker rebuilding the state of new partitions does not turn its loop for minutes."""
+    m = WorkerMetrics("w", "0")
+    m.last_loop_time = m.restoring_since = time.monotonic() - 120
+    assert m.snapshot(stall_after_s=30)["status"] == "restoring"
+    assert m.snapshot(stall_after_s=30, restore_limit_s=60)["status"] == "stalled"
+    m.restoring_since = None
+    assert m.snapshot(stall_after_s=30)["status"] == "stalled"
+    m.last_loop_time = time.monotonic()
+    assert m.snapshot(stall_after_s=30)["status"] == "ok"
