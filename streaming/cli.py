@@ -105,13 +105,16 @@ def _state_lines(state: ConnectorState) -> list[str]:
 
 def _deploy(client: ConnectClient, names: list[str], wait_s: float, directory: Path) -> int:
     """Create/update, then (with a wait) restart what failed and wait until all run: `make up`
-    runs this as an init step, so a sink that cannot run fails the start loudly."""
+    runs this as an init step, so a sink that cannot run fails the start loudly. Nothing is
+    deployed when a connector's table exists with another primary key (`sink.tables`)."""
     from streaming.sink.connect import describe
     from streaming.sink.render import render_connector
+    from streaming.sink.tables import check_tables
 
     database_url = Settings.from_env().database_url
-    for name in names:
-        config = render_connector(name, database_url, directory=directory)
+    configs = {name: render_connector(name, database_url, directory=directory) for name in names}
+    check_tables(database_url, configs)
+    for name, config in configs.items():
         print(f"connectors: {name} {client.deploy(name, config)}")
     if wait_s <= 0:
         return 0
@@ -149,6 +152,8 @@ def _status(client: ConnectClient, names: list[str]) -> int:
 
 
 def _connectors(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from streaming.sink.connect import ConnectClient, ConnectError
     from streaming.sink.render import CONNECTORS_DIR, declared_connectors
 
@@ -169,7 +174,7 @@ def _connectors(args: argparse.Namespace) -> int:
                 else:
                     client.resume(name)
                     print(f"connectors: {name} resumed")
-        except (ConnectError, ValueError) as exc:
+        except (ConnectError, ValueError, SQLAlchemyError) as exc:
             print(f"connectors {args.action}: {exc}", file=sys.stderr)
             return 1
     return 0

@@ -19,6 +19,7 @@ import httpx
 
 from streaming.config import Settings
 from streaming.sink.render import CONNECTORS_DIR, declared_connectors, render_connector
+from streaming.sink.tables import check_tables
 
 DeployResult = Literal["created", "updated", "unchanged"]
 POLL_INTERVAL_S = 0.25
@@ -165,12 +166,15 @@ class ConnectClient:
     def deploy_all(
         self, database_url: str | None = None, directory: Path = CONNECTORS_DIR
     ) -> dict[str, DeployResult]:
-        """Deploy every connector kept as configuration, connected to DATABASE_URL."""
+        """Deploy every connector kept as configuration, connected to DATABASE_URL; none when
+        one's table exists with another primary key (IncompatibleTable, `sink.tables`)."""
         url = database_url or Settings.from_env().database_url
-        return {
-            name: self.deploy(name, render_connector(name, url, directory=directory))
+        configs = {
+            name: render_connector(name, url, directory=directory)
             for name in declared_connectors(directory)
         }
+        check_tables(url, configs)
+        return {name: self.deploy(name, config) for name, config in configs.items()}
 
     def status(self, name: str) -> ConnectorState:
         return ConnectorState.from_json(
@@ -197,6 +201,11 @@ class ConnectClient:
         """Shut the tasks down (their consumers leave the group), keeping config and offsets;
         unlike a pause, nothing of the connector keeps running. `resume` starts it again."""
         self._request("PUT", f"/connectors/{_q(name)}/stop")
+
+    def reset_offsets(self, name: str) -> None:
+        """Forget a stopped connector's committed offsets (KIP-875): once resumed, a sink reads
+        its topics again from `auto.offset.reset` (earliest here), re-delivering every record."""
+        self._request("DELETE", f"/connectors/{_q(name)}/offsets")
 
     def delete(self, name: str) -> None:
         self._request("DELETE", f"/connectors/{_q(name)}")

@@ -14,6 +14,7 @@ from streaming.sink.render import (
     load_connector,
     render_connector,
 )
+from streaming.sink.tables import KAFKA_COORDINATES, expected_key
 
 LOCAL = "postgresql+psycopg2://postgres@127.0.0.1:5433/reviews"
 TABLES = {  # schema-qualified: the sink resolves a bare name in any schema that has one
@@ -79,7 +80,7 @@ def test_committed_configs_follow_the_contract(name: str) -> None:
     assert config["topics"] == name
     assert config["collection.name.format"] == TABLES[name]
     assert config["insert.mode"] == "upsert"
-    assert config["primary.key.mode"] == "record_value"
+    assert config["primary.key.mode"] == ("kafka" if name == "udemy-reviews" else "record_value")
     assert config["schema.evolution"] == "basic"
     assert config["consumer.override.isolation.level"] == "read_committed"
     assert config["errors.tolerance"] == "all"
@@ -90,12 +91,16 @@ def test_committed_configs_follow_the_contract(name: str) -> None:
     assert not set(CONNECTION_KEYS) & config.keys(), "credentials come from DATABASE_URL"
 
 
-def test_statistics_key_on_the_course_and_reviews_on_each_version() -> None:
+def test_statistics_key_on_the_course_and_reviews_on_each_record() -> None:
     for name in ("long-term-stats", "recent-stats"):
         assert load_connector(name)["primary.key.fields"] == "course_id"
+        assert expected_key(load_connector(name)) == ("course_id",)
         assert "transforms" not in load_connector(name)
     reviews = load_connector("udemy-reviews")
-    assert reviews["primary.key.fields"] == "id,modified"
+    # keyed by the record's Kafka coordinates under Debezium's default column names: a
+    # re-delivered record overwrites itself, two versions with equal `modified` are two rows
+    assert "primary.key.fields" not in reviews
+    assert expected_key(reviews) == ("__connect_topic", "__connect_partition", "__connect_offset")
     assert reviews["transforms"] == "flatten"
     assert reviews["transforms.flatten.type"] == "org.apache.kafka.connect.transforms.Flatten$Value"
     assert reviews["transforms.flatten.delimiter"] == "_"
@@ -130,3 +135,29 @@ def test_configs_with_non_strings_or_credentials_are_refused(tmp_path) -> None:
         load_connector("secret", tmp_path)
     with pytest.raises(ValueError, match="declared: numbers, secret"):
         load_connector("missing", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"insert.mode": "upsert", "primary.key.mode": "kafka"}, KAFKA_COORDINATES),
+        (
+            {"insert.mode": "upsert", "primary.key.mode": "kafka", "primary.key.fields": "t,p,o"},
+            ("t", "p", "o"),
+        ),
+        (
+            {
+                "insert.mode": "upsert",
+                "primary.key.mode": "record_value",
+                "primary.key.fields": "a, b",
+            },
+            ("a", "b"),
+        ),
+        ({"insert.mode": "upsert", "primary.key.mode": "record_value"}, None),
+        ({"insert.mode": "insert", "primary.key.mode": "kafka"}, None),
+        ({"insert.mode": "upsert"}, None),
+    ],
+)
+def test_the_key_a_connector_upserts_on(config: dict[str, str], key: tuple | None) -> None:
+    """What a table the connector finds must be keyed by (None: nothing to check)."""
+    assert expected_key(config) == key
