@@ -28,6 +28,7 @@ from streaming.core.avro_codec import confluent_frame
 from streaming.serde import AvroEncoder, Registry
 from streaming.sink.connect import ConnectClient, ConnectError
 from streaming.sink.render import CONNECTION_KEYS, load_connector, render_connector
+from streaming.sink.tables import KAFKA_COORDINATES, IncompatibleTable, table_key
 from tests.integration.kafka_helpers import delete_topics, make_topics, read_all, review
 
 pytestmark = pytest.mark.integration
@@ -36,8 +37,9 @@ TIMEOUT_S = 90
 POLL_S = 0.2
 DAY_MS = 86_400_000
 REVIEW_COLUMNS = (
-    "id, modified, title, content, rating, created, user_title, user_name, user_display_name, "
-    "course_id, course_title, course_url"
+    "__connect_topic, __connect_partition, __connect_offset, id, modified, title, content, "
+    "rating, created, user_title, user_name, user_display_name, course_id, course_title, "
+    "course_url"
 )
 
 
@@ -118,7 +120,25 @@ class Sink:
         return self.rows(connector, ", ".join(n for n, _ in STAT_COLUMNS), "course_id")
 
     def review_rows(self) -> list[tuple]:
-        return self.rows("udemy-reviews", REVIEW_COLUMNS, "id, modified")
+        return self.rows("udemy-reviews", REVIEW_COLUMNS, "__connect_partition, __connect_offset")
+
+    def redeliver(self, connector: str) -> None:
+        """Make Connect deliver every record of the connector's topic again: stop it, forget
+        its offsets, resume (it reads from the earliest offset, as a new connector would)."""
+        name = self.name(connector)
+        self.connect.stop(name)
+        self.connect.wait_for(name, lambda s: s.state == "STOPPED" and not s.tasks, TIMEOUT_S)
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            try:  # refused while the stopped tasks' consumers are still leaving the group
+                self.connect.reset_offsets(name)
+                break
+            except ConnectError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(POLL_S)
+        self.connect.resume(name)
+        self.connect.wait_for(name, lambda s: s.running, TIMEOUT_S)
 
 
 @pytest.fixture
@@ -208,11 +228,19 @@ def wait_consumed(
     eventually(committed, {topic: wanted})
 
 
-def produce(settings: Settings, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+def produce(settings: Settings, topic: str, items: list[tuple[bytes, bytes]]) -> list[tuple]:
+    """Produce in order; each record's (topic, partition, offset), as the sink keys its row."""
     p = Producer(settings.kafka_config(**{"partitioner": "murmur2_random"}))
-    for key, value in items:
-        p.produce(topic, value, key)
+    reports: dict[int, tuple[Any, Any]] = {}
+
+    def delivered(index: int) -> Callable[[Any, Any], None]:
+        return lambda err, msg: reports.__setitem__(index, (err, msg))
+
+    for index, (key, value) in enumerate(items):
+        p.produce(topic, value, key, on_delivery=delivered(index))
     assert p.flush(30) == 0
+    assert all(err is None for err, _ in reports.values()), reports
+    return [(m.topic(), m.partition(), m.offset()) for _, m in map(reports.get, range(len(items)))]
 
 
 def produce_transaction(
@@ -275,10 +303,12 @@ def stat_row(record: dict[str, Any]) -> tuple:
     return tuple(row[n] for n, _ in STAT_COLUMNS)
 
 
-def review_row(r: dict[str, Any]) -> tuple:
+def review_row(r: dict[str, Any], coordinates: tuple) -> tuple:
+    """A review record's row: its Kafka coordinates (the key), then its flattened fields."""
     u, c = r["user"], r["course"]
     own = (r["id"], utc(r["modified"]), r["title"], r["content"], r["rating"], utc(r["created"]))
-    return (*own, u["title"], u["name"], u["display_name"], c["id"], c["title"], c["url"])
+    fields = (*own, u["title"], u["name"], u["display_name"], c["id"], c["title"], c["url"])
+    return (*coordinates, *fields)
 
 
 def keyed(records: list[dict[str, Any]], sink: Sink, connector: str, key: str) -> list:
@@ -297,18 +327,21 @@ def test_rows_are_exact_and_redelivery_changes_nothing(
     recent = [statistic(101, 1, as_of, **window), statistic(102, 0, as_of + 5, **window)]
     aborted = [statistic(103, 9, as_of)]
     edited = review(7, title="Great", content="Très bien 👍", rating="4.5")
+    tied = review(10, content="first text")
     reviews = [
         edited,
         review(8),
         review(9, title=None, content=None),
         dict(edited, modified=edited["modified"] + DAY_MS, rating="2.0", content="Changed"),
-        review(8),  # the same version re-sent: overwrites its own row
+        review(8),  # the same version sent again: a record of its own, a row of its own
+        dict(tied, content="second text, same modified", rating="1.0"),
+        tied,  # equal `modified` three times: every record kept, the offsets order them
     ]
 
     poison = [(b"66", b"not avro at all"), (b"67", confluent_frame(2**31 - 1, b"\x02"))]
     dead_keys = frozenset(key for key, _ in poison)  # not Avro; an unknown schema id
 
-    def send_all() -> None:
+    def send_statistics() -> None:
         produce_transaction(
             settings,
             sink.topics["long-term-stats"],
@@ -319,17 +352,17 @@ def test_rows_are_exact_and_redelivery_changes_nothing(
             produce_transaction(
                 settings, sink.topics[connector], keyed(records, sink, connector, "course_id")
             )
-        produce(
-            settings,
-            sink.topics["udemy-reviews"],
-            keyed(reviews, sink, "udemy-reviews", "id") + poison,
-        )
 
-    send_all()
+    send_statistics()
+    located = produce(
+        settings, sink.topics["udemy-reviews"], keyed(reviews, sink, "udemy-reviews", "id") + poison
+    )
     expected_long = [stat_row(long_term[2]), stat_row(long_term[1])]
     expected_recent = [stat_row(r) for r in recent]
-    expected_reviews = sorted({review_row(r) for r in reviews})
-    assert len(expected_reviews) == 4, "two versions of review 7, one row per version"
+    rows = map(review_row, reviews, located[: len(reviews)])
+    expected_reviews = sorted(rows, key=lambda row: row[1:3])
+    assert len(expected_reviews) == len(reviews) == 7, "one row per record"
+    assert len({row[1] for row in expected_reviews if row[3] == 10}) == 1, "one partition per id"
     eventually(lambda: sink.stats_rows("long-term-stats"), expected_long)
     eventually(lambda: sink.stats_rows("recent-stats"), expected_recent)
     eventually(sink.review_rows, expected_reviews)
@@ -341,7 +374,8 @@ def test_rows_are_exact_and_redelivery_changes_nothing(
         assert headers["__connect.errors.topic"] == sink.topics["udemy-reviews"].encode()
         assert headers["__connect.errors.stage"] == b"VALUE_CONVERTER"
 
-    send_all()
+    send_statistics()  # the same statistics again: each overwrites its course's row
+    sink.redeliver("udemy-reviews")  # every review record again: each overwrites its own row
     for connector in ("long-term-stats", "recent-stats"):
         wait_consumed(sink, admin, connector)
     wait_consumed(sink, admin, "udemy-reviews", dead_keys)
@@ -483,3 +517,42 @@ def test_deploy_is_idempotent_from_code_and_cli(
 
 def url_with_password(database_url: str) -> str:
     return sa.make_url(database_url).set(password="not-checked").render_as_string(False)
+
+
+def test_deploy_refuses_a_reviews_table_keyed_by_id_and_modified(
+    sink: Sink, settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `reviews` table created by the config before the Kafka-coordinates key cannot take
+    the sink's upserts: deploy changes nothing and says what to do; without it, deploy works
+    and the sink creates the table keyed by the coordinates."""
+    name = sink.name("udemy-reviews")
+    table = sink.table("udemy-reviews")
+    config = {k: v for k, v in sink.config("udemy-reviews").items() if k not in CONNECTION_KEYS}
+    (tmp_path / f"{name}.json").write_text(json.dumps(config))
+    with sink.db.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE {table} (id bigint, modified timestamp(6), title text, "
+                "PRIMARY KEY (id, modified))"
+            )
+        )
+    capsys.readouterr()
+    assert main(["connectors", "deploy", name, "--config-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{table} has primary key (id, modified)" in err
+    assert "upserts on (__connect_topic, __connect_partition, __connect_offset)" in err
+    assert "make clean" in err and f"DELETE /connectors/{name}/offsets" in err
+    with pytest.raises(IncompatibleTable):
+        sink.connect.deploy_all(settings.database_url, tmp_path)
+    assert name not in sink.connect.list(), "nothing deployed"
+
+    with sink.db.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE {table}"))
+    sink.deployed.append(name)
+    assert main(["connectors", "deploy", name, "--config-dir", str(tmp_path)]) == 0
+    [coordinates] = produce(
+        settings, sink.topics["udemy-reviews"], keyed([review(11)], sink, "udemy-reviews", "id")
+    )
+    eventually(sink.review_rows, [review_row(review(11), coordinates)])
+    assert table_key(sink.db, table) == KAFKA_COORDINATES
+    assert main(["connectors", "deploy", name, "--config-dir", str(tmp_path)]) == 0, "it fits"
