@@ -1,17 +1,16 @@
 """Declarative set-up of the pipeline's topics and schemas, idempotent (`reviews bootstrap`).
 
-Topics come from `streaming/topics.toml`: missing ones are created, configs of existing ones are
-brought in line, a partition count below the declared one is raised (never lowered: that would
-move keys). Value schemas are registered under `<topic>-value` with BACKWARD compatibility, so an
-incompatible change is refused by the registry before any producer can write it.
+Topics come from the pipeline's declaration (`streaming.pipeline.TOPICS`): missing ones are
+created, configs of existing ones are brought in line, a partition count below the declared one
+is raised (never lowered: that would move keys). Value schemas are registered under
+`<topic>-value` with BACKWARD compatibility, so an incompatible change is refused by the
+registry before any producer can write it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import KafkaException
@@ -26,43 +25,17 @@ from confluent_kafka.admin import (
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from streaming.config import Settings
+from streaming.pipeline import TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
 
-TOPICS_FILE = Path(__file__).with_name("topics.toml")
 SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
 COMPATIBILITY = "BACKWARD"
 
 
-@dataclass(frozen=True)
-class TopicSpec:
-    name: str
-    partitions: int
-    replication_factor: int
-    config: dict[str, str] = field(default_factory=dict)
-    value_schema: str | None = None
-    description: str = ""
-
-
-def load_topic_specs(path: Path = TOPICS_FILE) -> list[TopicSpec]:
-    """Read the declared topics (defaults merged into each)."""
-    doc = tomllib.loads(path.read_text())
-    defaults = doc.get("defaults", {})
-    specs = []
-    for name, body in doc["topics"].items():
-        specs.append(
-            TopicSpec(
-                name=name,
-                partitions=int(body.get("partitions", defaults.get("partitions", 1))),
-                replication_factor=int(
-                    body.get("replication_factor", defaults.get("replication_factor", 1))
-                ),
-                config={k: str(v) for k, v in body.get("config", {}).items()},
-                value_schema=body.get("value_schema"),
-                description=body.get("description", ""),
-            )
-        )
-    return specs
+def load_topic_specs() -> list[TopicSpec]:
+    """The declared topics."""
+    return list(TOPICS)
 
 
 def wait_for_kafka(admin: AdminClient, timeout_s: float) -> None:

@@ -1,115 +1,285 @@
-"""The aggregator's state per partition and its internal record format, pure.
+"""The aggregator's two stages as pure state machines, and their internal record formats.
 
-Records on the repartition topic (key: course id) and on the changelog topic (key: review id)
-share one compact binary format: a review's version reduced to what the statistics need, plus
-the course title. It is internal to the aggregator (like Kafka Streams' internal serdes): a
-leading format byte lets a later version change it.
+The Kafka Streams KTable model (`table.groupBy(course).aggregate(init, adder, subtractor)`):
 
-`PartitionState` is what one aggregator instance keeps for one repartition partition: the
-current version of every review whose course hashes there, and the course statistics. It applies
-batches of incoming versions and says which courses changed and which reviews' changelog entries
-to write; restoring replays the changelog through the same code.
+1. `VersionsState`, one partition of the review stage (keyed by review id, co-partitioned with
+   `udemy-reviews`): the current version of every review. Each incoming version either is stale
+   (it only offers its course title) or supersedes the stored one; then it emits *changes*, each
+   routed by course: a retraction of the old counted version to the old course and an addition
+   of the new one to its course (one record when both are the same course). Re-ratings, verdict
+   flips and moves between courses are all this one mechanism.
+2. `CourseState`, one partition of the course stage (keyed by course id): applies changes to the
+   course statistics (`CourseStats`) and keeps each course's title by the order-independent rule.
+
+Each state says what to write to its changelog, so the worker writes it in the same transaction
+as its outputs and input offsets, and `restore` rebuilds the state from those records:
+- review versions: key = review id, value = the packed current version;
+- course stats: key = (course, review) -> the counted (created, halves), a tombstone when
+  retracted; key = course -> its title and the modified time that won it.
+All formats are internal (like Kafka Streams' internal serdes); a leading format byte lets a
+later version change them.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from streaming.core.stats import Aggregates, CourseStatistic, ReviewVersion, apply_version
+from streaming.core.stats import CourseStatistic, CourseStats, ReviewVersion, supersedes
 from streaming.core.stats import to_course_statistic as _to_course_statistic
 
-FORMAT_V1 = 1
-_HEAD = struct.Struct(">BqqqqBB")  # format, review id, course id, modified, created, halves, valid
-HEAD_SIZE = _HEAD.size
+VERSION_FORMAT = 3
+# format, review, course, modified, position, created, halves, valid
+_VERSION = struct.Struct(">BqqqqqBB")
+CHANGE_FORMAT = 2
+# format, flags, review, old (created, halves), new (created, halves), title modified
+_CHANGE = struct.Struct(">BBqqBqBq")
+CHANGE_HEAD = _CHANGE.size
+RETRACT, ADD, TITLE = 1, 2, 4
+_MEMBER_KEY = struct.Struct(">cqq")  # b"m", course, review
+_TITLE_KEY = struct.Struct(">cq")  # b"t", course
+_MEMBER = struct.Struct(">qB")  # created, halves
+_TITLE = struct.Struct(">q")  # modified, then the title's UTF-8 bytes
 
 
 class RecordFormatError(ValueError):
     """An internal record that is not in a known format (a bug or a foreign writer)."""
 
 
-def pack_version(review_id: int, version: ReviewVersion, title: bytes) -> bytes:
-    """Encode one review version with its course title (UTF-8 bytes, as read from the Avro)."""
-    return (
-        _HEAD.pack(
-            FORMAT_V1,
-            review_id,
-            version.course_id,
-            version.modified_ms,
-            version.created_ms,
-            version.halves,
-            version.valid,
-        )
-        + title
+# -- review versions -------------------------------------------------------------------------
+def pack_version(review_id: int, v: ReviewVersion) -> bytes:
+    return _VERSION.pack(
+        VERSION_FORMAT,
+        review_id,
+        v.course_id,
+        v.modified_ms,
+        v.position,
+        v.created_ms,
+        v.halves,
+        v.valid,
     )
 
 
-def unpack_version(data: bytes) -> tuple[int, ReviewVersion, str]:
-    if len(data) < HEAD_SIZE or data[0] != FORMAT_V1:
-        raise RecordFormatError(f"not an aggregator record (format byte {data[:1].hex() or '-'})")
-    _, review_id, course_id, modified, created, halves, valid = _HEAD.unpack_from(data)
+def unpack_version(data: bytes | None) -> tuple[int, ReviewVersion]:
+    if data is None or len(data) != _VERSION.size or data[0] != VERSION_FORMAT:
+        raise RecordFormatError(f"not a review-version record ({_describe(data)})")
+    _, review_id, course_id, modified, position, created, halves, valid = _VERSION.unpack(data)
     if not 1 <= halves <= 10:
         raise RecordFormatError(f"rating halves {halves} outside 1..10")
-    title = data[HEAD_SIZE:].decode("utf-8")
-    return review_id, ReviewVersion(modified, created, halves, bool(valid), course_id), title
+    return review_id, ReviewVersion(modified, created, halves, bool(valid), course_id, position)
 
 
-class PartitionState:
-    """Current versions and statistics of the courses of one repartition partition."""
+# -- changes ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one course must do about one review: uncount `retract`, count `add` (each a
+    (created ms, halves) pair), offer `title` ((modified ms, UTF-8 title))."""
 
-    __slots__ = ("aggregates", "reviews")
+    review_id: int
+    retract: tuple[int, int] | None = None
+    add: tuple[int, int] | None = None
+    title: tuple[int, bytes] | None = None
 
-    def __init__(self, as_of_day: int) -> None:
+
+def pack_change(c: Change) -> bytes:
+    flags = (RETRACT if c.retract else 0) | (ADD if c.add else 0) | (TITLE if c.title else 0)
+    old, new, title = c.retract or (0, 0), c.add or (0, 0), c.title or (0, b"")
+    head = _CHANGE.pack(CHANGE_FORMAT, flags, c.review_id, *old, *new, title[0])
+    return head + title[1]
+
+
+def unpack_change(data: bytes | None) -> Change:
+    if data is None or len(data) < CHANGE_HEAD or data[0] != CHANGE_FORMAT:
+        raise RecordFormatError(f"not a change record ({_describe(data)})")
+    _, flags, review_id, old_c, old_h, new_c, new_h, title_m = _CHANGE.unpack_from(data)
+    for flag, halves in ((RETRACT, old_h), (ADD, new_h)):
+        if flags & flag and not 1 <= halves <= 10:
+            raise RecordFormatError(f"rating halves {halves} outside 1..10")
+    return Change(
+        review_id,
+        (old_c, old_h) if flags & RETRACT else None,
+        (new_c, new_h) if flags & ADD else None,
+        (title_m, data[CHANGE_HEAD:]) if flags & TITLE else None,
+    )
+
+
+def _describe(data: bytes | None) -> str:
+    if data is None:
+        return "null value"
+    return f"{len(data)} bytes, format byte {data[:1].hex() or '-'}"
+
+
+class VersionsState:
+    """The current version of every review of one review-stage partition."""
+
+    __slots__ = ("reviews",)
+
+    def __init__(self) -> None:
         self.reviews: dict[int, ReviewVersion] = {}
-        self.aggregates = Aggregates(as_of_day)
 
     def apply(
-        self, records: Iterable[bytes | None]
-    ) -> tuple[set[int], dict[int, bytes], dict[int, str]]:
-        """Apply packed versions in arrival order.
+        self, review_id: int, incoming: ReviewVersion, title: bytes
+    ) -> tuple[list[tuple[int, Change]], bytes | None]:
+        """One incoming version: ([(course id, change)] to route by course, the changelog value
+        to write for the review, None when the version is stale)."""
+        stored = self.reviews.get(review_id)
+        offer = (incoming.modified_ms, title)
+        if not supersedes(incoming, stored):
+            return [(incoming.course_id, Change(review_id, title=offer))], None
+        self.reviews[review_id] = incoming
+        old = (stored.created_ms, stored.halves) if stored is not None and stored.valid else None
+        new = (incoming.created_ms, incoming.halves) if incoming.valid else None
+        changelog = pack_version(review_id, incoming)
+        if old is not None and stored is not None and stored.course_id != incoming.course_id:
+            return [
+                (stored.course_id, Change(review_id, retract=old)),
+                (incoming.course_id, Change(review_id, add=new, title=offer)),
+            ], changelog
+        if old == new:  # same course, same counted values: only the title may differ
+            old = new = None
+        return [(incoming.course_id, Change(review_id, old, new, offer))], changelog
 
-        Returns (ids of courses whose statistics records changed, {review id: packed record}
-        for every review whose current version changed: the changelog entries to write,
-        {index: reason} of records that could not be read and were skipped).
+    def restore(self, values: Iterable[bytes | None]) -> int:
+        """Rebuild from changelog values in changelog order; how many could not be read."""
+        unreadable = 0
+        reviews = self.reviews
+        for data in values:
+            if data is None:  # compaction keeps no tombstones of ours; nothing to undo
+                continue
+            try:
+                review_id, version = unpack_version(data)
+            except RecordFormatError:
+                unreadable += 1
+                continue
+            reviews[review_id] = version
+        return unreadable
+
+
+# -- course statistics -----------------------------------------------------------------------
+def member_key(course_id: int, review_id: int) -> bytes:
+    return _MEMBER_KEY.pack(b"m", course_id, review_id)
+
+
+def title_key(course_id: int) -> bytes:
+    return _TITLE_KEY.pack(b"t", course_id)
+
+
+class CourseState:
+    """The statistics of every course of one course-stage partition, windows on one as-of day."""
+
+    __slots__ = ("as_of_day", "courses")
+
+    def __init__(self, as_of_day: int) -> None:
+        self.as_of_day = as_of_day
+        self.courses: dict[int, CourseStats] = {}
+
+    def apply(
+        self, records: Iterable[tuple[int, bytes | None]]
+    ) -> tuple[set[int], list[tuple[bytes, bytes | None]], dict[int, str]]:
+        """Apply (course id, packed change) records in order.
+
+        Returns (ids of courses whose statistics records changed, the changelog entries to
+        write, {index: reason} of records that could not be applied and were skipped).
         """
         changed: set[int] = set()
-        changelog: dict[int, bytes] = {}
+        changelog: list[tuple[bytes, bytes | None]] = []
         errors: dict[int, str] = {}
-        reviews = self.reviews
-        for i, data in enumerate(records):
+        for i, (course_id, data) in enumerate(records):
             try:
-                if data is None:
-                    raise RecordFormatError("null value")
-                review_id, incoming, title = unpack_version(data)
-            except (RecordFormatError, UnicodeDecodeError) as exc:
-                errors[i] = f"aggregator record: {exc}"
-                continue
-            stored = reviews.get(review_id)
-            current, courses = apply_version(self.aggregates, stored, incoming, title)
-            if current is incoming:
-                reviews[review_id] = incoming
-                changelog[review_id] = data
-            changed.update(courses)
+                change = unpack_change(data)
+                if self._apply(course_id, change, changelog):
+                    changed.add(course_id)
+            except (RecordFormatError, UnicodeDecodeError, ValueError) as exc:
+                errors[i] = f"aggregator change record: {exc}"
         return changed, changelog, errors
 
-    def restore(self, records: Iterable[bytes | None]) -> int:
-        """Rebuild from changelog records (current versions, in changelog order); returns how
-        many records could not be read (a changelog is written only by the aggregator)."""
-        return len(self.apply(records)[2])
+    def _apply(
+        self, course_id: int, c: Change, changelog: list[tuple[bytes, bytes | None]]
+    ) -> bool:
+        """Apply one change (all checks before any state changes); whether the course's
+        statistics records changed."""
+        title = c.title[1].decode("utf-8") if c.title is not None else None
+        course = self.courses.get(course_id)
+        new_course = course is None
+        if course is None:
+            if title is None:
+                raise ValueError(f"course {course_id}: a retraction for a course never seen")
+            course = self.courses[course_id] = CourseStats(course_id, self.as_of_day)
+        if c.retract is not None:
+            course.retract(*c.retract)
+        if c.add is not None:
+            course.add(*c.add)
+            changelog.append((member_key(course_id, c.review_id), _MEMBER.pack(*c.add)))
+        elif c.retract is not None:
+            changelog.append((member_key(course_id, c.review_id), None))
+        titled = False
+        if c.title is not None and title is not None and course.offer_title(c.title[0], title):
+            titled = True
+            changelog.append((title_key(course_id), _TITLE.pack(c.title[0]) + c.title[1]))
+        return new_course or titled or c.retract is not None or c.add is not None
+
+    def restore(self, entries: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+        """Rebuild from changelog (key, value) entries in changelog order (the latest entry of
+        a key wins, a tombstone removes it); how many could not be read."""
+        members: dict[tuple[int, int], tuple[int, int]] = {}
+        titles: dict[int, tuple[int, str]] = {}
+        unreadable = 0
+        for key, value in entries:
+            try:
+                _restore_entry(key, value, members, titles)
+            except (RecordFormatError, UnicodeDecodeError, struct.error):
+                unreadable += 1
+        for course_id, (modified, title) in titles.items():
+            course = self.courses[course_id] = CourseStats(course_id, self.as_of_day)
+            course.offer_title(modified, title)
+        for (course_id, _review), (created, halves) in members.items():
+            course = self.courses.get(course_id)
+            if course is None:
+                unreadable += 1  # a member of a course without a title entry: never written so
+                continue
+            course.add(created, halves)
+        return unreadable
 
     def advance(self, as_of_day: int) -> list[int]:
-        """Move the recent window; every course's recent record changes (its window moved)."""
-        if as_of_day != self.aggregates.as_of_day:
-            self.aggregates.advance(as_of_day)
-            return list(self.aggregates.courses)
-        return []
+        """Move every course's window to `as_of_day`; every course's recent record changes
+        (its window bounds move even where no count does)."""
+        if as_of_day == self.as_of_day:
+            return []
+        self.as_of_day = as_of_day
+        for course in self.courses.values():
+            course.move_window(as_of_day)
+        return list(self.courses)
 
     def statistics(
         self, course_id: int, as_of_time: int
     ) -> tuple[CourseStatistic, CourseStatistic]:
         """(all-time, recent) CourseStatistic records of one course."""
-        course = self.aggregates.courses[course_id]
+        course = self.courses[course_id]
         return (
             _to_course_statistic(course, recent=False, as_of_time=as_of_time),
             _to_course_statistic(course, recent=True, as_of_time=as_of_time),
         )
+
+
+def _restore_entry(
+    key: bytes | None,
+    value: bytes | None,
+    members: dict[tuple[int, int], tuple[int, int]],
+    titles: dict[int, tuple[int, str]],
+) -> None:
+    if key is not None and len(key) == _MEMBER_KEY.size and key[:1] == b"m":
+        _, course_id, review_id = _MEMBER_KEY.unpack(key)
+        if value is None:
+            members.pop((course_id, review_id), None)
+        else:
+            created, halves = _MEMBER.unpack(value)
+            if not 1 <= halves <= 10:
+                raise RecordFormatError(f"rating halves {halves} outside 1..10")
+            members[(course_id, review_id)] = (created, halves)
+    elif key is not None and len(key) == _TITLE_KEY.size and key[:1] == b"t" and value:
+        (course_id,) = _TITLE_KEY.unpack(key)[1:]
+        (modified,) = _TITLE.unpack_from(value)
+        titles[course_id] = (modified, value[_TITLE.size :].decode("utf-8"))
+    else:
+        raise RecordFormatError(f"not a course-stats changelog key ({_describe(key)})")

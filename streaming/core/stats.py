@@ -19,7 +19,6 @@ course-day costs ~340 bytes (`_Day`, 11-slot histogram, created list, dict entry
 """
 
 from bisect import bisect_left, insort
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain
@@ -39,7 +38,9 @@ class ReviewVersion:
     """One version of one review, reduced to what counting and retracting it needs.
 
     Never mutated once built (a frozen dataclass costs 5x more to construct). `halves` is
-    rating * 2 as returned by `rating_halves`; `valid` is the fraud filter's verdict.
+    rating * 2 as returned by `rating_halves`; `valid` is the fraud filter's verdict;
+    `position` is the record's offset in `udemy-reviews` (all versions of a review share a
+    partition there), which orders versions with equal `modified`.
     """
 
     modified_ms: int
@@ -47,12 +48,25 @@ class ReviewVersion:
     halves: int
     valid: bool
     course_id: int
+    position: int = -1
 
 
 def supersedes(incoming: ReviewVersion, stored: ReviewVersion | None) -> bool:
-    """Whether `incoming` becomes the current version: greatest modified wins, and on equal
-    modified the later record (the incoming one) wins."""
-    return stored is None or incoming.modified_ms >= stored.modified_ms
+    """Whether `incoming` becomes the current version: the greatest (modified, position in
+    udemy-reviews) wins, whatever topic or order the versions arrived in. The same record
+    delivered again does not supersede itself."""
+    if stored is None:
+        return True
+    if incoming.modified_ms != stored.modified_ms:
+        return incoming.modified_ms > stored.modified_ms
+    return incoming.position > stored.position
+
+
+def title_wins(modified_ms: int, title: str, current: tuple[int, str] | None) -> bool:
+    """Whether a record's course title replaces the course's current (modified, title): the
+    title of the record with the greatest modified, ties to the greater title. A max over all
+    records ever ingested for the course, so any arrival order gives the same title."""
+    return current is None or (modified_ms, title) > current
 
 
 class _Day:
@@ -88,12 +102,14 @@ class CourseStats:
         "course_id",
         "recent",
         "title",
+        "title_modified",
         "total",
     )
 
-    def __init__(self, course_id: int, as_of_day: int, title: str = "") -> None:
+    def __init__(self, course_id: int, as_of_day: int) -> None:
         self.course_id = course_id
-        self.title = title
+        self.title = ""
+        self.title_modified: int | None = None  # None: no title seen yet
         self.total = [0] * _SLOTS
         self.recent = [0] * _SLOTS
         self.as_of_day = as_of_day
@@ -101,12 +117,19 @@ class CourseStats:
         self._days: dict[int, _Day] = {}
         self._last_day: int | None = None
 
-    def add(self, version: ReviewVersion) -> None:
-        """Count a version (the caller decides it is current and valid)."""
-        halves = version.halves
+    def offer_title(self, modified_ms: int, title: str) -> bool:
+        """Take a record's course title if it wins (`title_wins`); whether the title changed."""
+        current = None if self.title_modified is None else (self.title_modified, self.title)
+        if not title_wins(modified_ms, title, current):
+            return False
+        changed = title != self.title or self.title_modified is None
+        self.title_modified, self.title = modified_ms, title
+        return changed
+
+    def add(self, created_ms: int, halves: int) -> None:
+        """Count a review version (the caller decides it is current and valid)."""
         if not 0 < halves < _SLOTS:
             raise ValueError(f"halves {halves!r} is outside 1..10")
-        created_ms = version.created_ms
         day = created_ms // MS_PER_DAY
         bucket = self._days.get(day)
         if bucket is None:
@@ -119,10 +142,8 @@ class CourseStats:
         if self._start <= day <= self.as_of_day:
             self.recent[halves] += 1
 
-    def retract(self, version: ReviewVersion) -> None:
+    def retract(self, created_ms: int, halves: int) -> None:
         """Uncount a version counted by `add`; ValueError if it was not counted."""
-        halves = version.halves
-        created_ms = version.created_ms
         day = created_ms // MS_PER_DAY
         bucket = self._days.get(day)
         created = bucket.created if bucket is not None else []
@@ -168,68 +189,6 @@ class CourseStats:
         if last is None or (recent and last < self._start):
             return 0
         return self._days[last].created[-1]
-
-
-class Aggregates:
-    """Every course one aggregator owns, all with their recent window on the same as-of day."""
-
-    __slots__ = ("as_of_day", "courses")
-
-    def __init__(self, as_of_day: int) -> None:
-        self.as_of_day = as_of_day
-        self.courses: dict[int, CourseStats] = {}
-
-    def advance(self, as_of_day: int) -> list[int]:
-        """Move every course's window to `as_of_day`; the ids whose recent counts changed (the
-        window bounds of every recent record move regardless)."""
-        self.as_of_day = as_of_day
-        return [cid for cid, course in self.courses.items() if course.move_window(as_of_day)]
-
-
-def apply_version(
-    state: Aggregates,
-    stored: ReviewVersion | None,
-    incoming: ReviewVersion,
-    title: str | None = None,
-) -> tuple[ReviewVersion, tuple[int, ...]]:
-    """Apply one incoming version of a review whose current version is `stored` (None if new).
-
-    Returns (the review's current version afterwards, ids of courses whose CourseStatistic
-    records changed). A stale version changes no statistics; otherwise the stored version is
-    retracted if it counted and the incoming one added if valid, so edits and verdict flips
-    move the statistics. A course exists from the first version of it seen (stale or fraud
-    ones too: its statistics are then zero); `title`, the course title the record carried,
-    replaces the stored one unless the version is stale.
-    """
-    course_id = incoming.course_id
-    course = state.courses.get(course_id)
-    changed: tuple[int, ...] = ()
-    if course is None:
-        course = state.courses[course_id] = CourseStats(course_id, state.as_of_day, title or "")
-        changed = (course_id,)
-    if stored is not None and incoming.modified_ms < stored.modified_ms:
-        return stored, changed
-    if title is not None and title != course.title:
-        course.title = title
-        changed = (course_id,)
-    old_counted = stored is not None and stored.valid
-    if (
-        old_counted
-        and incoming.valid
-        and stored.course_id == course_id
-        and stored.halves == incoming.halves
-        and stored.created_ms == incoming.created_ms
-    ):
-        return incoming, changed
-    if old_counted:
-        state.courses[stored.course_id].retract(stored)
-    if incoming.valid:
-        course.add(incoming)
-    if incoming.valid or (old_counted and stored.course_id == course_id):
-        changed = (course_id,)
-    if old_counted and stored.course_id != course_id:
-        changed = (*changed, stored.course_id)
-    return incoming, changed
 
 
 def to_course_statistic(
@@ -289,32 +248,46 @@ def _scratch_statistic(
 
 
 def compute_from_scratch(
-    versions: Iterable[tuple[int, ReviewVersion]],
+    versions: Iterable[tuple[int, ReviewVersion] | tuple[int, ReviewVersion, str]],
     as_of_day: int,
     *,
     titles: Mapping[int, str] | None = None,
     as_of_time: int | None = None,
 ) -> dict[int, tuple[CourseStatistic, CourseStatistic]]:
-    """The reference: {course id: (all-time, recent)} over (review id, version) pairs in arrival
-    order, computed without any incremental state.
+    """The reference: {course id: (all-time, recent)} over (review id, version[, course title])
+    records in any order, computed without any incremental state.
 
-    Every course of any version gets an entry (zero statistics if nothing counts), as in
-    `apply_version`; titles come from `titles` ("" when absent).
+    A review's current version is its greatest (modified, position): never the arrival order,
+    so two different versions with equal modified must carry their positions (ValueError
+    otherwise). Every course of any record gets an entry (zero statistics if nothing counts).
+    Its title is `titles[course]` when given, else the rule of `title_wins` over the records'
+    titles ("" without any).
     """
-    by_review: dict[int, list[tuple[int, int, ReviewVersion]]] = defaultdict(list)
-    course_ids: set[int] = set()
-    for seq, (review_id, version) in enumerate(versions):
-        by_review[review_id].append((version.modified_ms, seq, version))
-        course_ids.add(version.course_id)
-    by_course: dict[int, list[ReviewVersion]] = {course_id: [] for course_id in course_ids}
-    for candidates in by_review.values():
-        current = max(candidates)[2]  # greatest modified, then the latest arrival
-        if current.valid:
-            by_course[current.course_id].append(current)
+    current: dict[int, ReviewVersion] = {}
+    best_title: dict[int, tuple[int, str]] = {}
+    for record in versions:
+        review_id, version = record[0], record[1]
+        stored = current.get(review_id)
+        if stored is not None and (stored.modified_ms, stored.position) == (
+            version.modified_ms,
+            version.position,
+        ):
+            if stored != version:
+                raise ValueError(f"review {review_id}: two versions at one (modified, position)")
+        elif supersedes(version, stored):
+            current[review_id] = version
+        course_id = version.course_id
+        title = record[2] if len(record) > 2 else ""  # type: ignore[misc]
+        if title_wins(version.modified_ms, title, best_title.get(course_id)):
+            best_title[course_id] = (version.modified_ms, title)
+    by_course: dict[int, list[ReviewVersion]] = {course_id: [] for course_id in best_title}
+    for version in current.values():
+        if version.valid:
+            by_course[version.course_id].append(version)
     start, end = window_bounds(as_of_day)
     result = {}
     for course_id, counted in by_course.items():
-        title = (titles or {}).get(course_id, "")
+        title = (titles or {}).get(course_id, best_title[course_id][1])
         in_window = [v for v in counted if start <= epoch_day(v.created_ms) <= end]
         result[course_id] = (
             _scratch_statistic(course_id, title, counted, (None, None), as_of_time),

@@ -1,14 +1,23 @@
 """The exactly-once loop every stream worker runs, as in confluent-kafka's eos-transactions example.
 
 consume a batch -> `process` it (produce into the open transaction) -> every N records or T ms:
-send the consumed positions with the consumer's group metadata, commit, begin the next one.
+send the consumed positions with the consumer's group metadata, commit, begin the next one
+(`streaming.workers.checkpoint.Checkpoint`).
+
+State: a worker declares its changelog-backed stores (`streaming.workers.state`); partition p of
+a store's inputs is served by state partition p. Newly assigned partitions are paused in the
+rebalance callback and restored in the loop, *after* their committed offsets are fetched: a read
+of stable offsets (KIP-447) waits for a previous owner's pending transaction, so the changelog
+read afterwards holds every change those offsets include. Then the partitions are sought to
+those offsets and resumed. An aborted transaction rewinds the same way: every state is dropped
+and every partition held, restored and sought again, so nothing is lost or doubled.
 
 Zombie fencing: the transactional id is stable per instance (`<group>-<instance>`), so a restarted
 instance fences its previous incarnation; offsets go with the group metadata (KIP-447), so a
 member that lost its partitions in a rebalance cannot commit them. Static membership
 (`group.instance.id`) hands a restarted instance its partitions back without a rebalance.
-A transaction that must abort is aborted and the consumer rewound to the committed offsets, so
-nothing is lost or doubled; fatal errors (fenced) end the process for the supervisor to restart.
+Fatal errors (fenced) end the process for the supervisor to restart; consumer error events that
+are not fatal are logged and counted, never processed as records.
 """
 
 from __future__ import annotations
@@ -17,13 +26,24 @@ import logging
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from streaming.config import Settings
+from streaming.pipeline import WorkerSpec
+from streaming.workers.checkpoint import Checkpoint
 from streaming.workers.runtime import StopFlag, WorkerMetrics, env_int, log_event
+from streaming.workers.state import ChangelogStore
 
 log = logging.getLogger("eos")
 
@@ -35,6 +55,9 @@ DEFAULT_TOPIC_MAX_BYTES = 1_000_000
 """Assumed max.message.bytes of a dead-letter topic whose config cannot be read."""
 RECORD_SLACK_BYTES = 1024
 """Record batch and record framing around a record's key, value and headers."""
+COMMITTED_TIMEOUT_S = 120
+"""How long to wait for stable committed offsets: a previous owner's open transaction holds
+them until it commits, aborts or times out (transaction.timeout.ms, 60 s)."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +70,12 @@ class LoopConfig:
     session_timeout_ms: int = 10_000
 
     @classmethod
-    def from_env(cls, group_env: str, default_group: str) -> LoopConfig:
-        """WORKER_INSTANCE, COMMIT_EVERY_RECORDS, COMMIT_INTERVAL_MS, SESSION_TIMEOUT_MS, group."""
-        d = cls(group_id=default_group)
+    def from_env(cls, spec: WorkerSpec) -> LoopConfig:
+        """`<PREFIX>_GROUP_ID` [the declared group], WORKER_INSTANCE [0], COMMIT_EVERY_RECORDS
+        [20000], COMMIT_INTERVAL_MS [100], SESSION_TIMEOUT_MS [10000]."""
+        d = cls(group_id=spec.group_id)
         return cls(
-            group_id=os.environ.get(group_env, d.group_id),
+            group_id=os.environ.get(spec.group_env, d.group_id),
             instance=os.environ.get("WORKER_INSTANCE", d.instance),
             commit_every_records=env_int("COMMIT_EVERY_RECORDS", d.commit_every_records),
             commit_interval_ms=env_int("COMMIT_INTERVAL_MS", d.commit_interval_ms),
@@ -68,7 +92,8 @@ def tp_name(tp: TopicPartition) -> str:
 
 
 class EosWorker(ABC):
-    """Base of the stream workers: owns the consumer, the transactional producer and the loop."""
+    """Base of the stream workers: owns the consumer, the transactional producer, the stores
+    and the loop."""
 
     name = "worker"
 
@@ -86,6 +111,9 @@ class EosWorker(ABC):
                     "enable.auto.commit": False,
                     "isolation.level": "read_committed",
                     "auto.offset.reset": "earliest",
+                    # range puts partition p of co-partitioned inputs on one member: a store
+                    # partition needs all of them (checked on every assignment)
+                    "partition.assignment.strategy": "range",
                     "statistics.interval.ms": 5000,
                     "stats_cb": self.metrics.on_stats,
                     "fetch.max.bytes": 52_428_800,
@@ -106,9 +134,12 @@ class EosWorker(ABC):
                 }
             )
         )
+        self.checkpoint = Checkpoint(
+            self.producer, loop.commit_every_records, loop.commit_interval_ms / 1000
+        )
+        self.stores: list[ChangelogStore] = []
+        self._held: set[tuple[str, int]] = set()
         self._topic_max_bytes: dict[str, int] = {}
-        self.in_txn = 0
-        self.txn_started = time.monotonic()
 
     # -- what a worker defines ---------------------------------------------------------------
     @abstractmethod
@@ -122,17 +153,11 @@ class EosWorker(ABC):
     def tick(self) -> None:  # noqa: B027 - optional hook
         """Called every loop turn, inside the open transaction (e.g. time-driven output)."""
 
-    def partitions_assigned(self, partitions: list[TopicPartition]) -> None:  # noqa: B027
-        """Restore whatever state the new partitions need before their records arrive."""
-
-    def partitions_revoked(self, partitions: list[TopicPartition]) -> None:  # noqa: B027
-        """Drop the state of partitions this instance no longer owns."""
+    def state_restored(self, store: ChangelogStore, partitions: list[int]) -> None:  # noqa: B027
+        """Fresh state for `partitions` of `store`, at the committed offsets (e.g. re-emit)."""
 
     def committed(self, positions: list[TopicPartition]) -> None:  # noqa: B027 - optional hook
         """The input positions of a transaction that just committed."""
-
-    def transaction_aborted(self) -> None:  # noqa: B027 - optional hook
-        """State changed since the last commit is void: restore it from the committed point."""
 
     # -- dead letters ------------------------------------------------------------------------
     def produce_dead_letter(self, topic: str, msg: Message, reason: str) -> None:
@@ -160,62 +185,115 @@ class EosWorker(ABC):
             self.metrics.extra["dead_letter_max_bytes"] = limit
         return self._topic_max_bytes[topic]
 
-    # -- the loop ---------------------------------------------------------------------------
+    # -- transactions ------------------------------------------------------------------------
     def commit(self) -> None:
-        positions = self.consumer.position(self.consumer.assignment())
-        self.producer.send_offsets_to_transaction(
-            positions, self.consumer.consumer_group_metadata()
-        )
-        self.producer.commit_transaction()
+        """Commit the open transaction with the positions of every partition consumed from."""
+        positions = [
+            tp
+            for tp in self.consumer.position(self.consumer.assignment())
+            if tp.offset >= 0 and (tp.topic, tp.partition) not in self._held
+        ]
+        self.checkpoint.commit(positions, self.consumer.consumer_group_metadata())
         self.metrics.transactions += 1
         self.metrics.last_commit_time = time.time()
-        self.in_txn = 0
-        self.producer.begin_transaction()
-        self.txn_started = time.monotonic()
         self.committed(positions)
 
     def abort(self) -> None:
-        """Abort the open transaction and rewind every partition to its committed offset."""
-        self.producer.abort_transaction()
-        committed = self.consumer.committed(self.consumer.assignment(), timeout=30)
-        for tp in committed:
-            tp.offset = tp.offset if tp.offset >= 0 else -2  # OFFSET_BEGINNING when none
-            self.consumer.seek(tp)
-        self.transaction_aborted()
-        self.in_txn = 0
-        self.producer.begin_transaction()
-        self.txn_started = time.monotonic()
+        """Abort the open transaction; every state is void and every partition rewinds."""
+        self.checkpoint.abort()
+        self.metrics.extra["aborts"] = self.metrics.extra.get("aborts", 0) + 1
+        for store in self.stores:
+            store.drop(list(store.partitions))
+        self._hold(self.consumer.assignment())
 
+    # -- assignment --------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.metrics.restoring_since = time.monotonic()  # the health says restoring, not stalled
-        try:
-            self.partitions_assigned(partitions)
-        finally:
-            self.metrics.restoring_since = None
-            self.metrics.last_loop_time = time.monotonic()
+        consumer.assign(partitions)
+        check_copartitioned(self.stores, partitions)
+        self._hold(partitions)
         self.metrics.assigned += [tp_name(p) for p in partitions]
         log_event(log, "assigned", partitions=[tp_name(p) for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self.in_txn:  # hand over exactly what was processed
+        if self.checkpoint.records:  # hand over exactly what was processed
             self.commit()
         self._forget(partitions)
         log_event(log, "revoked", partitions=[tp_name(p) for p in partitions])
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions already belong to another member: its commit would be fenced, abort."""
-        self.producer.abort_transaction()
-        self.transaction_aborted()
-        self.in_txn = 0
-        self.producer.begin_transaction()
-        self.txn_started = time.monotonic()
+        self.abort()
         self._forget(partitions)
         log_event(log, "lost", logging.WARNING, partitions=[tp_name(p) for p in partitions])
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
-        self.partitions_revoked(partitions)
+        for store in self.stores:
+            store.drop(tp.partition for tp in partitions if tp.topic in store.inputs)
+        self._held -= {(tp.topic, tp.partition) for tp in partitions}
         gone = {tp_name(p) for p in partitions}
         self.metrics.assigned = [a for a in self.metrics.assigned if a not in gone]
+
+    def _hold(self, partitions: Sequence[TopicPartition]) -> None:
+        """Pause partitions until their committed offsets are known and their state restored."""
+        if not partitions:
+            return
+        self.consumer.pause(list(partitions))
+        self._held |= {(tp.topic, tp.partition) for tp in partitions}
+        self.metrics.restoring_since = self.metrics.restoring_since or time.monotonic()
+
+    def _release(self) -> None:
+        """Restore the state of held partitions after fetching their committed offsets, seek
+        them there and resume them."""
+        tps = [TopicPartition(t, p) for t, p in sorted(self._held)]
+        offsets = self._committed(tps)
+        for store in self.stores:
+            parts = sorted(
+                {tp.partition for tp in tps if tp.topic in store.inputs} - store.partitions.keys()
+            )
+            if parts:
+                store.restore_partitions(self.settings, parts, self.loop.group_id)
+                self.state_restored(store, parts)
+        for tp in offsets:
+            self.consumer.seek(
+                TopicPartition(
+                    tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                )
+            )
+        self.consumer.resume(tps)
+        self._held.clear()
+        self.metrics.restoring_since = None
+        self.metrics.last_loop_time = time.monotonic()
+
+    def _committed(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        """Stable committed offsets (read_committed: a pending transaction's offsets are waited
+        for), retrying retriable errors up to COMMITTED_TIMEOUT_S."""
+        deadline = time.monotonic() + COMMITTED_TIMEOUT_S
+        while True:
+            try:
+                offsets = self.consumer.committed(tps, timeout=30)
+                failed = [tp for tp in offsets if tp.error is not None]
+                if not failed:
+                    return offsets
+                raise KafkaException(failed[0].error)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or time.monotonic() > deadline:
+                    raise
+                log_event(log, "committed offsets not ready", logging.WARNING, error=str(err))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def records(self, msgs: list[Message]) -> list[Message]:
+        """The records of a consumed batch; error events logged and counted (fatal: raised)."""
+        errors = [m for m in msgs if m.error() is not None]
+        if not errors:
+            return msgs
+        for m in errors:
+            err = m.error()
+            if err.fatal():
+                raise KafkaException(err)
+            self.metrics.consumer_errors += 1
+            log_event(log, "consumer error", logging.WARNING, error=str(err), topic=m.topic())
+        return [m for m in msgs if m.error() is None]
 
     def run(self) -> None:
         cfg = self.loop
@@ -226,33 +304,48 @@ class EosWorker(ABC):
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        self.producer.begin_transaction()
+        self.checkpoint.begin()
         interval = cfg.commit_interval_ms / 1000
         log_event(log, "started", transactional_id=cfg.transactional_id, topics=self.topics())
         while not self.stop:
             self.metrics.last_loop_time = time.monotonic()
-            msgs = self.consumer.consume(cfg.batch_size, timeout=min(interval, 0.5))
             try:
+                if self._held:
+                    self._release()
+                msgs = self.records(
+                    self.consumer.consume(cfg.batch_size, timeout=min(interval, 0.5))
+                )
                 if msgs:
                     self.process(msgs)
                 self.tick()
-                due = time.monotonic() - self.txn_started >= interval
-                if self.in_txn and (self.in_txn >= cfg.commit_every_records or due):
+                if self.checkpoint.due():
                     self.commit()
             except KafkaException as exc:
                 err = exc.args[0]
-                if err.txn_requires_abort():
-                    log_event(log, "aborting transaction", logging.WARNING, error=str(err))
-                    self.abort()
-                elif err.retriable():
-                    log_event(log, "retriable error, retrying", logging.WARNING, error=str(err))
-                else:
+                if not (err.txn_requires_abort() or err.retriable()) or err.fatal():
                     raise
-        if self.in_txn:
+                log_event(log, "aborting transaction", logging.WARNING, error=str(err))
+                self.abort()
+        if self.checkpoint.records:
             self.commit()
-        self.producer.abort_transaction()  # the empty transaction opened by the last commit
+        self.checkpoint.abort()  # the empty transaction opened by the last commit
         self.consumer.close()
         log_event(log, "stopped", records_in=self.metrics.records_in)
+
+
+def check_copartitioned(stores: list[ChangelogStore], assigned: list[TopicPartition]) -> None:
+    """Every store partition needs partition p of each of its inputs on this instance; an
+    assignment that splits them (inputs with different partition counts, another assignor)
+    would make the state inexact, so it is refused loudly."""
+    have = {(tp.topic, tp.partition) for tp in assigned}
+    for store in stores:
+        parts = {p for t, p in have if t in store.inputs}
+        missing = sorted((t, p) for p in parts for t in store.inputs if (t, p) not in have)
+        if missing:
+            raise RuntimeError(
+                f"store {store.name}: assignment lacks {missing}; its inputs "
+                f"{list(store.inputs)} must have equal partition counts (range assignor)"
+            )
 
 
 def dead_letter_headers(msg: Message, reason: str, worker: str) -> list[tuple[str, bytes]]:

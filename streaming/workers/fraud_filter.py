@@ -6,11 +6,15 @@ produces every record unchanged (same key, value bytes, headers, timestamp) to i
 Unreadable records go to the dead-letter topic in the same transaction, with the reason and their
 source coordinates in headers; the loop goes on.
 
-Environment (defaults): KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL (see streaming.config),
-WORKER_INSTANCE [0], FRAUD_GROUP_ID [fraud-filter], FRAUD_INPUT_TOPIC [udemy-reviews],
-FRAUD_VALID_TOPIC [udemy-reviews-valid], FRAUD_FRAUD_TOPIC [udemy-reviews-fraud],
-DEAD_LETTER_TOPIC [reviews-dead-letter], COMMIT_EVERY_RECORDS [20000], COMMIT_INTERVAL_MS [100],
-SESSION_TIMEOUT_MS [10000], HEALTH_PORT [8091; 0 picks a free port], FRAUD_MODEL [the hash rule].
+Every routed record carries its position in the input (`streaming.core.source_position`), which
+orders versions of a review with equal `modified` downstream; a position header already on an
+input record is replaced.
+
+Topics and group are declared in `streaming.pipeline.FRAUD_FILTER` (overridable as
+`FRAUD_FILTER_<PORT>_TOPIC`, `FRAUD_FILTER_GROUP_ID`). Environment (defaults):
+KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL (see streaming.config), WORKER_INSTANCE [0],
+COMMIT_EVERY_RECORDS [20000], COMMIT_INTERVAL_MS [100], SESSION_TIMEOUT_MS [10000],
+HEALTH_PORT [the declared port + instance; 0 picks a free port], FRAUD_MODEL [the hash rule].
 """
 
 from __future__ import annotations
@@ -23,31 +27,27 @@ from dataclasses import dataclass
 from confluent_kafka import Message
 
 from streaming.config import Settings
+from streaming.core import source_position
 from streaming.core.fraud import FRAUD_MODEL_ENV, FraudModel, load_model
 from streaming.core.fraud_routing import DEAD, FRAUD, route
+from streaming.pipeline import FRAUD_FILTER
 from streaming.serde import Registry, ReviewWriters, local_schema
 from streaming.workers.eos import EosWorker, LoopConfig
-from streaming.workers.runtime import StopFlag, env_int, log_event, serve
+from streaming.workers.runtime import StopFlag, env_int, int_instance, log_event, serve
 
 log = logging.getLogger("fraud_filter")
 
 
 @dataclass(frozen=True)
 class FraudTopics:
-    input: str = "udemy-reviews"
-    valid: str = "udemy-reviews-valid"
-    fraud: str = "udemy-reviews-fraud"
-    dead_letter: str = "reviews-dead-letter"
+    input: str
+    valid: str
+    fraud: str
+    dead_letter: str
 
     @classmethod
     def from_env(cls) -> FraudTopics:
-        e, d = os.environ, cls()
-        return cls(
-            input=e.get("FRAUD_INPUT_TOPIC", d.input),
-            valid=e.get("FRAUD_VALID_TOPIC", d.valid),
-            fraud=e.get("FRAUD_FRAUD_TOPIC", d.fraud),
-            dead_letter=e.get("DEAD_LETTER_TOPIC", d.dead_letter),
-        )
+        return cls(**FRAUD_FILTER.topics())
 
 
 class FraudFilter(EosWorker):
@@ -82,7 +82,7 @@ class FraudFilter(EosWorker):
                     topics[code],
                     msg.value(),
                     msg.key(),
-                    headers=msg.headers(),
+                    headers=source_position.replace(msg.headers(), msg.partition(), msg.offset()),
                     timestamp=msg.timestamp()[1],
                 )
         for i, reason in reasons.items():
@@ -102,7 +102,7 @@ class FraudFilter(EosWorker):
         self.metrics.records_out[self.out.valid] += len(msgs) - n_fraud - len(reasons)
         self.metrics.dead_letters += len(reasons)
         self.metrics.records_in += len(msgs)
-        self.in_txn += len(msgs)
+        self.checkpoint.add(len(msgs))
 
 
 def main() -> int:
@@ -115,12 +115,12 @@ def main() -> int:
     stop = StopFlag()
     worker = FraudFilter(
         settings,
-        LoopConfig.from_env("FRAUD_GROUP_ID", "fraud-filter"),
+        LoopConfig.from_env(FRAUD_FILTER),
         FraudTopics.from_env(),
         model,
         stop,
     )
-    return serve(worker, env_int("HEALTH_PORT", 8091))
+    return serve(worker, env_int("HEALTH_PORT", FRAUD_FILTER.instance_port(int_instance())))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ class WorkerMetrics:
     last_loop_time: float = field(default_factory=time.monotonic)
     restoring_since: float | None = None
     consumer_lag: int | None = None
+    consumer_errors: int = 0
     assigned: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -95,6 +96,7 @@ class WorkerMetrics:
             "transactions": self.transactions,
             "last_commit_time": self.last_commit_time,
             "consumer_lag": self.consumer_lag,
+            "consumer_errors": self.consumer_errors,
             "assigned_partitions": list(self.assigned),
             **self.extra,
         }
@@ -122,7 +124,8 @@ class WorkerMetrics:
 
 
 class HealthServer:
-    """`GET /health` (200 ok or restoring / 503 stalled) with the metrics snapshot as JSON, in a thread."""
+    """`GET /health` (200 ok or restoring / 503 stalled) with the metrics snapshot as JSON,
+    served from a thread."""
 
     def __init__(self, metrics: WorkerMetrics, port: int, stall_after_s: float = 30.0) -> None:
         outer = self
@@ -184,6 +187,13 @@ def env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def int_instance() -> int:
+    """WORKER_INSTANCE as the offset of the instance's health port from its worker's declared
+    one (instances are numbered 0..N-1; a non-numeric id, as tests use, counts as 0)."""
+    raw = os.environ.get("WORKER_INSTANCE", "0")
+    return int(raw) if raw.isdigit() else 0
 
 
 def serve(worker: Any, health_port: int) -> int:

@@ -1,52 +1,50 @@
 """Stats aggregator: valid + fraud reviews -> `long-term-stats` and `recent-stats`, exactly once.
 
-Two stages in one loop and one transaction per commit, as a Kafka Streams topology would run:
+Two stages in one loop and one transaction per commit, as a Kafka Streams topology
+`table(reviews).groupBy(course).aggregate(adder, subtractor)` would run (declared in
+`streaming.pipeline.AGGREGATOR`):
 
-1. re-key: records of `udemy-reviews-valid` and `udemy-reviews-fraud` (key: review id) are reduced
-   to what the statistics need (id, course, created, modified, rating, the verdict given by the
-   topic) and written to the internal repartition topic keyed by course id. The fraud topic is
-   read too, so an edit that flips a review to fraud retracts it.
-2. aggregate: records of the repartition topic update the state of their partition
-   (`streaming.core.aggregation.PartitionState`); each changed review's current version goes to
-   the compacted changelog topic (same partition number), and each changed course gets a new
-   `long-term-stats` and `recent-stats` record (once per batch, not once per review).
-   Consumed repartition records are deleted after their transaction committed.
+1. current versions (state keyed by review id, co-partitioned with `udemy-reviews`): each record
+   of `udemy-reviews-valid` / `-fraud` (the verdict is the topic) is ordered by (modified, its
+   position in `udemy-reviews`, carried by the fraud filter's header), so the later record of
+   the system of record wins whatever topic or interleaving it arrived in. A superseding version
+   emits changes re-keyed by course to the internal changes topic: a retraction to the old
+   course, an addition to the new one. Edits, verdict flips and moves between courses are one
+   mechanism (`streaming.core.aggregation.VersionsState`).
+2. course statistics (state keyed by course id): changes update the courses of their partition
+   (`CourseState`); each changed course gets one `long-term-stats` and one `recent-stats` record
+   per batch. Consumed change records are deleted once their transaction committed.
 
-Outputs, changelog writes and the input offsets of both stages commit in one transaction, so the
-state restored from the changelog on start or rebalance is exactly the state at the committed
-offsets. The recent window follows the injectable clock: when the UTC day changes every course's
-recent record is re-emitted (the window moved), without scanning reviews.
-
-A review's course is taken to be fixed (Udemy reviews do not move between courses): state is
-partitioned by course, so a version naming another course is counted where it lands.
+Both stages write their state changes to their changelogs in the same transaction as the outputs
+and the input offsets of both stages, so state restored from a changelog is exactly the state at
+the committed offsets. The recent window follows the injectable clock: when the UTC day changes,
+and after any restore (a start, a rebalance, an aborted transaction), every recent record of the
+partition is re-emitted inside a transaction; an abort restores and so re-emits again, so no
+window is left behind.
 
 Environment (defaults): KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL, WORKER_INSTANCE [0],
-AGGREGATOR_GROUP_ID [stats-aggregator], STATS_VALID_TOPIC [udemy-reviews-valid],
-STATS_FRAUD_TOPIC [udemy-reviews-fraud], STATS_LONG_TERM_TOPIC [long-term-stats],
-STATS_RECENT_TOPIC [recent-stats], STATS_REPARTITION_TOPIC [stats-aggregator-repartition],
-STATS_CHANGELOG_TOPIC [stats-aggregator-changelog], DEAD_LETTER_TOPIC [reviews-dead-letter],
-COMMIT_EVERY_RECORDS, COMMIT_INTERVAL_MS, SESSION_TIMEOUT_MS, HEALTH_PORT [8092],
-REPARTITION_PURGE_S [30] (how often consumed repartition records are deleted).
+AGGREGATOR_GROUP_ID [stats-aggregator], AGGREGATOR_<PORT>_TOPIC for each declared port,
+COMMIT_EVERY_RECORDS, COMMIT_INTERVAL_MS, SESSION_TIMEOUT_MS, HEALTH_PORT [the declared port +
+instance], REPARTITION_PURGE_S [30] (how often consumed change records are deleted).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from fastavro import schemaless_writer
 
 from streaming.config import Settings
-from streaming.core.aggregation import PartitionState, pack_version
+from streaming.core import source_position
+from streaming.core.aggregation import CourseState, VersionsState, pack_change
 from streaming.core.avro_codec import confluent_frame
 from streaming.core.ratings import rating_halves
 from streaming.core.review_bytes import extract_fields
@@ -54,38 +52,31 @@ from streaming.core.review_frames import frame_batch
 from streaming.core.review_mapping import NUL_REASON
 from streaming.core.stats import ReviewVersion
 from streaming.core.window import epoch_day
+from streaming.pipeline import AGGREGATOR
 from streaming.serde import Registry, RegistryUnavailable, ReviewWriters, local_schema
 from streaming.workers.eos import EosWorker, LoopConfig
-from streaming.workers.runtime import StopFlag, env_int, log_event, serve
+from streaming.workers.runtime import StopFlag, env_int, int_instance, log_event, serve
+from streaming.workers.state import ChangelogStore
 
 log = logging.getLogger("stats_aggregator")
 Clock = Callable[[], float]  # seconds since the epoch, like time.time
-RESTORE_TIMEOUT_S = 600
 PURGE_INTERVAL_S = 30
 
 
 @dataclass(frozen=True)
 class AggregatorTopics:
-    valid: str = "udemy-reviews-valid"
-    fraud: str = "udemy-reviews-fraud"
-    long_term: str = "long-term-stats"
-    recent: str = "recent-stats"
-    repartition: str = "stats-aggregator-repartition"
-    changelog: str = "stats-aggregator-changelog"
-    dead_letter: str = "reviews-dead-letter"
+    valid: str
+    fraud: str
+    changes: str
+    long_term: str
+    recent: str
+    versions_changelog: str
+    courses_changelog: str
+    dead_letter: str
 
     @classmethod
     def from_env(cls) -> AggregatorTopics:
-        e, d = os.environ, cls()
-        return cls(
-            valid=e.get("STATS_VALID_TOPIC", d.valid),
-            fraud=e.get("STATS_FRAUD_TOPIC", d.fraud),
-            long_term=e.get("STATS_LONG_TERM_TOPIC", d.long_term),
-            recent=e.get("STATS_RECENT_TOPIC", d.recent),
-            repartition=e.get("STATS_REPARTITION_TOPIC", d.repartition),
-            changelog=e.get("STATS_CHANGELOG_TOPIC", d.changelog),
-            dead_letter=e.get("DEAD_LETTER_TOPIC", d.dead_letter),
-        )
+        return cls(**AGGREGATOR.topics())
 
 
 class StatsAggregator(EosWorker):
@@ -110,29 +101,70 @@ class StatsAggregator(EosWorker):
             topic: self.registry.register(f"{topic}-value", "course_statistic.avsc")
             for topic in (topics.long_term, topics.recent)
         }
-        self.states: dict[int, PartitionState] = {}
+        self.versions: ChangelogStore[VersionsState] = ChangelogStore(
+            "review-versions",
+            topics.versions_changelog,
+            (topics.valid, topics.fraud),
+            VersionsState,
+        )
+        self.courses: ChangelogStore[CourseState] = ChangelogStore(
+            "course-stats", topics.courses_changelog, (topics.changes,), self._new_course_state
+        )
+        self.stores = [self.versions, self.courses]
+        self.unpublished: set[int] = set()
+        """Course partitions whose every recent record must be (re-)emitted: restored, or the
+        window moved."""
         self.admin = AdminClient(settings.kafka_config())
         self._last_purge = time.monotonic()
         self.purge_interval_s = env_int("REPARTITION_PURGE_S", PURGE_INTERVAL_S)
-        self.as_of_day = epoch_day(int(clock() * 1000))
-        self.metrics.extra["as_of_day"] = self.as_of_day
+        self.metrics.extra.update(as_of_day=self.today(), changes_out=0, changes_applied=0)
+
+    def today(self) -> int:
+        return epoch_day(int(self.clock() * 1000))
+
+    def _new_course_state(self) -> CourseState:
+        return CourseState(self.today())
 
     def topics(self) -> list[str]:
-        return [self.t.valid, self.t.fraud, self.t.repartition]
+        return [self.t.valid, self.t.fraud, self.t.changes]
 
-    # -- stage 1: re-key by course ---------------------------------------------------------
-    def rekey(self, msgs: list[Message]) -> None:
+    def process(self, msgs: list[Message]) -> None:
+        inputs = [m for m in msgs if m.topic() != self.t.changes]
+        changes = [m for m in msgs if m.topic() == self.t.changes]
+        if inputs:
+            self.current_versions(inputs)
+        if changes:
+            self.course_statistics(changes)
+        self.metrics.records_in += len(inputs)
+        self.checkpoint.add(len(msgs))
+
+    # -- stage 1: current versions, changes re-keyed by course -----------------------------
+    def current_versions(self, msgs: list[Message]) -> None:
         batch = frame_batch([m.value() for m in msgs], self.resolve, self.review_schema)
         dead = batch.reasons
         longs, spans, _ = extract_fields(batch.buf, batch.body_starts, batch.ends)
         raw = batch.buf.tobytes()
         produce = self.producer.produce
-        rekeyed = 0
+        changes_topic, changelog, valid_topic = (
+            self.t.changes,
+            self.t.versions_changelog,
+            self.t.valid,
+        )
+        states = self.versions.partitions
+        out = 0
         for i in np.flatnonzero(batch.readable).tolist():
+            m = msgs[i]
             review_id, created, modified, course_id, halves = longs[i].tolist()
             r0, r1, t0, t1 = spans[i].tolist()
-            if raw.find(b"\x00", t0, t1) >= 0:  # the stats sink would fail on it, every retry
-                dead[i] = f"course.title: {NUL_REASON}"
+            try:
+                _, position = source_position.find(m.headers())
+            except ValueError as exc:
+                dead[i] = str(exc)
+                continue
+            title = raw[t0:t1]
+            reason = title_problem(title)
+            if reason is not None:  # the course stage and the stats sink would fail on it
+                dead[i] = f"course.title: {reason}"
                 continue
             if halves < 0:
                 try:
@@ -140,36 +172,37 @@ class StatsAggregator(EosWorker):
                 except ValueError as exc:
                     dead[i] = f"rating: {exc}"
                     continue
-            valid = msgs[i].topic() == self.t.valid
-            version = ReviewVersion(modified, created, halves, valid, course_id)
-            produce(
-                self.t.repartition,
-                pack_version(review_id, version, raw[t0:t1]),
-                str(course_id).encode(),
+            version = ReviewVersion(
+                modified, created, halves, m.topic() == valid_topic, course_id, position
             )
-            rekeyed += 1
-        self.metrics.records_out[self.t.repartition] += rekeyed
+            partition = m.partition()
+            routed, entry = states[partition].apply(review_id, version, title)
+            for course, change in routed:
+                produce(changes_topic, pack_change(change), str(course).encode())
+            out += len(routed)
+            if entry is not None:
+                produce(changelog, entry, str(review_id).encode(), partition=partition)
+        self.metrics.records_out[changes_topic] += out
+        self.metrics.extra["changes_out"] += out
         self._dead_letters(msgs, sorted(dead.items()))
 
-    # -- stage 2: aggregate ----------------------------------------------------------------
-    def aggregate(self, msgs: list[Message]) -> None:
+    # -- stage 2: course statistics --------------------------------------------------------
+    def course_statistics(self, msgs: list[Message]) -> None:
         by_partition: dict[int, list[Message]] = {}
         for m in msgs:
             by_partition.setdefault(m.partition(), []).append(m)
         now_ms = int(self.clock() * 1000)
         for partition, batch in by_partition.items():
-            state = self.states[partition]
-            changed, changelog, errors = state.apply([m.value() for m in batch])
-            produce = self.producer.produce
-            for review_id, data in changelog.items():
-                produce(self.t.changelog, data, str(review_id).encode(), partition=partition)
+            state = self.courses[partition]
+            keyed, bad = course_keys(batch)
+            changed, entries, errors = state.apply(keyed)
+            for key, value in entries:
+                self.courses.write(self.producer, partition, key, value)
             self._emit(state, changed, now_ms)
-            self._dead_letters(batch, list(errors.items()))
-        self.metrics.extra["versions_aggregated"] = self.metrics.extra.get(
-            "versions_aggregated", 0
-        ) + len(msgs)
+            self._dead_letters(batch, sorted({**errors, **bad}.items()))
+        self.metrics.extra["changes_applied"] += len(msgs)
 
-    def _emit(self, state: PartitionState, courses: set[int] | list[int], now_ms: int) -> None:
+    def _emit(self, state: CourseState, courses: set[int] | list[int], now_ms: int) -> None:
         produce = self.producer.produce
         buf = io.BytesIO()
         for course_id in courses:
@@ -198,41 +231,45 @@ class StatsAggregator(EosWorker):
             )
         self.metrics.dead_letters += len(dead)
 
-    def process(self, msgs: list[Message]) -> None:
-        inputs = [m for m in msgs if m.topic() != self.t.repartition]
-        internal = [m for m in msgs if m.topic() == self.t.repartition]
-        if inputs:
-            self.rekey(inputs)
-        if internal:
-            self.aggregate(internal)
-        self.metrics.records_in += len(inputs)
-        self.in_txn += len(msgs)
-
+    # -- time: the recent window -----------------------------------------------------------
     def tick(self) -> None:
-        """When the UTC day changes, move every window and re-emit every recent record."""
-        now_ms = int(self.clock() * 1000)
-        day = epoch_day(now_ms)
-        if day == self.as_of_day:
+        """Move windows to the clock's day and re-emit every recent record of the partitions
+        that moved or were restored, inside the open transaction."""
+        day = self.today()
+        for partition, state in self.courses.partitions.items():
+            if state.advance(day):
+                self.unpublished.add(partition)
+        if self.metrics.extra["as_of_day"] != day:
+            self.metrics.extra["as_of_day"] = day
+            log_event(log, "window moved", as_of_day=day)
+        if not self.unpublished:
             return
-        self.as_of_day = day
-        self.metrics.extra["as_of_day"] = day
-        for state in self.states.values():
-            self._emit_recent(state, state.advance(day), now_ms)
-        log_event(log, "window moved", as_of_day=day)
+        now_ms = int(self.clock() * 1000)
+        for partition in sorted(self.unpublished & self.courses.partitions.keys()):
+            self._emit_recent(self.courses[partition], now_ms)
+        self.unpublished.clear()
 
-    def _emit_recent(self, state: PartitionState, courses: list[int], now_ms: int) -> None:
+    def _emit_recent(self, state: CourseState, now_ms: int) -> None:
         buf = io.BytesIO()
-        for course_id in courses:
+        schema_id = self.stat_schema_ids[self.t.recent]
+        for course_id in state.courses:
             buf.seek(0)
             buf.truncate()
             schemaless_writer(buf, self.stat_schema, state.statistics(course_id, now_ms)[1])
-            value = confluent_frame(self.stat_schema_ids[self.t.recent], buf.getvalue())
-            self.producer.produce(self.t.recent, value, str(course_id).encode())
-            self.metrics.records_out[self.t.recent] += 1
-        self.in_txn += len(courses)
+            self.producer.produce(
+                self.t.recent, confluent_frame(schema_id, buf.getvalue()), str(course_id).encode()
+            )
+        self.metrics.records_out[self.t.recent] += len(state.courses)
+        self.checkpoint.add(len(state.courses))
+
+    def state_restored(self, store: ChangelogStore, partitions: list[int]) -> None:
+        """A restored course partition re-emits its recent records: the window may have moved
+        while no instance owned it, or the transaction that emitted them aborted."""
+        if store is self.courses:
+            self.unpublished.update(partitions)
 
     def committed(self, positions: list[TopicPartition]) -> None:
-        """Purge repartition records below committed offsets, as Kafka Streams does: they are
+        """Purge change records below committed offsets, as Kafka Streams does: they are
         consumed and their effect is in the changelog, so the internal topic stays small."""
         now = time.monotonic()
         if now - self._last_purge < self.purge_interval_s:
@@ -241,7 +278,7 @@ class StatsAggregator(EosWorker):
         done = [
             TopicPartition(tp.topic, tp.partition, tp.offset)
             for tp in positions
-            if tp.topic == self.t.repartition and tp.offset > 0
+            if tp.topic == self.t.changes and tp.offset > 0
         ]
         if done:
             for tp, fut in self.admin.delete_records(done).items():
@@ -252,87 +289,43 @@ class StatsAggregator(EosWorker):
                         log, "purge failed", logging.WARNING, partition=tp.partition, error=str(exc)
                     )
 
-    # -- state: restore on assignment, drop on revocation ----------------------------------
-    def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
-        """Restore each new state partition, then re-emit its recent records: the window may
-        have moved while no instance owned it (a restart across midnight)."""
-        now_ms = int(self.clock() * 1000)
-        for tp in partitions:
-            if tp.topic == self.t.repartition and tp.partition not in self.states:
-                state = self.states[tp.partition] = self._restore(tp.partition)
-                self._emit_recent(state, list(state.aggregates.courses), now_ms)
 
-    def partitions_revoked(self, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            if tp.topic == self.t.repartition:
-                self.states.pop(tp.partition, None)
+def title_problem(title: bytes) -> str | None:
+    """Why a course title cannot be published (PostgreSQL stores no U+0000), or None."""
+    if b"\x00" in title:
+        return NUL_REASON
+    try:
+        title.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 ({exc.reason} at byte {exc.start})"
+    return None
 
-    def transaction_aborted(self) -> None:
-        """State may hold uncommitted changes: rebuild every partition from its changelog."""
-        for partition in list(self.states):
-            self.states[partition] = self._restore(partition)
 
-    def _restore(self, partition: int) -> PartitionState:
-        """Read the changelog partition up to its end (committed records only) into state."""
-        t0 = time.monotonic()
-        state = PartitionState(self.as_of_day)
-        reader = Consumer(
-            self.settings.kafka_config(
-                **{
-                    "group.id": f"{self.loop.group_id}-restore-{uuid.uuid4().hex[:8]}",
-                    "isolation.level": "read_committed",
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                }
-            )
-        )
-        try:
-            low, high = reader.get_watermark_offsets(
-                TopicPartition(self.t.changelog, partition), timeout=30
-            )
-            reader.assign([TopicPartition(self.t.changelog, partition, low)])
-            restored = unreadable = 0
-            deadline = time.monotonic() + RESTORE_TIMEOUT_S
-            while high > low:
-                msgs = reader.consume(10_000, timeout=1.0)
-                unreadable += state.restore(m.value() for m in msgs if m.error() is None)
-                restored += len(msgs)
-                (pos,) = reader.position([TopicPartition(self.t.changelog, partition)])
-                if pos.offset >= high:
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"restoring {self.t.changelog}[{partition}] took over "
-                        f"{RESTORE_TIMEOUT_S}s (at offset {pos.offset} of {high})"
-                    )
-        finally:
-            reader.close()
-        log_event(
-            log,
-            "state restored",
-            partition=partition,
-            records=restored,
-            unreadable=unreadable,
-            reviews=len(state.reviews),
-            courses=len(state.aggregates.courses),
-            seconds=round(time.monotonic() - t0, 2),
-        )
-        return state
+def course_keys(msgs: list[Message]) -> tuple[list[tuple[int, bytes | None]], dict[int, str]]:
+    """(course id, value) of each change record; a key that is no course id is an error (its
+    record is skipped with the reason; it keeps its index as a placeholder)."""
+    keyed: list[tuple[int, bytes | None]] = []
+    bad: dict[int, str] = {}
+    for i, m in enumerate(msgs):
+        key = m.key()
+        if key is not None and key.isdigit():
+            keyed.append((int(key), m.value()))
+        else:
+            bad[i] = f"aggregator change record: key {key!r} is not a course id"
+            keyed.append((-1, None))
+    return keyed, bad
 
 
 def main() -> int:
     settings = Settings.from_env()
     try:  # registers the statistics schemas: needs the registry
         worker = StatsAggregator(
-            settings,
-            LoopConfig.from_env("AGGREGATOR_GROUP_ID", "stats-aggregator"),
-            AggregatorTopics.from_env(),
-            StopFlag(),
+            settings, LoopConfig.from_env(AGGREGATOR), AggregatorTopics.from_env(), StopFlag()
         )
     except RegistryUnavailable as exc:
         print(f"stats-aggregator: {exc}", file=sys.stderr)
         return 1
-    return serve(worker, env_int("HEALTH_PORT", 8092))
+    return serve(worker, env_int("HEALTH_PORT", AGGREGATOR.instance_port(int_instance())))
 
 
 if __name__ == "__main__":

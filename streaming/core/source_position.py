@@ -1,0 +1,48 @@
+"""Where a record stands in the system of record (`udemy-reviews`), carried as a header.
+
+The current version of a review is its greatest (modified, offset in udemy-reviews): all versions
+of one review id share a partition there, so the offset orders versions with equal `modified`.
+The fraud filter adds this header to every record it routes, so the later record of the system
+of record wins whichever topic (valid or fraud) it reaches the aggregator through, in whatever
+interleaving. 12 bytes: partition (int32) and offset (int64), big-endian.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+HEADER = "source.position"
+_POSITION = struct.Struct(">iq")
+
+
+def encode(partition: int, offset: int) -> bytes:
+    return _POSITION.pack(partition, offset)
+
+
+def decode(value: bytes | None) -> tuple[int, int]:
+    """(partition, offset); ValueError when the header value is not one of ours."""
+    if value is None or len(value) != _POSITION.size:
+        raise ValueError(f"{HEADER} header: expected {_POSITION.size} bytes")
+    partition, offset = _POSITION.unpack(value)
+    if partition < 0 or offset < 0:
+        raise ValueError(f"{HEADER} header: negative partition or offset")
+    return partition, offset
+
+
+def find(headers: Sequence[tuple[str, bytes | None]] | None) -> tuple[int, int]:
+    """The position carried by a record's headers (the last one, if several)."""
+    for name, value in reversed(headers or ()):
+        if name == HEADER:
+            return decode(value)
+    raise ValueError(f"no {HEADER} header: records here come from the fraud filter")
+
+
+def replace(
+    headers: Sequence[tuple[str, bytes | None]] | None, partition: int, offset: int
+) -> list[tuple[str, bytes | None]]:
+    """The record's headers with its own position, any claimed one dropped."""
+    own = (HEADER, encode(partition, offset))
+    if not headers:
+        return [own]
+    return [*(h for h in headers if h[0] != HEADER), own]

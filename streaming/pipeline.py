@@ -1,0 +1,317 @@
+"""The pipeline's shape, declared once: topics, stream workers and their stages, stores, sinks.
+
+Everything that needs a topic name, a consumer group, a health port or the lineage reads it from
+here: the workers (their ports, overridable per environment for tests), `reviews bootstrap` (the
+topics and their configs), the connectors, the Dagster assets and sensors, the chaos run and the
+benchmarks. Pure data, no I/O and no Dagster: `orchestration/topology.py` turns it into asset keys.
+
+Reads as the data flow, as a Kafka Streams topology would:
+
+    udemy-reviews -> fraud filter -> udemy-reviews-valid | udemy-reviews-fraud | dead letters
+    valid + fraud (key: review id) -> current versions (store: review versions)
+        -> changes, re-keyed by course -> course statistics (store: course stats)
+        -> long-term-stats, recent-stats
+
+Instances: a worker runs instances 0..N-1; instance i serves its health on `health_port + i`
+(the base port overridable by `<HEALTH_PORT_ENV>`), and `<HEALTH_URL_ENV>` in `.stack/env` names
+instance 0.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+PARTITIONS = 4
+"""Every review topic and every internal topic: one partition count keeps a review id on the
+same partition number everywhere (the review stage's state partition p reads valid[p] and
+fraud[p] and writes changelog[p])."""
+
+_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
+_COMPACTED = {
+    "cleanup.policy": "compact",
+    "min.cleanable.dirty.ratio": "0.1",
+    "segment.ms": "3600000",
+}
+_DEAD_LETTERS = {**_FOREVER, "max.message.bytes": "2097152"}
+"""Dead-letter topics take records twice the inputs' size (Kafka's default max.message.bytes,
+1048588): a dead letter is the whole input record plus error headers (Connect's carry a stack
+trace), so a record near the input limit must still fit, or it would be lost (Connect) or abort
+the worker's transaction on every retry (stream workers)."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int = PARTITIONS
+    replication_factor: int = 1
+    config: dict[str, str] = field(default_factory=dict)
+    value_schema: str | None = None
+    description: str = ""
+    internal: bool = False
+    """Written and read by one worker only (repartition and changelog topics)."""
+
+
+INPUT = TopicSpec(
+    "udemy-reviews",
+    config=_FOREVER,
+    value_schema="review.avsc",
+    description="Every version of every review, as ingested (key: review id); the system of record",
+)
+VALID = TopicSpec(
+    "udemy-reviews-valid",
+    config=_FOREVER,
+    value_schema="review.avsc",
+    description="Reviews the fraud filter accepts, bytes unchanged, source position in a header",
+)
+FRAUD = TopicSpec(
+    "udemy-reviews-fraud",
+    config=_FOREVER,
+    value_schema="review.avsc",
+    description="Reviews the fraud filter rejects, bytes unchanged, source position in a header",
+)
+LONG_TERM = TopicSpec(
+    "long-term-stats",
+    config=_COMPACTED,
+    value_schema="course_statistic.avsc",
+    description="All-time statistics per course (key: course id); latest value wins",
+)
+RECENT = TopicSpec(
+    "recent-stats",
+    config=_COMPACTED,
+    value_schema="course_statistic.avsc",
+    description="90-day statistics per course (key: course id); latest value wins",
+)
+DEAD_LETTER = TopicSpec(
+    "reviews-dead-letter",
+    config=_DEAD_LETTERS,
+    description="Records a stream worker could not process: original key and bytes, error headers",
+)
+CONNECT_DEAD_LETTER = TopicSpec(
+    "connect-dead-letter",
+    config=_DEAD_LETTERS,
+    description="Records the PostgreSQL sink could not decode: their bytes, Connect error headers",
+)
+VERSIONS_CHANGELOG = TopicSpec(
+    "stats-aggregator-review-versions-changelog",
+    config=_COMPACTED,
+    internal=True,
+    description="Current version of every review (key: review id), partition p = input partition p",
+)
+CHANGES = TopicSpec(
+    "stats-aggregator-course-changes-repartition",
+    # Infinite retention: the aggregator deletes records once consumed and committed.
+    config=_FOREVER,
+    internal=True,
+    description="Retractions and additions of review versions, re-keyed by course id",
+)
+COURSES_CHANGELOG = TopicSpec(
+    "stats-aggregator-course-stats-changelog",
+    config=_COMPACTED,
+    internal=True,
+    description="Counted reviews and the title of every course, partition q = changes partition q",
+)
+
+TOPICS: tuple[TopicSpec, ...] = (
+    INPUT,
+    VALID,
+    FRAUD,
+    LONG_TERM,
+    RECENT,
+    DEAD_LETTER,
+    VERSIONS_CHANGELOG,
+    CHANGES,
+    COURSES_CHANGELOG,
+    CONNECT_DEAD_LETTER,
+)
+
+
+@dataclass(frozen=True)
+class Store:
+    """State partitioned like its inputs: partition p of every input topic reads and writes
+    store partition p, restored from changelog partition p."""
+
+    name: str
+    changelog: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One hop of a worker: the topics (by port name) it reads and writes, and its store."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    store: Store | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """A stream worker: its module, consumer group, ports (name -> topic), stages, instances."""
+
+    name: str
+    module: str
+    group_id: str
+    env_prefix: str
+    """Ports are overridable per environment as `<env_prefix>_<PORT>_TOPIC` (tests, benchmarks)."""
+    ports: Mapping[str, str]
+    stages: tuple[Stage, ...]
+    health_port: int
+    instances: int = 1
+
+    @property
+    def health_port_env(self) -> str:
+        return f"{self.env_prefix}_HEALTH_PORT"
+
+    @property
+    def health_url_env(self) -> str:
+        return f"{self.env_prefix}_HEALTH_URL"
+
+    @property
+    def group_env(self) -> str:
+        return f"{self.env_prefix}_GROUP_ID"
+
+    def port_env(self, port: str) -> str:
+        return f"{self.env_prefix}_{port.upper()}_TOPIC"
+
+    def topics(self, env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Port -> topic, each overridable by its environment variable."""
+        env = os.environ if env is None else env
+        return {port: env.get(self.port_env(port), topic) for port, topic in self.ports.items()}
+
+    @property
+    def default_health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}/health"
+
+    def health_url(self, instance: int = 0, env: Mapping[str, str] | None = None) -> str:
+        return f"http://127.0.0.1:{self.instance_port(instance, env)}/health"
+
+    def instance_port(self, instance: int = 0, env: Mapping[str, str] | None = None) -> int:
+        env = os.environ if env is None else env
+        return int(env.get(self.health_port_env) or self.health_port) + instance
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Topics the worker publishes for others, its results first, dead letters last."""
+        internal = {t.name for t in TOPICS if t.internal}
+        named = [self.ports[p] for s in self.stages for p in s.outputs]
+        public = [t for t in dict.fromkeys(named) if t not in internal]
+        return tuple(sorted(public, key=lambda t: t == DEAD_LETTER.name))
+
+
+FRAUD_FILTER = WorkerSpec(
+    name="fraud-filter",
+    module="streaming.workers.fraud_filter",
+    group_id="fraud-filter",
+    env_prefix="FRAUD_FILTER",
+    ports={
+        "input": INPUT.name,
+        "valid": VALID.name,
+        "fraud": FRAUD.name,
+        "dead_letter": DEAD_LETTER.name,
+    },
+    stages=(Stage("fraud filter", ("input",), ("valid", "fraud", "dead_letter")),),
+    health_port=8091,
+)
+
+AGGREGATOR = WorkerSpec(
+    name="aggregator",
+    module="streaming.workers.stats_aggregator",
+    group_id="stats-aggregator",
+    env_prefix="AGGREGATOR",
+    ports={
+        "valid": VALID.name,
+        "fraud": FRAUD.name,
+        "changes": CHANGES.name,
+        "long_term": LONG_TERM.name,
+        "recent": RECENT.name,
+        "versions_changelog": VERSIONS_CHANGELOG.name,
+        "courses_changelog": COURSES_CHANGELOG.name,
+        "dead_letter": DEAD_LETTER.name,
+    },
+    stages=(
+        Stage(
+            "current versions",
+            ("valid", "fraud"),
+            ("changes", "dead_letter"),
+            Store("review-versions", "versions_changelog"),
+        ),
+        Stage(
+            "course statistics",
+            ("changes",),
+            ("long_term", "recent", "dead_letter"),
+            Store("course-stats", "courses_changelog"),
+        ),
+    ),
+    health_port=8092,
+)
+
+WORKERS: tuple[WorkerSpec, ...] = (FRAUD_FILTER, AGGREGATOR)
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """A JDBC sink connector (`streaming/sink/connectors/<connector>.json`): topic -> table."""
+
+    connector: str
+    topic: str
+    table: str
+
+    @property
+    def group_id(self) -> str:
+        return f"connect-{self.connector}"  # Connect's name for a sink's consumer group
+
+
+SINKS: tuple[SinkSpec, ...] = (
+    SinkSpec("udemy-reviews", INPUT.name, "reviews"),
+    SinkSpec("long-term-stats", LONG_TERM.name, "long_term_stats"),
+    SinkSpec("recent-stats", RECENT.name, "recent_stats"),
+)
+
+
+@dataclass(frozen=True)
+class GroupStage:
+    """A consumer group reading some topics: one hop a record takes from input to table."""
+
+    name: str
+    group_id: str
+    topics: tuple[str, ...]
+
+
+def group_stages() -> tuple[GroupStage, ...]:
+    """Every hop, upstream first: a stage's target offsets are read once every stage before it
+    caught up (the reconciliation's cut)."""
+    out = [
+        GroupStage(
+            s.name if len(w.stages) == 1 else f"{w.name}: {s.name}",
+            w.group_id,
+            tuple(w.ports[p] for p in s.inputs),
+        )
+        for w in WORKERS
+        for s in w.stages
+    ]
+    sinks = [GroupStage(f"{s.table} sink", s.group_id, (s.topic,)) for s in SINKS]
+    return (out[0], sinks[0], *out[1:], *sinks[1:])
+
+
+def lineage() -> dict[str, tuple[str, ...]]:
+    """Topic -> the topics it is computed from, as the workers and sinks implement it."""
+    up: dict[str, list[str]] = {}
+    for w in WORKERS:
+        for s in w.stages:
+            for out in s.outputs:
+                sources = up.setdefault(w.ports[out], [])
+                sources += [w.ports[i] for i in s.inputs if w.ports[i] not in sources]
+            if s.store:
+                sources = up.setdefault(w.ports[s.store.changelog], [])
+                sources += [w.ports[i] for i in s.inputs if w.ports[i] not in sources]
+    up.setdefault(CONNECT_DEAD_LETTER.name, []).extend(s.topic for s in SINKS)
+    return {topic: tuple(sources) for topic, sources in up.items()}
+
+
+def worker(name: str) -> WorkerSpec:
+    for w in WORKERS:
+        if w.name == name:
+            return w
+    raise KeyError(f"no worker {name!r} (declared: {', '.join(w.name for w in WORKERS)})")

@@ -1,0 +1,78 @@
+"""The open transaction of a stream worker, as Quix Streams' `Checkpoint`: it counts what went
+into it, knows when it is due, commits and aborts.
+
+A commit sends the consumed positions with the consumer's group metadata (KIP-447) and commits;
+librdkafka documents both calls as safe to repeat after a retriable error, so they are retried
+(carrying on after one would leave the transaction open and its outputs invisible). An error
+that requires an abort, or a fatal one, is raised for the loop to abort or exit. A new
+transaction begins at once after a commit or an abort, so there is always one open.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from confluent_kafka import KafkaException, Producer, TopicPartition
+
+from streaming.workers.runtime import log_event
+
+log = logging.getLogger("checkpoint")
+RETRY_FOR_S = 60.0
+"""How long a retriable commit error is retried before the loop aborts instead."""
+CALL_TIMEOUT_S = 30.0
+
+
+class Checkpoint:
+    def __init__(self, producer: Producer, every_records: int, interval_s: float) -> None:
+        self.producer = producer
+        self.every_records = every_records
+        self.interval_s = interval_s
+        self.records = 0
+        self.started = time.monotonic()
+        self.retries = 0
+
+    def begin(self) -> None:
+        self.producer.begin_transaction()
+        self.records = 0
+        self.started = time.monotonic()
+
+    def add(self, n: int) -> None:
+        """`n` more records (consumed or produced) belong to the open transaction."""
+        self.records += n
+
+    def due(self) -> bool:
+        """Something to commit, and enough records or time since the transaction began."""
+        if not self.records:
+            return False
+        return (
+            self.records >= self.every_records or time.monotonic() - self.started >= self.interval_s
+        )
+
+    def commit(self, positions: list[TopicPartition], group_metadata: object) -> None:
+        if positions:
+            self._retry(
+                lambda: self.producer.send_offsets_to_transaction(
+                    positions, group_metadata, CALL_TIMEOUT_S
+                )
+            )
+        self._retry(lambda: self.producer.commit_transaction(CALL_TIMEOUT_S))
+        self.begin()
+
+    def abort(self) -> None:
+        self.producer.abort_transaction(CALL_TIMEOUT_S)
+        self.begin()
+
+    def _retry(self, call: Callable[[], None]) -> None:
+        deadline = time.monotonic() + RETRY_FOR_S
+        while True:
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or err.txn_requires_abort() or time.monotonic() > deadline:
+                    raise
+                self.retries += 1
+                log_event(log, "retriable commit error, retrying", logging.WARNING, error=str(err))
