@@ -1,10 +1,10 @@
 """Stats aggregator throughput with exactly-once, and its memory per million tracked reviews.
 
 The input (a valid and a fraud topic, as the fraud filter leaves them) is produced once; each
-run is a fresh aggregator (fresh group, repartition, changelog and output topics) that stops when
-every input record has gone through both stages (re-key and aggregate). Throughput counts input
-records from the first consumed to the last aggregated; memory is the RSS the process gained
-while building its state, divided by the reviews it tracks.
+run is a fresh aggregator (fresh group, internal and output topics) that stops when every input
+record has gone through both stages (current versions, then course statistics). Throughput
+counts input records from the first consumed to the last aggregated; memory is the RSS the
+process gained while building its state, divided by the reviews it tracks.
 
     make up && .venv/bin/python bench/aggregate_throughput.py [--records 1000000] [--runs 3]
 """
@@ -42,10 +42,14 @@ class TimedAggregator(StatsAggregator):
         if self.first is None:
             self.first = time.perf_counter()
         super().process(msgs)
-        if self.metrics.extra.get("versions_aggregated", 0) >= self.target:
+        extra = self.metrics.extra
+        if (
+            self.metrics.records_in >= self.target
+            and extra["changes_applied"] >= extra["changes_out"]
+        ):
             self.last = time.perf_counter()
             self.rss_at_end = rss_mb()  # before close() drops the state of revoked partitions
-            self.tracked = sum(len(s.reviews) for s in self.states.values())
+            self.tracked = sum(len(s.reviews) for s in self.versions.partitions.values())
             self.stop.set()
 
 
@@ -53,7 +57,7 @@ def run_once(
     settings: Settings, admin: AdminClient, valid: str, fraud: str, records: int, partitions: int
 ) -> tuple[float, float, int]:
     tag = uuid.uuid4().hex[:8]
-    names = ["long", "recent", "repartition", "changelog", "dlq"]
+    names = ["long", "recent", "changes", "versions", "courses", "dlq"]
     t = {n: f"bench-agg-{n}-{tag}" for n in names}
     admin_futures = admin.create_topics([NewTopic(x, partitions, 1) for x in t.values()])
     for fut in admin_futures.values():
@@ -61,10 +65,11 @@ def run_once(
     topics = AggregatorTopics(
         valid=valid,
         fraud=fraud,
+        changes=t["changes"],
         long_term=t["long"],
         recent=t["recent"],
-        repartition=t["repartition"],
-        changelog=t["changelog"],
+        versions_changelog=t["versions"],
+        courses_changelog=t["courses"],
         dead_letter=t["dlq"],
     )
     rss_before = rss_mb()

@@ -15,6 +15,7 @@ from fastavro import schemaless_writer
 
 from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame
+from streaming.core.source_position import HEADER, encode
 from streaming.serde import Registry, local_schema
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -36,7 +37,9 @@ def review(i: int) -> dict:
 
 
 def produce_reviews(settings: Settings, topic: str, n: int) -> None:
-    """n distinct Avro reviews, keyed by review id, Java-compatible partitioning."""
+    """n distinct Avro reviews, keyed by review id, Java-compatible partitioning. Each carries
+    the source-position header the fraud filter adds (review i at offset i), so the topic reads
+    as the fraud filter's output."""
     schema_id = Registry(settings.schema_registry_url).register(
         "udemy-reviews-value", "review.avsc"
     )
@@ -61,7 +64,7 @@ def produce_reviews(settings: Settings, topic: str, n: int) -> None:
         value = confluent_frame(schema_id, buf.getvalue())
         while True:
             try:
-                p.produce(topic, value, str(r["id"]).encode())
+                p.produce(topic, value, str(r["id"]).encode(), headers=[(HEADER, encode(0, i))])
                 break
             except BufferError:
                 p.poll(0.05)

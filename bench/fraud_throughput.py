@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import produce_reviews, write_result
 from streaming.config import Settings
+from streaming.core import source_position
 from streaming.core.fraud import HashFraudModel
 from streaming.workers.eos import LoopConfig
 from streaming.workers.fraud_filter import FraudFilter, FraudTopics
@@ -46,7 +47,8 @@ class TimedFilter(FraudFilter):
 
 
 class TimedPassThrough(TimedFilter):
-    """Same loop, no routing: every record copied to one topic inside the transaction."""
+    """Same loop, no routing: every record copied to one topic inside the transaction, with
+    the source position header the fraud filter adds (the contract of its outputs)."""
 
     def process(self, msgs: list[Message]) -> None:
         if self.first is None:
@@ -55,10 +57,14 @@ class TimedPassThrough(TimedFilter):
         topic = self.out.valid
         for msg in msgs:
             produce(
-                topic, msg.value(), msg.key(), headers=msg.headers(), timestamp=msg.timestamp()[1]
+                topic,
+                msg.value(),
+                msg.key(),
+                headers=source_position.replace(msg.headers(), msg.partition(), msg.offset()),
+                timestamp=msg.timestamp()[1],
             )
         self.metrics.records_in += len(msgs)
-        self.in_txn += len(msgs)
+        self.checkpoint.add(len(msgs))
         if self.metrics.records_in >= self.target:
             self.stop.set()
 

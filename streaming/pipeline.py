@@ -20,6 +20,7 @@ instance 0.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -315,3 +316,16 @@ def worker(name: str) -> WorkerSpec:
         if w.name == name:
             return w
     raise KeyError(f"no worker {name!r} (declared: {', '.join(w.name for w in WORKERS)})")
+
+
+def main(argv: list[str]) -> int:
+    """`python -m streaming.pipeline health-url WORKER [INSTANCE]`, for services.conf."""
+    if len(argv) in (2, 3) and argv[0] == "health-url":
+        print(worker(argv[1]).health_url(int(argv[2]) if len(argv) == 3 else 0))
+        return 0
+    print("usage: python -m streaming.pipeline health-url WORKER [INSTANCE]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

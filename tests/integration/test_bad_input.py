@@ -60,6 +60,7 @@ from streaming.api.app import create_app
 from streaming.api.ingest import MAX_BODY_BYTES
 from streaming.api.read import get_engine, router
 from streaming.config import Settings
+from streaming.core import source_position
 from streaming.core.avro_codec import confluent_frame
 from streaming.core.fraud import HashFraudModel
 from streaming.core.review_mapping import ReviewMappingError, json_to_review, parse_timestamp
@@ -495,12 +496,20 @@ class Delivered:
 
     at: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
-    def produce(self, p: Producer, topic: str, name: str, key: bytes, value: bytes) -> None:
+    def produce(
+        self,
+        p: Producer,
+        topic: str,
+        name: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         def report(err: KafkaError | None, msg: Message) -> None:
             assert err is None, err
             self.at[name] = (msg.topic(), msg.partition(), msg.offset())
 
-        p.produce(topic, value, key, on_delivery=report)
+        p.produce(topic, value, key, headers=headers, on_delivery=report)
 
 
 def poisons(good: bytes) -> dict[str, bytes]:
@@ -737,8 +746,9 @@ def test_a_huge_record_is_dead_lettered_whole_while_the_pipeline_keeps_its_pace(
         "fraud-dlq": "reviews-dead-letter",
         "long": "long-term-stats",
         "recent": "recent-stats",
-        "repartition": "stats-aggregator-repartition",
-        "changelog": "stats-aggregator-changelog",
+        "changes": "stats-aggregator-course-changes-repartition",
+        "versions": "stats-aggregator-review-versions-changelog",
+        "courses": "stats-aggregator-course-stats-changelog",
         "agg-dlq": "reviews-dead-letter",
     }
     t = declared_topics(admin, names, partitions=2)
@@ -796,7 +806,9 @@ def huge_chain(
     )
     sent = Delivered()
     sent.produce(p, t["valid"], "valid/huge", key, huge)
-    sent.produce(p, t["valid"], "valid/nul title", key, nul_title)
+    # as the fraud filter would route it: with its position in the input
+    position = [(source_position.HEADER, source_position.encode(0, 0))]
+    sent.produce(p, t["valid"], "valid/nul title", key, nul_title, position)
     sent.produce(p, source, "in/huge", key, huge)
     sent.produce(p, source, "review", key, good)
     assert p.flush(30) == 0

@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 
+from streaming.core import source_position
 from streaming.core.fraud import HashFraudModel
 from streaming.serde import Registry
 from tests.integration.kafka_helpers import (
@@ -41,11 +42,11 @@ def schema_id(settings) -> int:
 
 def worker_env(topics: dict[str, str], group: str, instance: str = "0", **extra) -> dict:
     return {
-        "FRAUD_INPUT_TOPIC": topics["in"],
-        "FRAUD_VALID_TOPIC": topics["valid"],
-        "FRAUD_FRAUD_TOPIC": topics["fraud"],
-        "DEAD_LETTER_TOPIC": topics["dlq"],
-        "FRAUD_GROUP_ID": group,
+        "FRAUD_FILTER_INPUT_TOPIC": topics["in"],
+        "FRAUD_FILTER_VALID_TOPIC": topics["valid"],
+        "FRAUD_FILTER_FRAUD_TOPIC": topics["fraud"],
+        "FRAUD_FILTER_DEAD_LETTER_TOPIC": topics["dlq"],
+        "FRAUD_FILTER_GROUP_ID": group,
         "WORKER_INSTANCE": instance,
         **extra,
     }
@@ -68,8 +69,12 @@ def assert_exactly_once(settings, topics, sent: dict[bytes, bytes]) -> None:
     lost = set(sent) - set(seen)
     assert not doubled, f"{len(doubled)} records routed twice, e.g. {doubled[:5]}"
     assert not lost, f"{len(lost)} records lost, e.g. {sorted(lost)[:5]}"
+    positions = {m.key(): (m.partition(), m.offset()) for m in read_all(settings, topics["in"])}
     for m in valid + fraud:
         assert m.value() == sent[m.key()], "value bytes must pass through unchanged"
+        # the position in the input orders equal-modified versions downstream
+        assert source_position.find(m.headers()) == positions[m.key()]
+        assert m.partition() == positions[m.key()][0], "co-partitioned with the input"
     model = HashFraudModel()
     assert all(model.is_fraud_body(m.value()[5:]) for m in fraud)
     assert not any(model.is_fraud_body(m.value()[5:]) for m in valid)

@@ -1,4 +1,11 @@
-"""The stats aggregator on the real stack, checked against an independent pandas computation."""
+"""The stats aggregator on the real stack, checked against an independent pandas computation.
+
+Histories of real edits (`edit_history`) go straight into the aggregator's inputs, as the fraud
+filter leaves them (each record with its source position header, in the topic of its verdict),
+over courses that hash to different partitions; the published statistics must equal the
+reference in every field, under SIGKILLs, with two instances rebalancing while input flows, and
+after a day-change transaction aborts.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +14,27 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pandas as pd
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from streaming.config import Settings
+from streaming.core.source_position import HEADER, encode
 from streaming.core.window import MS_PER_DAY, day_to_date, epoch_day
 from streaming.serde import Registry, decode, local_schema
 from streaming.workers.eos import LoopConfig
 from streaming.workers.runtime import StopFlag
 from streaming.workers.stats_aggregator import AggregatorTopics, StatsAggregator
+from tests.integration.edit_history import (
+    FIELDS,
+    courses_on_distinct_partitions,
+    expected_stats,
+    history,
+    review_record,
+    with_positions,
+)
 from tests.integration.kafka_helpers import (
     delete_topics,
     encode_review,
@@ -28,15 +46,23 @@ from tests.integration.kafka_helpers import (
 
 pytestmark = pytest.mark.integration
 MODULE = "streaming.workers.stats_aggregator"
-RATINGS = ["5.0"] * 6 + ["4.5", "4.0", "3.5", "3.0", "2.0", "1.5", "1.0", "0.5"]
 STAT = local_schema("course_statistic.avsc")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PORTS = {
+    "valid": "valid",
+    "fraud": "fraud",
+    "changes": "changes",
+    "long_term": "long",
+    "recent": "recent",
+    "versions_changelog": "versions",
+    "courses_changelog": "courses",
+    "dead_letter": "dlq",
+}
 
 
 @pytest.fixture
 def topics(admin):
-    names = ["valid", "fraud", "long", "recent", "repartition", "changelog", "dlq"]
-    t = make_topics(admin, "agg", names)
+    t = make_topics(admin, "agg", list(PORTS.values()))
     yield t
     delete_topics(admin, list(t.values()))
 
@@ -48,113 +74,18 @@ def schema_id(settings) -> int:
 
 def env_for(topics: dict[str, str], group: str, instance: str = "0", **extra: str) -> dict:
     return {
-        "STATS_VALID_TOPIC": topics["valid"],
-        "STATS_FRAUD_TOPIC": topics["fraud"],
-        "STATS_LONG_TERM_TOPIC": topics["long"],
-        "STATS_RECENT_TOPIC": topics["recent"],
-        "STATS_REPARTITION_TOPIC": topics["repartition"],
-        "STATS_CHANGELOG_TOPIC": topics["changelog"],
-        "DEAD_LETTER_TOPIC": topics["dlq"],
+        **{f"AGGREGATOR_{port.upper()}_TOPIC": topics[name] for port, name in PORTS.items()},
         "AGGREGATOR_GROUP_ID": group,
         "WORKER_INSTANCE": instance,
         **extra,
     }
 
 
-def history(n_reviews: int, now_ms: int, seed: int = 1) -> list[tuple[str, dict]]:
-    """Versions in arrival order: new reviews, edits (rating changes, verdict flips), stale
-    re-sends, exact duplicates; created over 200 days, so many are older than the 90-day window.
-    """
-    rng = random.Random(seed)
-    out: list[tuple[str, dict]] = []
-    latest: dict[int, tuple[str, dict]] = {}
-    for i in range(n_reviews):
-        course = 500 + rng.randrange(12)
-        created = now_ms - rng.randrange(200 * MS_PER_DAY)
-        rec = {
-            "id": 900_000 + i,
-            "title": None,
-            "content": "",
-            "rating": rng.choice(RATINGS),
-            "created": created,
-            "modified": created,
-            "user": {"title": "U", "name": "U", "display_name": "U"},
-            "course": {"id": course, "title": f"Course {course}", "url": f"/c{course}/"},
-        }
-        kind = "fraud" if rng.random() < 0.05 else "valid"
-        out.append((kind, rec))
-        latest[rec["id"]] = (kind, rec)
-    firsts = list(latest.values())
-    for _kind, rec in rng.sample(firsts, n_reviews // 3):  # edits
-        edit = {**rec, "modified": rec["modified"] + rng.randrange(1, 10**8)}
-        if rng.random() < 0.6:
-            edit["rating"] = rng.choice(RATINGS)
-        kind = "fraud" if rng.random() < 0.15 else "valid"  # some flip either way
-        out.append((kind, edit))
-    for kind, rec in rng.sample(firsts, n_reviews // 10):  # stale re-sends of first versions
-        out.append((kind, rec))
-    out.extend(rng.sample(out, n_reviews // 20))  # exact duplicates
-    return out
+def worker_topics(topics: dict[str, str]) -> AggregatorTopics:
+    return AggregatorTopics(**{port: topics[name] for port, name in PORTS.items()})
 
 
-def expected_stats(versions: list[tuple[str, dict]], as_of_day: int) -> pd.DataFrame:
-    """Independent computation: pandas over current versions (max modified, later arrival)."""
-    df = pd.DataFrame(
-        [
-            {
-                "arrival": n,
-                "id": r["id"],
-                "course_id": r["course"]["id"],
-                "valid": kind == "valid",
-                "halves": int(float(r["rating"]) * 2),
-                "created": r["created"],
-                "modified": r["modified"],
-            }
-            for n, (kind, r) in enumerate(versions)
-        ]
-    )
-    current = df.sort_values(["modified", "arrival"]).groupby("id").tail(1)
-    counted = current[current.valid].copy()
-    counted["day"] = counted.created // MS_PER_DAY
-    rows = []
-    for recent in (False, True):
-        part = counted[counted.day.between(as_of_day - 89, as_of_day)] if recent else counted
-        for course_id in df.course_id.unique():
-            c = part[part.course_id == course_id]
-            stars = c.halves // 2
-            rows.append(
-                {
-                    "recent": recent,
-                    "course_id": int(course_id),
-                    "count_reviews": len(c),
-                    "sum_rating": c.halves.sum() / 2,
-                    "count_five_stars": int((stars == 5).sum()),
-                    "count_four_stars": int((stars == 4).sum()),
-                    "count_three_stars": int((stars == 3).sum()),
-                    "count_two_stars": int((stars == 2).sum()),
-                    "count_one_star": int((stars == 1).sum()),
-                    "count_zero_star": int((stars == 0).sum()),
-                    "last_review_time": int(c.created.max()) if len(c) else 0,
-                }
-            )
-    return pd.DataFrame(rows).set_index(["recent", "course_id"]).sort_index()
-
-
-FIELDS = [
-    "course_id",
-    "count_reviews",
-    "sum_rating",
-    "count_five_stars",
-    "count_four_stars",
-    "count_three_stars",
-    "count_two_stars",
-    "count_one_star",
-    "count_zero_star",
-    "last_review_time",
-]
-
-
-def stream_stats(settings, topics) -> pd.DataFrame:
+def stream_stats(settings: Settings, topics: dict[str, str]) -> pd.DataFrame:
     """The latest long-term and recent record of every course, as the sink would keep them."""
     registry = Registry(settings.schema_registry_url)
     rows = []
@@ -171,7 +102,7 @@ def stream_stats(settings, topics) -> pd.DataFrame:
     return frame.set_index(["recent", "course_id"]).sort_index()
 
 
-def low_watermarks(settings, topic: str) -> list[int]:
+def low_watermarks(settings: Settings, topic: str) -> list[int]:
     c = Consumer(settings.kafka_config(**{"group.id": f"probe-{uuid.uuid4().hex}"}))
     try:
         return [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] for p in range(4)]
@@ -179,20 +110,20 @@ def low_watermarks(settings, topic: str) -> list[int]:
         c.close()
 
 
-def feed(settings, topics, schema_id, versions) -> None:
+def feed(settings, topics, schema_id, records, positions) -> None:
+    """Each record into the topic of its verdict, with its position in udemy-reviews."""
     p = producer(settings)
-    for kind, rec in versions:
-        produce_all_one(p, topics[kind], str(rec["id"]).encode(), encode_review(schema_id, rec))
+    for rec, (partition, offset) in zip(records, positions, strict=True):
+        topic = topics["fraud" if rec["_fraud"] else "valid"]
+        value = encode_review(schema_id, review_record(rec))
+        headers = [(HEADER, encode(partition, offset))]
+        while True:
+            try:
+                p.produce(topic, value, str(rec["id"]).encode(), headers=headers)
+                break
+            except BufferError:
+                p.poll(0.1)
     assert p.flush(60) == 0
-
-
-def produce_all_one(p, topic, key, value) -> None:
-    while True:
-        try:
-            p.produce(topic, value, key)
-            return
-        except BufferError:
-            p.poll(0.1)
 
 
 def wait_for(expected: pd.DataFrame, settings, topics, timeout_s: float = 120) -> pd.DataFrame:
@@ -204,37 +135,91 @@ def wait_for(expected: pd.DataFrame, settings, topics, timeout_s: float = 120) -
         time.sleep(0.5)  # poll interval
 
 
-def test_statistics_equal_an_independent_computation(settings, topics, schema_id, tmp_path):
+def edits(n: int, now_ms: int, seed: int) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
+    courses = courses_on_distinct_partitions(500 + 1000 * seed, 12)
+    records = history(n, now_ms, courses, first_id=900_000 + 100_000 * seed, seed=seed)
+    return records, with_positions(records)
+
+
+def test_every_kind_of_edit_equals_an_independent_computation(
+    settings, topics, schema_id, tmp_path
+):
+    """Re-ratings, verdict flips, moves across course partitions, equal-modified versions,
+    stale and exact re-sends, title changes and ties: every field exact."""
     now_ms = int(time.time() * 1000)
-    versions = history(3000, now_ms)
-    feed(settings, topics, schema_id, versions)
-    expected = expected_stats(versions, epoch_day(now_ms))
+    records, positions = edits(2000, now_ms, seed=1)
+    feed(settings, topics, schema_id, records, positions)
+    expected = expected_stats(records, positions, epoch_day(now_ms))
     env = env_for(topics, f"agg-{uuid.uuid4().hex[:8]}", REPARTITION_PURGE_S="0")
     with worker_process(MODULE, env, tmp_path / "agg.log") as worker:
         worker.wait_healthy()
         got = wait_for(expected, settings, topics)
         pd.testing.assert_frame_equal(got, expected, check_dtype=False)
-        # consumed repartition records are purged once committed
+        # consumed change records are purged once committed
         deadline = time.monotonic() + 30
-        while not any(low > 0 for low in low_watermarks(settings, topics["repartition"])):
-            assert time.monotonic() < deadline, "repartition topic never purged"
+        while not any(low > 0 for low in low_watermarks(settings, topics["changes"])):
+            assert time.monotonic() < deadline, "changes topic never purged"
             time.sleep(0.3)  # poll interval
+
+
+def test_the_order_of_the_system_of_record_decides_whatever_topic_is_read_first(
+    settings, topics, schema_id, tmp_path
+):
+    """Two versions at one `modified`: the later record of udemy-reviews wins even when it is
+    produced (and so read) first, through the other topic."""
+    now_ms = int(time.time() * 1000)
+    base = {
+        "id": 4242,
+        "title": None,
+        "content": "",
+        "rating": "5.0",
+        "created": now_ms - MS_PER_DAY,
+        "modified": now_ms - MS_PER_DAY,
+        "user": {"title": "U", "name": "U", "display_name": "U"},
+        "course": {"id": 77, "title": "Tie", "url": "/tie/"},
+    }
+    later_fraud = {**base, "rating": "1.0", "_fraud": True}
+    earlier_valid = {**base, "_fraud": False}
+    # the fraud version is later in udemy-reviews but reaches the aggregator first
+    feed(settings, topics, schema_id, [later_fraud, earlier_valid], [(0, 9), (0, 3)])
+    env = env_for(topics, f"agg-{uuid.uuid4().hex[:8]}")
+    with worker_process(MODULE, env, tmp_path / "agg.log") as worker:
+        worker.wait_healthy()
+        expected = expected_stats([earlier_valid, later_fraud], [(0, 3), (0, 9)], epoch_day(now_ms))
+        got = wait_for(expected, settings, topics, timeout_s=60)
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+    assert got.loc[(False, 77), "count_reviews"] == 0
+
+
+def test_a_record_without_its_source_position_is_dead_lettered(
+    settings, topics, schema_id, tmp_path
+):
+    rec = review_record(history(1, int(time.time() * 1000), [5], first_id=1)[0])
+    p = producer(settings)
+    p.produce(topics["valid"], encode_review(schema_id, rec), b"1")
+    assert p.flush(30) == 0
+    env = env_for(topics, f"agg-{uuid.uuid4().hex[:8]}")
+    with worker_process(MODULE, env, tmp_path / "agg.log") as worker:
+        worker.wait_healthy()
+        deadline = time.monotonic() + 60
+        while not (dead := read_all(settings, topics["dlq"])):
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.3)  # poll interval
+    headers = dict(dead[0].headers())
+    assert HEADER.encode() in headers["dlq.error"], headers
+    assert read_all(settings, topics["long"]) == [], "nothing counted"
 
 
 def test_exact_under_repeated_sigkill(settings, topics, schema_id, tmp_path):
     now_ms = int(time.time() * 1000)
-    versions = history(6000, now_ms, seed=2)
-    expected = expected_stats(versions, epoch_day(now_ms))
+    records, positions = edits(3000, now_ms, seed=2)
+    expected = expected_stats(records, positions, epoch_day(now_ms))
     env = env_for(
         topics, f"agg-{uuid.uuid4().hex[:8]}", COMMIT_INTERVAL_MS="50", COMMIT_EVERY_RECORDS="300"
     )
-
-    def slow_feed() -> None:
-        for start in range(0, len(versions), 500):
-            feed(settings, topics, schema_id, versions[start : start + 500])
-            time.sleep(0.3)  # pacing of the load generator
-
-    feeder = threading.Thread(target=slow_feed)
+    feeder = threading.Thread(
+        target=paced_feed, args=(settings, topics, schema_id, records, positions)
+    )
     feeder.start()
     rng = random.Random(9)
     with worker_process(MODULE, env, tmp_path / "agg.log") as worker:
@@ -250,17 +235,28 @@ def test_exact_under_repeated_sigkill(settings, topics, schema_id, tmp_path):
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
 
 
-def test_two_instances_rebalance_and_stay_exact(settings, topics, schema_id, tmp_path):
+def paced_feed(settings, topics, schema_id, records, positions, chunk: int = 400) -> None:
+    for start in range(0, len(records), chunk):
+        end = start + chunk
+        feed(settings, topics, schema_id, records[start:end], positions[start:end])
+        time.sleep(0.3)  # pacing of the load generator
+
+
+def test_two_instances_rebalance_while_input_flows(settings, topics, schema_id, tmp_path):
+    """b joins and later leaves while records stream in: partitions and their state move
+    between the instances through the changelogs, and every statistic stays exact."""
     now_ms = int(time.time() * 1000)
-    versions = history(4000, now_ms, seed=3)
-    expected = expected_stats(versions, epoch_day(now_ms))
+    records, positions = edits(4000, now_ms, seed=3)
+    expected = expected_stats(records, positions, epoch_day(now_ms))
     group = f"agg-{uuid.uuid4().hex[:8]}"
-    half = len(versions) // 2
+    feeder = threading.Thread(
+        target=paced_feed, args=(settings, topics, schema_id, records, positions, 250)
+    )
     with worker_process(MODULE, env_for(topics, group, "a"), tmp_path / "a.log") as a:
         a.wait_healthy()
-        feed(settings, topics, schema_id, versions[:half])
+        feeder.start()
         with worker_process(MODULE, env_for(topics, group, "b"), tmp_path / "b.log") as b:
-            b.wait_healthy()  # joining triggers a rebalance: state moves to b via changelog
+            b.wait_healthy()
             deadline = time.monotonic() + 60
             while not (
                 (a.health() or {}).get("assigned_partitions")
@@ -268,45 +264,46 @@ def test_two_instances_rebalance_and_stay_exact(settings, topics, schema_id, tmp
             ):
                 assert time.monotonic() < deadline, (a.health(), b.health())
                 time.sleep(0.2)  # poll interval: the group is rebalancing
-            feed(settings, topics, schema_id, versions[half:])
-            got = wait_for(expected, settings, topics)
-            restored = [
-                line for line in b.log_path.read_text().splitlines() if "state restored" in line
-            ]
-            assert any('"reviews": 0' not in line for line in restored), "b took over state"
+            time.sleep(1.0)  # both instances process for a while before b leaves
+        assert feeder.is_alive(), "b left while input was still flowing"
+        feeder.join()
+        got = wait_for(expected, settings, topics)
+        restored = [
+            line
+            for line in (tmp_path / "b.log").read_text().splitlines()
+            if "state restored" in line
+        ]
+        assert restored, "b took over state"
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+
+
+def in_process_worker(
+    settings: Settings, topics: dict[str, str], clock: Any, cls: type = StatsAggregator
+) -> StatsAggregator:
+    return cls(
+        settings,
+        LoopConfig(group_id=f"agg-{uuid.uuid4().hex[:8]}"),
+        worker_topics(topics),
+        StopFlag(),
+        clock=clock,
+    )
+
+
+def latest_recent(settings: Settings, topics: dict[str, str]) -> dict[bytes, dict]:
+    registry = Registry(settings.schema_registry_url)
+    return {
+        m.key(): decode(registry, m.value(), STAT) for m in read_all(settings, topics["recent"])
+    }
 
 
 def test_a_day_advance_decays_a_course(settings, topics, schema_id):
     now = {"ms": int(time.time() * 1000)}
     day0 = epoch_day(now["ms"])
-    rec = {
-        "id": 777,
-        "title": None,
-        "content": "",
-        "rating": "4.5",
-        "created": (day0 - 88) * MS_PER_DAY + 1000,  # in the window for two more days
-        "modified": (day0 - 88) * MS_PER_DAY + 1000,
-        "user": {"title": "U", "name": "U", "display_name": "U"},
-        "course": {"id": 4242, "title": "Decaying", "url": "/decaying/"},
-    }
-    feed(settings, topics, schema_id, [("valid", rec)])
-    worker = StatsAggregator(
-        settings,
-        LoopConfig(group_id=f"agg-{uuid.uuid4().hex[:8]}"),
-        AggregatorTopics(
-            valid=topics["valid"],
-            fraud=topics["fraud"],
-            long_term=topics["long"],
-            recent=topics["recent"],
-            repartition=topics["repartition"],
-            changelog=topics["changelog"],
-            dead_letter=topics["dlq"],
-        ),
-        StopFlag(),
-        clock=lambda: now["ms"] / 1000,  # the injected clock the test moves
-    )
-    registry = Registry(settings.schema_registry_url)
+    (rec,) = history(1, now["ms"], [4242], first_id=777)
+    rec.update(created=(day0 - 88) * MS_PER_DAY + 1000, rating="4.5", _fraud=False)
+    rec["modified"] = rec["created"]  # in the window for two more days
+    feed(settings, topics, schema_id, [rec], with_positions([rec]))
+    worker = in_process_worker(settings, topics, lambda: now["ms"] / 1000)
     seen: list[dict] = []
 
     def drive() -> None:
@@ -314,13 +311,13 @@ def test_a_day_advance_decays_a_course(settings, topics, schema_id):
         deadline = time.monotonic() + 90
         moved = False
         while time.monotonic() < deadline:
-            recs = [decode(registry, m.value(), STAT) for m in read_all(settings, topics["recent"])]
-            if recs and not moved and recs[-1]["count_reviews"] == 1:
-                seen.append(recs[-1])
+            rec = latest_recent(settings, topics).get(b"4242")
+            if rec and not moved and rec["count_reviews"] == 1:
+                seen.append(rec)
                 now["ms"] += 2 * MS_PER_DAY
                 moved = True
-            elif moved and recs[-1]["window_end_day"] == day_to_date(day0 + 2):
-                seen.append(recs[-1])
+            elif moved and rec and rec["window_end_day"] == day_to_date(day0 + 2):
+                seen.append(rec)
                 break
             time.sleep(0.3)  # poll interval
         worker.stop.set()
@@ -335,5 +332,67 @@ def test_a_day_advance_decays_a_course(settings, topics, schema_id):
     assert after["count_reviews"] == 0
     assert after["average_rating"] == 0.0
     assert after["window_start_day"] == day_to_date(day0 + 2 - 89)
+    registry = Registry(settings.schema_registry_url)
     all_time = [decode(registry, m.value(), STAT) for m in read_all(settings, topics["long"])]
     assert all_time[-1]["count_reviews"] == 1, "all-time statistics do not decay"
+
+
+class FailsTheDayChange(StatsAggregator):
+    """A worker whose producer fails the commit of the first transaction that carries the
+    day-change re-emits, as a broker would with an abortable error."""
+
+    moved_at: int | None = None
+    failed = 0
+
+    def tick(self) -> None:
+        before = self.metrics.extra["as_of_day"]
+        super().tick()
+        if self.metrics.extra["as_of_day"] != before and self.moved_at is None:
+            self.moved_at = self.metrics.extra["as_of_day"]
+
+    def commit(self) -> None:
+        if self.moved_at is not None and not self.failed:
+            self.failed += 1
+            raise KafkaException(
+                KafkaError(KafkaError._STATE, "injected abortable", txn_requires_abort=True)
+            )
+        super().commit()
+
+
+def test_an_aborted_day_change_still_moves_every_idle_course(settings, topics, schema_id):
+    """The transaction with the new day's recent records aborts: the restored state re-emits
+    them, so no course keeps yesterday's window."""
+    now = {"ms": int(time.time() * 1000)}
+    day0 = epoch_day(now["ms"])
+    records, positions = edits(300, now["ms"], seed=4)
+    feed(settings, topics, schema_id, records, positions)
+    courses = {str(r["course"]["id"]).encode() for r in records}
+    worker = in_process_worker(settings, topics, lambda: now["ms"] / 1000, FailsTheDayChange)
+    outcome: dict[str, Any] = {}
+
+    def drive() -> None:
+        deadline = time.monotonic() + 120
+        moved = False
+        while time.monotonic() < deadline:
+            recent = latest_recent(settings, topics)
+            if not moved and set(recent) == courses:
+                now["ms"] += MS_PER_DAY  # idle from here on: only the clock moves
+                moved = True
+            elif moved and all(
+                r["window_end_day"] == day_to_date(day0 + 1) for r in recent.values()
+            ):
+                outcome["recent"] = recent
+                break
+            time.sleep(0.3)  # poll interval
+        worker.stop.set()
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    worker.run()
+    driver.join()
+    assert worker.failed == 1, "the day-change commit was failed once"
+    assert worker.metrics.extra.get("aborts") == 1
+    assert "recent" in outcome, "idle courses kept yesterday's window after the abort"
+    expected = expected_stats(records, positions, day0 + 1)
+    for key, rec in outcome["recent"].items():
+        assert rec["count_reviews"] == expected.loc[(True, int(key)), "count_reviews"], key
