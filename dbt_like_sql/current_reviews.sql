@@ -1,7 +1,9 @@
--- The current version of every review: the one with the greatest `modified`. The sink's primary
--- key (id, modified) leaves no ties; on a source without it, the remaining columns break them
--- (the stream only ever sees exact duplicates there, so any fixed rule agrees with it).
--- Timestamps become epoch milliseconds, the unit of the stream's records.
+-- The current version of every review, by the stream's order: the greatest `modified`, ties to
+-- the later record of `udemy-reviews` (all versions of a review share a partition there, so its
+-- offset orders them). The sink keys `reviews` by each record's Kafka coordinates, so a tie
+-- keeps both records and only this order decides, never another column. The coordinates stay
+-- as the version's unique key (`source_partition`, `source_offset`); timestamps become epoch
+-- milliseconds, the unit of the stream's records.
 select distinct on (id)
     id,
     title,
@@ -14,6 +16,8 @@ select distinct on (id)
     user_display_name,
     course_id,
     course_title,
-    course_url
+    course_url,
+    __connect_partition as source_partition,
+    __connect_offset as source_offset
 from {{ source('stream', 'reviews') }}
-order by id, modified desc, created desc, rating desc, course_id desc, content desc, title desc
+order by id, modified desc, __connect_partition desc, __connect_offset desc

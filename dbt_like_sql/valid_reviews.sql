@@ -1,6 +1,7 @@
 -- Current versions the fraud rule accepts (verdicts by the Python step `review_verdicts`, the
--- stream's rule code), with the rating in halves (rating * 2, 1..10) so sums stay exact, and
--- the UTC day of creation (epoch days, as the recent window counts them).
+-- stream's rule code, joined on the version's Kafka coordinates: two versions of a review may
+-- share `modified`), with the rating in halves (rating * 2, 1..10) so sums stay exact, and the
+-- UTC day of creation (epoch days, as the recent window counts them).
 select
     c.id,
     c.course_id,
@@ -9,5 +10,5 @@ select
     floor(c.created_ms / 86400000.0)::int as created_day
 from {{ ref('current_reviews') }} as c
 join {{ ref('review_verdicts') }} as v
-    on v.id = c.id and v.modified_ms = c.modified_ms
+    on v.source_partition = c.source_partition and v.source_offset = c.source_offset
 where not v.is_fraud

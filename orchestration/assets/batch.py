@@ -53,7 +53,8 @@ REVIEW_COLUMNS = (
     "course_url",
 )
 """`current_reviews` columns in the Review schema's field order (what `encode_reviews` takes)."""
-MODIFIED_MS = REVIEW_COLUMNS.index("modified_ms")
+VERSION_KEY = ("source_partition", "source_offset")
+"""A version's unique key in `current_reviews`: its Kafka coordinates in `udemy-reviews`."""
 
 
 def source_relations(layout: SqlModelsResource) -> dict[tuple[str, str], str]:
@@ -77,27 +78,33 @@ def write_review_verdicts(engine: Engine, schema: str, model: FraudModel) -> tup
 
     Each row is re-encoded as the canonical Review Avro body (the bytes the fraud filter hashes),
     a chunk at a time by the compiled encoder, and judged by the model's batch entry point.
+    Verdicts are keyed by the version's Kafka coordinates (VERSION_KEY), the key `valid_reviews`
+    joins on: `(id, modified)` is not unique once equal-modified versions are kept.
     Returns (rows, fraud).
     """
     source = f"{quote(schema)}.{quote('current_reviews')}"
+    fields = len(REVIEW_COLUMNS)
     rows = fraud = 0
     with engine.connect() as reader, engine.begin() as writer:
         writer.execute(text(f"drop table if exists {quote(schema)}.{quote(VERDICTS + '__new')}"))
         writer.execute(
             text(
                 f"create table {quote(schema)}.{quote(VERDICTS + '__new')} "
-                "(id bigint primary key, modified_ms bigint not null, is_fraud boolean not null)"
+                "(id bigint not null, source_partition integer not null, "
+                "source_offset bigint not null, is_fraud boolean not null, "
+                "primary key (source_partition, source_offset))"
             )
         )
         cursor = writer.connection.cursor()
         result = reader.execution_options(stream_results=True, yield_per=VERDICT_CHUNK).execute(
-            text(f"select {', '.join(REVIEW_COLUMNS)} from {source}")
+            text(f"select {', '.join(REVIEW_COLUMNS + VERSION_KEY)} from {source}")
         )
         for chunk in result.partitions():
-            verdicts = model.is_fraud_batch(*encode_reviews(chunk))
+            verdicts = model.is_fraud_batch(*encode_reviews([row[:fields] for row in chunk]))
             lines = io.StringIO()
             for row, is_fraud in zip(chunk, verdicts.tolist(), strict=True):
-                lines.write(f"{row[0]}\t{row[MODIFIED_MS]}\t{'t' if is_fraud else 'f'}\n")
+                partition, offset = row[fields:]
+                lines.write(f"{row[0]}\t{partition}\t{offset}\t{'t' if is_fraud else 'f'}\n")
             lines.seek(0)
             cursor.copy_expert(
                 f"copy {quote(schema)}.{quote(VERDICTS + '__new')} from stdin", lines
