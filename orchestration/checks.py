@@ -8,7 +8,7 @@ sensors report results of the same checks on every evaluation, healthy or not.
 import dagster as dg
 from sqlalchemy import inspect, text
 
-from orchestration.assets.reconciliation import MISMATCHES_TABLE
+from orchestration.assets.reconciliation import MISMATCHES_TABLE, cell
 from orchestration.resources import (
     ConnectResource,
     PostgresResource,
@@ -41,8 +41,9 @@ def _agreement_check(kind: str, table: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=RECONCILIATION_KEY,
         name=f"{table}_agree",
-        description=f"The stream's {table} equals the batch model for every course: counts, "
-        "sums, star buckets and last review time exactly, averages within the tolerance.",
+        description=f"The stream's {table} equals the batch model for every course: title, "
+        "counts, sums, star buckets and last review time exactly, averages within the "
+        "tolerance, recent windows ending on the as-of day.",
     )
     def check(postgres: PostgresResource, sql_models: SqlModelsResource) -> dg.AssetCheckResult:
         engine = postgres.engine()
@@ -52,20 +53,23 @@ def _agreement_check(kind: str, table: str) -> dg.AssetChecksDefinition:
         with engine.connect() as conn:
             rows = conn.execute(
                 text(
-                    f"select course_id, field, batch, stream "
+                    f"select course_id, field, batch, stream, reason "
                     f"from {quote(schema)}.{quote(MISMATCHES_TABLE)} "
                     "where kind = :kind order by course_id, field"
                 ),
                 {"kind": kind},
             ).all()
-        sample = "\n".join(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |" for r in rows[:SAMPLE_ROWS])
+        sample = "\n".join(
+            f"| {r[0]} | {r[1]} | {cell(r[2])} | {cell(r[3])} | {r[4]} |"
+            for r in rows[:SAMPLE_ROWS]
+        )
         return dg.AssetCheckResult(
             passed=not rows,
             metadata={
                 "mismatches": len(rows),
                 "courses": len({r[0] for r in rows}),
                 "sample": dg.MetadataValue.md(
-                    "| course | field | batch | stream |\n|---|---|---|---|\n" + sample
+                    "| course | field | batch | stream | why |\n|---|---|---|---|---|\n" + sample
                 ),
             },
         )

@@ -4,13 +4,15 @@ The cut is the input topic's end offsets. Every stage (fraud filter, the aggrega
 steps, the sink connectors) is then waited on, upstream first, until its consumer group has
 committed everything up to the cut: for the first stages the cut itself, for later ones the end
 offsets of their input topics once the stage before them got there. The batch models are then
-rebuilt from the sink's `reviews` table into the reconciliation schema and every course's
-statistics compared with the stream tables (recent ones at the as-of day each stream row
-carries). If input arrived meanwhile the comparison is repeated at a new cut.
+rebuilt from the sink's `reviews` table into the reconciliation schema, their recent window
+ending on the as-of day (today, UTC, unless configured), and every course's statistics compared
+with the stream tables: titles, counts, buckets and sums exactly, averages within a tolerance.
+A stream row of `recent_stats` whose window ends on another day is a mismatch of its own (the
+aggregator has not moved it with the clock). If input arrived or the UTC day changed meanwhile,
+the comparison is repeated at a new cut.
 """
 
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -20,12 +22,7 @@ import dagster as dg
 from pydantic import Field
 from sqlalchemy import Engine, text
 
-from orchestration.assets.batch import (
-    build_batch_tables,
-    model_variables,
-    source_relations,
-    today,
-)
+from orchestration.assets.batch import build_batch_tables, today
 from orchestration.resources import (
     NO_OFFSET,
     KafkaResource,
@@ -33,7 +30,7 @@ from orchestration.resources import (
     PostgresResource,
     SqlModelsResource,
 )
-from orchestration.sql_models import ensure_schema, load_models, quote, render, swap_in
+from orchestration.sql_models import ensure_schema, quote, swap_in
 from orchestration.topology import (
     INPUT_TOPIC,
     RECONCILIATION_KEY,
@@ -46,9 +43,16 @@ from orchestration.topology import (
 from streaming.core.ratings import BUCKET_FIELDS
 from streaming.core.window import date_to_day, day_to_date
 
-EXACT_FIELDS = ("count_reviews", *reversed(BUCKET_FIELDS), "sum_rating", "last_review_ms")
-"""Compared exactly: counts, star buckets, the exact (half-step) sum, last review time."""
+EXACT_FIELDS = (
+    "course_title",
+    "count_reviews",
+    *reversed(BUCKET_FIELDS),
+    "sum_rating",
+    "last_review_ms",
+)
+"""Compared exactly: the title, counts, star buckets, the exact (half-step) sum, last review."""
 AVERAGE_FIELD = "average_rating"
+WINDOW_FIELD = "window_end_day"
 KINDS = ("long_term", "recent")
 MISMATCHES_TABLE = "mismatches"
 POLL_INTERVAL_S = 0.5
@@ -56,11 +60,16 @@ _EPOCH = datetime(1970, 1, 1)
 
 
 class ReconciliationConfig(dg.Config):
+    as_of_day: int | None = Field(
+        default=None,
+        description="Epoch day (UTC) every recent window must end on; default: today.",
+    )
     timeout_s: float = Field(
         default=300.0, description="How long the stages may take to reach a cut (seconds)."
     )
     attempts: int = Field(
-        default=3, description="Cuts to try when input arrives during a comparison."
+        default=3,
+        description="Cuts to try when input arrives (or the UTC day changes) during a comparison.",
     )
     average_tolerance: float = Field(
         default=1e-9, description="Largest accepted difference of average ratings."
@@ -77,11 +86,26 @@ class StageProgress:
 
 @dataclass(frozen=True)
 class Mismatch:
+    """One difference; `reason` says what it means when the values alone do not."""
+
     kind: str
     course_id: int
     field: str
     batch: str
     stream: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Both sides' statistics read at one cut: {kind: {course id: row}} each."""
+
+    cut: Offsets
+    attempt: int
+    as_of_day: int
+    stages: list[StageProgress]
+    batch: dict[str, dict[int, dict[str, Any]]]
+    stream: dict[str, dict[int, dict[str, Any]]]
 
 
 def _caught_up(kafka: KafkaResource, tp: tuple[str, int], committed: int, end: int) -> bool:
@@ -149,16 +173,9 @@ def _day(value: Any) -> int | None:
 
 def read_statistics(engine: Engine, relation: str) -> dict[int, dict[str, Any]]:
     """CourseStatistic rows of a table or parenthesised query, by course id."""
+    read = [f for f in EXACT_FIELDS if f != "last_review_ms"]
     columns = ", ".join(
-        (
-            "course_id",
-            "course_title",
-            AVERAGE_FIELD,
-            *EXACT_FIELDS[:-1],
-            "last_review_time",
-            "window_end_day",
-            "as_of_time",
-        )
+        ("course_id", AVERAGE_FIELD, *read, "last_review_time", WINDOW_FIELD, "as_of_time")
     )
     with engine.connect() as conn:
         rows = conn.execute(text(f"select {columns} from {relation} as s")).mappings().all()
@@ -166,7 +183,7 @@ def read_statistics(engine: Engine, relation: str) -> dict[int, dict[str, Any]]:
     for row in rows:
         record = dict(row)
         record["last_review_ms"] = _millis(record.pop("last_review_time"))
-        record["window_end_day"] = _day(record["window_end_day"])
+        record[WINDOW_FIELD] = _day(record[WINDOW_FIELD])
         out[int(record["course_id"])] = record
     return out
 
@@ -176,12 +193,19 @@ def compare(
     batch: Mapping[int, Mapping[str, Any]],
     stream: Mapping[int, Mapping[str, Any]],
     average_tolerance: float,
+    as_of_day: int | None = None,
 ) -> list[Mismatch]:
-    """Every difference between two sets of statistics rows, field by field."""
+    """Every difference between two sets of statistics rows, field by field.
+
+    With `as_of_day` (recent statistics, whose batch rows end on it), a stream row whose
+    window ends on another day is one mismatch, its other fields not compared: they count
+    another window, so their differences would only repeat it.
+    """
     out = []
     for course_id in sorted(batch.keys() | stream.keys()):
         b, s = batch.get(course_id), stream.get(course_id)
         if b is None or s is None:
+            side = "stream" if s is None else "batch"
             out.append(
                 Mismatch(
                     kind,
@@ -189,8 +213,12 @@ def compare(
                     "row",
                     "present" if b else "missing",
                     "present" if s else "missing",
+                    f"the course is missing from the {side}",
                 )
             )
+            continue
+        if as_of_day is not None and s[WINDOW_FIELD] != as_of_day:
+            out.append(stale_window(kind, course_id, as_of_day, s[WINDOW_FIELD]))
             continue
         for field in EXACT_FIELDS:
             if b[field] != s[field]:
@@ -204,33 +232,18 @@ def compare(
     return out
 
 
-def batch_recent_for(
-    engine: Engine,
-    layout: SqlModelsResource,
-    schema: str,
-    stream_recent: Mapping[int, Mapping[str, Any]],
-) -> tuple[dict[int, dict[str, Any]], list[int]]:
-    """Batch recent statistics of each course at the as-of day its stream row carries.
-
-    Courses the stream has no recent row for are computed at the stream's latest day (today
-    when it has none), so they show up as missing. Returns (rows, the days used).
-    """
-    courses_by_day: dict[int, set[int]] = defaultdict(set)
-    for course_id, row in stream_recent.items():
-        courses_by_day[row["window_end_day"]].add(course_id)
-    default_day = max(courses_by_day, default=today())
-    model = load_models(layout.models_dir)["recent_stats"]
-    out: dict[int, dict[str, Any]] = {}
-    for day in sorted(courses_by_day.keys() | {default_day}):
-        sql = render(
-            model, schema=schema, sources=source_relations(layout), variables=model_variables(day)
-        )
-        for course_id, row in read_statistics(engine, f"({sql})").items():
-            if course_id in courses_by_day.get(day, ()) or (
-                course_id not in stream_recent and day == default_day
-            ):
-                out[course_id] = row
-    return out, sorted(courses_by_day) or [default_day]
+def stale_window(kind: str, course_id: int, as_of_day: int, end_day: int | None) -> Mismatch:
+    """A stream row whose recent window does not end on the reconciliation's as-of day."""
+    ends = "has no window" if end_day is None else f"ends on {day_to_date(end_day)}"
+    return Mismatch(
+        kind,
+        course_id,
+        WINDOW_FIELD,
+        str(day_to_date(as_of_day)),
+        "none" if end_day is None else str(day_to_date(end_day)),
+        f"the stream's recent window {ends}, not on the as-of day "
+        f"{day_to_date(as_of_day)}: not moved with the clock (other fields not compared)",
+    )
 
 
 def write_mismatches(engine: Engine, schema: str, mismatches: list[Mismatch]) -> None:
@@ -242,12 +255,16 @@ def write_mismatches(engine: Engine, schema: str, mismatches: list[Mismatch]) ->
         conn.execute(
             text(
                 f"create table {scratch} (kind text not null, course_id bigint not null, "
-                "field text not null, batch text not null, stream text not null)"
+                "field text not null, batch text not null, stream text not null, "
+                "reason text not null)"
             )
         )
         if mismatches:
             conn.execute(
-                text(f"insert into {scratch} values (:kind, :course_id, :field, :batch, :stream)"),
+                text(
+                    f"insert into {scratch} "
+                    "values (:kind, :course_id, :field, :batch, :stream, :reason)"
+                ),
                 [m.__dict__ for m in mismatches],
             )
         swap_in(conn, schema, MISMATCHES_TABLE)
@@ -261,12 +278,9 @@ def _newest_seconds(rows: Iterable[Mapping[str, Any]]) -> float | None:
 
 def _report(
     *,
-    cut: Offsets,
-    attempt: int,
-    stages: list[StageProgress],
+    comparison: Comparison,
     compared: Mapping[str, int],
     mismatches: list[Mismatch],
-    days: list[int],
     stream_age: float | None,
     batch_age: float | None,
 ) -> str:
@@ -274,6 +288,7 @@ def _report(
         return "never" if seconds is None else f"{seconds:.0f} s"
 
     failing = {kind: {m.course_id for m in mismatches if m.kind == kind} for kind in KINDS}
+    stale = sum(m.field == WINDOW_FIELD for m in mismatches)
     lines = [
         "### Stream vs batch",
         "",
@@ -284,11 +299,16 @@ def _report(
         + " | ".join(f"{_percent(compared[k] - len(failing[k]), compared[k])} %" for k in KINDS)
         + " |",
         "",
-        f"Recent window as-of day(s): {', '.join(str(day_to_date(d)) for d in days)}.",
+        f"Recent window as-of day: {day_to_date(comparison.as_of_day)}"
+        + (
+            f"; {stale} stream rows of recent_stats end on another day (not moved with the clock)."
+            if stale
+            else "; every stream row of recent_stats ends on it."
+        ),
         f"Freshness: stream {age(stream_age)} (since the aggregator last emitted a statistic), "
         f"batch {age(batch_age)} (since the nightly batch last built batch/long_term_stats).",
-        f"Cut (attempt {attempt}): `{INPUT_TOPIC}` end offsets "
-        + ", ".join(f"p{p}={o}" for (_, p), o in sorted(cut.items()))
+        f"Cut (attempt {comparison.attempt}): `{INPUT_TOPIC}` end offsets "
+        + ", ".join(f"p{p}={o}" for (_, p), o in sorted(comparison.cut.items()))
         + ".",
         "",
         "| stage | group | lag at the cut | target (sum of offsets) | reached after |",
@@ -296,7 +316,7 @@ def _report(
         *(
             f"| {s.stage.name} | {s.stage.group_id} | {s.lag_at_cut} | {s.target} "
             f"| {s.seconds:.1f} s |"
-            for s in stages
+            for s in comparison.stages
         ),
     ]
     if mismatches:
@@ -304,18 +324,57 @@ def _report(
             "",
             f"#### Mismatches (first 50 of {len(mismatches)})",
             "",
-            "| statistics | course | field | batch | stream |",
-            "|---|---|---|---|---|",
+            "| statistics | course | field | batch | stream | why |",
+            "|---|---|---|---|---|---|",
             *(
-                f"| {m.kind} | {m.course_id} | {m.field} | {m.batch} | {m.stream} |"
+                f"| {m.kind} | {m.course_id} | {m.field} | {cell(m.batch)} | {cell(m.stream)} "
+                f"| {m.reason} |"
                 for m in mismatches[:50]
             ),
         ]
     return "\n".join(lines)
 
 
+def cell(value: str) -> str:
+    """A value (a course title may hold anything) as one Markdown table cell."""
+    return value.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
 def _percent(part: int, whole: int) -> str:
     return f"{100 * part / whole:.2f}" if whole else "100.00"
+
+
+def read_at_a_cut(
+    context: dg.AssetExecutionContext,
+    config: ReconciliationConfig,
+    kafka: KafkaResource,
+    engine: Engine,
+    sql_models: SqlModelsResource,
+) -> Comparison:
+    """Wait for every stage to reach a cut, read the stream tables, rebuild and read the batch
+    ones; again at a new cut while input arrives or the UTC day changes during an attempt."""
+    schema = sql_models.reconciliation_schema
+    tables = {"long_term": "long_term_stats", "recent": "recent_stats"}
+    for attempt in range(1, config.attempts + 1):
+        cut = kafka.end_offsets([INPUT_TOPIC])
+        as_of_day = config.as_of_day if config.as_of_day is not None else today()
+        stages = wait_for_stages(kafka, cut, config.timeout_s)
+        stream = {
+            kind: read_statistics(engine, f"{quote(sql_models.stream_schema)}.{quote(table)}")
+            for kind, table in tables.items()
+        }
+        build_batch_tables(engine, sql_models, schema, as_of_day)
+        batch = {
+            kind: read_statistics(engine, f"{quote(schema)}.{quote(table)}")
+            for kind, table in tables.items()
+        }
+        same_day = config.as_of_day is not None or today() == as_of_day
+        if same_day and kafka.end_offsets([INPUT_TOPIC]) == cut:
+            return Comparison(cut, attempt, as_of_day, stages, batch, stream)
+        context.log.info(
+            f"input arrived or the UTC day changed during attempt {attempt}: comparing at a new cut"
+        )
+    raise dg.Failure(f"input kept arriving during {config.attempts} comparisons")
 
 
 @dg.asset(
@@ -340,51 +399,36 @@ def stream_vs_batch(
     models rebuilt at a consistent cut of the input topic; differences go to the
     `mismatches` table of the reconciliation schema, which the asset checks judge."""
     engine = postgres.engine()
-    schema = sql_models.reconciliation_schema
-    stream_relation = f"{quote(sql_models.stream_schema)}.{{}}"
-    for attempt in range(1, config.attempts + 1):
-        cut = kafka.end_offsets([INPUT_TOPIC])
-        stages = wait_for_stages(kafka, cut, config.timeout_s)
-        stream_long = read_statistics(engine, stream_relation.format(quote("long_term_stats")))
-        stream_recent = read_statistics(engine, stream_relation.format(quote("recent_stats")))
-        build_batch_tables(engine, sql_models, schema, today(), skip=frozenset({"recent_stats"}))
-        batch_long = read_statistics(engine, f"{quote(schema)}.{quote('long_term_stats')}")
-        batch_recent, days = batch_recent_for(engine, sql_models, schema, stream_recent)
-        if kafka.end_offsets([INPUT_TOPIC]) == cut:
-            break
-        context.log.info(f"input arrived during attempt {attempt}: comparing at a new cut")
-    else:
-        raise dg.Failure(f"input kept arriving during {config.attempts} comparisons")
+    comparison = read_at_a_cut(context, config, kafka, engine, sql_models)
+    batch, stream = comparison.batch, comparison.stream
     tolerance = config.average_tolerance
-    mismatches = compare("long_term", batch_long, stream_long, tolerance) + compare(
-        "recent", batch_recent, stream_recent, tolerance
+    mismatches = compare("long_term", batch["long_term"], stream["long_term"], tolerance)
+    mismatches += compare(
+        "recent", batch["recent"], stream["recent"], tolerance, comparison.as_of_day
     )
-    write_mismatches(engine, schema, mismatches)
+    write_mismatches(engine, sql_models.reconciliation_schema, mismatches)
     now = time.time()
-    newest = _newest_seconds([*stream_long.values(), *stream_recent.values()])
+    newest = _newest_seconds([*stream["long_term"].values(), *stream["recent"].values()])
     last_batch = context.instance.get_latest_materialization_event(batch_key("long_term_stats"))
     stream_age = None if newest is None else now - newest
     batch_age = None if last_batch is None else now - last_batch.timestamp
-    compared = {
-        "long_term": len(batch_long.keys() | stream_long.keys()),
-        "recent": len(batch_recent.keys() | stream_recent.keys()),
-    }
+    compared = {kind: len(batch[kind].keys() | stream[kind].keys()) for kind in KINDS}
     report = _report(
-        cut=cut,
-        attempt=attempt,
-        stages=stages,
+        comparison=comparison,
         compared=compared,
         mismatches=mismatches,
-        days=days,
         stream_age=stream_age,
         batch_age=batch_age,
     )
+    cut = comparison.cut
     metadata: dict[str, Any] = {
         "report": dg.MetadataValue.md(report),
         "mismatches": len(mismatches),
+        "stale_windows": sum(m.field == WINDOW_FIELD for m in mismatches),
+        "as_of_day": str(day_to_date(comparison.as_of_day)),
         "courses": compared["long_term"],
         "cut": dg.MetadataValue.json({f"{t}[{p}]": o for (t, p), o in sorted(cut.items())}),
-        **{f"lag at cut: {s.stage.name}": s.lag_at_cut for s in stages},
+        **{f"lag at cut: {s.stage.name}": s.lag_at_cut for s in comparison.stages},
     }
     if stream_age is not None:
         metadata["stream_freshness_s"] = round(stream_age, 1)

@@ -43,7 +43,7 @@ from orchestration.topology import SINKS, Stage, table_key, topic_key
 from streaming.admin import load_topic_specs
 from streaming.config import REPO_ROOT, Settings
 from streaming.core.fraud import HashFraudModel
-from streaming.core.ratings import RATINGS, rating_halves
+from streaming.core.ratings import BUCKET_FIELDS, RATINGS, rating_halves
 from streaming.core.stats import ReviewVersion, compute_from_scratch
 from streaming.core.window import MS_PER_DAY, day_to_date
 from streaming.source.client import UdemyClient
@@ -135,29 +135,58 @@ def _ts(ms: int, aware: bool) -> datetime:
     return value.replace(tzinfo=UTC) if aware else value
 
 
+Located = tuple[int, int, dict[str, Any]]
+"""(partition, offset, review record): a record of `udemy-reviews` where the sink found it."""
+
+
+def located(versions: list[dict[str, Any]], partitions: int = 4) -> list[Located]:
+    """Records in arrival order as the topic holds them: a partition per review id (as keying by
+    id does), offsets growing in arrival order within each partition."""
+    next_offset = [0] * partitions
+    out = []
+    for v in versions:
+        partition = v["id"] % partitions
+        out.append((partition, next_offset[partition], v))
+        next_offset[partition] += 1
+    return out
+
+
 def write_reviews(
-    engine: Engine, schema: str, versions: list[dict[str, Any]], timestamp_type: str
+    engine: Engine,
+    schema: str,
+    records: list[Located],
+    timestamp_type: str,
+    title_collation: str = "default",
 ) -> None:
-    """The `reviews` table as the sink writes it: one row per (id, modified), flattened."""
+    """The `reviews` table as the sink writes it: one row per record, keyed by its Kafka
+    coordinates, flattened (the column types the Debezium sink creates). `title_collation`
+    stands for a database whose default collation is not "C"."""
     aware = timestamp_type == "timestamptz"
     with engine.begin() as conn:
         conn.execute(
             text(
-                f'create table "{schema}".reviews (id bigint not null, title text, content text, '
+                f'create table "{schema}".reviews (__connect_topic text not null, '
+                "__connect_partition integer not null, __connect_offset bigint not null, "
+                "id bigint not null, title text, content text, "
                 f"rating text not null, created {timestamp_type} not null, "
-                f"modified {timestamp_type} not null, user_title text, user_name text, "
-                "user_display_name text, course_id bigint not null, course_title text, "
-                "course_url text, primary key (id, modified))"
+                f"modified {timestamp_type} not null, user_title text not null, "
+                "user_name text not null, user_display_name text not null, "
+                "course_id bigint not null, "
+                f'course_title text collate "{title_collation}" not null, '
+                "course_url text not null, "
+                "primary key (__connect_topic, __connect_partition, __connect_offset))"
             )
         )
         conn.execute(
             text(
-                f'insert into "{schema}".reviews values (:id, :title, :content, :rating, '
-                ":created, :modified, :user_title, :user_name, :user_display_name, :course_id, "
-                ":course_title, :course_url)"
+                f"insert into \"{schema}\".reviews values ('udemy-reviews', :partition, :offset, "
+                ":id, :title, :content, :rating, :created, :modified, :user_title, :user_name, "
+                ":user_display_name, :course_id, :course_title, :course_url)"
             ),
             [
                 {
+                    "partition": partition,
+                    "offset": offset,
                     "id": v["id"],
                     "title": v["title"],
                     "content": v["content"],
@@ -171,7 +200,7 @@ def write_reviews(
                     "course_title": v["course"]["title"],
                     "course_url": v["course"]["url"],
                 }
-                for v in versions
+                for partition, offset, v in records
             ],
         )
 
@@ -266,7 +295,7 @@ def test_batch_models_equal_the_stream_reference(
     engine: Engine, scratch: SqlModelsResource, settings: Settings, timestamp_type: str
 ) -> None:
     versions = scripted_versions()
-    write_reviews(engine, scratch.stream_schema, versions, timestamp_type)
+    write_reviews(engine, scratch.stream_schema, located(versions), timestamp_type)
     result = dg.materialize(
         build_batch_assets(str(MODELS_DIR)),
         resources={
@@ -296,6 +325,102 @@ def test_batch_models_equal_the_stream_reference(
     assert materialised[0].metadata["dagster/row_count"].value == len(COURSES)
 
 
+def _record(
+    model: HashFraudModel,
+    review_id: int,
+    course: tuple[int, str],
+    rating: str,
+    modified: int,
+    *,
+    fraud: bool = False,
+) -> dict[str, Any]:
+    """A review record with the wanted verdict, created on the day before the as-of day."""
+    created = (AS_OF_DAY - 1) * MS_PER_DAY + review_id
+    base = _review(review_id, 101, rating, created, modified, None)
+    base["course"] = {"id": course[0], "title": course[1], "url": f"/course-{course[0]}/"}
+    base["content"] = _content_with_verdict(model, base, fraud)
+    return base
+
+
+def tie_records() -> list[Located]:
+    """Records of `udemy-reviews` at their (partition, offset) that only the contract orders:
+    versions with equal `modified` (the later offset wins, whatever its other columns say),
+    verdict flips both ways at an equal `modified`, moves between courses (one at an equal
+    `modified`), a stale version at a later offset, and course titles tied on `modified`."""
+    model = HashFraudModel()
+    t = AS_OF_DAY * MS_PER_DAY - 3_600_000  # every version but two modified at t
+    k201, k202 = (201, "Kafka 201"), (202, "Streams 202")
+    records = [
+        # 1001: equal modified, the later offset has the lower rating (the old tie-break by
+        # rating or content would pick offset 0); it counts in 201 as 2.0
+        (0, 0, _record(model, 1001, k201, "5.0", t)),
+        (0, 3, _record(model, 1001, k201, "2.0", t)),
+        # 1002: valid, then fraud at the same modified: not counted
+        (1, 0, _record(model, 1002, k201, "4.0", t)),
+        (1, 1, _record(model, 1002, k201, "4.0", t, fraud=True)),
+        # 1003: fraud, then valid at the same modified: counted in 202 as 0.5
+        (1, 2, _record(model, 1003, k202, "3.0", t, fraud=True)),
+        (1, 4, _record(model, 1003, k202, "0.5", t)),
+        # 1004: moved from 202 into 203 by a later edit: counted in 203 as 4.5
+        (2, 0, _record(model, 1004, k202, "4.5", t)),
+        (2, 1, _record(model, 1004, (203, "Zeta 203"), "4.5", t + 1000)),
+        # 1005: moved from 203 into 201 at the same modified: counted in 201 as 5.0
+        (2, 2, _record(model, 1005, (203, "zzz 203"), "5.0", t)),
+        (2, 6, _record(model, 1005, (201, "Kafka 201 (renamed)"), "5.0", t)),
+        # 1006: an older version arriving later: the newer one counts in 204 as 3.5
+        (3, 0, _record(model, 1006, (204, "Current 204"), "3.5", t + 5000)),
+        (3, 1, _record(model, 1006, (204, "Old 204"), "1.0", t)),
+        # fraud records still name their course's title: a tie on 203's greatest modified,
+        # won by the greater title by code point ("É" > "Z" > "a"; not so in most locales),
+        # and 204's title from its greatest modified, a fraud record
+        (3, 2, _record(model, 1007, (203, "Émile 203"), "1.0", t + 1000, fraud=True)),
+        (3, 3, _record(model, 1008, (203, "alpha 203"), "1.0", t + 1000, fraud=True)),
+        (0, 5, _record(model, 1009, (204, "From a fraud record 204"), "2.0", t + 9000, fraud=True)),
+    ]
+    random.Random(13).shuffle(records)  # the table's physical order decides nothing
+    return records
+
+
+@pytest.mark.parametrize("collation", ["default", "und-x-icu"])
+def test_batch_models_order_equal_modified_versions_by_offset(
+    engine: Engine, scratch: SqlModelsResource, settings: Settings, collation: str
+) -> None:
+    records = tie_records()
+    write_reviews(engine, scratch.stream_schema, records, "timestamp", collation)
+    result = dg.materialize(
+        build_batch_assets(str(MODELS_DIR)),
+        resources={
+            "postgres": PostgresResource(database_url=settings.database_url),
+            "sql_models": scratch,
+        },
+        run_config={"ops": {"batch__recent_stats": {"config": {"as_of_day": AS_OF_DAY}}}},
+    )
+    assert result.success
+    created = {rid: (AS_OF_DAY - 1) * MS_PER_DAY + rid for rid in range(1001, 1010)}
+    # course: (title, count, sum, five, four, three, two, one, zero, last review created)
+    expected = {
+        201: ("Kafka 201 (renamed)", 2, 7.0, 1, 0, 0, 1, 0, 0, created[1005]),
+        202: ("Streams 202", 1, 0.5, 0, 0, 0, 0, 0, 1, created[1003]),
+        203: ("Émile 203", 1, 4.5, 0, 1, 0, 0, 0, 0, created[1004]),
+        204: ("From a fraud record 204", 1, 3.5, 0, 0, 1, 0, 0, 0, created[1006]),
+    }
+    fields = ("course_title", "count_reviews", "sum_rating", *reversed(BUCKET_FIELDS), "last_ms")
+    for table in ("long_term_stats", "recent_stats"):
+        got = _batch_rows(engine, scratch.batch_schema, table)
+        assert {cid: tuple(row[f] for f in fields) for cid, row in got.items()} == expected
+    with engine.connect() as conn:
+        current = conn.execute(
+            text(
+                "select id, source_partition, source_offset from "
+                f'"{scratch.batch_schema}".current_reviews order by id'
+            )
+        ).all()
+    assert [tuple(r) for r in current] == [
+        (1001, 0, 3), (1002, 1, 1), (1003, 1, 4), (1004, 2, 1), (1005, 2, 6), (1006, 3, 0),
+        (1007, 3, 2), (1008, 3, 3), (1009, 0, 5),
+    ]  # fmt: skip
+
+
 class CaughtUpKafka(KafkaResource):
     """Every stage has committed up to the end: the reconciliation needs no stream running."""
 
@@ -314,6 +439,9 @@ def _reconcile(settings: Settings, layout: SqlModelsResource) -> dict[str, bool]
             "postgres": PostgresResource(database_url=settings.database_url),
             "sql_models": layout,
         },
+        run_config={
+            "ops": {"reconciliation__stream_vs_batch": {"config": {"as_of_day": AS_OF_DAY}}}
+        },
     )
     assert result.success
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
@@ -323,7 +451,7 @@ def test_reconciliation_passes_on_agreement_and_fails_on_a_tampered_row(
     engine: Engine, scratch: SqlModelsResource, settings: Settings
 ) -> None:
     versions = scripted_versions()
-    write_reviews(engine, scratch.stream_schema, versions, "timestamp")
+    write_reviews(engine, scratch.stream_schema, located(versions), "timestamp")
     write_stream_tables(engine, scratch.stream_schema, expected_statistics(versions))
 
     assert _reconcile(settings, scratch) == {
@@ -353,13 +481,65 @@ def test_reconciliation_fails_on_a_course_missing_from_the_stream(
     engine: Engine, scratch: SqlModelsResource, settings: Settings
 ) -> None:
     versions = scripted_versions()
-    write_reviews(engine, scratch.stream_schema, versions, "timestamp")
+    write_reviews(engine, scratch.stream_schema, located(versions), "timestamp")
     write_stream_tables(engine, scratch.stream_schema, expected_statistics(versions))
     with engine.begin() as conn:
         conn.execute(
             text(f'delete from "{scratch.stream_schema}".long_term_stats where course_id = 104')
         )
     assert _reconcile(settings, scratch)["long_term_stats_agree"] is False
+
+
+def _mismatches(engine: Engine, layout: SqlModelsResource) -> list[tuple]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "select kind, course_id, field, batch, stream, reason "
+                f'from "{layout.reconciliation_schema}".mismatches order by kind, course_id'
+            )
+        ).all()
+    return [tuple(r) for r in rows]
+
+
+def test_reconciliation_fails_on_a_title_and_on_a_window_not_moved_with_the_clock(
+    engine: Engine, scratch: SqlModelsResource, settings: Settings
+) -> None:
+    """Titles are compared exactly; a recent row still on yesterday's window is a mismatch
+    with its reason, even where its counts happen to be right for the as-of day."""
+    versions = scripted_versions()
+    write_reviews(engine, scratch.stream_schema, located(versions), "timestamp")
+    write_stream_tables(engine, scratch.stream_schema, expected_statistics(versions))
+    stream = scratch.stream_schema
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f'update "{stream}".long_term_stats '
+                "set course_title = course_title || ' (old)' where course_id = 102"
+            )
+        )
+        conn.execute(
+            text(
+                f'update "{stream}".recent_stats set window_end_day = window_end_day - 1, '
+                "window_start_day = window_start_day - 1 where course_id = 103"
+            )
+        )
+    assert _reconcile(settings, scratch) == {
+        "long_term_stats_agree": False,
+        "recent_stats_agree": False,
+    }
+    title = COURSES[102][0]
+    assert _mismatches(engine, scratch) == [
+        ("long_term", 102, "course_title", title, f"{title} (old)", ""),
+        (
+            "recent",
+            103,
+            "window_end_day",
+            "2024-10-04",
+            "2024-10-03",
+            "the stream's recent window ends on 2024-10-03, not on the as-of day 2024-10-04: "
+            "not moved with the clock (other fields not compared)",
+        ),
+    ]
 
 
 def test_parallel_steps_create_their_schema_without_racing(engine: Engine) -> None:
@@ -481,9 +661,9 @@ def test_the_runtime_starts_restarts_and_stops_a_real_fraud_filter(
     for future in admin.create_topics([NewTopic(t, 1, 1) for t in topics.values()]).values():
         future.result(30)
     (tmp_path / "env").write_text(
-        f"FRAUD_GROUP_ID=t-fraud-{suffix}\nWORKER_INSTANCE=t\n"
-        f"FRAUD_INPUT_TOPIC={topics['input']}\nFRAUD_VALID_TOPIC={topics['valid']}\n"
-        f"FRAUD_FRAUD_TOPIC={topics['fraud']}\nDEAD_LETTER_TOPIC={topics['dlq']}\n"
+        f"FRAUD_FILTER_GROUP_ID=t-fraud-{suffix}\nWORKER_INSTANCE=t\n"
+        f"FRAUD_FILTER_INPUT_TOPIC={topics['input']}\nFRAUD_FILTER_VALID_TOPIC={topics['valid']}\n"
+        f"FRAUD_FILTER_FRAUD_TOPIC={topics['fraud']}\nFRAUD_FILTER_DEAD_LETTER_TOPIC={topics['dlq']}\n"
     )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

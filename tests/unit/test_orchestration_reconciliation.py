@@ -6,11 +6,12 @@ import dagster as dg
 import pytest
 from pydantic import Field
 
-from orchestration.assets.reconciliation import Mismatch, compare, wait_for_stages
+from orchestration.assets.reconciliation import Mismatch, cell, compare, wait_for_stages
 from orchestration.resources import KafkaResource
 from orchestration.topology import STAGES, Stage
 
 ROW = {
+    "course_title": "Apache Kafka Series | Learn Apache Kafka for Beginners",
     "average_rating": 4.5,
     "count_reviews": 2,
     "count_five_stars": 1,
@@ -21,7 +22,10 @@ ROW = {
     "count_zero_star": 0,
     "sum_rating": 9.0,
     "last_review_ms": 1_700_000_000_123,
+    "window_end_day": None,
 }
+AS_OF_DAY = 20_000  # 2024-10-04
+RECENT = {**ROW, "window_end_day": AS_OF_DAY}
 
 
 def test_equal_statistics_agree_and_averages_have_a_tolerance() -> None:
@@ -43,11 +47,41 @@ def test_any_count_bucket_sum_or_time_difference_is_a_mismatch(field: str) -> No
     ]
 
 
+def test_a_course_title_is_compared_exactly() -> None:
+    renamed = {**ROW, "course_title": ROW["course_title"] + " "}
+    assert compare("long_term", {3: ROW}, {3: renamed}, 1e-9) == [
+        Mismatch("long_term", 3, "course_title", ROW["course_title"], renamed["course_title"])
+    ]
+
+
 def test_a_course_on_one_side_only_is_a_mismatch() -> None:
     assert compare("recent", {1: ROW, 2: ROW}, {1: ROW, 3: ROW}, 1e-9) == [
-        Mismatch("recent", 2, "row", "present", "missing"),
-        Mismatch("recent", 3, "row", "missing", "present"),
+        Mismatch("recent", 2, "row", "present", "missing", "the course is missing from the stream"),
+        Mismatch("recent", 3, "row", "missing", "present", "the course is missing from the batch"),
     ]
+
+
+def test_a_recent_window_not_ending_on_the_as_of_day_is_one_mismatch() -> None:
+    """Yesterday's window with today's counts is still wrong; its counts, for another window,
+    are not compared (they would only repeat the one mismatch)."""
+    stale = {**RECENT, "window_end_day": AS_OF_DAY - 1, "count_reviews": 1}
+    unset = {**RECENT, "window_end_day": None}
+    batch = {1: RECENT, 2: RECENT, 3: RECENT}
+    got = compare("recent", batch, {1: RECENT, 2: stale, 3: unset}, 1e-9, AS_OF_DAY)
+    assert [(m.course_id, m.field, m.batch, m.stream) for m in got] == [
+        (2, "window_end_day", "2024-10-04", "2024-10-03"),
+        (3, "window_end_day", "2024-10-04", "none"),
+    ]
+    assert got[0].reason == (
+        "the stream's recent window ends on 2024-10-03, not on the as-of day 2024-10-04: "
+        "not moved with the clock (other fields not compared)"
+    )
+    assert "has no window" in got[1].reason
+    assert compare("recent", {1: RECENT}, {1: RECENT}, 1e-9, AS_OF_DAY) == []
+
+
+def test_report_cells_hold_any_title() -> None:
+    assert cell("a | b\\c\nd") == "a \\| b\\\\c d"
 
 
 class ScriptedKafka(KafkaResource):
