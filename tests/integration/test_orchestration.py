@@ -205,8 +205,9 @@ def write_reviews(
         )
 
 
-def expected_statistics(versions: list[dict[str, Any]]) -> dict[int, tuple[dict, dict]]:
-    """The stream's reference numbers: compute_from_scratch over the verdicts of the rule."""
+def expected_statistics(records: list[Located]) -> dict[int, tuple[dict, dict]]:
+    """The stream's reference numbers: compute_from_scratch over the records, their verdicts
+    by the rule, their offsets as positions and their course titles."""
     model = HashFraudModel()
     events = [
         (
@@ -217,12 +218,13 @@ def expected_statistics(versions: list[dict[str, Any]]) -> dict[int, tuple[dict,
                 rating_halves(v["rating"]),
                 not model.is_fraud(v),
                 v["course"]["id"],
+                offset,  # a review's versions share a partition: the offset orders them
             ),
+            v["course"]["title"],
         )
-        for v in versions
+        for _, offset, v in records
     ]
-    titles = {course_id: title for course_id, (title, _) in COURSES.items()}
-    return compute_from_scratch(events, AS_OF_DAY, titles=titles)
+    return compute_from_scratch(events, AS_OF_DAY)
 
 
 def write_stream_tables(engine: Engine, schema: str, stats: dict[int, tuple[dict, dict]]) -> None:
@@ -294,8 +296,8 @@ def _batch_rows(engine: Engine, schema: str, table: str) -> dict[int, dict[str, 
 def test_batch_models_equal_the_stream_reference(
     engine: Engine, scratch: SqlModelsResource, settings: Settings, timestamp_type: str
 ) -> None:
-    versions = scripted_versions()
-    write_reviews(engine, scratch.stream_schema, located(versions), timestamp_type)
+    records = located(scripted_versions())
+    write_reviews(engine, scratch.stream_schema, records, timestamp_type)
     result = dg.materialize(
         build_batch_assets(str(MODELS_DIR)),
         resources={
@@ -305,7 +307,7 @@ def test_batch_models_equal_the_stream_reference(
         run_config={"ops": {"batch__recent_stats": {"config": {"as_of_day": AS_OF_DAY}}}},
     )
     assert result.success
-    expected = expected_statistics(versions)
+    expected = expected_statistics(records)
     assert expected[104][0]["count_reviews"] == 0, "the fraud-only course must count nothing"
     for index, table in enumerate(("long_term_stats", "recent_stats")):
         got = _batch_rows(engine, scratch.batch_schema, table)
@@ -404,10 +406,17 @@ def test_batch_models_order_equal_modified_versions_by_offset(
         203: ("Émile 203", 1, 4.5, 0, 1, 0, 0, 0, 0, created[1004]),
         204: ("From a fraud record 204", 1, 3.5, 0, 0, 1, 0, 0, 0, created[1006]),
     }
-    fields = ("course_title", "count_reviews", "sum_rating", *reversed(BUCKET_FIELDS), "last_ms")
-    for table in ("long_term_stats", "recent_stats"):
+    fields = ("course_title", "count_reviews", "sum_rating", *reversed(BUCKET_FIELDS))
+    reference = expected_statistics(records)
+    for index, table in enumerate(("long_term_stats", "recent_stats")):
         got = _batch_rows(engine, scratch.batch_schema, table)
-        assert {cid: tuple(row[f] for f in fields) for cid, row in got.items()} == expected
+        assert {cid: (*(row[f] for f in fields), row["last_ms"]) for cid, row in got.items()} == (
+            expected
+        )
+        assert {
+            cid: (*(pair[index][f] for f in fields), pair[index]["last_review_time"])
+            for cid, pair in reference.items()
+        } == expected, "the stream's reference agrees"
     with engine.connect() as conn:
         current = conn.execute(
             text(
@@ -450,9 +459,9 @@ def _reconcile(settings: Settings, layout: SqlModelsResource) -> dict[str, bool]
 def test_reconciliation_passes_on_agreement_and_fails_on_a_tampered_row(
     engine: Engine, scratch: SqlModelsResource, settings: Settings
 ) -> None:
-    versions = scripted_versions()
-    write_reviews(engine, scratch.stream_schema, located(versions), "timestamp")
-    write_stream_tables(engine, scratch.stream_schema, expected_statistics(versions))
+    records = located(scripted_versions())
+    write_reviews(engine, scratch.stream_schema, records, "timestamp")
+    write_stream_tables(engine, scratch.stream_schema, expected_statistics(records))
 
     assert _reconcile(settings, scratch) == {
         "long_term_stats_agree": True,
@@ -480,9 +489,9 @@ def test_reconciliation_passes_on_agreement_and_fails_on_a_tampered_row(
 def test_reconciliation_fails_on_a_course_missing_from_the_stream(
     engine: Engine, scratch: SqlModelsResource, settings: Settings
 ) -> None:
-    versions = scripted_versions()
-    write_reviews(engine, scratch.stream_schema, located(versions), "timestamp")
-    write_stream_tables(engine, scratch.stream_schema, expected_statistics(versions))
+    records = located(scripted_versions())
+    write_reviews(engine, scratch.stream_schema, records, "timestamp")
+    write_stream_tables(engine, scratch.stream_schema, expected_statistics(records))
     with engine.begin() as conn:
         conn.execute(
             text(f'delete from "{scratch.stream_schema}".long_term_stats where course_id = 104')
@@ -506,9 +515,9 @@ def test_reconciliation_fails_on_a_title_and_on_a_window_not_moved_with_the_cloc
 ) -> None:
     """Titles are compared exactly; a recent row still on yesterday's window is a mismatch
     with its reason, even where its counts happen to be right for the as-of day."""
-    versions = scripted_versions()
-    write_reviews(engine, scratch.stream_schema, located(versions), "timestamp")
-    write_stream_tables(engine, scratch.stream_schema, expected_statistics(versions))
+    records = located(scripted_versions())
+    write_reviews(engine, scratch.stream_schema, records, "timestamp")
+    write_stream_tables(engine, scratch.stream_schema, expected_statistics(records))
     stream = scratch.stream_schema
     with engine.begin() as conn:
         conn.execute(
