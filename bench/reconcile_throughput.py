@@ -1,13 +1,16 @@
 """Reconciliation of a million reviews: the `stream_vs_batch` asset's own work, timed.
 
-A scratch schema gets a `reviews` table shaped as the sink's (`like public.reviews`), filled in
-SQL with realistic review versions (skewed course popularity, the brief's rating mix, creation
-over the last `--days` days so the 90-day window is partial, edits that may change rating and
-text, hence the fraud verdict, which the batch side derives from the bytes like the stream).
-Its `long_term_stats` / `recent_stats` are computed independently from the same rows by the
-stream's pure reference (`compute_from_scratch`; verdicts by the fraud filter's model over
-bodies fastavro encodes, as ingestion does), so every run also proves agreement: any mismatch
-fails the benchmark.
+A scratch schema gets a `reviews` table shaped as the sink's (`like public.reviews`: keyed by
+each record's Kafka coordinates), filled in SQL with realistic records of `udemy-reviews`
+(skewed course popularity, the brief's rating mix, creation over the last `--days` days so the
+90-day window is partial, edits that may change rating and text, hence the fraud verdict, which
+the batch side derives from the bytes like the stream; about 1 % of versions sent twice at the
+same `modified`, half of them with a corrected text, so the later offset decides). Each record
+sits at a partition chosen by its review id and an offset growing with `modified`, as in the
+topic. Its `long_term_stats` / `recent_stats` are computed independently from the same rows by
+the stream's pure reference (`compute_from_scratch` over (modified, offset) and the records'
+titles; verdicts by the fraud filter's model over bodies fastavro encodes, as ingestion does),
+so every run also proves agreement: any mismatch fails the benchmark.
 
 Each run materialises the real asset and its checks through Dagster on the stack's PostgreSQL,
 with the scratch schemas as `SqlModelsResource` and the stages reported caught up: the scratch
@@ -55,7 +58,13 @@ from streaming.core.review_bytes import pack
 from streaming.core.stats import ReviewVersion, compute_from_scratch
 from streaming.core.window import day_to_date
 from streaming.serde import local_schema
+from streaming.sink.render import load_connector
+from streaming.sink.tables import check_table, table_key
 
+SINK_SCHEMA = "public"
+"""Where the sink's tables are: the scratch ones copy their columns, keys and types."""
+PARTITIONS = 4
+"""As `udemy-reviews` has: a review's records share one, its offsets order them."""
 FIRST_REVIEW_ID = 50_000_000
 FIRST_COURSE_ID = 9_000_000
 SEED = 0.2024
@@ -64,8 +73,9 @@ CHUNK = 50_000
 STAGE_TIMEOUT_S = 300.0
 
 GENERATE = """
-insert into {reviews} (id, modified, title, content, rating, created, user_title, user_name,
-    user_display_name, course_id, course_title, course_url)
+insert into {reviews} (__connect_topic, __connect_partition, __connect_offset, id, modified,
+    title, content, rating, created, user_title, user_name, user_display_name, course_id,
+    course_title, course_url)
 with review as materialized (
     select
         g as n,
@@ -85,13 +95,25 @@ with review as materialized (
             else date_trunc('milliseconds', r.created + v * interval '1 millisecond'
                 + (cast(:now as timestamp) - r.created) * ((v - 1 + random()) / 2))
         end as modified,
-        case when v = 0 or random() < 0.5 then r.pick_rating else random() end as pick
+        case when v = 0 or random() < 0.5 then r.pick_rating else random() end as pick,
+        random() as pick_resend
     from review as r
     cross join lateral generate_series(
         0, case when r.pick_versions < 0.02 then 2 when r.pick_versions < 0.10 then 1 else 0 end
     ) as v
+), record as materialized (
+    select
+        e.*,
+        copy,
+        abs(hashtext(e.id::text)) % :partitions as part
+    from version as e
+    cross join lateral generate_series(0, case when e.pick_resend < 0.01 then 1 else 0 end)
+        as copy
 )
 select
+    :topic,
+    part,
+    row_number() over (partition by part order by modified, n, v, copy) - 1,
     id,
     modified,
     case when n % 7 = 0 then null else '' end,
@@ -99,7 +121,7 @@ select
         when pick_text < 0.8 then ''
         else (array['Clear explanations, good pace.', 'Too fast for beginners.',
             'Great hands-on labs', 'Très bien expliqué', 'Outdated in places'])[1 + n % 5]
-    end,
+    end || case when copy = 1 and pick_resend < 0.005 then ' (corrected)' else '' end,
     case when pick < 0.75 then '5.0' when pick < 0.86 then '4.5' when pick < 0.95 then '4.0'
         when pick < 0.97 then '3.5' when pick < 0.985 then '3.0'
         else (array['2.5', '2.0', '1.5', '1.0'])[1 + floor((pick - 0.985) / 0.015 * 4)::int]
@@ -111,15 +133,17 @@ select
     course_id,
     'Course ' || course_id || ': Apache Kafka for Beginners',
     '/course-' || course_id || '/'
-from version
+from record
 """
-"""Review versions: the brief's rating mix, ~10 % of reviews edited (2 % twice), each edit later
-than the version before, spread up to now, a popular head of courses with tens of thousands."""
+"""Records of review versions: the brief's rating mix, ~10 % of reviews edited (2 % twice), each
+edit later than the version before, spread up to now, a popular head of courses with tens of
+thousands; ~1 % of versions sent again at the same `modified` (half with a corrected text);
+one partition per review id, offsets in order of `modified` within a partition."""
 
 READ_VERSIONS = """
 select id, title, content, rating, (extract(epoch from created) * 1000)::bigint,
     (extract(epoch from modified) * 1000)::bigint, user_title, user_name, user_display_name,
-    course_id, course_title, course_url
+    course_id, course_title, course_url, __connect_offset
 from {reviews}
 """
 
@@ -139,13 +163,23 @@ class CaughtUpKafka(KafkaResource):
         return {(topic, 0): 0 for topic in topics}
 
 
+def check_sink_table(engine: Engine) -> None:
+    """The sink's `reviews` table exists, keyed by Kafka coordinates: the scratch one copies it."""
+    table = f"{SINK_SCHEMA}.reviews"
+    if table_key(engine, table) is None:
+        raise SystemExit(f"{table} does not exist yet: the sink creates it with its first record")
+    config = {**load_connector("udemy-reviews"), "collection.name.format": table}
+    check_table(engine, "udemy-reviews", config)
+
+
 def create_reviews(engine: Engine, schema: str, reviews: int, courses: int, days: int) -> int:
     """The scratch `reviews` table (the sink's columns, keys and types), filled; rows written."""
+    check_sink_table(engine)
     relation = f"{quote(schema)}.{quote('reviews')}"
     now = datetime.now(UTC).replace(tzinfo=None)
     with engine.begin() as conn:
         conn.execute(text(f"create schema {quote(schema)}"))
-        conn.execute(text(f"create table {relation} (like public.reviews including all)"))
+        conn.execute(text(f"create table {relation} (like {SINK_SCHEMA}.reviews including all)"))
         conn.execute(text("select setseed(:seed)"), {"seed": SEED})
         rows = conn.execute(
             text(GENERATE.format(reviews=relation)),
@@ -156,6 +190,8 @@ def create_reviews(engine: Engine, schema: str, reviews: int, courses: int, days
                 "reviews": reviews,
                 "days": days,
                 "now": now,
+                "topic": INPUT_TOPIC,
+                "partitions": PARTITIONS,
             },
         ).rowcount
     # A steady-state table: statistics and visibility map as autovacuum would leave them, and no
@@ -168,15 +204,15 @@ def create_reviews(engine: Engine, schema: str, reviews: int, courses: int, days
 def stream_statistics(
     engine: Engine, schema: str, as_of_day: int
 ) -> tuple[dict[int, tuple[dict, dict]], int]:
-    """What the stream's tables hold after it read every row: (stats by course, fraud versions).
+    """What the stream's tables hold after it read every row: (stats by course, fraud records).
 
-    Verdicts by the fraud filter's model over each version's canonical Avro body, statistics by
-    `compute_from_scratch`, the stream's reference, with no SQL involved.
+    Verdicts by the fraud filter's model over each record's canonical Avro body, statistics by
+    `compute_from_scratch`, the stream's reference, over (modified, offset) and the records'
+    titles, with no SQL involved.
     """
     model = load_model(os.environ.get(FRAUD_MODEL_ENV))
     review_schema = local_schema("review.avsc")
-    versions: list[tuple[int, ReviewVersion]] = []
-    titles: dict[int, tuple[int, str]] = {}
+    versions: list[tuple[int, ReviewVersion, str]] = []
     fraud = 0
     buf = io.BytesIO()
     sql = READ_VERSIONS.format(reviews=f"{quote(schema)}.{quote('reviews')}")
@@ -185,7 +221,7 @@ def stream_statistics(
         for chunk in result.partitions():
             bodies = []
             for row in chunk:
-                rid, title, content, rating, created, modified, *user, cid, ctitle, url = row
+                rid, title, content, rating, created, modified, *user, cid, ctitle, url, _ = row
                 buf.seek(0)
                 buf.truncate()
                 schemaless_writer(
@@ -203,23 +239,13 @@ def stream_statistics(
                     },
                 )
                 bodies.append(buf.getvalue())
-                if modified >= titles.get(cid, (-1, ""))[0]:
-                    titles[cid] = (modified, ctitle)
             verdicts = model.is_fraud_batch(*pack(bodies)).tolist()
             fraud += sum(verdicts)
             for row, is_fraud in zip(chunk, verdicts, strict=True):
-                versions.append(
-                    (
-                        row[0],
-                        ReviewVersion(row[5], row[4], rating_halves(row[3]), not is_fraud, row[9]),
-                    )
-                )
-    stats = compute_from_scratch(
-        versions,
-        as_of_day,
-        titles={cid: title for cid, (_, title) in titles.items()},
-        as_of_time=int(time.time() * 1000),
-    )
+                halves = rating_halves(row[3])
+                version = ReviewVersion(row[5], row[4], halves, not is_fraud, row[9], row[12])
+                versions.append((row[0], version, row[10]))
+    stats = compute_from_scratch(versions, as_of_day, as_of_time=int(time.time() * 1000))
     return stats, fraud
 
 
@@ -232,7 +258,9 @@ def write_stream_tables(engine: Engine, schema: str, stats: dict[int, tuple[dict
     with engine.begin() as conn:
         for index, table in enumerate(("long_term_stats", "recent_stats")):
             relation = f"{quote(schema)}.{quote(table)}"
-            conn.execute(text(f"create table {relation} (like public.{table} including all)"))
+            conn.execute(
+                text(f"create table {relation} (like {SINK_SCHEMA}.{table} including all)")
+            )
             rows = []
             for pair in stats.values():
                 row = dict(pair[index])
@@ -311,8 +339,8 @@ def main() -> int:
         write_stream_tables(engine, base, stats)
         finished = time.perf_counter()
         print(
-            f"setup: {rows:,} versions of {args.reviews:,} reviews, {len(stats):,} courses, "
-            f"{fraud:,} fraud versions ({100 * fraud / rows:.1f} %); generated and loaded in "
+            f"setup: {rows:,} records of {args.reviews:,} reviews, {len(stats):,} courses, "
+            f"{fraud:,} fraud records ({100 * fraud / rows:.1f} %); generated and loaded in "
             f"{generated - started:.1f} s, stream tables computed in Python in "
             f"{finished - generated:.1f} s",
             flush=True,
@@ -343,8 +371,8 @@ def main() -> int:
         "setup_stream_stats_s": round(finished - generated, 1),
         "mismatches": max(r["mismatches"] for r in runs),
         "reviews": args.reviews,
-        "versions": rows,
-        "fraud_versions": fraud,
+        "records": rows,
+        "fraud_records": fraud,
         "courses": len(stats),
         "runs": args.runs,
     }
