@@ -114,7 +114,7 @@ class Checkpoint:
     The file records the page size, pages done and the page to resume at, so a restarted
     backfill refetches at most the page it was on. A resumed walk hands some reviews over again
     (pages shift as reviews arrive, and its catch-up pass has not seen the first pages);
-    downstream keys versions by (id, modified), so repeats are harmless.
+    downstream counts a review once at its current version, so repeats are harmless.
     """
 
     def __init__(self, directory: str | Path) -> None:

@@ -374,7 +374,8 @@ def test_checkpoint_resumes_where_the_walk_stopped(tmp_path: Path) -> None:
     assert transport.pages == [4, 5, 6, 7, 8, 9, 10, 1]
     assert set(taken[:30]) | set(rest) == set(all_ids(catalogue, course))
     # 65 reviews of pages 4-10, then the catch-up hands page 1 over again: this process has
-    # not seen it, and repeats are harmless downstream (versions are keyed by id, modified).
+    # not seen it, and repeats are harmless downstream (a review counts once, at its current
+    # version).
     assert rest[:65] == all_ids(catalogue, course)[30:] and rest[65:] == taken[:10]
     assert json.loads(checkpoint.path(course.id).read_text())["complete"] is True
     assert checkpoint.load(course.id, 10) == WalkState(course.id, 10)
