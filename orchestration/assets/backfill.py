@@ -26,9 +26,9 @@ def course_reviews(
     produced into `udemy-reviews`; a backfill of "all courses" is one run (single-run policy).
 
     Safe to re-run, whole or for some courses: the stream counts each review id once at its
-    current version (greatest `modified`, then the later record), so versions sent again change
-    no statistic (the sink's `reviews` table keeps them as records of their own, one row per
-    Kafka offset, and the batch picks the same current version).
+    current version (greatest `modified`, then the later record), so versions sent again
+    change no statistic (the sink's `reviews` table keeps them as records of their own, one
+    row per Kafka offset, and the batch picks the same current version).
     """
     settings = kafka.settings(schema_registry.url)
     keys = context.partition_keys
