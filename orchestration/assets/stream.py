@@ -114,7 +114,7 @@ def observe_tables(
     """Rows and write rate of each sink table, and the last update of the statistics tables.
 
     Row counts and writes come from PostgreSQL's statistics views (`pg_stat_user_tables`), so
-    an observation every minute never scans `reviews`, which holds every version ever ingested;
+    an observation every minute never scans `reviews`, which holds every record ever ingested;
     the statistics tables (one row per course) are small enough to ask for max(as_of_time).
     `previous` is the state returned last time ({} at first), for the write rate.
     """
