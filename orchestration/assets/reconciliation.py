@@ -234,14 +234,14 @@ def compare(
 
 def stale_window(kind: str, course_id: int, as_of_day: int, end_day: int | None) -> Mismatch:
     """A stream row whose recent window does not end on the reconciliation's as-of day."""
-    ends = "has no window" if end_day is None else f"ends on {day_to_date(end_day)}"
+    found = "no window" if end_day is None else f"a window ending on {day_to_date(end_day)}"
     return Mismatch(
         kind,
         course_id,
         WINDOW_FIELD,
         str(day_to_date(as_of_day)),
         "none" if end_day is None else str(day_to_date(end_day)),
-        f"the stream's recent window {ends}, not on the as-of day "
+        f"the stream's row has {found}, not one ending on the as-of day "
         f"{day_to_date(as_of_day)}: not moved with the clock (other fields not compared)",
     )
 

@@ -545,8 +545,8 @@ def test_reconciliation_fails_on_a_title_and_on_a_window_not_moved_with_the_cloc
             "window_end_day",
             "2024-10-04",
             "2024-10-03",
-            "the stream's recent window ends on 2024-10-03, not on the as-of day 2024-10-04: "
-            "not moved with the clock (other fields not compared)",
+            "the stream's row has a window ending on 2024-10-03, not one ending on the as-of day "
+            "2024-10-04: not moved with the clock (other fields not compared)",
         ),
     ]
 

@@ -73,10 +73,10 @@ def test_a_recent_window_not_ending_on_the_as_of_day_is_one_mismatch() -> None:
         (3, "window_end_day", "2024-10-04", "none"),
     ]
     assert got[0].reason == (
-        "the stream's recent window ends on 2024-10-03, not on the as-of day 2024-10-04: "
-        "not moved with the clock (other fields not compared)"
+        "the stream's row has a window ending on 2024-10-03, not one ending on the as-of day "
+        "2024-10-04: not moved with the clock (other fields not compared)"
     )
-    assert "has no window" in got[1].reason
+    assert "the stream's row has no window" in got[1].reason
     assert compare("recent", {1: RECENT}, {1: RECENT}, 1e-9, AS_OF_DAY) == []
 
 
