@@ -194,11 +194,10 @@ class WorkerSpec:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        """Topics the worker publishes for others, its results first, dead letters last."""
-        internal = {t.name for t in TOPICS if t.internal}
+        """The results the worker publishes for others (no internal topics, no dead letters)."""
+        internal = {t.name for t in TOPICS if t.internal} | {DEAD_LETTER.name}
         named = [self.ports[p] for s in self.stages for p in s.outputs]
-        public = [t for t in dict.fromkeys(named) if t not in internal]
-        return tuple(sorted(public, key=lambda t: t == DEAD_LETTER.name))
+        return tuple(t for t in dict.fromkeys(named) if t not in internal)
 
 
 FRAUD_FILTER = WorkerSpec(

@@ -140,11 +140,12 @@ class VersionsState:
             old = new = None
         return [(incoming.course_id, Change(review_id, old, new, offer))], changelog
 
-    def restore(self, values: Iterable[bytes | None]) -> int:
-        """Rebuild from changelog values in changelog order; how many could not be read."""
+    def restore(self, entries: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+        """Rebuild from changelog (key, value) entries in changelog order (each value is the
+        review's current version then); how many could not be read."""
         unreadable = 0
         reviews = self.reviews
-        for data in values:
+        for _key, data in entries:
             if data is None:  # compaction keeps no tombstones of ours; nothing to undo
                 continue
             try:
@@ -176,14 +177,15 @@ class CourseState:
 
     def apply(
         self, records: Iterable[tuple[int, bytes | None]]
-    ) -> tuple[set[int], list[tuple[bytes, bytes | None]], dict[int, str]]:
+    ) -> tuple[set[int], dict[bytes, bytes | None], dict[int, str]]:
         """Apply (course id, packed change) records in order.
 
         Returns (ids of courses whose statistics records changed, the changelog entries to
-        write, {index: reason} of records that could not be applied and were skipped).
+        write: the final value of each key the batch touched, as compaction would keep it,
+        {index: reason} of records that could not be applied and were skipped).
         """
         changed: set[int] = set()
-        changelog: list[tuple[bytes, bytes | None]] = []
+        changelog: dict[bytes, bytes | None] = {}
         errors: dict[int, str] = {}
         for i, (course_id, data) in enumerate(records):
             try:
@@ -194,9 +196,7 @@ class CourseState:
                 errors[i] = f"aggregator change record: {exc}"
         return changed, changelog, errors
 
-    def _apply(
-        self, course_id: int, c: Change, changelog: list[tuple[bytes, bytes | None]]
-    ) -> bool:
+    def _apply(self, course_id: int, c: Change, changelog: dict[bytes, bytes | None]) -> bool:
         """Apply one change (all checks before any state changes); whether the course's
         statistics records changed."""
         title = c.title[1].decode("utf-8") if c.title is not None else None
@@ -210,14 +210,16 @@ class CourseState:
             course.retract(*c.retract)
         if c.add is not None:
             course.add(*c.add)
-            changelog.append((member_key(course_id, c.review_id), _MEMBER.pack(*c.add)))
+            changelog[member_key(course_id, c.review_id)] = _MEMBER.pack(*c.add)
         elif c.retract is not None:
-            changelog.append((member_key(course_id, c.review_id), None))
-        titled = False
-        if c.title is not None and title is not None and course.offer_title(c.title[0], title):
-            titled = True
-            changelog.append((title_key(course_id), _TITLE.pack(c.title[0]) + c.title[1]))
-        return new_course or titled or c.retract is not None or c.add is not None
+            changelog[member_key(course_id, c.review_id)] = None
+        retitled = False
+        if c.title is not None and title is not None:
+            before = course.title
+            if course.offer_title(c.title[0], title):  # the winning modified is state too
+                changelog[title_key(course_id)] = _TITLE.pack(c.title[0]) + c.title[1]
+                retitled = course.title != before
+        return new_course or retitled or c.retract is not None or c.add is not None
 
     def restore(self, entries: Iterable[tuple[bytes | None, bytes | None]]) -> int:
         """Rebuild from changelog (key, value) entries in changelog order (the latest entry of

@@ -118,13 +118,13 @@ class CourseStats:
         self._last_day: int | None = None
 
     def offer_title(self, modified_ms: int, title: str) -> bool:
-        """Take a record's course title if it wins (`title_wins`); whether the title changed."""
+        """Take a record's course title if it wins (`title_wins`); whether it won (the course's
+        (modified, title) state changed, even when the title text stays the same)."""
         current = None if self.title_modified is None else (self.title_modified, self.title)
         if not title_wins(modified_ms, title, current):
             return False
-        changed = title != self.title or self.title_modified is None
         self.title_modified, self.title = modified_ms, title
-        return changed
+        return True
 
     def add(self, created_ms: int, halves: int) -> None:
         """Count a review version (the caller decides it is current and valid)."""

@@ -151,6 +151,7 @@ class StatsAggregator(EosWorker):
             self.t.valid,
         )
         states = self.versions.partitions
+        entries: dict[tuple[int, int], bytes] = {}
         out = 0
         for i in np.flatnonzero(batch.readable).tolist():
             m = msgs[i]
@@ -180,8 +181,10 @@ class StatsAggregator(EosWorker):
             for course, change in routed:
                 produce(changes_topic, pack_change(change), str(course).encode())
             out += len(routed)
-            if entry is not None:
-                produce(changelog, entry, str(review_id).encode(), partition=partition)
+            if entry is not None:  # the last version of a review in the batch is its state
+                entries[(partition, review_id)] = entry
+        for (partition, review_id), entry in entries.items():
+            produce(changelog, entry, str(review_id).encode(), partition=partition)
         self.metrics.records_out[changes_topic] += out
         self.metrics.extra["changes_out"] += out
         self._dead_letters(msgs, sorted(dead.items()))
@@ -196,7 +199,7 @@ class StatsAggregator(EosWorker):
             state = self.courses[partition]
             keyed, bad = course_keys(batch)
             changed, entries, errors = state.apply(keyed)
-            for key, value in entries:
+            for key, value in entries.items():
                 self.courses.write(self.producer, partition, key, value)
             self._emit(state, changed, now_ms)
             self._dead_letters(batch, sorted({**errors, **bad}.items()))

@@ -299,7 +299,7 @@ def latest_recent(settings: Settings, topics: dict[str, str]) -> dict[bytes, dic
 def test_a_day_advance_decays_a_course(settings, topics, schema_id):
     now = {"ms": int(time.time() * 1000)}
     day0 = epoch_day(now["ms"])
-    (rec,) = history(1, now["ms"], [4242], first_id=777)
+    rec = history(1, now["ms"], [4242], first_id=777)[0]
     rec.update(created=(day0 - 88) * MS_PER_DAY + 1000, rating="4.5", _fraud=False)
     rec["modified"] = rec["created"]  # in the window for two more days
     feed(settings, topics, schema_id, [rec], with_positions([rec]))
