@@ -12,6 +12,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from streaming.config import Settings
+from streaming.pipeline import INPUT
 
 if TYPE_CHECKING:
     from streaming.sink.connect import ConnectClient, ConnectorState
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_api)
     p = sub.add_parser("backfill", help="every review of the source's courses into Kafka")
     p.add_argument("--course", type=int, action="append", help="a course id (repeatable)")
-    p.add_argument("--topic", default="udemy-reviews")
+    p.add_argument("--topic", default=INPUT.name)
     p.add_argument("--concurrency", type=int, default=4, help="pages fetched in parallel")
     p.add_argument("--checkpoint-dir", help="resume state directory (one file per course)")
     p.set_defaults(func=_backfill)

@@ -21,10 +21,11 @@ from confluent_kafka import KafkaError, Message
 
 from streaming.core.review_mapping import ReviewMappingError, json_to_review
 from streaming.ingest.producer import ReviewProducer
+from streaming.pipeline import DEAD_LETTER
 from streaming.source.client import Checkpoint, UdemyClient
 
 log = logging.getLogger(__name__)
-DEAD_LETTER_TOPIC = "reviews-dead-letter"
+DEAD_LETTER_TOPIC = DEAD_LETTER.name
 CHECKPOINT_EVERY_PAGES = 50
 
 

@@ -16,9 +16,10 @@ from fastavro import schemaless_writer
 
 from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame
+from streaming.pipeline import INPUT
 from streaming.serde import Registry, local_schema
 
-REVIEWS_TOPIC = "udemy-reviews"
+REVIEWS_TOPIC = INPUT.name
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
 

@@ -1,4 +1,5 @@
-"""Connector configs: the committed JSON of `connectors/` plus the connection from DATABASE_URL.
+"""Connector configs: the committed JSON of `connectors/`, the sink's topic, table and dead-letter
+topic from the pipeline's declaration, and the connection from DATABASE_URL.
 
 The Python side reaches PostgreSQL through a SQLAlchemy URL and the sink (Java) through JDBC;
 deriving the JDBC settings from the one DATABASE_URL keeps both on the same database and keeps
@@ -13,6 +14,8 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from sqlalchemy.engine import make_url
+
+from streaming.pipeline import CONNECT_DEAD_LETTER, SINKS
 
 CONNECTORS_DIR = Path(__file__).with_name("connectors")
 CONNECTION_KEYS = ("connection.url", "connection.username", "connection.password")
@@ -61,7 +64,26 @@ def load_connector(name: str, directory: Path = CONNECTORS_DIR) -> dict[str, str
     committed = sorted(set(CONNECTION_KEYS) & config.keys())
     if committed:
         raise ValueError(f"{path}: {', '.join(committed)} come from DATABASE_URL at deploy time")
-    return config
+    declared = sorted(set(DECLARED_KEYS) & config.keys())
+    if declared:
+        raise ValueError(f"{path}: {', '.join(declared)} come from streaming/pipeline.py")
+    return {**declared_settings(name), **config}
+
+
+DECLARED_KEYS = ("topics", "collection.name.format", "errors.deadletterqueue.topic.name")
+
+
+def declared_settings(name: str) -> dict[str, str]:
+    """What the pipeline's declaration says of a sink: its topic, table and dead letters."""
+    for sink in SINKS:
+        if sink.connector == name:
+            return {
+                "topics": sink.topic,
+                "collection.name.format": f"public.{sink.table}",
+                "errors.deadletterqueue.topic.name": CONNECT_DEAD_LETTER.name,
+            }
+    known = ", ".join(s.connector for s in SINKS)
+    raise ValueError(f"connector {name!r} is not a sink of streaming/pipeline.py ({known})")
 
 
 def render_connector(
