@@ -71,10 +71,11 @@ def unpack_version(data: bytes | None) -> tuple[int, ReviewVersion]:
 
 
 # -- changes ---------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Change:
     """What one course must do about one review: uncount `retract`, count `add` (each a
-    (created ms, halves) pair), offer `title` ((modified ms, UTF-8 title))."""
+    (created ms, halves) pair), offer `title` ((modified ms, UTF-8 title)). Never mutated
+    (not frozen: a frozen dataclass costs several times more to build, on the hot path)."""
 
     review_id: int
     retract: tuple[int, int] | None = None

@@ -52,7 +52,9 @@ def declared_connectors(directory: Path = CONNECTORS_DIR) -> list[str]:
 
 def load_connector(name: str, directory: Path = CONNECTORS_DIR) -> dict[str, str]:
     """A connector's committed config; refuses non-string values (Connect stores strings, and
-    deploy compares configs to skip no-op updates) and committed credentials."""
+    deploy compares configs to skip no-op updates) and committed credentials. The project's own
+    connectors (`connectors/`) get their topic, table and dead-letter topic from the declared
+    sinks; a file in another directory (`--config-dir`) is taken as it is."""
     path = directory / f"{name}.json"
     if not path.is_file():
         known = ", ".join(declared_connectors(directory)) or "none"
@@ -64,6 +66,8 @@ def load_connector(name: str, directory: Path = CONNECTORS_DIR) -> dict[str, str
     committed = sorted(set(CONNECTION_KEYS) & config.keys())
     if committed:
         raise ValueError(f"{path}: {', '.join(committed)} come from DATABASE_URL at deploy time")
+    if directory != CONNECTORS_DIR:  # a user's own connector: the file says everything
+        return config
     declared = sorted(set(DECLARED_KEYS) & config.keys())
     if declared:
         raise ValueError(f"{path}: {', '.join(declared)} come from streaming/pipeline.py")
