@@ -86,23 +86,27 @@ class Change:
 def pack_change(c: Change) -> bytes:
     flags = (RETRACT if c.retract else 0) | (ADD if c.add else 0) | (TITLE if c.title else 0)
     old, new, title = c.retract or (0, 0), c.add or (0, 0), c.title or (0, b"")
-    head = _CHANGE.pack(CHANGE_FORMAT, flags, c.review_id, *old, *new, title[0])
-    return head + title[1]
+    return _CHANGE.pack(CHANGE_FORMAT, flags, c.review_id, *old, *new, title[0]) + title[1]
 
 
 def unpack_change(data: bytes | None) -> Change:
-    if data is None or len(data) < CHANGE_HEAD or data[0] != CHANGE_FORMAT:
-        raise RecordFormatError(f"not a change record ({_describe(data)})")
-    _, flags, review_id, old_c, old_h, new_c, new_h, title_m = _CHANGE.unpack_from(data)
-    for flag, halves in ((RETRACT, old_h), (ADD, new_h)):
-        if flags & flag and not 1 <= halves <= 10:
-            raise RecordFormatError(f"rating halves {halves} outside 1..10")
+    """The change a record carries (RecordFormatError when it is none of ours)."""
+    flags, review_id, old_c, old_h, new_c, new_h, title_m = _unpack_change(data)
     return Change(
         review_id,
         (old_c, old_h) if flags & RETRACT else None,
         (new_c, new_h) if flags & ADD else None,
-        (title_m, data[CHANGE_HEAD:]) if flags & TITLE else None,
+        (title_m, data[CHANGE_HEAD:]) if flags & TITLE and data is not None else None,
     )
+
+
+def _unpack_change(data: bytes | None) -> tuple[int, int, int, int, int, int, int]:
+    if data is None or len(data) < CHANGE_HEAD or data[0] != CHANGE_FORMAT:
+        raise RecordFormatError(f"not a change record ({_describe(data)})")
+    _, flags, review_id, old_c, old_h, new_c, new_h, title_m = _CHANGE.unpack_from(data)
+    if (flags & RETRACT and not 1 <= old_h <= 10) or (flags & ADD and not 1 <= new_h <= 10):
+        raise RecordFormatError(f"rating halves {old_h}/{new_h} outside 1..10")
+    return flags, review_id, old_c, old_h, new_c, new_h, title_m
 
 
 def _describe(data: bytes | None) -> str:
@@ -121,25 +125,41 @@ class VersionsState:
 
     def apply(
         self, review_id: int, incoming: ReviewVersion, title: bytes
-    ) -> tuple[list[tuple[int, Change]], bytes | None]:
-        """One incoming version: ([(course id, change)] to route by course, the changelog value
-        to write for the review, None when the version is stale)."""
+    ) -> tuple[list[tuple[int, bytes]], bytes | None]:
+        """One incoming version: ([(course id, packed change)] to route by course, the
+        changelog value to write for the review, None when the version is stale).
+
+        On the hot path (one call per input record), so changes are packed here directly;
+        `unpack_change` reads them back as `Change`s."""
         stored = self.reviews.get(review_id)
-        offer = (incoming.modified_ms, title)
-        if not supersedes(incoming, stored):
-            return [(incoming.course_id, Change(review_id, title=offer))], None
-        self.reviews[review_id] = incoming
-        old = (stored.created_ms, stored.halves) if stored is not None and stored.valid else None
-        new = (incoming.created_ms, incoming.halves) if incoming.valid else None
-        changelog = pack_version(review_id, incoming)
-        if old is not None and stored is not None and stored.course_id != incoming.course_id:
+        pack = _CHANGE.pack
+        modified = incoming.modified_ms
+        if stored is not None and not supersedes(incoming, stored):
             return [
-                (stored.course_id, Change(review_id, retract=old)),
-                (incoming.course_id, Change(review_id, add=new, title=offer)),
-            ], changelog
-        if old == new:  # same course, same counted values: only the title may differ
-            old = new = None
-        return [(incoming.course_id, Change(review_id, old, new, offer))], changelog
+                (
+                    incoming.course_id,
+                    pack(CHANGE_FORMAT, TITLE, review_id, 0, 0, 0, 0, modified) + title,
+                )
+            ], None
+        self.reviews[review_id] = incoming
+        changelog = pack_version(review_id, incoming)
+        flags = TITLE
+        new_c = new_h = old_c = old_h = 0
+        if incoming.valid:
+            flags |= ADD
+            new_c, new_h = incoming.created_ms, incoming.halves
+        if stored is not None and stored.valid:
+            old_c, old_h = stored.created_ms, stored.halves
+            if stored.course_id != incoming.course_id:
+                retract = pack(CHANGE_FORMAT, RETRACT, review_id, old_c, old_h, 0, 0, 0)
+                add = pack(CHANGE_FORMAT, flags, review_id, 0, 0, new_c, new_h, modified)
+                return [(stored.course_id, retract), (incoming.course_id, add + title)], changelog
+            if flags & ADD and (old_c, old_h) == (new_c, new_h):
+                flags, new_c, new_h, old_c, old_h = TITLE, 0, 0, 0, 0  # counts stay as they are
+            else:
+                flags |= RETRACT
+        change = pack(CHANGE_FORMAT, flags, review_id, old_c, old_h, new_c, new_h, modified)
+        return [(incoming.course_id, change + title)], changelog
 
     def restore(self, entries: Iterable[tuple[bytes | None, bytes | None]]) -> int:
         """Rebuild from changelog (key, value) entries in changelog order (each value is the
@@ -186,41 +206,55 @@ class CourseState:
         {index: reason} of records that could not be applied and were skipped).
         """
         changed: set[int] = set()
+        titled: set[int] = set()
         changelog: dict[bytes, bytes | None] = {}
         errors: dict[int, str] = {}
+        apply = self._apply
         for i, (course_id, data) in enumerate(records):
             try:
-                change = unpack_change(data)
-                if self._apply(course_id, change, changelog):
+                if apply(course_id, data, changelog, titled):  # type: ignore[arg-type]
                     changed.add(course_id)
             except (RecordFormatError, UnicodeDecodeError, ValueError) as exc:
                 errors[i] = f"aggregator change record: {exc}"
+        for course_id in titled:  # its final (modified, title) of the batch
+            course = self.courses[course_id]
+            value = _TITLE.pack(course.title_modified) + course.title_raw
+            changelog[_TITLE_KEY.pack(b"t", course_id)] = value
         return changed, changelog, errors
 
-    def _apply(self, course_id: int, c: Change, changelog: dict[bytes, bytes | None]) -> bool:
-        """Apply one change (all checks before any state changes); whether the course's
-        statistics records changed."""
-        title = c.title[1].decode("utf-8") if c.title is not None else None
+    def _apply(
+        self,
+        course_id: int,
+        data: bytes,
+        changelog: dict[bytes, bytes | None],
+        titled: set[int],
+    ) -> bool:
+        """Apply one packed change (every check before any state changes); whether the
+        course's statistics records changed. Courses whose title state moved go to `titled`."""
+        flags, review_id, old_c, old_h, new_c, new_h, title_m = _unpack_change(data)
+        raw = data[CHANGE_HEAD:] if flags & TITLE else None
         course = self.courses.get(course_id)
+        if raw is not None and (course is None or raw != course.title_raw):
+            raw.decode("utf-8")  # a title that cannot be published is refused up front
         new_course = course is None
         if course is None:
-            if title is None:
+            if raw is None:
                 raise ValueError(f"course {course_id}: a retraction for a course never seen")
             course = self.courses[course_id] = CourseStats(course_id, self.as_of_day)
-        if c.retract is not None:
-            course.retract(*c.retract)
-        if c.add is not None:
-            course.add(*c.add)
-            changelog[member_key(course_id, c.review_id)] = _MEMBER.pack(*c.add)
-        elif c.retract is not None:
-            changelog[member_key(course_id, c.review_id)] = None
+        if flags & RETRACT:
+            course.retract(old_c, old_h)
+        if flags & ADD:
+            course.add(new_c, new_h)
+            changelog[_MEMBER_KEY.pack(b"m", course_id, review_id)] = _MEMBER.pack(new_c, new_h)
+        elif flags & RETRACT:
+            changelog[_MEMBER_KEY.pack(b"m", course_id, review_id)] = None
         retitled = False
-        if c.title is not None and title is not None:
-            before = course.title
-            if course.offer_title(c.title[0], title):  # the winning modified is state too
-                changelog[title_key(course_id)] = _TITLE.pack(c.title[0]) + c.title[1]
-                retitled = course.title != before
-        return new_course or retitled or c.retract is not None or c.add is not None
+        if raw is not None:
+            before = course.title_raw
+            if course.offer_title_bytes(title_m, raw):
+                titled.add(course_id)  # the winning modified is state too
+                retitled = course.title_raw != before
+        return new_course or retitled or bool(flags & (RETRACT | ADD))
 
     def restore(self, entries: Iterable[tuple[bytes | None, bytes | None]]) -> int:
         """Rebuild from changelog (key, value) entries in changelog order (the latest entry of

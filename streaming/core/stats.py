@@ -103,12 +103,14 @@ class CourseStats:
         "recent",
         "title",
         "title_modified",
+        "title_raw",
         "total",
     )
 
     def __init__(self, course_id: int, as_of_day: int) -> None:
         self.course_id = course_id
         self.title = ""
+        self.title_raw = b""  # the title as UTF-8: bytes order is code point order
         self.title_modified: int | None = None  # None: no title seen yet
         self.total = [0] * _SLOTS
         self.recent = [0] * _SLOTS
@@ -120,10 +122,20 @@ class CourseStats:
     def offer_title(self, modified_ms: int, title: str) -> bool:
         """Take a record's course title if it wins (`title_wins`); whether it won (the course's
         (modified, title) state changed, even when the title text stays the same)."""
-        current = None if self.title_modified is None else (self.title_modified, self.title)
-        if not title_wins(modified_ms, title, current):
+        return self.offer_title_bytes(modified_ms, title.encode("utf-8"))
+
+    def offer_title_bytes(self, modified_ms: int, raw: bytes) -> bool:
+        """`offer_title` for the UTF-8 bytes of a title, decoded only when the text changes
+        (UnicodeDecodeError then, before any state changes)."""
+        current = self.title_modified
+        if current is not None and (
+            modified_ms < current or (modified_ms == current and raw <= self.title_raw)
+        ):
             return False
-        self.title_modified, self.title = modified_ms, title
+        if raw != self.title_raw or current is None:
+            self.title = raw.decode("utf-8")
+            self.title_raw = raw
+        self.title_modified = modified_ms
         return True
 
     def add(self, created_ms: int, halves: int) -> None:

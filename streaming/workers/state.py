@@ -52,7 +52,7 @@ class ChangelogStore(Generic[S]):
 
     def write(self, producer: Producer, partition: int, key: bytes, value: bytes | None) -> None:
         """A change of state partition `partition`, into the open transaction."""
-        producer.produce(self.changelog, value, key, partition=partition)
+        producer.produce(self.changelog, value, key, partition)
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:

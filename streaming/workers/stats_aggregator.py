@@ -44,7 +44,7 @@ from fastavro import schemaless_writer
 
 from streaming.config import Settings
 from streaming.core import source_position
-from streaming.core.aggregation import CourseState, VersionsState, pack_change
+from streaming.core.aggregation import CourseState, VersionsState
 from streaming.core.avro_codec import confluent_frame
 from streaming.core.ratings import rating_halves
 from streaming.core.review_bytes import extract_fields
@@ -114,6 +114,8 @@ class StatsAggregator(EosWorker):
         self.unpublished: set[int] = set()
         """Course partitions whose every recent record must be (re-)emitted: restored, or the
         window moved."""
+        self._course_keys: dict[int, bytes] = {}
+        self._good_titles: set[bytes] = set()
         self.admin = AdminClient(settings.kafka_config())
         self._last_purge = time.monotonic()
         self.purge_interval_s = env_int("REPARTITION_PURGE_S", PURGE_INTERVAL_S)
@@ -143,27 +145,25 @@ class StatsAggregator(EosWorker):
         batch = frame_batch([m.value() for m in msgs], self.resolve, self.review_schema)
         dead = batch.reasons
         longs, spans, _ = extract_fields(batch.buf, batch.body_starts, batch.ends)
+        longs_l, spans_l = longs.tolist(), spans.tolist()
         raw = batch.buf.tobytes()
         produce = self.producer.produce
-        changes_topic, changelog, valid_topic = (
-            self.t.changes,
-            self.t.versions_changelog,
-            self.t.valid,
-        )
+        changes_topic, valid_topic = self.t.changes, self.t.valid
         states = self.versions.partitions
-        entries: dict[tuple[int, int], bytes] = {}
+        keys = self._course_keys
+        entries: dict[tuple[int, bytes], bytes] = {}
         out = 0
         for i in np.flatnonzero(batch.readable).tolist():
             m = msgs[i]
-            review_id, created, modified, course_id, halves = longs[i].tolist()
-            r0, r1, t0, t1 = spans[i].tolist()
+            review_id, created, modified, course_id, halves = longs_l[i]
+            r0, r1, t0, t1 = spans_l[i]
             try:
-                _, position = source_position.find(m.headers())
+                position = source_offset(m.headers())
             except ValueError as exc:
                 dead[i] = str(exc)
                 continue
             title = raw[t0:t1]
-            reason = title_problem(title)
+            reason = self._title_problem(title)
             if reason is not None:  # the course stage and the stats sink would fail on it
                 dead[i] = f"course.title: {reason}"
                 continue
@@ -179,15 +179,31 @@ class StatsAggregator(EosWorker):
             partition = m.partition()
             routed, entry = states[partition].apply(review_id, version, title)
             for course, change in routed:
-                produce(changes_topic, pack_change(change), str(course).encode())
+                key = keys.get(course)
+                if key is None:
+                    key = keys[course] = str(course).encode()
+                produce(changes_topic, change, key)
             out += len(routed)
             if entry is not None:  # the last version of a review in the batch is its state
-                entries[(partition, review_id)] = entry
-        for (partition, review_id), entry in entries.items():
-            produce(changelog, entry, str(review_id).encode(), partition=partition)
+                entries[(partition, m.key())] = entry
+        write = self.versions.write
+        for (partition, key), entry in entries.items():
+            write(self.producer, partition, key, entry)
         self.metrics.records_out[changes_topic] += out
         self.metrics.extra["changes_out"] += out
         self._dead_letters(msgs, sorted(dead.items()))
+
+    def _title_problem(self, title: bytes) -> str | None:
+        """`title_problem`, remembered for titles already found good (a course's title
+        repeats on every review of it)."""
+        if title in self._good_titles:
+            return None
+        reason = title_problem(title)
+        if reason is None:
+            if len(self._good_titles) >= 100_000:
+                self._good_titles.clear()
+            self._good_titles.add(title)
+        return reason
 
     # -- stage 2: course statistics --------------------------------------------------------
     def course_statistics(self, msgs: list[Message]) -> None:
@@ -311,12 +327,24 @@ def course_keys(msgs: list[Message]) -> tuple[list[tuple[int, bytes | None]], di
     bad: dict[int, str] = {}
     for i, m in enumerate(msgs):
         key = m.key()
-        if key is not None and key.isdigit():
-            keyed.append((int(key), m.value()))
-        else:
+        try:
+            keyed.append((int(key), m.value()))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
             bad[i] = f"aggregator change record: key {key!r} is not a course id"
             keyed.append((-1, None))
     return keyed, bad
+
+
+def source_offset(headers: list[tuple[str, bytes]] | None) -> int:
+    """The record's offset in udemy-reviews, from the fraud filter's header (its usual lone
+    header read directly; anything else through `source_position.find`)."""
+    if headers is not None and len(headers) == 1:
+        name, value = headers[0]
+        if name == source_position.HEADER and value is not None and len(value) == 12:
+            offset = int.from_bytes(value[4:], "big", signed=True)
+            if offset >= 0 and value[0] < 0x80:
+                return offset
+    return source_position.find(headers)[1]
 
 
 def main() -> int:
