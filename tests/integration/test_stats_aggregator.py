@@ -278,11 +278,15 @@ def test_two_instances_rebalance_while_input_flows(settings, topics, schema_id, 
 
 
 def in_process_worker(
-    settings: Settings, topics: dict[str, str], clock: Any, cls: type = StatsAggregator
+    settings: Settings,
+    topics: dict[str, str],
+    clock: Any,
+    cls: type = StatsAggregator,
+    group: str | None = None,
 ) -> StatsAggregator:
     return cls(
         settings,
-        LoopConfig(group_id=f"agg-{uuid.uuid4().hex[:8]}"),
+        LoopConfig(group_id=group or f"agg-{uuid.uuid4().hex[:8]}"),
         worker_topics(topics),
         StopFlag(),
         clock=clock,
@@ -395,4 +399,48 @@ def test_an_aborted_day_change_still_moves_every_idle_course(settings, topics, s
     assert "recent" in outcome, "idle courses kept yesterday's window after the abort"
     expected = expected_stats(records, positions, day0 + 1)
     for key, rec in outcome["recent"].items():
+        assert rec["count_reviews"] == expected.loc[(True, int(key)), "count_reviews"], key
+
+
+def run_until(worker: StatsAggregator, done: Any, timeout_s: float = 120) -> bool:
+    """Run the worker in this thread until `done()` holds (polled from another thread)."""
+    outcome = {"done": False}
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not outcome["done"]:
+            outcome["done"] = bool(done())
+            time.sleep(0.3)  # poll interval
+        worker.stop.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    worker.run()
+    watcher.join()
+    return outcome["done"]
+
+
+def test_a_restart_across_midnight_moves_every_idle_course(settings, topics, schema_id):
+    """Stopped on day D, started again on D+1 with no new input: the restored state re-emits
+    every course's recent record at the new day."""
+    now_ms = int(time.time() * 1000)
+    day0 = epoch_day(now_ms)
+    records, positions = edits(300, now_ms, seed=5)
+    feed(settings, topics, schema_id, records, positions)
+    courses = {str(r["course"]["id"]).encode() for r in records}
+    group = f"agg-{uuid.uuid4().hex[:8]}"
+
+    def all_on(day: int) -> bool:
+        recent = latest_recent(settings, topics)
+        return set(recent) == courses and all(
+            r["window_end_day"] == day_to_date(day) for r in recent.values()
+        )
+
+    before = in_process_worker(settings, topics, lambda: now_ms / 1000, group=group)
+    assert run_until(before, lambda: all_on(day0)), "day D published"
+    after = in_process_worker(settings, topics, lambda: (now_ms + MS_PER_DAY) / 1000, group=group)
+    assert run_until(after, lambda: all_on(day0 + 1)), "every course moved to D+1"
+    assert after.metrics.records_in == 0, "nothing but the clock moved"
+    expected = expected_stats(records, positions, day0 + 1)
+    for key, rec in latest_recent(settings, topics).items():
         assert rec["count_reviews"] == expected.loc[(True, int(key)), "count_reviews"], key
