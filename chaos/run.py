@@ -104,8 +104,19 @@ class Killer(threading.Thread):
             while self.done < self.kills or time.monotonic() < self.until:
                 time.sleep(self.rng.uniform(3, 12))  # a random moment: the fault, not a wait
                 pid = self.healthy_pid()
-                if pid is None:
-                    raise RuntimeError(f"{self.worker.name} is not healthy before a kill")
+                if pid is None:  # e.g. restoring after a broker restart: a finding, then kill
+                    state = (health(self.worker.health_url) or {}).get("status", "no answer")
+                    took = wait_until(
+                        f"{self.worker.name} healthy before a kill",
+                        lambda: self.healthy_pid() is not None,
+                        RECOVERY_TIMEOUT_S,
+                    )
+                    log(
+                        f"{self.worker.name} was {state} when a kill was due; ok after {took:.1f} s"
+                    )
+                    pid = self.healthy_pid()
+                    if pid is None:
+                        continue
                 os.kill(pid, signal.SIGKILL)
                 killed = time.monotonic()
                 self.done += 1
