@@ -1,10 +1,11 @@
-"""The incremental statistics (apply_version, moving windows) must equal the from-scratch
-reference for any arrival order, and the reference must equal an independent pandas computation."""
+"""The statistics arithmetic: `CourseStats` (add/retract/offer_title/move_window) driven by the
+KTable transition (current version per review, retract the old, add the new) must equal the
+from-scratch reference for any arrival order, and the reference must equal an independent pandas
+computation."""
 
 import json
 import math
 import re
-from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -24,12 +25,11 @@ from streaming.core.ratings import (
     star_bucket,
 )
 from streaming.core.stats import (
-    Aggregates,
     CourseStats,
     ReviewVersion,
-    apply_version,
     compute_from_scratch,
     supersedes,
+    title_wins,
     to_course_statistic,
 )
 from streaming.core.window import (
@@ -46,13 +46,14 @@ SCHEMA_PATH = Path(__file__).parents[2] / "schemas" / "course_statistic.avsc"
 SCHEMA = parse_schema(json.loads(SCHEMA_PATH.read_text()))
 FIELDS = [field["name"] for field in json.loads(SCHEMA_PATH.read_text())["fields"]]
 
-Event = tuple[int, ReviewVersion]
+Event = tuple[int, ReviewVersion, str]  # review id, version, the record's course title
 
 # Days around both window edges, far in the past, and after the as-of day (clock behind).
 DAYS = [AS_OF - 400, AS_OF - 90, AS_OF - 89, AS_OF - 40, AS_OF - 1, AS_OF, AS_OF + 1, AS_OF + 30]
+TITLES = ["", "Kafka", "Kafka 101", "Zebra"]
 versions = st.builds(
     ReviewVersion,
-    modified_ms=st.integers(0, 5),  # few values, so ties (later record wins) are common
+    modified_ms=st.integers(0, 5),  # few values, so ties (the later position wins) are common
     created_ms=st.builds(
         lambda day, ms: day * MS_PER_DAY + ms,
         st.sampled_from(DAYS),
@@ -66,32 +67,79 @@ versions = st.builds(
 
 @st.composite
 def histories(draw: st.DrawFn, min_size: int = 0) -> list[Event]:
-    """Versions of a few reviews in any order, with exact duplicates (equal copies) re-sent."""
-    events = draw(st.lists(st.tuples(st.integers(0, 12), versions), min_size=min_size, max_size=50))
+    """Records of a few reviews in any arrival order. Each record has its own position in
+    udemy-reviews; some are delivered twice (the same record: equal position), some are re-sent
+    as new records with equal contents (a new position)."""
+    drawn = draw(
+        st.lists(
+            st.tuples(st.integers(0, 12), versions, st.sampled_from(TITLES)),
+            min_size=min_size,
+            max_size=50,
+        )
+    )
+    events: list[Event] = []
+    for position, (review_id, version, title) in enumerate(drawn):
+        version.position = position
+        events.append((review_id, version, title))
     if events:
         for _ in range(draw(st.integers(0, 8))):
-            review_id, version = draw(st.sampled_from(events))
-            events.insert(draw(st.integers(0, len(events))), (review_id, replace(version)))
+            review_id, version, title = draw(st.sampled_from(events))
+            copy = ReviewVersion(
+                version.modified_ms,
+                version.created_ms,
+                version.halves,
+                version.valid,
+                version.course_id,
+                # re-delivered (same record) or re-sent (a new record, after every other)
+                version.position if draw(st.booleans()) else len(events) + len(drawn),
+            )
+            events.insert(draw(st.integers(0, len(events))), (review_id, copy, title))
     return draw(st.permutations(events))
 
 
-def title(course_id: int) -> str:
-    return f"course {course_id}"
+class Model:
+    """The KTable transition over `CourseStats` in one process: a review's current version is
+    its greatest (modified, position); a superseding version retracts the old one (if it was
+    counted) and adds itself (if valid); every record offers its course title."""
 
+    def __init__(self, as_of_day: int) -> None:
+        self.as_of_day = as_of_day
+        self.courses: dict[int, CourseStats] = {}
+        self.current: dict[int, ReviewVersion] = {}
 
-def snapshot(state: Aggregates, as_of_time: int | None = None) -> dict[int, tuple[dict, dict]]:
-    return {
-        course_id: (
-            to_course_statistic(course, recent=False, as_of_time=as_of_time),
-            to_course_statistic(course, recent=True, as_of_time=as_of_time),
-        )
-        for course_id, course in state.courses.items()
-    }
+    def course(self, course_id: int) -> CourseStats:
+        if course_id not in self.courses:
+            self.courses[course_id] = CourseStats(course_id, self.as_of_day)
+        return self.courses[course_id]
+
+    def apply(self, event: Event) -> None:
+        review_id, version, title = event
+        self.course(version.course_id).offer_title(version.modified_ms, title)
+        stored = self.current.get(review_id)
+        if not supersedes(version, stored):
+            return
+        if stored is not None and stored.valid:
+            self.courses[stored.course_id].retract(stored.created_ms, stored.halves)
+        if version.valid:
+            self.course(version.course_id).add(version.created_ms, version.halves)
+        self.current[review_id] = version
+
+    def advance(self, as_of_day: int) -> dict[int, bool]:
+        self.as_of_day = as_of_day
+        return {cid: course.move_window(as_of_day) for cid, course in self.courses.items()}
+
+    def snapshot(self, as_of_time: int | None = None) -> dict[int, tuple[dict, dict]]:
+        return {
+            course_id: (
+                to_course_statistic(course, recent=False, as_of_time=as_of_time),
+                to_course_statistic(course, recent=True, as_of_time=as_of_time),
+            )
+            for course_id, course in self.courses.items()
+        }
 
 
 def scratch(events: list[Event], as_of_day: int, as_of_time: int | None = None) -> dict:
-    titles = {version.course_id: title(version.course_id) for _, version in events}
-    return compute_from_scratch(events, as_of_day, titles=titles, as_of_time=as_of_time)
+    return compute_from_scratch(events, as_of_day, as_of_time=as_of_time)
 
 
 def check_sane(stats: dict[int, tuple[dict, dict]]) -> None:
@@ -99,35 +147,21 @@ def check_sane(stats: dict[int, tuple[dict, dict]]) -> None:
         for record in records:
             assert set(record) == set(FIELDS)
             assert math.isfinite(record["average_rating"])
+            assert math.isfinite(record["sum_rating"])
             if record["count_reviews"] == 0:
                 assert record["average_rating"] == 0.0
                 assert record["last_review_time"] == 0
             assert validate(record, SCHEMA)
 
 
-def apply(state: Aggregates, current: dict[int, ReviewVersion], event: Event) -> tuple[int, ...]:
-    review_id, version = event
-    stored = current.get(review_id)
-    current[review_id], changed = apply_version(state, stored, version, title(version.course_id))
-    return changed
-
-
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(histories())
-def test_incremental_equals_from_scratch_and_reports_every_change(events: list[Event]) -> None:
-    state = Aggregates(AS_OF)
-    current: dict[int, ReviewVersion] = {}
-    seen: list[Event] = []
-    before = snapshot(state)
-    for event in events:
-        changed = apply(state, current, event)
-        seen.append(event)
-        after = snapshot(state)
-        assert after == scratch(seen, AS_OF)
-        moved = {cid for cid in after if before.get(cid) != after[cid]}
-        assert moved <= set(changed)
-        before = after
-    check_sane(before)
+def test_incremental_equals_from_scratch_after_every_record(events: list[Event]) -> None:
+    model = Model(AS_OF)
+    for n, event in enumerate(events, start=1):
+        model.apply(event)
+        assert model.snapshot(7) == scratch(events[:n], AS_OF, 7)
+    check_sane(model.snapshot())
 
 
 @settings(max_examples=150, deadline=None)
@@ -136,127 +170,185 @@ def test_incremental_equals_from_scratch_and_reports_every_change(events: list[E
     st.lists(st.one_of(st.integers(0, 3), st.integers(-120, 200)), min_size=1, max_size=10),
     st.data(),
 )
-def test_moving_window_interleaved_with_versions_equals_from_scratch(
+def test_moving_window_both_ways_interleaved_with_versions_equals_from_scratch(
     events: list[Event], steps: list[int], data: st.DataObject
 ) -> None:
-    state = Aggregates(AS_OF)
-    current: dict[int, ReviewVersion] = {}
+    model = Model(AS_OF)
     size = len(steps)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), min_size=size, max_size=size)))
     day, done = AS_OF, 0
     for step, cut in zip(steps, cuts, strict=True):
         for event in events[done:cut]:
-            apply(state, current, event)
+            model.apply(event)
         done = cut
-        before = snapshot(state)
+        before = {cid: list(course.recent) for cid, course in model.courses.items()}
         day += step
-        changed = state.advance(day)
-        after = snapshot(state)
-        assert after == scratch(events[:done], day)
-        recounted = {
-            cid
-            for cid in after
-            if before[cid][1]["count_reviews"] != after[cid][1]["count_reviews"]
-        }
-        assert recounted <= set(changed)
+        moved = model.advance(day)
+        assert model.snapshot() == scratch(events[:done], day)
+        for cid, course in model.courses.items():
+            if course.recent != before[cid]:
+                assert moved[cid], "move_window must say when the recent counts changed"
+            if step == 0:
+                assert not moved[cid]
     for event in events[done:]:
-        apply(state, current, event)
-    assert snapshot(state) == scratch(events, day)
-    check_sane(snapshot(state))
+        model.apply(event)
+    assert model.snapshot() == scratch(events, day)
+    check_sane(model.snapshot())
     # With no new reviews, every course decays to zero 90 days after its latest one.
-    last_day = max((epoch_day(v.created_ms) for _, v in events), default=day)
-    state.advance(max(day, last_day + RECENT_DAYS))
-    assert all(course.recent == [0] * 11 for course in state.courses.values())
+    last_day = max((epoch_day(v.created_ms) for _, v, _ in events), default=day)
+    model.advance(max(day, last_day + RECENT_DAYS))
+    assert all(course.recent == [0] * 11 for course in model.courses.values())
 
 
-def test_course_decays_to_zero_after_90_days() -> None:
+def test_course_decays_to_zero_after_90_days_and_comes_back() -> None:
     events = [
-        (review_id, ReviewVersion(1, (AS_OF - review_id) * MS_PER_DAY + 5, 10, True, 7))
+        (
+            review_id,
+            ReviewVersion(1, (AS_OF - review_id) * MS_PER_DAY + 5, 10, True, 7, review_id),
+            "T",
+        )
         for review_id in range(10)
     ]
-    state = Aggregates(AS_OF)
-    current: dict[int, ReviewVersion] = {}
+    model = Model(AS_OF)
     for event in events:
-        apply(state, current, event)
-    for day in range(AS_OF, AS_OF + RECENT_DAYS + 2):
-        state.advance(day)
-        assert snapshot(state) == scratch(events, day)
-    recent = to_course_statistic(state.courses[7], recent=True)
+        model.apply(event)
+    days = [*range(AS_OF, AS_OF + RECENT_DAYS + 2), AS_OF - 5, AS_OF + 500, AS_OF]
+    for day in days:
+        model.advance(day)
+        assert model.snapshot() == scratch(events, day)
+    model.advance(AS_OF + RECENT_DAYS + 1)
+    recent = to_course_statistic(model.courses[7], recent=True)
     assert (recent["count_reviews"], recent["average_rating"], recent["last_review_time"]) == (
         0,
         0.0,
         0,
     )
-    assert to_course_statistic(state.courses[7], recent=False)["count_reviews"] == 10
+    assert to_course_statistic(model.courses[7], recent=False)["count_reviews"] == 10
+    model.advance(AS_OF)  # back again: the window takes the reviews back
+    assert to_course_statistic(model.courses[7], recent=True)["count_reviews"] == 10
 
 
-def test_edits_and_verdict_flips_move_the_statistics() -> None:
-    state = Aggregates(AS_OF)
-    current: dict[int, ReviewVersion] = {}
+def test_edits_verdict_flips_ties_and_stale_versions_move_the_statistics() -> None:
+    model = Model(AS_OF)
     created = AS_OF * MS_PER_DAY
     steps = [
-        ((1, ReviewVersion(created, created, 10, True, 5)), (5,), 1, 5.0),
-        ((2, ReviewVersion(created + 9, created + 9, 8, True, 5)), (5,), 2, 9.0),
-        ((2, ReviewVersion(created + 20, created + 9, 6, True, 5)), (5,), 2, 8.0),  # edit
-        ((2, ReviewVersion(created + 10, created + 9, 2, True, 5)), (), 2, 8.0),  # stale
-        ((1, ReviewVersion(created + 30, created, 10, False, 5)), (5,), 1, 3.0),  # -> fraud
-        ((1, ReviewVersion(created + 30, created, 10, False, 5)), (), 1, 3.0),  # duplicate
-        ((1, ReviewVersion(created + 40, created, 9, True, 5)), (5,), 2, 7.5),  # -> valid
+        ((1, ReviewVersion(created, created, 10, True, 5, 0), "T"), 1, 5.0),
+        ((2, ReviewVersion(created + 9, created + 9, 8, True, 5, 1), "T"), 2, 9.0),
+        ((2, ReviewVersion(created + 20, created + 9, 6, True, 5, 2), "T"), 2, 8.0),  # re-rated
+        ((2, ReviewVersion(created + 10, created + 9, 2, True, 5, 3), "T"), 2, 8.0),  # stale
+        ((1, ReviewVersion(created + 30, created, 10, False, 5, 4), "T"), 1, 3.0),  # -> fraud
+        ((1, ReviewVersion(created + 30, created, 10, False, 5, 4), "T"), 1, 3.0),  # again
+        ((1, ReviewVersion(created + 40, created, 9, True, 5, 6), "T"), 2, 7.5),  # -> valid
+        ((1, ReviewVersion(created + 40, created, 2, True, 5, 5), "T"), 2, 7.5),  # earlier tie
+        ((1, ReviewVersion(created + 40, created, 2, True, 5, 7), "T"), 2, 4.0),  # later tie
     ]
-    for event, changed, count, sum_rating in steps:
-        review_id, version = event
-        current[review_id], got = apply_version(state, current.get(review_id), version)
-        record = to_course_statistic(state.courses[5], recent=False)
-        assert (got, record["count_reviews"], record["sum_rating"]) == (changed, count, sum_rating)
-    assert record["average_rating"] == 3.75
+    seen = []
+    for event, count, sum_rating in steps:
+        model.apply(event)
+        seen.append(event)
+        record = to_course_statistic(model.courses[5], recent=False)
+        assert (record["count_reviews"], record["sum_rating"]) == (count, sum_rating)
+        assert model.snapshot() == scratch(seen, AS_OF)
+    assert record["average_rating"] == 2.0
     assert record["last_review_time"] == created + 9
-    assert (record["count_four_stars"], record["count_three_stars"]) == (1, 1)
+    assert (record["count_one_star"], record["count_three_stars"]) == (1, 1)
 
 
 def test_last_review_time_survives_retracting_the_latest_review() -> None:
     stats = CourseStats(1, AS_OF)
-    early = ReviewVersion(0, (AS_OF - 3) * MS_PER_DAY, 10, True, 1)
-    late = ReviewVersion(0, AS_OF * MS_PER_DAY + 7, 10, True, 1)
-    future = ReviewVersion(0, (AS_OF + 2) * MS_PER_DAY, 10, True, 1)
-    for version in (late, early, future):
-        stats.add(version)
-    assert stats.last_review_time() == future.created_ms
-    assert stats.last_review_time(recent=True) == late.created_ms
-    stats.retract(future)
-    stats.retract(late)
-    assert stats.last_review_time() == stats.last_review_time(recent=True) == early.created_ms
-    stats.retract(early)
+    early = (AS_OF - 3) * MS_PER_DAY
+    late = AS_OF * MS_PER_DAY + 7
+    same_day = AS_OF * MS_PER_DAY + 3
+    future = (AS_OF + 2) * MS_PER_DAY
+    for created in (late, early, future, same_day):
+        stats.add(created, 10)
+    assert stats.last_review_time() == future
+    assert stats.last_review_time(recent=True) == late
+    stats.retract(future, 10)
+    assert stats.last_review_time() == stats.last_review_time(recent=True) == late
+    stats.retract(late, 10)
+    assert stats.last_review_time() == stats.last_review_time(recent=True) == same_day
+    stats.retract(same_day, 10)
+    assert stats.last_review_time() == stats.last_review_time(recent=True) == early
+    stats.move_window(AS_OF + RECENT_DAYS)  # early has left the window, not the course
+    assert (stats.last_review_time(), stats.last_review_time(recent=True)) == (early, 0)
+    stats.retract(early, 10)
     assert stats.last_review_time() == 0
     with pytest.raises(ValueError, match="never added"):
-        stats.retract(early)
+        stats.retract(early, 10)
 
 
-def test_title_follows_the_current_versions_and_stale_ones_do_not_revert_it() -> None:
-    state = Aggregates(AS_OF)
-    v1 = ReviewVersion(10, 0, 10, False, 3)
-    v0 = ReviewVersion(5, 0, 10, True, 3)
-    v2 = ReviewVersion(20, 0, 10, False, 3)
-    stored, changed = apply_version(state, None, v1, "Kafka")
-    assert (stored, changed, state.courses[3].title) == (v1, (3,), "Kafka")  # new course
-    stored, changed = apply_version(state, stored, v0, "Old title")
-    assert (stored, changed, state.courses[3].title) == (v1, (), "Kafka")
-    stored, changed = apply_version(state, stored, v2, "Kafka for Beginners")
-    assert (stored, changed, state.courses[3].title) == (v2, (3,), "Kafka for Beginners")
-    assert to_course_statistic(state.courses[3], recent=False)["count_reviews"] == 0
+def test_retract_refuses_what_was_never_added_and_changes_nothing() -> None:
+    stats = CourseStats(1, AS_OF)
+    created = AS_OF * MS_PER_DAY
+    stats.add(created, 10)
+    with pytest.raises(ValueError, match="rating never added"):
+        stats.retract(created, 9)
+    with pytest.raises(ValueError, match="version never added"):
+        stats.retract(created + 1, 10)
+    assert stats.total == stats.recent == [0] * 10 + [1]
+    assert stats.last_review_time() == created
 
 
-def test_a_review_moving_course_changes_both() -> None:
-    state = Aggregates(AS_OF)
-    stored, _ = apply_version(state, None, ReviewVersion(1, 0, 10, True, 1))
-    stored, changed = apply_version(state, stored, ReviewVersion(2, 0, 10, True, 2))
-    assert set(changed) == {1, 2}
-    assert [sum(state.courses[cid].total) for cid in (1, 2)] == [0, 1]
+def test_title_is_the_greatest_modified_then_the_greatest_title() -> None:
+    assert title_wins(5, "", None)
+    assert title_wins(6, "A", (5, "Z"))
+    assert not title_wins(4, "Z", (5, "A"))
+    assert title_wins(5, "B", (5, "A"))
+    assert not title_wins(5, "A", (5, "B"))
+    assert not title_wins(5, "A", (5, "A"))
+    stats = CourseStats(3, AS_OF)
+    assert stats.title == ""
+    assert stats.offer_title(10, "Kafka")
+    assert not stats.offer_title(5, "Old title")  # stale: does not revert it
+    assert stats.title == "Kafka"
+    assert stats.offer_title(10, "Kafka!")  # a tie: the greater title
+    assert not stats.offer_title(10, "Kafka")
+    assert stats.offer_title(20, "Kafka for Beginners")
+    assert stats.offer_title(30, "Kafka for Beginners")  # the same title wins again, later
+    assert not stats.offer_title(25, "Later title")  # ... so 30 is what a rival must beat
+    assert (stats.title_modified, stats.title) == (30, "Kafka for Beginners")
+    assert stats.title == "Kafka for Beginners"
+    assert to_course_statistic(stats, recent=False)["count_reviews"] == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.text(max_size=3)), max_size=8))
+def test_titles_offered_as_utf8_follow_the_rule_on_text(offers: list[tuple[int, str]]) -> None:
+    """The course stage compares titles as UTF-8 bytes; the rule is on text (code points)."""
+    stats = CourseStats(1, AS_OF)
+    best: tuple[int, str] | None = None
+    for modified, title in offers:
+        won = stats.offer_title_bytes(modified, title.encode("utf-8"))
+        assert won == title_wins(modified, title, best)
+        if won:
+            best = (modified, title)
+        assert (stats.title_modified, stats.title) == (best or (None, ""))
+        assert stats.title_raw == stats.title.encode("utf-8")
+
+
+def test_an_empty_title_is_a_title() -> None:
+    stats = CourseStats(3, AS_OF)
+    assert stats.offer_title(1, "")  # the first title, even empty, is news
+    assert not stats.offer_title(0, "Older")
+    assert stats.title == ""
+
+
+def test_a_review_moving_course_and_back_changes_both() -> None:
+    model = Model(AS_OF)
+    model.apply((1, ReviewVersion(1, 0, 10, True, 1, 0), "one"))
+    model.apply((1, ReviewVersion(2, 0, 10, True, 2, 1), "two"))
+    assert [sum(model.courses[cid].total) for cid in (1, 2)] == [0, 1]
+    model.apply((1, ReviewVersion(3, 0, 4, True, 1, 2), "one"))
+    assert [sum(model.courses[cid].total) for cid in (1, 2)] == [1, 0]
+    assert model.courses[1].total[4] == 1
 
 
 def test_records_match_the_avro_schema() -> None:
-    stats = CourseStats(42, AS_OF, "A course")
-    stats.add(ReviewVersion(0, AS_OF * MS_PER_DAY, 9, True, 42))
-    stats.add(ReviewVersion(0, (AS_OF - 200) * MS_PER_DAY, 1, True, 42))
+    stats = CourseStats(42, AS_OF)
+    stats.offer_title(0, "A course")
+    stats.add(AS_OF * MS_PER_DAY, 9)
+    stats.add((AS_OF - 200) * MS_PER_DAY, 1)
     all_time = to_course_statistic(stats, recent=False, as_of_time=123)
     recent = to_course_statistic(stats, recent=True, as_of_time=123)
     empty = to_course_statistic(CourseStats(43, AS_OF), recent=True)
@@ -268,6 +360,7 @@ def test_records_match_the_avro_schema() -> None:
     assert (all_time["sum_rating"], all_time["average_rating"]) == (5.0, 2.5)
     assert (all_time["count_zero_star"], all_time["count_four_stars"]) == (1, 1)
     assert (recent["count_reviews"], recent["sum_rating"], recent["as_of_time"]) == (1, 4.5, 123)
+    assert all_time["course_title"] == "A course"
     assert (empty["average_rating"], empty["last_review_time"], empty["course_title"]) == (
         0.0,
         0,
@@ -275,17 +368,55 @@ def test_records_match_the_avro_schema() -> None:
     )
 
 
-def test_add_rejects_halves_out_of_range() -> None:
+@pytest.mark.parametrize("halves", [0, 11, -1])
+def test_add_rejects_halves_out_of_range(halves: int) -> None:
+    stats = CourseStats(1, AS_OF)
     with pytest.raises(ValueError, match=r"outside 1\.\.10"):
-        CourseStats(1, AS_OF).add(ReviewVersion(0, 0, 0, True, 1))
+        stats.add(0, halves)
+    assert stats.total == [0] * 11
 
 
-def test_supersedes_greatest_modified_and_later_record_on_ties() -> None:
-    stored = ReviewVersion(10, 0, 10, True, 1)
+def test_supersedes_greatest_modified_then_greatest_position() -> None:
+    stored = ReviewVersion(10, 0, 10, True, 1, 5)
     assert supersedes(stored, None)
-    assert supersedes(ReviewVersion(11, 0, 2, True, 1), stored)
-    assert supersedes(ReviewVersion(10, 0, 2, True, 1), stored)
-    assert not supersedes(ReviewVersion(9, 0, 2, True, 1), stored)
+    assert supersedes(ReviewVersion(11, 0, 2, True, 1, 0), stored)
+    assert supersedes(ReviewVersion(10, 0, 2, True, 1, 6), stored)
+    assert not supersedes(ReviewVersion(10, 0, 2, True, 1, 4), stored)
+    assert not supersedes(ReviewVersion(9, 0, 2, True, 1, 99), stored)
+    assert not supersedes(ReviewVersion(10, 0, 10, True, 1, 5), stored), "the same record"
+
+
+def test_from_scratch_refuses_two_versions_at_one_position_and_accepts_copies() -> None:
+    v = ReviewVersion(10, 0, 10, True, 1, 5)
+    copy = ReviewVersion(10, 0, 10, True, 1, 5)
+    result = compute_from_scratch([(1, v), (1, copy)], AS_OF)
+    assert result[1][0]["count_reviews"] == 1
+    with pytest.raises(ValueError, match="one \\(modified, position\\)"):
+        compute_from_scratch([(1, v), (1, ReviewVersion(10, 0, 8, True, 1, 5))], AS_OF)
+    # Different reviews may share a position's value (different partitions).
+    assert compute_from_scratch([(1, v), (2, copy)], AS_OF)[1][0]["count_reviews"] == 2
+
+
+def test_from_scratch_names_every_course_of_any_record() -> None:
+    events = [
+        (1, ReviewVersion(10, 0, 10, True, 1, 0), "one"),
+        (1, ReviewVersion(5, 0, 10, True, 2, 1), "stale two"),  # stale, on another course
+        (2, ReviewVersion(10, 0, 10, False, 3, 2), "fraud three"),  # fraud only
+        (3, ReviewVersion(10, 0, 10, True, 4, 3), "four"),
+        (3, ReviewVersion(11, 0, 10, True, 1, 4), "one, later"),  # moved away from 4
+    ]
+    result = compute_from_scratch(events, AS_OF)
+    assert sorted(result) == [1, 2, 3, 4]
+    assert {cid: result[cid][0]["count_reviews"] for cid in result} == {1: 2, 2: 0, 3: 0, 4: 0}
+    assert {cid: result[cid][0]["course_title"] for cid in result} == {
+        1: "one, later",
+        2: "stale two",
+        3: "fraud three",
+        4: "four",
+    }
+    assert compute_from_scratch(events, AS_OF, titles={1: "X"})[1][1]["course_title"] == "X"
+    assert compute_from_scratch(events[::-1], AS_OF) == result
+    check_sane(result)
 
 
 @pytest.mark.parametrize(
@@ -308,7 +439,7 @@ def test_rating_halves_and_star_buckets(rating: str, halves: int, field: str) ->
     assert rating_halves(rating) == halves
     assert BUCKET_FIELDS[star_bucket(halves)] == field
     stats = CourseStats(1, AS_OF)
-    stats.add(ReviewVersion(0, AS_OF * MS_PER_DAY, halves, True, 1))
+    stats.add(AS_OF * MS_PER_DAY, halves)
     record = to_course_statistic(stats, recent=True)
     assert [name for name in BUCKET_FIELDS if record[name]] == [field]
 
@@ -379,14 +510,16 @@ def test_window_and_day_arithmetic() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(histories(min_size=1))
-def test_from_scratch_equals_pandas(events: list[Event]) -> None:
+def test_from_scratch_equals_pandas_in_any_order(events: list[Event]) -> None:
     frame = pd.DataFrame(
         [
-            {"review_id": rid, "seq": seq, **{k: getattr(v, k) for k in v.__slots__}}
-            for seq, (rid, v) in enumerate(events)
+            {"review_id": rid, "title": title, **{k: getattr(v, k) for k in v.__slots__}}
+            for rid, v, title in events
         ]
     )
-    current = frame.sort_values(["modified_ms", "seq"]).drop_duplicates("review_id", keep="last")
+    current = frame.sort_values(["modified_ms", "position"]).drop_duplicates(
+        "review_id", keep="last"
+    )
     counted = current[current["valid"]]
     start, end = window_bounds(AS_OF)
     day = counted["created_ms"] // MS_PER_DAY
@@ -394,10 +527,15 @@ def test_from_scratch_equals_pandas(events: list[Event]) -> None:
         recent: aggregate_with_pandas(counted[day.between(start, end)] if recent else counted)
         for recent in (False, True)
     }
+    titles = (
+        frame.sort_values(["modified_ms", "title"]).drop_duplicates("course_id", keep="last")
+    ).set_index("course_id")["title"]
     result = compute_from_scratch(events, AS_OF)
+    assert compute_from_scratch(events[::-1], AS_OF) == result
     assert set(result) == set(frame["course_id"])
     for course_id, records in result.items():
         for recent, record in zip((False, True), records, strict=True):
+            assert record["course_title"] == titles[course_id]
             row = expected[recent].get(course_id)
             if row is None:
                 assert record["count_reviews"] == 0
