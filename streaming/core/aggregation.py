@@ -238,7 +238,7 @@ class CourseState:
             raw.decode("utf-8")  # a title that cannot be published is refused up front
         new_course = course is None
         if course is None:
-            if raw is None:
+            if raw is None or flags & RETRACT:  # nothing was ever counted there to retract
                 raise ValueError(f"course {course_id}: a retraction for a course never seen")
             course = self.courses[course_id] = CourseStats(course_id, self.as_of_day)
         if flags & RETRACT:

@@ -72,7 +72,12 @@ class Checkpoint:
                 return
             except KafkaException as exc:
                 err = exc.args[0]
-                if not err.retriable() or err.txn_requires_abort() or time.monotonic() > deadline:
+                if (
+                    err.fatal()
+                    or not err.retriable()
+                    or err.txn_requires_abort()
+                    or time.monotonic() > deadline
+                ):
                     raise
                 self.retries += 1
                 log_event(log, "retriable commit error, retrying", logging.WARNING, error=str(err))

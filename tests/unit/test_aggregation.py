@@ -256,14 +256,23 @@ def test_course_stage_refuses_impossible_changes_without_touching_the_state():
     never_added = pack_change(Change(2, retract=(DAY * MS, 4), title=(1, b"T")))
     bad_title = pack_change(Change(3, add=(DAY * MS, 4), title=(1, b"\xff")))
     changed, changelog, errors = state.apply([(8, never_seen), (8, bad_title)])
-    assert (changed, changelog, set(errors)) == (set(), [], {0, 1})
+    assert (changed, changelog, set(errors)) == (set(), {}, {0, 1})
     assert "never seen" in errors[0]
     assert state.courses == {}
     changed, changelog, errors = state.apply([(9, never_added)])
-    assert (changed, changelog, set(errors)) == (set(), [], {0})
-    assert "never added" in errors[0]
+    assert (changed, changelog, set(errors)) == (set(), {}, {0})
+    assert "never seen" in errors[0]
     # The docstring of CourseState._apply: all checks before any state changes.
     assert state.courses == {}, "a refused change created a course (no changelog entry for it)"
+    # a course that exists: the retraction of a version it never counted changes nothing
+    state.apply([(9, pack_change(Change(5, title=(1, b"Nine"))))])
+    before = state.statistics(9, T)
+    changed, changelog, errors = state.apply(
+        [(9, pack_change(Change(6, retract=(DAY * MS, 4), title=(9, b"Z"))))]
+    )
+    assert (changed, changelog, set(errors)) == (set(), {}, {0})
+    assert "never added" in errors[0]
+    assert state.statistics(9, T) == before, "the title offer of a refused change is not taken"
 
 
 def test_a_new_course_is_a_change_even_with_nothing_counted():
