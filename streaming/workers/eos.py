@@ -22,6 +22,7 @@ are not fatal are logged and counted, never processed as records.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -194,6 +195,10 @@ class EosWorker(ABC):
             if tp.offset >= 0 and (tp.topic, tp.partition) not in self._held
         ]
         self.checkpoint.commit(positions, self.consumer.consumer_group_metadata())
+        # What survived a transaction is long-lived state (acyclic: freed by reference counts):
+        # out of the cyclic collector, which would otherwise rescan all of it on every full
+        # collection (45 % of the review stage's time at 1M reviews). O(1).
+        gc.freeze()
         self.metrics.transactions += 1
         self.metrics.last_commit_time = time.time()
         self.committed(positions)
