@@ -32,7 +32,7 @@ STATS_TABLES = frozenset({"long_term_stats", "recent_stats"})
 
 
 def topic_specs() -> list[dg.AssetSpec]:
-    """Every declared topic (streaming/topics.toml), downstream of the topics it is made from."""
+    """Every declared topic (streaming/pipeline.py), downstream of the topics it is made from."""
     specs = []
     for topic in load_topic_specs():
         deps = [topic_key(t) for t in TOPIC_UPSTREAM.get(topic.name, ())]
