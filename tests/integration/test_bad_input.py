@@ -698,7 +698,8 @@ def test_poison_in_every_live_input_is_dead_lettered_and_the_workers_keep_their_
 # -- a huge record, through workers and a sink connector of the committed code and configs ------
 def declared_topics(admin: AdminClient, declared: dict[str, str], partitions: int) -> dict:
     """Temporary topics `bad-<name>-<tag>`, each with the config of the declared topic it
-    stands for (streaming/pipeline.py): the dead-letter topics' larger max.message.bytes included."""
+    stands for (streaming/pipeline.py), the dead-letter topics' larger max.message.bytes
+    included."""
     specs = {spec.name: spec for spec in load_topic_specs()}
     tag = uuid.uuid4().hex[:8]
     topics = {name: f"bad-{name}-{tag}" for name in declared}
