@@ -131,8 +131,11 @@ class StatsAggregator(EosWorker):
         return [self.t.valid, self.t.fraud, self.t.changes]
 
     def process(self, msgs: list[Message]) -> None:
-        inputs = [m for m in msgs if m.topic() != self.t.changes]
-        changes = [m for m in msgs if m.topic() == self.t.changes]
+        inputs: list[Message] = []
+        changes: list[Message] = []
+        changes_topic = self.t.changes
+        for m in msgs:
+            (changes if m.topic() == changes_topic else inputs).append(m)
         if inputs:
             self.current_versions(inputs)
         if changes:
@@ -149,9 +152,9 @@ class StatsAggregator(EosWorker):
         raw = batch.buf.tobytes()
         produce = self.producer.produce
         changes_topic, valid_topic = self.t.changes, self.t.valid
+        changelog = self.versions.changelog  # state partition p = input partition p
         states = self.versions.partitions
         keys = self._course_keys
-        entries: dict[tuple[int, bytes], bytes] = {}
         out = 0
         for i in np.flatnonzero(batch.readable).tolist():
             m = msgs[i]
@@ -184,11 +187,8 @@ class StatsAggregator(EosWorker):
                     key = keys[course] = str(course).encode()
                 produce(changes_topic, change, key)
             out += len(routed)
-            if entry is not None:  # the last version of a review in the batch is its state
-                entries[(partition, m.key())] = entry
-        write = self.versions.write
-        for (partition, key), entry in entries.items():
-            write(self.producer, partition, key, entry)
+            if entry is not None:
+                produce(changelog, entry, m.key(), partition)
         self.metrics.records_out[changes_topic] += out
         self.metrics.extra["changes_out"] += out
         self._dead_letters(msgs, sorted(dead.items()))
