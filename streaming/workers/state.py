@@ -30,7 +30,12 @@ RESTORE_TIMEOUT_S = 600
 
 
 class Restorable(Protocol):
-    def restore(self, entries: Iterable[tuple[bytes | None, bytes | None]]) -> int: ...
+    def restore(self, entries: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+        """Rebuild from every (key, value) entry of the partition's changelog, in order, in
+        one call (a state may resolve keys across the whole changelog: a tombstone or a later
+        value of a key read in another call would otherwise be missed); returns how many
+        entries it could not read."""
+        ...
 
 
 S = TypeVar("S", bound=Restorable)
@@ -86,9 +91,10 @@ def read_changelog(
     states: dict[int, S],
     group_prefix: str,
     timeout_s: float = RESTORE_TIMEOUT_S,
+    batch: int = 10_000,
 ) -> dict[int, tuple[int, int]]:
-    """Replay committed changelog records up to each partition's end into its state;
-    {partition: (records read, unreadable)}."""
+    """Read each partition's committed changelog to its end, then replay it into its state
+    in one call; {partition: (records read, unreadable)}."""
     reader = Consumer(
         settings.kafka_config(
             **{
@@ -101,7 +107,7 @@ def read_changelog(
             }
         )
     )
-    counts = {p: (0, 0) for p in partitions}
+    entries: dict[int, list[tuple[bytes | None, bytes | None]]] = {p: [] for p in partitions}
     try:
         todo = set()
         assignment = []
@@ -115,20 +121,16 @@ def read_changelog(
         while todo:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"restoring {topic}{sorted(todo)} took over {timeout_s}s")
-            by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
-            for m in reader.consume(10_000, timeout=1.0):
+            for m in reader.consume(batch, timeout=1.0):
                 err = m.error()
                 if err is None:
-                    by_partition.setdefault(m.partition(), []).append((m.key(), m.value()))
+                    entries[m.partition()].append((m.key(), m.value()))
                 elif err.code() == KafkaError._PARTITION_EOF:  # at its end (the LSO)
                     todo.discard(m.partition())
                 elif err.fatal():
                     raise KafkaException(err)
                 else:
                     log_event(log, "restore consumer error", logging.WARNING, error=str(err))
-            for p, entries in by_partition.items():
-                read, bad = counts[p]
-                counts[p] = (read + len(entries), bad + states[p].restore(entries))
     finally:
         reader.close()
-    return counts
+    return {p: (len(entries[p]), states[p].restore(entries.pop(p))) for p in partitions}

@@ -300,6 +300,24 @@ def latest_recent(settings: Settings, topics: dict[str, str]) -> dict[bytes, dic
     }
 
 
+def run_until(worker: StatsAggregator, done: Any, timeout_s: float = 120) -> bool:
+    """Run the worker in this thread until `done()` holds (polled from another thread)."""
+    outcome = {"done": False}
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not outcome["done"]:
+            outcome["done"] = bool(done())
+            time.sleep(0.3)  # poll interval
+        worker.stop.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    worker.run()
+    watcher.join()
+    return outcome["done"]
+
+
 def test_a_day_advance_decays_a_course(settings, topics, schema_id):
     now = {"ms": int(time.time() * 1000)}
     day0 = epoch_day(now["ms"])
@@ -310,26 +328,18 @@ def test_a_day_advance_decays_a_course(settings, topics, schema_id):
     worker = in_process_worker(settings, topics, lambda: now["ms"] / 1000)
     seen: list[dict] = []
 
-    def drive() -> None:
-        """Wait for the review to count, move the clock two days, wait for the decay."""
-        deadline = time.monotonic() + 90
-        moved = False
-        while time.monotonic() < deadline:
-            rec = latest_recent(settings, topics).get(b"4242")
-            if rec and not moved and rec["count_reviews"] == 1:
-                seen.append(rec)
-                now["ms"] += 2 * MS_PER_DAY
-                moved = True
-            elif moved and rec and rec["window_end_day"] == day_to_date(day0 + 2):
-                seen.append(rec)
-                break
-            time.sleep(0.3)  # poll interval
-        worker.stop.set()
+    def counted_then_decayed() -> bool:
+        """The review counts: move the clock two days; then wait for the decay."""
+        rec = latest_recent(settings, topics).get(b"4242")
+        if rec and not seen and rec["count_reviews"] == 1:
+            seen.append(rec)
+            now["ms"] += 2 * MS_PER_DAY
+        elif seen and rec and rec["window_end_day"] == day_to_date(day0 + 2):
+            seen.append(rec)
+            return True
+        return False
 
-    driver = threading.Thread(target=drive)
-    driver.start()
-    worker.run()
-    driver.join()
+    assert run_until(worker, counted_then_decayed, timeout_s=90), seen
     assert len(seen) == 2, seen
     before, after = seen
     assert before["window_end_day"] == day_to_date(day0) and before["sum_rating"] == 4.5
@@ -374,50 +384,25 @@ def test_an_aborted_day_change_still_moves_every_idle_course(settings, topics, s
     worker = in_process_worker(settings, topics, lambda: now["ms"] / 1000, FailsTheDayChange)
     outcome: dict[str, Any] = {}
 
-    def drive() -> None:
-        deadline = time.monotonic() + 120
-        moved = False
-        while time.monotonic() < deadline:
-            recent = latest_recent(settings, topics)
-            if not moved and set(recent) == courses:
-                now["ms"] += MS_PER_DAY  # idle from here on: only the clock moves
-                moved = True
-            elif moved and all(
-                r["window_end_day"] == day_to_date(day0 + 1) for r in recent.values()
-            ):
-                outcome["recent"] = recent
-                break
-            time.sleep(0.3)  # poll interval
-        worker.stop.set()
+    def published_then_moved() -> bool:
+        """Every course published: move the clock a day (idle from here on); then wait until
+        every course's recent record is on the new day."""
+        recent = latest_recent(settings, topics)
+        if not outcome and set(recent) == courses:
+            now["ms"] += MS_PER_DAY
+            outcome["moved"] = True
+        elif outcome and all(r["window_end_day"] == day_to_date(day0 + 1) for r in recent.values()):
+            outcome["recent"] = recent
+            return True
+        return False
 
-    driver = threading.Thread(target=drive)
-    driver.start()
-    worker.run()
-    driver.join()
+    run_until(worker, published_then_moved)
     assert worker.failed == 1, "the day-change commit was failed once"
     assert worker.metrics.extra.get("aborts") == 1
     assert "recent" in outcome, "idle courses kept yesterday's window after the abort"
     expected = expected_stats(records, positions, day0 + 1)
     for key, rec in outcome["recent"].items():
         assert rec["count_reviews"] == expected.loc[(True, int(key)), "count_reviews"], key
-
-
-def run_until(worker: StatsAggregator, done: Any, timeout_s: float = 120) -> bool:
-    """Run the worker in this thread until `done()` holds (polled from another thread)."""
-    outcome = {"done": False}
-
-    def watch() -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not outcome["done"]:
-            outcome["done"] = bool(done())
-            time.sleep(0.3)  # poll interval
-        worker.stop.set()
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    worker.run()
-    watcher.join()
-    return outcome["done"]
 
 
 def test_a_restart_across_midnight_moves_every_idle_course(settings, topics, schema_id):
