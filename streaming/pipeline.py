@@ -190,7 +190,10 @@ class WorkerSpec:
 
     def instance_port(self, instance: int = 0, env: Mapping[str, str] | None = None) -> int:
         env = os.environ if env is None else env
-        return int(env.get(self.health_port_env) or self.health_port) + instance
+        raw = env.get(self.health_port_env) or str(self.health_port)
+        if not raw.isdigit():
+            raise ValueError(f"{self.health_port_env} must be a port number, got {raw!r}")
+        return int(raw) + instance
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -320,7 +323,12 @@ def worker(name: str) -> WorkerSpec:
 def main(argv: list[str]) -> int:
     """`python -m streaming.pipeline health-url WORKER [INSTANCE]`, for services.conf."""
     if len(argv) in (2, 3) and argv[0] == "health-url":
-        print(worker(argv[1]).health_url(int(argv[2]) if len(argv) == 3 else 0))
+        try:
+            spec = worker(argv[1])
+            print(spec.health_url(int(argv[2]) if len(argv) == 3 else 0))
+        except (KeyError, ValueError) as exc:  # an unknown worker, a port that is no number
+            print(f"streaming.pipeline: {exc}", file=sys.stderr)
+            return 2
         return 0
     print("usage: python -m streaming.pipeline health-url WORKER [INSTANCE]", file=sys.stderr)
     return 2

@@ -200,6 +200,7 @@ class EosWorker(ABC):
         # collection (45 % of the review stage's time at 1M reviews). O(1).
         gc.freeze()
         self.metrics.transactions += 1
+        self.metrics.extra["commit_retries"] = self.checkpoint.retries
         self.metrics.last_commit_time = time.time()
         self.committed(positions)
 
