@@ -19,9 +19,13 @@
 # CONNECT_HEAP [1g], REGISTRY_HEAP [512m], STACK_TIMEOUT [180] (seconds per readiness wait).
 #
 # STACK_APPS is a file of application processes, one per line:
-#   app NAME READY_URL COMMAND...   started after the infrastructure, ready when READY_URL
-#                                   answers 2xx (tcp://HOST:PORT: accepts connections; "-":
-#                                   ready while alive)
+#   app NAME [instances=N] [stop=S] READY_URL COMMAND...
+#                                   started after the infrastructure under a supervisor that
+#                                   restarts it when it exits (stack/procs.py); ready when
+#                                   READY_URL answers 2xx (tcp://HOST:PORT: accepts connections;
+#                                   "-": ready while alive). instances=N runs NAME-0..NAME-<N-1>,
+#                                   each with WORKER_INSTANCE=i (usable in READY_URL); stop=S
+#                                   is how long `down` waits after TERM before KILL [30]
 #   env KEY=VALUE                   appended to .stack/env (values may use ${VARS} of .stack/env)
 #   init COMMAND...                 run once after the infrastructure is up, before any app
 #   post COMMAND...                 run once by `run` after every app is ready (e.g. a demo)
@@ -115,39 +119,25 @@ render() { # render TEMPLATE OUT: replace @VAR@ with the variable's value
   done <"$1"
 }
 
-pid_of() { [ -f "$RUN/$1.pid" ] && cat "$RUN/$1.pid" || true; }
-alive() { # alive NAME: its process exists and is not a zombie awaiting its reaper
-  local p st; p=$(pid_of "$1"); [ -n "$p" ] || return 1
-  st=$(ps -o stat= -p "$p" 2>/dev/null) || return 1
-  [[ $st != Z* ]]
-}
+procs() { PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} "$PY" -m stack.procs --state "$STACK_DIR" "$@"; } # stack/procs.py
+pid_of() { procs pid "$1"; }
+alive() { [ -n "$(pid_of "$1")" ]; } # alive NAME: its process runs (not a zombie)
 
-spawn() { # spawn NAME CMD...: start in its own session (so stop can kill the whole group)
+spawn() { # spawn NAME [--stop-timeout S] -- CMD...: run under a supervisor that restarts it on exit
   local name=$1; shift
-  echo "=== $(date -u +%FT%TZ) starting $name" >>"$LOGS/$name.log"
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
-  echo $! >"$RUN/$name.pid"
+  procs start "$name" "$@"
 }
 
-stop_proc() { # stop NAME: TERM the process group, KILL after 30 s
-  local name=$1 p i
-  p=$(pid_of "$name")
-  if alive "$name"; then
-    say "stopping $name (pid $p)"
-    kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
-    for i in $(seq 1 300); do alive "$name" || break; sleep 0.1; done
-    if alive "$name"; then
-      say "$name did not stop in 30 s: killing it"
-      kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null || true
-    fi
-  fi
-  rm -f "$RUN/$name.pid"
+stop_proc() { # stop_proc NAME [TIMEOUT]: TERM the process group, KILL after TIMEOUT (30 s)
+  local name=$1
+  alive "$name" && say "stopping $name (pid $(pid_of "$name"))"
+  procs stop --timeout "${2:-30}" "$name"
 }
 
 wait_until() { # wait_until NAME CHECK...: poll a real readiness check until STACK_TIMEOUT
   local name=$1 deadline=$((SECONDS + STACK_TIMEOUT)); shift
   until "$@"; do
-    if [ -f "$RUN/$name.pid" ] && ! alive "$name"; then
+    if ! alive "$name" && [ "$(procs status --timeout 1 "$name" - 2>/dev/null)" != backoff ]; then
       tail -20 "$LOGS/$name.log" >&2; die "$name exited during start-up (log: $LOGS/$name.log)"
     fi
     [ $SECONDS -lt $deadline ] || { tail -20 "$LOGS/$name.log" >&2; die "$name not ready after ${STACK_TIMEOUT}s (log: $LOGS/$name.log)"; }
@@ -208,7 +198,7 @@ up_kafka() {
       -t "$cluster_id" -c "$STACK_DIR/kafka/server.properties" >>"$LOGS/kafka.log" 2>&1
   fi
   say "starting Kafka on 127.0.0.1:$KAFKA_PORT"
-  spawn kafka "$JAVA" -Xms256m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
+  spawn kafka -- "$JAVA" -Xms256m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" \
     -cp "$DIST/libs/*" kafka.Kafka "$STACK_DIR/kafka/server.properties"
   wait_until kafka kafka_ok
@@ -220,7 +210,7 @@ registry_ok() { http_ok "$REGISTRY_URL/apis/ccompat/v7/subjects"; }
 up_registry() {
   alive registry && { wait_until registry registry_ok; return; }
   say "starting Apicurio Registry on $REGISTRY_URL (storage: PostgreSQL database 'registry')"
-  spawn registry "$(registry_java)" -Xms128m -Xmx"$REGISTRY_HEAP" -XX:+UseG1GC \
+  spawn registry -- "$(registry_java)" -Xms128m -Xmx"$REGISTRY_HEAP" -XX:+UseG1GC \
     -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
     -Dquarkus.management.port="$REGISTRY_MGMT_PORT" -Dquarkus.management.host=127.0.0.1 \
     -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=postgresql \
@@ -238,7 +228,7 @@ up_connect() {
   mkdir -p "$STACK_DIR/connect"
   render "$ROOT/stack/conf/connect-distributed.properties.in" "$STACK_DIR/connect/connect-distributed.properties"
   say "starting Kafka Connect on $CONNECT_URL"
-  spawn connect "$JAVA" -Xms256m -Xmx"$CONNECT_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
+  spawn connect -- "$JAVA" -Xms256m -Xmx"$CONNECT_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" \
     -cp "$DIST/libs/*" org.apache.kafka.connect.cli.ConnectDistributed \
     "$STACK_DIR/connect/connect-distributed.properties"
@@ -246,25 +236,25 @@ up_connect() {
 }
 
 # ---------------------------------------------------------------- applications ($STACK_APPS)
-apps() { # apps: print "NAME READY_URL COMMAND..." lines of $STACK_APPS, variables expanded
+apps() { # apps: print "NAME STOP_S READY_URL COMMAND..." per instance of $STACK_APPS, expanded
   [ -n "$STACK_APPS" ] || return 0
   [ -f "$STACK_APPS" ] || die "STACK_APPS file not found: $STACK_APPS"
   set -a; . "$STACK_DIR/env"; set +a
-  local kind rest
-  while read -r kind rest; do
-    [ "$kind" = app ] && eval "printf '%s\n' \"$rest\""
+  local kind name rest n stop i WORKER_INSTANCE
+  while read -r kind name rest; do
+    [ "$kind" = app ] || continue
+    n=1 stop=30
+    while [[ $rest =~ ^(instances|stop)=([^[:space:]]+)[[:space:]]+(.*)$ ]]; do
+      case ${BASH_REMATCH[1]} in instances) n=$(eval "echo ${BASH_REMATCH[2]}") ;; stop) stop=${BASH_REMATCH[2]} ;; esac
+      rest=${BASH_REMATCH[3]}
+    done
+    [[ $n =~ ^[1-9][0-9]*$ ]] || die "app $name: instances must be a positive number, got '$n'"
+    for ((i = 0; i < n; i++)); do
+      WORKER_INSTANCE=$i
+      if [ "$n" = 1 ]; then eval "printf '%s %s %s\n' $name $stop \"$rest\""
+      else eval "printf '%s %s %s\n' $name-$i $stop \"$rest\"" | sed "s/^\([^ ]* [^ ]* [^ ]*\) /\1 WORKER_INSTANCE=$i /"; fi
+    done
   done <"$STACK_APPS"
-}
-
-tcp_ok() { local hp=${1#tcp://}; (exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}") 2>/dev/null; }
-app_ok() { # app_ok NAME READY: alive, and READY ("-", an http(s) URL, or tcp://HOST:PORT) answers
-  local name=$1 url=$2
-  alive "$name" || return 1
-  case $url in
-    -) ;;
-    tcp://*) tcp_ok "$url" ;;
-    *) http_ok "$url" ;;
-  esac
 }
 
 run_steps() { # run_steps KIND: run every "KIND COMMAND..." line of $STACK_APPS, in order
@@ -277,20 +267,26 @@ run_steps() { # run_steps KIND: run every "KIND COMMAND..." line of $STACK_APPS,
   done <"$STACK_APPS"
 }
 
-up_apps() {
-  local name url cmd
-  while read -r name url cmd; do
+up_apps() { # start every app not running, then wait for each (instances start side by side)
+  local name stop url cmd run
+  while read -r name stop url cmd; do
     [ -n "$name" ] || continue
-    app_ok "$name" "$url" && continue
-    alive "$name" || { say "starting $name"; (set -a; . "$STACK_DIR/env"; set +a; cd "$ROOT"; spawn "$name" bash -c "exec $cmd"); }
-    wait_until "$name" app_ok "$name" "$url"
+    alive "$name" && continue
+    say "starting $name"
+    if [[ $cmd =~ ^(WORKER_INSTANCE=[0-9]+)\ (.*)$ ]]; then run="${BASH_REMATCH[1]} exec ${BASH_REMATCH[2]}"; else run="exec $cmd"; fi
+    (set -a; . "$STACK_DIR/env"; set +a; cd "$ROOT"; spawn "$name" --stop-timeout "$stop" -- bash -c "$run")
+    [[ $cmd == WORKER_INSTANCE=* ]] || procs wait --timeout "$STACK_TIMEOUT" "$name" "$url" || die "$name did not become ready (log: $LOGS/$name.log)"
+  done < <(apps)
+  while read -r name stop url cmd; do
+    [ -n "$name" ] && { procs wait --timeout "$STACK_TIMEOUT" "$name" "$url" || die "$name did not become ready (log: $LOGS/$name.log)"; }
   done < <(apps)
 }
 
 down_apps() {
   local name _rest
   [ -n "$STACK_APPS" ] && [ -f "$STACK_APPS" ] && [ -f "$STACK_DIR/env" ] || return 0
-  while read -r name _rest; do [ -n "$name" ] && stop_proc "$name"; done < <(apps | tac)
+  local stop
+  while read -r name stop _rest; do [ -n "$name" ] && stop_proc "$name" "$stop"; done < <(apps | tac)
 }
 
 # ---------------------------------------------------------------- env, up, status, down, run
@@ -339,9 +335,12 @@ cmd_status() {
   if alive registry && registry_ok; then line registry healthy "$REGISTRY_URL pid $(pid_of registry)"; else line registry DOWN "$REGISTRY_URL"; bad=1; fi
   if alive connect && connect_ok; then line connect healthy "$CONNECT_URL pid $(pid_of connect)"; else line connect DOWN "$CONNECT_URL"; bad=1; fi
   if [ -f "$STACK_DIR/env" ]; then
-    while read -r name url _cmd; do
+    local word _stop
+    while read -r name _stop url _cmd; do
       [ -n "$name" ] || continue
-      if app_ok "$name" "$url"; then line "$name" healthy "$url pid $(pid_of "$name")"; else line "$name" DOWN "$url"; bad=1; fi
+      word=$(procs status "$name" "$url")
+      if [ "$word" = healthy ]; then line "$name" healthy "$url pid $(pid_of "$name")"
+      else line "$name" "$word" "$url"; bad=1; fi
     done < <(apps)
   fi
   return $bad

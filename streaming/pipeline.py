@@ -159,7 +159,25 @@ class WorkerSpec:
     ports: Mapping[str, str]
     stages: tuple[Stage, ...]
     health_port: int
-    instances: int = 1
+    instances: int = 2
+    """How many instances run by default (`<env_prefix>_INSTANCES` overrides): two, so a
+    crashed instance's partner keeps serving its own partitions while it restarts."""
+
+    @property
+    def instances_env(self) -> str:
+        return f"{self.env_prefix}_INSTANCES"
+
+    def instance_count(self, env: Mapping[str, str] | None = None) -> int:
+        env = os.environ if env is None else env
+        raw = env.get(self.instances_env) or str(self.instances)
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"{self.instances_env} must be a positive number, got {raw!r}")
+        return int(raw)
+
+    def instance_names(self, env: Mapping[str, str] | None = None) -> list[str]:
+        """The process names: NAME alone, or NAME-0..NAME-<N-1> when there are several."""
+        n = self.instance_count(env)
+        return [self.name] if n == 1 else [f"{self.name}-{i}" for i in range(n)]
 
     @property
     def health_port_env(self) -> str:
@@ -247,7 +265,7 @@ AGGREGATOR = WorkerSpec(
             Store("course-stats", "courses_changelog"),
         ),
     ),
-    health_port=8092,
+    health_port=8101,  # fraud-filter instances take 8091..8100
 )
 
 WORKERS: tuple[WorkerSpec, ...] = (FRAUD_FILTER, AGGREGATOR)
@@ -320,18 +338,28 @@ def worker(name: str) -> WorkerSpec:
     raise KeyError(f"no worker {name!r} (declared: {', '.join(w.name for w in WORKERS)})")
 
 
+USAGE = "usage: python -m streaming.pipeline health-url|health-port|instances WORKER [INSTANCE]"
+
+
 def main(argv: list[str]) -> int:
-    """`python -m streaming.pipeline health-url WORKER [INSTANCE]`, for services.conf."""
-    if len(argv) in (2, 3) and argv[0] == "health-url":
-        try:
-            spec = worker(argv[1])
-            print(spec.health_url(int(argv[2]) if len(argv) == 3 else 0))
-        except (KeyError, ValueError) as exc:  # an unknown worker, a port that is no number
-            print(f"streaming.pipeline: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    print("usage: python -m streaming.pipeline health-url WORKER [INSTANCE]", file=sys.stderr)
-    return 2
+    """`python -m streaming.pipeline health-url|health-port|instances WORKER [INSTANCE]`, for
+    services.conf (environment overrides applied)."""
+    if len(argv) not in (2, 3) or argv[0] not in ("health-url", "health-port", "instances"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    try:
+        spec = worker(argv[1])
+        instance = int(argv[2]) if len(argv) == 3 else 0
+        if argv[0] == "health-url":
+            print(spec.health_url(instance))
+        elif argv[0] == "health-port":
+            print(spec.instance_port(instance))
+        else:
+            print(spec.instance_count())
+    except (KeyError, ValueError) as exc:  # an unknown worker, a setting that is no number
+        print(f"streaming.pipeline: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -590,7 +590,7 @@ def test_poison_in_every_live_input_is_dead_lettered_and_the_workers_keep_their_
     settings: Settings, connect: ConnectClient
 ) -> None:
     fraud_url = os.environ.get("FRAUD_FILTER_HEALTH_URL", "http://127.0.0.1:8091/health")
-    aggregator_url = os.environ.get("AGGREGATOR_HEALTH_URL", "http://127.0.0.1:8092/health")
+    aggregator_url = os.environ.get("AGGREGATOR_HEALTH_URL", "http://127.0.0.1:8101/health")
     schema_id = Registry(settings.schema_registry_url).register(
         "udemy-reviews-value", "review.avsc"
     )
