@@ -150,9 +150,7 @@ def describe_exit(returncode: int) -> str:
 class Supervisor:
     """Runs one process and restarts it when it exits, until told to stop or held."""
 
-    def __init__(
-        self, state: Path, name: str, cmd: Sequence[str], stop_timeout_s: float
-    ) -> None:
+    def __init__(self, state: Path, name: str, cmd: Sequence[str], stop_timeout_s: float) -> None:
         self.state, self.name, self.cmd = state, name, list(cmd)
         self.stop_timeout_s = stop_timeout_s
         self.child: subprocess.Popen[bytes] | None = None
@@ -176,7 +174,8 @@ class Supervisor:
     def spawn(self) -> None:
         log = self.state / "logs" / f"{self.name}.log"
         with log.open("ab") as out:
-            out.write(f"=== {time.strftime('%FT%TZ', time.gmtime())} starting {self.name}\n".encode())
+            stamp = time.strftime("%FT%TZ", time.gmtime())
+            out.write(f"=== {stamp} starting {self.name}\n".encode())
             out.flush()
             self.child = subprocess.Popen(
                 self.cmd,
@@ -201,20 +200,27 @@ class Supervisor:
         _write_atomic(_file(self.state, self.name, ".sup.pid"), f"{os.getpid()}\n")
         backoff = 0.0
         while not self.stopping:
-            self.spawn()
-            assert self.child is not None
-            requested = self._wait_child()
+            try:
+                self.spawn()
+            except OSError as exc:  # not even started (a missing program): a crash all the same
+                self.child, self.record["started"] = None, time.time()
+                requested, exit_text, pid = False, f"could not start: {exc}", None
+            else:
+                assert self.child is not None
+                requested = self._wait_child()
+                if self.stopping:
+                    break
+                exit_text, pid = describe_exit(self.child.returncode), self.child.pid
             if self.stopping:
                 break
-            code = self.child.returncode
             uptime = time.time() - float(self.record["started"])
             backoff = 0.0 if requested else next_backoff(backoff, uptime)
             self.record["restarts"] = [
                 *self.record["restarts"][-(KEEP_RESTARTS - 1) :],
                 {
                     "time": time.time(),
-                    "pid": self.child.pid,
-                    "exit": describe_exit(code),
+                    "pid": pid,
+                    "exit": exit_text,
                     "uptime_s": round(uptime, 1),
                     "requested": requested,
                     "backoff_s": backoff,
@@ -358,7 +364,7 @@ def ready(url: str, timeout_s: float = 3.0) -> bool:
             return False
         return True
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - our URLs
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             return 200 <= resp.status < 300
     except (urllib.error.URLError, OSError, ValueError):
         return False

@@ -124,8 +124,9 @@ pid_of() { procs pid "$1"; }
 alive() { [ -n "$(pid_of "$1")" ]; } # alive NAME: its process runs (not a zombie)
 
 spawn() { # spawn NAME [--stop-timeout S] -- CMD...: run under a supervisor that restarts it on exit
-  local name=$1; shift
-  procs start "$name" "$@"
+  local name=$1 stop=30; shift
+  [ "$1" = --stop-timeout ] && { stop=$2; shift 2; }
+  procs start --stop-timeout "$stop" "$name" "$@"
 }
 
 stop_proc() { # stop_proc NAME [TIMEOUT]: TERM the process group, KILL after TIMEOUT (30 s)

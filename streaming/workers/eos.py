@@ -28,6 +28,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from confluent_kafka import (
@@ -252,13 +253,27 @@ class EosWorker(ABC):
         them there and resume them."""
         tps = [TopicPartition(t, p) for t, p in sorted(self._held)]
         offsets = self._committed(tps)
-        for store in self.stores:
-            parts = sorted(
-                {tp.partition for tp in tps if tp.topic in store.inputs} - store.partitions.keys()
+        jobs = [
+            (store, parts)
+            for store in self.stores
+            if (
+                parts := sorted(
+                    {tp.partition for tp in tps if tp.topic in store.inputs}
+                    - store.partitions.keys()
+                )
             )
-            if parts:
-                store.restore_partitions(self.settings, parts, self.loop.group_id)
-                self.state_restored(store, parts)
+        ]
+        # Stores restore side by side: each reads its own changelog, so one's fetch (in
+        # librdkafka's threads, without the GIL) overlaps another's replay.
+        with ThreadPoolExecutor(max(len(jobs), 1), thread_name_prefix="restore") as pool:
+            futures = [
+                pool.submit(store.restore_partitions, self.settings, parts, self.loop.group_id)
+                for store, parts in jobs
+            ]
+            for future in futures:
+                future.result()
+        for store, parts in jobs:  # in declaration order, once every state is back
+            self.state_restored(store, parts)
         for tp in offsets:
             self.consumer.seek(
                 TopicPartition(
