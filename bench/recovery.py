@@ -1,0 +1,253 @@
+"""Recovery of one stream-worker instance after SIGKILL, on the running stack, with its partner
+running and reviews (new ones and edits) flowing into `udemy-reviews` at a steady rate.
+
+For each of `--kills` SIGKILLs of the aggregator's instance 0:
+  recovery_s               kill -> that instance's first committed transaction (its /health
+                           shows a new pid and a commit after the kill)
+  recovery_correct_stat_s  kill -> every one of `--probes` reviews posted just after the kill,
+                           each for a course of its own, is in its course's statistic
+                           (long-term-stats, read_committed)
+Kills are at least `--spacing` s apart (longer than the supervisor's 10 s that resets its
+back-off), so each measures a first crash, as a production restart policy sees it.
+rebalance_s: instance 1 is held and stopped until instance 0 owns every partition, then let
+back in under load: seconds until both committed after its return.
+
+  .venv/bin/python -m bench.recovery [--kills 10] [--rate 1000] [--probes 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import signal
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from fastavro import schemaless_reader, schemaless_writer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import write_result
+from stack import procs
+from streaming.config import Settings
+from streaming.core.avro_codec import confluent_frame
+from streaming.pipeline import AGGREGATOR, INPUT, LONG_TERM, VERSIONS_CHANGELOG
+from streaming.serde import Registry, local_schema
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))
+T0_MS = int(time.time() * 1000)
+
+
+def log(msg: str) -> None:
+    print(f"[recovery] {msg}", flush=True)
+
+
+def health(url: str) -> dict | None:
+    try:
+        body = httpx.get(url, timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def until(what: str, cond: object, timeout_s: float = 120) -> float:
+    """Seconds until cond() holds (polled every 20 ms)."""
+    t0 = time.monotonic()
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(f"{what}: not after {timeout_s:.0f} s")
+        time.sleep(0.02)  # poll interval
+    return time.monotonic() - t0
+
+
+class Feeder(threading.Thread):
+    """Reviews at `rate`/s into udemy-reviews: new reviews, and every tenth an edit (a later
+    version with another rating) of an earlier one."""
+
+    def __init__(self, settings: Settings, rate: int, base: int) -> None:
+        super().__init__(daemon=True, name="feeder")
+        self.settings, self.rate, self.base = settings, rate, base
+        registry = Registry(settings.schema_registry_url)
+        self.schema_id = registry.register(f"{INPUT.name}-value", "review.avsc")
+        self.schema = local_schema("review.avsc")
+        self.producer = Producer(
+            settings.kafka_config(**{"linger.ms": 5, "partitioner": "murmur2_random"})
+        )
+        self.stop = threading.Event()
+        self.sent = 0
+
+    def review(self, rid: int, course: int, rating: str, modified_ms: int) -> bytes:
+        buf = io.BytesIO()
+        record = {
+            "id": rid,
+            "title": None,
+            "content": "",
+            "rating": rating,
+            "created": T0_MS,
+            "modified": modified_ms,
+            "user": {"title": f"S{rid}", "name": "S", "display_name": f"S{rid}"},
+            "course": {"id": course, "title": f"Course {course}", "url": f"/c-{course}/"},
+        }
+        schemaless_writer(buf, self.schema, record)
+        return confluent_frame(self.schema_id, buf.getvalue())
+
+    def send(self, rid: int, course: int, rating: str, modified_ms: int) -> None:
+        value = self.review(rid, course, rating, modified_ms)
+        self.producer.produce(INPUT.name, value, str(rid).encode())
+
+    def run(self) -> None:
+        rng = random.Random(7)
+        t0 = time.monotonic()
+        while not self.stop.is_set():
+            i = self.sent
+            if i % 10 == 9 and i > 10:  # an edit of an earlier review: a retraction downstream
+                rid = self.base + rng.randrange(i)
+                self.send(rid, 2_000_000 + rid % 500, "1.0", T0_MS + 1000 + i)
+            else:
+                self.send(self.base + i, 2_000_000 + (self.base + i) % 500, "4.5", T0_MS + i)
+            self.sent += 1
+            self.producer.poll(0)
+            ahead = self.sent / self.rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)  # pacing the input rate
+        self.producer.flush(30)
+
+
+class StatWatcher:
+    """The courses seen in long-term-stats since it was created."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.schema = local_schema("course_statistic.avsc")
+        self.consumer = Consumer(
+            settings.kafka_config(
+                **{
+                    "group.id": f"bench-recovery-{os.getpid()}",
+                    "isolation.level": "read_committed",
+                    "enable.auto.commit": False,
+                }
+            )
+        )
+        parts = self.consumer.list_topics(LONG_TERM.name, timeout=10).topics[LONG_TERM.name]
+        self.consumer.assign(
+            [TopicPartition(LONG_TERM.name, p, OFFSET_END) for p in parts.partitions]
+        )
+        self.seen: set[int] = set()
+
+    def poll(self) -> None:
+        for m in self.consumer.consume(1000, timeout=0.05):
+            if m.error() is None and m.value():
+                record = schemaless_reader(io.BytesIO(m.value()[5:]), self.schema)
+                self.seen.add(int(record["course_id"]))
+
+
+def kill_once(feeder: Feeder, watcher: StatWatcher, url: str, probes: int, n: int) -> tuple:
+    h = health(url) or {}
+    if h.get("status") != "ok":
+        until(
+            "instance 0 healthy before the kill", lambda: (health(url) or {}).get("status") == "ok"
+        )
+        h = health(url) or {}
+    pid = int(h["pid"])
+    wall, t0 = time.time(), time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    courses = [9_000_000 + n * 1000 + k for k in range(probes)]
+    for k, course in enumerate(courses):
+        feeder.send(50_000_000 + n * 1000 + k, course, "5.0", int(wall * 1000))
+    feeder.producer.flush(10)
+
+    def committed() -> bool:
+        b = health(url) or {}
+        return b.get("pid") not in (None, pid) and (b.get("last_commit_time") or 0) > wall
+
+    def stats_in() -> bool:
+        watcher.poll()
+        return all(c in watcher.seen for c in courses)
+
+    until("first commit after the kill", committed)
+    recovered = time.monotonic() - t0
+    until("the probes' statistics", stats_in)
+    return recovered, time.monotonic() - t0
+
+
+def rebalance(url0: str, url1: str) -> float:
+    """Hold and stop instance 1 until instance 0 owns every partition; let it back in."""
+    name = f"{AGGREGATOR.name}-1"
+    procs.hold(STATE, name, "bench.recovery: rebalance")
+    pid = procs.read_pid(STATE, name)
+    if pid is not None:
+        procs.terminate(pid, 30)
+    until(
+        "instance 0 owning every partition",
+        lambda: len((health(url0) or {}).get("assigned_partitions", [])) == 12,
+        timeout_s=90,
+    )
+    wall, t0 = time.time(), time.monotonic()
+    procs.release(STATE, name)
+
+    def both() -> bool:
+        return all(((health(u) or {}).get("last_commit_time") or 0) > wall for u in (url0, url1))
+
+    until("both instances committing", both)
+    return time.monotonic() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--rate", type=int, default=1000, help="input reviews per second")
+    parser.add_argument("--probes", type=int, default=20)
+    parser.add_argument("--spacing", type=float, default=15.0, help="seconds between kills")
+    args = parser.parse_args()
+    settings = Settings.from_env()
+    url0, url1 = AGGREGATOR.health_url(0), AGGREGATOR.health_url(1)
+    if AGGREGATOR.instance_count() < 2 or health(url1) is None:
+        raise SystemExit("bench.recovery needs two aggregator instances running (make up)")
+    feeder = Feeder(settings, args.rate, base=int(time.time()) * 1000)
+    watcher = StatWatcher(settings)
+    feeder.start()
+    recoveries, stats = [], []
+    try:
+        for n in range(args.kills):
+            started = time.monotonic()
+            rec, stat = kill_once(feeder, watcher, url0, args.probes, n)
+            recoveries.append(rec)
+            stats.append(stat)
+            log(f"kill {n + 1}: first commit {rec:.2f} s, probes' statistics {stat:.2f} s")
+            while time.monotonic() - started < args.spacing:
+                watcher.poll()  # pacing the kills; keeps the watcher's fetch position fresh
+        rebalance_s = rebalance(url0, url1)
+        log(f"rebalance: both committing {rebalance_s:.2f} s after instance 1 came back")
+    finally:
+        feeder.stop.set()
+        feeder.join(30)
+    consumer = Consumer(settings.kafka_config(**{"group.id": "bench-recovery-size"}))
+    state_reviews = 0
+    for p in (0, 1):  # instance 0's partitions (range assignment of 4)
+        low, high = consumer.get_watermark_offsets(TopicPartition(VERSIONS_CHANGELOG.name, p))
+        state_reviews += high - low
+    consumer.close()
+    figures = {
+        "recovery_s": round(statistics.median(recoveries), 2),
+        "recovery_max_s": round(max(recoveries), 2),
+        "recovery_correct_stat_s": round(statistics.median(stats), 2),
+        "recovery_correct_stat_max_s": round(max(stats), 2),
+        "recovery_kills": len(recoveries),
+        "rebalance_s": round(rebalance_s, 2),
+        "input_rps": args.rate,
+        "killed_instance_changelog_records": state_reviews,
+    }
+    log(str(figures))
+    write_result("recovery", figures, f"make bench BENCH_ARGS='--only recovery' ({args})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
