@@ -1,8 +1,9 @@
 """Asset checks: stream and batch agree, workers are healthy, sink connectors run.
 
 The reconciliation checks judge what the reconciliation asset recorded at its cut (its
-`mismatches` table). The health checks can be run from the UI at any time; the supervisor
-sensors report results of the same checks on every evaluation, healthy or not.
+`mismatches` table). A worker's health check covers all its instances. The health checks can be
+run from the UI at any time; the supervisor sensors report results of the same checks on every
+evaluation, healthy or not.
 """
 
 import dagster as dg
@@ -18,11 +19,10 @@ from orchestration.resources import (
 from orchestration.sql_models import quote
 from orchestration.supervision import (
     CONNECTOR_CHECK,
-    OK,
     assess_worker,
     connector_metadata,
     worker_check_name,
-    worker_metadata,
+    worker_health,
 )
 from orchestration.topology import (
     RECONCILIATION_KEY,
@@ -81,13 +81,14 @@ def _worker_check(worker: WorkerSpec) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=topic_key(worker.outputs[0]),
         name=worker_check_name(worker),
-        description=f"The {worker.name} worker answers its health endpoint and is not stalled.",
+        description=f"Every {worker.name} instance answers its health endpoint, ok (not "
+        "stalled, restarting, restoring or held).",
     )
     def check(worker_runtime: WorkerRuntimeResource) -> dg.AssetCheckResult:
-        status = worker_runtime.status(worker.name)
-        assessment = assess_worker(status, None)
+        statuses = [worker_runtime.status(name) for name in worker.instance_names()]
+        verdict = worker_health([(s, assess_worker(s, None)) for s in statuses])
         return dg.AssetCheckResult(
-            passed=assessment.state == OK, metadata=worker_metadata(status, assessment)
+            passed=verdict.passed, severity=verdict.severity, metadata=verdict.metadata
         )
 
     return check

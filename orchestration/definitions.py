@@ -64,11 +64,12 @@ defs = dg.Definitions(
             client_secret=dg.EnvVar("UDEMY_CLIENT_SECRET"),
         ),
         "connect": ConnectResource(url=dg.EnvVar("CONNECT_URL")),
-        # Same state directory and health URLs as stack/stack.sh (STACK_DIR, .stack/env).
+        # Same state directory, process names and health URLs as stack/stack.sh (STACK_DIR,
+        # instance i of a worker on its base health port + i).
         "worker_runtime": LocalProcessRuntime(
             state_dir=os.environ.get("STACK_DIR", ".stack"),
             health_urls={
-                w.name: os.environ.get(w.health_url_env, w.default_health_url) for w in WORKERS
+                name: w.health_url(i) for w in WORKERS for i, name in enumerate(w.instance_names())
             },
         ),
         "sql_models": SqlModelsResource(),

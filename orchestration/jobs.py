@@ -31,7 +31,10 @@ reconciliation_job = dg.define_asset_job(
 
 
 class RestartWorkerConfig(dg.Config):
-    worker: str = Field(description="Worker name (fraud-filter, aggregator).")
+    worker: str = Field(
+        description="Worker process name (fraud-filter-0, aggregator-1; the worker's name when "
+        "it runs one instance)."
+    )
     reason: str = Field(default="", description="Why the supervisor asked for the restart.")
 
 
@@ -41,13 +44,14 @@ def restart_worker(
     config: RestartWorkerConfig,
     worker_runtime: WorkerRuntimeResource,
 ) -> None:
-    """Stop the worker (gracefully, then forcibly) and start it until it is healthy again."""
+    """Restart the process through its supervisor (a start when it has none); done once it is
+    healthy again."""
     context.log.info(f"restarting {config.worker}: {config.reason or 'asked'}")
     status = worker_runtime.restart(config.worker)
     context.log.info(f"{config.worker} is back: pid {status.pid}, health {status.health}")
 
 
-@dg.job(description="Restart one stream worker (launched by its supervisor sensor).")
+@dg.job(description="Restart one stream worker process (launched by its supervisor sensor).")
 def restart_worker_job() -> None:
     restart_worker()
 

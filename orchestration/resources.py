@@ -6,10 +6,7 @@ sensors never build connections themselves and tests swap a resource for a fake.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -38,6 +35,7 @@ from sqlalchemy import Engine, create_engine
 
 from orchestration.sql_models import MODELS_DIR
 from orchestration.topology import SINKS, WORKERS
+from stack import procs
 from streaming.config import REPO_ROOT, Settings
 from streaming.ingest.backfill import BackfillResult, backfill_course
 from streaming.ingest.producer import ReviewProducer
@@ -256,26 +254,30 @@ class ConnectResource(dg.ConfigurableResource):
 
 @dataclass(frozen=True)
 class WorkerStatus:
-    """What a runtime knows of one worker.
+    """What a runtime knows of one worker process (one instance of a worker).
 
     `process_alive` is None when the runtime knows no process (no pid file, or a remote
     runtime that cannot see processes); `health` is the worker's `GET /health` document
-    (answered 200 or 503), None when it did not answer.
+    (answered 200 or 503), None when it did not answer. `record` is its process supervisor's
+    record (state, restarts: see stack.procs), None when there is none; `supervised` says
+    whether that supervisor runs (None: the runtime cannot tell).
     """
 
     name: str
     pid: int | None
     process_alive: bool | None
     health: dict[str, Any] | None
+    record: dict[str, Any] | None = None
+    supervised: bool | None = None
 
 
 class WorkerRuntimeResource(dg.ConfigurableResource, ABC):
-    """Starts, stops, restarts and inspects the stream workers by name.
+    """Starts, stops, restarts, holds and inspects the stream worker processes by name.
 
     The supervisor sensors and the restart job only talk to this interface. LocalProcessRuntime
-    runs workers as local processes; a Kubernetes runtime (a Deployment per worker, restart =
-    rollout restart, status from the pod and its /health) or a systemd one (a unit per worker)
-    would be other implementations with the same four methods.
+    runs workers as local processes under stack.procs supervisors; a Kubernetes runtime (a
+    Deployment per worker, restart = rollout restart, status from the pod and its /health) or a
+    systemd one (a unit per worker) would be other implementations with the same methods.
     """
 
     @abstractmethod
@@ -289,47 +291,13 @@ class WorkerRuntimeResource(dg.ConfigurableResource, ABC):
     @abstractmethod
     def status(self, name: str) -> WorkerStatus: ...
 
+    @abstractmethod
+    def hold(self, name: str, reason: str) -> None:
+        """Stop restarting the worker once it exits (a crash loop); `reason` is recorded."""
+
     def restart(self, name: str) -> WorkerStatus:
         self.stop(name)
         return self.start(name)
-
-
-_children: dict[int, subprocess.Popen[bytes]] = {}
-"""Workers this process spawned, so their exit is reaped rather than left as zombies."""
-
-
-def _process_alive(pid: int) -> bool:
-    child = _children.get(pid)
-    if child is not None:
-        return child.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"  # a zombie has exited; it only awaits its parent's wait()
-    return True
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    """Signal the worker's process group (it leads its own session), else the process."""
-    with contextlib.suppress(ProcessLookupError):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            os.kill(pid, sig)
-
-
-def _wait_exit(pid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while _process_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)  # interval between exit polls
-    return True
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
@@ -354,34 +322,50 @@ def _fetch_health(url: str) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-class LocalProcessRuntime(WorkerRuntimeResource):
-    """Workers as local processes, under stack/stack.sh's conventions.
+def instance_modules() -> dict[str, str]:
+    """Process name -> module, for every instance of every worker (as stack.sh names them)."""
+    return {name: w.module for w in WORKERS for name in w.instance_names()}
 
-    A worker runs as `<python> -m <module>` in its own session, detached from the Dagster run
-    that started it; its pid is in `<state_dir>/run/<name>.pid` and its output is appended to
-    `<state_dir>/logs/<name>.log`, so `make status` and `make down` see the same processes
-    whoever started them. Its environment is this process's plus `<state_dir>/env` (as
-    stack.sh gives it), and HEALTH_PORT is the port of its health URL.
+
+def instance_health_urls() -> dict[str, str]:
+    """Process name -> health URL (instance i on the base port + i, env overrides honoured)."""
+    return {name: w.health_url(i) for w in WORKERS for i, name in enumerate(w.instance_names())}
+
+
+def instance_numbers() -> dict[str, str]:
+    """Process name -> WORKER_INSTANCE, for workers that run several instances."""
+    return {
+        name: str(i)
+        for w in WORKERS
+        if w.instance_count() > 1
+        for i, name in enumerate(w.instance_names())
+    }
+
+
+class LocalProcessRuntime(WorkerRuntimeResource):
+    """Worker processes under stack.procs supervisors, as stack/stack.sh runs them.
+
+    A process is `<python> -m <module>` under its supervisor, detached from the Dagster run that
+    started it; the supervisor restarts it when it exits (with a back-off) and records each
+    restart. Pid files, records and logs are under `<state_dir>` (run/, logs/), so `make status`
+    and `make down` see the same processes whoever started them. The environment is this
+    process's plus `<state_dir>/env` (as stack.sh gives it), WORKER_INSTANCE for an instance of
+    a worker that runs several, and HEALTH_PORT is the port of its health URL.
     """
 
     root: str = str(REPO_ROOT)
     python: str = ".venv/bin/python"
     state_dir: str = ".stack"
-    modules: dict[str, str] = Field(default_factory=lambda: {w.name: w.module for w in WORKERS})
-    health_urls: dict[str, str] = Field(
-        default_factory=lambda: {w.name: w.default_health_url for w in WORKERS}
-    )
+    modules: dict[str, str] = Field(default_factory=instance_modules)
+    health_urls: dict[str, str] = Field(default_factory=instance_health_urls)
+    instances: dict[str, str] = Field(default_factory=instance_numbers)
+    """Process name -> its WORKER_INSTANCE; a process not listed gets none."""
     ready_timeout_s: float = 120.0
     stop_timeout_s: float = 30.0
 
-    def _path(self, *parts: str) -> Path:
-        return Path(self.root, self.state_dir, *parts)
-
-    def _pid(self, name: str) -> int | None:
-        try:
-            return int(self._path("run", f"{name}.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
+    @property
+    def _state(self) -> Path:
+        return Path(self.root, self.state_dir)
 
     def _known(self, name: str) -> None:
         if name not in self.modules or name not in self.health_urls:
@@ -389,58 +373,74 @@ class LocalProcessRuntime(WorkerRuntimeResource):
 
     def status(self, name: str) -> WorkerStatus:
         self._known(name)
-        pid = self._pid(name)
-        alive = None if pid is None else _process_alive(pid)
-        return WorkerStatus(name, pid, alive, _fetch_health(self.health_urls[name]))
+        pid = procs.read_pid(self._state, name)
+        return WorkerStatus(
+            name,
+            pid,
+            None if pid is None else procs.alive(pid),
+            _fetch_health(self.health_urls[name]),
+            procs.read_record(self._state, name) or None,
+            procs.alive(procs.read_pid(self._state, name, supervisor=True)),
+        )
 
     def start(self, name: str) -> WorkerStatus:
-        current = self.status(name)
-        if current.health is not None and current.process_alive is not False:
-            return current
+        self._known(name)
         port = urlparse(self.health_urls[name]).port
-        env = {**os.environ, **_read_env_file(self._path("env")), "HEALTH_PORT": str(port)}
-        self._path("run").mkdir(parents=True, exist_ok=True)
-        self._path("logs").mkdir(parents=True, exist_ok=True)
-        with self._path("logs", f"{name}.log").open("ab") as log:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            log.write(f"=== {stamp} starting {name} (dagster)\n".encode())
-            log.flush()
-            child = subprocess.Popen(
-                [str(Path(self.root, self.python)), "-m", self.modules[name]],
-                cwd=self.root,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _children[child.pid] = child
-        self._path("run", f"{name}.pid").write_text(f"{child.pid}\n")
-        return self._wait_ready(name, child.pid)
+        env = {**os.environ, **_read_env_file(self._state / "env"), "HEALTH_PORT": str(port)}
+        if name in self.instances:
+            env["WORKER_INSTANCE"] = self.instances[name]
+        procs.start(
+            self._state,
+            name,
+            [str(Path(self.root, self.python)), "-m", self.modules[name]],
+            env=env,
+            cwd=self.root,
+            stop_timeout_s=self.stop_timeout_s,
+        )
+        return self._wait_healthy(name)
 
-    def _wait_ready(self, name: str, pid: int) -> WorkerStatus:
-        """Poll the health endpoint until this very process answers ok (as stack.sh does)."""
+    def restart(self, name: str) -> WorkerStatus:
+        """A requested restart through the supervisor; a start when no supervisor runs."""
+        self._known(name)
+        before = procs.read_pid(self._state, name)
+        if not procs.restart(self._state, name):
+            return self.start(name)
+        return self._wait_healthy(name, replacing=before)
+
+    def _wait_healthy(self, name: str, replacing: int | None = None) -> WorkerStatus:
+        """Poll until the process in the pid file (not `replacing`) answers its health ok."""
         deadline = time.monotonic() + self.ready_timeout_s
+        log = self._state / "logs" / f"{name}.log"
         while True:
-            if not _process_alive(pid):
-                log = self._path("logs", f"{name}.log")
-                raise RuntimeError(f"{name} exited during start-up (log: {log})")
             status = self.status(name)
             health = status.health or {}
-            if health.get("pid") == pid and health.get("status") == "ok":
+            if (
+                status.process_alive
+                and status.pid != replacing
+                and health.get("pid") == status.pid
+                and health.get("status") == "ok"
+            ):
                 return status
+            record = status.record or {}
+            if record.get("state") == "held":
+                raise RuntimeError(
+                    f"{name}'s restarts are held ({record.get('held_reason', 'held')}): "
+                    f"`python3 -m stack.procs release {name}` first (log: {log})"
+                )
+            if not status.supervised:
+                raise RuntimeError(f"{name}'s supervisor is not running (log: {log})")
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"{name} not healthy after {self.ready_timeout_s:.0f}s")
+                crashes = [r.get("exit") for r in record.get("restarts", [])[-3:]]
+                raise TimeoutError(
+                    f"{name} not healthy after {self.ready_timeout_s:.0f}s "
+                    f"(state {record.get('state')}, last exits {crashes}; log: {log})"
+                )
             time.sleep(0.2)  # interval between readiness polls
 
     def stop(self, name: str) -> None:
         self._known(name)
-        pid = self._pid(name)
-        if pid is not None and _process_alive(pid):
-            _signal(pid, signal.SIGTERM)
-            if not _wait_exit(pid, self.stop_timeout_s):
-                _signal(pid, signal.SIGKILL)
-                if not _wait_exit(pid, 10.0):
-                    raise RuntimeError(f"{name} (pid {pid}) survived SIGKILL")
-            _children.pop(pid, None)
-        self._path("run", f"{name}.pid").unlink(missing_ok=True)
+        procs.stop(self._state, name, self.stop_timeout_s)
+
+    def hold(self, name: str, reason: str) -> None:
+        self._known(name)
+        procs.hold(self._state, name, reason)

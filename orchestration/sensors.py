@@ -1,10 +1,16 @@
 """Sensors: the course catalogue, stream observations, and the supervisors of workers and sink.
 
-Supervisors run by default. Each unhealthy episode is an incident with its own run key, kept in
-the sensor cursor until the worker or connector is healthy again, so one incident launches one
-restart however many evaluations see it; if that restart run has finished and the problem is
-still there, the next evaluation opens a new incident (and a new restart). Health is reported on
-every evaluation (observations and check results), healthy or not.
+A worker process that exits is restarted by its process supervisor (stack.procs), not here: a
+worker's sensor evaluates each of its instances and launches a restart run only for what no
+process supervisor fixes (a live but stalled instance, an instance with no supervisor). It holds
+an instance that crashes again and again (a crash loop) and fails its check loudly, and records
+every restart the supervisors made as an observation, so the UI shows the history.
+
+Each unhealthy episode that needs a run is an incident with its own run key, kept in the sensor
+cursor until the instance or connector is healthy again, so one incident launches one restart
+however many evaluations see it; if that restart run has finished and the problem is still
+there, the next evaluation opens a new incident (and a new restart). Health is reported on every
+evaluation (observations and check results), healthy or not.
 """
 
 import json
@@ -28,11 +34,25 @@ from orchestration.resources import (
     SqlModelsResource,
     WorkerRuntimeResource,
 )
-from orchestration.supervision import OK, assess_worker, connector_events, worker_events
+from orchestration.supervision import (
+    CRASH_LOOP,
+    CRASH_LOOP_RESTARTS,
+    NEEDS_RUN,
+    OK,
+    WorkerAssessment,
+    assess_worker,
+    connector_events,
+    crash_loop_reason,
+    crashes,
+    restart_observations,
+    worker_check,
+    worker_observations,
+)
 from orchestration.topology import SINKS, WORKERS, WorkerSpec
 from streaming.sink.connect import ConnectError, describe
 
-SUPERVISOR_INTERVAL_S = 30
+SUPERVISOR_INTERVAL_S = 15
+CONNECT_INTERVAL_S = 30
 
 
 def _cursor(context: dg.SensorEvaluationContext) -> dict[str, Any]:
@@ -63,6 +83,26 @@ def _rate(snapshot: Mapping[str, Any], last: Mapping[str, Any], now: float) -> d
     }
 
 
+def _restart_request(
+    context: dg.SensorEvaluationContext,
+    worker: WorkerSpec,
+    name: str,
+    assessment: WorkerAssessment,
+    previous: str | None,
+) -> tuple[dg.RunRequest, str]:
+    """The restart run of the instance's open incident (or a new one), and the incident."""
+    prefix = f"restart-{name}"
+    incident = _incident(context, prefix, previous, assessment.state)
+    request = dg.RunRequest(
+        run_key=f"{prefix}-{incident}",
+        run_config={
+            "ops": {"restart_worker": {"config": {"worker": name, "reason": assessment.reason}}}
+        },
+        tags={"worker": worker.name, "instance": name, "incident": incident},
+    )
+    return request, incident
+
+
 def worker_supervisor(worker: WorkerSpec) -> dg.SensorDefinition:
     name = f"supervise_{worker.name.replace('-', '_')}"
 
@@ -71,39 +111,57 @@ def worker_supervisor(worker: WorkerSpec) -> dg.SensorDefinition:
         job=restart_worker_job,
         minimum_interval_seconds=SUPERVISOR_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Restarts {worker.name} when its health endpoint does not answer, its "
-        "process is gone, or it is stalled (says so, or no progress with lag across two "
-        "evaluations).",
+        description=f"Reports the health of each {worker.name} instance; restarts an instance "
+        "that is stalled (says so, no progress with lag across two evaluations, or a silent "
+        "health endpoint) or has no process supervisor; holds one in a crash loop; records "
+        "the supervisors' restarts.",
     )
     def supervise(
         context: dg.SensorEvaluationContext, worker_runtime: WorkerRuntimeResource
     ) -> dg.SensorResult:
-        state = _cursor(context)
+        previous = _cursor(context).get("instances", {})
         now = time.time()
-        status = worker_runtime.status(worker.name)
-        last = state.get("last") or {}
-        assessment = assess_worker(status, last)
-        events = worker_events(worker, status, assessment, _rate(assessment.snapshot, last, now))
-        cursor = {"last": {**assessment.snapshot, "time": now}, "incident": None}
-        if assessment.state == OK:
-            return dg.SensorResult(asset_events=events, cursor=json.dumps(cursor))
-        prefix = f"restart-{worker.name}"
-        incident = _incident(context, prefix, state.get("incident"), assessment.state)
-        context.log.warning(f"{worker.name} is {assessment.state}: {assessment.reason}")
-        request = dg.RunRequest(
-            run_key=f"{prefix}-{incident}",
-            run_config={
-                "ops": {
-                    "restart_worker": {
-                        "config": {"worker": worker.name, "reason": assessment.reason}
-                    }
-                }
-            },
-            tags={"worker": worker.name, "incident": incident},
-        )
-        cursor["incident"] = incident
+        cursor: dict[str, Any] = {}
+        events: list[dg.AssetObservation | dg.AssetCheckEvaluation] = []
+        requests: list[dg.RunRequest] = []
+        assessed = []
+        for instance in worker.instance_names():
+            state = previous.get(instance, {})
+            status = worker_runtime.status(instance)
+            last = state.get("last") or {}
+            assessment = assess_worker(status, last, now)
+            restarts = (status.record or {}).get("restarts", [])
+            seen = float(state.get("seen_restart", 0))
+            new = [r for r in restarts if float(r.get("time", 0)) > seen]
+            events += restart_observations(worker, instance, new)
+            entry = {
+                "last": {**assessment.snapshot, "time": now},
+                "incident": None,
+                "seen_restart": max([seen, *(float(r["time"]) for r in new)]),
+                "held_after": float(state.get("held_after", 0)),
+            }
+            count = crashes(status.record, entry["held_after"], now)
+            if count >= CRASH_LOOP_RESTARTS:
+                reason = crash_loop_reason(instance, count)
+                worker_runtime.hold(instance, reason)
+                context.log.error(f"{instance}: {reason}")
+                assessment = WorkerAssessment(CRASH_LOOP, reason, assessment.snapshot)
+                entry["held_after"] = max(float(r.get("time", 0)) for r in restarts)
+            elif assessment.state in NEEDS_RUN:
+                request, entry["incident"] = _restart_request(
+                    context, worker, instance, assessment, state.get("incident")
+                )
+                requests.append(request)
+                context.log.warning(f"{instance} is {assessment.state}: {assessment.reason}")
+            elif assessment.state != OK:
+                context.log.info(f"{instance} is {assessment.state}: {assessment.reason}")
+            extra = _rate(assessment.snapshot, last, now)
+            events += worker_observations(worker, status, assessment, extra)
+            assessed.append((status, assessment))
+            cursor[instance] = entry
+        events.append(worker_check(worker, assessed))
         return dg.SensorResult(
-            run_requests=[request], asset_events=events, cursor=json.dumps(cursor)
+            run_requests=requests, asset_events=events, cursor=json.dumps({"instances": cursor})
         )
 
     return supervise
@@ -111,7 +169,7 @@ def worker_supervisor(worker: WorkerSpec) -> dg.SensorDefinition:
 
 @dg.sensor(
     job=restart_connector_job,
-    minimum_interval_seconds=SUPERVISOR_INTERVAL_S,
+    minimum_interval_seconds=CONNECT_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Restarts the failed parts of any FAILED connector or task; reports the sink "
     "connectors' states on their tables.",

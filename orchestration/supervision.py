@@ -1,14 +1,18 @@
 """Health judgements shared by the supervisor sensors and the health asset checks.
 
 Pure functions over what a runtime and Connect report, so the rules are tested without
-processes: a worker is dead when its health endpoint does not answer or its process is gone,
-stalled when it says so (its loop has not turned for a while) or when it made no progress
-between two evaluations although it has lag.
+processes. Who restarts what: a process that exits is restarted by its process supervisor
+(stack.procs), so a dead process whose supervisor runs is "restarting", not a case for a
+restart run. A run is for what no supervisor fixes: a live but stalled worker (it says so, it
+made no progress between two evaluations although it has lag, or its health endpoint stays
+silent) and a dead worker with no supervisor at all. A worker that crashes again and again is
+held (a crash loop), so a person looks at it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +20,20 @@ import dagster as dg
 
 from orchestration.resources import WorkerStatus
 from orchestration.topology import SinkSpec, WorkerSpec, table_key, topic_key
+from stack import procs
 from streaming.sink.connect import ConnectorState, describe
 
 OK, DEAD, STALLED, RESTORING = "ok", "dead", "stalled", "restoring"
+RESTARTING, HELD, CRASH_LOOP = "restarting", "held", "crash loop"
+NEEDS_RUN = frozenset({DEAD, STALLED})
+"""The states a restart run is for; the others are the supervisor's or a person's business."""
+TRANSIENT = frozenset({RESTARTING, RESTORING})
+"""Not yet healthy, on its way there: the check fails as a warning."""
 CONNECTOR_CHECK = "sink_connector_running"
+CRASH_LOOP_RESTARTS = 5
+CRASH_LOOP_WINDOW_S = 300.0
+STARTUP_GRACE_S = 60.0
+"""How long a freshly started process may take to answer its health endpoint."""
 
 
 @dataclass(frozen=True)
@@ -30,17 +44,43 @@ class WorkerAssessment:
     """What the next evaluation compares progress with (pid, records_in, transactions, lag)."""
 
 
-def assess_worker(status: WorkerStatus, previous: Mapping[str, Any] | None) -> WorkerAssessment:
-    """Judge one worker from its status and the snapshot of the previous evaluation.
+def _restarting(record: Mapping[str, Any]) -> str:
+    last = (record.get("restarts") or [{}])[-1]
+    if record.get("state") == "backoff":
+        return (
+            f"its supervisor restarts it after a back-off of {record.get('backoff_s', 0)} s "
+            f"(it {last.get('exit', 'exited')})"
+        )
+    return "its supervisor is starting it"
+
+
+def assess_worker(
+    status: WorkerStatus, previous: Mapping[str, Any] | None, now: float | None = None
+) -> WorkerAssessment:
+    """Judge one worker process from its status and the snapshot of the previous evaluation.
 
     Progress is records_in or committed transactions (the aggregator also works through its
     repartition topic, which records_in does not count); lag is the consumer lag it reports.
     """
+    now = time.time() if now is None else now
+    record = status.record or {}
     health = status.health
-    if health is None:
+    if status.supervised and record.get("state") == HELD:
+        return WorkerAssessment(HELD, f"restarts held: {record.get('held_reason', 'held')}", {})
+    if status.process_alive is False or (health is None and not status.process_alive):
+        if status.supervised:
+            return WorkerAssessment(RESTARTING, _restarting(record), {})
+        if status.process_alive is False:
+            return WorkerAssessment(DEAD, f"its process (pid {status.pid}) is gone", {})
         return WorkerAssessment(DEAD, "its health endpoint does not answer", {})
-    if status.process_alive is False:
-        return WorkerAssessment(DEAD, f"its process (pid {status.pid}) is gone", {})
+    if health is None:
+        up_s = now - float(record.get("started") or 0)
+        if status.supervised and up_s < STARTUP_GRACE_S:
+            reason = f"started {up_s:.0f} s ago, its health endpoint does not answer yet"
+            return WorkerAssessment(RESTARTING, reason, {})
+        if status.supervised:
+            return WorkerAssessment(STALLED, "alive, but its health endpoint does not answer", {})
+        return WorkerAssessment(DEAD, "its health endpoint does not answer", {})
     snapshot = {
         "pid": health.get("pid"),
         "records_in": health.get("records_in", 0),
@@ -50,7 +90,9 @@ def assess_worker(status: WorkerStatus, previous: Mapping[str, Any] | None) -> W
     if health.get("status") == STALLED:
         return WorkerAssessment(STALLED, "it reports its loop stalled", snapshot)
     if health.get("status") == RESTORING:  # progress that records_in does not show
-        return WorkerAssessment(OK, "restoring the state of newly assigned partitions", snapshot)
+        return WorkerAssessment(
+            RESTORING, "restoring the state of newly assigned partitions", snapshot
+        )
     if (
         previous
         and previous.get("pid") == snapshot["pid"]
@@ -64,17 +106,34 @@ def assess_worker(status: WorkerStatus, previous: Mapping[str, Any] | None) -> W
     return WorkerAssessment(OK, "healthy", snapshot)
 
 
+def crashes(record: Mapping[str, Any] | None, after: float, now: float) -> int:
+    """Crashes (not requested restarts) in the crash-loop window, counting only those after
+    `after` (the restart a previous hold was decided on, so a release starts afresh)."""
+    later = [r for r in (record or {}).get("restarts", []) if float(r.get("time", 0)) > after]
+    return procs.restarts_within({"restarts": later}, CRASH_LOOP_WINDOW_S, now)
+
+
+def crash_loop_reason(name: str, count: int) -> str:
+    return (
+        f"crash loop: {count} restarts in {CRASH_LOOP_WINDOW_S / 60:.0f} min, restarts stopped; "
+        f"`python3 -m stack.procs release {name}` then restart"
+    )
+
+
 def worker_check_name(worker: WorkerSpec) -> str:
     return f"{worker.name.replace('-', '_')}_healthy"
 
 
 def worker_metadata(status: WorkerStatus, assessment: WorkerAssessment) -> dict[str, Any]:
+    """One process's health, as observation metadata."""
     health = status.health or {}
+    record = status.record or {}
     metadata: dict[str, Any] = {
         "worker": status.name,
         "state": assessment.state,
         "reason": assessment.reason,
         "pid": status.pid if status.pid is not None else -1,
+        "supervisor": str(record.get("state", "none")) if status.supervised else "none",
     }
     for field in ("records_in", "dead_letters", "transactions", "consumer_lag", "uptime_s"):
         if health.get(field) is not None:
@@ -86,27 +145,89 @@ def worker_metadata(status: WorkerStatus, assessment: WorkerAssessment) -> dict[
     return metadata
 
 
-def worker_events(
+def worker_observations(
     worker: WorkerSpec,
     status: WorkerStatus,
     assessment: WorkerAssessment,
     extra: Mapping[str, Any] | None = None,
-) -> list[dg.AssetObservation | dg.AssetCheckEvaluation]:
-    """The worker's health on the topics it writes, and its check on the first of them."""
+) -> list[dg.AssetObservation]:
+    """One process's health on each topic the worker writes."""
     metadata = {**worker_metadata(status, assessment), **(extra or {})}
-    events: list[dg.AssetObservation | dg.AssetCheckEvaluation] = [
-        dg.AssetObservation(asset_key=topic_key(topic), metadata=metadata)
-        for topic in worker.outputs
-    ]
-    events.append(
-        dg.AssetCheckEvaluation(
+    return [dg.AssetObservation(asset_key=topic_key(t), metadata=metadata) for t in worker.outputs]
+
+
+def restart_observations(
+    worker: WorkerSpec, name: str, restarts: Sequence[Mapping[str, Any]]
+) -> list[dg.AssetObservation]:
+    """Each restart its supervisor recorded, on the worker's first output topic."""
+    return [
+        dg.AssetObservation(
             asset_key=topic_key(worker.outputs[0]),
-            check_name=worker_check_name(worker),
-            passed=assessment.state == OK,
-            metadata=metadata,
+            description=f"{name} restarted ({r.get('exit')})",
+            metadata={
+                "instance": name,
+                "event": "requested restart" if r.get("requested") else "crash",
+                "time": dg.MetadataValue.timestamp(float(r.get("time", 0))),
+                "exit": str(r.get("exit", "")),
+                "uptime_s": float(r.get("uptime_s", 0)),
+                "backoff_s": float(r.get("backoff_s", 0)),
+                "pid": int(r.get("pid") or -1),
+            },
         )
+        for r in restarts
+    ]
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    """The health check's verdict over every instance of a worker."""
+
+    passed: bool
+    severity: dg.AssetCheckSeverity
+    metadata: dict[str, Any]
+
+
+def worker_health(assessed: Sequence[tuple[WorkerStatus, WorkerAssessment]]) -> WorkerHealth:
+    """Passed when every instance is ok; a warning while the failing ones are only on their
+    way back (restarting, restoring), an error otherwise. Metadata per instance."""
+    failing = [(s, a) for s, a in assessed if a.state != OK]
+    metadata: dict[str, Any] = {
+        "instances": len(assessed),
+        "healthy": len(assessed) - len(failing),
+        "reason": "; ".join(f"{s.name}: {a.reason}" for s, a in failing) or "all healthy",
+    }
+    for status, assessment in assessed:
+        record = status.record or {}
+        metadata[status.name] = dg.MetadataValue.json(
+            {
+                "state": assessment.state,
+                "reason": assessment.reason,
+                "pid": status.pid,
+                "supervisor": record.get("state") if status.supervised else None,
+                "crashes_5_min": crashes(record, 0.0, time.time()),
+                **{
+                    k: (status.health or {}).get(k)
+                    for k in ("records_in", "transactions", "consumer_lag", "uptime_s")
+                },
+            }
+        )
+    transient = all(a.state in TRANSIENT for _, a in failing)
+    severity = dg.AssetCheckSeverity.WARN if transient else dg.AssetCheckSeverity.ERROR
+    return WorkerHealth(not failing, severity, metadata)
+
+
+def worker_check(
+    worker: WorkerSpec, assessed: Sequence[tuple[WorkerStatus, WorkerAssessment]]
+) -> dg.AssetCheckEvaluation:
+    """The worker's health check on its first output topic, over all its instances."""
+    verdict = worker_health(assessed)
+    return dg.AssetCheckEvaluation(
+        asset_key=topic_key(worker.outputs[0]),
+        check_name=worker_check_name(worker),
+        passed=verdict.passed,
+        severity=verdict.severity,
+        metadata=verdict.metadata,
     )
-    return events
 
 
 def connector_events(

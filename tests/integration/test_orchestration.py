@@ -664,7 +664,7 @@ def test_table_observations_read_statistics_views_not_the_tables(settings: Setti
 def test_the_runtime_starts_restarts_and_stops_a_real_fraud_filter(
     admin: AdminClient, tmp_path: Path
 ) -> None:
-    """The real worker module on scratch topics and group, under the runtime's conventions."""
+    """The real worker module on scratch topics and group, under its process supervisor."""
     suffix = uuid.uuid4().hex[:8]
     topics = {name: f"t-{name}-{suffix}" for name in ("input", "valid", "fraud", "dlq")}
     for future in admin.create_topics([NewTopic(t, 1, 1) for t in topics.values()]).values():
@@ -686,8 +686,10 @@ def test_the_runtime_starts_restarts_and_stops_a_real_fraud_filter(
     try:
         first = runtime.start("fraud-filter")
         assert first.health is not None and first.health["worker"] == "fraud-filter"
+        assert first.supervised, "the worker runs under a stack.procs supervisor"
         second = runtime.restart("fraud-filter")
         assert second.pid != first.pid and second.health["pid"] == second.pid
+        assert (second.record or {})["restarts"][-1]["requested"], "a requested restart"
         log = (tmp_path / "logs" / "fraud-filter.log").read_text()
         assert '"msg": "stopped"' in log, "SIGTERM lets the worker finish and close cleanly"
     finally:

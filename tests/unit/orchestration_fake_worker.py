@@ -1,6 +1,7 @@
 """A stand-in stream worker for the LocalProcessRuntime tests: a health endpoint, nothing else.
 
-It reports `FAKE_MARKER` from its environment, so tests see which environment it was given.
+It reports `FAKE_MARKER` from its environment and WORKER_INSTANCE as its instance, so tests see
+which environment it was given; SIGTERM stops it.
 """
 
 import os
@@ -12,7 +13,7 @@ from streaming.workers.runtime import HealthServer, WorkerMetrics
 
 def main() -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    metrics = WorkerMetrics("fake", "0")
+    metrics = WorkerMetrics("fake", os.environ.get("WORKER_INSTANCE", ""))
     metrics.extra["marker"] = os.environ.get("FAKE_MARKER", "")
     health = HealthServer(metrics, int(os.environ["HEALTH_PORT"])).start()
     signal.sigwait({signal.SIGTERM})

@@ -1,6 +1,8 @@
 """Supervisor, catalogue sensors and the health rules, with fake runtimes and a mocked Connect."""
 
 import json
+import time
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -17,7 +19,16 @@ from orchestration.resources import (
     WorkerStatus,
 )
 from orchestration.sensors import course_catalogue, supervise_connect, worker_supervisor
-from orchestration.supervision import DEAD, OK, STALLED, assess_worker
+from orchestration.supervision import (
+    CRASH_LOOP_RESTARTS,
+    DEAD,
+    HELD,
+    OK,
+    RESTARTING,
+    RESTORING,
+    STALLED,
+    assess_worker,
+)
 from orchestration.topology import WORKERS, table_key, topic_key
 from streaming.sink.connect import ConnectClient
 
@@ -40,15 +51,35 @@ def health(**overrides: Any) -> dict[str, Any]:
 
 
 class ScriptedRuntime(WorkerRuntimeResource):
-    """A runtime whose worker is in a fixed state; `restarts` counts restart calls."""
+    """A runtime whose processes are in a fixed state (the same for every instance, unless
+    `per_instance` overrides them as JSON by name); hold calls are appended to `holds_file`
+    (Dagster evaluates a copy of the resource, so the calls are recorded outside it)."""
 
     health_json: str = ""
     pid: int = 4242
     alive: bool = True
+    record_json: str = ""
+    supervised: bool | None = None
+    per_instance: str = "{}"
+    holds_file: str = ""
 
     def status(self, name: str) -> WorkerStatus:
-        body = json.loads(self.health_json) if self.health_json else None
-        return WorkerStatus(name, self.pid, self.alive, body)
+        fields = {
+            "health": json.loads(self.health_json) if self.health_json else None,
+            "pid": self.pid,
+            "alive": self.alive,
+            "record": json.loads(self.record_json) if self.record_json else None,
+            "supervised": self.supervised,
+            **json.loads(self.per_instance).get(name, {}),
+        }
+        return WorkerStatus(
+            name,
+            fields["pid"],
+            fields["alive"],
+            fields["health"],
+            fields["record"],
+            fields["supervised"],
+        )
 
     def start(self, name: str) -> WorkerStatus:
         return self.status(name)
@@ -56,9 +87,43 @@ class ScriptedRuntime(WorkerRuntimeResource):
     def stop(self, name: str) -> None:
         return None
 
+    def hold(self, name: str, reason: str) -> None:
+        with Path(self.holds_file).open("a") as out:
+            out.write(f"{name}: {reason}\n")
 
-def runtime(body: dict[str, Any] | None, alive: bool = True) -> ScriptedRuntime:
-    return ScriptedRuntime(health_json=json.dumps(body) if body else "", alive=alive)
+    @property
+    def holds(self) -> list[str]:
+        path = Path(self.holds_file)
+        return path.read_text().splitlines() if path.exists() else []
+
+
+def runtime(
+    body: dict[str, Any] | None,
+    alive: bool = True,
+    record: dict[str, Any] | None = None,
+    supervised: bool | None = None,
+    holds_file: str = "",
+    **per_instance: dict[str, Any],
+) -> ScriptedRuntime:
+    return ScriptedRuntime(
+        health_json=json.dumps(body) if body else "",
+        alive=alive,
+        record_json=json.dumps(record) if record else "",
+        supervised=supervised,
+        per_instance=json.dumps(per_instance),
+        holds_file=holds_file,
+    )
+
+
+def crash(at: float, pid: int = 4000, requested: bool = False) -> dict[str, Any]:
+    return {
+        "time": at,
+        "pid": pid,
+        "exit": "exited with status 1",
+        "uptime_s": 2.0,
+        "requested": requested,
+        "backoff_s": 1.0,
+    }
 
 
 def evaluate(
@@ -105,15 +170,34 @@ def test_stalled_when_it_says_so_or_makes_no_progress_with_lag() -> None:
     assert assess_worker(restarted, first.snapshot).state == OK  # a new process: new baseline
 
 
-def test_a_worker_restoring_its_state_is_not_restarted_for_lack_of_progress() -> None:
+def test_a_worker_restoring_its_state_is_not_yet_healthy_nor_stalled() -> None:
     """State restore blocks the loop for minutes with lag and no records in: it is progress."""
     restoring = WorkerStatus("w", 1, True, health(consumer_lag=500, status="restoring"))
     first = assess_worker(restoring, None)
-    assert assess_worker(restoring, first.snapshot).state == OK
-    assert "restoring" in assess_worker(restoring, first.snapshot).reason
+    assert first.state == RESTORING
+    assert assess_worker(restoring, first.snapshot).state == RESTORING
+
+
+def test_a_supervised_process_that_is_down_is_restarting_not_dead() -> None:
+    backoff = {"state": "backoff", "backoff_s": 2.0, "restarts": [crash(1.0)]}
+    down = WorkerStatus("w", None, None, None, backoff, supervised=True)
+    assessment = assess_worker(down, None)
+    assert assessment.state == RESTARTING and "back-off of 2.0 s" in assessment.reason
+    gone = WorkerStatus("w", 7, False, None, {"state": "running"}, supervised=True)
+    assert assess_worker(gone, None).state == RESTARTING
+    now = time.time()
+    starting = WorkerStatus("w", 7, True, None, {"state": "running", "started": now}, True)
+    assert assess_worker(starting, None, now + 5).state == RESTARTING
+    assert assess_worker(starting, None, now + 600).state == STALLED  # alive but silent
+    held = WorkerStatus("w", None, None, None, {"state": "held", "held_reason": "why"}, True)
+    assert assess_worker(held, None).state == HELD
+    unsupervised = WorkerStatus("w", None, None, None, {"state": "running"}, supervised=False)
+    assert assess_worker(unsupervised, None).state == DEAD
 
 
 # -- worker supervisors ---------------------------------------------------------------------
+
+HEALTH_CHECK = (topic_key("udemy-reviews-valid"), "fraud_filter_healthy")
 
 
 def test_a_healthy_worker_gets_no_restart_but_its_health_is_reported() -> None:
@@ -121,13 +205,12 @@ def test_a_healthy_worker_gets_no_restart_but_its_health_is_reported() -> None:
     instance = dg.DagsterInstance.ephemeral()
     result = evaluate(sensor, instance, {"worker_runtime": runtime(health())})
     assert result.run_requests == []
-    assert check_results(result) == {
-        (topic_key("udemy-reviews-valid"), "fraud_filter_healthy"): True
-    }
+    assert check_results(result) == {HEALTH_CHECK: True}
     observed = [e for e in result.asset_events if isinstance(e, dg.AssetObservation)]
-    assert {e.asset_key for e in observed} == {
-        topic_key("udemy-reviews-valid"),
-        topic_key("udemy-reviews-fraud"),
+    assert {(e.asset_key, e.metadata["worker"].value) for e in observed} == {
+        (topic_key(topic), name)
+        for topic in ("udemy-reviews-valid", "udemy-reviews-fraud")
+        for name in ("fraud-filter-0", "fraud-filter-1")
     }
     assert observed[0].metadata["records_in"].value == 100
     later = evaluate(
@@ -138,32 +221,56 @@ def test_a_healthy_worker_gets_no_restart_but_its_health_is_reported() -> None:
     assert rate.metadata["records_in_per_s"].value > 0
 
 
-def test_a_dead_worker_gets_exactly_one_restart_per_incident() -> None:
+def test_the_check_fails_when_one_instance_is_unhealthy_with_metadata_per_instance() -> None:
+    sensor = worker_supervisor(FRAUD_FILTER)
+    stalled = runtime(health(), **{"fraud-filter-1": {"health": health(status="stalled")}})
+    result = evaluate(sensor, dg.DagsterInstance.ephemeral(), {"worker_runtime": stalled})
+    [check] = [e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.metadata["fraud-filter-0"].value["state"] == OK
+    assert check.metadata["fraud-filter-1"].value["state"] == STALLED
+    assert "fraud-filter-1: it reports its loop stalled" in check.metadata["reason"].value
+    [request] = result.run_requests
+    assert request.run_config["ops"]["restart_worker"]["config"]["worker"] == "fraud-filter-1"
+
+
+def test_no_run_while_the_process_supervisor_restarts_a_crashed_worker() -> None:
+    sensor = worker_supervisor(FRAUD_FILTER)
+    backoff = {"state": "backoff", "pid": None, "backoff_s": 1.0, "restarts": [crash(time.time())]}
+    down = runtime(None, alive=False, record=backoff, supervised=True)
+    result = evaluate(sensor, dg.DagsterInstance.ephemeral(), {"worker_runtime": down})
+    assert result.run_requests == []
+    [check] = [e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["fraud-filter-0"].value["state"] == RESTARTING
+
+
+def test_a_worker_without_a_supervisor_gets_exactly_one_restart_per_incident() -> None:
     sensor = worker_supervisor(FRAUD_FILTER)
     instance = dg.DagsterInstance.ephemeral()
-    dead = {"worker_runtime": runtime(None)}
+    dead = {"worker_runtime": runtime(None, supervised=False)}
     first = evaluate(sensor, instance, dead)
-    [request] = first.run_requests
-    assert request.run_config["ops"]["restart_worker"]["config"]["worker"] == "fraud-filter"
-    assert check_results(first) == {
-        (topic_key("udemy-reviews-valid"), "fraud_filter_healthy"): False
+    requests = {
+        r.run_config["ops"]["restart_worker"]["config"]["worker"]: r.run_key
+        for r in first.run_requests
     }
+    assert sorted(requests) == ["fraud-filter-0", "fraud-filter-1"]
+    assert check_results(first) == {HEALTH_CHECK: False}
     again = evaluate(sensor, instance, dead, cursor=first.cursor)
-    assert [r.run_key for r in again.run_requests] == [request.run_key]  # same incident
+    assert sorted(r.run_key for r in again.run_requests) == sorted(requests.values())
 
     healthy = evaluate(sensor, instance, {"worker_runtime": runtime(health())}, again.cursor)
     assert healthy.run_requests == []
     relapse = evaluate(sensor, instance, dead, cursor=healthy.cursor)
-    [new_request] = relapse.run_requests
-    assert new_request.run_key != request.run_key  # a new incident after recovery
+    assert not {r.run_key for r in relapse.run_requests} & set(requests.values())
 
 
 def test_an_incident_whose_restart_finished_without_effect_gets_a_new_restart() -> None:
     sensor = worker_supervisor(FRAUD_FILTER)
     instance = dg.DagsterInstance.ephemeral()
-    dead = {"worker_runtime": runtime(None)}
+    dead = {"worker_runtime": runtime(None, supervised=False)}
     first = evaluate(sensor, instance, dead)
-    [request] = first.run_requests
+    request = first.run_requests[0]
     restart_worker_job.execute_in_process(
         run_config=request.run_config,
         instance=instance,
@@ -171,21 +278,92 @@ def test_an_incident_whose_restart_finished_without_effect_gets_a_new_restart() 
         tags={RUN_KEY_TAG: request.run_key},
     )
     second = evaluate(sensor, instance, dead, cursor=first.cursor)
-    [retry] = second.run_requests
-    assert retry.run_key != request.run_key
+    assert request.run_key not in {r.run_key for r in second.run_requests}
+    assert len(second.run_requests) == 2
 
 
 def test_a_stalled_worker_is_restarted() -> None:
     sensor = worker_supervisor(WORKERS[1])
     instance = dg.DagsterInstance.ephemeral()
-    lagging = {"worker_runtime": runtime(health(worker="stats-aggregator", consumer_lag=9))}
+    body = health(worker="stats-aggregator", consumer_lag=9)
+    lagging = {"worker_runtime": runtime(body, record={"state": "running"}, supervised=True)}
     first = evaluate(sensor, instance, lagging)
     assert first.run_requests == []
     second = evaluate(sensor, instance, lagging, cursor=first.cursor)
-    [request] = second.run_requests
-    config = request.run_config["ops"]["restart_worker"]["config"]
-    assert config["worker"] == "aggregator"
-    assert "no progress" in config["reason"]
+    configs = [r.run_config["ops"]["restart_worker"]["config"] for r in second.run_requests]
+    assert [c["worker"] for c in configs] == ["aggregator-0", "aggregator-1"]
+    assert all("no progress" in c["reason"] for c in configs)
+
+
+def test_a_crash_loop_is_held_and_fails_the_check_loudly(tmp_path: Path) -> None:
+    sensor = worker_supervisor(FRAUD_FILTER)
+    instance = dg.DagsterInstance.ephemeral()
+    now = time.time()
+    looping = {
+        "state": "backoff",
+        "restarts": [crash(now - 10 * i, pid=4000 + i) for i in range(CRASH_LOOP_RESTARTS)],
+    }
+    rt = runtime(
+        health(),
+        holds_file=str(tmp_path / "holds"),
+        **{
+            "fraud-filter-1": {
+                "health": None,
+                "alive": False,
+                "record": looping,
+                "supervised": True,
+            }
+        },
+    )
+    first = evaluate(sensor, instance, {"worker_runtime": rt})
+    assert first.run_requests == []
+    assert len(rt.holds) == 1 and rt.holds[0].startswith("fraud-filter-1: crash loop: 5 restarts")
+    [check] = [e for e in first.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    reason = check.metadata["reason"].value
+    assert "crash loop: 5 restarts in 5 min, restarts stopped" in reason
+    assert "`python3 -m stack.procs release fraud-filter-1` then restart" in reason
+    again = evaluate(sensor, instance, {"worker_runtime": rt}, cursor=first.cursor)
+    assert len(rt.holds) == 1, "the same crashes are not held twice (a release starts afresh)"
+    assert again.run_requests == []
+
+
+def restart_events(result: dg.SensorResult) -> list[dict[str, Any]]:
+    return [
+        {k: v.value for k, v in e.metadata.items()}
+        for e in result.asset_events
+        if isinstance(e, dg.AssetObservation) and "exit" in e.metadata
+    ]
+
+
+def test_each_supervisor_restart_is_observed_once() -> None:
+    sensor = worker_supervisor(FRAUD_FILTER)
+    instance = dg.DagsterInstance.ephemeral()
+    now = time.time()
+    one = {"state": "running", "restarts": [crash(now - 60, pid=4001)]}
+    first = evaluate(sensor, instance, {"worker_runtime": runtime(health(), record=one)})
+    assert [(e["instance"], e["pid"]) for e in restart_events(first)] == [
+        ("fraud-filter-0", 4001),
+        ("fraud-filter-1", 4001),
+    ]
+    event = restart_events(first)[0]
+    assert event["exit"] == "exited with status 1"
+    assert event["uptime_s"] == 2.0 and event["backoff_s"] == 1.0
+    observed_on = {
+        e.asset_key
+        for e in first.asset_events
+        if isinstance(e, dg.AssetObservation) and "exit" in e.metadata
+    }
+    assert observed_on == {topic_key("udemy-reviews-valid")}
+    same = evaluate(
+        sensor, instance, {"worker_runtime": runtime(health(), record=one)}, first.cursor
+    )
+    assert restart_events(same) == []
+    two = {**one, "restarts": [*one["restarts"], crash(now - 1, pid=4002, requested=True)]}
+    later = evaluate(
+        sensor, instance, {"worker_runtime": runtime(health(), record=two)}, same.cursor
+    )
+    assert [e["pid"] for e in restart_events(later)] == [4002, 4002]
 
 
 # -- Connect supervisor ------------------------------------------------------------------------
