@@ -20,7 +20,6 @@ Unique review and course ids (large, random) keep the shared topics' data undist
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 import time
@@ -55,6 +54,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
 
+from streaming import pipeline
 from streaming.admin import SCHEMAS_DIR, load_topic_specs
 from streaming.api.app import create_app
 from streaming.api.ingest import MAX_BODY_BYTES
@@ -586,11 +586,34 @@ def health(url: str) -> dict[str, Any]:
     return httpx.get(url, timeout=5).json()
 
 
+COUNTERS = ("dead_letters", "records_in", "transactions")
+FRAUD_FILTER_N = pipeline.FRAUD_FILTER.instance_count()
+AGGREGATOR_N = pipeline.AGGREGATOR.instance_count()
+
+
 def test_poison_in_every_live_input_is_dead_lettered_and_the_workers_keep_their_pace(
     settings: Settings, connect: ConnectClient
 ) -> None:
-    fraud_url = os.environ.get("FRAUD_FILTER_HEALTH_URL", "http://127.0.0.1:8091/health")
-    aggregator_url = os.environ.get("AGGREGATOR_HEALTH_URL", "http://127.0.0.1:8101/health")
+    urls = {  # every instance: the poison's partition may be any instance's
+        "fraud": [pipeline.FRAUD_FILTER.health_url(i) for i in range(FRAUD_FILTER_N)],
+        "aggregator": [pipeline.AGGREGATOR.health_url(i) for i in range(AGGREGATOR_N)],
+    }
+
+    def healths() -> dict[str, dict[str, Any]]:
+        """Per worker: the instances' pids and status, and their counters summed."""
+        out = {}
+        for name, worker_urls in urls.items():
+            docs = [health(u) for u in worker_urls]
+            out[name] = {
+                "pids": [d["pid"] for d in docs],
+                "status": "ok" if all(d["status"] == "ok" for d in docs) else "not ok",
+                **{
+                    k: sum(d[k] for d in docs)
+                    for k in ("dead_letters", "records_in", "transactions")
+                },
+            }
+        return out
+
     schema_id = Registry(settings.schema_registry_url).register(
         "udemy-reviews-value", "review.avsc"
     )
@@ -606,7 +629,7 @@ def test_poison_in_every_live_input_is_dead_lettered_and_the_workers_keep_their_
     bad = poisons(good)
     watched = (*LIVE_INPUTS, "reviews-dead-letter", "connect-dead-letter")
     since = {topic: end_offsets_now(settings, topic) for topic in watched}
-    before = {"fraud": health(fraud_url), "aggregator": health(aggregator_url)}
+    before = healths()
     assert before["fraud"]["status"] == before["aggregator"]["status"] == "ok", before
 
     p = Producer(settings.kafka_config(**{"partitioner": "murmur2_random", "acks": "all"}))
@@ -690,10 +713,10 @@ def test_poison_in_every_live_input_is_dead_lettered_and_the_workers_keep_their_
     assert status.running, status
 
     # both workers alive (the same processes), looping, committing, counting the dead letters
-    after = {"fraud": health(fraud_url), "aggregator": health(aggregator_url)}
+    after = healths()
     for name, dead_letters in (("fraud", len(bad)), ("aggregator", 2 * len(bad))):
         b, a = before[name], after[name]
-        assert a["status"] == "ok" and a["pid"] == b["pid"], (b, a)
+        assert a["status"] == "ok" and a["pids"] == b["pids"], (b, a)
         assert a["dead_letters"] >= b["dead_letters"] + dead_letters, (b, a)
         assert a["records_in"] > b["records_in"] and a["transactions"] > b["transactions"]
     assert paced_s < PACE_S
