@@ -107,15 +107,18 @@ def assess_worker(
 
 
 def crashes(record: Mapping[str, Any] | None, after: float, now: float) -> int:
-    """Crashes (not requested restarts) in the crash-loop window, counting only those after
-    `after` (the restart a previous hold was decided on, so a release starts afresh)."""
+    """The latest streak of consecutive quick crashes in the crash-loop window
+    (`procs.quick_crash_streak`: a process killed after running a while is no loop), counting
+    only those after `after` (the restart a previous hold was decided on, so a release starts
+    afresh)."""
     later = [r for r in (record or {}).get("restarts", []) if float(r.get("time", 0)) > after]
-    return procs.restarts_within({"restarts": later}, CRASH_LOOP_WINDOW_S, now)
+    return procs.quick_crash_streak({"restarts": later}, CRASH_LOOP_WINDOW_S, now)
 
 
 def crash_loop_reason(name: str, count: int) -> str:
     return (
-        f"crash loop: {count} restarts in {CRASH_LOOP_WINDOW_S / 60:.0f} min, restarts stopped; "
+        f"crash loop: {count} restarts in {CRASH_LOOP_WINDOW_S / 60:.0f} min, each within "
+        f"{procs.STABLE_AFTER_S:.0f} s of its start, restarts stopped; "
         f"`python3 -m stack.procs release {name}` then restart"
     )
 

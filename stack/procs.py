@@ -138,6 +138,20 @@ def restarts_within(record: Mapping[str, Any], window_s: float, now: float) -> i
     )
 
 
+def quick_crash_streak(record: Mapping[str, Any], window_s: float, now: float) -> int:
+    """The latest run of consecutive quick crashes (each after less than STABLE_AFTER_S up) in
+    the last `window_s`: a crash loop, where restarting does not help. A run that lasted, or a
+    requested restart, ends the streak, so a healthy process killed now and then is no loop."""
+    streak = 0
+    for r in reversed(record.get("restarts", [])):
+        if r.get("requested") or now - float(r.get("time", 0)) > window_s:
+            break
+        if float(r.get("uptime_s", 0)) >= STABLE_AFTER_S:
+            break
+        streak += 1
+    return streak
+
+
 def describe_exit(returncode: int) -> str:
     if returncode < 0:
         with contextlib.suppress(ValueError):

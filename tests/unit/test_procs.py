@@ -55,6 +55,17 @@ def test_restarts_within_counts_crashes_only() -> None:
     assert procs.restarts_within(record, 300, now) == 2
 
 
+def test_a_crash_loop_is_a_streak_of_quick_crashes() -> None:
+    now = 1000.0
+    quick = [{"time": 900.0 + i, "uptime_s": 1.0} for i in range(5)]
+    assert procs.quick_crash_streak({"restarts": quick}, 300, now) == 5
+    lasted = [*quick[:2], {"time": 950.0, "uptime_s": 60.0}, *quick[2:]]
+    assert procs.quick_crash_streak({"restarts": lasted}, 300, now) == 3
+    killed_when_healthy = [{"time": 900.0 + i, "uptime_s": 15.0} for i in range(9)]
+    assert procs.quick_crash_streak({"restarts": killed_when_healthy}, 300, now) == 0
+    assert procs.quick_crash_streak({"restarts": quick}, 50, now) == 0, "outside the window"
+
+
 def test_a_killed_process_is_restarted_and_the_restart_recorded(state: Path) -> None:
     procs.start(state, "demo", SLEEPER)
     first = procs.read_pid(state, "demo")
