@@ -84,7 +84,7 @@ def test_a_restore_read_in_many_batches_equals_the_live_state(settings, topics):
         settings, topics["courses"], [0], {0: restored_courses}, group, batch=97
     )
     assert counts == {0: (len(courses_log), 0)}
-    assert restored_versions.reviews == live_versions.reviews
+    assert restored_versions.as_dict() == live_versions.as_dict()
     assert restored_courses.courses.keys() == live_courses.courses.keys()
     for course in live_courses.courses:
         assert restored_courses.statistics(course, T) == live_courses.statistics(course, T)

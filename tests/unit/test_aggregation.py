@@ -148,7 +148,7 @@ class Review:
 
     @property
     def reviews(self):
-        return self.state.reviews
+        return self.state.as_dict()
 
 
 def test_review_stage_changes_for_each_kind_of_version():
@@ -208,8 +208,8 @@ def test_review_stage_restore_replays_entries_in_order():
     restored = VersionsState()
     junk = [(b"9", None), (b"9", b"junk"), (None, b"")]
     assert restored.restore([*entries[:2], *junk, *entries[2:]]) == 2
-    assert restored.reviews == live.reviews
-    assert restored.reviews[1].modified_ms == 9
+    assert restored.as_dict() == live.as_dict()
+    assert restored.as_dict()[1].modified_ms == 9
 
 
 # -- the course stage ------------------------------------------------------------------------
@@ -345,10 +345,66 @@ def test_restore_from_changelog_equals_the_live_state():
         if n % 500 == 0:
             live.courses.advance(DAY + n // 500)
     restored = live.restored()
-    assert restored.versions.reviews == live.versions.reviews
+    assert restored.versions.as_dict() == live.versions.as_dict()
     expected = live.scratch()
     assert live.snapshot() == restored.snapshot() == expected
     assert sorted(expected) == [7, 8, 9]
+
+
+def test_a_snapshot_and_the_changelog_after_it_equal_the_live_state():
+    """Snapshots between edits, re-ratings, verdict flips and moves between courses; each
+    restore (snapshot + the changelog after it) equals the live state and the reference."""
+    rng = random.Random(11)
+    live = Stages()
+    snaps: list[tuple[bytes, int, bytes, int]] = []
+    for n in range(4000):
+        rid = rng.randrange(600)
+        created = (DAY - rng.randrange(200)) * MS
+        v = ReviewVersion(
+            rng.randrange(10**6),
+            created,
+            rng.randint(1, 10),
+            rng.random() > 0.2,
+            rng.choice([3, 4, 5, 6]),
+            n,
+        )
+        live.feed(rid, v, rng.choice(["T", "U", "Ü"]))
+        if n % 450 == 449:
+            snaps.append(
+                (
+                    live.versions.to_snapshot(),
+                    len(live.versions_log),
+                    live.courses.to_snapshot(),
+                    len(live.courses_log),
+                )
+            )
+        if n % 610 == 609:
+            vdata, vn, cdata, cn = snaps[-1]
+            versions = VersionsState.from_snapshot(vdata)
+            assert versions.restore(live.versions_log[vn:]) == 0
+            assert versions.as_dict() == live.versions.as_dict()
+            courses = CourseState.from_snapshot(cdata, DAY)
+            assert courses.restore(live.courses_log[cn:]) == 0
+            got = {cid: courses.statistics(cid, T) for cid in courses.courses}
+            assert got == live.snapshot() == live.scratch()
+            assert courses.to_snapshot() == live.courses.to_snapshot(), "same member table"
+
+
+@pytest.mark.parametrize("cut", [0, 5, 13, -1, -9])
+def test_a_damaged_snapshot_is_refused(cut):
+    live = Stages()
+    for n in range(20):
+        live.feed(n, version(n, 5, 1 + n % 10, position=n), "Tï")
+    for data, load in (
+        (live.versions.to_snapshot(), VersionsState.from_snapshot),
+        (live.courses.to_snapshot(), lambda d: CourseState.from_snapshot(d, DAY)),
+    ):
+        with pytest.raises(RecordFormatError):
+            load(data[:cut])
+        with pytest.raises(RecordFormatError):
+            load(b"XXXX" + data[4:])
+        with pytest.raises(RecordFormatError):
+            load(data + b"\0")
 
 
 def test_advance_moves_every_window_and_names_every_course():

@@ -123,6 +123,9 @@ class Pipeline:
         self.courses_log: list[list[tuple[bytes, bytes | None]]] = [[] for _ in range(self.q)]
         self.published: dict[int, list[CourseStatistic]] = {}
         self.positions = [0] * self.p
+        self.version_snaps: dict[int, tuple[bytes, int]] = {}
+        self.course_snaps: dict[int, tuple[bytes, int]] = {}
+        """Per partition: the latest snapshot and the changelog length it reflects."""
 
     # -- the topics ------------------------------------------------------------------------
     def produce(self, records: list[Record]) -> None:
@@ -168,17 +171,32 @@ class Pipeline:
         for course_id in course_ids:
             self.published[course_id][1] = self.courses[q].statistics(course_id, T)[1]
 
+    def snapshot(self) -> None:
+        """Every stage's state as bytes, with the changelog length it reflects (as the worker
+        writes one after a commit)."""
+        for p, state in enumerate(self.versions):
+            self.version_snaps[p] = (state.to_snapshot(), len(self.versions_log[p]))
+        for q, state in enumerate(self.courses):
+            self.course_snaps[q] = (state.to_snapshot(), len(self.courses_log[q]))
+
     def crash(self) -> None:
-        """Every stage rebuilt from its changelog so far; the restored course partitions
-        re-publish their recent records (as `StatsAggregator.state_restored`)."""
+        """Every stage rebuilt from its changelog so far, from its latest snapshot and the
+        changelog after it where there is one; the restored course partitions re-publish
+        their recent records (as `StatsAggregator.state_restored`)."""
         for p in range(self.p):
-            fresh = VersionsState()
-            assert fresh.restore(self.versions_log[p]) == 0
-            assert fresh.reviews == self.versions[p].reviews
+            fresh, tail = VersionsState(), self.versions_log[p]
+            if p in self.version_snaps:
+                data, n = self.version_snaps[p]
+                fresh, tail = VersionsState.from_snapshot(data), tail[n:]
+            assert fresh.restore(tail) == 0
+            assert fresh.as_dict() == self.versions[p].as_dict()
             self.versions[p] = fresh
         for q in range(self.q):
-            fresh = CourseState(self.as_of_day)
-            assert fresh.restore(self.courses_log[q]) == 0
+            fresh, ctail = CourseState(self.as_of_day), self.courses_log[q]
+            if q in self.course_snaps:
+                data, n = self.course_snaps[q]
+                fresh, ctail = CourseState.from_snapshot(data, self.as_of_day), ctail[n:]
+            assert fresh.restore(ctail) == 0
             live = self.courses[q]
             assert fresh.courses.keys() == live.courses.keys()
             for course_id in live.courses:
@@ -191,13 +209,20 @@ class Pipeline:
         for q, state in enumerate(self.courses):
             self.publish_recent(q, state.advance(day))
 
-    def run(self, schedule: list[int], crashes: frozenset[int] = frozenset()) -> None:
+    def run(
+        self,
+        schedule: list[int],
+        crashes: frozenset[int] = frozenset(),
+        snapshots: frozenset[int] = frozenset(),
+    ) -> int:
         """Deliver everything in the interleaving `schedule` chooses (each choice picks one of
-        the deliveries the broker allows; once it runs out, the first), crashing before those
-        steps (and after the last, if named)."""
+        the deliveries the broker allows; once it runs out, the first), snapshotting and then
+        crashing before those steps (and after the last, if named); how many steps it took."""
         choices = itertools.chain(schedule, itertools.repeat(0))
         step = 0
         while actions := self.actions():
+            if step in snapshots:
+                self.snapshot()
             if step in crashes:
                 self.crash()
             action = actions[next(choices) % len(actions)]
@@ -218,6 +243,7 @@ class Pipeline:
             step += 1
         if step in crashes:
             self.crash()
+        return step
 
     def drain(self, order: list[tuple] | None = None) -> None:
         """Deliver everything in a fixed order: the given actions first (each one record or
@@ -279,6 +305,32 @@ def test_a_crash_and_restore_anywhere_gives_the_same_result(
     pipeline = Pipeline(*counts)
     pipeline.produce(records)
     pipeline.run(schedule, crashes)
+    pipeline.check()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    histories(max_size=40),
+    partition_counts,
+    schedules,
+    st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=3),
+)
+def test_a_restore_from_a_snapshot_and_the_changelog_after_it_gives_the_same_result(
+    records: list[Record],
+    counts: tuple[int, int],
+    schedule: list[int],
+    snapshot_then_crash: list[tuple[float, float]],
+) -> None:
+    """A snapshot anywhere in the run, a crash anywhere after it (the tail after the snapshot
+    retracts and re-counts what the snapshot counted): the same statistics as from scratch."""
+    dry = Pipeline(*counts)
+    dry.produce(records)
+    steps = dry.run(schedule)
+    snapshots = frozenset(int(a * steps) for a, _ in snapshot_then_crash)
+    crashes = frozenset(int(a * steps + b * (steps - a * steps)) for a, b in snapshot_then_crash)
+    pipeline = Pipeline(*counts)
+    pipeline.produce(records)
+    pipeline.run(schedule, crashes, snapshots)
     pipeline.check()
 
 
