@@ -26,6 +26,7 @@ import struct
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -419,28 +420,20 @@ class CourseState:
     def restore(self, entries: Iterable[tuple[bytes | None, bytes | None]]) -> int:
         """Apply changelog (key, value) entries in changelog order on top of this state (the
         latest entry of a key wins, a tombstone removes it); how many could not be read.
-        On an empty state (a whole changelog) the courses are built at once."""
-        members: dict[tuple[int, int], tuple[int, int] | None] = {}
-        titles: dict[int, tuple[int, bytes]] = {}
-        unreadable = 0
-        for key, value in entries:
-            try:
-                _restore_entry(key, value, members, titles)
-            except (RecordFormatError, UnicodeDecodeError, struct.error):
-                unreadable += 1
+        Entries are parsed as arrays; on an empty state (a whole changelog) the courses are
+        built at once."""
+        members, titles, unreadable = _parse_course_entries(entries)
         if not self.courses and not len(self._base) and not self._delta:
-            counted = {k: v for k, v in members.items() if v is not None}
-            orphans = [k for k in counted if k[0] not in titles]  # never written so
-            for k in orphans:
-                del counted[k]
-            self._load(titles, _members_table(counted))
-            return unreadable + len(orphans)
+            counted = members[members["halves"] != 0]
+            orphan = ~np.isin(counted["course"], np.fromiter(titles, np.int64, len(titles)))
+            self._load(titles, counted[~orphan])  # an orphan member: never written so
+            return unreadable + int(orphan.sum())
         for course_id, (modified, raw) in titles.items():
             course = self.courses.get(course_id)
             if course is None:
                 course = self.courses[course_id] = CourseStats(course_id, self.as_of_day)
             course.set_title(modified, raw)
-        for (course_id, review_id), new in members.items():
+        for course_id, review_id, created, halves in members.tolist():
             course = self.courses.get(course_id)
             if course is None:
                 unreadable += 1
@@ -448,6 +441,7 @@ class CourseState:
             old = self._member(course_id, review_id)
             if old is not None:
                 course.retract(*old)
+            new = (created, halves) if halves else None
             if new is not None:
                 course.add(*new)
             self._delta[(course_id, review_id)] = new
@@ -566,8 +560,10 @@ def _members_table(members: dict[tuple[int, int], tuple[int, int] | None]) -> np
     sorted by (course, review)."""
     table = np.zeros(len(members), dtype=_MEMBERS_DTYPE)
     if members:
-        keys = np.array(list(members), dtype=np.int64).reshape(-1, 2)
-        values = np.array([v or (0, 0) for v in members.values()], dtype=np.int64)
+        n, flat, zero = len(members), chain.from_iterable, (0, 0)
+        keys = np.fromiter(flat(members), np.int64, 2 * n).reshape(-1, 2)
+        values = np.fromiter(flat(v or zero for v in members.values()), np.int64, 2 * n)
+        values = values.reshape(-1, 2)
         table["course"], table["review"] = keys[:, 0], keys[:, 1]
         table["created"], table["halves"] = values[:, 0], values[:, 1]
     return table[np.lexsort((table["review"], table["course"]))]
@@ -588,27 +584,49 @@ def _merge_members(
     return both[both["halves"] != 0]
 
 
-def _restore_entry(
-    key: bytes | None,
-    value: bytes | None,
-    members: dict[tuple[int, int], tuple[int, int] | None],
-    titles: dict[int, tuple[int, bytes]],
-) -> None:
-    """One changelog entry into the latest member / title values (None: a removal)."""
-    if key is not None and len(key) == _MEMBER_KEY.size and key[:1] == b"m":
-        _, course_id, review_id = _MEMBER_KEY.unpack(key)
-        if value is None:
-            members[(course_id, review_id)] = None
+_MEMBER_KEY_DTYPE = np.dtype([("tag", "S1"), ("course", ">i8"), ("review", ">i8")])
+_MEMBER_VALUE_DTYPE = np.dtype([("created", ">i8"), ("halves", "u1")])
+
+
+def _parse_course_entries(
+    entries: Iterable[tuple[bytes | None, bytes | None]],
+) -> tuple[np.ndarray, dict[int, tuple[int, bytes]], int]:
+    """The latest member rows (halves 0: removed) sorted by (course, review), the latest
+    title of each course, and how many entries could not be read, from changelog entries
+    in order. One dict store per entry; the parsing is done on arrays."""
+    member_raw: dict[bytes, bytes | None] = {}
+    title_raw: dict[bytes, bytes] = {}
+    unreadable = 0
+    member_size, title_size, value_size = _MEMBER_KEY.size, _TITLE_KEY.size, _MEMBER.size
+    for key, value in entries:  # a bad entry is skipped: the key keeps its value before it
+        if key is None:
+            unreadable += 1
+        elif len(key) == member_size and key[0] == 0x6D:  # b"m"
+            if value is None or len(value) == value_size:
+                member_raw[key] = value
+            else:
+                unreadable += 1
+        elif len(key) == title_size and key[0] == 0x74 and value and len(value) >= 8:  # b"t"
+            try:
+                value[8:].decode("utf-8")  # not publishable: unreadable
+            except UnicodeDecodeError:
+                unreadable += 1
+                continue
+            title_raw[key] = value
         else:
-            created, halves = _MEMBER.unpack(value)
-            if not 1 <= halves <= 10:
-                raise RecordFormatError(f"rating halves {halves} outside 1..10")
-            members[(course_id, review_id)] = (created, halves)
-    elif key is not None and len(key) == _TITLE_KEY.size and key[:1] == b"t" and value:
-        (course_id,) = _TITLE_KEY.unpack(key)[1:]
-        (modified,) = _TITLE.unpack_from(value)
-        raw = value[_TITLE.size :]
-        raw.decode("utf-8")  # unreadable, not published, if it is not UTF-8
-        titles[course_id] = (modified, raw)
-    else:
-        raise RecordFormatError(f"not a course-stats changelog key ({_describe(key)})")
+            unreadable += 1
+    titles = {
+        _TITLE_KEY.unpack(key)[1]: (_TITLE.unpack_from(value)[0], value[_TITLE.size :])
+        for key, value in title_raw.items()
+    }
+    good = member_raw
+    parsed = np.frombuffer(b"".join(good), _MEMBER_KEY_DTYPE)
+    table = np.zeros(len(good), dtype=_MEMBERS_DTYPE)
+    table["course"], table["review"] = parsed["course"], parsed["review"]
+    present = np.fromiter((v is not None for v in good.values()), bool, len(good))
+    counted = np.frombuffer(b"".join(v for v in good.values() if v), _MEMBER_VALUE_DTYPE)
+    table["created"][present], table["halves"][present] = counted["created"], counted["halves"]
+    bad = present & ((table["halves"] < 1) | (table["halves"] > 10))
+    unreadable += int(bad.sum())
+    table = table[~bad]
+    return table[np.lexsort((table["review"], table["course"]))], titles, unreadable

@@ -99,6 +99,7 @@ class CourseStats:
     __slots__ = (
         "_days",
         "_last_day",
+        "_packed",
         "_start",
         "as_of_day",
         "course_id",
@@ -120,6 +121,10 @@ class CourseStats:
         self._start = window_bounds(as_of_day)[0]
         self._days: dict[int, _Day] = {}
         self._last_day: int | None = None
+        self._packed: tuple[np.ndarray, np.ndarray] | None = None
+        """(created ascending, halves) of the counted reviews, as a restore loaded them: the
+        days are built from it on the first add or retract (`_unpack`), so a restore costs
+        one step per course and the statistics are readable at once."""
 
     def offer_title(self, modified_ms: int, title: str) -> bool:
         """Take a record's course title if it wins (`title_wins`); whether it won (the course's
@@ -147,10 +152,35 @@ class CourseStats:
         self.title_raw = raw
         self.title_modified = modified_ms
 
+    def _unpack(self) -> None:
+        """Build the per-day buckets from the packed arrays (one step per course-day)."""
+        created, halves = self._packed  # type: ignore[misc]
+        self._packed = None
+        if not len(created):
+            return
+        day = created // MS_PER_DAY
+        first = np.ones(len(day), dtype=bool)
+        first[1:] = day[1:] != day[:-1]
+        starts = np.flatnonzero(first)
+        group = np.cumsum(first) - 1
+        counts = np.bincount(group * _SLOTS + halves, minlength=len(starts) * _SLOTS)
+        counts_l = counts.reshape(-1, _SLOTS).tolist()
+        created_l = created.tolist()
+        ends = [*starts[1:].tolist(), len(created_l)]
+        days = self._days
+        for g, (s, e, d) in enumerate(
+            zip(starts.tolist(), ends, day[starts].tolist(), strict=True)
+        ):
+            bucket = days[d] = _Day()
+            bucket.counts = counts_l[g]
+            bucket.created = created_l[s:e]
+
     def add(self, created_ms: int, halves: int) -> None:
         """Count a review version (the caller decides it is current and valid)."""
         if not 0 < halves < _SLOTS:
             raise ValueError(f"halves {halves!r} is outside 1..10")
+        if self._packed is not None:
+            self._unpack()
         day = created_ms // MS_PER_DAY
         bucket = self._days.get(day)
         if bucket is None:
@@ -165,6 +195,8 @@ class CourseStats:
 
     def retract(self, created_ms: int, halves: int) -> None:
         """Uncount a version counted by `add`; ValueError if it was not counted."""
+        if self._packed is not None:
+            self._unpack()
         day = created_ms // MS_PER_DAY
         bucket = self._days.get(day)
         created = bucket.created if bucket is not None else []
@@ -187,6 +219,11 @@ class CourseStats:
         """Make `recent` cover the window ending on `as_of_day` (any direction); whether its
         counts changed. Days that entered matter too: reviews created after the old as-of day."""
         start, end = window_bounds(as_of_day)
+        if self._packed is not None:
+            before = list(self.recent)
+            self._start, self.as_of_day = start, end
+            self.recent = _histogram(*_in_days(*self._packed, start, end))
+            return self.recent != before
         left = _days_outside(self._start, self.as_of_day, start, end)
         entered = _days_outside(start, end, self._start, self.as_of_day)
         self._start, self.as_of_day = start, end
@@ -202,6 +239,11 @@ class CourseStats:
 
     def last_review_time(self, recent: bool = False) -> int:
         """Greatest created time of the counted reviews (in the window if `recent`), 0 if none."""
+        if self._packed is not None:
+            created = self._packed[0]
+            if recent:
+                created = _in_days(created, created, self._start, self.as_of_day)[0]
+            return int(created[-1]) if len(created) else 0
         last = self._last_day
         if recent and last is not None and last > self.as_of_day:
             # Reviews created after the as-of day are outside the window: look back day by day.
@@ -210,6 +252,18 @@ class CourseStats:
         if last is None or (recent and last < self._start):
             return 0
         return self._days[last].created[-1]
+
+
+def _in_days(
+    created: np.ndarray, halves: np.ndarray, first_day: int, last_day: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slices of ascending `created` (and `halves`) on days first_day..last_day."""
+    lo, hi = np.searchsorted(created, [first_day * MS_PER_DAY, (last_day + 1) * MS_PER_DAY])
+    return created[lo:hi], halves[lo:hi]
+
+
+def _histogram(_created: np.ndarray, halves: np.ndarray) -> list[int]:
+    return np.bincount(halves, minlength=_SLOTS).tolist()
 
 
 def build_course_stats(
@@ -221,8 +275,8 @@ def build_course_stats(
 ) -> dict[int, CourseStats]:
     """Every course of `titles` ({course: (title modified, UTF-8 title)}) with the counted
     reviews given as equal-length arrays (course id, created ms, halves 1..10; every course
-    among `titles`), built at once: what a restore from a snapshot or a whole changelog costs
-    is a sort and one Python step per course-day, not per review.
+    among `titles`), built at once: one step per course, each course's reviews kept packed
+    until it first changes (`CourseStats._unpack`).
 
     The result equals adding each review in turn (the property tests compare the two)."""
     courses: dict[int, CourseStats] = {}
@@ -232,35 +286,26 @@ def build_course_stats(
     if not len(course):
         return courses
     order = np.lexsort((created, course))
-    course, created, halves = course[order], created[order], halves[order]
-    day = created // MS_PER_DAY
+    course, created, halves = course[order], created[order], halves[order].astype(np.int64)
     first = np.ones(len(course), dtype=bool)
-    first[1:] = (course[1:] != course[:-1]) | (day[1:] != day[:-1])
+    first[1:] = course[1:] != course[:-1]
     starts = np.flatnonzero(first)
-    ends = np.append(starts[1:], len(course))
+    ends = [*starts[1:].tolist(), len(course)]
     group = np.cumsum(first) - 1
-    counts = np.bincount(group * _SLOTS + halves, minlength=len(starts) * _SLOTS)
-    counts_l = counts.reshape(-1, _SLOTS).tolist()
-    created_l = created.tolist()
-    for g, (s, e, course_id, d) in enumerate(
-        zip(
-            starts.tolist(),
-            ends.tolist(),
-            course[starts].tolist(),
-            day[starts].tolist(),
-            strict=True,
-        )
+    totals = np.bincount(group * _SLOTS + halves, minlength=len(starts) * _SLOTS)
+    start, end = window_bounds(as_of_day)
+    day = created // MS_PER_DAY
+    window = (day >= start) & (day <= end)
+    recents = np.bincount(group[window] * _SLOTS + halves[window], minlength=len(starts) * _SLOTS)
+    totals_l = totals.reshape(-1, _SLOTS).tolist()
+    recents_l = recents.reshape(-1, _SLOTS).tolist()
+    for g, (s, e, course_id) in enumerate(
+        zip(starts.tolist(), ends, course[starts].tolist(), strict=True)
     ):
         stats = courses[course_id]
-        bucket = stats._days[d] = _Day()
-        bucket.counts = counts_l[g]
-        bucket.created = created_l[s:e]
-        stats._last_day = d  # ascending within a course
-        for h, n in enumerate(bucket.counts):
-            if n:
-                stats.total[h] += n
-                if stats._start <= d <= stats.as_of_day:
-                    stats.recent[h] += n
+        stats.total, stats.recent = totals_l[g], recents_l[g]
+        stats._packed = (created[s:e], halves[s:e])
+        stats._last_day = int(day[e - 1])
     return courses
 
 
