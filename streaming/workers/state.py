@@ -3,12 +3,20 @@
 A store holds one state object per partition. Partition p of each of its input topics reads and
 writes state partition p, and every change is written to changelog partition p (a compacted
 topic) in the same transaction as the outputs and input offsets. So the committed changelog is
-exactly the state at the committed input offsets: restoring replays it (read_committed) into a
-fresh state object, on assignment and after an abort.
+exactly the state at the committed input offsets.
 
-The state object is the stage's own (pure) class; the store only needs `restore(entries)`, which
-rebuilds it from (key, value) changelog records in order and returns how many it could not read.
-`restore_partitions` is the one place a snapshot or a faster layout can later sit behind.
+Restoring a partition (on assignment, after an abort) starts from the best committed state at a
+known changelog offset and reads the changelog's tail past it (read_committed):
+1. the state this instance kept when a rebalance took the partition away (it was committed
+   then: the revoke commits first), if the partition came back;
+2. the local snapshot (`streaming.workers.snapshots`) if `snapshot_problem` finds none;
+3. otherwise a fresh state and the whole changelog.
+The offset a state reflects comes from the delivery reports of its own changelog writes, moved
+to `positions` only once their transaction committed. Snapshots are written after a commit, of
+committed state only, from a background thread (the state's bytes are taken in the loop).
+
+The state object is the stage's own (pure) class: `restore(entries)` applies changelog entries in
+order on top of it, `to_snapshot()` gives its bytes, and the store's `loader` reads them back.
 """
 
 from __future__ import annotations
@@ -17,13 +25,21 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streaming.config import Settings
 from streaming.workers.runtime import log_event
+from streaming.workers.snapshots import (
+    ChangelogIdentity,
+    SnapshotDir,
+    SnapshotHeader,
+    SnapshotUnreadable,
+    snapshot_problem,
+)
 
 log = logging.getLogger("state")
 RESTORE_TIMEOUT_S = 600
@@ -31,14 +47,30 @@ RESTORE_TIMEOUT_S = 600
 
 class Restorable(Protocol):
     def restore(self, entries: Iterable[tuple[bytes | None, bytes | None]]) -> int:
-        """Rebuild from every (key, value) entry of the partition's changelog, in order, in
-        one call (a state may resolve keys across the whole changelog: a tombstone or a later
-        value of a key read in another call would otherwise be missed); returns how many
-        entries it could not read."""
+        """Apply (key, value) changelog entries, in order, on top of this state, in one call
+        (a state may resolve keys across all of them: a tombstone or a later value of a key
+        read in another call would otherwise be missed); returns how many entries it could
+        not read."""
+        ...
+
+    def to_snapshot(self) -> bytes:
+        """The state as bytes its store's `loader` reads back."""
         ...
 
 
 S = TypeVar("S", bound=Restorable)
+Progress = Callable[[int, int], None]
+"""(changelog records read so far, records to read) while a restore runs."""
+
+
+@dataclass
+class Source(Generic[S]):
+    """Where a partition's restore starts: a state and the changelog offset it reflects."""
+
+    state: S
+    offset: int | None
+    """None: a fresh state, the whole changelog follows."""
+    kind: str
 
 
 @dataclass
@@ -50,33 +82,177 @@ class ChangelogStore(Generic[S]):
     inputs: tuple[str, ...]
     """Input topics whose partition p is served by state partition p."""
     factory: Callable[[], S]
+    loader: Callable[[bytes], S]
+    """A state from `to_snapshot()` bytes (raises ValueError when they are not one)."""
     partitions: dict[int, S] = field(default_factory=dict)
+    snapshots: SnapshotDir | None = None
+    identity: ChangelogIdentity | None = None
+    positions: dict[int, int] = field(default_factory=dict)
+    """Per owned partition: the changelog offset its committed state reflects."""
+    restored_from: dict[int, tuple[str, int]] = field(default_factory=dict)
+    """Per partition, its last restore: (kept | snapshot | changelog, changelog records read)."""
+    _pending: dict[int, int] = field(default_factory=dict)
+    _snapped: dict[int, int] = field(default_factory=dict)
+    _parked: dict[int, tuple[S, int]] = field(default_factory=dict)
+    _writes: list[Future] = field(default_factory=list)
+    _writer: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="snapshot")
+    )
 
     def __getitem__(self, partition: int) -> S:
         return self.partitions[partition]
 
     def write(self, producer: Producer, partition: int, key: bytes, value: bytes | None) -> None:
         """A change of state partition `partition`, into the open transaction."""
-        producer.produce(self.changelog, value, key, partition)
+        producer.produce(self.changelog, value, key, partition, on_delivery=self.delivered)
+
+    def delivered(self, err: KafkaError | None, msg: Message) -> None:
+        """Delivery report of a changelog write: where the partition's state now ends."""
+        if err is None:
+            p, end = msg.partition(), msg.offset() + 1  # type: ignore[operator]
+            if end > self._pending.get(p, -1):
+                self._pending[p] = end
+
+    def committed(self) -> None:
+        """The open transaction committed: its changelog writes are state now."""
+        for p, end in self._pending.items():
+            if p in self.partitions:
+                self.positions[p] = max(self.positions.get(p, -1), end)
+        self._pending.clear()
+
+    def aborted(self) -> None:
+        self._pending.clear()
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:
             self.partitions.pop(p, None)
+            self.positions.pop(p, None)
+
+    def park(self, partitions: Iterable[int]) -> None:
+        """Keep the committed state of partitions a rebalance takes away, in case they come
+        back (an eager rebalance revokes every partition, then reassigns most of them)."""
+        for p in list(partitions):
+            state, position = self.partitions.pop(p, None), self.positions.pop(p, None)
+            if state is not None and position is not None:
+                self._parked[p] = (state, position)
+
+    def forget_parked(self) -> None:
+        self._parked.clear()
+
+    # -- snapshots -------------------------------------------------------------------------
+    def snapshot(self, partitions: Iterable[int] | None = None) -> int:
+        """Snapshot committed state whose position moved since its last snapshot (call right
+        after a commit); the files are written in the background. How many were taken."""
+        if self.snapshots is None or self.identity is None:
+            return 0
+        taken = 0
+        for p in list(self.partitions) if partitions is None else list(partitions):
+            position = self.positions.get(p)
+            if p not in self.partitions or position is None or self._snapped.get(p) == position:
+                continue
+            header = SnapshotHeader(
+                self.name,
+                self.changelog,
+                self.identity.topic_id,
+                self.identity.partitions,
+                p,
+                position,
+                int(time.time() * 1000),
+            )
+            payload = self.partitions[p].to_snapshot()
+            self._snapped[p] = position
+            self._writes = [f for f in self._writes if not f.done()]
+            self._writes.append(self._writer.submit(self._write, header, payload))
+            taken += 1
+        return taken
+
+    def _write(self, header: SnapshotHeader, payload: bytes) -> None:
+        assert self.snapshots is not None
+        t0 = time.monotonic()
+        try:
+            path = self.snapshots.write(header, payload)
+        except OSError as exc:  # a cache: the changelog still has everything
+            log_event(log, "snapshot not written", logging.WARNING, error=str(exc))
+            return
+        log_event(
+            log,
+            "snapshot written",
+            store=self.name,
+            partition=header.partition,
+            offset=header.offset,
+            bytes=len(payload),
+            seconds=round(time.monotonic() - t0, 3),
+            path=str(path),
+        )
+
+    def flush_snapshots(self) -> None:
+        """Wait for snapshot files being written (before exiting)."""
+        for f in self._writes:
+            f.result()
+        self._writes.clear()
+
+    # -- restore ---------------------------------------------------------------------------
+    def _source(self, p: int, low: int, high: int) -> Source[S]:
+        """The best committed state of partition p to start from (see the module doc)."""
+        parked = self._parked.pop(p, None)
+        if parked is not None and low <= parked[1] <= high:
+            return Source(parked[0], parked[1], "kept")
+        if self.snapshots is not None and self.identity is not None:
+            try:
+                found = self.snapshots.read(self.changelog, p)
+                if found is not None:
+                    header, payload = found
+                    problem = snapshot_problem(
+                        header, self.identity, p, low, high, int(time.time() * 1000)
+                    )
+                    if problem is None:
+                        return Source(self.loader(payload), header.offset, "snapshot")
+                    raise SnapshotUnreadable(problem)
+            except (OSError, ValueError) as exc:  # SnapshotUnreadable, a loader's refusal
+                log_event(
+                    log,
+                    "snapshot discarded",
+                    logging.WARNING,
+                    store=self.name,
+                    partition=p,
+                    reason=str(exc),
+                )
+                self.snapshots.discard(self.changelog, p)
+        return Source(self.factory(), None, "changelog")
 
     def restore_partitions(
-        self, settings: Settings, partitions: list[int], group_prefix: str
+        self,
+        settings: Settings,
+        partitions: list[int],
+        group_prefix: str,
+        progress: Progress | None = None,
     ) -> dict[int, S]:
-        """Fresh state for each partition, rebuilt from its committed changelog (all
-        partitions read at once by one consumer), installed and returned."""
+        """Committed state for each partition (kept, snapshot or fresh, then the changelog
+        after it: all partitions read at once by one consumer), installed and returned."""
         t0 = time.monotonic()
-        states = {p: self.factory() for p in partitions}
-        counts = read_changelog(settings, self.changelog, partitions, states, group_prefix)
+        reader = restore_consumer(settings, group_prefix)
+        try:
+            marks = {
+                p: reader.get_watermark_offsets(TopicPartition(self.changelog, p), timeout=30)
+                for p in partitions
+            }
+            sources = {p: self._source(p, *marks[p]) for p in partitions}
+            states = {p: s.state for p, s in sources.items()}
+            starts = {p: s.offset for p, s in sources.items()}
+            counts = read_changelog_with(reader, self.changelog, starts, marks, states, progress)
+        finally:
+            reader.close()
+        for p, (read, _, end) in counts.items():
+            self.positions[p] = end
+            self.restored_from[p] = (sources[p].kind, read)
+            self._snapped[p] = starts[p] if sources[p].kind == "snapshot" else -1  # type: ignore[assignment]
         self.partitions.update(states)
         log_event(
             log,
             "state restored",
             store=self.name,
             partitions=partitions,
+            sources={p: s.kind for p, s in sources.items()},
             records=sum(c[0] for c in counts.values()),
             unreadable=sum(c[1] for c in counts.values()),
             seconds=round(time.monotonic() - t0, 2),
@@ -84,18 +260,8 @@ class ChangelogStore(Generic[S]):
         return states
 
 
-def read_changelog(
-    settings: Settings,
-    topic: str,
-    partitions: list[int],
-    states: dict[int, S],
-    group_prefix: str,
-    timeout_s: float = RESTORE_TIMEOUT_S,
-    batch: int = 10_000,
-) -> dict[int, tuple[int, int]]:
-    """Read each partition's committed changelog to its end, then replay it into its state
-    in one call; {partition: (records read, unreadable)}."""
-    reader = Consumer(
+def restore_consumer(settings: Settings, group_prefix: str) -> Consumer:
+    return Consumer(
         settings.kafka_config(
             **{
                 "group.id": f"{group_prefix}-restore-{uuid.uuid4().hex[:8]}",
@@ -107,30 +273,46 @@ def read_changelog(
             }
         )
     )
-    entries: dict[int, list[tuple[bytes | None, bytes | None]]] = {p: [] for p in partitions}
-    try:
-        todo = set()
-        assignment = []
-        for p in partitions:
-            low, high = reader.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-            if high > low:
-                todo.add(p)
-                assignment.append(TopicPartition(topic, p, low))
-        reader.assign(assignment)
-        deadline = time.monotonic() + timeout_s
-        while todo:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"restoring {topic}{sorted(todo)} took over {timeout_s}s")
-            for m in reader.consume(batch, timeout=1.0):
-                err = m.error()
-                if err is None:
-                    entries[m.partition()].append((m.key(), m.value()))
-                elif err.code() == KafkaError._PARTITION_EOF:  # at its end (the LSO)
-                    todo.discard(m.partition())
-                elif err.fatal():
-                    raise KafkaException(err)
-                else:
-                    log_event(log, "restore consumer error", logging.WARNING, error=str(err))
-    finally:
-        reader.close()
-    return {p: (len(entries[p]), states[p].restore(entries.pop(p))) for p in partitions}
+
+
+def read_changelog_with(
+    reader: Consumer,
+    topic: str,
+    starts: dict[int, int | None],
+    marks: dict[int, tuple[int, int]],
+    states: dict[int, S],
+    progress: Progress | None = None,
+    timeout_s: float = RESTORE_TIMEOUT_S,
+    batch: int = 10_000,
+) -> dict[int, tuple[int, int, int]]:
+    """Read each partition's committed changelog from its start (None: its beginning) to its
+    end (the last stable offset), then apply it to its state in one call.
+
+    `marks` are the (low, high) watermarks read before the states were chosen. Returns
+    {partition: (records read, unreadable, the offset the state now reflects)}."""
+    entries: dict[int, list[tuple[bytes | None, bytes | None]]] = {p: [] for p in starts}
+    ends = {p: marks[p][0] if start is None else start for p, start in starts.items()}
+    todo = {p for p in starts if ends[p] < marks[p][1]}
+    total = sum(marks[p][1] - ends[p] for p in todo)
+    reader.assign([TopicPartition(topic, p, ends[p]) for p in sorted(todo)])
+    deadline = time.monotonic() + timeout_s
+    done = 0
+    while todo:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"restoring {topic}{sorted(todo)} took over {timeout_s}s")
+        msgs = reader.consume(batch, timeout=1.0)
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                entries[m.partition()].append((m.key(), m.value()))  # type: ignore[index]
+            elif err.code() == KafkaError._PARTITION_EOF:  # at its end (the LSO)
+                todo.discard(m.partition())  # type: ignore[arg-type]
+                ends[m.partition()] = m.offset()  # type: ignore[index]
+            elif err.fatal():
+                raise KafkaException(err)
+            else:
+                log_event(log, "restore consumer error", logging.WARNING, error=str(err))
+        done += len(msgs)
+        if progress is not None:
+            progress(done, total)
+    return {p: (len(entries[p]), states[p].restore(entries.pop(p)), ends[p]) for p in list(starts)}

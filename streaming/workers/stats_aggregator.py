@@ -106,9 +106,14 @@ class StatsAggregator(EosWorker):
             topics.versions_changelog,
             (topics.valid, topics.fraud),
             VersionsState,
+            VersionsState.from_snapshot,
         )
         self.courses: ChangelogStore[CourseState] = ChangelogStore(
-            "course-stats", topics.courses_changelog, (topics.changes,), self._new_course_state
+            "course-stats",
+            topics.courses_changelog,
+            (topics.changes,),
+            self._new_course_state,
+            self._load_course_state,
         )
         self.stores = [self.versions, self.courses]
         self.unpublished: set[int] = set()
@@ -126,6 +131,9 @@ class StatsAggregator(EosWorker):
 
     def _new_course_state(self) -> CourseState:
         return CourseState(self.today())
+
+    def _load_course_state(self, snapshot: bytes) -> CourseState:
+        return CourseState.from_snapshot(snapshot, self.today())
 
     def topics(self) -> list[str]:
         return [self.t.valid, self.t.fraud, self.t.changes]
@@ -155,6 +163,7 @@ class StatsAggregator(EosWorker):
         changelog = self.versions.changelog  # state partition p = input partition p
         states = self.versions.partitions
         keys = self._course_keys
+        delivered = self.versions.delivered
         out = 0
         for i in np.flatnonzero(batch.readable).tolist():
             m = msgs[i]
@@ -188,7 +197,7 @@ class StatsAggregator(EosWorker):
                 produce(changes_topic, change, key)
             out += len(routed)
             if entry is not None:
-                produce(changelog, entry, m.key(), partition)
+                produce(changelog, entry, m.key(), partition, on_delivery=delivered)
         self.metrics.records_out[changes_topic] += out
         self.metrics.extra["changes_out"] += out
         self._dead_letters(msgs, sorted(dead.items()))

@@ -10,17 +10,24 @@ read in one batch, never showed it.
 from __future__ import annotations
 
 import random
+import time
 import uuid
+from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streaming.config import Settings
 from streaming.core.aggregation import CourseState, VersionsState
 from streaming.core.stats import ReviewVersion
 from streaming.core.window import MS_PER_DAY
-from streaming.workers.state import read_changelog
+from streaming.workers.snapshots import (
+    ChangelogIdentity,
+    SnapshotDir,
+    SnapshotHeader,
+)
+from streaming.workers.state import ChangelogStore, read_changelog_with, restore_consumer
 from tests.integration.kafka_helpers import delete_topics, make_topics
 
 pytestmark = pytest.mark.integration
@@ -76,15 +83,94 @@ def test_a_restore_read_in_many_batches_equals_the_live_state(settings, topics):
     produce(settings, topics["courses"], courses_log)
     group = f"store-{uuid.uuid4().hex[:8]}"
     restored_versions, restored_courses = VersionsState(), CourseState(DAY)
-    counts = read_changelog(
-        settings, topics["versions"], [0], {0: restored_versions}, group, batch=97
-    )
-    assert counts == {0: (len(versions_log), 0)}
-    counts = read_changelog(
-        settings, topics["courses"], [0], {0: restored_courses}, group, batch=97
-    )
-    assert counts == {0: (len(courses_log), 0)}
+    for topic, state, log in (
+        (topics["versions"], restored_versions, versions_log),
+        (topics["courses"], restored_courses, courses_log),
+    ):
+        reader = restore_consumer(settings, group)
+        try:
+            marks = {0: reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)}
+            counts = read_changelog_with(reader, topic, {0: None}, marks, {0: state}, batch=97)
+        finally:
+            reader.close()
+        assert counts == {0: (len(log), 0, len(log))}
     assert restored_versions.as_dict() == live_versions.as_dict()
     assert restored_courses.courses.keys() == live_courses.courses.keys()
     for course in live_courses.courses:
         assert restored_courses.statistics(course, T) == live_courses.statistics(course, T)
+
+
+def identity(admin: AdminClient, topic: str) -> ChangelogIdentity:
+    described = admin.describe_topics(TopicCollection([topic]))[topic].result(30)
+    return ChangelogIdentity(str(described.topic_id), len(described.partitions), 86_400_000)
+
+
+def course_store(tmp_path: Path, topic: str, ident: ChangelogIdentity) -> ChangelogStore:
+    return ChangelogStore(
+        "course-stats",
+        topic,
+        ("changes",),
+        lambda: CourseState(DAY),
+        lambda data: CourseState.from_snapshot(data, DAY),
+        snapshots=SnapshotDir(tmp_path, "group"),
+        identity=ident,
+    )
+
+
+def test_a_snapshot_and_the_changelog_after_it_restore_the_live_state(
+    settings, admin, topics, tmp_path
+):
+    """Snapshot at the middle of the changelog: the restore reads only the tail. A corrupt,
+    foreign, too new or missing snapshot is discarded and the whole changelog read: the same
+    statistics every time."""
+    _, live, _, log = logged_history(3000, seed=3)
+    half = len(log) // 2
+    produce(settings, topics["courses"], log)
+    ident = identity(admin, topics["courses"])
+    middle = CourseState(DAY)
+    assert middle.restore(log[:half]) == 0
+    store = course_store(tmp_path, topics["courses"], ident)
+    header = SnapshotHeader(
+        "course-stats", topics["courses"], ident.topic_id, 1, 0, half, int(time.time() * 1000)
+    )
+    path = store.snapshots.write(header, middle.to_snapshot())
+
+    def restored(source: str, reads: int) -> None:
+        store.partitions.clear()
+        state = store.restore_partitions(settings, [0], f"store-{uuid.uuid4().hex[:8]}")[0]
+        assert state.courses.keys() == live.courses.keys()
+        for course in live.courses:
+            assert state.statistics(course, T) == live.statistics(course, T)
+        assert store.positions[0] == len(log)
+        assert store.restored_from[0] == (source, reads)
+
+    restored("snapshot", len(log) - half)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # corrupt: the checksum no longer matches
+    path.write_bytes(bytes(data))
+    restored("changelog", len(log))
+    assert not path.exists(), "a discarded snapshot is deleted"
+    for bad in (
+        SnapshotHeader(
+            "course-stats", topics["courses"], "another-id", 1, 0, half, header.written_at_ms
+        ),
+        SnapshotHeader(
+            "course-stats", topics["courses"], ident.topic_id, 2, 0, half, header.written_at_ms
+        ),
+        SnapshotHeader(
+            "course-stats",
+            topics["courses"],
+            ident.topic_id,
+            1,
+            0,
+            len(log) + 5,
+            header.written_at_ms,
+        ),
+        SnapshotHeader("course-stats", topics["courses"], ident.topic_id, 1, 0, half, 0),
+    ):
+        store.snapshots.write(bad, middle.to_snapshot())
+        restored("changelog", len(log))
+        assert not path.exists()
+    path.write_bytes(b"REVIEWS-SNAPSHOT 1\n{}")  # a torn or foreign file
+    restored("changelog", len(log))
+    restored("changelog", len(log))  # none at all
