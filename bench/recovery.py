@@ -1,7 +1,9 @@
 """Recovery of one stream-worker instance after SIGKILL, on the running stack, with its partner
 running and reviews (new ones and edits) flowing into `udemy-reviews` at a steady rate.
 
-For each of `--kills` SIGKILLs of the aggregator's instance 0:
+First instance 0's state is grown to `--state-reviews` reviews (1M: new reviews produced as
+fast as the pipeline takes them; its /health `state_reviews` says when). Then for each of
+`--kills` SIGKILLs of the aggregator's instance 0:
   recovery_s               kill -> that instance's first committed transaction (its /health
                            shows a new pid and a commit after the kill)
   recovery_correct_stat_s  kill -> every one of `--probes` reviews posted just after the kill,
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import httpx
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from fastavro import schemaless_reader, schemaless_writer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,7 +41,7 @@ from bench.common import write_result
 from stack import procs
 from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame
-from streaming.pipeline import AGGREGATOR, INPUT, LONG_TERM, VERSIONS_CHANGELOG
+from streaming.pipeline import AGGREGATOR, INPUT, LONG_TERM
 from streaming.serde import Registry, local_schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +151,31 @@ class StatWatcher:
                 self.seen.add(int(record["course_id"]))
 
 
+def preload(settings: Settings, url: str, target: int) -> int:
+    """Grow instance 0's state to `target` reviews (new reviews, as fast as the pipeline
+    takes them); its state size once it holds them."""
+    have = int((health(url) or {}).get("state_reviews") or 0)
+    if have < target:
+        owned = len([a for a in (health(url) or {}).get("assigned_partitions", []) if "valid" in a])
+        meta = AdminClient(settings.kafka_config()).list_topics(INPUT.name, timeout=10)
+        total = len(meta.topics[INPUT.name].partitions)
+        n = (target - have) * total // max(owned, 1) * 21 // 20  # 5 % for an uneven spread
+        log(f"preloading {n} reviews: instance 0 holds {have}, the target is {target}")
+        loader = Feeder(settings, rate=1, base=10**12 + int(time.time()) * 10**6)
+        for i in range(n):
+            loader.send(loader.base + i, 3_000_000 + i % 20_000, "4.0", T0_MS)
+            if i % 10_000 == 0:
+                loader.producer.poll(0)
+        loader.producer.flush(120)
+
+    def loaded() -> bool:
+        h = health(url) or {}
+        return int(h.get("state_reviews") or 0) >= target and h.get("consumer_lag") == 0
+
+    until(f"instance 0 holding {target} reviews", loaded, timeout_s=1800)
+    return int((health(url) or {}).get("state_reviews") or 0)
+
+
 def kill_once(feeder: Feeder, watcher: StatWatcher, url: str, probes: int, n: int) -> tuple:
     h = health(url) or {}
     if h.get("status") != "ok":
@@ -205,11 +233,15 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=1000, help="input reviews per second")
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--spacing", type=float, default=15.0, help="seconds between kills")
+    parser.add_argument(
+        "--state-reviews", type=int, default=1_000_000, help="state held by the killed instance"
+    )
     args = parser.parse_args()
     settings = Settings.from_env()
     url0, url1 = AGGREGATOR.health_url(0), AGGREGATOR.health_url(1)
     if AGGREGATOR.instance_count() < 2 or health(url1) is None:
         raise SystemExit("bench.recovery needs two aggregator instances running (make up)")
+    state_reviews = preload(settings, url0, args.state_reviews)
     feeder = Feeder(settings, args.rate, base=int(time.time()) * 1000)
     watcher = StatWatcher(settings)
     feeder.start()
@@ -228,12 +260,6 @@ def main() -> int:
     finally:
         feeder.stop.set()
         feeder.join(30)
-    consumer = Consumer(settings.kafka_config(**{"group.id": "bench-recovery-size"}))
-    state_reviews = 0
-    for p in (0, 1):  # instance 0's partitions (range assignment of 4)
-        low, high = consumer.get_watermark_offsets(TopicPartition(VERSIONS_CHANGELOG.name, p))
-        state_reviews += high - low
-    consumer.close()
     figures = {
         "recovery_s": round(statistics.median(recoveries), 2),
         "recovery_max_s": round(max(recoveries), 2),
@@ -242,7 +268,7 @@ def main() -> int:
         "recovery_kills": len(recoveries),
         "rebalance_s": round(rebalance_s, 2),
         "input_rps": args.rate,
-        "killed_instance_changelog_records": state_reviews,
+        "killed_instance_state_reviews": state_reviews,
     }
     log(str(figures))
     write_result("recovery", figures, f"make bench BENCH_ARGS='--only recovery' ({args})")

@@ -299,6 +299,7 @@ class StatsAggregator(EosWorker):
     def committed(self, positions: list[TopicPartition]) -> None:
         """Purge change records below committed offsets, as Kafka Streams does: they are
         consumed and their effect is in the changelog, so the internal topic stays small."""
+        self.metrics.extra["state_reviews"] = sum(map(len, self.versions.partitions.values()))
         now = time.monotonic()
         if now - self._last_purge < self.purge_interval_s:
             return
