@@ -9,7 +9,7 @@ of them alike and the ratios are the figures to trust.
     .venv/bin/python bench/run_all.py [--records 1000000] [--runs 3] [--only fraud,aggregate]
 
 Steps: produce_limit (Kafka's own ProducerPerformance), fraud, aggregate, e2e, backfill,
-reconcile, recovery.
+reconcile, recovery, restore.
 """
 
 from __future__ import annotations
@@ -257,6 +257,11 @@ STEPS: dict[str, Callable[[Settings, int, int], dict]] = {
         {"reconcile_1m_s": "reconcile_1m_s", "mismatches": "reconcile_mismatches"},
     ),
     "recovery": recovery,
+    "restore": script(
+        "restore",
+        "restore",
+        {"restore_cold_1m_s": "restore_cold_1m_s", "restore_warm_1m_s": "restore_warm_1m_s"},
+    ),
 }
 
 

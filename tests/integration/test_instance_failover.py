@@ -20,9 +20,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stack import procs
 from streaming.config import Settings
 from streaming.core.window import epoch_day
-from streaming.pipeline import AGGREGATOR, FRAUD_FILTER, WorkerSpec
+from streaming.pipeline import (
+    AGGREGATOR,
+    COURSES_CHANGELOG,
+    FRAUD_FILTER,
+    VERSIONS_CHANGELOG,
+    WorkerSpec,
+)
+from streaming.workers.snapshots import SnapshotDir
 from tests.integration.edit_history import courses_on_distinct_partitions, expected_stats, history
 from tests.integration.test_edits_end_to_end import (
     eventually_equal,
@@ -32,7 +40,8 @@ from tests.integration.test_edits_end_to_end import (
 )
 
 pytestmark = pytest.mark.integration
-RUN = Path(os.environ.get("STACK_DIR", Path(__file__).resolve().parents[2] / ".stack")) / "run"
+STACK = Path(os.environ.get("STACK_DIR", Path(__file__).resolve().parents[2] / ".stack"))
+RUN = STACK / "run"
 
 
 def health(spec: WorkerSpec, instance: int) -> dict:
@@ -89,3 +98,100 @@ def test_an_instance_killed_while_its_partner_runs_loses_and_doubles_nothing(
     eventually_equal(lambda: topic_stats(settings, ids), expected, "statistics topics")
     for spec in (AGGREGATOR, FRAUD_FILTER):
         assert health(spec, 1)["pid"] == partners[spec.name], f"{spec.name}-1 kept running"
+
+
+def snapshot_files() -> dict[str, list[Path]]:
+    """The stack aggregator's snapshot files, per changelog."""
+    root = SnapshotDir.from_env(AGGREGATOR.group_id).root
+    return {d.name: sorted(d.glob("*.snap")) for d in sorted(root.iterdir()) if d.is_dir()}
+
+
+def restored_sources() -> dict[str, dict[str, str]]:
+    body = health(AGGREGATOR, 0).get("restored_from", {})
+    return {store: {p: r["source"] for p, r in parts.items()} for store, parts in body.items()}
+
+
+def kill_and_wait(spec: WorkerSpec, while_down=lambda: None) -> None:
+    """SIGKILL instance 0, run `while_down` before its supervisor may restart it (it is held
+    meanwhile), then wait until it is back and healthy."""
+    name = f"{spec.name}-0"
+    pid = procs.read_pid(STACK, name)
+    procs.hold(STACK, name, "test: snapshots changed while down")
+    try:
+        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+        until(f"{name} down", lambda: not procs.alive(pid))
+        while_down()
+    finally:
+        procs.release(STACK, name)
+    until(
+        f"{name} back",
+        lambda: (
+            health(spec, 0).get("pid") not in (None, pid) and health(spec, 0).get("status") == "ok"
+        ),
+    )
+
+
+def owned_files(changelog: str) -> list[Path]:
+    """Snapshot files of the partitions aggregator instance 0 owns."""
+    owned = {
+        a.rsplit("[", 1)[1].rstrip("]")
+        for a in health(AGGREGATOR, 0).get("assigned_partitions", [])
+        if a.startswith("udemy-reviews-valid[")
+    }
+    return [f for f in snapshot_files().get(changelog, []) if f.stem in owned]
+
+
+def test_corrupt_foreign_and_deleted_snapshots_are_discarded_and_nothing_is_lost(
+    settings: Settings,
+) -> None:
+    """Kill the aggregator's instance 0 three times under input: once with its snapshots
+    intact (they are used), once with one corrupted and one deleted, once with one written
+    for another topic. Each bad one is discarded for the whole changelog; every review is
+    still counted exactly once."""
+    if AGGREGATOR.instance_count() < 2:
+        pytest.skip(f"{AGGREGATOR.instances_env}=1: no partner instance to keep running")
+    until("aggregator healthy", lambda: health(AGGREGATOR, 0).get("status") == "ok")
+    rng = random.Random(31)
+    now_ms = int(time.time() * 1000)
+    base = 8_000_000_000 + rng.randrange(10**9)
+    courses = courses_on_distinct_partitions(base, 8)
+    records = history(400, now_ms, courses, first_id=base * 10, seed=31)
+    verdicts = with_rule_verdicts(records, rng)
+    quarter = len(records) // 4
+    positions = produce_in_order(settings, records[:quarter])
+    taken = health(AGGREGATOR, 0).get("snapshots", 0)
+    until("a snapshot after the input", lambda: health(AGGREGATOR, 0).get("snapshots", 0) > taken)
+    kill_and_wait(AGGREGATOR)
+    assert "snapshot" in {s for parts in restored_sources().values() for s in parts.values()}
+
+    positions += produce_in_order(settings, records[quarter : 2 * quarter])
+    versions = owned_files(VERSIONS_CHANGELOG.name)[0]
+    course_stats = owned_files(COURSES_CHANGELOG.name)[0]
+
+    def corrupt_and_delete() -> None:
+        data = bytearray(versions.read_bytes())
+        data[-3] ^= 0xFF
+        versions.write_bytes(bytes(data))
+        course_stats.unlink()
+
+    kill_and_wait(AGGREGATOR, corrupt_and_delete)
+    sources = restored_sources()
+    assert sources["review-versions"][versions.stem] == "changelog", sources
+    assert sources["course-stats"][course_stats.stem] == "changelog", sources
+
+    positions += produce_in_order(settings, records[2 * quarter : 3 * quarter])
+    until("a snapshot of the restored state", lambda: owned_files(COURSES_CHANGELOG.name))
+    target = owned_files(COURSES_CHANGELOG.name)[0]
+
+    def make_foreign() -> None:
+        magic, header, payload = target.read_bytes().split(b"\n", 2)
+        foreign = {**json.loads(header), "topic_id": "AAAAAAAAAAAAAAAAAAAAAA"}
+        target.write_bytes(b"\n".join([magic, json.dumps(foreign).encode(), payload]))
+
+    kill_and_wait(AGGREGATOR, make_foreign)
+    assert restored_sources()["course-stats"][target.stem] == "changelog"
+
+    positions += produce_in_order(settings, records[3 * quarter :])
+    expected = expected_stats(records, positions, epoch_day(now_ms), fraud=verdicts)
+    ids = set(courses) & {r["course"]["id"] for r in records}
+    eventually_equal(lambda: topic_stats(settings, ids), expected, "statistics topics")
