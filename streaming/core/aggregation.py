@@ -346,13 +346,15 @@ class CourseState:
     A tail of the changelog replayed on top of a snapshot needs it (a member entry replaces
     the one before it, which must be uncounted first), and so does the next snapshot."""
 
-    __slots__ = ("_base", "_delta", "as_of_day", "courses")
+    __slots__ = ("_base", "_delta", "_index", "as_of_day", "courses")
 
     def __init__(self, as_of_day: int) -> None:
         self.as_of_day = as_of_day
         self.courses: dict[int, CourseStats] = {}
         self._base = np.zeros(0, dtype=_MEMBERS_DTYPE)  # sorted by (course, review)
         self._delta: dict[tuple[int, int], tuple[int, int] | None] = {}
+        self._index: np.ndarray | None = None
+        """The base table's keys as sortable bytes (`_member_keys`), built on first use."""
 
     def apply(
         self, records: Iterable[tuple[int, bytes | None]]
@@ -433,12 +435,14 @@ class CourseState:
             if course is None:
                 course = self.courses[course_id] = CourseStats(course_id, self.as_of_day)
             course.set_title(modified, raw)
-        for course_id, review_id, created, halves in members.tolist():
+        olds = self._members(members)
+        for (course_id, review_id, created, halves), old in zip(
+            members.tolist(), olds, strict=True
+        ):
             course = self.courses.get(course_id)
             if course is None:
                 unreadable += 1
                 continue
-            old = self._member(course_id, review_id)
             if old is not None:
                 course.retract(*old)
             new = (created, halves) if halves else None
@@ -447,17 +451,25 @@ class CourseState:
             self._delta[(course_id, review_id)] = new
         return unreadable
 
-    def _member(self, course_id: int, review_id: int) -> tuple[int, int] | None:
-        """What the changelog says is counted for (course, review), or None."""
-        key = (course_id, review_id)
-        if key in self._delta:
-            return self._delta[key]
-        base = self._base
-        lo, hi = np.searchsorted(base["course"], [course_id, course_id + 1])
-        i = lo + int(np.searchsorted(base["review"][lo:hi], review_id))
-        if i < hi and base["review"][i] == review_id:
-            return int(base["created"][i]), int(base["halves"][i])
-        return None
+    def _members(self, rows: np.ndarray) -> list[tuple[int, int] | None]:
+        """What the changelog says is counted for each (course, review) of `rows`, or None:
+        the changes since the last compaction, else the base table (searched at once)."""
+        if self._index is None:
+            self._index = _member_keys(self._base)
+        found: list[tuple[int, int] | None] = [None] * len(rows)
+        if len(self._base):
+            keys = _member_keys(rows)
+            at = np.minimum(self._index.searchsorted(keys), len(self._base) - 1)
+            hit = self._index[at] == keys
+            base = self._base[at]
+            for i in np.flatnonzero(hit).tolist():
+                found[i] = (int(base["created"][i]), int(base["halves"][i]))
+        delta = self._delta
+        if delta:
+            for i, (course_id, review_id) in enumerate(rows[["course", "review"]].tolist()):
+                if (course_id, review_id) in delta:
+                    found[i] = delta[(course_id, review_id)]
+        return found
 
     def _load(self, titles: dict[int, tuple[int, bytes]], table: np.ndarray) -> None:
         self.courses = build_course_stats(
@@ -467,14 +479,14 @@ class CourseState:
             table["created"],
             table["halves"].astype(np.int64),
         )
-        self._base, self._delta = table, {}
+        self._base, self._delta, self._index = table, {}, None
 
     def compact(self) -> None:
         """Fold the member changes since the last compaction into the sorted table."""
         if not self._delta:
             return
         self._base = _merge_members(self._base, self._delta)
-        self._delta = {}
+        self._delta, self._index = {}, None
 
     def to_snapshot(self) -> bytes:
         """The state as bytes (`from_snapshot` reads them back): a header, each course's id,
@@ -553,6 +565,16 @@ class CourseState:
             _to_course_statistic(course, recent=False, as_of_time=as_of_time),
             _to_course_statistic(course, recent=True, as_of_time=as_of_time),
         )
+
+
+def _member_keys(table: np.ndarray) -> np.ndarray:
+    """(course, review) of each row as 16 bytes whose byte order is the numeric order (big
+    endian, sign bit flipped), so one `searchsorted` finds many keys at once."""
+    keys = np.empty(len(table), dtype=[("course", ">u8"), ("review", ">u8")])
+    flip = np.uint64(1 << 63)
+    keys["course"] = table["course"].astype(np.int64).view(np.uint64) ^ flip
+    keys["review"] = table["review"].astype(np.int64).view(np.uint64) ^ flip
+    return keys.view("S16")
 
 
 def _members_table(members: dict[tuple[int, int], tuple[int, int] | None]) -> np.ndarray:
