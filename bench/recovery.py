@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import httpx
-from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from fastavro import schemaless_reader, schemaless_writer
 
@@ -139,8 +139,14 @@ class StatWatcher:
             )
         )
         parts = self.consumer.list_topics(LONG_TERM.name, timeout=10).topics[LONG_TERM.name]
+        # explicit end offsets, not OFFSET_END: that is resolved at the first fetch, which
+        # may come after the probes' statistics were written
+        ends = [
+            self.consumer.get_watermark_offsets(TopicPartition(LONG_TERM.name, p), timeout=10)[1]
+            for p in parts.partitions
+        ]
         self.consumer.assign(
-            [TopicPartition(LONG_TERM.name, p, OFFSET_END) for p in parts.partitions]
+            [TopicPartition(LONG_TERM.name, p, end) for p, end in zip(parts.partitions, ends)]
         )
         self.seen: set[int] = set()
 
