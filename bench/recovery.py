@@ -146,7 +146,10 @@ class StatWatcher:
             for p in parts.partitions
         ]
         self.consumer.assign(
-            [TopicPartition(LONG_TERM.name, p, end) for p, end in zip(parts.partitions, ends)]
+            [
+                TopicPartition(LONG_TERM.name, p, end)
+                for p, end in zip(parts.partitions, ends, strict=True)
+            ]
         )
         self.seen: set[int] = set()
 
