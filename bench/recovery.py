@@ -124,10 +124,11 @@ class Feeder(threading.Thread):
         self.producer.flush(30)
 
 
-class StatWatcher:
-    """The courses seen in long-term-stats since it was created."""
+class StatWatcher(threading.Thread):
+    """The courses seen in long-term-stats since it was created, read continuously."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True, name="watcher")
         self.schema = local_schema("course_statistic.avsc")
         self.consumer = Consumer(
             settings.kafka_config(
@@ -153,8 +154,12 @@ class StatWatcher:
         )
         self.seen: set[int] = set()
 
+    def run(self) -> None:
+        while True:
+            self.poll()
+
     def poll(self) -> None:
-        for m in self.consumer.consume(1000, timeout=0.05):
+        for m in self.consumer.consume(1000, timeout=0.2):
             if m.error() is None and m.value():
                 record = schemaless_reader(io.BytesIO(m.value()[5:]), self.schema)
                 self.seen.add(int(record["course_id"]))
@@ -205,7 +210,6 @@ def kill_once(feeder: Feeder, watcher: StatWatcher, url: str, probes: int, n: in
         return b.get("pid") not in (None, pid) and (b.get("last_commit_time") or 0) > wall
 
     def stats_in() -> bool:
-        watcher.poll()
         return all(c in watcher.seen for c in courses)
 
     until("first commit after the kill", committed)
@@ -253,6 +257,7 @@ def main() -> int:
     state_reviews = preload(settings, url0, args.state_reviews)
     feeder = Feeder(settings, args.rate, base=int(time.time()) * 1000)
     watcher = StatWatcher(settings)
+    watcher.start()
     feeder.start()
     recoveries, stats = [], []
     try:
@@ -263,7 +268,7 @@ def main() -> int:
             stats.append(stat)
             log(f"kill {n + 1}: first commit {rec:.2f} s, probes' statistics {stat:.2f} s")
             while time.monotonic() - started < args.spacing:
-                watcher.poll()  # pacing the kills; keeps the watcher's fetch position fresh
+                time.sleep(0.2)  # pacing the kills
         rebalance_s = rebalance(url0, url1)
         log(f"rebalance: both committing {rebalance_s:.2f} s after instance 1 came back")
     finally:
