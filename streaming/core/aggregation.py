@@ -332,8 +332,11 @@ def title_key(course_id: int) -> bytes:
 _MEMBERS_DTYPE = np.dtype(
     [("course", "<i8"), ("review", "<i8"), ("created", "<i8"), ("halves", "u1")]
 )
-_COURSES_SNAPSHOT = struct.Struct("<4sBqq")  # magic, format, courses, members
-_COURSES_MAGIC, _COURSES_SNAPSHOT_FORMAT = b"RVCS", 1
+_COURSES_SNAPSHOT = struct.Struct("<4sBqqq")  # magic, format, published day, courses, members
+_COURSES_MAGIC, _COURSES_SNAPSHOT_FORMAT = b"RVCS", 2
+PUBLISHED_DAY_KEY = b"d"
+"""Changelog key of the as-of day whose recent records the partition last published in full."""
+_DAY = struct.Struct(">q")
 _NO_TITLE = -(2**63)
 
 
@@ -346,7 +349,7 @@ class CourseState:
     A tail of the changelog replayed on top of a snapshot needs it (a member entry replaces
     the one before it, which must be uncounted first), and so does the next snapshot."""
 
-    __slots__ = ("_base", "_delta", "_index", "as_of_day", "courses")
+    __slots__ = ("_base", "_delta", "_index", "as_of_day", "courses", "published_day")
 
     def __init__(self, as_of_day: int) -> None:
         self.as_of_day = as_of_day
@@ -355,6 +358,9 @@ class CourseState:
         self._delta: dict[tuple[int, int], tuple[int, int] | None] = {}
         self._index: np.ndarray | None = None
         """The base table's keys as sortable bytes (`_member_keys`), built on first use."""
+        self.published_day: int | None = None
+        """The as-of day of the last full publication of the partition's recent records, as
+        committed (`published`): a restore on that day need not publish them again."""
 
     def apply(
         self, records: Iterable[tuple[int, bytes | None]]
@@ -424,7 +430,9 @@ class CourseState:
         latest entry of a key wins, a tombstone removes it); how many could not be read.
         Entries are parsed as arrays; on an empty state (a whole changelog) the courses are
         built at once."""
-        members, titles, unreadable = _parse_course_entries(entries)
+        members, titles, day, unreadable = _parse_course_entries(entries)
+        if day is not None:
+            self.published_day = day
         if not self.courses and not len(self._base) and not self._delta:
             counted = members[members["halves"] != 0]
             orphan = ~np.isin(counted["course"], np.fromiter(titles, np.int64, len(titles)))
@@ -502,8 +510,9 @@ class CourseState:
         )
         raws = [c.title_raw for c in self.courses.values()]
         lengths = np.array([len(r) for r in raws], dtype="<i8")
+        day = _NO_TITLE if self.published_day is None else self.published_day
         head = _COURSES_SNAPSHOT.pack(
-            _COURSES_MAGIC, _COURSES_SNAPSHOT_FORMAT, len(ids), len(self._base)
+            _COURSES_MAGIC, _COURSES_SNAPSHOT_FORMAT, day, len(ids), len(self._base)
         )
         parts = [head, ids.astype("<i8").tobytes(), modified.tobytes(), lengths.tobytes()]
         return b"".join([*parts, *raws, self._base.tobytes()])
@@ -515,7 +524,7 @@ class CourseState:
         head = _COURSES_SNAPSHOT.size
         if len(data) < head:
             raise RecordFormatError("course-stats snapshot: truncated header")
-        magic, fmt, n, m = _COURSES_SNAPSHOT.unpack_from(data)
+        magic, fmt, day, n, m = _COURSES_SNAPSHOT.unpack_from(data)
         if (magic, fmt) != (_COURSES_MAGIC, _COURSES_SNAPSHOT_FORMAT) or n < 0 or m < 0:
             raise RecordFormatError(f"not a course-stats snapshot ({magic!r}, format {fmt})")
         if len(data) < head + 24 * n:
@@ -544,7 +553,14 @@ class CourseState:
         for course_id, (mod, _raw) in titles.items():
             if mod == _NO_TITLE:
                 state.courses[course_id].title_modified = None
+        state.published_day = None if day == _NO_TITLE else day
         return state
+
+    def published(self, day: int) -> tuple[bytes, bytes]:
+        """Every recent record of the partition was just published for `day`: the changelog
+        entry that says so (written in the same transaction)."""
+        self.published_day = day
+        return PUBLISHED_DAY_KEY, _DAY.pack(day)
 
     def advance(self, as_of_day: int) -> list[int]:
         """Move every course's window to `as_of_day`; every course's recent record changes
@@ -555,6 +571,10 @@ class CourseState:
         for course in self.courses.values():
             course.move_window(as_of_day)
         return list(self.courses)
+
+    def recent_statistic(self, course_id: int, as_of_time: int) -> CourseStatistic:
+        """The recent CourseStatistic record of one course."""
+        return _to_course_statistic(self.courses[course_id], recent=True, as_of_time=as_of_time)
 
     def statistics(
         self, course_id: int, as_of_time: int
@@ -612,13 +632,15 @@ _MEMBER_VALUE_DTYPE = np.dtype([("created", ">i8"), ("halves", "u1")])
 
 def _parse_course_entries(
     entries: Iterable[tuple[bytes | None, bytes | None]],
-) -> tuple[np.ndarray, dict[int, tuple[int, bytes]], int]:
+) -> tuple[np.ndarray, dict[int, tuple[int, bytes]], int | None, int]:
     """The latest member rows (halves 0: removed) sorted by (course, review), the latest
-    title of each course, and how many entries could not be read, from changelog entries
-    in order. One dict store per entry; the parsing is done on arrays."""
+    title of each course, the latest published day, and how many entries could not be read,
+    from changelog entries in order. One dict store per entry; the parsing is done on
+    arrays."""
     member_raw: dict[bytes, bytes | None] = {}
     title_raw: dict[bytes, bytes] = {}
     unreadable = 0
+    day: int | None = None
     member_size, title_size, value_size = _MEMBER_KEY.size, _TITLE_KEY.size, _MEMBER.size
     for key, value in entries:  # a bad entry is skipped: the key keeps its value before it
         if key is None:
@@ -635,6 +657,8 @@ def _parse_course_entries(
                 unreadable += 1
                 continue
             title_raw[key] = value
+        elif key == PUBLISHED_DAY_KEY and value is not None and len(value) == _DAY.size:
+            (day,) = _DAY.unpack(value)
         else:
             unreadable += 1
     titles = {
@@ -651,4 +675,4 @@ def _parse_course_entries(
     bad = present & ((table["halves"] < 1) | (table["halves"] > 10))
     unreadable += int(bad.sum())
     table = table[~bad]
-    return table[np.lexsort((table["review"], table["course"]))], titles, unreadable
+    return table[np.lexsort((table["review"], table["course"]))], titles, day, unreadable

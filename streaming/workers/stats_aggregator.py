@@ -274,7 +274,9 @@ class StatsAggregator(EosWorker):
             return
         now_ms = int(self.clock() * 1000)
         for partition in sorted(self.unpublished & self.courses.partitions.keys()):
-            self._emit_recent(self.courses[partition], now_ms)
+            state = self.courses[partition]
+            self._emit_recent(state, now_ms)
+            self.courses.write(self.producer, partition, *state.published(day))
         self.unpublished.clear()
 
     def _emit_recent(self, state: CourseState, now_ms: int) -> None:
@@ -283,7 +285,7 @@ class StatsAggregator(EosWorker):
         for course_id in state.courses:
             buf.seek(0)
             buf.truncate()
-            schemaless_writer(buf, self.stat_schema, state.statistics(course_id, now_ms)[1])
+            schemaless_writer(buf, self.stat_schema, state.recent_statistic(course_id, now_ms))
             self.producer.produce(
                 self.t.recent, confluent_frame(schema_id, buf.getvalue()), str(course_id).encode()
             )
@@ -291,10 +293,13 @@ class StatsAggregator(EosWorker):
         self.checkpoint.add(len(state.courses))
 
     def state_restored(self, store: ChangelogStore, partitions: list[int]) -> None:
-        """A restored course partition re-emits its recent records: the window may have moved
-        while no instance owned it, or the transaction that emitted them aborted."""
+        """A restored course partition re-emits its recent records unless its changelog says
+        they were all published, in a committed transaction, for today's window: the window
+        may have moved while no instance owned it, or the transaction that emitted them
+        aborted (then its published day did not commit either)."""
         if store is self.courses:
-            self.unpublished.update(partitions)
+            today = self.today()
+            self.unpublished.update(p for p in partitions if self.courses[p].published_day != today)
 
     def committed(self, positions: list[TopicPartition]) -> None:
         """Purge change records below committed offsets, as Kafka Streams does: they are

@@ -390,6 +390,21 @@ def test_a_snapshot_and_the_changelog_after_it_equal_the_live_state():
             assert courses.to_snapshot() == live.courses.to_snapshot(), "same member table"
 
 
+def test_the_published_day_is_state_of_the_changelog_and_of_a_snapshot():
+    live = Stages()
+    live.feed(1, version(1, 5), "T")
+    assert live.courses.published_day is None
+    live.courses_log.append(live.courses.published(DAY))
+    restored = CourseState(DAY)
+    assert restored.restore(live.courses_log) == 0
+    assert restored.published_day == DAY
+    assert CourseState.from_snapshot(restored.to_snapshot(), DAY + 1).published_day == DAY
+    tail = CourseState.from_snapshot(CourseState(DAY).to_snapshot(), DAY)
+    assert tail.published_day is None
+    assert tail.restore([live.courses.published(DAY + 1)]) == 0
+    assert tail.published_day == DAY + 1
+
+
 @pytest.mark.parametrize("cut", [0, 5, 13, -1, -9])
 def test_a_damaged_snapshot_is_refused(cut):
     live = Stages()
