@@ -168,6 +168,11 @@ class StatWatcher(threading.Thread):
 def preload(settings: Settings, url: str, target: int) -> int:
     """Grow instance 0's state to `target` reviews (new reviews, as fast as the pipeline
     takes them); its state size once it holds them."""
+    until(
+        "instance 0 committing",
+        lambda: (h := health(url) or {}).get("status") == "ok" and "state_reviews" in h,
+        timeout_s=300,
+    )
     have = int((health(url) or {}).get("state_reviews") or 0)
     if have < target:
         owned = len([a for a in (health(url) or {}).get("assigned_partitions", []) if "valid" in a])
