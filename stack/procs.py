@@ -15,6 +15,12 @@ Files, under a state directory (stack.sh's `.stack`):
   run/<name>.hold       present: do not restart (its text says why)
   logs/<name>.log       the process's output, appended
 
+A warm spare (`--warm`): the supervisor starts the next incarnation as soon as the current one
+runs, with GO_FD_ENV naming a pipe it waits on after its start-up work (imports); when the
+current one exits, the spare is told to go (one byte) and a new spare starts, so a restart
+costs no start-up. A spare whose pipe closes without a byte exits. The process opts in: one
+that ignores the variable simply runs twice, so only processes that read it get `--warm`.
+
 Signals to the supervisor: TERM stops the process (TERM, then KILL after the stop timeout) and
 the supervisor; HUP restarts the process now (a requested restart, recorded as such).
 
@@ -44,6 +50,9 @@ STABLE_AFTER_S = 10.0
 """A run this long resets the back-off: the crash was not part of a loop."""
 KEEP_RESTARTS = 50
 DEFAULT_STOP_TIMEOUT_S = 30.0
+GO_FD_ENV = "PROC_GO_FD"
+"""Set in a warm spare's environment: the file descriptor to read one byte from before it
+starts (end of file: exit)."""
 
 
 # ---------------------------------------------------------------- files
@@ -164,10 +173,20 @@ def describe_exit(returncode: int) -> str:
 class Supervisor:
     """Runs one process and restarts it when it exits, until told to stop or held."""
 
-    def __init__(self, state: Path, name: str, cmd: Sequence[str], stop_timeout_s: float) -> None:
+    def __init__(
+        self,
+        state: Path,
+        name: str,
+        cmd: Sequence[str],
+        stop_timeout_s: float,
+        warm: bool = False,
+    ) -> None:
         self.state, self.name, self.cmd = state, name, list(cmd)
         self.stop_timeout_s = stop_timeout_s
+        self.warm = warm
         self.child: subprocess.Popen[bytes] | None = None
+        self.spare: tuple[subprocess.Popen[bytes], int] | None = None
+        """With `warm`: the next incarnation, started ahead and waiting (its go pipe)."""
         self.stopping = False
         self.restart_now = False
         old = read_record(state, name)
@@ -185,21 +204,47 @@ class Supervisor:
         self.record.update(changes)
         _write_atomic(_file(self.state, self.name, ".json"), json.dumps(self.record))
 
-    def spawn(self) -> None:
+    def _popen(self, what: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         log = self.state / "logs" / f"{self.name}.log"
+        env = dict(os.environ)
+        if pass_fds:
+            env[GO_FD_ENV] = str(pass_fds[0])
         with log.open("ab") as out:
             stamp = time.strftime("%FT%TZ", time.gmtime())
-            out.write(f"=== {stamp} starting {self.name}\n".encode())
+            out.write(f"=== {stamp} {what} {self.name}\n".encode())
             out.flush()
-            self.child = subprocess.Popen(
+            return subprocess.Popen(
                 self.cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=pass_fds,
+                env=env,
             )
+
+    def spawn(self) -> None:
+        """Start the next incarnation: the warm spare if one waits (told to go), else a new
+        process; then, with `warm`, the spare after it."""
+        spare, self.spare = self.spare, None
+        if spare is not None and spare[0].poll() is None:
+            self.child = spare[0]
+            with contextlib.suppress(OSError):
+                os.write(spare[1], b"g")
+            os.close(spare[1])
+        else:
+            if spare is not None:
+                os.close(spare[1])
+            self.child = self._popen("starting")
         _write_atomic(_file(self.state, self.name, ".pid"), f"{self.child.pid}\n")
         self.save(state="running", pid=self.child.pid, started=time.time())
+        if self.warm:
+            read_end, write_end = os.pipe()
+            try:
+                self.spare = (self._popen("starting a warm spare of", (read_end,)), write_end)
+            finally:
+                os.close(read_end)
+            self.save(spare_pid=self.spare[0].pid)
 
     def on_term(self, *_: object) -> None:
         self.stopping = True
@@ -281,6 +326,13 @@ class Supervisor:
         return False
 
     def _shutdown(self) -> None:
+        if self.spare is not None:  # closing its pipe unblocks it: it exits without starting
+            os.close(self.spare[1])
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.spare[0].wait(self.stop_timeout_s)
+            if self.spare[0].poll() is None:
+                terminate(self.spare[0].pid, self.stop_timeout_s)
+            self.spare = None
         if self.child is not None and self.child.poll() is None:
             terminate(self.child.pid, self.stop_timeout_s, lambda _p: self.child.poll() is None)
         _file(self.state, self.name, ".pid").unlink(missing_ok=True)
@@ -296,8 +348,10 @@ def start(
     env: Mapping[str, str] | None = None,
     cwd: str | Path | None = None,
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
+    warm: bool = False,
 ) -> int:
-    """Start `cmd` under a detached supervisor unless one runs; the supervisor's pid."""
+    """Start `cmd` under a detached supervisor unless one runs; the supervisor's pid. With
+    `warm`, the supervisor keeps the next incarnation started ahead (see GO_FD_ENV)."""
     running = read_pid(state, name, supervisor=True)
     if alive(running):
         assert running is not None
@@ -309,7 +363,7 @@ def start(
     sup_env = dict(os.environ if env is None else env)
     sup_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, sup_env.get("PYTHONPATH")) if p)
     args = [sys.executable, "-m", "stack.procs", "supervise", "--state", str(state)]
-    args += ["--stop-timeout", str(stop_timeout_s), name, "--", *cmd]
+    args += ["--stop-timeout", str(stop_timeout_s), *(["--warm"] if warm else []), name, "--", *cmd]
     sup = subprocess.Popen(
         args,
         cwd=cwd,
@@ -418,6 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(op)
         p.add_argument("--state", type=Path, dest="state_", default=None)
         p.add_argument("--stop-timeout", type=float, default=DEFAULT_STOP_TIMEOUT_S)
+        p.add_argument(
+            "--warm", action="store_true", help=f"keep a warm spare (the process reads {GO_FD_ENV})"
+        )
         p.add_argument("name")
         p.add_argument("cmd", nargs=argparse.REMAINDER)
     p = sub.add_parser("stop")
@@ -440,9 +497,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = cmd[1:]
     try:
         if args.op == "supervise":
-            return Supervisor(state, args.name, cmd, args.stop_timeout).run()
+            return Supervisor(state, args.name, cmd, args.stop_timeout, args.warm).run()
         if args.op == "start":
-            start(state, args.name, cmd, stop_timeout_s=args.stop_timeout)
+            start(state, args.name, cmd, stop_timeout_s=args.stop_timeout, warm=args.warm)
         elif args.op == "stop":
             stop(state, args.name, args.timeout)
         elif args.op == "restart":

@@ -19,13 +19,15 @@
 # CONNECT_HEAP [1g], REGISTRY_HEAP [512m], STACK_TIMEOUT [180] (seconds per readiness wait).
 #
 # STACK_APPS is a file of application processes, one per line:
-#   app NAME [instances=N] [stop=S] READY_URL COMMAND...
+#   app NAME [instances=N] [stop=S] [warm=1] READY_URL COMMAND...
 #                                   started after the infrastructure under a supervisor that
 #                                   restarts it when it exits (stack/procs.py); ready when
 #                                   READY_URL answers 2xx (tcp://HOST:PORT: accepts connections;
 #                                   "-": ready while alive). instances=N runs NAME-0..NAME-<N-1>,
 #                                   each with WORKER_INSTANCE=i (usable in READY_URL); stop=S
-#                                   is how long `down` waits after TERM before KILL [30]
+#                                   is how long `down` waits after TERM before KILL [30]; warm=1
+#                                   keeps a warm spare of each process (it must read PROC_GO_FD:
+#                                   stack/procs.py), so a restart skips its start-up
 #   env KEY=VALUE                   appended to .stack/env (values may use ${VARS} of .stack/env)
 #   init COMMAND...                 run once after the infrastructure is up, before any app
 #   post COMMAND...                 run once by `run` after every app is ready (e.g. a demo)
@@ -123,10 +125,11 @@ procs() { PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} "$PY" -m stack.procs --sta
 pid_of() { procs pid "$1"; }
 alive() { [ -n "$(pid_of "$1")" ]; } # alive NAME: its process runs (not a zombie)
 
-spawn() { # spawn NAME [--stop-timeout S] -- CMD...: run under a supervisor that restarts it on exit
-  local name=$1 stop=30; shift
+spawn() { # spawn NAME [--stop-timeout S] [--warm] -- CMD...: run under a supervisor that restarts it on exit
+  local name=$1 stop=30 warm=(); shift
   [ "$1" = --stop-timeout ] && { stop=$2; shift 2; }
-  procs start --stop-timeout "$stop" "$name" "$@"
+  [ "$1" = --warm ] && { warm=(--warm); shift; }
+  procs start --stop-timeout "$stop" "${warm[@]}" "$name" "$@"
 }
 
 stop_proc() { # stop_proc NAME [TIMEOUT]: TERM the process group, KILL after TIMEOUT (30 s)
@@ -241,14 +244,19 @@ apps() { # apps: print "NAME STOP_S READY_URL COMMAND..." per instance of $STACK
   [ -n "$STACK_APPS" ] || return 0
   [ -f "$STACK_APPS" ] || die "STACK_APPS file not found: $STACK_APPS"
   set -a; . "$STACK_DIR/env"; set +a
-  local kind name rest n stop i WORKER_INSTANCE
+  local kind name rest n stop warm i WORKER_INSTANCE
   while read -r kind name rest; do
     [ "$kind" = app ] || continue
-    n=1 stop=30
-    while [[ $rest =~ ^(instances|stop)=([^[:space:]]+)[[:space:]]+(.*)$ ]]; do
-      case ${BASH_REMATCH[1]} in instances) n=$(eval "echo ${BASH_REMATCH[2]}") ;; stop) stop=${BASH_REMATCH[2]} ;; esac
+    n=1 stop=30 warm=
+    while [[ $rest =~ ^(instances|stop|warm)=([^[:space:]]+)[[:space:]]+(.*)$ ]]; do
+      case ${BASH_REMATCH[1]} in
+        instances) n=$(eval "echo ${BASH_REMATCH[2]}") ;;
+        stop) stop=${BASH_REMATCH[2]} ;;
+        warm) [ "${BASH_REMATCH[2]}" = 1 ] && warm=+warm ;;
+      esac
       rest=${BASH_REMATCH[3]}
     done
+    stop=$stop$warm  # "30+warm": the stop timeout, and a warm spare
     [[ $n =~ ^[1-9][0-9]*$ ]] || die "app $name: instances must be a positive number, got '$n'"
     for ((i = 0; i < n; i++)); do
       WORKER_INSTANCE=$i
@@ -275,7 +283,8 @@ up_apps() { # start every app not running, then wait for each (instances start s
     alive "$name" && continue
     say "starting $name"
     if [[ $cmd =~ ^(WORKER_INSTANCE=[0-9]+)\ (.*)$ ]]; then run="${BASH_REMATCH[1]} exec ${BASH_REMATCH[2]}"; else run="exec $cmd"; fi
-    (set -a; . "$STACK_DIR/env"; set +a; cd "$ROOT"; spawn "$name" --stop-timeout "$stop" -- bash -c "$run")
+    local warm=(); [[ $stop == *+warm ]] && warm=(--warm)
+    (set -a; . "$STACK_DIR/env"; set +a; cd "$ROOT"; spawn "$name" --stop-timeout "${stop%+warm}" "${warm[@]}" -- bash -c "$run")
     [[ $cmd == WORKER_INSTANCE=* ]] || procs wait --timeout "$STACK_TIMEOUT" "$name" "$url" || die "$name did not become ready (log: $LOGS/$name.log)"
   done < <(apps)
   while read -r name stop url cmd; do
@@ -287,7 +296,7 @@ down_apps() {
   local name _rest
   [ -n "$STACK_APPS" ] && [ -f "$STACK_APPS" ] && [ -f "$STACK_DIR/env" ] || return 0
   local stop
-  while read -r name stop _rest; do [ -n "$name" ] && stop_proc "$name" "$stop"; done < <(apps | tac)
+  while read -r name stop _rest; do [ -n "$name" ] && stop_proc "$name" "${stop%+warm}"; done < <(apps | tac)
 }
 
 # ---------------------------------------------------------------- env, up, status, down, run

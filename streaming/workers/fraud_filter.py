@@ -33,7 +33,14 @@ from streaming.core.fraud_routing import DEAD, FRAUD, route
 from streaming.pipeline import FRAUD_FILTER
 from streaming.serde import Registry, ReviewWriters, local_schema
 from streaming.workers.eos import EosWorker, LoopConfig
-from streaming.workers.runtime import StopFlag, env_int, int_instance, log_event, serve
+from streaming.workers.runtime import (
+    StopFlag,
+    await_turn,
+    env_int,
+    int_instance,
+    log_event,
+    serve,
+)
 
 log = logging.getLogger("fraud_filter")
 
@@ -106,6 +113,7 @@ class FraudFilter(EosWorker):
 
 
 def main() -> int:
+    await_turn()  # a warm spare starts here, its imports done
     try:
         model = load_model(os.environ.get(FRAUD_MODEL_ENV))
     except ValueError as exc:

@@ -179,6 +179,24 @@ class StopFlag:
         self._stop.set()
 
 
+GO_FD_ENV = "PROC_GO_FD"
+"""Set by a process supervisor that keeps this process as a warm spare (`stack.procs --warm`)."""
+
+
+def await_turn() -> None:
+    """As a warm spare: wait, every import done, until the supervisor says go (one byte on
+    the descriptor GO_FD_ENV names); exit quietly if it never will (end of file)."""
+    fd = os.environ.pop(GO_FD_ENV, None)
+    if fd is None:
+        return
+    try:
+        go = os.read(int(fd), 1)
+    finally:
+        os.close(int(fd))
+    if not go:
+        sys.exit(0)
+
+
 def env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":

@@ -55,7 +55,14 @@ from streaming.core.window import epoch_day
 from streaming.pipeline import AGGREGATOR
 from streaming.serde import Registry, RegistryUnavailable, ReviewWriters, local_schema
 from streaming.workers.eos import EosWorker, LoopConfig
-from streaming.workers.runtime import StopFlag, env_int, int_instance, log_event, serve
+from streaming.workers.runtime import (
+    StopFlag,
+    await_turn,
+    env_int,
+    int_instance,
+    log_event,
+    serve,
+)
 from streaming.workers.state import ChangelogStore
 
 log = logging.getLogger("stats_aggregator")
@@ -363,6 +370,7 @@ def source_offset(headers: list[tuple[str, bytes]] | None) -> int:
 
 
 def main() -> int:
+    await_turn()  # a warm spare starts here, its imports done
     settings = Settings.from_env()
     try:  # registers the statistics schemas: needs the registry
         worker = StatsAggregator(

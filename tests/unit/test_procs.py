@@ -21,6 +21,17 @@ DEAF = [
 ]
 
 
+WARM = [
+    sys.executable,
+    "-c",
+    "import os, sys, time\n"
+    "fd = os.environ.get('PROC_GO_FD')\n"
+    "if fd is not None and not os.read(int(fd), 1):\n"
+    "    sys.exit(0)\n"
+    "print('running', os.getpid(), flush=True); time.sleep(300)",
+]
+
+
 def until(what: str, cond: Callable[[], object], timeout_s: float = 15.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
@@ -80,6 +91,25 @@ def test_a_killed_process_is_restarted_and_the_restart_recorded(state: Path) -> 
         "the log of two runs",
         lambda: (state / "logs/demo.log").read_text().count("starting demo") == 2,
     )
+
+
+def test_a_warm_spare_takes_over_a_killed_process_and_a_new_spare_waits(state: Path) -> None:
+    procs.start(state, "demo", WARM, warm=True)
+    first = procs.read_pid(state, "demo")
+    until("a spare", lambda: procs.read_record(state, "demo").get("spare_pid"))
+    spare = procs.read_record(state, "demo")["spare_pid"]
+    assert procs.alive(spare) and spare != first
+    log = state / "logs/demo.log"
+    until("the first one running", lambda: f"running {first}" in log.read_text())
+    assert f"running {spare}" not in log.read_text(), "a spare waits for its turn"
+    os.kill(first, signal.SIGKILL)
+    until("the spare in its place", lambda: procs.read_pid(state, "demo") == spare)
+    until("the spare running", lambda: f"running {spare}" in log.read_text())
+    until("a new spare", lambda: procs.read_record(state, "demo").get("spare_pid") != spare)
+    last = procs.read_record(state, "demo")["spare_pid"]
+    assert procs.stop(state, "demo", timeout_s=5)
+    until("both gone", lambda: not procs.alive(spare) and not procs.alive(last))
+    assert f"running {last}" not in log.read_text(), "a spare told nothing exits unstarted"
 
 
 def test_a_requested_restart_is_immediate_and_not_a_crash(state: Path) -> None:
