@@ -304,6 +304,7 @@ class StatsAggregator(EosWorker):
         they were all published, in a committed transaction, for today's window: the window
         may have moved while no instance owned it, or the transaction that emitted them
         aborted (then its published day did not commit either)."""
+        self.metrics.extra["state_reviews"] = sum(map(len, self.versions.partitions.values()))
         if store is self.courses:
             today = self.today()
             self.unpublished.update(p for p in partitions if self.courses[p].published_day != today)
