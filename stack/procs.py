@@ -18,8 +18,9 @@ Files, under a state directory (stack.sh's `.stack`):
 A warm spare (`--warm`): the supervisor starts the next incarnation as soon as the current one
 runs, with GO_FD_ENV naming a pipe it waits on after its start-up work (imports); when the
 current one exits, the spare is told to go (one byte) and a new spare starts, so a restart
-costs no start-up. A spare whose pipe closes without a byte exits. The process opts in: one
-that ignores the variable simply runs twice, so only processes that read it get `--warm`.
+costs no start-up. A requested restart (HUP) discards the spare: it loaded the old code. A
+spare whose pipe closes without a byte exits. The process opts in: one that ignores the
+variable simply runs twice, so only processes that read it get `--warm`.
 
 Signals to the supervisor: TERM stops the process (TERM, then KILL after the stop timeout) and
 the supervisor; HUP restarts the process now (a requested restart, recorded as such).
@@ -269,6 +270,8 @@ class Supervisor:
                 requested = self._wait_child()
                 if self.stopping:
                     break
+                if requested:  # an operator's restart (a deploy, say): new code, no spare
+                    self._discard_spare()
                 exit_text, pid = describe_exit(self.child.returncode), self.child.pid
             if self.stopping:
                 break
@@ -325,14 +328,19 @@ class Supervisor:
             time.sleep(0.05)  # back-off granularity
         return False
 
+    def _discard_spare(self) -> None:
+        """End the spare: closing its pipe unblocks it and it exits without starting."""
+        if self.spare is None:
+            return
+        os.close(self.spare[1])
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.spare[0].wait(self.stop_timeout_s)
+        if self.spare[0].poll() is None:
+            terminate(self.spare[0].pid, self.stop_timeout_s)
+        self.spare = None
+
     def _shutdown(self) -> None:
-        if self.spare is not None:  # closing its pipe unblocks it: it exits without starting
-            os.close(self.spare[1])
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.spare[0].wait(self.stop_timeout_s)
-            if self.spare[0].poll() is None:
-                terminate(self.spare[0].pid, self.stop_timeout_s)
-            self.spare = None
+        self._discard_spare()
         if self.child is not None and self.child.poll() is None:
             terminate(self.child.pid, self.stop_timeout_s, lambda _p: self.child.poll() is None)
         _file(self.state, self.name, ".pid").unlink(missing_ok=True)

@@ -107,6 +107,11 @@ def test_a_warm_spare_takes_over_a_killed_process_and_a_new_spare_waits(state: P
     until("the spare running", lambda: f"running {spare}" in log.read_text())
     until("a new spare", lambda: procs.read_record(state, "demo").get("spare_pid") != spare)
     last = procs.read_record(state, "demo")["spare_pid"]
+    current = procs.read_pid(state, "demo")
+    assert procs.restart(state, "demo")  # requested: a deploy, new code; the spare is old
+    until("a new process", lambda: procs.read_pid(state, "demo") not in (None, current))
+    assert procs.read_pid(state, "demo") != last and not procs.alive(last)
+    last = procs.read_record(state, "demo")["spare_pid"]
     assert procs.stop(state, "demo", timeout_s=5)
     until("both gone", lambda: not procs.alive(spare) and not procs.alive(last))
     assert f"running {last}" not in log.read_text(), "a spare told nothing exits unstarted"
