@@ -59,6 +59,8 @@ DEFAULT_TOPIC_MAX_BYTES = 1_000_000
 """Assumed max.message.bytes of a dead-letter topic whose config cannot be read."""
 RECORD_SLACK_BYTES = 1024
 """Record batch and record framing around a record's key, value and headers."""
+RESNAPSHOT_AFTER_RECORDS = 20_000
+"""A restore that read more of the changelog than this snapshots at its first commit."""
 COMMITTED_TIMEOUT_S = 120
 """How long to wait for stable committed offsets: a previous owner's open transaction holds
 them until it commits, aborts or times out (transaction.timeout.ms, 60 s)."""
@@ -328,7 +330,11 @@ class EosWorker(ABC):
             )
         self.consumer.resume(tps)
         self._held.clear()
-        self._last_snapshot = time.monotonic()  # a restored state is a snapshot's and a tail
+        # A restored state is a snapshot and a tail: snapshot again at the first commit only
+        # when the tail was long (the next restart would read it all again).
+        tail = max((n for st, _ in jobs for _, n in st.restored_from.values()), default=0)
+        if tail < RESNAPSHOT_AFTER_RECORDS:
+            self._last_snapshot = time.monotonic()
         self.metrics.restoring_since = None
         self.metrics.last_loop_time = time.monotonic()
 

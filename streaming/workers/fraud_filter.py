@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from confluent_kafka import Message
 
 from streaming.config import Settings
-from streaming.core import source_position
+from streaming.core import review_bytes, source_position
 from streaming.core.fraud import FRAUD_MODEL_ENV, FraudModel, load_model
 from streaming.core.fraud_routing import DEAD, FRAUD, route
 from streaming.pipeline import FRAUD_FILTER
@@ -113,7 +113,7 @@ class FraudFilter(EosWorker):
 
 
 def main() -> int:
-    await_turn()  # a warm spare starts here, its imports done
+    await_turn(review_bytes.warm_up)  # a warm spare starts here, its imports done
     try:
         model = load_model(os.environ.get(FRAUD_MODEL_ENV))
     except ValueError as exc:

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -183,12 +184,15 @@ GO_FD_ENV = "PROC_GO_FD"
 """Set by a process supervisor that keeps this process as a warm spare (`stack.procs --warm`)."""
 
 
-def await_turn() -> None:
-    """As a warm spare: wait, every import done, until the supervisor says go (one byte on
-    the descriptor GO_FD_ENV names); exit quietly if it never will (end of file)."""
+def await_turn(warm_up: Callable[[], None] | None = None) -> None:
+    """As a warm spare: run `warm_up` (start-up work done ahead), then wait until the
+    supervisor says go (one byte on the descriptor GO_FD_ENV names); exit quietly if it never
+    will (end of file)."""
     fd = os.environ.pop(GO_FD_ENV, None)
     if fd is None:
         return
+    if warm_up is not None:
+        warm_up()
     try:
         go = os.read(int(fd), 1)
     finally:

@@ -43,7 +43,7 @@ from confluent_kafka.admin import AdminClient
 from fastavro import schemaless_writer
 
 from streaming.config import Settings
-from streaming.core import source_position
+from streaming.core import review_bytes, source_position
 from streaming.core.aggregation import CourseState, VersionsState
 from streaming.core.avro_codec import confluent_frame
 from streaming.core.ratings import rating_halves
@@ -371,7 +371,7 @@ def source_offset(headers: list[tuple[str, bytes]] | None) -> int:
 
 
 def main() -> int:
-    await_turn()  # a warm spare starts here, its imports done
+    await_turn(review_bytes.warm_up)  # a warm spare starts here, its imports done
     settings = Settings.from_env()
     try:  # registers the statistics schemas: needs the registry
         worker = StatsAggregator(

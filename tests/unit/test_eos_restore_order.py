@@ -64,6 +64,13 @@ class FakeState:
     def restore(self, entries: Any) -> int:
         return 0
 
+    def to_snapshot(self) -> bytes:
+        return b""
+
+    @classmethod
+    def load(cls, data: bytes) -> FakeState:
+        return cls()
+
 
 def worker(calls: list[str], committed: dict[tuple[str, int], int]) -> Worker:
     w = object.__new__(Worker)  # no Kafka clients: the restore path only
@@ -73,10 +80,12 @@ def worker(calls: list[str], committed: dict[tuple[str, int], int]) -> Worker:
     w.loop = type("Loop", (), {"group_id": "g"})()  # type: ignore[assignment]
     w._held = set()
     store: ChangelogStore[FakeState] = ChangelogStore(
-        "s", "s-changelog", ("in-a", "in-b"), FakeState
+        "s", "s-changelog", ("in-a", "in-b"), FakeState, FakeState.load
     )
 
-    def restore_partitions(settings: Any, partitions: list[int], prefix: str) -> dict:
+    def restore_partitions(
+        settings: Any, partitions: list[int], prefix: str, progress: Any = None
+    ) -> dict:
         calls.append(f"restore {partitions}")
         store.partitions.update({p: FakeState() for p in partitions})
         return {}
@@ -124,7 +133,7 @@ def test_a_partition_kept_across_release_is_not_restored_twice():
 
 
 def test_an_assignment_that_splits_a_store_partition_is_refused():
-    store = ChangelogStore("s", "c", ("valid", "fraud"), FakeState)
+    store = ChangelogStore("s", "c", ("valid", "fraud"), FakeState, FakeState.load)
     with pytest.raises(RuntimeError, match=r"lacks \[\('fraud', 2\)\]"):
         check_copartitioned(
             [store],

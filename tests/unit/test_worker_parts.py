@@ -262,8 +262,8 @@ VALID, FRAUD, CHANGES = (
 
 def stores() -> list[ChangelogStore]:
     return [
-        ChangelogStore("review-versions", "versions-changelog", (VALID, FRAUD), dict),
-        ChangelogStore("course-stats", "courses-changelog", (CHANGES,), dict),
+        ChangelogStore("review-versions", "versions-changelog", (VALID, FRAUD), dict, dict),
+        ChangelogStore("course-stats", "courses-changelog", (CHANGES,), dict, dict),
     ]
 
 
