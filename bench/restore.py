@@ -95,12 +95,19 @@ def build(n: int, tail: int) -> tuple[list, list, list[Log], list[Log]]:
 
 
 def produce(settings: Settings, topic: str, logs: list[Log]) -> None:
-    producer = Producer(settings.kafka_config(**{"linger.ms": 20, "enable.idempotence": True}))
+    producer = Producer(
+        settings.kafka_config(
+            **{"linger.ms": 20, "enable.idempotence": True, "queue.buffering.max.messages": 500_000}
+        )
+    )
     for p, entries in enumerate(logs):
-        for k, (key, value) in enumerate(entries):
-            producer.produce(topic, value, key, p)
-            if k % 50_000 == 0:
-                producer.poll(0)
+        for key, value in entries:
+            while True:
+                try:
+                    producer.produce(topic, value, key, p)
+                    break
+                except BufferError:  # the local queue is full: let it drain
+                    producer.poll(0.1)
     assert producer.flush(120) == 0
 
 
@@ -123,7 +130,7 @@ def restore(settings: Settings, stores: list[ChangelogStore]) -> float:
 def check(stores: list[ChangelogStore], live: list) -> None:
     versions, courses = live
     for p in range(PARTITIONS):
-        assert stores[0].partitions[p].to_snapshot() == versions[p].to_snapshot()
+        assert stores[0].partitions[p].as_dict() == versions[p].as_dict()
         got, want = stores[1].partitions[p], courses[p]
         assert got.courses.keys() == want.courses.keys()
         for course_id in want.courses:

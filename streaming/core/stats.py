@@ -6,10 +6,10 @@ what retraction needs) and, per course, a `CourseStats`. Counts are histograms i
 (rating * 2, 1..10; index 0 stays 0): one increment per review, and every CourseStatistic field
 (count, exact integer sum, the six star buckets) follows from the histogram.
 
-last_review_time must stay exact when the latest review is retracted, so each course-day keeps
-the created times of its counted reviews in a sorted list (sharing the int objects held by the
-versions: one 8-byte pointer per review). The latest review is the last entry of the greatest
-non-empty day; only when that day empties are the course's day keys scanned for the next one.
+last_review_time must stay exact when the latest review is retracted, and the recent window
+must move by whole days, so each course keeps its counted reviews as one sorted list of keys
+(created ms * 16 + halves): the latest review is the last key (or the last one before the
+window's end), and the reviews of a day are one bisected slice.
 
 Memory (CPython 3.11, tracemalloc, 100k reviews, ints freshly decoded): a review in the caller's
 dict of current versions costs ~245 bytes (ReviewVersion 72, its three non-cached ints ~96, the
@@ -19,9 +19,8 @@ course-day costs ~340 bytes (`_Day`, 11-slot histogram, created list, dict entry
 """
 
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,9 @@ CourseStatistic = dict[str, Any]
 """A dict with exactly the fields of schemas/course_statistic.avsc."""
 
 _SLOTS = 11
+_KEY_SCALE = 16
+"""A counted review's key is created ms * 16 + halves (halves < 16): sorted keys are sorted by
+created time, and a key's day is key // (16 * MS_PER_DAY)."""
 
 
 @dataclass(slots=True)
@@ -71,34 +73,29 @@ def title_wins(modified_ms: int, title: str, current: tuple[int, str] | None) ->
     return current is None or (modified_ms, title) > current
 
 
-class _Day:
-    """The counted reviews of one course created on one UTC day."""
-
-    __slots__ = ("counts", "created")
-
-    def __init__(self) -> None:
-        self.counts = [0] * _SLOTS
-        self.created: list[int] = []  # created_ms of each counted review, ascending
-
-
-def _days_outside(start: int, end: int, other_start: int, other_end: int) -> Iterator[int]:
-    """The days of [start, end] not in [other_start, other_end]."""
-    return chain(
-        range(start, min(end, other_start - 1) + 1), range(max(start, other_end + 1), end + 1)
-    )
+def _ranges_outside(start: int, end: int, other_start: int, other_end: int) -> list[range]:
+    """The days of [start, end] not in [other_start, other_end], as at most two ranges."""
+    return [
+        r
+        for r in (
+            range(start, min(end, other_start - 1) + 1),
+            range(max(start, other_end + 1), end + 1),
+        )
+        if r
+    ]
 
 
 class CourseStats:
     """The statistics of one course: an all-time and a recent histogram, both kept incrementally.
 
-    `total` and `recent` are the histograms (index = halves). `add`/`retract` cost O(log n) in
-    the reviews of one course-day (plus a memmove of that day's created list); `move_window`
-    costs one dict lookup per day that left or entered the window (at most 2 * RECENT_DAYS).
+    `total` and `recent` are the histograms (index = halves). The counted reviews themselves are
+    one sorted list of keys, created ms * 16 + halves: `add`/`retract` cost a bisection and a
+    memmove of the list; `move_window` and the recent `last_review_time` bisect at day bounds
+    and read only the days that left or entered the window.
     """
 
     __slots__ = (
-        "_days",
-        "_last_day",
+        "_keys",
         "_packed",
         "_start",
         "as_of_day",
@@ -119,12 +116,11 @@ class CourseStats:
         self.recent = [0] * _SLOTS
         self.as_of_day = as_of_day
         self._start = window_bounds(as_of_day)[0]
-        self._days: dict[int, _Day] = {}
-        self._last_day: int | None = None
+        self._keys: list[int] = []
         self._packed: tuple[np.ndarray, np.ndarray] | None = None
         """(created ascending, halves) of the counted reviews, as a restore loaded them: the
-        days are built from it on the first add or retract (`_unpack`), so a restore costs
-        one step per course and the statistics are readable at once."""
+        keys are built from it on the first add or retract (`_unpack`, one array operation),
+        so a restore costs one step per course and the statistics are readable at once."""
 
     def offer_title(self, modified_ms: int, title: str) -> bool:
         """Take a record's course title if it wins (`title_wins`); whether it won (the course's
@@ -153,27 +149,9 @@ class CourseStats:
         self.title_modified = modified_ms
 
     def _unpack(self) -> None:
-        """Build the per-day buckets from the packed arrays (one step per course-day)."""
         created, halves = self._packed  # type: ignore[misc]
         self._packed = None
-        if not len(created):
-            return
-        day = created // MS_PER_DAY
-        first = np.ones(len(day), dtype=bool)
-        first[1:] = day[1:] != day[:-1]
-        starts = np.flatnonzero(first)
-        group = np.cumsum(first) - 1
-        counts = np.bincount(group * _SLOTS + halves, minlength=len(starts) * _SLOTS)
-        counts_l = counts.reshape(-1, _SLOTS).tolist()
-        created_l = created.tolist()
-        ends = [*starts[1:].tolist(), len(created_l)]
-        days = self._days
-        for g, (s, e, d) in enumerate(
-            zip(starts.tolist(), ends, day[starts].tolist(), strict=True)
-        ):
-            bucket = days[d] = _Day()
-            bucket.counts = counts_l[g]
-            bucket.created = created_l[s:e]
+        self._keys = np.sort(created * _KEY_SCALE + halves).tolist()  # equal times: by halves
 
     def add(self, created_ms: int, halves: int) -> None:
         """Count a review version (the caller decides it is current and valid)."""
@@ -181,39 +159,32 @@ class CourseStats:
             raise ValueError(f"halves {halves!r} is outside 1..10")
         if self._packed is not None:
             self._unpack()
-        day = created_ms // MS_PER_DAY
-        bucket = self._days.get(day)
-        if bucket is None:
-            bucket = self._days[day] = _Day()
-            if self._last_day is None or day > self._last_day:
-                self._last_day = day
-        bucket.counts[halves] += 1
-        insort(bucket.created, created_ms)
+        insort(self._keys, created_ms * _KEY_SCALE + halves)
         self.total[halves] += 1
-        if self._start <= day <= self.as_of_day:
+        if self._start <= created_ms // MS_PER_DAY <= self.as_of_day:
             self.recent[halves] += 1
 
     def retract(self, created_ms: int, halves: int) -> None:
         """Uncount a version counted by `add`; ValueError if it was not counted."""
         if self._packed is not None:
             self._unpack()
-        day = created_ms // MS_PER_DAY
-        bucket = self._days.get(day)
-        created = bucket.created if bucket is not None else []
-        i = bisect_left(created, created_ms)
-        if bucket is None or i == len(created) or created[i] != created_ms:
+        keys, key = self._keys, created_ms * _KEY_SCALE + halves
+        i = bisect_left(keys, key)
+        if i == len(keys) or keys[i] != key:
+            j = bisect_left(keys, created_ms * _KEY_SCALE)
+            if j < len(keys) and keys[j] // _KEY_SCALE == created_ms:
+                raise ValueError(f"course {self.course_id}: retracting a rating never added")
             raise ValueError(f"course {self.course_id}: retracting a version never added")
-        if not bucket.counts[halves]:
-            raise ValueError(f"course {self.course_id}: retracting a rating never added")
-        del created[i]
-        bucket.counts[halves] -= 1
+        del keys[i]
         self.total[halves] -= 1
-        if self._start <= day <= self.as_of_day:
+        if self._start <= created_ms // MS_PER_DAY <= self.as_of_day:
             self.recent[halves] -= 1
-        if not created:
-            del self._days[day]
-            if day == self._last_day:
-                self._last_day = max(self._days, default=None)
+
+    def _days_slice(self, days: range) -> list[int]:
+        """The keys of the reviews created on `days`."""
+        lo = bisect_left(self._keys, days.start * MS_PER_DAY * _KEY_SCALE)
+        hi = bisect_left(self._keys, days.stop * MS_PER_DAY * _KEY_SCALE)
+        return self._keys[lo:hi]
 
     def move_window(self, as_of_day: int) -> bool:
         """Make `recent` cover the window ending on `as_of_day` (any direction); whether its
@@ -224,17 +195,16 @@ class CourseStats:
             self._start, self.as_of_day = start, end
             self.recent = _histogram(*_in_days(*self._packed, start, end))
             return self.recent != before
-        left = _days_outside(self._start, self.as_of_day, start, end)
-        entered = _days_outside(start, end, self._start, self.as_of_day)
+        left = _ranges_outside(self._start, self.as_of_day, start, end)
+        entered = _ranges_outside(start, end, self._start, self.as_of_day)
         self._start, self.as_of_day = start, end
         changed = False
-        for sign, days in ((-1, left), (1, entered)):
-            for day in days:
-                bucket = self._days.get(day)
-                if bucket is not None:
+        recent = self.recent
+        for sign, ranges in ((-1, left), (1, entered)):
+            for days in ranges:
+                for key in self._days_slice(days):
+                    recent[key % _KEY_SCALE] += sign
                     changed = True
-                    for halves, n in enumerate(bucket.counts):
-                        self.recent[halves] += sign * n
         return changed
 
     def last_review_time(self, recent: bool = False) -> int:
@@ -244,14 +214,13 @@ class CourseStats:
             if recent:
                 created = _in_days(created, created, self._start, self.as_of_day)[0]
             return int(created[-1]) if len(created) else 0
-        last = self._last_day
-        if recent and last is not None and last > self.as_of_day:
-            # Reviews created after the as-of day are outside the window: look back day by day.
-            window = range(self.as_of_day, self._start - 1, -1)
-            last = next((day for day in window if day in self._days), None)
-        if last is None or (recent and last < self._start):
+        keys = self._keys
+        if not recent:
+            return keys[-1] // _KEY_SCALE if keys else 0
+        i = bisect_left(keys, (self.as_of_day + 1) * MS_PER_DAY * _KEY_SCALE) - 1
+        if i < 0 or keys[i] < self._start * MS_PER_DAY * _KEY_SCALE:
             return 0
-        return self._days[last].created[-1]
+        return keys[i] // _KEY_SCALE
 
 
 def _in_days(
@@ -305,7 +274,6 @@ def build_course_stats(
         stats = courses[course_id]
         stats.total, stats.recent = totals_l[g], recents_l[g]
         stats._packed = (created[s:e], halves[s:e])
-        stats._last_day = int(day[e - 1])
     return courses
 
 
