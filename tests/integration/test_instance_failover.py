@@ -123,12 +123,14 @@ def kill_and_wait(spec: WorkerSpec, while_down=lambda: None) -> None:
         while_down()
     finally:
         procs.release(STACK, name)
-    until(
-        f"{name} back",
-        lambda: (
-            health(spec, 0).get("pid") not in (None, pid) and health(spec, 0).get("status") == "ok"
-        ),
-    )
+
+    def restored() -> bool:
+        # a new incarnation answers "ok" before its first assignment: wait for its restore
+        body = health(spec, 0)
+        done = body.get("restored_from", {}).keys() >= {"review-versions", "course-stats"}
+        return body.get("pid") not in (None, pid) and body.get("status") == "ok" and done
+
+    until(f"{name} back and restored", restored)
 
 
 def owned_files(changelog: str) -> list[Path]:
