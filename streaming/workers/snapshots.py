@@ -22,6 +22,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from stack.procs import alive
 from streaming.config import REPO_ROOT
 
 MAGIC = b"REVIEWS-SNAPSHOT 1\n"
@@ -145,15 +146,5 @@ class SnapshotDir:
         """Temporary files of writers that died mid-write (another live instance's stay)."""
         for tmp in self.root.glob("*/*.snap.*.tmp"):
             pid = tmp.name.rsplit(".", 2)[-2]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not alive(int(pid)):
                 tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
