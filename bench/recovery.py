@@ -10,7 +10,11 @@ fast as the pipeline takes them; its /health `state_reviews` says when). Then fo
                            each for a course of its own, is in its course's statistic
                            (long-term-stats, read_committed)
 Kills are at least `--spacing` s apart (longer than the supervisor's 10 s that resets its
-back-off), so each measures a first crash, as a production restart policy sees it.
+back-off), so each measures a first crash, as a production restart policy sees it, and each
+waits until the instance's warm spare reports its standby copies caught up
+(`streaming.workers.standby`): `standby_ready_s` is how long after a restart that took (the
+window in which a second crash restores from snapshots instead). `--no-standby-wait` kills on
+the spacing alone, and `restored_from` counts what each restart restored from.
 rebalance_s: instance 1 is held and stopped until instance 0 owns every partition, then let
 back in under load: seconds until both committed after its return.
 
@@ -43,6 +47,8 @@ from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame
 from streaming.pipeline import AGGREGATOR, INPUT, LONG_TERM
 from streaming.serde import Registry, local_schema
+from streaming.workers.eos import LoopConfig
+from streaming.workers.snapshots import SnapshotDir
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))
@@ -195,6 +201,13 @@ def preload(settings: Settings, url: str, target: int) -> int:
     return int((health(url) or {}).get("state_reviews") or 0)
 
 
+def standby_ready(snapshots: SnapshotDir, name: str, instance: str) -> bool:
+    """The instance's current warm spare has caught-up copies of what the instance owns."""
+    note = snapshots.read_note(f"standby-{instance}")
+    spare = procs.read_record(STATE, name).get("spare_pid")
+    return note.get("ready") is True and spare is not None and note.get("pid") == spare
+
+
 def kill_once(feeder: Feeder, watcher: StatWatcher, url: str, probes: int, n: int) -> tuple:
     h = health(url) or {}
     if h.get("status") != "ok":
@@ -220,7 +233,12 @@ def kill_once(feeder: Feeder, watcher: StatWatcher, url: str, probes: int, n: in
     until("first commit after the kill", committed)
     recovered = time.monotonic() - t0
     until("the probes' statistics", stats_in)
-    return recovered, time.monotonic() - t0
+    sources = {
+        kind["source"]
+        for parts in ((health(url) or {}).get("restored_from") or {}).values()
+        for kind in parts.values()
+    }
+    return recovered, time.monotonic() - t0, "+".join(sorted(sources))
 
 
 def rebalance(url0: str, url1: str) -> float:
@@ -254,6 +272,11 @@ def main() -> int:
     parser.add_argument(
         "--state-reviews", type=int, default=1_000_000, help="state held by the killed instance"
     )
+    parser.add_argument(
+        "--no-standby-wait",
+        action="store_true",
+        help="kill on the spacing alone, ready standby copies or not",
+    )
     args = parser.parse_args()
     settings = Settings.from_env()
     url0, url1 = AGGREGATOR.health_url(0), AGGREGATOR.health_url(1)
@@ -264,14 +287,31 @@ def main() -> int:
     watcher = StatWatcher(settings)
     watcher.start()
     feeder.start()
-    recoveries, stats = [], []
+    recoveries, stats, ready_waits, sources = [], [], [], []
+    name, instance = f"{AGGREGATOR.name}-0", LoopConfig.from_env(AGGREGATOR).group_id + "-0"
+    snapshots = SnapshotDir.from_env(LoopConfig.from_env(AGGREGATOR).group_id)
+    killed_at = time.time()
     try:
         for n in range(args.kills):
             started = time.monotonic()
-            rec, stat = kill_once(feeder, watcher, url0, args.probes, n)
+            if not args.no_standby_wait:
+                until(
+                    "the standby copies caught up",
+                    lambda: standby_ready(snapshots, name, instance),
+                    timeout_s=300,
+                )
+                if n:  # when the spare that replaced the last one said it was ready
+                    at = float(snapshots.read_note(f"standby-{instance}")["at"])
+                    ready_waits.append(at - killed_at)
+            killed_at = time.time()
+            rec, stat, source = kill_once(feeder, watcher, url0, args.probes, n)
             recoveries.append(rec)
             stats.append(stat)
-            log(f"kill {n + 1}: first commit {rec:.2f} s, probes' statistics {stat:.2f} s")
+            sources.append(source)
+            log(
+                f"kill {n + 1}: first commit {rec:.2f} s, probes' statistics {stat:.2f} s "
+                f"(restored from {source})"
+            )
             while time.monotonic() - started < args.spacing:
                 time.sleep(0.2)  # pacing the kills
         rebalance_s = rebalance(url0, url1)
@@ -285,6 +325,9 @@ def main() -> int:
         "recovery_correct_stat_s": round(statistics.median(stats), 2),
         "recovery_correct_stat_max_s": round(max(stats), 2),
         "recovery_kills": len(recoveries),
+        "restored_from": {k: sources.count(k) for k in sorted(set(sources))},
+        "standby_ready_s": round(statistics.median(ready_waits), 2) if ready_waits else None,
+        "standby_ready_max_s": round(max(ready_waits), 2) if ready_waits else None,
         "rebalance_s": round(rebalance_s, 2),
         "input_rps": args.rate,
         "killed_instance_state_reviews": state_reviews,

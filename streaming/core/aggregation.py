@@ -292,6 +292,9 @@ class VersionsState:
         parts += [getattr(self, c).tobytes() for c in _BYTE_COLUMNS]
         return b"".join(parts)
 
+    def compact(self) -> None:
+        """Nothing to fold: the columns change in place."""
+
     @classmethod
     def from_snapshot(cls, data: bytes) -> VersionsState:
         """The state `to_snapshot` wrote (RecordFormatError when `data` is not one)."""

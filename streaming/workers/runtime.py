@@ -184,21 +184,33 @@ GO_FD_ENV = "PROC_GO_FD"
 """Set by a process supervisor that keeps this process as a warm spare (`stack.procs --warm`)."""
 
 
-def await_turn(warm_up: Callable[[], None] | None = None) -> None:
-    """As a warm spare: run `warm_up` (start-up work done ahead), then wait until the
-    supervisor says go (one byte on the descriptor GO_FD_ENV names); exit quietly if it never
-    will (end of file)."""
+def spare_turn(warm_up: Callable[[], None] | None = None) -> Callable[[], None] | None:
+    """As a warm spare: run `warm_up` (start-up work done ahead) and return the wait for the
+    supervisor's go (one byte on the descriptor GO_FD_ENV names; the process exits quietly if
+    it never comes: end of file). None when this process is no spare."""
     fd = os.environ.pop(GO_FD_ENV, None)
     if fd is None:
-        return
+        return None
+    setup_logging()  # a spare logs what it does ahead (standby copies)
     if warm_up is not None:
         warm_up()
-    try:
-        go = os.read(int(fd), 1)
-    finally:
-        os.close(int(fd))
-    if not go:
-        sys.exit(0)
+
+    def wait_for_go() -> None:
+        try:
+            go = os.read(int(fd), 1)
+        finally:
+            os.close(int(fd))
+        if not go:
+            sys.exit(0)
+
+    return wait_for_go
+
+
+def await_turn(warm_up: Callable[[], None] | None = None) -> None:
+    """As a warm spare: `spare_turn`, then wait for the go."""
+    wait_for_go = spare_turn(warm_up)
+    if wait_for_go is not None:
+        wait_for_go()
 
 
 def env_int(name: str, default: int) -> int:

@@ -142,9 +142,38 @@ class SnapshotDir:
     def discard(self, changelog: str, partition: int) -> None:
         self.path(changelog, partition).unlink(missing_ok=True)
 
+    def write_note(self, name: str, note: dict) -> None:
+        """A small JSON note beside the snapshots (replaced atomically)."""
+        path = self.root / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(note, sort_keys=True))
+        os.replace(tmp, path)
+
+    def read_note(self, name: str) -> dict:
+        """The note `write_note` last wrote ({} when there is none readable)."""
+        try:
+            note = json.loads((self.root / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return note if isinstance(note, dict) else {}
+
+    def write_owned(self, instance: str, owned: dict[str, list[int]]) -> None:
+        """The partitions of each store an instance was just assigned: what its warm spare
+        keeps standby copies of (`streaming.workers.standby`)."""
+        self.write_note(f"owned-{instance}", owned)
+
+    def read_owned(self, instance: str) -> dict[str, list[int]]:
+        """What `write_owned` last said for `instance` ({} when nothing readable)."""
+        return {
+            str(store): [p for p in parts if isinstance(p, int)]
+            for store, parts in self.read_note(f"owned-{instance}").items()
+            if isinstance(parts, list)
+        }
+
     def remove_leftovers(self) -> None:
         """Temporary files of writers that died mid-write (another live instance's stay)."""
-        for tmp in self.root.glob("*/*.snap.*.tmp"):
+        for tmp in [*self.root.glob("*/*.snap.*.tmp"), *self.root.glob("*.json.*.tmp")]:
             pid = tmp.name.rsplit(".", 2)[-2]
             if pid.isdigit() and not alive(int(pid)):
                 tmp.unlink(missing_ok=True)

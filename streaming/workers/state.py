@@ -7,8 +7,9 @@ exactly the state at the committed input offsets.
 
 Restoring a partition (on assignment, after an abort) starts from the best committed state at a
 known changelog offset and reads the changelog's tail past it (read_committed):
-1. the state this instance kept when a rebalance took the partition away (it was committed
-   then: the revoke commits first), if the partition came back;
+1. the state this instance kept: when a rebalance took the partition away (it was committed
+   then: the revoke commits first) and the partition came back, or the copy its warm spare
+   followed as a standby replica (`streaming.workers.standby`) while the last incarnation ran;
 2. the local snapshot (`streaming.workers.snapshots`) if `snapshot_problem` finds none;
 3. otherwise a fresh state and the whole changelog.
 The offset a state reflects comes from the delivery reports of its own changelog writes, moved
@@ -47,10 +48,16 @@ RESTORE_TIMEOUT_S = 600
 
 class Restorable(Protocol):
     def restore(self, entries: Iterable[tuple[bytes | None, bytes | None]]) -> int:
-        """Apply (key, value) changelog entries, in order, on top of this state, in one call
-        (a state may resolve keys across all of them: a tombstone or a later value of a key
-        read in another call would otherwise be missed); returns how many entries it could
-        not read."""
+        """Apply (key, value) changelog entries, in order, on top of this state: all that a
+        restore reads in one call, and only whole committed transactions (a state may resolve
+        keys across them: a course's member entries precede its title entry in a transaction,
+        and a tombstone or a later value of a key read in another call would otherwise be
+        missed); returns how many entries it could not read."""
+        ...
+
+    def compact(self) -> None:
+        """Fold changes applied since the last call into the state's compact form (a standby
+        copy applies tails for hours without being snapshotted)."""
         ...
 
     def to_snapshot(self) -> bytes:
@@ -93,7 +100,7 @@ class ChangelogStore(Generic[S]):
     """Per partition, its last restore: (kept | snapshot | changelog, changelog records read)."""
     _pending: dict[int, int] = field(default_factory=dict)
     _snapped: dict[int, int] = field(default_factory=dict)
-    _parked: dict[int, tuple[S, int]] = field(default_factory=dict)
+    _parked: dict[int, tuple[S, int, str]] = field(default_factory=dict)
     _writes: list[Future] = field(default_factory=list)
     _writer: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="snapshot")
@@ -134,7 +141,12 @@ class ChangelogStore(Generic[S]):
         for p in list(partitions):
             state, position = self.partitions.pop(p, None), self.positions.pop(p, None)
             if state is not None and position is not None:
-                self._parked[p] = (state, position)
+                self._parked[p] = (state, position, "kept")
+
+    def keep(self, partition: int, state: S, position: int, kind: str) -> None:
+        """Hold a committed state of a partition this instance does not own yet (a standby
+        copy), used if the partition is assigned while its offset is in the changelog."""
+        self._parked[partition] = (state, position, kind)
 
     def forget_parked(self) -> None:
         self._parked.clear()
@@ -196,7 +208,11 @@ class ChangelogStore(Generic[S]):
         """The best committed state of partition p to start from (see the module doc)."""
         parked = self._parked.pop(p, None)
         if parked is not None and low <= parked[1] <= high:
-            return Source(parked[0], parked[1], "kept")
+            return Source(*parked)
+        return self.stored_source(p, low, high)
+
+    def stored_source(self, p: int, low: int, high: int) -> Source[S]:
+        """The snapshot of partition p if `snapshot_problem` finds none, else a fresh state."""
         if self.snapshots is not None and self.identity is not None:
             try:
                 found = self.snapshots.read(self.changelog, p)

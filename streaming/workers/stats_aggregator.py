@@ -57,11 +57,11 @@ from streaming.serde import Registry, RegistryUnavailable, ReviewWriters, local_
 from streaming.workers.eos import EosWorker, LoopConfig
 from streaming.workers.runtime import (
     StopFlag,
-    await_turn,
     env_int,
     int_instance,
     log_event,
     serve,
+    spare_turn,
 )
 from streaming.workers.state import ChangelogStore
 
@@ -371,7 +371,7 @@ def source_offset(headers: list[tuple[str, bytes]] | None) -> int:
 
 
 def main() -> int:
-    await_turn(review_bytes.warm_up)  # a warm spare starts here, its imports done
+    wait_for_go = spare_turn(review_bytes.warm_up)  # a warm spare: its imports are done
     settings = Settings.from_env()
     try:  # registers the statistics schemas: needs the registry
         worker = StatsAggregator(
@@ -380,6 +380,8 @@ def main() -> int:
     except RegistryUnavailable as exc:
         print(f"stats-aggregator: {exc}", file=sys.stderr)
         return 1
+    if wait_for_go is not None:  # a spare keeps standby copies of the state until its turn
+        worker.stand_by(wait_for_go)
     return serve(worker, env_int("HEALTH_PORT", AGGREGATOR.instance_port(int_instance())))
 
 
