@@ -10,6 +10,7 @@ read in one batch, never showed it.
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,22 +23,26 @@ from streaming.config import Settings
 from streaming.core.aggregation import CourseState, VersionsState
 from streaming.core.stats import ReviewVersion
 from streaming.core.window import MS_PER_DAY
+from streaming.workers import standby
 from streaming.workers.snapshots import (
     ChangelogIdentity,
     SnapshotDir,
     SnapshotHeader,
 )
 from streaming.workers.state import ChangelogStore, read_changelog_with, restore_consumer
-from tests.integration.kafka_helpers import delete_topics, make_topics
+from tests.integration.kafka_helpers import delete_topics, end_offsets, make_topics
 
 pytestmark = pytest.mark.integration
 DAY = 20_000
 T = DAY * MS_PER_DAY
 
 
-def logged_history(n: int, seed: int) -> tuple[VersionsState, CourseState, list, list]:
+def logged_history(
+    n: int, seed: int, n_courses: int = 6
+) -> tuple[VersionsState, CourseState, list, list]:
     """Live states of both stages over n random versions (new, re-rated, flipped, moved,
-    retitled), and the changelog entries each emitted, in order."""
+    retitled) of reviews in `n_courses` courses, and the changelog entries each emitted, in
+    order."""
     rng = random.Random(seed)
     versions, courses = VersionsState(), CourseState(DAY)
     versions_log: list[tuple[bytes, bytes | None]] = []
@@ -49,7 +54,7 @@ def logged_history(n: int, seed: int) -> tuple[VersionsState, CourseState, list,
             (DAY - rng.randrange(150)) * MS_PER_DAY,
             rng.randint(1, 10),
             rng.random() > 0.2,
-            rng.randrange(6),
+            rng.randrange(n_courses),
             i,
         )
         title = f"Course {version.course_id}{rng.choice(['', ' v2'])}".encode()
@@ -174,3 +179,62 @@ def test_a_snapshot_and_the_changelog_after_it_restore_the_live_state(
     path.write_bytes(b"REVIEWS-SNAPSHOT 1\n{}")  # a torn or foreign file
     restored("changelog", len(log))
     restored("changelog", len(log))  # none at all
+
+
+def produce_transactions(settings: Settings, topic: str, entries: list, size: int) -> None:
+    """`entries` in committed transactions of `size`, each followed by an aborted one that
+    would wreck the state if it were applied (every member of the batch retracted)."""
+    p = Producer(settings.kafka_config(**{"transactional.id": f"store-{uuid.uuid4().hex}"}))
+    p.init_transactions(30)
+    for i in range(0, len(entries), size):
+        p.begin_transaction()
+        for key, value in entries[i : i + size]:
+            p.produce(topic, value, key, partition=0)
+        p.commit_transaction(30)
+        p.begin_transaction()
+        for key, _ in entries[i : i + size]:
+            p.produce(topic, None, key, partition=0)
+        p.abort_transaction(30)
+
+
+def test_a_standby_copy_follows_the_changelog_and_is_handed_over(
+    settings, admin, topics, tmp_path, monkeypatch
+):
+    """A warm spare's standby copy: built from the whole changelog, then kept current while
+    committed transactions (read in consumer batches that split them) and aborted ones come
+    in; handed over, the store restores from it with nothing more to read, and its statistics
+    are the live ones. New courses keep coming: a transaction logs a new course's members
+    before its title, which a copy applied mid-transaction would drop."""
+    monkeypatch.setattr(standby, "BATCH", 7)  # batches end inside transactions
+    _, live, _, log = logged_history(3000, seed=11, n_courses=1500)
+    first = len(log) * 2 // 5
+    produce_transactions(settings, topics["courses"], log[:first], 50)
+    store = course_store(tmp_path, topics["courses"], identity(admin, topics["courses"]))
+    notes: list[dict] = []
+    ready = threading.Event()
+
+    def report(note: dict) -> None:
+        notes.append(note)
+        if note["ready"]:
+            ready.set()
+
+    follower = standby.Standby(
+        settings, [store], lambda: {"course-stats": [0]}, f"store-{uuid.uuid4().hex[:8]}", report
+    )
+    follower.start()
+    try:
+        assert ready.wait(60), f"no copy caught up: {notes}"
+        assert notes[-1]["partitions"] == {"course-stats": [0]}
+        produce_transactions(settings, topics["courses"], log[first:], 50)
+        end = end_offsets(settings, topics["courses"])[0]
+        deadline = time.monotonic() + 60
+        while follower.copies[(topics["courses"], 0)].offset < end:
+            assert time.monotonic() < deadline, "the copy did not reach the changelog's end"
+            ready.wait(0.05)  # the copy moves at each end of the partition it reads
+    finally:
+        assert follower.hand_over() == 1
+    state = store.restore_partitions(settings, [0], f"store-{uuid.uuid4().hex[:8]}")[0]
+    assert store.restored_from[0] == ("standby", 0)
+    assert state.courses.keys() == live.courses.keys()
+    for course in live.courses:
+        assert state.statistics(course, T) == live.statistics(course, T)

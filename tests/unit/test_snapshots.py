@@ -133,3 +133,31 @@ def test_revoked_state_is_kept_for_its_return_only_while_the_changelog_allows(tm
     kept = s._source(0, 0, 12)
     assert (kept.kind, kept.offset, kept.state) == ("kept", 7, state)
     assert s._source(1, 10, 12).kind == "changelog", "the changelog moved past it: not usable"
+
+
+def test_what_an_instance_owns_reads_back_and_damage_reads_as_nothing(tmp_path: Path):
+    snaps = SnapshotDir(tmp_path, "group")
+    assert snaps.read_owned("g-0") == {}
+    snaps.write_owned("g-0", {"course-stats": [1, 3], "review-versions": [1, 3]})
+    assert snaps.read_owned("g-0") == {"course-stats": [1, 3], "review-versions": [1, 3]}
+    assert snaps.read_owned("g-1") == {}, "another instance's"
+    (snaps.root / "owned-g-0.json").write_text('{"course-stats": [1, "x"], "other": 5')
+    assert snaps.read_owned("g-0") == {}, "torn"
+    (snaps.root / "owned-g-0.json").write_text('{"course-stats": [1, "x"], "other": 5}')
+    assert snaps.read_owned("g-0") == {"course-stats": [1]}, "only partition numbers"
+    dead = snaps.root / "owned-g-0.json.999999999.tmp"
+    dead.write_text("{}")
+    snaps.remove_leftovers()
+    assert not dead.exists()
+
+
+def test_a_standby_copy_is_kept_like_revoked_state(tmp_path):
+    s = store(tmp_path)
+    state = VersionsState()
+    s.keep(2, state, 40, "standby")
+    assert s._source(2, 0, 40).kind == "standby" and s._source(2, 0, 40).kind == "changelog"
+    s.keep(2, state, 40, "standby")
+    assert s._source(2, 41, 50).kind == "changelog", "compacted or deleted past it"
+    s.keep(2, state, 40, "standby")
+    s.forget_parked()
+    assert s._source(2, 0, 40).kind == "changelog", "not assigned: dropped"
