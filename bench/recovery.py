@@ -53,6 +53,10 @@ from streaming.workers.snapshots import SnapshotDir
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))
 T0_MS = int(time.time() * 1000)
+PROBE_BASE = 10**10 + (T0_MS // 1000) % 10**7 * 10**4
+"""Review and course ids of this run's probes (PROBE_BASE + kill * 100 + probe): new in every
+run. A probe reusing an earlier run's review could be a version the fraud rule rejects after
+one it rejected too: nothing to count, no statistic to wait for."""
 
 
 def log(msg: str) -> None:
@@ -218,9 +222,9 @@ def kill_once(feeder: Feeder, watcher: StatWatcher, url: str, probes: int, n: in
     pid = int(h["pid"])
     wall, t0 = time.time(), time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    courses = [9_000_000 + n * 1000 + k for k in range(probes)]
-    for k, course in enumerate(courses):
-        feeder.send(50_000_000 + n * 1000 + k, course, "5.0", int(wall * 1000))
+    courses = [PROBE_BASE + n * 100 + k for k in range(probes)]
+    for course in courses:  # a new review of a new course each: its statistic is news
+        feeder.send(course, course, "5.0", int(wall * 1000))
     feeder.producer.flush(10)
 
     def committed() -> bool:
@@ -278,6 +282,8 @@ def main() -> int:
         help="kill on the spacing alone, ready standby copies or not",
     )
     args = parser.parse_args()
+    if args.probes > 100:
+        parser.error("--probes: at most 100 (the probes' ids leave room for 100 per kill)")
     settings = Settings.from_env()
     url0, url1 = AGGREGATOR.health_url(0), AGGREGATOR.health_url(1)
     if AGGREGATOR.instance_count() < 2 or health(url1) is None:
