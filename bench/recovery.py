@@ -4,8 +4,8 @@ running and reviews (new ones and edits) flowing into `udemy-reviews` at a stead
 First instance 0's state is grown to `--state-reviews` reviews (1M: new reviews produced as
 fast as the pipeline takes them; its /health `state_reviews` says when). Then for each of
 `--kills` SIGKILLs of the aggregator's instance 0:
-  recovery_s               kill -> that instance's first committed transaction (its /health
-                           shows a new pid and a commit after the kill)
+  recovery_s               kill -> that instance's first committed transaction (its /health:
+                           a new pid, and its `first_commit_time`; both on this machine's clock)
   recovery_correct_stat_s  kill -> every one of `--probes` reviews posted just after the kill,
                            each for a course of its own, is in its course's statistic
                            (long-term-stats, read_committed)
@@ -227,15 +227,20 @@ def kill_once(feeder: Feeder, watcher: StatWatcher, url: str, probes: int, n: in
         feeder.send(course, course, "5.0", int(wall * 1000))
     feeder.producer.flush(10)
 
+    first: list[float] = []
+
     def committed() -> bool:
         b = health(url) or {}
-        return b.get("pid") not in (None, pid) and (b.get("last_commit_time") or 0) > wall
+        if b.get("pid") in (None, pid) or (b.get("first_commit_time") or 0) <= wall:
+            return False
+        first.append(float(b["first_commit_time"]))
+        return True
 
     def stats_in() -> bool:
         return all(c in watcher.seen for c in courses)
 
     until("first commit after the kill", committed)
-    recovered = time.monotonic() - t0
+    recovered = first[0] - wall  # as the worker clocked it: not when a poll saw it
     until("the probes' statistics", stats_in)
     sources = {
         kind["source"]

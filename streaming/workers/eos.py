@@ -211,6 +211,8 @@ class EosWorker(ABC):
         self.metrics.transactions += 1
         self.metrics.extra["commit_retries"] = self.checkpoint.retries
         self.metrics.last_commit_time = time.time()
+        if self.metrics.first_commit_time is None:
+            self.metrics.first_commit_time = self.metrics.last_commit_time
         self.producer.poll(0)  # serve the last delivery reports: where each state ends
         for store in self.stores:
             store.committed()
@@ -415,6 +417,7 @@ class EosWorker(ABC):
             wait_for_go()
         finally:
             standby.hand_over()
+        self.metrics.started_at, self.metrics.last_loop_time = time.time(), time.monotonic()
 
     def _committed(self, tps: list[TopicPartition]) -> list[TopicPartition]:
         """Stable committed offsets (read_committed: a pending transaction's offsets are waited

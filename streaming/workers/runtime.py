@@ -64,6 +64,9 @@ class WorkerMetrics:
     dead_letters: int = 0
     transactions: int = 0
     last_commit_time: float | None = None
+    first_commit_time: float | None = None
+    """This process's first commit (wall clock): with the time of a crash, how long the
+    restart took to be back to work."""
     last_loop_time: float = field(default_factory=time.monotonic)
     restoring_since: float | None = None
     consumer_lag: int | None = None
@@ -96,6 +99,7 @@ class WorkerMetrics:
             "dead_letters": self.dead_letters,
             "transactions": self.transactions,
             "last_commit_time": self.last_commit_time,
+            "first_commit_time": self.first_commit_time,
             "consumer_lag": self.consumer_lag,
             "consumer_errors": self.consumer_errors,
             "assigned_partitions": list(self.assigned),

@@ -103,7 +103,9 @@ class Standby:
         return len(copies)
 
     def _run(self) -> None:
-        consumer = restore_consumer(self.settings, f"{self.group_prefix}-standby")
+        consumer = restore_consumer(
+            self.settings, f"{self.group_prefix}-standby", fetch_wait_ms=int(POLL_S * 1000)
+        )
         try:
             while not self.stopping.is_set():
                 self._follow(consumer, self.owned())
