@@ -287,7 +287,8 @@ class VersionsState:
         n = len(self.ids)
         parts = [_VERSIONS_SNAPSHOT.pack(_VERSIONS_MAGIC, _VERSIONS_SNAPSHOT_FORMAT, n)]
         parts += [
-            np.frombuffer(getattr(self, c), "=i8").astype("<i8").tobytes() for c in _INT_COLUMNS
+            np.frombuffer(getattr(self, c), "=i8").astype("<i8", copy=False).tobytes()
+            for c in _INT_COLUMNS
         ]
         parts += [getattr(self, c).tobytes() for c in _BYTE_COLUMNS]
         return b"".join(parts)
@@ -496,7 +497,7 @@ class CourseState:
         """Fold the member changes since the last compaction into the sorted table."""
         if not self._delta:
             return
-        self._base = _merge_members(self._base, self._delta)
+        self._base = _merge_members(self._base, self._delta, self._index)
         self._delta, self._index = {}, None
 
     def to_snapshot(self) -> bytes:
@@ -615,18 +616,27 @@ def _members_table(members: dict[tuple[int, int], tuple[int, int] | None]) -> np
 
 
 def _merge_members(
-    base: np.ndarray, delta: dict[tuple[int, int], tuple[int, int] | None]
+    base: np.ndarray,
+    delta: dict[tuple[int, int], tuple[int, int] | None],
+    index: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The sorted table `base` with `delta`'s rows replacing, adding or (None) removing rows:
-    both in one stable sort by key, the last row of each key kept, removals dropped."""
-    both = np.concatenate([base, _members_table(delta)])
-    both = both[np.lexsort((both["review"], both["course"]))]  # stable: delta after base
-    last = np.ones(len(both), dtype=bool)
-    last[:-1] = (both["course"][1:] != both["course"][:-1]) | (
-        both["review"][1:] != both["review"][:-1]
-    )
-    both = both[last]
-    return both[both["halves"] != 0]
+    """The sorted table `base` with `delta`'s rows replacing, adding or (None) removing rows.
+
+    Linear in the table: the (small) delta is sorted and searched in the base's keys (`index`,
+    its `_member_keys` when already built), replaced rows are dropped and the delta's rows
+    inserted where they sort, so a compaction of a large table copies it instead of sorting
+    it again."""
+    changes = _members_table(delta)
+    keys = _member_keys(base) if index is None else index
+    change_keys = _member_keys(changes)
+    at = keys.searchsorted(change_keys)
+    found = at < len(base)
+    found[found] = keys[at[found]] == change_keys[found]
+    keep = np.ones(len(base), dtype=bool)
+    keep[at[found]] = False
+    dropped_before = np.concatenate([[0], np.cumsum(~keep)])
+    added = changes["halves"] != 0
+    return np.insert(base[keep], (at - dropped_before[at])[added], changes[added])
 
 
 _MEMBER_KEY_DTYPE = np.dtype([("tag", "S1"), ("course", ">i8"), ("review", ">i8")])

@@ -14,6 +14,9 @@ from streaming.core.aggregation import (
     CourseState,
     RecordFormatError,
     VersionsState,
+    _member_keys,
+    _members_table,
+    _merge_members,
     member_key,
     pack_change,
     pack_version,
@@ -448,3 +451,26 @@ def test_title_survives_restore_when_a_later_version_repeats_it():
     assert live.snapshot() == live.scratch()
     assert live.courses.statistics(5, T)[0]["course_title"] == "A"
     assert restored.courses.statistics(5, T)[0]["course_title"] == "A"
+
+
+_member = st.tuples(st.integers(-3, 8), st.integers(-5, 30))
+_counted = st.tuples(st.integers(0, 10**13), st.integers(1, 10))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(_member, _counted, max_size=60),
+    st.dictionaries(_member, st.none() | _counted, max_size=40),
+    st.booleans(),
+)
+def test_a_compaction_is_the_member_table_with_its_changes_applied(base, delta, indexed):
+    """The member table after `compact`: the reference applies each change to a dict."""
+    expected = dict(base)
+    for key, value in delta.items():
+        if value is None:
+            expected.pop(key, None)
+        else:
+            expected[key] = value
+    table = _members_table(base)
+    merged = _merge_members(table, delta, _member_keys(table) if indexed else None)
+    assert merged.tolist() == sorted((c, r, *v) for (c, r), v in expected.items())
