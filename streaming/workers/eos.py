@@ -77,13 +77,14 @@ class LoopConfig:
     commit_interval_ms: int = 100
     batch_size: int = 5_000
     session_timeout_ms: int = 10_000
-    snapshot_interval_s: float = 10.0
+    snapshot_interval_s: float = 30.0
 
     @classmethod
     def from_env(cls, spec: WorkerSpec) -> LoopConfig:
         """`<PREFIX>_GROUP_ID` [the declared group], WORKER_INSTANCE [0], COMMIT_EVERY_RECORDS
         [20000], COMMIT_INTERVAL_MS [100], SESSION_TIMEOUT_MS [10000], SNAPSHOT_INTERVAL_S
-        [10] (how often changed state is snapshotted to STATE_DIR; 0: never)."""
+        [30] (how often changed state is snapshotted to STATE_DIR, or less often when a snapshot
+        costs more than 1/20 of that; 0: never)."""
         d = cls(group_id=spec.group_id)
         return cls(
             group_id=os.environ.get(spec.group_env, d.group_id),

@@ -111,15 +111,19 @@ def restored_sources() -> dict[str, dict[str, str]]:
     return {store: {p: r["source"] for p, r in parts.items()} for store, parts in body.items()}
 
 
-def kill_and_wait(spec: WorkerSpec, while_down=lambda: None) -> None:
-    """SIGKILL instance 0, run `while_down` before its supervisor may restart it (it is held
-    meanwhile), then wait until it is back and healthy."""
+def kill_and_wait(spec: WorkerSpec, while_down=lambda: None, spare: bool = False) -> None:
+    """SIGKILL instance 0, and its warm spare too unless `spare` (as a machine crash would:
+    no standby copies, the restart reads snapshots), run `while_down` before its supervisor
+    may restart it (it is held meanwhile), then wait until it is back and healthy."""
     name = f"{spec.name}-0"
     pid = procs.read_pid(STACK, name)
+    spare_pid = None if spare else procs.read_record(STACK, name).get("spare_pid")
     procs.hold(STACK, name, "test: snapshots changed while down")
     try:
-        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
-        until(f"{name} down", lambda: not procs.alive(pid))
+        for victim in (pid, spare_pid):
+            if victim is not None and procs.alive(victim):
+                os.kill(victim, signal.SIGKILL)
+                until(f"{name} ({victim}) down", lambda v=victim: not procs.alive(v))
         while_down()
     finally:
         procs.release(STACK, name)
@@ -131,6 +135,14 @@ def kill_and_wait(spec: WorkerSpec, while_down=lambda: None) -> None:
         return body.get("pid") not in (None, pid) and body.get("status") == "ok" and done
 
     until(f"{name} back and restored", restored)
+
+
+def standby_ready() -> bool:
+    """Aggregator instance 0's current warm spare has caught-up copies of what it owns."""
+    name = f"{AGGREGATOR.name}-0"
+    note = SnapshotDir.from_env(AGGREGATOR.group_id).read_note(f"standby-{AGGREGATOR.group_id}-0")
+    spare = procs.read_record(STACK, name).get("spare_pid")
+    return note.get("ready") is True and spare is not None and note.get("pid") == spare
 
 
 def owned_files(changelog: str) -> list[Path]:
@@ -146,10 +158,11 @@ def owned_files(changelog: str) -> list[Path]:
 def test_corrupt_foreign_and_deleted_snapshots_are_discarded_and_nothing_is_lost(
     settings: Settings,
 ) -> None:
-    """Kill the aggregator's instance 0 three times under input: once with its snapshots
-    intact (they are used), once with one corrupted and one deleted, once with one written
-    for another topic. Each bad one is discarded for the whole changelog; every review is
-    still counted exactly once."""
+    """Kill the aggregator's instance 0 and its warm spare three times under input: once with
+    its snapshots intact (they are used), once with one corrupted and one deleted, once with
+    one written for another topic; each bad one is discarded for the whole changelog. Then
+    once without its spare, which takes over with its standby copies. Every review is still
+    counted exactly once."""
     if AGGREGATOR.instance_count() < 2:
         pytest.skip(f"{AGGREGATOR.instances_env}=1: no partner instance to keep running")
     until("aggregator healthy", lambda: health(AGGREGATOR, 0).get("status") == "ok")
@@ -193,7 +206,13 @@ def test_corrupt_foreign_and_deleted_snapshots_are_discarded_and_nothing_is_lost
     kill_and_wait(AGGREGATOR, make_foreign)
     assert restored_sources()["course-stats"][target.stem] == "changelog"
 
-    positions += produce_in_order(settings, records[3 * quarter :])
+    positions += produce_in_order(settings, records[3 * quarter : 7 * len(records) // 8])
+    until("the warm spare's standby copies caught up", standby_ready)
+    kill_and_wait(AGGREGATOR, spare=True)
+    sources = restored_sources()
+    assert {s for parts in sources.values() for s in parts.values()} == {"standby"}, sources
+
+    positions += produce_in_order(settings, records[7 * len(records) // 8 :])
     expected = expected_stats(records, positions, epoch_day(now_ms), fraud=verdicts)
     ids = set(courses) & {r["course"]["id"] for r in records}
     eventually_equal(lambda: topic_stats(settings, ids), expected, "statistics topics")
