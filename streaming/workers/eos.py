@@ -218,6 +218,12 @@ class EosWorker(ABC):
         self.metrics.last_commit_time = time.time()
         if self.metrics.first_commit_time is None:
             self.metrics.first_commit_time = self.metrics.last_commit_time
+            log_event(
+                log,
+                "first commit",
+                seconds_since_start=round(time.time() - self.metrics.started_at, 2),
+                records_in=self.metrics.records_in,
+            )
         self.producer.poll(0)  # serve the last delivery reports: where each state ends
         for store in self.stores:
             store.committed()
