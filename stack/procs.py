@@ -133,8 +133,12 @@ def terminate(pid: int, timeout_s: float, is_alive: Callable[[int], bool] = aliv
 
 # ---------------------------------------------------------------- restart policy (pure)
 def next_backoff(previous_s: float, uptime_s: float) -> float:
-    """The delay before restarting a process that ran `uptime_s` after a delay of `previous_s`."""
-    if uptime_s >= STABLE_AFTER_S or previous_s <= 0:
+    """The delay before restarting a process that ran `uptime_s` after a delay of `previous_s`:
+    none after a run of STABLE_AFTER_S (a first crash: back at once, as systemd and Kubernetes
+    restart), then BACKOFF_START_S, doubling per quick crash up to BACKOFF_MAX_S."""
+    if uptime_s >= STABLE_AFTER_S:
+        return 0.0
+    if previous_s <= 0:
         return BACKOFF_START_S
     return min(previous_s * 2, BACKOFF_MAX_S)
 

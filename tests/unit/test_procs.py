@@ -50,7 +50,8 @@ def test_backoff_doubles_for_quick_crashes_and_resets_after_a_stable_run() -> No
     assert procs.next_backoff(0.0, 0.1) == procs.BACKOFF_START_S
     assert procs.next_backoff(0.5, 1.0) == 1.0
     assert procs.next_backoff(16.0, 1.0) == procs.BACKOFF_MAX_S
-    assert procs.next_backoff(30.0, procs.STABLE_AFTER_S) == procs.BACKOFF_START_S
+    assert procs.next_backoff(30.0, procs.STABLE_AFTER_S) == 0.0, "a first crash: at once"
+    assert procs.next_backoff(0.0, procs.STABLE_AFTER_S + 100) == 0.0
 
 
 def test_restarts_within_counts_crashes_only() -> None:
