@@ -159,15 +159,22 @@ class SnapshotDir:
         return note if isinstance(note, dict) else {}
 
     def write_owned(self, instance: str, owned: dict[str, list[int]]) -> None:
-        """The partitions of each store an instance was just assigned: what its warm spare
-        keeps standby copies of (`streaming.workers.standby`)."""
-        self.write_note(f"owned-{instance}", owned)
+        """The partitions of each store this process (an instance's running incarnation) was
+        just assigned: what its warm spare keeps standby copies of
+        (`streaming.workers.standby`)."""
+        self.write_note(f"owned-{instance}", {"pid": os.getpid(), "stores": owned})
 
     def read_owned(self, instance: str) -> dict[str, list[int]]:
-        """What `write_owned` last said for `instance` ({} when nothing readable)."""
+        """What `write_owned` last said for `instance`, while the process that said it is
+        alive ({} otherwise: a restart restoring on its own must not compete with copies of
+        what its dead predecessor owned; nothing readable is {} too)."""
+        note = self.read_note(f"owned-{instance}")
+        pid, stores = note.get("pid"), note.get("stores")
+        if not isinstance(pid, int) or not alive(pid) or not isinstance(stores, dict):
+            return {}
         return {
             str(store): [p for p in parts if isinstance(p, int)]
-            for store, parts in self.read_note(f"owned-{instance}").items()
+            for store, parts in stores.items()
             if isinstance(parts, list)
         }
 

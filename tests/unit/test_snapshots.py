@@ -135,16 +135,20 @@ def test_revoked_state_is_kept_for_its_return_only_while_the_changelog_allows(tm
     assert s._source(1, 10, 12).kind == "changelog", "the changelog moved past it: not usable"
 
 
-def test_what_an_instance_owns_reads_back_and_damage_reads_as_nothing(tmp_path: Path):
+def test_what_an_instance_owns_reads_back_while_it_lives(tmp_path: Path):
     snaps = SnapshotDir(tmp_path, "group")
     assert snaps.read_owned("g-0") == {}
     snaps.write_owned("g-0", {"course-stats": [1, 3], "review-versions": [1, 3]})
     assert snaps.read_owned("g-0") == {"course-stats": [1, 3], "review-versions": [1, 3]}
     assert snaps.read_owned("g-1") == {}, "another instance's"
-    (snaps.root / "owned-g-0.json").write_text('{"course-stats": [1, "x"], "other": 5')
+    note = snaps.root / "owned-g-0.json"
+    mine = f'{{"pid": {os.getpid()}, "stores": {{"course-stats": [1, "x"], "other": 5'
+    note.write_text(mine)
     assert snaps.read_owned("g-0") == {}, "torn"
-    (snaps.root / "owned-g-0.json").write_text('{"course-stats": [1, "x"], "other": 5}')
+    note.write_text(mine + "}}")
     assert snaps.read_owned("g-0") == {"course-stats": [1]}, "only partition numbers"
+    note.write_text('{"pid": 999999999, "stores": {"course-stats": [1]}}')
+    assert snaps.read_owned("g-0") == {}, "its writer died: nothing to stand by for"
     dead = snaps.root / "owned-g-0.json.999999999.tmp"
     dead.write_text("{}")
     snaps.remove_leftovers()
