@@ -164,14 +164,15 @@ class SnapshotDir:
         (`streaming.workers.standby`)."""
         self.write_note(f"owned-{instance}", {"pid": os.getpid(), "stores": owned})
 
-    def read_owned(self, instance: str) -> dict[str, list[int]]:
+    def read_owned(self, instance: str) -> dict[str, list[int]] | None:
         """What `write_owned` last said for `instance`, while the process that said it is
-        alive ({} otherwise: a restart restoring on its own must not compete with copies of
-        what its dead predecessor owned; nothing readable is {} too)."""
+        alive; None otherwise (nothing readable, or its writer died: a restart restoring on
+        its own must not compete with copies of what a dead predecessor owned, and a spare
+        about to take over must not drop the copies it has)."""
         note = self.read_note(f"owned-{instance}")
         pid, stores = note.get("pid"), note.get("stores")
         if not isinstance(pid, int) or not alive(pid) or not isinstance(stores, dict):
-            return {}
+            return None
         return {
             str(store): [p for p in parts if isinstance(p, int)]
             for store, parts in stores.items()

@@ -59,13 +59,14 @@ class Copy:
 
 
 class Standby:
-    """Standby copies of the partitions `owned()` names ({store name: partitions})."""
+    """Standby copies of the partitions `owned()` names ({store name: partitions}; None: no
+    change, as when the running incarnation just died and the go is on its way)."""
 
     def __init__(
         self,
         settings: Settings,
         stores: list[ChangelogStore],
-        owned: Callable[[], dict[str, list[int]]],
+        owned: Callable[[], dict[str, list[int]] | None],
         group_prefix: str,
         report: Callable[[dict], None],
     ) -> None:
@@ -108,7 +109,9 @@ class Standby:
         )
         try:
             while not self.stopping.is_set():
-                self._follow(consumer, self.owned())
+                owned = self.owned()
+                if owned is not None:  # None: no live incarnation says; keep what is kept
+                    self._follow(consumer, owned)
                 if not self.copies:
                     self.stopping.wait(POLL_S * 5)  # until the running one says what it owns
                     continue

@@ -203,7 +203,8 @@ def test_a_standby_copy_follows_the_changelog_and_is_handed_over(
     """A warm spare's standby copy: built from the whole changelog, then kept current while
     committed transactions (read in consumer batches that split them) and aborted ones come
     in; handed over, the store restores from it with nothing more to read, and its statistics
-    are the live ones. New courses keep coming: a transaction logs a new course's members
+    are the live ones, also after the owner stopped saying what it owns (it died: the go is on
+    its way). New courses keep coming: a transaction logs a new course's members
     before its title, which a copy applied mid-transaction would drop."""
     monkeypatch.setattr(standby, "BATCH", 7)  # batches end inside transactions
     _, live, _, log = logged_history(3000, seed=11, n_courses=1500)
@@ -218,13 +219,15 @@ def test_a_standby_copy_follows_the_changelog_and_is_handed_over(
         if note["ready"]:
             ready.set()
 
+    owner: list[dict | None] = [{"course-stats": [0]}]
     follower = standby.Standby(
-        settings, [store], lambda: {"course-stats": [0]}, f"store-{uuid.uuid4().hex[:8]}", report
+        settings, [store], lambda: owner[0], f"store-{uuid.uuid4().hex[:8]}", report
     )
     follower.start()
     try:
         assert ready.wait(60), f"no copy caught up: {notes}"
         assert notes[-1]["partitions"] == {"course-stats": [0]}
+        owner[0] = None  # the running incarnation died: its spare keeps what it keeps
         produce_transactions(settings, topics["courses"], log[first:], 50)
         end = end_offsets(settings, topics["courses"])[0]
         deadline = time.monotonic() + 60

@@ -137,18 +137,18 @@ def test_revoked_state_is_kept_for_its_return_only_while_the_changelog_allows(tm
 
 def test_what_an_instance_owns_reads_back_while_it_lives(tmp_path: Path):
     snaps = SnapshotDir(tmp_path, "group")
-    assert snaps.read_owned("g-0") == {}
+    assert snaps.read_owned("g-0") is None
     snaps.write_owned("g-0", {"course-stats": [1, 3], "review-versions": [1, 3]})
     assert snaps.read_owned("g-0") == {"course-stats": [1, 3], "review-versions": [1, 3]}
-    assert snaps.read_owned("g-1") == {}, "another instance's"
+    assert snaps.read_owned("g-1") is None, "another instance's"
     note = snaps.root / "owned-g-0.json"
     mine = f'{{"pid": {os.getpid()}, "stores": {{"course-stats": [1, "x"], "other": 5'
     note.write_text(mine)
-    assert snaps.read_owned("g-0") == {}, "torn"
+    assert snaps.read_owned("g-0") is None, "torn"
     note.write_text(mine + "}}")
     assert snaps.read_owned("g-0") == {"course-stats": [1]}, "only partition numbers"
     note.write_text('{"pid": 999999999, "stores": {"course-stats": [1]}}')
-    assert snaps.read_owned("g-0") == {}, "its writer died: nothing to stand by for"
+    assert snaps.read_owned("g-0") is None, "its writer died: no say"
     dead = snaps.root / "owned-g-0.json.999999999.tmp"
     dead.write_text("{}")
     snaps.remove_leftovers()
