@@ -98,7 +98,7 @@ class Standby:
         log_event(
             log,
             "standby handed over",
-            partitions={t: sorted(p for tt, p in copies if tt == t) for t in self.stores},
+            partitions=self._by_store(copies),
             seconds=round(time.monotonic() - t0, 3),
         )
         return len(copies)
@@ -169,11 +169,14 @@ class Standby:
                 [TopicPartition(t, p, c.offset) for (t, p), c in sorted(self.copies.items())]
             )
 
-    def _report(self, ready: bool, copies: dict[tuple[str, int], Copy]) -> None:
-        self.ready = ready
-        parts = {
+    def _by_store(self, copies: dict[tuple[str, int], Copy]) -> dict[str, list[int]]:
+        return {
             s.name: sorted(p for t, p in copies if t == topic) for topic, s in self.stores.items()
         }
+
+    def _report(self, ready: bool, copies: dict[tuple[str, int], Copy]) -> None:
+        self.ready = ready
+        parts = self._by_store(copies)
         with contextlib.suppress(OSError):  # a status for operators and benchmarks only
             self.report(
                 {"pid": os.getpid(), "ready": ready, "partitions": parts, "at": time.time()}
@@ -191,6 +194,8 @@ class Standby:
                 self._catch_up(m.topic(), copy, m.offset())  # type: ignore[arg-type]
             elif err.fatal():
                 raise KafkaException(err)
+            else:
+                log_event(log, "standby consumer error", logging.WARNING, error=str(err))
 
     def _catch_up(self, topic: str, copy: Copy, end: int) -> None:
         """At the partition's end: apply what was read since the last one."""

@@ -194,6 +194,7 @@ def produce_transactions(settings: Settings, topic: str, entries: list, size: in
         p.begin_transaction()
         for key, _ in entries[i : i + size]:
             p.produce(topic, None, key, partition=0)
+        assert p.flush(30) == 0  # in the log before the abort marker, not purged unsent
         p.abort_transaction(30)
 
 
