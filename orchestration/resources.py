@@ -316,7 +316,7 @@ def _read_env_file(path: Path) -> dict[str, str]:
 def _fetch_health(url: str) -> dict[str, Any] | None:
     """A worker's health document, whether it answered 200 (ok) or 503 (stalled)."""
     try:
-        body = httpx.get(url, timeout=3.0).json()
+        body = httpx.get(url, timeout=5.0).json()
     except (httpx.HTTPError, ValueError):
         return None
     return body if isinstance(body, dict) else None

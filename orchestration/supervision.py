@@ -24,10 +24,10 @@ from stack import procs
 from streaming.sink.connect import ConnectorState, describe
 
 OK, DEAD, STALLED, RESTORING = "ok", "dead", "stalled", "restoring"
-RESTARTING, HELD, CRASH_LOOP = "restarting", "held", "crash loop"
+RESTARTING, HELD, CRASH_LOOP, SLOW = "restarting", "held", "crash loop", "slow"
 NEEDS_RUN = frozenset({DEAD, STALLED})
 """The states a restart run is for; the others are the supervisor's or a person's business."""
-TRANSIENT = frozenset({RESTARTING, RESTORING})
+TRANSIENT = frozenset({RESTARTING, RESTORING, SLOW})
 """Not yet healthy, on its way there: the check fails as a warning."""
 CONNECTOR_CHECK = "sink_connector_running"
 CRASH_LOOP_RESTARTS = 5
@@ -52,6 +52,19 @@ def _restarting(record: Mapping[str, Any]) -> str:
             f"(it {last.get('exit', 'exited')})"
         )
     return "its supervisor is starting it"
+
+
+def _silent(status: WorkerStatus, previous: Mapping[str, Any]) -> WorkerAssessment:
+    """A live process whose health endpoint did not answer: stalled only when the previous
+    evaluation of the same process found it silent too (one slow answer on a busy machine, a
+    GIL held for a moment, is not a stall: Kubernetes' liveness probes have a failure
+    threshold for the same reason)."""
+    snapshot = {"pid": status.pid, "silent": True}
+    if previous.get("silent") and previous.get("pid") == status.pid:
+        return WorkerAssessment(
+            STALLED, "alive, but its health endpoint did not answer twice in a row", snapshot
+        )
+    return WorkerAssessment(SLOW, "alive, its health endpoint did not answer once", snapshot)
 
 
 def assess_worker(
@@ -79,7 +92,7 @@ def assess_worker(
             reason = f"started {up_s:.0f} s ago, its health endpoint does not answer yet"
             return WorkerAssessment(RESTARTING, reason, {})
         if status.supervised:
-            return WorkerAssessment(STALLED, "alive, but its health endpoint does not answer", {})
+            return _silent(status, previous or {})
         return WorkerAssessment(DEAD, "its health endpoint does not answer", {})
     snapshot = {
         "pid": health.get("pid"),

@@ -20,6 +20,7 @@ Unique review and course ids (large, random) keep the shared topics' data undist
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -54,6 +55,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
 
+from stack import procs
 from streaming import pipeline
 from streaming.admin import SCHEMAS_DIR, load_topic_specs
 from streaming.api.app import create_app
@@ -586,6 +588,18 @@ def health(url: str) -> dict[str, Any]:
     return httpx.get(url, timeout=5).json()
 
 
+STACK = Path(os.environ.get("STACK_DIR", Path(__file__).resolve().parents[2] / ".stack"))
+
+
+def restarts(worker: str) -> dict[str, Any]:
+    """Each instance's latest restarts as its supervisor recorded them (why a pid changed)."""
+    spec = pipeline.FRAUD_FILTER if worker == "fraud" else pipeline.AGGREGATOR
+    return {
+        name: (procs.read_record(STACK, name) or {}).get("restarts", [])[-3:]
+        for name in spec.instance_names()
+    }
+
+
 COUNTERS = ("dead_letters", "records_in", "transactions")
 FRAUD_FILTER_N = pipeline.FRAUD_FILTER.instance_count()
 AGGREGATOR_N = pipeline.AGGREGATOR.instance_count()
@@ -716,7 +730,7 @@ def test_poison_in_every_live_input_is_dead_lettered_and_the_workers_keep_their_
     after = healths()
     for name, dead_letters in (("fraud", len(bad)), ("aggregator", 2 * len(bad))):
         b, a = before[name], after[name]
-        assert a["status"] == "ok" and a["pids"] == b["pids"], (b, a)
+        assert a["status"] == "ok" and a["pids"] == b["pids"], (b, a, restarts(name))
         assert a["dead_letters"] >= b["dead_letters"] + dead_letters, (b, a)
         assert a["records_in"] > b["records_in"] and a["transactions"] > b["transactions"]
     assert paced_s < PACE_S

@@ -26,6 +26,7 @@ from orchestration.supervision import (
     OK,
     RESTARTING,
     RESTORING,
+    SLOW,
     STALLED,
     assess_worker,
 )
@@ -188,7 +189,14 @@ def test_a_supervised_process_that_is_down_is_restarting_not_dead() -> None:
     now = time.time()
     starting = WorkerStatus("w", 7, True, None, {"state": "running", "started": now}, True)
     assert assess_worker(starting, None, now + 5).state == RESTARTING
-    assert assess_worker(starting, None, now + 600).state == STALLED  # alive but silent
+    silent_once = assess_worker(starting, None, now + 600)
+    assert silent_once.state == SLOW  # one slow answer on a busy machine is not a stall
+    assert assess_worker(starting, silent_once.snapshot, now + 615).state == STALLED
+    other = WorkerStatus("w", 8, True, None, {"state": "running", "started": now}, True)
+    assert assess_worker(other, silent_once.snapshot, now + 615).state == SLOW  # a new process
+    answered = assess_worker(WorkerStatus("w", 7, True, health(pid=7)), silent_once.snapshot)
+    assert answered.state == OK
+    assert assess_worker(starting, answered.snapshot, now + 630).state == SLOW  # streak reset
     held = WorkerStatus("w", None, None, None, {"state": "held", "held_reason": "why"}, True)
     assert assess_worker(held, None).state == HELD
     unsupervised = WorkerStatus("w", None, None, None, {"state": "running"}, supervised=False)
