@@ -15,6 +15,8 @@ existing Kafka, registry, Connect or PostgreSQL is a matter of setting these var
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,3 +59,22 @@ class Settings:
     def kafka_config(self, **overrides: object) -> dict[str, object]:
         """Base librdkafka config: bootstrap servers, security extras, then overrides."""
         return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_extra, **overrides}
+
+
+CLOCK_OFFSET_ENV = "CLOCK_OFFSET_S"
+"""Seconds added to the wall clock of the processes that read it (the aggregator's recent
+window, the batch side's "today"): how a test or a chaos run moves a restarted instance across
+midnight without touching the machine's clock. Default 0."""
+
+
+def clock_from_env(env: dict[str, str] | None = None) -> Callable[[], float]:
+    """`time.time`, shifted by CLOCK_OFFSET_S when it is set (a clear error when it is not a
+    number)."""
+    raw = (os.environ if env is None else env).get(CLOCK_OFFSET_ENV, "").strip()
+    if not raw:
+        return time.time
+    try:
+        offset = float(raw)
+    except ValueError:
+        raise SystemExit(f"{CLOCK_OFFSET_ENV} must be a number of seconds, got {raw!r}") from None
+    return lambda: time.time() + offset

@@ -25,6 +25,7 @@ from orchestration.sql_models import (
     topological_order,
 )
 from orchestration.topology import batch_key, table_key
+from streaming.config import clock_from_env
 from streaming.core.fraud import FRAUD_MODEL_ENV, FraudModel, load_model
 from streaming.core.review_bytes import encode_reviews
 from streaming.core.window import RECENT_DAYS, date_to_day
@@ -69,8 +70,9 @@ def model_variables(as_of_day: int) -> dict[str, object]:
 
 
 def today() -> int:
-    """The current UTC day as an epoch day."""
-    return date_to_day(datetime.now(UTC).date())
+    """The current UTC day as an epoch day (on the clock CLOCK_OFFSET_S shifts, as the
+    aggregator's)."""
+    return date_to_day(datetime.fromtimestamp(clock_from_env()(), UTC).date())
 
 
 def write_review_verdicts(engine: Engine, schema: str, model: FraudModel) -> tuple[int, int]:

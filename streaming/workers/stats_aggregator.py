@@ -42,7 +42,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from fastavro import schemaless_writer
 
-from streaming.config import Settings
+from streaming.config import Settings, clock_from_env
 from streaming.core import review_bytes, source_position
 from streaming.core.aggregation import CourseState, VersionsState
 from streaming.core.avro_codec import confluent_frame
@@ -375,7 +375,11 @@ def main() -> int:
     settings = Settings.from_env()
     try:  # registers the statistics schemas: needs the registry
         worker = StatsAggregator(
-            settings, LoopConfig.from_env(AGGREGATOR), AggregatorTopics.from_env(), StopFlag()
+            settings,
+            LoopConfig.from_env(AGGREGATOR),
+            AggregatorTopics.from_env(),
+            StopFlag(),
+            clock_from_env(),
         )
     except RegistryUnavailable as exc:
         print(f"stats-aggregator: {exc}", file=sys.stderr)

@@ -1,52 +1,94 @@
-"""The chaos run's verdicts: lost and duplicated records, acknowledged POSTs, the summary line."""
+"""The chaos run's bookkeeping: multiset comparison, floors, the summary line."""
+
+from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 
-from chaos.ledger import Outcome, acked_lost_and_duplicated, lost_and_duplicated, parse_answers
+from chaos.ledger import EDIT_KINDS, Floors, Outcome, lost_and_duplicated
 
 
 def test_identical_windows_lose_and_double_nothing() -> None:
-    records = Counter({(b"1", b"a"): 1, (b"2", b"b"): 2})  # a re-sent input is two records
-    assert lost_and_duplicated(records, Counter(records)) == (0, 0)
+    window = Counter({(b"1", b"a"): 1, (b"2", b"b"): 2})
+    assert lost_and_duplicated(window, window.copy()) == (0, 0)
 
 
 def test_missing_and_extra_copies_are_counted_per_record() -> None:
-    inputs = Counter({(b"1", b"a"): 1, (b"2", b"b"): 2, (b"3", b"c"): 1})
-    outputs = Counter({(b"1", b"a"): 3, (b"2", b"b"): 1})
-    assert lost_and_duplicated(inputs, outputs) == (2, 2)
+    inputs = Counter({(b"1", b"a"): 2, (b"2", b"b"): 1})
+    outputs = Counter({(b"1", b"a"): 1, (b"2", b"b"): 3})
+    assert lost_and_duplicated(inputs, outputs) == (1, 2)
 
 
 def test_same_key_other_bytes_is_a_loss_and_a_duplicate() -> None:
-    assert lost_and_duplicated(Counter({(b"1", b"a"): 1}), Counter({(b"1", b"x"): 1})) == (1, 1)
+    assert lost_and_duplicated(Counter({(b"1", b"a"): 1}), Counter({(b"1", b"b"): 1})) == (1, 1)
 
 
-def test_acknowledged_posts_against_the_input_topic() -> None:
-    keys = Counter({10: 1, 11: 2, 99: 1})
-    assert acked_lost_and_duplicated([10, 11, 12], keys) == (1, 1)
+@dataclass
+class FakeVerdict:
+    routing: dict[str, int] = field(default_factory=dict)
+    acked_missing: int = 0
+    edits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EDIT_KINDS, 500))
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def stats_exact(self) -> bool:
+        return not self.problems
 
 
-def test_answer_log_separates_acknowledged_from_refused() -> None:
-    acked, others = parse_answers(["5 1795816238312.748", "! 503", "6 1795816238313.1", "! 503"])
-    assert acked == [5, 6]
-    assert others == {"503": 2}
+def full_run() -> Outcome:
+    out = Outcome()
+    for name in ("fraud-filter-0", "fraud-filter-1", "aggregator-0", "aggregator-1"):
+        for i in range(5):
+            out.record_kill(name, restoring=name.startswith("aggregator") and i == 0)
+            out.recovered("kill", 2.0 + i)
+    out.acked_posts = out.acked = 6_000
+    out.mismatches = 0
+    out.take(FakeVerdict(routing={"lost": 0, "duplicated": 0, "misrouted": 0}))
+    return out
 
 
-def test_summary_line_is_clean_only_when_everything_is() -> None:
-    out = Outcome(kills=10, broker_restarts=1, connect_restarts=1, acked=12000, mismatches=0)
-    out.recoveries_s += [30.0, 40.0, 50.0]
-    assert out.clean
-    assert out.summary() == (
-        "chaos: kills=10 broker_restarts=1 connect_restarts=1 acked=12000 lost=0 duplicated=0 "
-        "reconciliation=exact recovery_p50_s=40.0 recovery_max_s=50.0"
-    )
-    out.mismatches = 3
-    assert not out.clean
-    assert "reconciliation=3 mismatches" in out.summary()
+def test_a_run_that_exercised_everything_and_found_nothing_is_clean() -> None:
+    out = full_run()
+    assert out.clean, out.problems()
+    line = out.summary()
+    assert line.startswith("chaos: kills=20 kills_restoring=2 ")
+    fields = dict(f.split("=", 1) for f in line.removeprefix("chaos: ").split())
+    assert fields["stats"] == fields["reconciliation"] == "exact"
+    assert fields["lost"] == fields["duplicated"] == "0"
+    assert fields["recovery_p50_s"] == "4.0" and fields["recovery_max_s"] == "6.0"
+    assert fields["restarts"] == "pg:0,registry:0,connect:0,daemon:0"
+    assert fields["vacuous"] == "no"
 
 
-def test_no_reconciliation_or_a_failure_is_not_clean() -> None:
-    assert not Outcome().clean
-    assert "reconciliation=not run" in Outcome().summary()
-    assert not Outcome(
-        mismatches=0, failures=["aggregator back after SIGKILL not within 240 s"]
-    ).clean
+def test_below_a_floor_the_run_is_vacuous_whatever_it_found() -> None:
+    few_posts = full_run()
+    few_posts.acked_posts = 4_999
+    assert not few_posts.clean and "4999 acknowledged POSTs" in few_posts.problems()[0]
+    no_moves = full_run()
+    no_moves.take(FakeVerdict(edits={**dict.fromkeys(EDIT_KINDS, 500), "move": 199}))
+    assert not no_moves.clean and any("'move'" in p for p in no_moves.problems())
+    no_restore_kills = full_run()
+    no_restore_kills.kills_restoring = 1
+    assert not no_restore_kills.clean
+    once = full_run()
+    once.kills["aggregator-1"] = 4
+    assert not once.clean
+    smoke = full_run()
+    smoke.floors = Floors.smoke()
+    assert not smoke.clean, "a smoke run never passes as a proof"
+
+
+def test_any_finding_loss_or_missing_reconciliation_is_not_clean() -> None:
+    wrong = full_run()
+    wrong.take(FakeVerdict(problems=["stats topics: course 1: count_reviews expected 2, actual 3"]))
+    assert not wrong.clean and wrong.stats_exact is False
+    assert "stats=differ" in wrong.summary()
+    lost = full_run()
+    lost.take(FakeVerdict(routing={"lost": 1}))
+    assert not lost.clean
+    unreconciled = full_run()
+    unreconciled.mismatches = None
+    assert not unreconciled.clean and "reconciliation=not-run" in unreconciled.summary()
+    failed = full_run()
+    failed.failures.append("aggregator-0 committing after SIGKILL not within 240 s")
+    assert not failed.clean

@@ -6,7 +6,9 @@ import json
 import time
 
 import httpx
+import pytest
 
+from streaming.config import clock_from_env
 from streaming.workers.runtime import HealthServer, WorkerMetrics
 
 
@@ -57,3 +59,11 @@ def test_restoring_state_is_alive_not_stalled_until_its_limit():
     assert m.snapshot(stall_after_s=30)["status"] == "stalled"
     m.last_loop_time = time.monotonic()
     assert m.snapshot(stall_after_s=30)["status"] == "ok"
+
+
+def test_the_clock_offset_moves_the_aggregators_and_the_batch_sides_clock() -> None:
+    assert clock_from_env({}) is time.time
+    shifted = clock_from_env({"CLOCK_OFFSET_S": "86400"})
+    assert abs(shifted() - time.time() - 86400) < 5
+    with pytest.raises(SystemExit, match="CLOCK_OFFSET_S must be a number"):
+        clock_from_env({"CLOCK_OFFSET_S": "tomorrow"})
