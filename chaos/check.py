@@ -119,6 +119,8 @@ def table_rows(database_url: str, table: str) -> dict[int, dict]:
     """A sink table's rows by course id."""
     engine = sa.create_engine(database_url)
     try:
+        if not sa.inspect(engine).has_table(table, schema="public"):
+            return {}  # the sink creates it with its first record
         with engine.connect() as conn:
             rows = conn.execute(sa.text(f"SELECT * FROM public.{table}")).mappings().all()
         return {int(r["course_id"]): dict(r) for r in rows}

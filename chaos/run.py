@@ -282,6 +282,14 @@ def jump_clock(offset_s: float, out: Outcome) -> None:
         cmd = [str(ROOT / ".venv" / "bin" / "python"), "-m", pipeline.AGGREGATOR.module]
         procs.start(STACK, name, cmd, env=env, cwd=ROOT, warm=True)
     out.clock_jumps += 1
+    day = int((time.time() + offset_s) // DAY_S)
+    for i in range(pipeline.AGGREGATOR.instance_count()):
+        inst = Instance(pipeline.AGGREGATOR, i)
+        wait_until(
+            f"{inst.name} on day {day}",
+            lambda i=inst: (i.health() or {}).get("as_of_day") == day,
+            120,
+        )
     took = all_committing(wall, 300)
     out.recovered("clock", took)
     log(f"aggregators on the next day; every instance committing {took:.1f} s later")
@@ -396,7 +404,10 @@ def main() -> int:
         out_path=answers,
         token=os.environ.get("PIPELINE_API_TOKEN"),
     )
-    loader = threading.Thread(target=load.run, args=(args.duration,), daemon=True, name="load")
+    stop_load = threading.Event()  # the load flows until every fault is over and recovered
+    loader = threading.Thread(
+        target=load.run, args=(args.duration * 10, stop_load), daemon=True, name="load"
+    )
     backfill_log = (state / "backfill.log").open("w")
     backfill = subprocess.Popen(
         [str(ROOT / ".venv" / "bin" / "reviews"), "backfill"],
@@ -415,7 +426,9 @@ def main() -> int:
             k.join(args.duration * 2)
         if any(k.is_alive() for k in killers):
             out.failures.append("the kills did not finish in time")
-        loader.join(args.duration + 120)
+        stop_load.set()
+        loader.join(120)
+        log(load.summary())
         if backfill.wait(300) != 0:
             out.failures.append(f"the backfill failed; see {backfill_log.name}")
         log(f"faults over after {time.monotonic() - t0:.0f} s; catching up")
@@ -432,6 +445,7 @@ def main() -> int:
     except (RuntimeError, TimeoutError, OSError) as exc:
         out.failures.append(str(exc))
     finally:
+        stop_load.set()
         if backfill.poll() is None:
             backfill.kill()
         backfill_log.close()
