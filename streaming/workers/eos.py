@@ -65,6 +65,9 @@ SNAPSHOT_COST_SHARE = 20
 RESNAPSHOT_AFTER_RECORDS = 20_000
 """A restore that read more of the changelog than this snapshots at its first commit."""
 COMMITTED_TIMEOUT_S = 120
+SERVICE_BACKOFF_START_S = 0.5
+SERVICE_BACKOFF_MAX_S = 5.0
+"""Longest wait between retries while a service the records need is unreachable."""
 """How long to wait for stable committed offsets: a previous owner's open transaction holds
 them until it commits, aborts or times out (transaction.timeout.ms, 60 s)."""
 
@@ -115,6 +118,7 @@ class EosWorker(ABC):
         self.loop = loop
         self.stop = stop
         self.metrics = WorkerMetrics(self.name, loop.instance)
+        self._service_backoff = SERVICE_BACKOFF_START_S / 2
         self.consumer = Consumer(
             settings.kafka_config(
                 **{
@@ -216,6 +220,8 @@ class EosWorker(ABC):
         self.metrics.transactions += 1
         self.metrics.extra["commit_retries"] = self.checkpoint.retries
         self.metrics.last_commit_time = time.time()
+        if self.metrics.extra.pop("waiting_for", None) is not None:
+            self._service_backoff = SERVICE_BACKOFF_START_S / 2
         if self.metrics.first_commit_time is None:
             self.metrics.first_commit_time = self.metrics.last_commit_time
             log_event(
@@ -468,6 +474,24 @@ class EosWorker(ABC):
             log_event(log, "consumer error", logging.WARNING, error=str(err), topic=m.topic())
         return [m for m in msgs if m.error() is None]
 
+    def _wait_for_service(self, exc: ConnectionError) -> None:
+        """A service the records need is unreachable (not the data's fault): abort, so the
+        batch is read again, and wait a growing moment (0.5 s doubling to 5 s) with the loop
+        alive. Exiting instead would turn a 40 s registry restart into a crash loop."""
+        waits = self.metrics.extra.get("service_waits", 0) + 1
+        self.metrics.extra["service_waits"] = waits
+        self.metrics.extra["waiting_for"] = str(exc)
+        log_event(
+            log,
+            "a service is unreachable, aborting and retrying",
+            logging.WARNING,
+            error=str(exc),
+            attempt=waits,
+        )
+        self.abort()
+        self._service_backoff = min(2 * self._service_backoff, SERVICE_BACKOFF_MAX_S)
+        time.sleep(self._service_backoff)  # back-off before the retry; the loop turns again
+
     def run(self) -> None:
         cfg = self.loop
         self._identify_stores()
@@ -502,6 +526,8 @@ class EosWorker(ABC):
                     raise
                 log_event(log, "aborting transaction", logging.WARNING, error=str(err))
                 self.abort()
+            except ConnectionError as exc:  # e.g. the schema registry restarting
+                self._wait_for_service(exc)
         if self.checkpoint.records:
             self.commit()
         self.checkpoint.abort()  # the empty transaction opened by the last commit

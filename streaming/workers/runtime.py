@@ -264,3 +264,27 @@ def serve(worker: Any, health_port: int) -> int:
     finally:
         health.stop()
     return 0
+
+
+def until_reachable(
+    what: str,
+    call: Callable[[], Any],
+    stop: StopFlag,
+    max_wait_s: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Call `call` until it no longer raises ConnectionError (a service restarting, say):
+    waits 0.5 s doubling to `max_wait_s` between tries, logging each; False if told to stop.
+    A worker that exited instead would be restarted into the same wall, and a few such quick
+    exits make a crash loop, which stops the restarts for good."""
+    log = logging.getLogger("runtime")
+    wait = 0.5
+    while not stop:
+        try:
+            call()
+            return True
+        except ConnectionError as exc:
+            log_event(log, f"waiting for {what}", logging.WARNING, error=str(exc), retry_in_s=wait)
+            sleep(wait)  # back-off between tries of an unreachable service
+            wait = min(2 * wait, max_wait_s)
+    return False

@@ -62,6 +62,7 @@ from streaming.workers.runtime import (
     log_event,
     serve,
     spare_turn,
+    until_reachable,
 )
 from streaming.workers.state import ChangelogStore
 
@@ -104,10 +105,7 @@ class StatsAggregator(EosWorker):
         self.stat_schema = local_schema("course_statistic.avsc")
         self.registry = Registry(settings.schema_registry_url)
         self.resolve = ReviewWriters(self.registry)
-        self.stat_schema_ids = {
-            topic: self.registry.register(f"{topic}-value", "course_statistic.avsc")
-            for topic in (topics.long_term, topics.recent)
-        }
+        self.stat_schema_ids = register_statistics(self.registry, topics)
         self.versions: ChangelogStore[VersionsState] = ChangelogStore(
             "review-versions",
             topics.versions_changelog,
@@ -370,18 +368,28 @@ def source_offset(headers: list[tuple[str, bytes]] | None) -> int:
     return source_position.find(headers)[1]
 
 
+def register_statistics(registry: Registry, topics: AggregatorTopics) -> dict[str, int]:
+    """The statistics topics' schema ids (registered idempotently)."""
+    return {
+        topic: registry.register(f"{topic}-value", "course_statistic.avsc")
+        for topic in (topics.long_term, topics.recent)
+    }
+
+
 def main() -> int:
     wait_for_go = spare_turn(review_bytes.warm_up)  # a warm spare: its imports are done
     settings = Settings.from_env()
-    try:  # registers the statistics schemas: needs the registry
+    topics, stop = AggregatorTopics.from_env(), StopFlag()
+    registry = Registry(settings.schema_registry_url)
+    if not until_reachable(
+        "the schema registry", lambda: register_statistics(registry, topics), stop
+    ):
+        return 0  # told to stop while waiting
+    try:  # registers the statistics schemas (idempotent: known by now)
         worker = StatsAggregator(
-            settings,
-            LoopConfig.from_env(AGGREGATOR),
-            AggregatorTopics.from_env(),
-            StopFlag(),
-            clock_from_env(),
+            settings, LoopConfig.from_env(AGGREGATOR), topics, stop, clock_from_env()
         )
-    except RegistryUnavailable as exc:
+    except RegistryUnavailable as exc:  # gone again within milliseconds: the supervisor retries
         print(f"stats-aggregator: {exc}", file=sys.stderr)
         return 1
     if wait_for_go is not None:  # a spare keeps standby copies of the state until its turn

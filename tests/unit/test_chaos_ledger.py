@@ -92,3 +92,11 @@ def test_any_finding_loss_or_missing_reconciliation_is_not_clean() -> None:
     failed = full_run()
     failed.failures.append("aggregator-0 committing after SIGKILL not within 240 s")
     assert not failed.clean
+
+
+def test_the_clock_jump_lands_just_after_the_next_utc_midnight() -> None:
+    from chaos.run import DAY_S, next_midnight_offset
+
+    for now in (1_796_221_620.5, 1_796_169_600.0, 1_796_255_999.9):
+        jumped = now + next_midnight_offset(now)
+        assert jumped % DAY_S == 60 and jumped // DAY_S == now // DAY_S + 1

@@ -67,3 +67,42 @@ def test_the_clock_offset_moves_the_aggregators_and_the_batch_sides_clock() -> N
     assert abs(shifted() - time.time() - 86400) < 5
     with pytest.raises(SystemExit, match="CLOCK_OFFSET_S must be a number"):
         clock_from_env({"CLOCK_OFFSET_S": "tomorrow"})
+
+
+def test_an_unreachable_service_is_waited_for_not_a_reason_to_exit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A registry restart must not make a worker exit (quick exits make a crash loop, which
+    stops the restarts for good): start-up waits, the loop aborts and retries."""
+    from streaming.workers import eos
+    from streaming.workers.runtime import StopFlag, until_reachable
+
+    calls, waits = [], []
+
+    def registry() -> None:
+        calls.append(1)
+        if len(calls) < 4:
+            raise ConnectionError("schema registry at http://r is unreachable")
+
+    assert until_reachable("the registry", registry, StopFlag(), sleep=waits.append)
+    assert len(calls) == 4 and waits == [0.5, 1.0, 2.0]
+    stopped = StopFlag()
+    stopped.set()
+    assert not until_reachable("the registry", registry, stopped, sleep=waits.append)
+
+    class Loop:  # the parts of an EosWorker the wait touches
+        metrics = WorkerMetrics("w", "0")
+        aborts = 0
+        _service_backoff = eos.SERVICE_BACKOFF_START_S / 2
+
+        def abort(self) -> None:
+            self.aborts += 1
+
+    slept: list[float] = []
+    monkeypatch.setattr(eos.time, "sleep", slept.append)
+    loop = Loop()
+    for _ in range(6):
+        eos.EosWorker._wait_for_service(loop, ConnectionError("registry down"))  # type: ignore[arg-type]
+    assert loop.aborts == 6, "each failed batch is aborted, so it is read again"
+    assert slept == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+    assert loop.metrics.extra["waiting_for"] == "registry down"
