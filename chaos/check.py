@@ -32,7 +32,16 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from fastavro import parse_schema, schemaless_reader
 
 from chaos.ledger import lost_and_duplicated
-from chaos.oracle import DEAD, FRAUD, VALID, CourseExpectation, Oracle, compare, edit_kinds
+from chaos.oracle import (
+    DEAD,
+    FRAUD,
+    VALID,
+    CourseExpectation,
+    Oracle,
+    compare,
+    edit_kinds,
+    without_logical_types,
+)
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 Raw = tuple[int, int, bytes | None, bytes | None]
@@ -104,11 +113,14 @@ def read_topic(
 def decode_statistics(records: Iterable[Raw], schemas: Callable[[int], Any]) -> dict[int, dict]:
     """The latest CourseStatistic per course id of a compacted stats topic (last by offset)."""
     latest: dict[int, tuple[int, dict]] = {}
+    parsed: dict[int, Any] = {}
     for _p, offset, _key, value in records:
         if value is None:  # a tombstone: the course has no record
             continue
         (schema_id,) = struct.unpack(">I", value[1:5])
-        stat = schemaless_reader(BytesIO(value[5:]), parse_schema(schemas(schema_id)), None)
+        if schema_id not in parsed:
+            parsed[schema_id] = parse_schema(schemas(schema_id))
+        stat = schemaless_reader(BytesIO(value[5:]), parsed[schema_id], None)
         course = int(stat["course_id"])
         if course not in latest or latest[course][0] < offset:
             latest[course] = (offset, stat)
@@ -171,18 +183,20 @@ def routing(
 
 def decoded_inputs(window: Iterable[Raw], schemas: Callable[[int], Any]) -> Counter[str]:
     """(key, record) of each readable input record, as canonical JSON (created/modified millis)."""
-    reader = parse_schema(_without_logical_types(json.loads((SCHEMAS / "review.avsc").read_text())))
+    reader = parse_schema(without_logical_types(json.loads((SCHEMAS / "review.avsc").read_text())))
     out: Counter[str] = Counter()
+    writers: dict[int, Any] = {}
     for _p, _o, key, value in window:
         if value is None or len(value) < 5 or value[0] != 0:
             continue
-        writer = schemas(struct.unpack(">I", value[1:5])[0])
-        if writer is None:
+        schema_id = struct.unpack(">I", value[1:5])[0]
+        if schema_id not in writers:
+            found = schemas(schema_id)
+            writers[schema_id] = found and parse_schema(without_logical_types(found))
+        if writers[schema_id] is None:
             continue
         try:
-            record = schemaless_reader(
-                BytesIO(value[5:]), parse_schema(_without_logical_types(writer)), reader
-            )
+            record = schemaless_reader(BytesIO(value[5:]), writers[schema_id], reader)
         except Exception:  # a malformed body is a dead letter: never acknowledged as written
             continue
         out[canonical(key, record)] += 1
@@ -193,14 +207,6 @@ def canonical(key: bytes | str | None, record: Mapping[str, Any]) -> str:
     """One (key, record) as a comparable string."""
     k = key.decode() if isinstance(key, bytes) else key
     return json.dumps([k, record], sort_keys=True, separators=(",", ":"))
-
-
-def _without_logical_types(schema: Any) -> Any:
-    if isinstance(schema, dict):
-        return {k: _without_logical_types(v) for k, v in schema.items() if k != "logicalType"}
-    if isinstance(schema, list):
-        return [_without_logical_types(s) for s in schema]
-    return schema
 
 
 def acknowledged_missing(acked: Iterable[Mapping[str, Any]], inputs: Counter[str]) -> int:

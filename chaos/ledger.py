@@ -17,15 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from chaos.oracle import EDIT_KINDS as ORACLE_KINDS
+
 Record = tuple[bytes | None, bytes | None]
-EDIT_KINDS = (
-    "re-rating",
-    "verdict flip",
-    "move",
-    "equal modified",
-    "stale re-send",
-    "title change",
-)
+EDIT_KINDS = tuple(kind for kind in ORACLE_KINDS if kind != "new")
+"""The kinds of edit a run must exercise (the oracle counts them from the topic)."""
 RESTARTED = ("postgres", "registry", "connect", "daemon")
 SUMMARY_NAMES = {"postgres": "pg", "registry": "registry", "connect": "connect", "daemon": "daemon"}
 
