@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The local streaming stack without Docker: PostgreSQL 15, Kafka 4 (KRaft, one node),
+# The local streaming stack without Docker: PostgreSQL 15, Kafka 4 (KRaft, one node, with a
+# reaper of the transactions a hard restart of that node can leave hanging: stack/txn_reaper.py),
 # Apicurio Registry 3 (Confluent-compatible API), Kafka Connect (distributed, one worker),
 # plus any application processes listed in $STACK_APPS (this script knows nothing of them).
 #
@@ -191,7 +192,7 @@ java_cp() { "$JAVA" -Xms128m -XX:+UseG1GC -Djava.awt.headless=true \
   -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" "$@"; }
 
 up_kafka() {
-  alive kafka && { wait_until kafka kafka_ok; return; }
+  alive kafka && { wait_until kafka kafka_ok; up_txn_reaper; return; }
   mkdir -p "$STACK_DIR/kafka"
   render "$ROOT/stack/conf/server.properties.in" "$STACK_DIR/kafka/server.properties"
   if [ ! -f "$STACK_DIR/kafka/data/meta.properties" ]; then
@@ -206,6 +207,14 @@ up_kafka() {
     -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" \
     -cp "$DIST/libs/*" kafka.Kafka "$STACK_DIR/kafka/server.properties"
   wait_until kafka kafka_ok
+  up_txn_reaper
+}
+
+up_txn_reaper() { # aborts transactions a hard broker restart leaves hanging (stack/txn_reaper.py)
+  alive kafka-txn-reaper && return
+  say "starting the hanging-transaction reaper"
+  (cd "$ROOT"; spawn kafka-txn-reaper -- "$PY" -m stack.txn_reaper \
+    --state "$STACK_DIR" --bootstrap "127.0.0.1:$KAFKA_PORT" --broker-id 1 --java "$JAVA" --libs "$DIST/libs/*")
 }
 
 # ---------------------------------------------------------------- Apicurio Registry
@@ -342,6 +351,7 @@ cmd_status() {
   local bad=0 name url _cmd
   if pg_ok; then line postgres healthy "127.0.0.1:$PG_PORT"; else line postgres DOWN "127.0.0.1:$PG_PORT"; bad=1; fi
   if alive kafka && kafka_ok; then line kafka healthy "127.0.0.1:$KAFKA_PORT pid $(pid_of kafka)"; else line kafka DOWN "127.0.0.1:$KAFKA_PORT"; bad=1; fi
+  if alive kafka-txn-reaper; then line kafka-txn-reaper healthy "pid $(pid_of kafka-txn-reaper)"; else line kafka-txn-reaper DOWN "-"; bad=1; fi
   if alive registry && registry_ok; then line registry healthy "$REGISTRY_URL pid $(pid_of registry)"; else line registry DOWN "$REGISTRY_URL"; bad=1; fi
   if alive connect && connect_ok; then line connect healthy "$CONNECT_URL pid $(pid_of connect)"; else line connect DOWN "$CONNECT_URL"; bad=1; fi
   if [ -f "$STACK_DIR/env" ]; then
@@ -360,6 +370,7 @@ cmd_down() {
   down_apps
   stop_proc connect
   stop_proc registry
+  stop_proc kafka-txn-reaper
   stop_proc kafka
   down_postgres
   say "stack down"

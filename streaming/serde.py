@@ -80,13 +80,20 @@ class Registry:
         return self._call(self._client.register_schema, subject, Schema(text, "AVRO"))
 
     def _call(self, method: Any, *args: Any) -> Any:
-        """A registry request; a transport failure becomes RegistryUnavailable naming the URL."""
+        """A registry request; a transport failure or a 5xx answer (the registry up but its
+        storage not, as while its database restarts) becomes RegistryUnavailable naming the URL."""
         try:
             return method(*args)
         except httpx2.TransportError as exc:
             raise RegistryUnavailable(
                 f"schema registry at {self.url} is unreachable: {exc}"
             ) from exc
+        except SchemaRegistryError as exc:
+            if (exc.http_status_code or 0) >= 500:
+                raise RegistryUnavailable(
+                    f"schema registry at {self.url} cannot serve now: {exc}"
+                ) from exc
+            raise
 
 
 class AvroEncoder:

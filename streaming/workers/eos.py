@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
+    KafkaError,
     KafkaException,
     Message,
     Producer,
@@ -65,11 +66,20 @@ SNAPSHOT_COST_SHARE = 20
 RESNAPSHOT_AFTER_RECORDS = 20_000
 """A restore that read more of the changelog than this snapshots at its first commit."""
 COMMITTED_TIMEOUT_S = 120
+"""How long to wait for stable committed offsets: a previous owner's open transaction holds
+them until it commits, aborts or times out (transaction.timeout.ms, 60 s), and one that a hard
+broker restart left hanging until the stack's reaper aborts it (stack/txn_reaper.py, < 90 s)."""
+COMMITTED_CALL_TIMEOUT_S = 10
+"""One fetch of them; librdkafka retries unstable offsets inside it, so a timeout is retried."""
 SERVICE_BACKOFF_START_S = 0.5
 SERVICE_BACKOFF_MAX_S = 5.0
 """Longest wait between retries while a service the records need is unreachable."""
-"""How long to wait for stable committed offsets: a previous owner's open transaction holds
-them until it commits, aborts or times out (transaction.timeout.ms, 60 s)."""
+
+
+def committed_retriable(err: KafkaError) -> bool:
+    """A committed-offsets fetch worth repeating: a retriable error, or the call's own timeout
+    (an open transaction still holds the offsets: a later fetch may see them stable)."""
+    return not err.fatal() and (err.retriable() or err.code() == KafkaError._TIMED_OUT)
 
 
 @dataclass(frozen=True)
@@ -449,15 +459,17 @@ class EosWorker(ABC):
         deadline = time.monotonic() + COMMITTED_TIMEOUT_S
         while True:
             try:
-                offsets = self.consumer.committed(tps, timeout=30)
+                offsets = self.consumer.committed(tps, timeout=COMMITTED_CALL_TIMEOUT_S)
                 failed = [tp for tp in offsets if tp.error is not None]
                 if not failed:
+                    self.metrics.extra.pop("waiting_for", None)
                     return offsets
                 raise KafkaException(failed[0].error)
             except KafkaException as exc:
                 err = exc.args[0]
-                if not err.retriable() or time.monotonic() > deadline:
+                if not committed_retriable(err) or time.monotonic() > deadline:
                     raise
+                self.metrics.extra["waiting_for"] = "stable committed offsets: " + err.str()
                 log_event(log, "committed offsets not ready", logging.WARNING, error=str(err))
 
     # -- the loop ---------------------------------------------------------------------------

@@ -106,3 +106,16 @@ def test_an_unreachable_service_is_waited_for_not_a_reason_to_exit(
     assert loop.aborts == 6, "each failed batch is aborted, so it is read again"
     assert slept == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
     assert loop.metrics.extra["waiting_for"] == "registry down"
+
+
+def test_a_timed_out_committed_offsets_fetch_is_retried_a_fatal_error_is_not() -> None:
+    # A hanging transaction holds a group's offsets unstable: librdkafka's fetch times out,
+    # and the worker asks again (until COMMITTED_TIMEOUT_S) rather than exit every 30 s.
+    from confluent_kafka import KafkaError
+
+    from streaming.workers.eos import committed_retriable
+
+    assert committed_retriable(KafkaError(KafkaError._TIMED_OUT))
+    assert committed_retriable(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS, retriable=True))
+    assert not committed_retriable(KafkaError(KafkaError._TIMED_OUT, fatal=True))
+    assert not committed_retriable(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED))
