@@ -68,6 +68,8 @@ class Outcome:
     kills_restoring: int = 0
     stops: int = 0
     broker_kills: int = 0
+    hanging_aborted: int = 0
+    """Transactions the stack's reaper found hanging and aborted during the run."""
     restarts: Counter[str] = field(default_factory=Counter)
     clock_jumps: int = 0
     clock_offset_s: float = 0.0
@@ -143,6 +145,7 @@ class Outcome:
             ("kills_restoring", self.kills_restoring),
             ("stops", self.stops),
             ("broker_kills", self.broker_kills),
+            ("hanging_txns_aborted", self.hanging_aborted),
             ("restarts", restarts),
             ("clock_jumps", self.clock_jumps),
             ("acked", self.acked),
@@ -169,3 +172,8 @@ def _reconciliation_word(mismatches: int | None) -> str:
     if mismatches is None:
         return "not-run"
     return "exact" if mismatches == 0 else f"{mismatches}-mismatches"
+
+
+def reaper_aborts(lines: list[str]) -> int:
+    """Transactions the stack's reaper (stack/txn_reaper.py) logged as aborted."""
+    return sum('"msg": "hanging transaction aborted"' in line for line in lines)

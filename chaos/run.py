@@ -46,7 +46,7 @@ from confluent_kafka import Consumer, TopicPartition
 from dagster_graphql import DagsterGraphQLClient
 
 from chaos.check import Verdict, run_check
-from chaos.ledger import Floors, Outcome
+from chaos.ledger import Floors, Outcome, reaper_aborts
 from chaos.load import Load, parse_answers
 from orchestration.sample_run import wait_for
 from orchestration.topology import RECONCILIATION_KEY
@@ -385,6 +385,8 @@ def main() -> int:
     state.mkdir(parents=True, exist_ok=True)
     out = Outcome(floors=Floors() if args.floors == "issue" else Floors.smoke())
     t0, wall0 = time.monotonic(), time.time()
+    reaper_log = STACK / "logs" / "kafka-txn-reaper.log"
+    reaper_from = reaper_log.stat().st_size if reaper_log.exists() else 0
     log(f"seed {seed}; fault phase {args.duration:.0f} s; {args.kills} kills per instance")
     check = subprocess.run([str(ROOT / "stack" / "stack.sh"), "status"], capture_output=True)
     if check.returncode != 0:
@@ -449,6 +451,10 @@ def main() -> int:
         if backfill.poll() is None:
             backfill.kill()
         backfill_log.close()
+    if reaper_log.exists():
+        with reaper_log.open() as f:
+            f.seek(reaper_from)
+            out.hanging_aborted = reaper_aborts(f.read().splitlines())
     for problem in out.problems()[:40]:
         log(f"problem: {problem}")
     log(f"done in {time.monotonic() - t0:.0f} s")

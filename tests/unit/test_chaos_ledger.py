@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from chaos.ledger import EDIT_KINDS, Floors, Outcome, lost_and_duplicated
+from chaos.ledger import EDIT_KINDS, Floors, Outcome, lost_and_duplicated, reaper_aborts
 
 
 def test_identical_windows_lose_and_double_nothing() -> None:
@@ -58,6 +58,7 @@ def test_a_run_that_exercised_everything_and_found_nothing_is_clean() -> None:
     assert fields["recovery_p50_s"] == "4.0" and fields["recovery_max_s"] == "6.0"
     assert fields["restarts"] == "pg:0,registry:0,connect:0,daemon:0"
     assert fields["vacuous"] == "no"
+    assert fields["hanging_txns_aborted"] == "0"
 
 
 def test_below_a_floor_the_run_is_vacuous_whatever_it_found() -> None:
@@ -100,3 +101,13 @@ def test_the_clock_jump_lands_just_after_the_next_utc_midnight() -> None:
     for now in (1_796_221_620.5, 1_796_169_600.0, 1_796_255_999.9):
         jumped = now + next_midnight_offset(now)
         assert jumped % DAY_S == 60 and jumped // DAY_S == now // DAY_S + 1
+
+
+def test_the_reapers_aborts_are_counted_from_its_log() -> None:
+    lines = [
+        '{"ts": "t", "msg": "started", "bootstrap": "127.0.0.1:9092", "broker_id": 1}',
+        '{"ts": "t", "msg": "hanging transaction aborted", "topic": "a", "partition": 1}',
+        '{"ts": "t", "msg": "hanging transaction ended meanwhile", "topic": "a", "partition": 2}',
+        '{"ts": "t", "msg": "hanging transaction aborted", "topic": "b", "partition": 0}',
+    ]
+    assert reaper_aborts(lines) == 2
