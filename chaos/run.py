@@ -129,6 +129,17 @@ def committing_since(inst: Instance, wall: float) -> bool:
     return (h.get("last_commit_time") or 0) > wall
 
 
+_FAULT_LOCKS: dict[str, threading.Lock] = {}
+_FAULT_LOCKS_GUARD = threading.Lock()
+
+
+def fault_lock(name: str) -> threading.Lock:
+    """Held by a fault on one instance that must not be cut short by another (seed 202: a
+    SIGKILL of the SIGSTOPped instance left its SIGCONT without a process)."""
+    with _FAULT_LOCKS_GUARD:
+        return _FAULT_LOCKS.setdefault(name, threading.Lock())
+
+
 class Killer(threading.Thread):
     """SIGKILLs one instance `kills` times at random moments, whatever its state; with
     `double`, every other kill also kills the replacement before its first commit."""
@@ -142,7 +153,12 @@ class Killer(threading.Thread):
 
     def kill(self) -> tuple[int, float] | None:
         """SIGKILL the instance's current process; its pid and the wall time, and what its
-        health said (a kill while restoring is counted as such)."""
+        health said (a kill while restoring is counted as such). Not while the instance is
+        SIGSTOPped: the kill waits for the SIGCONT, so both faults happen in full."""
+        with fault_lock(self.inst.name):
+            return self._kill()
+
+    def _kill(self) -> tuple[int, float] | None:
         pid = self.inst.pid()
         if pid is None or not procs.alive(pid):
             return None
@@ -208,10 +224,11 @@ def stop_and_continue(inst: Instance, out: Outcome) -> None:
     if pid is None:
         out.failures.append(f"{inst.name}: no process to SIGSTOP")
         return
-    log(f"SIGSTOP {inst.name} (pid {pid}) for {STOP_S:.0f} s")
-    os.kill(pid, signal.SIGSTOP)
-    time.sleep(STOP_S)  # the length of the fault
-    os.kill(pid, signal.SIGCONT)
+    with fault_lock(inst.name):
+        log(f"SIGSTOP {inst.name} (pid {pid}) for {STOP_S:.0f} s")
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(STOP_S)  # the length of the fault
+        os.kill(pid, signal.SIGCONT)
     wall = time.time()
     out.stops += 1
     took = all_committing(wall)
@@ -277,10 +294,11 @@ def jump_clock(offset_s: float, out: Outcome) -> None:
     wall = time.time()
     for i in range(pipeline.AGGREGATOR.instance_count()):
         name = f"{pipeline.AGGREGATOR.name}-{i}"
-        procs.stop(STACK, name)
         env = {**os.environ, "WORKER_INSTANCE": str(i), "CLOCK_OFFSET_S": f"{offset_s:.3f}"}
         cmd = [str(ROOT / ".venv" / "bin" / "python"), "-m", pipeline.AGGREGATOR.module]
-        procs.start(STACK, name, cmd, env=env, cwd=ROOT, warm=True)
+        with fault_lock(name):  # a kill waits until the new supervisor runs
+            procs.stop(STACK, name)
+            procs.start(STACK, name, cmd, env=env, cwd=ROOT, warm=True)
     out.clock_jumps += 1
     day = int((time.time() + offset_s) // DAY_S)
     for i in range(pipeline.AGGREGATOR.instance_count()):
