@@ -151,17 +151,12 @@ def loop(reaper: Reaper, state: Path) -> None:
             broker_pid, started = pid, time.monotonic()
         try:
             for txn, aborted in reaper.sweep():
-                log(
-                    "hanging transaction aborted"
-                    if aborted
-                    else "hanging transaction ended meanwhile",
-                    **txn.__dict__,
-                )
-        except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+                ended = "aborted" if aborted else "ended meanwhile"
+                log(f"hanging transaction {ended}", **txn.__dict__)
+        except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
             log("sweep failed, retrying at the next one", error=str(exc))
-        time.sleep(
-            sweep_interval(time.monotonic(), started)
-        )  # the sweep schedule, not a wait for a service
+        # the sweep schedule, not a wait for a service
+        time.sleep(sweep_interval(time.monotonic(), started))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,7 +46,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from streaming.config import Settings
 from streaming.pipeline import WorkerSpec
 from streaming.workers.checkpoint import Checkpoint
-from streaming.workers.runtime import StopFlag, WorkerMetrics, env_int, log_event
+from streaming.workers.runtime import Backoff, StopFlag, WorkerMetrics, env_int, log_event
 from streaming.workers.snapshots import ChangelogIdentity, SnapshotDir
 from streaming.workers.standby import Standby
 from streaming.workers.state import ChangelogStore
@@ -71,9 +71,6 @@ them until it commits, aborts or times out (transaction.timeout.ms, 60 s), and o
 broker restart left hanging until the stack's reaper aborts it (stack/txn_reaper.py, < 90 s)."""
 COMMITTED_CALL_TIMEOUT_S = 10
 """One fetch of them; librdkafka retries unstable offsets inside it, so a timeout is retried."""
-SERVICE_BACKOFF_START_S = 0.5
-SERVICE_BACKOFF_MAX_S = 5.0
-"""Longest wait between retries while a service the records need is unreachable."""
 
 
 def committed_retriable(err: KafkaError) -> bool:
@@ -128,7 +125,7 @@ class EosWorker(ABC):
         self.loop = loop
         self.stop = stop
         self.metrics = WorkerMetrics(self.name, loop.instance)
-        self._service_backoff = SERVICE_BACKOFF_START_S / 2
+        self._service_backoff = Backoff()  # while a service the records need is unreachable
         self.consumer = Consumer(
             settings.kafka_config(
                 **{
@@ -231,7 +228,7 @@ class EosWorker(ABC):
         self.metrics.extra["commit_retries"] = self.checkpoint.retries
         self.metrics.last_commit_time = time.time()
         if self.metrics.extra.pop("waiting_for", None) is not None:
-            self._service_backoff = SERVICE_BACKOFF_START_S / 2
+            self._service_backoff = Backoff()  # while a service the records need is unreachable
         if self.metrics.first_commit_time is None:
             self.metrics.first_commit_time = self.metrics.last_commit_time
             log_event(
@@ -456,13 +453,14 @@ class EosWorker(ABC):
     def _committed(self, tps: list[TopicPartition]) -> list[TopicPartition]:
         """Stable committed offsets (read_committed: a pending transaction's offsets are waited
         for), retrying retriable errors up to COMMITTED_TIMEOUT_S."""
-        deadline = time.monotonic() + COMMITTED_TIMEOUT_S
+        deadline, waited = time.monotonic() + COMMITTED_TIMEOUT_S, False
         while True:
             try:
                 offsets = self.consumer.committed(tps, timeout=COMMITTED_CALL_TIMEOUT_S)
                 failed = [tp for tp in offsets if tp.error is not None]
                 if not failed:
-                    self.metrics.extra.pop("waiting_for", None)
+                    if waited:
+                        self.metrics.extra.pop("waiting_for", None)
                     return offsets
                 raise KafkaException(failed[0].error)
             except KafkaException as exc:
@@ -470,6 +468,7 @@ class EosWorker(ABC):
                 if not committed_retriable(err) or time.monotonic() > deadline:
                     raise
                 self.metrics.extra["waiting_for"] = "stable committed offsets: " + err.str()
+                waited = True
                 log_event(log, "committed offsets not ready", logging.WARNING, error=str(err))
 
     # -- the loop ---------------------------------------------------------------------------
@@ -501,8 +500,7 @@ class EosWorker(ABC):
             attempt=waits,
         )
         self.abort()
-        self._service_backoff = min(2 * self._service_backoff, SERVICE_BACKOFF_MAX_S)
-        time.sleep(self._service_backoff)  # back-off before the retry; the loop turns again
+        time.sleep(self._service_backoff.next())  # back-off before the retry; the loop turns again
 
     def run(self) -> None:
         cfg = self.loop

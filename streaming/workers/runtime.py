@@ -266,6 +266,22 @@ def serve(worker: Any, health_port: int) -> int:
     return 0
 
 
+class Backoff:
+    """Waits between tries of an unreachable service: `start_s`, doubling up to `max_s`, from
+    the start again after `reset` (the service answered)."""
+
+    def __init__(self, start_s: float = 0.5, max_s: float = 5.0) -> None:
+        self.start_s, self.max_s = start_s, max_s
+        self.reset()
+
+    def reset(self) -> None:
+        self._wait = self.start_s
+
+    def next(self) -> float:
+        wait, self._wait = self._wait, min(2 * self._wait, self.max_s)
+        return wait
+
+
 def until_reachable(
     what: str,
     call: Callable[[], Any],
@@ -273,18 +289,18 @@ def until_reachable(
     max_wait_s: float = 5.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
-    """Call `call` until it no longer raises ConnectionError (a service restarting, say):
-    waits 0.5 s doubling to `max_wait_s` between tries, logging each; False if told to stop.
+    """Call `call` until it no longer raises ConnectionError (a service restarting, say),
+    with a `Backoff` up to `max_wait_s` between tries, logging each; False if told to stop.
     A worker that exited instead would be restarted into the same wall, and a few such quick
     exits make a crash loop, which stops the restarts for good."""
     log = logging.getLogger("runtime")
-    wait = 0.5
+    backoff = Backoff(max_s=max_wait_s)
     while not stop:
         try:
             call()
             return True
         except ConnectionError as exc:
+            wait = backoff.next()
             log_event(log, f"waiting for {what}", logging.WARNING, error=str(exc), retry_in_s=wait)
             sleep(wait)  # back-off between tries of an unreachable service
-            wait = min(2 * wait, max_wait_s)
     return False

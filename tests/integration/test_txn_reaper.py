@@ -58,8 +58,7 @@ def test_a_live_transaction_older_than_the_bound_is_not_aborted(
     producer.begin_transaction()
     producer.produce(temp_topic, key=b"k", value=b"still open")
     assert producer.flush(30) == 0
-    opened = time.monotonic()
-    time.sleep(MIN_OPEN_MINUTES * 60 + 5 - (time.monotonic() - opened))  # let it age past the bound
+    time.sleep(MIN_OPEN_MINUTES * 60 + 5)  # the transaction ages past the bound
 
     assert open_transaction_start(bootstrap, temp_topic) == "0"  # open, and a candidate by age
     found = Reaper(TOOL_CMD, bootstrap, 1, run_tool).find()

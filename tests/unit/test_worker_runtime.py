@@ -75,7 +75,7 @@ def test_an_unreachable_service_is_waited_for_not_a_reason_to_exit(
     """A registry restart must not make a worker exit (quick exits make a crash loop, which
     stops the restarts for good): start-up waits, the loop aborts and retries."""
     from streaming.workers import eos
-    from streaming.workers.runtime import StopFlag, until_reachable
+    from streaming.workers.runtime import Backoff, StopFlag, until_reachable
 
     calls, waits = [], []
 
@@ -93,7 +93,7 @@ def test_an_unreachable_service_is_waited_for_not_a_reason_to_exit(
     class Loop:  # the parts of an EosWorker the wait touches
         metrics = WorkerMetrics("w", "0")
         aborts = 0
-        _service_backoff = eos.SERVICE_BACKOFF_START_S / 2
+        _service_backoff = Backoff()
 
         def abort(self) -> None:
             self.aborts += 1
@@ -106,6 +106,9 @@ def test_an_unreachable_service_is_waited_for_not_a_reason_to_exit(
     assert loop.aborts == 6, "each failed batch is aborted, so it is read again"
     assert slept == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
     assert loop.metrics.extra["waiting_for"] == "registry down"
+    loop._service_backoff.reset()  # what a commit does: the service answered
+    eos.EosWorker._wait_for_service(loop, ConnectionError("registry down again"))  # type: ignore[arg-type]
+    assert slept[-1] == 0.5, "after an answer the back-off starts again from its first wait"
 
 
 def test_a_timed_out_committed_offsets_fetch_is_retried_a_fatal_error_is_not() -> None:
