@@ -9,7 +9,11 @@ The Kafka Streams KTable model (`table.groupBy(course).aggregate(init, adder, su
    of the new one to its course (one record when both are the same course). Re-ratings, verdict
    flips and moves between courses are all this one mechanism.
 2. `CourseState`, one partition of the course stage (keyed by course id): applies changes to the
-   course statistics (`CourseStats`) and keeps each course's title by the order-independent rule.
+   course statistics and keeps each course's title by the order-independent rule.
+
+Both keep their state columnar, a row per review and no Python object per review, and apply a
+batch with one compiled call (`streaming.core.stage_kernels`); `apply` of one record is the same
+code on a batch of one.
 
 Each state says what to write to its changelog, so the worker writes it in the same transaction
 as its outputs and input offsets, and `restore` rebuilds the state from those records:
@@ -23,20 +27,15 @@ later version change them.
 from __future__ import annotations
 
 import struct
-from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 
-from streaming.core.stats import (
-    CourseStatistic,
-    CourseStats,
-    ReviewVersion,
-    build_course_stats,
-)
-from streaming.core.stats import to_course_statistic as _to_course_statistic
+from streaming.core import hash_index as hx
+from streaming.core import stage_kernels as kernels
+from streaming.core.stats import CourseStatistic, ReviewVersion, statistic_record
+from streaming.core.window import window_bounds
 
 VERSION_FORMAT = 3
 # format, review, course, modified, position, created, halves, valid
@@ -136,113 +135,149 @@ _VERSION_DTYPE = np.dtype(
         ("valid", "u1"),
     ]
 )
-assert _VERSION_DTYPE.itemsize == _VERSION.size
+assert _VERSION_DTYPE.itemsize == _VERSION.size == kernels.VERSION_SIZE
+assert _CHANGE.size == kernels.CHANGE_HEAD
 _VERSIONS_SNAPSHOT = struct.Struct("<4sBq")  # magic, format, reviews
 _VERSIONS_MAGIC, _VERSIONS_SNAPSHOT_FORMAT = b"RVVS", 1
 _INT_COLUMNS = ("ids", "course", "modified", "position", "created")
 _BYTE_COLUMNS = ("halves", "valid")
+BATCH_COLUMNS = ("review", "modified", "position", "created", "course", "halves", "valid")
+"""The columns of a batch of incoming versions (`VersionsState.apply_batch`), in order."""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionChanges:
+    """What a batch of versions emits: change k is changes[ends[k-1]:ends[k]] (ends[-1] = 0),
+    routed to course courses[k]; changelog value j is versions[43 j:43 (j+1)], written for
+    input row sources[j]."""
+
+    changes: bytes
+    ends: list[int]
+    courses: list[int]
+    versions: bytes
+    sources: list[int]
 
 
 class VersionsState:
     """The current version of every review of one review-stage partition.
 
-    Columnar (one `array` per field, a dict from review id to row): a review costs ~150 bytes
-    instead of ~245 as a `ReviewVersion` object, and a snapshot is the columns' bytes, loaded
-    without building an object per review."""
+    Columnar: one numpy column per field (review id, course, modified, position, created, rating
+    halves, verdict), 42 bytes a review, and a compiled hash index from review id to row
+    (`streaming.core.hash_index`, 4 bytes a slot). Batches are applied by a compiled kernel
+    (`stage_kernels.apply_versions`), and a snapshot is the columns' bytes."""
 
-    __slots__ = ("_row", *_INT_COLUMNS, *_BYTE_COLUMNS)
+    __slots__ = ("_index", "_rows", *_INT_COLUMNS, *_BYTE_COLUMNS)
 
     def __init__(self) -> None:
-        self._row: dict[int, int] = {}
+        self._rows = 0
+        self._index = np.full(hx.MIN_CAPACITY, hx.EMPTY, dtype=np.int32)
         self.ids, self.course, self.modified, self.position, self.created = (
-            array("q") for _ in _INT_COLUMNS
+            np.zeros(0, np.int64) for _ in _INT_COLUMNS
         )
-        self.halves, self.valid = array("b"), array("b")
+        self.halves, self.valid = np.zeros(0, np.int8), np.zeros(0, np.int8)
 
     def __len__(self) -> int:
-        return len(self._row)
+        return self._rows
+
+    def nbytes(self) -> int:
+        """Bytes this state holds in memory (its columns, room to grow included, and index)."""
+        columns = sum(getattr(self, c).nbytes for c in (*_INT_COLUMNS, *_BYTE_COLUMNS))
+        return columns + self._index.nbytes
+
+    def _reserve(self, more: int) -> None:
+        need = self._rows + more
+        for name in (*_INT_COLUMNS, *_BYTE_COLUMNS):
+            setattr(self, name, hx.grown(getattr(self, name), need))
+        if hx.needs_growth(self._index, need):
+            self._index = hx.build(self.ids, self.ids, self._rows, hx.capacity_for(need))
+
+    def _columns(self) -> tuple[np.ndarray, ...]:
+        return tuple(getattr(self, c) for c in (*_INT_COLUMNS, *_BYTE_COLUMNS))
 
     def get(self, review_id: int) -> ReviewVersion | None:
-        row = self._row.get(review_id)
-        if row is None:
+        row = hx.find(self._index, self.ids, self.ids, review_id, review_id)
+        if row < 0:
             return None
         return ReviewVersion(
-            self.modified[row],
-            self.created[row],
-            self.halves[row],
+            int(self.modified[row]),
+            int(self.created[row]),
+            int(self.halves[row]),
             bool(self.valid[row]),
-            self.course[row],
-            self.position[row],
+            int(self.course[row]),
+            int(self.position[row]),
         )
 
     def as_dict(self) -> dict[int, ReviewVersion]:
         """Every current version (for comparisons; not on any hot path)."""
-        return {review_id: self.get(review_id) for review_id in self._row}  # type: ignore[misc]
+        return {rid: self.get(rid) for rid in self.ids[: self._rows].tolist()}  # type: ignore[misc]
 
-    def _put(self, review_id: int, v: ReviewVersion) -> None:
-        row = self._row.get(review_id)
-        if row is None:
-            self._row[review_id] = len(self.ids)
-            self.ids.append(review_id)
-            self.course.append(v.course_id)
-            self.modified.append(v.modified_ms)
-            self.position.append(v.position)
-            self.created.append(v.created_ms)
-            self.halves.append(v.halves)
-            self.valid.append(v.valid)
-        else:
-            self.course[row] = v.course_id
-            self.modified[row] = v.modified_ms
-            self.position[row] = v.position
-            self.created[row] = v.created_ms
-            self.halves[row] = v.halves
-            self.valid[row] = v.valid
+    def apply_batch(
+        self, batch: np.ndarray, use: np.ndarray, buf: np.ndarray, titles: np.ndarray
+    ) -> VersionChanges:
+        """Apply incoming versions in order: batch[i] holds `BATCH_COLUMNS` (int64), rows
+        where `use`; record i's course title is buf[titles[i, 0]:titles[i, 1]] (UTF-8, checked
+        by the caller). A version that does not supersede the stored one by (modified,
+        position) only offers its title; a superseding one emits the retraction of the old
+        counted version (to the old course) and the addition of the new one, and its changelog
+        value."""
+        n = len(batch)
+        self._reserve(n)
+        lengths = titles[:, 1] - titles[:, 0]
+        changes = np.empty(2 * kernels.CHANGE_HEAD * n + int(lengths[use].sum()), np.uint8)
+        ends = np.empty(2 * n, np.int64)
+        courses = np.empty(2 * n, np.int64)
+        versions = np.empty(kernels.VERSION_SIZE * n, np.uint8)
+        sources = np.empty(n, np.int64)
+        self._rows, n_changes, n_versions = kernels.apply_versions(
+            self._index,
+            *self._columns(),
+            self._rows,
+            batch,
+            use,
+            buf,
+            titles,
+            changes,
+            ends,
+            courses,
+            versions,
+            sources,
+        )
+        used = int(ends[n_changes - 1]) if n_changes else 0
+        return VersionChanges(
+            changes[:used].tobytes(),
+            ends[:n_changes].tolist(),
+            courses[:n_changes].tolist(),
+            versions[: kernels.VERSION_SIZE * n_versions].tobytes(),
+            sources[:n_versions].tolist(),
+        )
 
     def apply(
         self, review_id: int, incoming: ReviewVersion, title: bytes
     ) -> tuple[list[tuple[int, bytes]], bytes | None]:
-        """One incoming version: ([(course id, packed change)] to route by course, the
-        changelog value to write for the review, None when the version is stale).
-
-        On the hot path (one call per input record), so changes are packed here directly;
-        `unpack_change` reads them back as `Change`s. Stale: not `supersedes(incoming, stored)`
-        (the greatest (modified, position) wins), compared column by column."""
-        row = self._row.get(review_id)
-        pack = _CHANGE.pack
-        modified = incoming.modified_ms
-        if row is not None and (
-            modified < self.modified[row]
-            or (modified == self.modified[row] and incoming.position <= self.position[row])
-        ):
-            return [
-                (
+        """One incoming version (`apply_batch` of one): ([(course id, packed change)] to
+        route by course, the changelog value to write for the review, None when stale)."""
+        batch = np.array(
+            [
+                [
+                    review_id,
+                    incoming.modified_ms,
+                    incoming.position,
+                    incoming.created_ms,
                     incoming.course_id,
-                    pack(CHANGE_FORMAT, TITLE, review_id, 0, 0, 0, 0, modified) + title,
-                )
-            ], None
-        stored_valid = row is not None and self.valid[row]
-        if stored_valid:
-            old_course, old_c, old_h = self.course[row], self.created[row], self.halves[row]  # type: ignore[index]
-        self._put(review_id, incoming)
-        changelog = pack_version(review_id, incoming)
-        flags = TITLE
-        new_c = new_h = 0
-        if incoming.valid:
-            flags |= ADD
-            new_c, new_h = incoming.created_ms, incoming.halves
-        if stored_valid:
-            if old_course != incoming.course_id:
-                retract = pack(CHANGE_FORMAT, RETRACT, review_id, old_c, old_h, 0, 0, 0)
-                add = pack(CHANGE_FORMAT, flags, review_id, 0, 0, new_c, new_h, modified)
-                return [(old_course, retract), (incoming.course_id, add + title)], changelog
-            if flags & ADD and (old_c, old_h) == (new_c, new_h):
-                flags, new_c, new_h, old_c, old_h = TITLE, 0, 0, 0, 0  # counts stay as they are
-            else:
-                flags |= RETRACT
-        else:
-            old_c = old_h = 0
-        change = pack(CHANGE_FORMAT, flags, review_id, old_c, old_h, new_c, new_h, modified)
-        return [(incoming.course_id, change + title)], changelog
+                    incoming.halves,
+                    int(incoming.valid),
+                ]
+            ],
+            dtype=np.int64,
+        )
+        buf = np.frombuffer(title, np.uint8) if title else np.zeros(0, np.uint8)
+        out = self.apply_batch(batch, np.ones(1, bool), buf, np.array([[0, len(title)]]))
+        starts = [0, *out.ends[:-1]]
+        routed = [
+            (course, out.changes[a:b])
+            for course, a, b in zip(out.courses, starts, out.ends, strict=True)
+        ]
+        return routed, out.versions or None
 
     def restore(self, entries: Iterable[tuple[bytes | None, bytes | None]]) -> int:
         """Apply changelog (key, value) entries in changelog order on top of this state (each
@@ -265,32 +300,19 @@ class VersionsState:
         # the last entry of each review: unique over the reversed order keeps first = last
         _, first = np.unique(table["review"][::-1], return_index=True)
         table = table[np.sort(len(table) - 1 - first)]
-        if not self._row:
-            self._load_columns({f: table[f] for f in _VERSION_DTYPE.names if f != "format"})
-            return unreadable
-        for record in table.tolist():
-            _, review_id, course, modified, position, created, halves, valid = record
-            self._put(
-                review_id, ReviewVersion(modified, created, halves, bool(valid), course, position)
-            )
+        rows = np.column_stack(
+            [table[f].astype(np.int64) for f in ("review", *_INT_COLUMNS[1:], *_BYTE_COLUMNS)]
+        ).reshape(-1, 7)
+        self._reserve(len(rows))
+        self._rows = kernels.upsert_versions(self._index, *self._columns(), self._rows, rows)
         return unreadable
-
-    def _load_columns(self, cols: dict[str, np.ndarray]) -> None:
-        for name, field in zip(_INT_COLUMNS, ("review", *_INT_COLUMNS[1:]), strict=True):
-            setattr(self, name, array("q", cols[field].astype("=i8").tobytes()))
-        for name in _BYTE_COLUMNS:
-            setattr(self, name, array("b", cols[name].astype("i1").tobytes()))
-        self._row = dict(zip(self.ids, range(len(self.ids)), strict=True))
 
     def to_snapshot(self) -> bytes:
         """The state as bytes (`from_snapshot` reads them back): a header, then each column."""
-        n = len(self.ids)
+        n = self._rows
         parts = [_VERSIONS_SNAPSHOT.pack(_VERSIONS_MAGIC, _VERSIONS_SNAPSHOT_FORMAT, n)]
-        parts += [
-            np.frombuffer(getattr(self, c), "=i8").astype("<i8", copy=False).tobytes()
-            for c in _INT_COLUMNS
-        ]
-        parts += [getattr(self, c).tobytes() for c in _BYTE_COLUMNS]
+        parts += [getattr(self, c)[:n].astype("<i8", copy=False).tobytes() for c in _INT_COLUMNS]
+        parts += [getattr(self, c)[:n].tobytes() for c in _BYTE_COLUMNS]
         return b"".join(parts)
 
     def compact(self) -> None:
@@ -307,20 +329,20 @@ class VersionsState:
             raise RecordFormatError(f"not a review-versions snapshot ({magic!r}, format {fmt})")
         if len(data) != head + n * (8 * len(_INT_COLUMNS) + len(_BYTE_COLUMNS)):
             raise RecordFormatError(f"review-versions snapshot: {len(data)} bytes for {n} reviews")
-        cols: dict[str, np.ndarray] = {}
+        state = cls()
         offset = head
         for name in _INT_COLUMNS:
-            cols["review" if name == "ids" else name] = np.frombuffer(data, "<i8", n, offset)
+            setattr(state, name, np.frombuffer(data, "<i8", n, offset).astype(np.int64))
             offset += 8 * n
         for name in _BYTE_COLUMNS:
-            cols[name] = np.frombuffer(data, "i1", n, offset)
+            setattr(state, name, np.frombuffer(data, np.int8, n, offset).copy())
             offset += n
-        if n and not ((cols["halves"] >= 1) & (cols["halves"] <= 10)).all():
+        if n and not ((state.halves >= 1) & (state.halves <= 10)).all():
             raise RecordFormatError("review-versions snapshot: rating halves outside 1..10")
-        state = cls()
-        state._load_columns(cols)
-        if len(state._row) != n:
+        if len(np.unique(state.ids)) != n:
             raise RecordFormatError("review-versions snapshot: a review id twice")
+        state._rows = n
+        state._index = hx.build(state.ids, state.ids, n, hx.capacity_for(n))
         return state
 
 
@@ -342,184 +364,274 @@ PUBLISHED_DAY_KEY = b"d"
 """Changelog key of the as-of day whose recent records the partition last published in full."""
 _DAY = struct.Struct(">q")
 _NO_TITLE = -(2**63)
+CHANGE_ERRORS = {
+    kernels.NOT_A_CHANGE: "not a change record",
+    kernels.BAD_HALVES: "rating halves outside 1..10",
+    kernels.BAD_TITLE: "the course title is not UTF-8",
+    kernels.UNSEEN_COURSE: "a retraction for a course never seen",
+    kernels.NEVER_ADDED: "retracting a version never added",
+    kernels.RATING_NEVER_ADDED: "retracting a rating never added",
+    kernels.TWICE: "adding a review already counted",
+}
+_MEMBER_COLUMNS = ("m_review", "m_course", "m_created", "m_halves")
+_COURSE_COLUMNS = ("course_ids", "live", "hist", "figures")
+
+
+@dataclass(frozen=True, slots=True)
+class CourseUpdate:
+    """What a batch of changes did: the courses whose statistics records changed, the changelog
+    entries to write (in order; a later entry of a key supersedes an earlier one), and
+    {index: reason} of the records refused (each changed nothing)."""
+
+    changed: set[int]
+    entries: list[tuple[bytes, bytes | None]]
+    errors: dict[int, str]
 
 
 class CourseState:
     """The statistics of every course of one course-stage partition, windows on one as-of day.
 
-    Besides the statistics (`CourseStats`, which count reviews without naming them), it keeps
-    who is counted where, (course, review) -> (created, halves), as the changelog's member
-    entries say: a sorted array table plus a dict of the changes since it was last compacted.
-    A tail of the changelog replayed on top of a snapshot needs it (a member entry replaces
-    the one before it, which must be uncounted first), and so does the next snapshot."""
+    Columnar and compiled (`stage_kernels`): who is counted where is one member row per counted
+    review, (review, course slot) -> (created, halves), found through a hash index (`hash_index`);
+    each course slot holds an all-time and a recent histogram of rating halves and its latest
+    review times (with how many reviews share them, so a retraction knows when to rescan).
+    Course titles are Python objects (a course is few, its reviews many). The member rows are
+    what the changelog's member entries say: a tail replayed on top of a snapshot uncounts the
+    row a member entry replaces."""
 
-    __slots__ = ("_base", "_delta", "_index", "as_of_day", "courses", "published_day")
+    __slots__ = (
+        "_index",
+        "_rows",
+        "_slots",
+        "_titles",
+        *_MEMBER_COLUMNS,
+        *_COURSE_COLUMNS,
+        "as_of_day",
+        "courses",
+        "published_day",
+    )
 
     def __init__(self, as_of_day: int) -> None:
         self.as_of_day = as_of_day
-        self.courses: dict[int, CourseStats] = {}
-        self._base = np.zeros(0, dtype=_MEMBERS_DTYPE)  # sorted by (course, review)
-        self._delta: dict[tuple[int, int], tuple[int, int] | None] = {}
-        self._index: np.ndarray | None = None
-        """The base table's keys as sortable bytes (`_member_keys`), built on first use."""
+        self.courses: dict[int, int] = {}
+        """Every course of the partition: id -> slot."""
+        self._slots: dict[int, int] = {}
+        """Every course id given a slot, also those a refused record named."""
+        self._titles: list[tuple[int | None, bytes, str]] = []
+        """Per slot: (modified that won the title, None before any; UTF-8 title; title)."""
+        self._rows = 0
+        self._index = np.full(hx.MIN_CAPACITY, hx.EMPTY, dtype=np.int32)
+        self.m_review, self.m_created = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self.m_course, self.m_halves = np.zeros(0, np.int32), np.zeros(0, np.int8)
+        self.course_ids, self.live = np.zeros(0, np.int64), np.zeros(0, np.uint8)
+        self.hist = np.zeros((0, 2, kernels.SLOTS), np.int64)
+        self.figures = np.zeros((0, 5), np.int64)
         self.published_day: int | None = None
         """The as-of day of the last full publication of the partition's recent records, as
         committed (`published`): a restore on that day need not publish them again."""
 
+    def nbytes(self) -> int:
+        """Bytes this state holds in memory (member rows with room to grow, index, courses)."""
+        arrays = (*_MEMBER_COLUMNS, *_COURSE_COLUMNS)
+        titles = sum(len(raw) for _, raw, _ in self._titles)
+        return sum(getattr(self, c).nbytes for c in arrays) + self._index.nbytes + titles
+
+    # -- slots and room ----------------------------------------------------------------------
+    def _slot(self, course_id: int) -> int:
+        slot = self._slots.get(course_id)
+        if slot is None:
+            slot = self._slots[course_id] = len(self._titles)
+            self._titles.append((None, b"", ""))
+            n = slot + 1
+            if n > len(self.live):
+                grow = max(n, 2 * len(self.live), 16)
+                self.course_ids = _zero_grown(self.course_ids, grow)
+                self.live = _zero_grown(self.live, grow)
+                self.hist = _zero_grown(self.hist, grow)
+                self.figures = _zero_grown(self.figures, grow)
+            self.course_ids[slot] = course_id
+        return slot
+
+    def _reserve(self, more: int) -> None:
+        need = self._rows + more
+        for name in _MEMBER_COLUMNS:
+            setattr(self, name, hx.grown(getattr(self, name), need))
+        if hx.needs_growth(self._index, need):
+            self._index = hx.build(self.m_review, self.m_course, self._rows, hx.capacity_for(need))
+
+    def _members(self) -> tuple[np.ndarray, ...]:
+        return (self._index, *(getattr(self, c) for c in _MEMBER_COLUMNS), self._rows)
+
+    def _window(self) -> tuple[int, int]:
+        return window_bounds(self.as_of_day)
+
+    def _go_live(self, slot: int) -> None:
+        self.live[slot] = 1
+        self.courses[int(self.course_ids[slot])] = slot
+
+    def _recount(self, which: np.ndarray, histograms: bool) -> None:
+        kernels.recount(
+            self.m_course,
+            self.m_created,
+            self.m_halves,
+            self._rows,
+            self.hist,
+            self.figures,
+            self._window(),
+            which,
+            histograms,
+        )
+
+    def _recount_dirty(self) -> None:
+        dirty = self.figures[:, 4] != 0
+        if dirty.any():
+            self._recount(dirty, histograms=False)
+
+    # -- changes -----------------------------------------------------------------------------
+    def apply_batch(self, course_ids: list[int], values: list[bytes | None]) -> CourseUpdate:
+        """Apply packed changes (values[i] for course course_ids[i]) in order."""
+        n = len(values)
+        slots = np.array([self._slot(c) for c in course_ids], dtype=np.int32).reshape(n)
+        errors = np.zeros(n, np.int8)
+        for i, v in enumerate(values):
+            if v is None:
+                slots[i], errors[i] = -1, kernels.NOT_A_CHANGE
+        buf = np.frombuffer(b"".join(v for v in values if v is not None), np.uint8)
+        ends = np.cumsum([0 if v is None else len(v) for v in values], dtype=np.int64)
+        self._reserve(n)
+        courses = len(self._titles)
+        touched = np.zeros(courses, bool)
+        best = np.full(courses, -1, np.int64)
+        keys = np.empty(kernels.MEMBER_KEY_SIZE * n, np.uint8)
+        member_values = np.empty(kernels.MEMBER_VALUE_SIZE * n, np.uint8)
+        present = np.zeros(n, bool)
+        self._rows, n_entries = kernels.apply_changes(
+            *self._members(),
+            self.live,
+            self.hist,
+            self.figures,
+            self.course_ids,
+            self._window(),
+            buf,
+            ends,
+            slots,
+            errors,
+            touched,
+            best,
+            keys,
+            member_values,
+            present,
+        )
+        self._recount_dirty()
+        for slot in np.flatnonzero(self.live[:courses]).tolist():
+            if self.course_ids[slot] not in self.courses:
+                self._go_live(slot)
+        changed = {int(self.course_ids[s]) for s in np.flatnonzero(touched).tolist()}
+        entries = _member_entries(keys.tobytes(), member_values.tobytes(), present, n_entries)
+        for slot in np.flatnonzero(best >= 0).tolist():
+            data = values[int(best[slot])]
+            assert data is not None
+            modified = _TITLE.unpack_from(data, 28)[0]
+            titled, retitled = self._offer_title(slot, modified, data[CHANGE_HEAD:])
+            course_id = int(self.course_ids[slot])
+            if titled:
+                entries.append(
+                    (_TITLE_KEY.pack(b"t", course_id), _TITLE.pack(modified) + data[CHANGE_HEAD:])
+                )
+            if retitled:
+                changed.add(course_id)
+        reasons = {
+            i: f"aggregator change record: course {course_ids[i]}: {CHANGE_ERRORS[code]}"
+            for i, code in enumerate(errors.tolist())
+            if code
+        }
+        return CourseUpdate(changed, entries, reasons)
+
     def apply(
         self, records: Iterable[tuple[int, bytes | None]]
     ) -> tuple[set[int], dict[bytes, bytes | None], dict[int, str]]:
-        """Apply (course id, packed change) records in order.
+        """`apply_batch` of (course id, packed change) records: (courses whose statistics
+        records changed, the final changelog value of each key the batch touched, as
+        compaction would keep it, {index: reason} of records refused)."""
+        pairs = list(records)
+        update = self.apply_batch([c for c, _ in pairs], [v for _, v in pairs])
+        return update.changed, dict(update.entries), update.errors
 
-        Returns (ids of courses whose statistics records changed, the changelog entries to
-        write: the final value of each key the batch touched, as compaction would keep it,
-        {index: reason} of records that could not be applied and were skipped).
-        """
-        changed: set[int] = set()
-        titled: set[int] = set()
-        changelog: dict[bytes, bytes | None] = {}
-        errors: dict[int, str] = {}
-        apply = self._apply
-        for i, (course_id, data) in enumerate(records):
-            try:
-                if apply(course_id, data, changelog, titled):  # type: ignore[arg-type]
-                    changed.add(course_id)
-            except (RecordFormatError, UnicodeDecodeError, ValueError) as exc:
-                errors[i] = f"aggregator change record: {exc}"
-        for course_id in titled:  # its final (modified, title) of the batch
-            course = self.courses[course_id]
-            value = _TITLE.pack(course.title_modified) + course.title_raw
-            changelog[_TITLE_KEY.pack(b"t", course_id)] = value
-        return changed, changelog, errors
+    def _offer_title(self, slot: int, modified: int, raw: bytes) -> tuple[bool, bool]:
+        """Take a (modified, UTF-8 title) if it wins (the greatest modified, ties to the
+        greater title); (whether it won, whether the title text changed)."""
+        current, current_raw, text = self._titles[slot]
+        if current is not None and (modified, raw) <= (current, current_raw):
+            return False, False
+        retitled = current is None or raw != current_raw
+        self._titles[slot] = (modified, raw, raw.decode("utf-8") if retitled else text)
+        return True, retitled
 
-    def _apply(
-        self,
-        course_id: int,
-        data: bytes,
-        changelog: dict[bytes, bytes | None],
-        titled: set[int],
-    ) -> bool:
-        """Apply one packed change (every check before any state changes); whether the
-        course's statistics records changed. Courses whose title state moved go to `titled`."""
-        flags, review_id, old_c, old_h, new_c, new_h, title_m = _unpack_change(data)
-        raw = data[CHANGE_HEAD:] if flags & TITLE else None
-        course = self.courses.get(course_id)
-        if raw is not None and (course is None or raw != course.title_raw):
-            raw.decode("utf-8")  # a title that cannot be published is refused up front
-        new_course = course is None
-        if course is None:
-            if raw is None or flags & RETRACT:  # nothing was ever counted there to retract
-                raise ValueError(f"course {course_id}: a retraction for a course never seen")
-            course = self.courses[course_id] = CourseStats(course_id, self.as_of_day)
-        if flags & RETRACT:
-            course.retract(old_c, old_h)
-        if flags & ADD:
-            course.add(new_c, new_h)
-            changelog[_MEMBER_KEY.pack(b"m", course_id, review_id)] = _MEMBER.pack(new_c, new_h)
-            self._delta[(course_id, review_id)] = (new_c, new_h)
-        elif flags & RETRACT:
-            changelog[_MEMBER_KEY.pack(b"m", course_id, review_id)] = None
-            self._delta[(course_id, review_id)] = None
-        retitled = False
-        if raw is not None:
-            before = course.title_raw
-            if course.offer_title_bytes(title_m, raw):
-                titled.add(course_id)  # the winning modified is state too
-                retitled = course.title_raw != before
-        return new_course or retitled or bool(flags & (RETRACT | ADD))
+    def title(self, course_id: int) -> tuple[int | None, str]:
+        """(the modified time that won the course's title, None before any; the title)."""
+        modified, _, text = self._titles[self.courses[course_id]]
+        return modified, text
 
     # -- restore: a changelog (tail), a snapshot ---------------------------------------------
     def restore(self, entries: Iterable[tuple[bytes | None, bytes | None]]) -> int:
         """Apply changelog (key, value) entries in changelog order on top of this state (the
         latest entry of a key wins, a tombstone removes it); how many could not be read.
-        Entries are parsed as arrays; on an empty state (a whole changelog) the courses are
-        built at once."""
+        Entries are parsed as arrays and replayed by one compiled call."""
+        fresh = not self.courses
         members, titles, day, unreadable = _parse_course_entries(entries)
         if day is not None:
             self.published_day = day
-        if not self.courses and not len(self._base) and not self._delta:
-            counted = members[members["halves"] != 0]
-            orphan = ~np.isin(counted["course"], np.fromiter(titles, np.int64, len(titles)))
-            self._load(titles, counted[~orphan])  # an orphan member: never written so
-            return unreadable + int(orphan.sum())
         for course_id, (modified, raw) in titles.items():
-            course = self.courses.get(course_id)
-            if course is None:
-                course = self.courses[course_id] = CourseStats(course_id, self.as_of_day)
-            course.set_title(modified, raw)
-        olds = self._members(members)
-        for (course_id, review_id, created, halves), old in zip(
-            members.tolist(), olds, strict=True
-        ):
-            course = self.courses.get(course_id)
-            if course is None:
-                unreadable += 1
-                continue
-            if old is not None:
-                course.retract(*old)
-            new = (created, halves) if halves else None
-            if new is not None:
-                course.add(*new)
-            self._delta[(course_id, review_id)] = new
-        return unreadable
+            slot = self._slot(course_id)
+            self._titles[slot] = (modified, raw, raw.decode("utf-8"))
+            self._go_live(slot)
+        known = np.isin(members["course"], np.fromiter(self.courses, np.int64, len(self.courses)))
+        orphans = ~known & (members["halves"] != 0) if fresh else ~known
+        self._replay(members[known])
+        return unreadable + int(orphans.sum())
 
-    def _members(self, rows: np.ndarray) -> list[tuple[int, int] | None]:
-        """What the changelog says is counted for each (course, review) of `rows`, or None:
-        the changes since the last compaction, else the base table (searched at once)."""
-        if self._index is None:
-            self._index = _member_keys(self._base)
-        found: list[tuple[int, int] | None] = [None] * len(rows)
-        if len(self._base):
-            keys = _member_keys(rows)
-            at = np.minimum(self._index.searchsorted(keys), len(self._base) - 1)
-            hit = self._index[at] == keys
-            base = self._base[at]
-            for i in np.flatnonzero(hit).tolist():
-                found[i] = (int(base["created"][i]), int(base["halves"][i]))
-        delta = self._delta
-        if delta:
-            for i, (course_id, review_id) in enumerate(rows[["course", "review"]].tolist()):
-                if (course_id, review_id) in delta:
-                    found[i] = delta[(course_id, review_id)]
-        return found
-
-    def _load(self, titles: dict[int, tuple[int, bytes]], table: np.ndarray) -> None:
-        self.courses = build_course_stats(
-            self.as_of_day,
-            titles,
-            table["course"],
-            table["created"],
-            table["halves"].astype(np.int64),
+    def _replay(self, members: np.ndarray) -> None:
+        """Member rows (course id, review, created, halves; halves 0: removed) on top."""
+        slots = np.array([self.courses[c] for c in members["course"].tolist()], np.int64)
+        table = np.column_stack(
+            [
+                slots.reshape(-1),
+                members["review"].astype(np.int64),
+                members["created"].astype(np.int64),
+                members["halves"].astype(np.int64),
+            ]
+        ).reshape(-1, 4)
+        self._reserve(len(table))
+        self._rows = kernels.upsert_members(
+            *self._members(), self.hist, self.figures, self._window(), table
         )
-        self._base, self._delta, self._index = table, {}, None
+        self._recount_dirty()
 
     def compact(self) -> None:
-        """Fold the member changes since the last compaction into the sorted table."""
-        if not self._delta:
-            return
-        self._base = _merge_members(self._base, self._delta, self._index)
-        self._delta, self._index = {}, None
+        """Nothing to fold: the member rows change in place."""
 
     def to_snapshot(self) -> bytes:
         """The state as bytes (`from_snapshot` reads them back): a header, each course's id,
-        title modified and title length, the titles, then the member table."""
-        self.compact()
-        ids = np.fromiter(self.courses, np.int64, len(self.courses))
-        modified = np.array(
-            [
-                _NO_TITLE if c.title_modified is None else c.title_modified
-                for c in self.courses.values()
-            ],
-            dtype="<i8",
-        )
-        raws = [c.title_raw for c in self.courses.values()]
+        title modified and title length, the titles, then the member table sorted by
+        (course, review)."""
+        slots = list(self.courses.values())
+        ids = np.array(list(self.courses), dtype="<i8")
+        titles = [self._titles[s] for s in slots]
+        modified = np.array([_NO_TITLE if m is None else m for m, _, _ in titles], dtype="<i8")
+        raws = [raw for _, raw, _ in titles]
         lengths = np.array([len(r) for r in raws], dtype="<i8")
+        n = self._rows
+        table = np.zeros(n, dtype=_MEMBERS_DTYPE)
+        table["course"] = self.course_ids[self.m_course[:n]]
+        table["review"], table["created"] = self.m_review[:n], self.m_created[:n]
+        table["halves"] = self.m_halves[:n]
+        table = table[np.lexsort((table["review"], table["course"]))]
         day = _NO_TITLE if self.published_day is None else self.published_day
         head = _COURSES_SNAPSHOT.pack(
-            _COURSES_MAGIC, _COURSES_SNAPSHOT_FORMAT, day, len(ids), len(self._base)
+            _COURSES_MAGIC, _COURSES_SNAPSHOT_FORMAT, day, len(ids), len(table)
         )
-        parts = [head, ids.astype("<i8").tobytes(), modified.tobytes(), lengths.tobytes()]
-        return b"".join([*parts, *raws, self._base.tobytes()])
+        parts = [head, ids.tobytes(), modified.tobytes(), lengths.tobytes()]
+        return b"".join([*parts, *raws, table.tobytes()])
 
     @classmethod
     def from_snapshot(cls, data: bytes, as_of_day: int) -> CourseState:
@@ -540,26 +652,31 @@ class CourseState:
         size = offset + sum(lengths) + m * _MEMBERS_DTYPE.itemsize
         if min(lengths, default=0) < 0 or len(data) != size:
             raise RecordFormatError(f"course-stats snapshot: {len(data)} bytes do not fit")
-        titles: dict[int, tuple[int, bytes]] = {}
+        state = cls(as_of_day)
         for course_id, mod, length in zip(ids, modified, lengths, strict=True):
-            titles[course_id] = (mod, data[offset : offset + length])
+            raw = data[offset : offset + length]
             offset += length
-        table = np.frombuffer(data, _MEMBERS_DTYPE, m, offset).copy()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RecordFormatError(
+                    f"course-stats snapshot: a title is not UTF-8 ({exc})"
+                ) from exc
+            slot = state._slot(course_id)
+            state._titles[slot] = (None if mod == _NO_TITLE else mod, raw, text)
+            state._go_live(slot)
+        table = np.frombuffer(data, _MEMBERS_DTYPE, m, offset)
         if m and not ((table["halves"] >= 1) & (table["halves"] <= 10)).all():
             raise RecordFormatError("course-stats snapshot: rating halves outside 1..10")
         if not np.isin(table["course"], np.array(ids, dtype=np.int64)).all():
             raise RecordFormatError("course-stats snapshot: a member of a course it lacks")
-        state = cls(as_of_day)
-        try:
-            state._load(titles, table)
-        except UnicodeDecodeError as exc:
-            raise RecordFormatError(f"course-stats snapshot: a title is not UTF-8 ({exc})") from exc
-        for course_id, (mod, _raw) in titles.items():
-            if mod == _NO_TITLE:
-                state.courses[course_id].title_modified = None
+        state._replay(table)
+        if state._rows != m:
+            raise RecordFormatError("course-stats snapshot: a member twice")
         state.published_day = None if day == _NO_TITLE else day
         return state
 
+    # -- the window, the records ---------------------------------------------------------------
     def published(self, day: int) -> tuple[bytes, bytes]:
         """Every recent record of the partition was just published for `day`: the changelog
         entry that says so (written in the same transaction)."""
@@ -572,71 +689,43 @@ class CourseState:
         if as_of_day == self.as_of_day:
             return []
         self.as_of_day = as_of_day
-        for course in self.courses.values():
-            course.move_window(as_of_day)
+        self._recount(self.live.astype(bool), histograms=True)
         return list(self.courses)
 
     def recent_statistic(self, course_id: int, as_of_time: int) -> CourseStatistic:
         """The recent CourseStatistic record of one course."""
-        return _to_course_statistic(self.courses[course_id], recent=True, as_of_time=as_of_time)
+        return self._statistic(self.courses[course_id], True, as_of_time)
 
     def statistics(
         self, course_id: int, as_of_time: int
     ) -> tuple[CourseStatistic, CourseStatistic]:
         """(all-time, recent) CourseStatistic records of one course."""
-        course = self.courses[course_id]
-        return (
-            _to_course_statistic(course, recent=False, as_of_time=as_of_time),
-            _to_course_statistic(course, recent=True, as_of_time=as_of_time),
+        slot = self.courses[course_id]
+        return self._statistic(slot, False, as_of_time), self._statistic(slot, True, as_of_time)
+
+    def _statistic(self, slot: int, recent: bool, as_of_time: int) -> CourseStatistic:
+        counts = self.hist[slot, int(recent)].tolist()
+        last = int(self.figures[slot, 2 if recent else 0])
+        window = window_bounds(self.as_of_day) if recent else (None, None)
+        return statistic_record(
+            int(self.course_ids[slot]), self._titles[slot][2], counts, last, window, as_of_time
         )
 
 
-def _member_keys(table: np.ndarray) -> np.ndarray:
-    """(course, review) of each row as 16 bytes whose byte order is the numeric order (big
-    endian, sign bit flipped), so one `searchsorted` finds many keys at once."""
-    keys = np.empty(len(table), dtype=[("course", ">u8"), ("review", ">u8")])
-    flip = np.uint64(1 << 63)
-    keys["course"] = table["course"].astype(np.int64).view(np.uint64) ^ flip
-    keys["review"] = table["review"].astype(np.int64).view(np.uint64) ^ flip
-    return keys.view("S16")
+def _zero_grown(array: np.ndarray, rows: int) -> np.ndarray:
+    out = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
+    out[: len(array)] = array
+    return out
 
 
-def _members_table(members: dict[tuple[int, int], tuple[int, int] | None]) -> np.ndarray:
-    """{(course, review): (created, halves), None for a removal (halves 0)} as a table
-    sorted by (course, review)."""
-    table = np.zeros(len(members), dtype=_MEMBERS_DTYPE)
-    if members:
-        n, flat, zero = len(members), chain.from_iterable, (0, 0)
-        keys = np.fromiter(flat(members), np.int64, 2 * n).reshape(-1, 2)
-        values = np.fromiter(flat(v or zero for v in members.values()), np.int64, 2 * n)
-        values = values.reshape(-1, 2)
-        table["course"], table["review"] = keys[:, 0], keys[:, 1]
-        table["created"], table["halves"] = values[:, 0], values[:, 1]
-    return table[np.lexsort((table["review"], table["course"]))]
-
-
-def _merge_members(
-    base: np.ndarray,
-    delta: dict[tuple[int, int], tuple[int, int] | None],
-    index: np.ndarray | None = None,
-) -> np.ndarray:
-    """The sorted table `base` with `delta`'s rows replacing, adding or (None) removing rows.
-
-    Linear in the table: the (small) delta is sorted and searched in the base's keys (`index`,
-    its `_member_keys` when already built), replaced rows are dropped and the delta's rows
-    inserted where they sort, so a compaction of a large table copies it instead of sorting
-    it again."""
-    changes = _members_table(delta)
-    keys = _member_keys(base) if index is None else index
-    change_keys = _member_keys(changes)
-    at = keys.searchsorted(change_keys)
-    found = at < len(base)
-    found[found] = keys[at[found]] == change_keys[found]
-    keep = np.ones(len(base), dtype=bool)
-    keep[at[found]] = False
-    dropped_before = np.concatenate([[0], np.cumsum(~keep)])
-    added = changes["halves"] != 0
-    return np.insert(base[keep], (at - dropped_before[at])[added], changes[added])
+def _member_entries(
+    keys: bytes, values: bytes, present: np.ndarray, n: int
+) -> list[tuple[bytes, bytes | None]]:
+    ks, vs = kernels.MEMBER_KEY_SIZE, kernels.MEMBER_VALUE_SIZE
+    return [
+        (keys[ks * k : ks * (k + 1)], values[vs * k : vs * (k + 1)] if p else None)
+        for k, p in enumerate(present[:n].tolist())
+    ]
 
 
 _MEMBER_KEY_DTYPE = np.dtype([("tag", "S1"), ("course", ">i8"), ("review", ">i8")])

@@ -282,13 +282,26 @@ def to_course_statistic(
 
     `as_of_time` is the emission time in epoch ms. Window days are epoch days, as Avro's `date`.
     """
+    window = window_bounds(stats.as_of_day) if recent else (None, None)
     counts = stats.recent if recent else stats.total
+    last = stats.last_review_time(recent)
+    return statistic_record(stats.course_id, stats.title, counts, last, window, as_of_time)
+
+
+def statistic_record(
+    course_id: int,
+    title: str,
+    counts: list[int],
+    last_review_time: int,
+    window: tuple[int, int] | tuple[None, None],
+    as_of_time: int | None,
+) -> CourseStatistic:
+    """The CourseStatistic record of a histogram of rating halves (counts[h], h = 1..10)."""
     count = sum(counts)
     sum_rating = sum(halves * n for halves, n in enumerate(counts)) / 2
-    start, end = window_bounds(stats.as_of_day) if recent else (None, None)
     return {
-        "course_id": stats.course_id,
-        "course_title": stats.title,
+        "course_id": course_id,
+        "course_title": title,
         "average_rating": sum_rating / count if count else 0.0,
         "count_reviews": count,
         "count_five_stars": counts[10],
@@ -297,10 +310,10 @@ def to_course_statistic(
         "count_two_stars": counts[4] + counts[5],
         "count_one_star": counts[2] + counts[3],
         "count_zero_star": counts[1],
-        "last_review_time": stats.last_review_time(recent),
+        "last_review_time": last_review_time,
         "sum_rating": sum_rating,
-        "window_start_day": start,
-        "window_end_day": end,
+        "window_start_day": window[0],
+        "window_end_day": window[1],
         "as_of_time": as_of_time,
     }
 

@@ -113,6 +113,34 @@ class ChangelogStore(Generic[S]):
         """A change of state partition `partition`, into the open transaction."""
         producer.produce(self.changelog, value, key, partition, on_delivery=self.delivered)
 
+    def write_all(
+        self, producer: Producer, partition: int, keys: list[bytes | None], values: bytes, size: int
+    ) -> None:
+        """Changes of state partition `partition`: values[size k:size (k+1)] under keys[k]. Only
+        the last one reports its delivery: it is where the partition's state ends (a
+        partition's records are delivered in order)."""
+        last = len(keys) - 1
+        produce, topic = producer.produce, self.changelog
+        for k, key in enumerate(keys):
+            value = values[size * k : size * (k + 1)]
+            if k == last:
+                produce(topic, value, key, partition, on_delivery=self.delivered)
+            else:
+                produce(topic, value, key, partition)
+
+    def write_entries(
+        self, producer: Producer, partition: int, entries: list[tuple[bytes, bytes | None]]
+    ) -> None:
+        """(key, value) changes of state partition `partition`, in order (only the last one
+        reports its delivery, as in `write_all`)."""
+        last = len(entries) - 1
+        produce, topic = producer.produce, self.changelog
+        for k, (key, value) in enumerate(entries):
+            if k == last:
+                produce(topic, value, key, partition, on_delivery=self.delivered)
+            else:
+                produce(topic, value, key, partition)
+
     def delivered(self, err: KafkaError | None, msg: Message) -> None:
         """Delivery report of a changelog write: where the partition's state now ends."""
         if err is None:

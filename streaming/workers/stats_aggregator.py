@@ -44,13 +44,13 @@ from fastavro import schemaless_writer
 
 from streaming.config import Settings, clock_from_env
 from streaming.core import review_bytes, source_position
-from streaming.core.aggregation import CourseState, VersionsState
+from streaming.core.aggregation import BATCH_COLUMNS, CourseState, VersionChanges, VersionsState
 from streaming.core.avro_codec import confluent_frame
 from streaming.core.ratings import rating_halves
 from streaming.core.review_bytes import extract_fields
 from streaming.core.review_frames import frame_batch
 from streaming.core.review_mapping import NUL_REASON
-from streaming.core.stats import ReviewVersion
+from streaming.core.stage_kernels import VERSION_SIZE, title_codes
 from streaming.core.window import epoch_day
 from streaming.pipeline import AGGREGATOR
 from streaming.serde import Registry, RegistryUnavailable, ReviewWriters, local_schema
@@ -125,7 +125,6 @@ class StatsAggregator(EosWorker):
         """Course partitions whose every recent record must be (re-)emitted: restored, or the
         window moved."""
         self._course_keys: dict[int, bytes] = {}
-        self._good_titles: set[bytes] = set()
         self.admin = AdminClient(settings.kafka_config())
         self._last_purge = time.monotonic()
         self.purge_interval_s = env_int("REPARTITION_PURGE_S", PURGE_INTERVAL_S)
@@ -158,81 +157,90 @@ class StatsAggregator(EosWorker):
 
     # -- stage 1: current versions, changes re-keyed by course -----------------------------
     def current_versions(self, msgs: list[Message]) -> None:
+        """Frame and read the batch at once, then apply each partition's versions with one
+        compiled call (`VersionsState.apply_batch`); Python is left with the headers, the
+        rare record whose rating or title needs a reason, and the produce calls."""
         batch = frame_batch([m.value() for m in msgs], self.resolve, self.review_schema)
         dead = batch.reasons
         longs, spans, _ = extract_fields(batch.buf, batch.body_starts, batch.ends)
-        longs_l, spans_l = longs.tolist(), spans.tolist()
-        raw = batch.buf.tobytes()
-        produce = self.producer.produce
-        changes_topic, valid_topic = self.t.changes, self.t.valid
-        changelog = self.versions.changelog  # state partition p = input partition p
-        states = self.versions.partitions
-        keys = self._course_keys
-        delivered = self.versions.delivered
-        out = 0
-        for i in np.flatnonzero(batch.readable).tolist():
-            m = msgs[i]
-            review_id, created, modified, course_id, halves = longs_l[i]
-            r0, r1, t0, t1 = spans_l[i]
-            try:
-                position = source_offset(m.headers())
-            except ValueError as exc:
-                dead[i] = str(exc)
-                continue
-            title = raw[t0:t1]
-            reason = self._title_problem(title)
-            if reason is not None:  # the course stage and the stats sink would fail on it
-                dead[i] = f"course.title: {reason}"
-                continue
-            if halves < 0:
+        use = batch.readable.copy()
+        columns = np.empty((len(msgs), len(BATCH_COLUMNS)), dtype=np.int64)
+        # extract_fields' longs: id, created, modified, course id, halves
+        columns[:, 0], columns[:, 1], columns[:, 3] = longs[:, 0], longs[:, 2], longs[:, 1]
+        columns[:, 4], columns[:, 5] = longs[:, 3], longs[:, 4]
+        partitions = np.empty(len(msgs), dtype=np.int64)
+        valid_topic = self.t.valid
+        for i, m in enumerate(msgs):
+            partitions[i] = m.partition()
+            columns[i, 6] = m.topic() == valid_topic
+            if use[i]:
                 try:
-                    halves = rating_halves(raw[r0:r1].decode("utf-8", "strict"))
+                    columns[i, 2] = source_offset(m.headers())
                 except ValueError as exc:
-                    dead[i] = f"rating: {exc}"
-                    continue
-            version = ReviewVersion(
-                modified, created, halves, m.topic() == valid_topic, course_id, position
-            )
-            partition = m.partition()
-            routed, entry = states[partition].apply(review_id, version, title)
-            for course, change in routed:
-                key = keys.get(course)
-                if key is None:
-                    key = keys[course] = str(course).encode()
-                produce(changes_topic, change, key)
-            out += len(routed)
-            if entry is not None:
-                produce(changelog, entry, m.key(), partition, on_delivery=delivered)
-        self.metrics.records_out[changes_topic] += out
-        self.metrics.extra["changes_out"] += out
+                    dead[i] = str(exc)
+                    use[i] = False
+        self._check_fields(batch.buf, columns, spans, use, dead)
+        buf = batch.buf
+        titles = spans[:, 2:4]
+        for partition in np.unique(partitions).tolist():
+            rows = np.flatnonzero(partitions == partition)
+            out = self.versions[partition].apply_batch(columns[rows], use[rows], buf, titles[rows])
+            self._produce_changes(out)
+            keys = [msgs[i].key() for i in rows[out.sources].tolist()]
+            self.versions.write_all(self.producer, partition, keys, out.versions, VERSION_SIZE)
         self._dead_letters(msgs, sorted(dead.items()))
 
-    def _title_problem(self, title: bytes) -> str | None:
-        """`title_problem`, remembered for titles already found good (a course's title
-        repeats on every review of it)."""
-        if title in self._good_titles:
-            return None
-        reason = title_problem(title)
-        if reason is None:
-            if len(self._good_titles) >= 100_000:
-                self._good_titles.clear()
-            self._good_titles.add(title)
-        return reason
+    def _check_fields(
+        self,
+        buf: np.ndarray,
+        columns: np.ndarray,
+        spans: np.ndarray,
+        use: np.ndarray,
+        dead: dict[int, str],
+    ) -> None:
+        """Refuse a record whose course title cannot be published (the course stage and the
+        stats sink would fail on it), and read the rare rating not spelled "D.0"/"D.5"."""
+        codes = title_codes(buf, spans[:, 2], spans[:, 3])
+        raw = None
+        for i in np.flatnonzero(use & ((codes != 0) | (columns[:, 5] < 0))).tolist():
+            raw = buf.tobytes() if raw is None else raw
+            reason = title_problem(raw[spans[i, 2] : spans[i, 3]]) if codes[i] else None
+            if reason is not None:
+                dead[i] = f"course.title: {reason}"
+                use[i] = False
+                continue
+            try:
+                columns[i, 5] = rating_halves(raw[spans[i, 0] : spans[i, 1]].decode("utf-8"))
+            except ValueError as exc:
+                dead[i] = f"rating: {exc}"
+                use[i] = False
+
+    def _produce_changes(self, out: VersionChanges) -> None:
+        produce = self.producer.produce
+        topic, keys, blob = self.t.changes, self._course_keys, out.changes
+        start = 0
+        for end, course in zip(out.ends, out.courses, strict=True):
+            key = keys.get(course)
+            if key is None:
+                key = keys[course] = str(course).encode()
+            produce(topic, blob[start:end], key)
+            start = end
+        self.metrics.records_out[topic] += len(out.ends)
+        self.metrics.extra["changes_out"] += len(out.ends)
 
     # -- stage 2: course statistics --------------------------------------------------------
     def course_statistics(self, msgs: list[Message]) -> None:
         by_partition: dict[int, list[Message]] = {}
         for m in msgs:
-            by_partition.setdefault(m.partition(), []).append(m)
+            by_partition.setdefault(m.partition(), []).append(m)  # type: ignore[arg-type]
         now_ms = int(self.clock() * 1000)
         for partition, batch in by_partition.items():
             state = self.courses[partition]
-            keyed, bad = course_keys(batch)
-            changed, entries, errors = state.apply(keyed)
-            for key, value in entries.items():
-                self.courses.write(self.producer, partition, key, value)
-            self._emit(state, changed, now_ms)
-            self._dead_letters(batch, sorted({**errors, **bad}.items()))
+            course_ids, values, bad = course_keys(batch)
+            update = state.apply_batch(course_ids, values)
+            self.courses.write_entries(self.producer, partition, update.entries)
+            self._emit(state, update.changed, now_ms)
+            self._dead_letters(batch, sorted({**update.errors, **bad}.items()))
         self.metrics.extra["changes_applied"] += len(msgs)
 
     def _emit(self, state: CourseState, courses: set[int] | list[int], now_ms: int) -> None:
@@ -302,15 +310,21 @@ class StatsAggregator(EosWorker):
         they were all published, in a committed transaction, for today's window: the window
         may have moved while no instance owned it, or the transaction that emitted them
         aborted (then its published day did not commit either)."""
-        self.metrics.extra["state_reviews"] = sum(map(len, self.versions.partitions.values()))
+        self._state_figures()
         if store is self.courses:
             today = self.today()
             self.unpublished.update(p for p in partitions if self.courses[p].published_day != today)
 
+    def _state_figures(self) -> None:
+        """Reviews tracked and the bytes both stages' state holds (on /health)."""
+        stores = (*self.versions.partitions.values(), *self.courses.partitions.values())
+        self.metrics.extra["state_reviews"] = sum(map(len, self.versions.partitions.values()))
+        self.metrics.extra["state_bytes"] = sum(s.nbytes() for s in stores)
+
     def committed(self, positions: list[TopicPartition]) -> None:
         """Purge change records below committed offsets, as Kafka Streams does: they are
         consumed and their effect is in the changelog, so the internal topic stays small."""
-        self.metrics.extra["state_reviews"] = sum(map(len, self.versions.partitions.values()))
+        self._state_figures()
         now = time.monotonic()
         if now - self._last_purge < self.purge_interval_s:
             return
@@ -341,19 +355,22 @@ def title_problem(title: bytes) -> str | None:
     return None
 
 
-def course_keys(msgs: list[Message]) -> tuple[list[tuple[int, bytes | None]], dict[int, str]]:
-    """(course id, value) of each change record; a key that is no course id is an error (its
-    record is skipped with the reason; it keeps its index as a placeholder)."""
-    keyed: list[tuple[int, bytes | None]] = []
+def course_keys(msgs: list[Message]) -> tuple[list[int], list[bytes | None], dict[int, str]]:
+    """(course ids, values) of change records; a key that is no course id is an error (its
+    record is skipped with the reason; it keeps its index, with the value None)."""
+    course_ids: list[int] = []
+    values: list[bytes | None] = []
     bad: dict[int, str] = {}
     for i, m in enumerate(msgs):
         key = m.key()
         try:
-            keyed.append((int(key), m.value()))  # type: ignore[arg-type]
+            course_ids.append(int(key))  # type: ignore[arg-type]
+            values.append(m.value())
         except (TypeError, ValueError):
             bad[i] = f"aggregator change record: key {key!r} is not a course id"
-            keyed.append((-1, None))
-    return keyed, bad
+            course_ids.append(-1)
+            values.append(None)
+    return course_ids, values, bad
 
 
 def source_offset(headers: list[tuple[str, bytes]] | None) -> int:

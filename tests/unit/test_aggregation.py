@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,9 +15,6 @@ from streaming.core.aggregation import (
     CourseState,
     RecordFormatError,
     VersionsState,
-    _member_keys,
-    _members_table,
-    _merge_members,
     member_key,
     pack_change,
     pack_version,
@@ -24,6 +22,7 @@ from streaming.core.aggregation import (
     unpack_change,
     unpack_version,
 )
+from streaming.core.stage_kernels import valid_utf8
 from streaming.core.stats import ReviewVersion, compute_from_scratch
 
 DAY = 20_000
@@ -453,24 +452,61 @@ def test_title_survives_restore_when_a_later_version_repeats_it():
     assert restored.courses.statistics(5, T)[0]["course_title"] == "A"
 
 
-_member = st.tuples(st.integers(-3, 8), st.integers(-5, 30))
-_counted = st.tuples(st.integers(0, 10**13), st.integers(1, 10))
-
-
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
-    st.dictionaries(_member, _counted, max_size=60),
-    st.dictionaries(_member, st.none() | _counted, max_size=40),
-    st.booleans(),
+    st.binary(max_size=12) | st.text(max_size=6).map(lambda t: t.encode("utf-8", "surrogatepass"))
 )
-def test_a_compaction_is_the_member_table_with_its_changes_applied(base, delta, indexed):
-    """The member table after `compact`: the reference applies each change to a dict."""
-    expected = dict(base)
-    for key, value in delta.items():
-        if value is None:
-            expected.pop(key, None)
-        else:
-            expected[key] = value
-    table = _members_table(base)
-    merged = _merge_members(table, delta, _member_keys(table) if indexed else None)
-    assert merged.tolist() == sorted((c, r, *v) for (c, r), v in expected.items())
+def test_the_compiled_utf8_check_is_pythons(data):
+    """Titles are judged compiled, decoded in Python afterwards: the two must never disagree."""
+    try:
+        data.decode("utf-8")
+        expected = True
+    except UnicodeDecodeError:
+        expected = False
+    buf = np.frombuffer(b"pad" + data + b"pad", np.uint8)
+    assert valid_utf8(buf, 3, 3 + len(data)) == expected
+
+
+def test_course_stage_refuses_a_second_add_and_a_retraction_of_another_rating():
+    state = CourseState(DAY)
+    add = pack_change(Change(1, add=(DAY * MS, 8), title=(1, b"A")))
+    assert state.apply([(7, add)])[2] == {}
+    _, changelog, errors = state.apply(
+        [
+            (7, add),
+            (7, pack_change(Change(1, retract=(DAY * MS, 6)))),
+            (7, pack_change(Change(1, retract=(DAY * MS - 1, 8)))),
+            (7, pack_change(Change(2, title=(1, b"\xff")))),
+            (9, pack_change(Change(1, retract=(DAY * MS, 8)))),
+        ]
+    )
+    assert [reason.rsplit(": ", 1)[1] for _, reason in sorted(errors.items())] == [
+        "adding a review already counted",
+        "retracting a rating never added",
+        "retracting a version never added",
+        "the course title is not UTF-8",
+        "a retraction for a course never seen",
+    ]
+    assert changelog == {} and 9 not in state.courses
+    assert state.statistics(7, T)[0]["count_reviews"] == 1
+
+
+def test_retracting_the_latest_review_finds_the_one_before():
+    state = CourseState(DAY)
+    for review, day in ((1, DAY - 3), (2, DAY - 1), (3, DAY - 1)):
+        state.apply([(7, pack_change(Change(review, add=(day * MS, 8), title=(1, b"A"))))])
+    state.apply([(7, pack_change(Change(3, retract=((DAY - 1) * MS, 8))))])
+    assert state.statistics(7, T)[0]["last_review_time"] == (DAY - 1) * MS
+    state.apply([(7, pack_change(Change(2, retract=((DAY - 1) * MS, 8))))])
+    all_time, recent = state.statistics(7, T)
+    assert all_time["last_review_time"] == recent["last_review_time"] == (DAY - 3) * MS
+    state.apply([(7, pack_change(Change(1, retract=((DAY - 3) * MS, 8))))])
+    assert state.statistics(7, T)[0]["last_review_time"] == 0
+
+
+def test_state_bytes_per_review_stay_compact():
+    versions, courses = VersionsState(), CourseState(DAY)
+    for i in range(20_000):
+        routed, _ = versions.apply(i, version(i, 1, position=i), b"Title")
+        courses.apply(routed)
+    assert (versions.nbytes() + courses.nbytes()) / len(versions) < 100
