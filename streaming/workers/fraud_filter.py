@@ -83,15 +83,21 @@ class FraudFilter(EosWorker):
         codes, reasons = route(values, self.resolve, self.model, self.review_schema)
         produce = self.producer.produce
         topics = (self.out.valid, self.out.fraud)
-        for msg, code in zip(msgs, codes.tolist(), strict=True):
-            if code != DEAD:
-                produce(
-                    topics[code],
-                    msg.value(),
-                    msg.key(),
-                    headers=source_position.replace(msg.headers(), msg.partition(), msg.offset()),
-                    timestamp=msg.timestamp()[1],
-                )
+        header, position, replace = (
+            source_position.HEADER,
+            source_position.encode,
+            source_position.replace,
+        )
+        for msg, value, code in zip(msgs, values, codes.tolist(), strict=True):
+            if code == DEAD:
+                continue
+            claimed = msg.headers()  # usually none: the position is then the only header
+            headers = (
+                [(header, position(msg.partition(), msg.offset()))]  # type: ignore[arg-type]
+                if claimed is None
+                else replace(claimed, msg.partition(), msg.offset())  # type: ignore[arg-type]
+            )
+            produce(topics[code], value, msg.key(), headers=headers, timestamp=msg.timestamp()[1])
         for i, reason in reasons.items():
             msg = msgs[i]
             self.produce_dead_letter(self.out.dead_letter, msg, reason)
