@@ -1,10 +1,14 @@
-"""Stats aggregator throughput with exactly-once, and its memory per million tracked reviews.
+"""Stats aggregator throughput with exactly-once, its memory and state per tracked review, and
+whether its statistics are exact.
 
-The input (a valid and a fraud topic, as the fraud filter leaves them) is produced once; each
-run is a fresh aggregator (fresh group, internal and output topics) that stops when every input
-record has gone through both stages (current versions, then course statistics). Throughput
-counts input records from the first consumed to the last aggregated; memory is the RSS the
-process gained while building its state, divided by the reviews it tracks.
+The input is the edit-heavy one (`bench.common.edit_heavy_records`: a valid and a fraud topic
+as the fraud filter leaves them, about a fifth of the records edits of earlier reviews),
+produced once; each run is a fresh aggregator (fresh group, internal and output topics) that
+stops when every input record of both topics has gone through both stages (current versions,
+then course statistics). Throughput counts input records from the first consumed to the last
+aggregated; memory is the RSS the process gained while building its state, divided by the
+reviews it tracks; the state size is what the two stores say they hold (`nbytes()`), per
+tracked review; mismatches compare the long-term topic with the from-scratch reference.
 
     make up && .venv/bin/python bench/aggregate_throughput.py [--records 1000000] [--runs 3]
 """
@@ -17,6 +21,7 @@ import statistics
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Message
@@ -24,11 +29,29 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import produce_reviews, rss_mb, write_result
+from bench.common import (
+    EditHeavyInput,
+    Mismatches,
+    count_mismatches,
+    in_child,
+    produce_edit_heavy,
+    rss_mb,
+    write_result,
+)
 from streaming.config import Settings
 from streaming.workers.eos import LoopConfig
 from streaming.workers.runtime import StopFlag
 from streaming.workers.stats_aggregator import AggregatorTopics, StatsAggregator
+
+
+@dataclass
+class OurRun:
+    rps: float
+    rss_mb: float
+    reviews: int
+    state_bytes_per_review: float | None
+    """None while the state classes have no `nbytes()`."""
+    mismatches: Mismatches
 
 
 class TimedAggregator(StatsAggregator):
@@ -37,6 +60,7 @@ class TimedAggregator(StatsAggregator):
     last: float = 0.0
     rss_at_end: float = 0.0
     tracked: int = 0
+    state_bytes: int | None = None
 
     def process(self, msgs: list[Message]) -> None:
         if self.first is None:
@@ -48,14 +72,30 @@ class TimedAggregator(StatsAggregator):
             and extra["changes_applied"] >= extra["changes_out"]
         ):
             self.last = time.perf_counter()
-            self.rss_at_end = rss_mb()  # before close() drops the state of revoked partitions
-            self.tracked = sum(len(s.reviews) for s in self.versions.partitions.values())
+            # before close() drops the state of revoked partitions
+            self.rss_at_end = rss_mb()
+            self.tracked = sum(len(s) for s in self.versions.partitions.values())
+            self.state_bytes = self._state_bytes()
             self.stop.set()
+
+    def _state_bytes(self) -> int | None:
+        """Bytes both stores hold, by their own `nbytes()` (None where a state lacks it)."""
+        states = [*self.versions.partitions.values(), *self.courses.partitions.values()]
+        sizes = [getattr(s, "nbytes", None) for s in states]
+        if any(size is None for size in sizes):
+            return None
+        return sum(size() for size in sizes)  # type: ignore[misc]
 
 
 def run_once(
-    settings: Settings, admin: AdminClient, valid: str, fraud: str, records: int, partitions: int
-) -> tuple[float, float, int]:
+    settings: Settings,
+    admin: AdminClient,
+    valid: str,
+    fraud: str,
+    data: EditHeavyInput,
+    partitions: int,
+) -> OurRun:
+    """One fresh aggregator over the whole input; its figures and its mismatches."""
     tag = uuid.uuid4().hex[:8]
     names = ["long", "recent", "changes", "versions", "courses", "dlq"]
     t = {n: f"bench-agg-{n}-{tag}" for n in names}
@@ -72,16 +112,38 @@ def run_once(
         courses_changelog=t["courses"],
         dead_letter=t["dlq"],
     )
-    rss_before = rss_mb()
-    worker = TimedAggregator(
-        settings, LoopConfig(group_id=f"bench-agg-{tag}", instance=tag), topics, StopFlag()
+    try:
+        rss_before = rss_mb()
+        worker = TimedAggregator(
+            settings, LoopConfig(group_id=f"bench-agg-{tag}", instance=tag), topics, StopFlag()
+        )
+        worker.target = data.records
+        worker.run()
+        mismatches = count_mismatches(settings, t["long"], data.reference)
+    finally:
+        for fut in admin.delete_topics(list(t.values())).values():
+            fut.result(30)
+    reviews = worker.tracked
+    per_review = None if worker.state_bytes is None else worker.state_bytes / max(reviews, 1)
+    return OurRun(
+        data.records / (worker.last - worker.first),
+        worker.rss_at_end - rss_before,
+        reviews,
+        per_review,
+        mismatches,
     )
-    worker.target = records
-    worker.run()
-    rss_after, reviews = worker.rss_at_end, worker.tracked
-    for fut in admin.delete_topics(list(t.values())).values():
-        fut.result(30)
-    return records / (worker.last - worker.first), rss_after - rss_before, reviews
+
+
+def describe(run: OurRun) -> str:
+    size = (
+        "state size n/a (no nbytes())"
+        if run.state_bytes_per_review is None
+        else f"state {run.state_bytes_per_review:,.0f} bytes/review"
+    )
+    return (
+        f"{run.rps:,.0f} records/s, +{run.rss_mb:,.0f} MB RSS for {run.reviews:,} reviews, "
+        f"{size}, mismatches {run.mismatches}"
+    )
 
 
 def main() -> int:
@@ -99,29 +161,31 @@ def main() -> int:
     ).values():
         fut.result(30)
     try:
-        print(f"producing {args.records:,} reviews into {valid} ...", flush=True)
-        produce_reviews(settings, valid, args.records)
-        rates, mems = [], []
+        print(
+            f"producing {args.records:,} edit-heavy records into {valid}, {fraud} ...", flush=True
+        )
+        data = in_child(produce_edit_heavy, settings, valid, fraud, args.records)
+        runs = []
         for run in range(args.runs):
-            rate, mem, reviews = run_once(
-                settings, admin, valid, fraud, args.records, args.partitions
-            )
-            rates.append(rate)
-            mems.append(mem * 1_000_000 / reviews)
-            print(
-                f"run {run + 1}: {rate:,.0f} records/s, +{mem:,.0f} MB RSS for {reviews:,} reviews",
-                flush=True,
-            )
+            runs.append(run_once(settings, admin, valid, fraud, data, args.partitions))
+            print(f"run {run + 1}: {describe(runs[-1])}", flush=True)
     finally:
         for fut in admin.delete_topics([valid, fraud]).values():
             fut.result(30)
     result = {
-        "aggregate_eos_rps": round(statistics.median(rates)),
-        "aggregator_rss_mb_per_1m_reviews": round(statistics.median(mems)),
+        "aggregate_eos_rps": round(statistics.median(r.rps for r in runs)),
+        "aggregator_rss_mb_per_1m_reviews": round(
+            statistics.median(r.rss_mb * 1_000_000 / r.reviews for r in runs)
+        ),
+        "aggregate_mismatches": max(r.mismatches.wrong for r in runs),
+        "aggregate_edit_fraction": data.edit_fraction,
         "runs": args.runs,
         "records": args.records,
         "partitions": args.partitions,
     }
+    sizes = [r.state_bytes_per_review for r in runs if r.state_bytes_per_review is not None]
+    if sizes:
+        result["aggregator_state_bytes_per_review"] = round(statistics.median(sizes))
     print(json.dumps(result, indent=2))
     write_result("aggregate", result, " ".join(["bench/aggregate_throughput.py", *sys.argv[1:]]))
     return 0

@@ -3,7 +3,9 @@
 Writes `bench/results/latest.json` (every figure, the goals, the machine and the versions) and
 `bench/results/report.md`. Throughputs are medians over `--runs`; within a run the engines take
 turns on the same input topic (ours, Kafka Streams, Quix Streams), so machine noise hits all
-of them alike and the ratios are the figures to trust.
+of them alike and the ratios are the figures to trust. The aggregate step runs on the
+edit-heavy input (`bench.common.edit_heavy_records`) and counts every engine's mismatches with
+the from-scratch reference.
 
     make bench                      (stack up, tools installed, then this)
     .venv/bin/python bench/run_all.py [--records 1000000] [--runs 3] [--only fraud,aggregate]
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import re
@@ -25,7 +26,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -35,8 +35,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import aggregate_throughput, e2e_latency, fraud_throughput
-from bench.common import RESULTS, produce_reviews, review
+from bench.common import RESULTS, in_child, produce_edit_heavy, produce_reviews
 from bench.peers import kstreams, quix
+from bench.peers.harness import PeerRun
 from streaming.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,10 +49,15 @@ QUIX_RUNS = 1
 # figure -> (comparison, bound): the goals of the benchmark issue, on our 2-core machine
 GOALS: dict[str, tuple[str, float]] = {
     "fraud_eos_rps": (">=", 100_000),
-    "fraud_vs_passthrough": (">=", 0.8),
-    "fraud_vs_kstreams": (">=", 1.0),
+    "fraud_vs_passthrough": (">=", 0.95),
+    "fraud_vs_kstreams": (">=", 1.1),
     "aggregate_eos_rps": (">=", 50_000),
-    "aggregate_vs_kstreams": (">=", 1.0),
+    "aggregate_vs_kstreams_ktable": (">=", 1.5),
+    "aggregate_vs_kstreams": (">=", 1.2),
+    "aggregate_vs_quix": (">=", 5),
+    "aggregator_state_bytes_per_review": ("<=", 100),
+    "aggregator_rss_mb_per_1m_reviews": ("<=", 150),
+    "aggregate_mismatches": ("<=", 0),
     "e2e_p99_ms_at_1k": ("<", 1000),
     "backfill_1m_s": ("<", 60),
     "recovery_s": ("<", 5),
@@ -153,54 +159,98 @@ def fraud(settings: Settings, runs: int, records: int) -> dict:
 
 
 def aggregate(settings: Settings, runs: int, records: int) -> dict:
-    """Our aggregator, Kafka Streams and Quix on one valid-reviews topic, taking turns."""
+    """Ours, the original Kafka Streams topology, the KTable one and Quix on the edit-heavy
+    input, taking turns. Ours and the KTable peer read both topics and must match the reference;
+    the original and Quix read the valid topic and never retract: their mismatches are a
+    figure. Each engine's rate counts the input records it consumed."""
     admin = AdminClient(settings.kafka_config())
     tag = uuid.uuid4().hex[:8]
     valid, flagged = f"bench-agg-valid-{tag}", f"bench-agg-fraud-{tag}"
     create(admin, valid, flagged)
-    expected = dict(Counter(review(i)["course"]["id"] for i in range(records)))
-    rates: dict[str, list[float]] = {"ours": [], "kstreams": [], "quix": []}
-    mems: list[float] = []
+    rates: dict[str, list[float]] = {"ours": [], "kstreams": [], "ktable": [], "quix": []}
+    wrong: dict[str, list[int]] = {k: [] for k in rates}
+    ours: list[aggregate_throughput.OurRun] = []
     try:
-        log(f"producing {records:,} reviews into {valid}")
-        # in a child process: the producer's buffers would otherwise inflate this process's RSS,
-        # and the aggregator's state would reuse them, hiding its memory
-        child = multiprocessing.get_context("spawn").Process(
-            target=produce_reviews, args=(settings, valid, records)
+        log(f"producing {records:,} edit-heavy records into {valid}, {flagged}")
+        data = in_child(produce_edit_heavy, settings, valid, flagged, records)
+        log(
+            f"input: {data.valid_records:,} valid + {data.fraud_records:,} fraud records, "
+            f"{data.edit_fraction:.1%} edits"
         )
-        child.start()
-        child.join()
-        if child.exitcode != 0:
-            raise RuntimeError(f"producing the input failed (exit {child.exitcode})")
+        engines: dict[str, Callable[[], PeerRun]] = {
+            "kstreams": lambda: kstreams.aggregate(
+                settings,
+                valid,
+                PARTITIONS,
+                data.valid_records,
+                data.append_only,
+                LOGS,
+                data.reference,
+            ),
+            "ktable": lambda: kstreams.aggregate_ktable(
+                settings, valid, flagged, PARTITIONS, data, LOGS
+            ),
+            "quix": lambda: quix.aggregate(
+                settings,
+                valid,
+                PARTITIONS,
+                data.valid_records,
+                data.append_only,
+                LOGS,
+                reference=data.reference,
+            ),
+        }
         for run in range(runs):
-            rate, mem, reviews = aggregate_throughput.run_once(
-                settings, admin, valid, flagged, records, PARTITIONS
+            ours.append(
+                aggregate_throughput.run_once(settings, admin, valid, flagged, data, PARTITIONS)
             )
-            rates["ours"].append(rate)
-            mems.append(mem * 1_000_000 / reviews)
-            rates["kstreams"].append(
-                kstreams.aggregate(settings, valid, PARTITIONS, records, expected, LOGS).rps
-            )
-            if run < QUIX_RUNS:
-                rates["quix"].append(
-                    quix.aggregate(settings, valid, PARTITIONS, records, expected, LOGS).rps
-                )
-            log(
-                f"aggregate run {run + 1}: "
-                + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items())
-                + f"; ours +{mems[-1]:,.0f} MB RSS per 1M reviews"
-            )
+            log(f"aggregate run {run + 1}: ours {aggregate_throughput.describe(ours[-1])}")
+            rates["ours"].append(ours[-1].rps)
+            wrong["ours"].append(ours[-1].mismatches.wrong)
+            for name, engine in engines.items():
+                if name != "quix" or run < QUIX_RUNS:
+                    r = engine()
+                    rates[name].append(r.rps)
+                    wrong[name].append(r.mismatches.wrong if r.mismatches else -1)
+                    log(
+                        f"aggregate run {run + 1}: {name} {r.rps:,.0f}/s, mismatches {r.mismatches}"
+                    )
     finally:
         delete(admin, valid, flagged)
+    return _aggregate_figures(rates, wrong, ours, data.edit_fraction)
+
+
+def _aggregate_figures(
+    rates: dict[str, list[float]],
+    mismatches: dict[str, list[int]],
+    ours: list[aggregate_throughput.OurRun],
+    edits: float,
+) -> dict:
+    """The step's figures: medians of the rates (ratios of the medians), the worst run's
+    mismatches, our memory and state size."""
     m = {k: median(v) for k, v in rates.items()}
-    return {
+    wrong = {k: max(v) for k, v in mismatches.items()}
+    figures = {
         "aggregate_eos_rps": round(m["ours"]),
         "kstreams_aggregate_rps": round(m["kstreams"]),
-        "aggregate_vs_kstreams": round(m["ours"] / m["kstreams"], 2),
+        "kstreams_ktable_aggregate_rps": round(m["ktable"]),
         "quix_aggregate_rps": round(m["quix"]),
+        "aggregate_vs_kstreams": round(m["ours"] / m["kstreams"], 2),
+        "aggregate_vs_kstreams_ktable": round(m["ours"] / m["ktable"], 2),
         "aggregate_vs_quix": round(m["ours"] / m["quix"], 2),
-        "aggregator_rss_mb_per_1m_reviews": round(median(mems)),
+        "aggregate_mismatches": wrong["ours"],
+        "kstreams_aggregate_mismatches": wrong["kstreams"],
+        "kstreams_ktable_mismatches": wrong["ktable"],
+        "quix_aggregate_mismatches": wrong["quix"],
+        "aggregator_rss_mb_per_1m_reviews": round(
+            median([r.rss_mb * 1_000_000 / r.reviews for r in ours])
+        ),
+        "aggregate_edit_fraction": edits,
     }
+    sizes = [r.state_bytes_per_review for r in ours if r.state_bytes_per_review is not None]
+    if sizes:  # absent while the state classes have no nbytes()
+        figures["aggregator_state_bytes_per_review"] = round(median(sizes))
+    return figures
 
 
 def e2e(settings: Settings, runs: int, records: int) -> dict:
@@ -271,10 +321,30 @@ def pinned(path: Path, pattern: str) -> str:
     return found.group(1) if found else "unknown"
 
 
+COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">=": lambda value, bound: value >= bound,
+    "<=": lambda value, bound: value <= bound,
+    "<": lambda value, bound: value < bound,
+}
+
+
 def verdict(key: str, value: float) -> str:
     op, bound = GOALS[key]
-    met = value >= bound if op == ">=" else value < bound
-    return f"{op} {bound:,}: {'met' if met else 'MISSED'}"
+    return f"{op} {bound:,}: {'met' if COMPARE[op](value, bound) else 'MISSED'}"
+
+
+def peer_settings() -> list[str]:
+    """How the peers ran, for the report."""
+    return [
+        "Peers: Kafka Streams (the original topology `aggregate`, and `aggregate-ktable`, our "
+        "semantics as a KTable aggregation) with exactly-once v2, "
+        "1 stream thread, commit interval 100 ms, the record cache and RocksDB as shipped, "
+        f"JVM {' '.join(kstreams.JVM_OPTIONS)}; Quix Streams exactly-once, commit interval "
+        f"{quix.COMMIT_INTERVAL_S * 1000:.0f} ms. The original topology and Quix read the valid "
+        "topic and never retract (edits are counted again, flips and moves not undone): their "
+        "mismatches are a figure, not a failure. Ours and `aggregate-ktable` must match the "
+        "from-scratch reference on every course.",
+    ]
 
 
 def report(doc: dict) -> str:
@@ -294,6 +364,8 @@ def report(doc: dict) -> str:
             for k, v in figures.items()
             if isinstance(v, int | float)
         ),
+        "",
+        *peer_settings(),
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + ".",
     ]

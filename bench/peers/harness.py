@@ -6,9 +6,13 @@ The harness times from that moment until a completion condition holds, observed 
 - fraud: the peer's consumer group has committed the whole input (under exactly-once the
   outputs of those records are committed in the same transactions);
 - aggregate: the peer's output topic (read_committed) holds, for every course, a statistic whose
-  `count_reviews` equals the expected count.
+  (`count_reviews`, `sum_rating`) equals the expected pair (the reference's for an engine with
+  our semantics, the append-only one for an engine that never retracts).
 
 Observing from outside costs at most one poll interval (50 ms) on runs of several seconds.
+After `done` the timing ends, but an aggregate peer runs on until it has *settled* (its output
+quiet for QUIET_S and its group committed all its input), so the late title and
+last_review_time updates are in its output before it is stopped and its mismatches counted.
 """
 
 from __future__ import annotations
@@ -26,16 +30,20 @@ from pathlib import Path
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from bench.common import Expected, Mismatches
 from streaming.config import Settings
 from streaming.core.avro_codec import load_schema, schemas_dir, split_confluent
 
 POLL_S = 0.05
+QUIET_S = 2.0
+SETTLE_TIMEOUT_S = 120
 
 
 @dataclass
 class PeerRun:
     seconds: float
     records: int
+    mismatches: Mismatches | None = None
 
     @property
     def rps(self) -> float:
@@ -78,15 +86,17 @@ def input_committed(
 
 
 class StatsWatcher:
-    """Aggregate completion: every course's latest count_reviews reached its expected value."""
+    """Aggregate completion: every course's latest (count_reviews, sum_rating) reached its
+    expected pair; `quiet` tells how long no statistic has arrived."""
 
-    def __init__(self, settings: Settings, topic: str, expected: dict[int, int]) -> None:
+    def __init__(self, settings: Settings, topic: str, expected: Expected) -> None:
         from fastavro import schemaless_reader
 
         self._read = schemaless_reader
         self._schema = load_schema(schemas_dir() / "course_statistic.avsc")
         self.expected = expected
-        self.latest: dict[int, int] = {}
+        self.latest: dict[int, tuple[int, float]] = {}
+        self.last_arrival = time.monotonic()
         self.consumer = Consumer(
             settings.kafka_config(
                 **{
@@ -105,13 +115,28 @@ class StatsWatcher:
         for msg in self.consumer.consume(10_000, timeout=POLL_S):
             if msg.error() or msg.value() is None:
                 continue
+            self.last_arrival = time.monotonic()
             _, body = split_confluent(msg.value())
             rec = self._read(io.BytesIO(body), self._schema, self._schema)
-            self.latest[rec["course_id"]] = rec["count_reviews"]
-        return all(self.latest.get(c) == n for c, n in self.expected.items())
+            self.latest[rec["course_id"]] = (rec["count_reviews"], rec["sum_rating"])
+        return all(_reached(self.latest.get(c), pair) for c, pair in self.expected.items())
+
+    def quiet(self, seconds: float = QUIET_S) -> bool:
+        """Whether no statistic arrived in the last `seconds` (reading what is there first)."""
+        self()
+        return time.monotonic() - self.last_arrival >= seconds
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def _reached(got: tuple[int, float] | None, want: tuple[int, float]) -> bool:
+    return got is not None and got[0] == want[0] and abs(got[1] - want[1]) < 1e-6
+
+
+def settled(watcher: StatsWatcher, committed: Callable[[], bool]) -> Callable[[], bool]:
+    """An aggregate peer has settled: its output quiet for QUIET_S and its input committed."""
+    return lambda: watcher.quiet() and committed()
 
 
 def run_peer(
@@ -121,8 +146,10 @@ def run_peer(
     log: Path,
     env: dict[str, str] | None = None,
     timeout_s: float = 600,
+    settle: Callable[[], bool] | None = None,
 ) -> PeerRun:
-    """Start `cmd`, wait for FIRST and then for `done()`, stop the peer, return the timing."""
+    """Start `cmd`, wait for FIRST and then for `done()` (the timing ends there), then for
+    `settle()` if given, stop the peer, return the timing."""
     proc = subprocess.Popen(
         list(cmd),
         stdout=subprocess.PIPE,
@@ -133,21 +160,29 @@ def run_peer(
     )
     reader = _Stdout(proc, log)
     reader.start()
-    deadline = time.monotonic() + timeout_s
     try:
-        while not done():
-            if proc.poll() is not None:
-                code = proc.returncode
-                raise RuntimeError(f"peer exited with {code} before finishing; see {log}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"peer did not finish within {timeout_s:.0f} s; see {log}")
-            time.sleep(POLL_S)  # the observation interval, not a readiness wait
+        _wait(proc, done, log, timeout_s, "finishing")
         end_ms = time.time() * 1000
         if reader.first_ms is None:
             raise RuntimeError(f"peer finished without printing its FIRST line; see {log}")
+        if settle is not None:
+            _wait(proc, settle, log, SETTLE_TIMEOUT_S, "settling")
         return PeerRun(seconds=(end_ms - reader.first_ms) / 1000, records=records)
     finally:
         stop(proc)
+
+
+def _wait(
+    proc: subprocess.Popen, until: Callable[[], bool], log: Path, timeout_s: float, what: str
+) -> None:
+    """Poll `until()` while the peer lives, for up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not until():
+        if proc.poll() is not None:
+            raise RuntimeError(f"peer exited with {proc.returncode} before {what}; see {log}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"peer still not done {what} after {timeout_s:.0f} s; see {log}")
+        time.sleep(POLL_S)  # the observation interval, not a readiness wait
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:

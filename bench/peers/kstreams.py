@@ -1,10 +1,13 @@
-"""The Kafka Streams peer (issue 9): the original fraud app and aggregator, timed by the harness.
+"""The Kafka Streams peer (issue 9): the original fraud app and aggregator, and a KTable
+aggregator with our semantics, timed by the harness.
 
 `bench/peers/kstreams/` holds the original simplesteph topologies in Java on Kafka Streams 4.3.1
-(the broker's version) with the same fraud rule, exactly-once v2 and one stream thread. This
-module builds their jar, runs each app on fresh output topics and a fresh application id, checks
-what it wrote, and deletes every topic it made (Streams' internal ones included), its consumer
-group, its schema subjects and its state directory.
+(the broker's version) with the same fraud rule, exactly-once v2 and one stream thread, and
+`KTableAggregateApp`: the exact aggregation (current versions, retraction, titles) as a Kafka
+Streams engineer would write it in the DSL. This module builds their jar, runs each app on
+fresh output topics and a fresh application id, checks what it wrote (the aggregators: their
+mismatches with the from-scratch reference), and deletes every topic it made (Streams' internal
+ones included), its consumer group, its schema subjects and its state directory.
 
     .venv/bin/python -m bench.peers.kstreams --records 200000 --runs 1
 """
@@ -19,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,8 +35,15 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from bench.common import produce_reviews, review
-from bench.peers.harness import PeerRun, StatsWatcher, input_committed, run_peer
+from bench.common import (
+    EditHeavyInput,
+    Expected,
+    count_mismatches,
+    in_child,
+    produce_edit_heavy,
+    produce_reviews,
+)
+from bench.peers.harness import PeerRun, StatsWatcher, input_committed, run_peer, settled
 from streaming.config import Settings
 from streaming.core.avro_codec import CONFLUENT_HEADER_SIZE, schemas_dir
 from streaming.core.fraud import HashFraudModel
@@ -203,36 +212,89 @@ def fraud(
         return result
 
 
+def _run_aggregator(
+    settings: Settings,
+    app: _App,
+    mode: str,
+    inputs: dict[str, str],
+    partitions: int,
+    records: int,
+    expected: Expected,
+    reference: dict | None,
+) -> PeerRun:
+    """Run an aggregator app on `inputs` (option -> topic) until every course reached
+    `expected`, let it settle, count its mismatches with `reference` (if given)."""
+    long_term, recent = app.topic("long-term-stats"), app.topic("recent-stats")
+    _create_topics(settings, [long_term, recent], partitions)
+    registry = Registry(settings.schema_registry_url)
+    cmd = app.command(
+        settings,
+        mode,
+        **inputs,
+        long_term=long_term,
+        recent=recent,
+        review_schema=schemas_dir() / "review.avsc",
+        review_schema_id=registry.register(INPUT_SUBJECT, "review.avsc"),
+        stat_schema=schemas_dir() / "course_statistic.avsc",
+        long_term_schema_id=registry.register(f"{long_term}-value", "course_statistic.avsc"),
+        recent_schema_id=registry.register(f"{recent}-value", "course_statistic.avsc"),
+    )
+    watcher = StatsWatcher(settings, long_term, expected)
+    committed = input_committed(settings, app.app_id, list(inputs.values()), records)
+    try:
+        run = run_peer(cmd, watcher, records, app.log, settle=settled(watcher, committed))
+    finally:
+        watcher.close()
+    if reference is not None:
+        run.mismatches = count_mismatches(settings, long_term, reference)
+    return run
+
+
 def aggregate(
     settings: Settings,
     valid_topic: str,
     partitions: int,
     records: int,
-    expected: dict[int, int],
+    expected: Expected,
+    log_dir: Path,
+    reference: dict | None = None,
+) -> PeerRun:
+    """Time the original aggregator (valid topic only, append-only) until every course's
+    all-time (count, sum) reaches `expected`; `records`: the valid topic's."""
+    with _fresh_app(settings, "aggregate", log_dir) as app:
+        return _run_aggregator(
+            settings,
+            app,
+            "aggregate",
+            {"input": valid_topic},
+            partitions,
+            records,
+            expected,
+            reference,
+        )
+
+
+def aggregate_ktable(
+    settings: Settings,
+    valid_topic: str,
+    fraud_topic: str,
+    partitions: int,
+    data: EditHeavyInput,
     log_dir: Path,
 ) -> PeerRun:
-    """Time the aggregator until every course's all-time count reaches `expected`."""
-    with _fresh_app(settings, "aggregate", log_dir) as app:
-        long_term, recent = app.topic("long-term-stats"), app.topic("recent-stats")
-        _create_topics(settings, [long_term, recent], partitions)
-        registry = Registry(settings.schema_registry_url)
-        cmd = app.command(
+    """Time the KTable aggregator (both topics, our semantics) until every course's all-time
+    (count, sum) is the reference's; its mismatches with the reference."""
+    with _fresh_app(settings, "ktable", log_dir) as app:
+        return _run_aggregator(
             settings,
-            "aggregate",
-            input=valid_topic,
-            long_term=long_term,
-            recent=recent,
-            review_schema=schemas_dir() / "review.avsc",
-            review_schema_id=registry.register(INPUT_SUBJECT, "review.avsc"),
-            stat_schema=schemas_dir() / "course_statistic.avsc",
-            long_term_schema_id=registry.register(f"{long_term}-value", "course_statistic.avsc"),
-            recent_schema_id=registry.register(f"{recent}-value", "course_statistic.avsc"),
+            app,
+            "aggregate-ktable",
+            {"valid": valid_topic, "fraud": fraud_topic},
+            partitions,
+            data.records,
+            data.exact,
+            data.reference,
         )
-        watcher = StatsWatcher(settings, long_term, expected)
-        try:
-            return run_peer(cmd, watcher, records, app.log)
-        finally:
-            watcher.close()
 
 
 def main() -> int:
@@ -246,31 +308,49 @@ def main() -> int:
     args = parser.parse_args()
     settings = Settings.from_env()
     build()
-    source = f"bench-ks-{uuid.uuid4().hex[:8]}-reviews"
+    tag = uuid.uuid4().hex[:8]
+    source, valid, flagged = (f"bench-ks-{tag}-{n}" for n in ("reviews", "valid", "fraud"))
     admin = AdminClient(settings.kafka_config())
-    admin.create_topics([NewTopic(source, args.partitions)])[source].result(30)
+    for fut in admin.create_topics(
+        [NewTopic(t, args.partitions) for t in (source, valid, flagged)]
+    ).values():
+        fut.result(30)
     try:
-        print(f"producing {args.records:,} reviews into {source} ...", flush=True)
+        print(
+            f"producing {args.records:,} reviews into {source} and the edit-heavy input ...",
+            flush=True,
+        )
         produce_reviews(settings, source, args.records)
-        expected = dict(Counter(review(i)["course"]["id"] for i in range(args.records)))
-        rates: dict[str, list[float]] = {"fraud": [], "aggregate": []}
+        data = in_child(produce_edit_heavy, settings, valid, flagged, args.records)
+        rates: dict[str, list[float]] = {"fraud": [], "aggregate": [], "ktable": []}
         for run in range(args.runs):
             f = fraud(settings, source, args.partitions, args.records, args.log_dir)
-            # the whole input stands for the valid topic: every review is counted
-            a = aggregate(settings, source, args.partitions, args.records, expected, args.log_dir)
-            rates["fraud"].append(f.rps)
-            rates["aggregate"].append(a.rps)
+            a = aggregate(
+                settings,
+                valid,
+                args.partitions,
+                data.valid_records,
+                data.append_only,
+                args.log_dir,
+                data.reference,
+            )
+            k = aggregate_ktable(settings, valid, flagged, args.partitions, data, args.log_dir)
+            for name, r in (("fraud", f), ("aggregate", a), ("ktable", k)):
+                rates[name].append(r.rps)
             print(
                 f"run {run + 1}: fraud {f.rps:,.0f} records/s ({f.seconds:.2f} s), "
-                f"aggregate {a.rps:,.0f} records/s ({a.seconds:.2f} s)",
+                f"aggregate {a.rps:,.0f} records/s ({a.seconds:.2f} s, mismatches "
+                f"{a.mismatches}), aggregate-ktable {k.rps:,.0f} records/s ({k.seconds:.2f} s, "
+                f"mismatches {k.mismatches})",
                 flush=True,
             )
     finally:
-        admin.delete_topics([source])[source].result(30)
+        for fut in admin.delete_topics([source, valid, flagged]).values():
+            fut.result(30)
     print(
         f"Kafka Streams, {args.records:,} records, median of {args.runs}: "
-        f"fraud {statistics.median(rates['fraud']):,.0f} records/s, "
-        f"aggregate {statistics.median(rates['aggregate']):,.0f} records/s; logs in {args.log_dir}"
+        + ", ".join(f"{k} {statistics.median(v):,.0f} records/s" for k, v in rates.items())
+        + f"; logs in {args.log_dir}"
     )
     return 0
 

@@ -4,7 +4,9 @@ The apps (`bench/peers/quix/app.py`) run in their own venv, `bench/peers/quix/.v
 quixstreams pins a different confluent-kafka than ours; `build()` makes it from the pinned
 `requirements.txt`. Each run gets fresh output topics and a fresh consumer group (prefix
 `bench-qx-`), is timed by `harness.run_peer`, is checked against our own results on the same
-input (fail loudly), and deletes its topics, Quix's repartition/changelog topics and its group.
+input (fail loudly; the aggregator against the append-only expectation, as it never retracts,
+and its mismatches with the exact reference are counted as a figure), and deletes its topics,
+Quix's repartition/changelog topics and its group.
 
     make up && .venv/bin/python -m bench.peers.quix [--records 200000] [--runs 1]
 """
@@ -20,13 +22,18 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections import Counter
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient, NewTopic
 from fastavro import schemaless_reader
 
-from bench.common import produce_reviews, review
+from bench.common import (
+    Expected,
+    count_mismatches,
+    in_child,
+    produce_edit_heavy,
+    produce_reviews,
+)
 from bench.peers import harness
 from bench.peers.harness import PeerRun
 from streaming.config import Settings
@@ -174,11 +181,14 @@ def aggregate(
     valid_topic: str,
     partitions: int,
     records: int,
-    expected: dict[int, int],
+    expected: Expected,
     log_dir: Path,
     commit_interval: float = COMMIT_INTERVAL_S,
+    reference: dict | None = None,
 ) -> PeerRun:
-    """Time the Quix aggregator until every course's count is `expected`; check its output."""
+    """Time the Quix aggregator (valid topic only, append-only; `records`: the topic's) until
+    every course's (count, sum) is `expected`; check its output, count its mismatches with
+    `reference` (if given)."""
     python = build()
     admin = AdminClient(settings.kafka_config())
     tag = uuid.uuid4().hex[:8]
@@ -207,17 +217,20 @@ def aggregate(
                 done=watcher,
                 records=records,
                 log=log_dir / f"quix-aggregate-{tag}.log",
+                settle=harness.settled(
+                    watcher, harness.input_committed(settings, group, [valid_topic], records)
+                ),
             )
         check_statistics(settings, output, records, expected)
+        if reference is not None:
+            run.mismatches = count_mismatches(settings, output, reference)
         return run
     finally:
         watcher.close()
         cleanup(admin, group, [output])
 
 
-def check_statistics(
-    settings: Settings, topic: str, records: int, expected: dict[int, int]
-) -> None:
+def check_statistics(settings: Settings, topic: str, records: int, expected: Expected) -> None:
     """One statistic per input record (each counted once), the last of each course complete."""
     schema = local_schema("course_statistic.avsc")
     emitted, latest = 0, {}
@@ -225,7 +238,8 @@ def check_statistics(
         rec = schemaless_reader(io.BytesIO(split_confluent(msg.value())[1]), schema, schema)
         emitted += 1
         latest[rec["course_id"]] = rec["count_reviews"]
-    wrong = sorted(c for c in expected.keys() | latest.keys() if latest.get(c) != expected.get(c))
+    counts = {c: pair[0] for c, pair in expected.items()}
+    wrong = sorted(c for c in counts.keys() | latest.keys() if latest.get(c) != counts.get(c))
     if emitted != records or wrong:
         raise AssertionError(
             f"quix aggregate: {emitted:,} statistics for {records:,} reviews; "
@@ -249,12 +263,13 @@ def main() -> int:
     settings = Settings.from_env()
     build()
     admin = AdminClient(settings.kafka_config())
-    source = f"bench-qx-in-{uuid.uuid4().hex[:8]}"
-    create_topics(admin, [source], args.partitions)
+    tag = uuid.uuid4().hex[:8]
+    source, valid, flagged = (f"bench-qx-{n}-{tag}" for n in ("in", "agg-valid", "agg-fraud"))
+    create_topics(admin, [source, valid, flagged], args.partitions)
     try:
-        print(f"producing {args.records:,} reviews into {source} ...", flush=True)
+        print(f"producing {args.records:,} reviews into {source}, the edit-heavy input ...")
         produce_reviews(settings, source, args.records)
-        expected = dict(Counter(review(i)["course"]["id"] for i in range(args.records)))
+        data = in_child(produce_edit_heavy, settings, valid, flagged, args.records)
         fraud_rps, agg_rps = [], []
         for run in range(args.runs):
             f = fraud(
@@ -262,22 +277,25 @@ def main() -> int:
             )
             a = aggregate(
                 settings,
-                source,
+                valid,
                 args.partitions,
-                args.records,
-                expected,
+                data.valid_records,
+                data.append_only,
                 args.log_dir,
                 args.commit_interval,
+                data.reference,
             )
             fraud_rps.append(f.rps)
             agg_rps.append(a.rps)
             print(
                 f"run {run + 1}: quix fraud {f.rps:,.0f} records/s ({f.seconds:.1f} s), "
-                f"quix aggregate {a.rps:,.0f} records/s ({a.seconds:.1f} s)",
+                f"quix aggregate {a.rps:,.0f} records/s ({a.seconds:.1f} s, "
+                f"mismatches {a.mismatches})",
                 flush=True,
             )
     finally:
-        admin.delete_topics([source])[source].result(30)
+        for fut in admin.delete_topics([source, valid, flagged]).values():
+            fut.result(30)
     print(
         f"median of {args.runs}: quix fraud {statistics.median(fraud_rps):,.0f} records/s, "
         f"quix aggregate {statistics.median(agg_rps):,.0f} records/s "

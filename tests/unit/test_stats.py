@@ -1,11 +1,12 @@
-"""The statistics arithmetic: `CourseStats` (add/retract/offer_title/move_window) driven by the
-KTable transition (current version per review, retract the old, add the new) must equal the
-from-scratch reference for any arrival order, and the reference must equal an independent pandas
-computation."""
+"""The statistics arithmetic: the production state (`VersionsState` routing changes to
+`CourseState`, as the worker wires them: current version per review, retract the old, add the
+new) must equal the from-scratch reference for any arrival order, and the reference must equal an
+independent pandas computation."""
 
 import json
 import math
 import re
+import struct
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -17,6 +18,13 @@ from fastavro.validation import validate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streaming.core.aggregation import (
+    Change,
+    CourseState,
+    VersionsState,
+    pack_change,
+    title_key,
+)
 from streaming.core.ratings import (
     BUCKET_FIELDS,
     RATINGS,
@@ -25,12 +33,10 @@ from streaming.core.ratings import (
     star_bucket,
 )
 from streaming.core.stats import (
-    CourseStats,
     ReviewVersion,
     compute_from_scratch,
     supersedes,
     title_wins,
-    to_course_statistic,
 )
 from streaming.core.window import (
     MS_PER_DAY,
@@ -42,6 +48,7 @@ from streaming.core.window import (
 )
 
 AS_OF = 20_000  # 2024-10-04
+T = 7  # as_of_time of the statistics records compared here (CourseState needs an int)
 SCHEMA_PATH = Path(__file__).parents[2] / "schemas" / "course_statistic.avsc"
 SCHEMA = parse_schema(json.loads(SCHEMA_PATH.read_text()))
 FIELDS = [field["name"] for field in json.loads(SCHEMA_PATH.read_text())["fields"]]
@@ -98,47 +105,95 @@ def histories(draw: st.DrawFn, min_size: int = 0) -> list[Event]:
 
 
 class Model:
-    """The KTable transition over `CourseStats` in one process: a review's current version is
-    its greatest (modified, position); a superseding version retracts the old one (if it was
-    counted) and adds itself (if valid); every record offers its course title."""
+    """The KTable transition in one process, as the worker wires it: one `VersionsState`
+    (a review's current version is its greatest (modified, position); a superseding version
+    emits the retraction of the old one, if it was counted, and the addition of itself, if
+    valid; every record offers its course title) routing its changes to one `CourseState`."""
 
     def __init__(self, as_of_day: int) -> None:
-        self.as_of_day = as_of_day
-        self.courses: dict[int, CourseStats] = {}
-        self.current: dict[int, ReviewVersion] = {}
+        self.versions = VersionsState()
+        self.courses = CourseState(as_of_day)
 
-    def course(self, course_id: int) -> CourseStats:
-        if course_id not in self.courses:
-            self.courses[course_id] = CourseStats(course_id, self.as_of_day)
-        return self.courses[course_id]
-
-    def apply(self, event: Event) -> None:
+    def apply(self, event: Event) -> set[int]:
         review_id, version, title = event
-        self.course(version.course_id).offer_title(version.modified_ms, title)
-        stored = self.current.get(review_id)
-        if not supersedes(version, stored):
-            return
-        if stored is not None and stored.valid:
-            self.courses[stored.course_id].retract(stored.created_ms, stored.halves)
-        if version.valid:
-            self.course(version.course_id).add(version.created_ms, version.halves)
-        self.current[review_id] = version
+        routed, _entry = self.versions.apply(review_id, version, title.encode("utf-8"))
+        changed, _entries, errors = self.courses.apply(routed)
+        assert errors == {}
+        return changed
 
-    def advance(self, as_of_day: int) -> dict[int, bool]:
-        self.as_of_day = as_of_day
-        return {cid: course.move_window(as_of_day) for cid, course in self.courses.items()}
+    def advance(self, as_of_day: int) -> list[int]:
+        return self.courses.advance(as_of_day)
 
-    def snapshot(self, as_of_time: int | None = None) -> dict[int, tuple[dict, dict]]:
-        return {
-            course_id: (
-                to_course_statistic(course, recent=False, as_of_time=as_of_time),
-                to_course_statistic(course, recent=True, as_of_time=as_of_time),
-            )
-            for course_id, course in self.courses.items()
-        }
+    def total(self, course_id: int) -> list[int]:
+        return histogram(self.courses, course_id)
+
+    def recent(self, course_id: int) -> list[int]:
+        return histogram(self.courses, course_id, recent=True)
+
+    def snapshot(self, as_of_time: int = T) -> dict[int, tuple[dict, dict]]:
+        return {cid: self.courses.statistics(cid, as_of_time) for cid in self.courses.courses}
 
 
-def scratch(events: list[Event], as_of_day: int, as_of_time: int | None = None) -> dict:
+def histogram(state: CourseState, course_id: int, recent: bool = False) -> list[int]:
+    """A course's all-time or recent histogram of rating halves (index = halves, 0..10)."""
+    return state.hist[state.courses[course_id], int(recent)].tolist()
+
+
+def change(
+    review_id: int,
+    *,
+    retract: tuple[int, int] | None = None,
+    add: tuple[int, int] | None = None,
+    title: tuple[int, bytes] | None = None,
+) -> bytes:
+    return pack_change(Change(review_id, retract=retract, add=add, title=title))
+
+
+def apply_ok(state: CourseState, course_id: int, *changes: bytes) -> set[int]:
+    """Apply packed changes to one course; none may be refused."""
+    changed, _entries, errors = state.apply([(course_id, c) for c in changes])
+    assert errors == {}
+    return changed
+
+
+def fingerprint(state: CourseState) -> tuple:
+    """Everything a course stage holds: courses, titles, member rows, histograms, figures."""
+    return (
+        state.to_snapshot(),
+        {
+            cid: (state.statistics(cid, T), state.hist[slot].tolist(), state.figures[slot].tolist())
+            for cid, slot in state.courses.items()
+        },
+    )
+
+
+def assert_refused(state: CourseState, course_id: int, data: bytes, reason: str) -> None:
+    """The change is refused with `reason` and leaves the state as it was."""
+    before = fingerprint(state)
+    changed, entries, errors = state.apply([(course_id, data)])
+    assert list(errors) == [0]
+    assert errors[0].endswith(f"course {course_id}: {reason}"), errors[0]
+    assert (changed, entries) == (set(), {})
+    assert fingerprint(state) == before
+
+
+def offer_title(state: CourseState, course_id: int, modified: int, title: bytes) -> bool:
+    """Offer a record's course title (a title-only change, as a stale version emits); whether
+    it won (the course's (modified, title) changed, even when the title text stays the same)."""
+    first = course_id not in state.courses
+    text_before = None if first else state.title(course_id)[1]
+    changed, entries, errors = state.apply([(course_id, change(0, title=(modified, title)))])
+    assert errors == {}
+    won = title_key(course_id) in entries
+    if won:
+        assert entries[title_key(course_id)] == struct.pack(">q", modified) + title
+    assert set(entries) <= {title_key(course_id)}
+    # Its statistics records change when the course is new or its title text changed.
+    assert (course_id in changed) == (first or state.title(course_id)[1] != text_before)
+    return won
+
+
+def scratch(events: list[Event], as_of_day: int, as_of_time: int = T) -> dict:
     return compute_from_scratch(events, as_of_day, as_of_time=as_of_time)
 
 
@@ -181,15 +236,15 @@ def test_moving_window_both_ways_interleaved_with_versions_equals_from_scratch(
         for event in events[done:cut]:
             model.apply(event)
         done = cut
-        before = {cid: list(course.recent) for cid, course in model.courses.items()}
+        before = {cid: model.recent(cid) for cid in model.courses.courses}
         day += step
         moved = model.advance(day)
         assert model.snapshot() == scratch(events[:done], day)
-        for cid, course in model.courses.items():
-            if course.recent != before[cid]:
-                assert moved[cid], "move_window must say when the recent counts changed"
+        for cid in model.courses.courses:
+            if model.recent(cid) != before[cid]:
+                assert cid in moved, "advance must name the courses whose recent counts changed"
             if step == 0:
-                assert not moved[cid]
+                assert cid not in moved
     for event in events[done:]:
         model.apply(event)
     assert model.snapshot() == scratch(events, day)
@@ -197,7 +252,7 @@ def test_moving_window_both_ways_interleaved_with_versions_equals_from_scratch(
     # With no new reviews, every course decays to zero 90 days after its latest one.
     last_day = max((epoch_day(v.created_ms) for _, v, _ in events), default=day)
     model.advance(max(day, last_day + RECENT_DAYS))
-    assert all(course.recent == [0] * 11 for course in model.courses.values())
+    assert all(model.recent(cid) == [0] * 11 for cid in model.courses.courses)
 
 
 def test_course_decays_to_zero_after_90_days_and_comes_back() -> None:
@@ -217,15 +272,15 @@ def test_course_decays_to_zero_after_90_days_and_comes_back() -> None:
         model.advance(day)
         assert model.snapshot() == scratch(events, day)
     model.advance(AS_OF + RECENT_DAYS + 1)
-    recent = to_course_statistic(model.courses[7], recent=True)
+    all_time, recent = model.courses.statistics(7, T)
     assert (recent["count_reviews"], recent["average_rating"], recent["last_review_time"]) == (
         0,
         0.0,
         0,
     )
-    assert to_course_statistic(model.courses[7], recent=False)["count_reviews"] == 10
+    assert all_time["count_reviews"] == 10
     model.advance(AS_OF)  # back again: the window takes the reviews back
-    assert to_course_statistic(model.courses[7], recent=True)["count_reviews"] == 10
+    assert model.courses.statistics(7, T)[1]["count_reviews"] == 10
 
 
 def test_edits_verdict_flips_ties_and_stale_versions_move_the_statistics() -> None:
@@ -246,7 +301,7 @@ def test_edits_verdict_flips_ties_and_stale_versions_move_the_statistics() -> No
     for event, count, sum_rating in steps:
         model.apply(event)
         seen.append(event)
-        record = to_course_statistic(model.courses[5], recent=False)
+        record = model.courses.statistics(5, T)[0]
         assert (record["count_reviews"], record["sum_rating"]) == (count, sum_rating)
         assert model.snapshot() == scratch(seen, AS_OF)
     assert record["average_rating"] == 2.0
@@ -255,39 +310,53 @@ def test_edits_verdict_flips_ties_and_stale_versions_move_the_statistics() -> No
 
 
 def test_last_review_time_survives_retracting_the_latest_review() -> None:
-    stats = CourseStats(1, AS_OF)
+    state = CourseState(AS_OF)
     early = (AS_OF - 3) * MS_PER_DAY
     late = AS_OF * MS_PER_DAY + 7
     same_day = AS_OF * MS_PER_DAY + 3
     future = (AS_OF + 2) * MS_PER_DAY
+    review = {created: review_id for review_id, created in enumerate((late, early, future))}
+    review[same_day] = 3
+    apply_ok(state, 1, change(0, title=(0, b"T")))
     for created in (late, early, future, same_day):
-        stats.add(created, 10)
-    assert stats.last_review_time() == future
-    assert stats.last_review_time(recent=True) == late
-    stats.retract(future, 10)
-    assert stats.last_review_time() == stats.last_review_time(recent=True) == late
-    stats.retract(late, 10)
-    assert stats.last_review_time() == stats.last_review_time(recent=True) == same_day
-    stats.retract(same_day, 10)
-    assert stats.last_review_time() == stats.last_review_time(recent=True) == early
-    stats.move_window(AS_OF + RECENT_DAYS)  # early has left the window, not the course
-    assert (stats.last_review_time(), stats.last_review_time(recent=True)) == (early, 0)
-    stats.retract(early, 10)
-    assert stats.last_review_time() == 0
-    with pytest.raises(ValueError, match="never added"):
-        stats.retract(early, 10)
+        apply_ok(state, 1, change(review[created], add=(created, 10)))
+
+    def last() -> tuple[int, int]:
+        all_time, recent = state.statistics(1, T)
+        return all_time["last_review_time"], recent["last_review_time"]
+
+    assert last() == (future, late)
+    apply_ok(state, 1, change(review[future], retract=(future, 10)))
+    assert last() == (late, late)
+    apply_ok(state, 1, change(review[late], retract=(late, 10)))
+    assert last() == (same_day, same_day)
+    apply_ok(state, 1, change(review[same_day], retract=(same_day, 10)))
+    assert last() == (early, early)
+    state.advance(AS_OF + RECENT_DAYS)  # early has left the window, not the course
+    assert last() == (early, 0)
+    apply_ok(state, 1, change(review[early], retract=(early, 10)))
+    assert last() == (0, 0)
+    assert_refused(
+        state, 1, change(review[early], retract=(early, 10)), "retracting a version never added"
+    )
 
 
 def test_retract_refuses_what_was_never_added_and_changes_nothing() -> None:
-    stats = CourseStats(1, AS_OF)
+    state = CourseState(AS_OF)
     created = AS_OF * MS_PER_DAY
-    stats.add(created, 10)
-    with pytest.raises(ValueError, match="rating never added"):
-        stats.retract(created, 9)
-    with pytest.raises(ValueError, match="version never added"):
-        stats.retract(created + 1, 10)
-    assert stats.total == stats.recent == [0] * 10 + [1]
-    assert stats.last_review_time() == created
+    apply_ok(state, 1, change(1, add=(created, 10), title=(0, b"T")))
+    assert_refused(state, 1, change(1, retract=(created, 9)), "retracting a rating never added")
+    assert_refused(
+        state, 1, change(1, retract=(created + 1, 10)), "retracting a version never added"
+    )
+    assert_refused(state, 1, change(2, retract=(created, 10)), "retracting a version never added")
+    assert_refused(state, 1, change(1, add=(created, 10)), "adding a review already counted")
+    assert_refused(
+        state, 2, change(1, retract=(created, 10)), "a retraction for a course never seen"
+    )
+    assert histogram(state, 1) == histogram(state, 1, recent=True) == [0] * 10 + [1]
+    assert state.statistics(1, T)[0]["last_review_time"] == created
+    assert list(state.courses) == [1]
 
 
 def test_title_is_the_greatest_modified_then_the_greatest_title() -> None:
@@ -297,61 +366,67 @@ def test_title_is_the_greatest_modified_then_the_greatest_title() -> None:
     assert title_wins(5, "B", (5, "A"))
     assert not title_wins(5, "A", (5, "B"))
     assert not title_wins(5, "A", (5, "A"))
-    stats = CourseStats(3, AS_OF)
-    assert stats.title == ""
-    assert stats.offer_title(10, "Kafka")
-    assert not stats.offer_title(5, "Old title")  # stale: does not revert it
-    assert stats.title == "Kafka"
-    assert stats.offer_title(10, "Kafka!")  # a tie: the greater title
-    assert not stats.offer_title(10, "Kafka")
-    assert stats.offer_title(20, "Kafka for Beginners")
-    assert stats.offer_title(30, "Kafka for Beginners")  # the same title wins again, later
-    assert not stats.offer_title(25, "Later title")  # ... so 30 is what a rival must beat
-    assert (stats.title_modified, stats.title) == (30, "Kafka for Beginners")
-    assert stats.title == "Kafka for Beginners"
-    assert to_course_statistic(stats, recent=False)["count_reviews"] == 0
+    state = CourseState(AS_OF)
+    assert 3 not in state.courses  # no title, no course
+    assert offer_title(state, 3, 10, b"Kafka")
+    assert not offer_title(state, 3, 5, b"Old title")  # stale: does not revert it
+    assert state.title(3)[1] == "Kafka"
+    assert offer_title(state, 3, 10, b"Kafka!")  # a tie: the greater title
+    assert not offer_title(state, 3, 10, b"Kafka")
+    assert offer_title(state, 3, 20, b"Kafka for Beginners")
+    assert offer_title(state, 3, 30, b"Kafka for Beginners")  # the same title wins again, later
+    assert not offer_title(state, 3, 25, b"Later title")  # ... so 30 is what a rival must beat
+    assert state.title(3) == (30, "Kafka for Beginners")
+    assert_refused(state, 3, change(0, title=(99, b"\xff")), "the course title is not UTF-8")
+    assert state.title(3) == (30, "Kafka for Beginners")
+    assert state.statistics(3, T)[0]["count_reviews"] == 0
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 3), st.text(max_size=3)), max_size=8))
 def test_titles_offered_as_utf8_follow_the_rule_on_text(offers: list[tuple[int, str]]) -> None:
     """The course stage compares titles as UTF-8 bytes; the rule is on text (code points)."""
-    stats = CourseStats(1, AS_OF)
+    state = CourseState(AS_OF)
     best: tuple[int, str] | None = None
     for modified, title in offers:
-        won = stats.offer_title_bytes(modified, title.encode("utf-8"))
+        won = offer_title(state, 1, modified, title.encode("utf-8"))
         assert won == title_wins(modified, title, best)
         if won:
             best = (modified, title)
-        assert (stats.title_modified, stats.title) == (best or (None, ""))
-        assert stats.title_raw == stats.title.encode("utf-8")
+        assert state.title(1) == best
+        # the UTF-8 title kept for comparisons is the text's (a snapshot stores those bytes)
+        assert CourseState.from_snapshot(state.to_snapshot(), AS_OF).title(1) == best
+    assert (1 in state.courses) == bool(offers)
 
 
 def test_an_empty_title_is_a_title() -> None:
-    stats = CourseStats(3, AS_OF)
-    assert stats.offer_title(1, "")  # the first title, even empty, is news
-    assert not stats.offer_title(0, "Older")
-    assert stats.title == ""
+    state = CourseState(AS_OF)
+    assert offer_title(state, 3, 1, b"")  # the first title, even empty, is news
+    assert not offer_title(state, 3, 0, b"Older")
+    assert state.title(3) == (1, "")
 
 
 def test_a_review_moving_course_and_back_changes_both() -> None:
     model = Model(AS_OF)
     model.apply((1, ReviewVersion(1, 0, 10, True, 1, 0), "one"))
     model.apply((1, ReviewVersion(2, 0, 10, True, 2, 1), "two"))
-    assert [sum(model.courses[cid].total) for cid in (1, 2)] == [0, 1]
+    assert [sum(model.total(cid)) for cid in (1, 2)] == [0, 1]
     model.apply((1, ReviewVersion(3, 0, 4, True, 1, 2), "one"))
-    assert [sum(model.courses[cid].total) for cid in (1, 2)] == [1, 0]
-    assert model.courses[1].total[4] == 1
+    assert [sum(model.total(cid)) for cid in (1, 2)] == [1, 0]
+    assert model.total(1)[4] == 1
 
 
 def test_records_match_the_avro_schema() -> None:
-    stats = CourseStats(42, AS_OF)
-    stats.offer_title(0, "A course")
-    stats.add(AS_OF * MS_PER_DAY, 9)
-    stats.add((AS_OF - 200) * MS_PER_DAY, 1)
-    all_time = to_course_statistic(stats, recent=False, as_of_time=123)
-    recent = to_course_statistic(stats, recent=True, as_of_time=123)
-    empty = to_course_statistic(CourseStats(43, AS_OF), recent=True)
+    state = CourseState(AS_OF)
+    apply_ok(
+        state,
+        42,
+        change(1, add=(AS_OF * MS_PER_DAY, 9), title=(0, b"A course")),
+        change(2, add=((AS_OF - 200) * MS_PER_DAY, 1)),
+    )
+    apply_ok(state, 43, change(3, title=(0, b"")))  # a course with no review counted
+    all_time, recent = state.statistics(42, T)
+    empty = state.statistics(43, T)[1]
     for record in (all_time, recent, empty):
         assert list(record) == FIELDS
         assert validate(record, SCHEMA)
@@ -359,7 +434,7 @@ def test_records_match_the_avro_schema() -> None:
     assert (recent["window_start_day"], recent["window_end_day"]) == (AS_OF - 89, AS_OF)
     assert (all_time["sum_rating"], all_time["average_rating"]) == (5.0, 2.5)
     assert (all_time["count_zero_star"], all_time["count_four_stars"]) == (1, 1)
-    assert (recent["count_reviews"], recent["sum_rating"], recent["as_of_time"]) == (1, 4.5, 123)
+    assert (recent["count_reviews"], recent["sum_rating"], recent["as_of_time"]) == (1, 4.5, T)
     assert all_time["course_title"] == "A course"
     assert (empty["average_rating"], empty["last_review_time"], empty["course_title"]) == (
         0.0,
@@ -370,10 +445,12 @@ def test_records_match_the_avro_schema() -> None:
 
 @pytest.mark.parametrize("halves", [0, 11, -1])
 def test_add_rejects_halves_out_of_range(halves: int) -> None:
-    stats = CourseStats(1, AS_OF)
-    with pytest.raises(ValueError, match=r"outside 1\.\.10"):
-        stats.add(0, halves)
-    assert stats.total == [0] * 11
+    state = CourseState(AS_OF)
+    apply_ok(state, 1, change(0, title=(0, b"T")))
+    data = bytearray(change(1, add=(0, 1)))
+    data[27] = halves & 0xFF  # the addition's halves byte (-1 is 255 on the wire)
+    assert_refused(state, 1, bytes(data), "rating halves outside 1..10")
+    assert histogram(state, 1) == histogram(state, 1, recent=True) == [0] * 11
 
 
 def test_supersedes_greatest_modified_then_greatest_position() -> None:
@@ -438,9 +515,15 @@ def test_rating_halves_and_star_buckets(rating: str, halves: int, field: str) ->
     assert rating in RATINGS
     assert rating_halves(rating) == halves
     assert BUCKET_FIELDS[star_bucket(halves)] == field
-    stats = CourseStats(1, AS_OF)
-    stats.add(AS_OF * MS_PER_DAY, halves)
-    record = to_course_statistic(stats, recent=True)
+    state = CourseState(AS_OF)
+    apply_ok(state, 1, change(1, add=(AS_OF * MS_PER_DAY, halves), title=(0, b"T")))
+    assert (
+        histogram(state, 1)
+        == histogram(state, 1, recent=True)
+        == [int(h == halves) for h in range(11)]
+    )
+    all_time, record = state.statistics(1, T)
+    assert all_time == {**record, "window_start_day": None, "window_end_day": None}
     assert [name for name in BUCKET_FIELDS if record[name]] == [field]
 
 

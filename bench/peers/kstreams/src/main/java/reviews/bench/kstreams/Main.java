@@ -14,7 +14,8 @@ import org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler;
 import org.apache.kafka.streams.kstream.ForeachAction;
 
 /**
- * The Kafka Streams peer of the benchmarks: {@code fraud} or {@code aggregate}, then
+ * The Kafka Streams peer of the benchmarks: {@code fraud}, {@code aggregate} (the original
+ * topology) or {@code aggregate-ktable} (our semantics as a KTable aggregation), then
  * {@code --name value} options (see bench/peers/kstreams.py for the full command lines).
  * Runs until SIGTERM; exits 1 if the topology fails.
  */
@@ -22,14 +23,21 @@ public final class Main {
   private Main() {}
 
   public static void main(String[] argv) throws Exception {
-    if (argv.length == 0 || !(argv[0].equals("fraud") || argv[0].equals("aggregate"))) {
-      System.err.println("usage: (fraud | aggregate) --name value ...");
+    String mode = argv.length == 0 ? "" : argv[0];
+    if (!(mode.equals("fraud") || mode.equals("aggregate") || mode.equals("aggregate-ktable"))) {
+      System.err.println("usage: (fraud | aggregate | aggregate-ktable) --name value ...");
       System.exit(2);
     }
     Args args = new Args(argv, 1);
-    Topology topology =
-        argv[0].equals("fraud") ? FraudApp.topology(args) : AggregateApp.topology(args);
-    run(topology, config(args));
+    run(topology(mode, args), config(args));
+  }
+
+  private static Topology topology(String mode, Args args) throws java.io.IOException {
+    return switch (mode) {
+      case "fraud" -> FraudApp.topology(args);
+      case "aggregate" -> AggregateApp.topology(args);
+      default -> KTableAggregateApp.topology(args);
+    };
   }
 
   /**
