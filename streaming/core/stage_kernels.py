@@ -278,6 +278,17 @@ def _in_window(created: int, first_day: int, last_day: int) -> bool:
     return first_day <= day <= last_day
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _see_latest(figures: np.ndarray, c: int, col: int, created: int) -> None:
+    """A counted review of course slot c created at `created`: the latest time (figures[c,
+    col]) and how many reviews share it (figures[c, col + 1])."""
+    if figures[c, col + 1] == 0 or created > figures[c, col]:
+        figures[c, col] = created
+        figures[c, col + 1] = 1
+    elif created == figures[c, col]:
+        figures[c, col + 1] += 1
+
+
 @numba.njit(cache=True, nogil=True)
 def _count(
     figures: np.ndarray, hist: np.ndarray, c: int, created: int, h: int, sign: int, recent: bool
@@ -290,11 +301,7 @@ def _count(
             continue
         hist[c, col // 2, h] += sign
         if sign > 0:
-            if figures[c, col + 1] == 0 or created > figures[c, col]:
-                figures[c, col] = created
-                figures[c, col + 1] = 1
-            elif created == figures[c, col]:
-                figures[c, col + 1] += 1
+            _see_latest(figures, c, col, created)
         elif created == figures[c, col]:
             figures[c, col + 1] -= 1
             if figures[c, col + 1] == 0:
@@ -374,10 +381,8 @@ def apply_changes(
             touched[c] = True
         if flags & ADD:
             if row < 0:
-                row = rows
-                rows += 1
-                m_review[row], m_course[row] = review, c
-                hx.insert(index, m_review, m_course, row)
+                row, rows = rows, rows + 1
+                _new_member(index, m_review, m_course, row, review, c)
             m_created[row], m_halves[row] = new_c, new_h
             _count(figures, hist, c, new_c, new_h, 1, _in_window(new_c, first_day, last_day))
         if flags & RETRACT:
@@ -414,6 +419,15 @@ def _member_entry(keys: np.ndarray, k: int, course_id: int, review: int) -> None
     keys[at] = 0x6D  # b"m"
     _put_i64(keys, at + 1, course_id)
     _put_i64(keys, at + 9, review)
+
+
+@numba.njit(cache=True, nogil=True)
+def _new_member(
+    index: np.ndarray, m_review: np.ndarray, m_course: np.ndarray, row: int, review: int, c: int
+) -> None:
+    """Member `row` (the next free one) is (review, course slot c), indexed."""
+    m_review[row], m_course[row] = review, c
+    hx.insert(index, m_review, m_course, row)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -467,10 +481,8 @@ def upsert_members(
         elif new_h == 0:
             continue
         else:
-            row = rows
-            rows += 1
-            m_review[row], m_course[row] = review, c
-            hx.insert(index, m_review, m_course, row)
+            row, rows = rows, rows + 1
+            _new_member(index, m_review, m_course, row, review, c)
         m_created[row], m_halves[row] = new_c, new_h
         _count(figures, hist, c, new_c, new_h, 1, _in_window(new_c, first_day, last_day))
     return rows
@@ -508,11 +520,7 @@ def recount(
                 hist[c, 1, h] += 1
         for col, on in ((0, True), (2, recent)):
             if on:
-                if figures[c, col + 1] == 0 or created > figures[c, col]:
-                    figures[c, col] = created
-                    figures[c, col + 1] = 1
-                elif created == figures[c, col]:
-                    figures[c, col + 1] += 1
+                _see_latest(figures, c, col, created)
 
 
 TITLE_OK, TITLE_NUL, TITLE_NOT_UTF8 = 0, 1, 2

@@ -8,6 +8,8 @@ unhealthy even though its process is alive.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -232,6 +234,28 @@ def int_instance() -> int:
     one (instances are numbered 0..N-1; a non-numeric id, as tests use, counts as 0)."""
     raw = os.environ.get("WORKER_INSTANCE", "0")
     return int(raw) if raw.isdigit() else 0
+
+
+M_MMAP_THRESHOLD = -3
+"""glibc's mallopt parameter number for the mmap threshold."""
+MMAP_THRESHOLD_BYTES = 128 * 1024
+"""glibc's initial threshold, kept fixed."""
+
+
+def fix_mmap_threshold() -> bool:
+    """Keep glibc's mmap threshold at 128 KiB instead of letting it rise (to 32 MiB) the first
+    time a large block is freed. A state store's numpy columns double as they grow: with a
+    risen threshold each new column comes from the heap and the old one leaves a hole there
+    that is never returned (measured: RSS grew by 2.5x the state's bytes; by 1x with this).
+    Above the fixed threshold every column is its own mapping, released when freed.
+    False (nothing changed) where libc is not glibc."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 def serve(worker: Any, health_port: int) -> int:

@@ -58,6 +58,7 @@ from streaming.workers.eos import EosWorker, LoopConfig
 from streaming.workers.runtime import (
     StopFlag,
     env_int,
+    fix_mmap_threshold,
     int_instance,
     log_event,
     serve,
@@ -394,6 +395,7 @@ def register_statistics(registry: Registry, topics: AggregatorTopics) -> dict[st
 
 
 def main() -> int:
+    fix_mmap_threshold()  # the state's columns are released to the OS when they grow
     wait_for_go = spare_turn(review_bytes.warm_up)  # a warm spare: its imports are done
     settings = Settings.from_env()
     topics, stop = AggregatorTopics.from_env(), StopFlag()
