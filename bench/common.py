@@ -70,9 +70,10 @@ def _producer(settings: Settings) -> Producer:
     )
 
 
-def _produce_all(settings: Settings, records: Iterable[tuple[str, dict, int]]) -> None:
+def _produce_all(settings: Settings, records: Iterable[tuple[str, dict, int | None]]) -> None:
     """(topic, review, position) records, Avro review.avsc with the Confluent header, keyed by
-    review id (Java-compatible partitioning), with the fraud filter's source-position header."""
+    review id (Java-compatible partitioning), with the fraud filter's source-position header
+    where a position is given."""
     schema_id = Registry(settings.schema_registry_url).register(
         "udemy-reviews-value", "review.avsc"
     )
@@ -84,7 +85,7 @@ def _produce_all(settings: Settings, records: Iterable[tuple[str, dict, int]]) -
         buf.truncate()
         schemaless_writer(buf, schema, r)
         value = confluent_frame(schema_id, buf.getvalue())
-        headers = [(HEADER, encode(0, position))]
+        headers = None if position is None else [(HEADER, encode(0, position))]
         while True:
             try:
                 p.produce(topic, value, str(r["id"]).encode(), headers=headers)
@@ -96,10 +97,9 @@ def _produce_all(settings: Settings, records: Iterable[tuple[str, dict, int]]) -
 
 
 def produce_reviews(settings: Settings, topic: str, n: int) -> None:
-    """n distinct Avro reviews, keyed by review id, Java-compatible partitioning. Each carries
-    the source-position header the fraud filter adds (review i at offset i), so the topic reads
-    as the fraud filter's output."""
-    _produce_all(settings, ((topic, review(i), i) for i in range(n)))
+    """n distinct Avro reviews, keyed by review id, Java-compatible partitioning, without
+    headers: the fraud filter's input as the pipeline API writes it."""
+    _produce_all(settings, ((topic, review(i), None) for i in range(n)))
 
 
 EDIT_SEED = 7
