@@ -2,8 +2,8 @@
 local snapshot and the changelog's tail after it), through the worker's own stores.
 
 The state is built by the aggregator's two pure stages from `--reviews` versions (new reviews,
-and every tenth an edit of an earlier one: a re-rating, a verdict flip or a move to another
-course), over 2,000 courses and two years of creation days; their changelog entries go into two
+and every fifth an edit of an earlier one, as in the aggregate benchmarks' input: a re-rating,
+a verdict flip, a move to another course, or a stale version that loses), over 2,000 courses and two years of creation days; their changelog entries go into two
 fresh 2-partition topics (the share of one instance of two over 4 partitions). Then, per run:
   restore_cold_1m_s  both stores, every partition, from their whole changelogs (no snapshot),
                      the two stores side by side as the worker restores them;
@@ -59,9 +59,9 @@ def build(n: int, tail: int) -> tuple[list, list, list[Log], list[Log]]:
     snaps: list = []
     batches: list[list[tuple[int, bytes]]] = [[] for _ in range(PARTITIONS)]
     seen = 0
-    total = n * 10 // 9  # every tenth an edit: n distinct reviews
+    total = n * 5 // 4  # every fifth an edit: n distinct reviews
     for i in range(total):
-        if i % 10 == 9:
+        if i % 5 == 4:
             rid = rng.randrange(seen)
         else:
             rid, seen = seen, seen + 1
