@@ -12,8 +12,8 @@ tracked review; mismatches compare the long-term topic with the from-scratch ref
 Memory is split in two: the fixed part (the RSS a warm worker adds to the bare process: its
 Kafka clients with their buffers at the fixed sizes of `streaming.workers.eos`, the compiled
 kernels, at the end of its first batch) and the state's: the RSS the process gives back when
-the worker stops and drops its state, per million tracked reviews. The allocator is set up as
-the worker's `main` sets it (`runtime.fix_mmap_threshold`), so freed columns are returned.
+the stopped worker's stores drop their state, per million tracked reviews. The allocator is set
+up as the worker's `main` sets it (`runtime.fix_mmap_threshold`), so freed columns are returned.
 
     make up && .venv/bin/python bench/aggregate_throughput.py [--records 1000000] [--runs 3]
 """
@@ -56,7 +56,7 @@ class OurRun:
     rss_fixed_mb: float
     """What the warm worker (clients, kernels, first batch) added to the bare process."""
     rss_state_mb: float
-    """What the process gave back when the stopped worker dropped its state."""
+    """What the process gave back when the stopped worker's stores dropped their state."""
     reviews: int
     state_bytes_per_review: float | None
     """None while the state classes have no `nbytes()`."""
@@ -67,7 +67,6 @@ class TimedAggregator(StatsAggregator):
     target = 0
     first: float | None = None
     last: float = 0.0
-    rss_at_end: float = 0.0
     rss_warm: float | None = None
     tracked: int = 0
     state_bytes: int | None = None
@@ -85,7 +84,6 @@ class TimedAggregator(StatsAggregator):
         ):
             self.last = time.perf_counter()
             # before close() drops the state of revoked partitions
-            self.rss_at_end = rss_mb()
             self.tracked = sum(len(s) for s in self.versions.partitions.values())
             self.state_bytes = self._state_bytes()
             self.stop.set()
@@ -131,9 +129,8 @@ def run_once(
             settings, LoopConfig(group_id=f"bench-agg-{tag}", instance=tag), topics, StopFlag()
         )
         worker.target = data.records
-        worker.run()  # closing it drops the state of the partitions it gave up
-        gc.collect()
-        rss_stopped = rss_mb()
+        worker.run()
+        rss_state = state_rss_mb(worker)
         mismatches = count_mismatches(settings, t["long"], data.reference)
     finally:
         for fut in admin.delete_topics(list(t.values())).values():
@@ -143,11 +140,22 @@ def run_once(
     return OurRun(
         data.records / (worker.last - worker.first),
         (worker.rss_warm or rss_before) - rss_before,
-        worker.rss_at_end - rss_stopped,
+        rss_state,
         reviews,
         per_review,
         mismatches,
     )
+
+
+def state_rss_mb(worker: TimedAggregator) -> float:
+    """The RSS the stopped worker's state holds: what the process gives back when the stores
+    drop it (the clients are closed by then, so their buffers are not in it)."""
+    gc.collect()
+    with_state = rss_mb()
+    for store in worker.stores:
+        store.partitions.clear()
+    gc.collect()
+    return with_state - rss_mb()
 
 
 def rss_per_1m(run: OurRun) -> float:

@@ -30,6 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import write_result
 from streaming.config import Settings
 
+UNDEFINED_TABLE = "42P01"
+"""PostgreSQL's SQLSTATE for a relation that does not exist."""
+
 
 class Poller(threading.Thread):
     """Records when each course id in [lo, hi) first shows up in long_term_stats."""
@@ -48,7 +51,14 @@ class Poller(threading.Thread):
         with self.engine.connect() as conn:
             while not self.stop.is_set():
                 now = time.time()
-                for (cid,) in conn.execute(query, {"lo": floor, "hi": self.hi}):
+                try:
+                    rows = conn.execute(query, {"lo": floor, "hi": self.hi}).all()
+                except sa.exc.ProgrammingError as exc:
+                    if getattr(exc.orig, "pgcode", None) != UNDEFINED_TABLE:
+                        raise
+                    conn.rollback()
+                    rows = []  # a fresh stack: the sink creates the table with its first row
+                for (cid,) in rows:
                     self.seen.setdefault(cid, now)
                 while floor in self.seen:
                     floor += 1
