@@ -25,9 +25,9 @@ import org.apache.kafka.streams.state.WindowStore;
  * one day, each store backed by a changelog, each table streamed to its topic.
  *
  * <p>"Recent" is the original's: created within the last 91 days (the current window), not
- * DESIGN.md's 90; a window's grace is one day, the default of the original's
- * {@code TimeWindows.of}. Input keys are strings, as DESIGN.md fixes them (the original's were
- * Long-typed, and it never read them).
+ * our contract's 90 (docs/semantics.md); a window's grace is one day, the default of the
+ * original's {@code TimeWindows.of}. Input keys are strings, as docs/contracts.md fixes them
+ * (the original's were Long-typed, and it never read them).
  */
 final class AggregateApp {
   private static final Duration WINDOW = Duration.ofDays(91);
@@ -94,7 +94,7 @@ final class AggregateApp {
 
   /** The original's reviewAggregator over schemas/course_statistic.avsc. */
   static final class Statistics {
-    /** Star buckets by rating * 2 / 2 (DESIGN.md: 0.5 zero, 1.0/1.5 one, ..., 5.0 five). */
+    /** Star buckets by rating * 2 / 2 (docs/contracts.md: 0.5 zero, 1.0/1.5 one, ..., 5.0 five). */
     private static final String[] BUCKETS = {
       "count_zero_star", "count_one_star", "count_two_stars",
       "count_three_stars", "count_four_stars", "count_five_stars",
