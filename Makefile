@@ -39,8 +39,9 @@ down:
 run: venv
 	stack/stack.sh run
 
-# Brings the stack up if it is not, runs every test, and takes down what it started.
-test: venv
+# The linters first (a red lint fails in seconds, not after the suite), then brings the stack
+# up if it is not, runs every test, and takes down what it started.
+test: lint
 	@$(call on_stack,$(VENV)/bin/pytest)
 
 # Command-line tools the load generators need (Debian packages).
@@ -61,8 +62,8 @@ unit: venv
 	$(VENV)/bin/pytest tests/unit
 
 lint: venv
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
 
 clean: down
 	rm -rf .stack
