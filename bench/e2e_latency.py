@@ -28,6 +28,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_result
+from streaming.api.auth import client_token
 from streaming.config import Settings
 
 UNDEFINED_TABLE = "42P01"
@@ -83,6 +84,7 @@ def load(
             "E2E_BASE": str(base),
             "E2E_COUNT": str(count),
             "E2E_OUT": str(out),
+            "E2E_TOKEN": client_token(),  # the environment, not the command line `ps` shows
         }
         # wrk runs for its whole -d, even once the script stopped sending: the schedule plus
         # a margin for the last answers (those missing then are reported as unanswered)

@@ -21,6 +21,7 @@ local rate = tonumber(os.getenv("E2E_RATE"))
 local base = tonumber(os.getenv("E2E_BASE"))
 local count = tonumber(os.getenv("E2E_COUNT"))
 local out_path = os.getenv("E2E_OUT")
+local token = os.getenv("E2E_TOKEN")
 
 local sent, slot, answers, start, out = 0, -1, 0, nil, nil
 local template = '{"id":%d,"title":"","content":"","rating":%s,'
@@ -28,7 +29,7 @@ local template = '{"id":%d,"title":"","content":"","rating":%s,'
   .. '"user":{"title":"Bench","name":"Bench","display_name":"Bench"},'
   .. '"course":{"id":%d,"title":"Bench","url":"/bench/"}}'
 local ratings = { "5.0", "5.0", "5.0", "4.5", "4.0" }
-local headers = { ["Content-Type"] = "application/json" }
+local headers = { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token }
 
 function init(args)
   out = io.open(out_path, "w")

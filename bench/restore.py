@@ -3,8 +3,9 @@ local snapshot and the changelog's tail after it), through the worker's own stor
 
 The state is built by the aggregator's two pure stages from `--reviews` versions (new reviews,
 and every fifth an edit of an earlier one, as in the aggregate benchmarks' input: a re-rating,
-a verdict flip, a move to another course, or a stale version that loses), over 2,000 courses and two years of creation days; their changelog entries go into two
-fresh 2-partition topics (the share of one instance of two over 4 partitions). Then, per run:
+a verdict flip, a move to another course, or a stale version that loses), over 2,000 courses
+and two years of creation days; their changelog entries go into two fresh 2-partition topics
+(the share of one instance of two over 4 partitions). Then, per run:
   restore_cold_1m_s  both stores, every partition, from their whole changelogs (no snapshot),
                      the two stores side by side as the worker restores them;
   restore_warm_1m_s  the same from the snapshots taken at `--tail` records before the end

@@ -759,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--post-share", type=float, default=0.6)
     parser.add_argument("--no-sample", action="store_true", help="edit no sample reviews")
     args = parser.parse_args(argv)
+    if not os.environ.get("PIPELINE_API_TOKEN"):
+        parser.error("PIPELINE_API_TOKEN (the API's writer token) is not set: . .stack/env")
     base_id = args.base_id if args.base_id is not None else cli_base_id()
     load = Load(
         api_url=os.environ.get("PIPELINE_API_URL", "http://127.0.0.1:8000"),
@@ -768,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         base_id=base_id,
         out_path=args.out,
-        token=os.environ.get("PIPELINE_API_TOKEN"),
+        token=os.environ["PIPELINE_API_TOKEN"],
         post_share=args.post_share,
         sample_url="" if args.no_sample else None,
     )

@@ -52,6 +52,7 @@ from orchestration.sample_run import wait_for
 from orchestration.topology import RECONCILIATION_KEY
 from stack import procs
 from streaming import pipeline
+from streaming.api.auth import client_token
 from streaming.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -422,7 +423,7 @@ def main() -> int:
         seed=seed,
         base_id=5_000_000_000 + rng.randrange(10**9),
         out_path=answers,
-        token=os.environ.get("PIPELINE_API_TOKEN"),
+        token=client_token(),
     )
     stop_load = threading.Event()  # the load flows until every fault is over and recovered
     loader = threading.Thread(

@@ -311,6 +311,7 @@ down_apps() {
 # ---------------------------------------------------------------- env, up, status, down, run
 write_env() {
   local tmp=$STACK_DIR/env.tmp
+  install -m 600 /dev/null "$tmp"  # it may hold a secret for the shells that source it
   cat >"$tmp" <<EOF
 # Written by stack/stack.sh up: the stack's addresses (shell syntax). Source it to reach the stack.
 KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT

@@ -1,7 +1,8 @@
 """The pipeline's HTTP API (FastAPI): ingestion and statistics; OpenAPI at /docs.
 
 Run: `reviews api` (or `python -m streaming.api.app`); PIPELINE_API_PORT [8000],
-PIPELINE_API_WORKERS [2], plus the Kafka and registry settings of streaming.config (DATABASE_URL
+PIPELINE_API_WORKERS [2], PIPELINE_API_TOKEN_FILE (required: the writer token of POST /reviews,
+`streaming.api.auth`), plus the Kafka and registry settings of streaming.config (DATABASE_URL
 for the read side).
 """
 
@@ -14,7 +15,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from streaming.api import ingest, read
+from streaming.api import auth, ingest, read
 from streaming.config import Settings
 from streaming.ingest.producer import REVIEWS_TOPIC, ReviewProducer
 
@@ -27,13 +28,16 @@ def create_app(
     *,
     ack_timeout_s: float | None = None,
     topic: str = REVIEWS_TOPIC,
+    writer_token: str | None = None,
 ) -> FastAPI:
-    """The API; `topic` re-points ingestion (tests fuzz it against a temporary topic)."""
+    """The API; `topic` re-points ingestion (tests fuzz it against a temporary topic).
+    `writer_token` None: read at start-up from PIPELINE_API_TOKEN_FILE, which must be set."""
     settings = settings or Settings.from_env()
     timeout_s = ack_timeout_s or ingest.ACK_TIMEOUT_S
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.writer_token = writer_token or auth.server_token()  # refuses to start without
         # a short delivery timeout: a POST while Kafka is down answers 503, not after minutes
         producer = ReviewProducer(
             settings, topic, **{"linger.ms": 1, "message.timeout.ms": int(timeout_s * 1000)}

@@ -1,10 +1,11 @@
 """`POST /reviews`: one review in the Udemy result shape into `udemy-reviews`, acknowledged.
 
-The answer is sent only after the broker acknowledged the record (acks=all, idempotent
-producer): 201 with where it landed. Invalid input gets 400 (not JSON) or 422 (which field, and
-why: the same mapping the backfill uses); an oversized body 413; a body declared as anything but
-JSON 415 (a form or text/plain POST is what a cross-site page can send without asking); Kafka
-unavailable or slow 503 with Retry-After — never a silent drop.
+Writing needs the writer token (`Authorization: Bearer`, `streaming.api.auth`): 401 without
+it, before the body is read. The answer is sent only after the broker acknowledged the record
+(acks=all, idempotent producer): 201 with where it landed. Invalid input gets 400 (not JSON) or
+422 (which field, and why: the same mapping the backfill uses); an oversized body 413; a body
+not declared as JSON 415 (a form, text/plain or untyped POST is what a cross-site page can send
+without asking); Kafka unavailable or slow 503 with Retry-After — never a silent drop.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Any
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
 
+from streaming.api import auth
 from streaming.core.review_mapping import LONG_MAX, ReviewMappingError, json_to_review
 from streaming.ingest.producer import ReviewProducer
 
@@ -122,9 +125,9 @@ class AckingProducer:
 
 
 def _json_media_type(content_type: str | None) -> bool:
-    """application/json or application/*+json; no Content-Type at all is read as JSON too."""
+    """application/json or application/*+json; no Content-Type is not JSON."""
     if content_type is None:
-        return True
+        return False
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
@@ -140,6 +143,17 @@ def _unavailable(reason: str) -> JSONResponse:
 
 
 router = APIRouter()
+_BEARER = HTTPBearer(auto_error=False, description="The writer token (PIPELINE_API_TOKEN)")
+
+
+def require_writer(request: Request, _: Any = Depends(_BEARER)) -> None:  # noqa: B008
+    """401 unless the request carries the writer token; `_BEARER` documents the scheme."""
+    if not auth.authorized(request.headers.get("authorization"), request.app.state.writer_token):
+        raise HTTPException(
+            401,
+            "writing reviews needs the writer token: Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 @router.post(
@@ -153,8 +167,10 @@ router = APIRouter()
             "content": {"application/json": {"schema": REVIEW_JSON_SCHEMA}},
         }
     },
+    dependencies=[Depends(require_writer)],
     responses={
         201: {"description": "Stored in Kafka (acknowledged by the broker)"},
+        401: {"description": "No writer token, or a wrong one"},
         400: {"description": "The body is not JSON"},
         413: {"description": f"The body is larger than {MAX_BODY_BYTES} bytes"},
         415: {"description": "The Content-Type is not JSON"},

@@ -4,7 +4,7 @@ The data is held in columns (numpy arrays, one row per review) and turned into J
 when asked, so a million reviews generate in about a second and a page of 100 costs a few
 vectorised gathers. Same spec, seed and `now` => identical output.
 
-Shape (as real Udemy data has it): ratings in half steps, ~75% 5.0, 11% 4.5, 9% 4.0, 2% 3.5, 1.5% 3.0, the
+Shape, as Udemy's: ratings in half steps, ~75% 5.0, 11% 4.5, 9% 4.0, 2% 3.5, 1.5% 3.0, the
 rest over 1.0-2.5, 0.5 only in versions written before March 2018; most reviews without text,
 some long and non-ASCII; course sizes follow Zipf (the most popular course holds about a quarter
 of all reviews); created times spread over ~9 years up to `now`; about 12% of reviews were edited

@@ -59,6 +59,7 @@ from stack import procs
 from streaming import pipeline
 from streaming.admin import SCHEMAS_DIR, load_topic_specs
 from streaming.api.app import create_app
+from streaming.api.auth import bearer
 from streaming.api.ingest import MAX_BODY_BYTES
 from streaming.api.read import get_engine, router
 from streaming.config import Settings
@@ -96,6 +97,8 @@ machine runs 5-10x slower under load. 30 s is what the supervisor allows a silen
 calls the worker stalled: a worker that chokes on poison, or crashes and is restarted, misses it."""
 POLL_S = 0.2
 UNKNOWN_SCHEMA_ID = 2**31 - 2
+TOKEN = "bad-input-writer-token-0123"
+WRITER = bearer(TOKEN)
 FUZZ_EXAMPLES = 150
 READ_FUZZ_EXAMPLES = 40
 
@@ -150,7 +153,7 @@ def api(
     settings: Settings, admin: AdminClient, registry: SchemaRegistryClient
 ) -> Iterator[ServedApi]:
     topic = make_topics(admin, "badinput", ["reviews"])["reviews"]
-    server, thread, url = serve(create_app(settings, topic=topic))
+    server, thread, url = serve(create_app(settings, topic=topic, writer_token=TOKEN))
     yield ServedApi(url, topic)
     server.should_exit = True
     thread.join(30)
@@ -221,7 +224,7 @@ def test_post_reviews_fuzzed_from_its_openapi_spec(api: ServedApi, settings: Set
         case = data.draw(operation.as_strategy(mode))
         if mode is GenerationMode.POSITIVE:
             past_unstated_rules(case)
-        response = case.call(base_url=api.url)
+        response = case.call(base_url=api.url, headers=WRITER)
         case.validate_response(response, checks=CHECKS)
         if response.status_code == 201:
             where = response.json()
@@ -289,7 +292,7 @@ def raw_rating(token: str) -> bytes:
     return body(ITEM).replace(b'"rating": 4.0', b'"rating": ' + token.encode())
 
 
-JSON = {"content-type": "application/json"}
+JSON = {"content-type": "application/json", **WRITER}
 
 
 UNREADABLE: dict[str, tuple[bytes, dict[str, str], int, str]] = {
@@ -321,13 +324,16 @@ UNREADABLE: dict[str, tuple[bytes, dict[str, str], int, str]] = {
     "form": (body(ITEM), {"content-type": "application/x-www-form-urlencoded"}, 415, "form"),
     "multipart": (body(ITEM), {"content-type": "multipart/form-data; boundary=x"}, 415, "multi"),
     "xml": (body(ITEM), {"content-type": "application/xml"}, 415, "must be application/json"),
+    "no content type": (body(ITEM), {}, 415, "must be application/json"),
 }
 
 
 @pytest.mark.parametrize("case", UNREADABLE)
 def test_unreadable_bodies_are_refused_with_the_reason(api: ServedApi, case: str) -> None:
     content, headers, status, reason = UNREADABLE[case]
-    answer = httpx.post(f"{api.url}/reviews", content=content, headers=headers, timeout=30)
+    answer = httpx.post(
+        f"{api.url}/reviews", content=content, headers={**WRITER, **headers}, timeout=30
+    )
     assert answer.status_code == status, answer.text
     assert reason in answer.json()["detail"]
 
@@ -385,12 +391,10 @@ def test_oversized_bodies_are_refused_even_without_a_length(api: ServedApi) -> N
     assert f"over {MAX_BODY_BYTES} bytes" in answer.json()["detail"]
 
 
-def test_escaped_surrogate_pairs_and_a_missing_content_type_are_fine(
-    api: ServedApi, settings: Settings
-) -> None:
-    """A pair of escapes is one astral character (😀); no Content-Type is read as JSON."""
+def test_escaped_surrogate_pairs_are_one_character(api: ServedApi, settings: Settings) -> None:
+    """A pair of escapes is one astral character (😀)."""
     escaped = body(ITEM).replace(b'"title": ""', b'"title": "\\ud83d\\ude00 \\u00e9"')
-    answer = httpx.post(f"{api.url}/reviews", content=escaped, timeout=30)
+    answer = httpx.post(f"{api.url}/reviews", content=escaped, headers=JSON, timeout=30)
     assert answer.status_code == 201, answer.text
     where = answer.json()
     (msg,) = [
@@ -443,7 +447,7 @@ def test_nasty_text_is_stored_and_served_verbatim(settings: Settings) -> None:
     review_id = valid_review_id(lambda i: json_to_review(item(i)))
     posted = item(review_id)
     expected = json_to_review(posted)
-    with TestClient(create_app(settings)) as client:  # the real udemy-reviews topic
+    with TestClient(create_app(settings, writer_token=TOKEN)) as client:  # udemy-reviews
         answer = client.post("/reviews", content=body(posted), headers=JSON)
         assert answer.status_code == 201, answer.text
         where = answer.json()

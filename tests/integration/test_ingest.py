@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, TopicPartition
 from fastapi.testclient import TestClient
 
 from streaming.api import app as api_app
+from streaming.api.auth import TOKEN_FILE_ENV, TokenError, bearer
 from streaming.core.review_mapping import json_to_review
 from streaming.ingest.backfill import backfill_course
 from streaming.ingest.producer import ReviewProducer
@@ -46,6 +47,15 @@ ITEM = {
 }
 
 
+TOKEN = "test-writer-token-0123456789"
+
+
+def writer(settings, **kwargs) -> TestClient:
+    """The API with a known writer token, and a client that sends it."""
+    app = api_app.create_app(settings, writer_token=TOKEN, **kwargs)
+    return TestClient(app, headers=bearer(TOKEN))
+
+
 class AppTransport(httpx.BaseTransport):
     """The source app served in-process: httpx requests answered by FastAPI's TestClient."""
 
@@ -72,7 +82,7 @@ def read_at(settings, topic: str, partition: int, offset: int):
 
 
 def test_post_review_is_in_kafka_when_answered(settings):
-    with TestClient(api_app.create_app(settings)) as client:
+    with writer(settings) as client:
         answer = client.post("/reviews", json=ITEM)
     assert answer.status_code == 201, answer.text
     where = answer.json()
@@ -96,7 +106,7 @@ def test_post_review_is_in_kafka_when_answered(settings):
     ],
 )
 def test_invalid_reviews_get_the_field_and_the_reason(settings, body, status, field):
-    with TestClient(api_app.create_app(settings)) as client:
+    with writer(settings) as client:
         answer = client.post("/reviews", json=body)
     assert answer.status_code == status, answer.text
     (error,) = answer.json()["detail"]
@@ -104,15 +114,43 @@ def test_invalid_reviews_get_the_field_and_the_reason(settings, body, status, fi
 
 
 def test_not_json_and_oversized_bodies_are_refused(settings):
-    with TestClient(api_app.create_app(settings)) as client:
-        assert client.post("/reviews", content=b"{not json").status_code == 400
+    with writer(settings) as client:
+        json_type = {"content-type": "application/json"}
+        assert client.post("/reviews", content=b"{not json", headers=json_type).status_code == 400
         big = {**ITEM, "content": "x" * 70_000}
         assert client.post("/reviews", json=big).status_code == 413
 
 
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong-token-0123456789", f"Basic {TOKEN}", TOKEN, f"Bearer {TOKEN}x"],
+)
+def test_writing_needs_the_writer_token(settings, authorization):
+    with TestClient(api_app.create_app(settings, writer_token=TOKEN)) as client:
+        headers = {} if authorization is None else {"Authorization": authorization}
+        answer = client.post("/reviews", json=ITEM, headers=headers)
+        assert answer.status_code == 401, answer.text
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+        assert "writer token" in answer.json()["detail"]
+        assert client.get("/courses/1075642/stats").status_code in (200, 404)  # public
+
+
+def test_a_body_without_a_json_content_type_is_refused(settings):
+    with writer(settings) as client:
+        answer = client.post("/reviews", content=b"{}")
+    assert answer.status_code == 415
+    assert "application/json" in answer.json()["detail"]
+
+
+def test_the_api_does_not_start_without_a_writer_token(settings, monkeypatch):
+    monkeypatch.delenv(TOKEN_FILE_ENV, raising=False)
+    with pytest.raises(TokenError, match=TOKEN_FILE_ENV), TestClient(api_app.create_app(settings)):
+        pass
+
+
 def test_kafka_unavailable_is_a_503_with_retry_after(settings):
     nowhere = replace(settings, kafka_bootstrap_servers="127.0.0.1:1")
-    with TestClient(api_app.create_app(nowhere, ack_timeout_s=2)) as client:
+    with writer(nowhere, ack_timeout_s=2) as client:
         answer = client.post("/reviews", json=ITEM)
     assert answer.status_code == 503
     assert answer.headers["Retry-After"]
@@ -120,7 +158,7 @@ def test_kafka_unavailable_is_a_503_with_retry_after(settings):
 
 
 def test_openapi_documents_post_reviews(settings):
-    with TestClient(api_app.create_app(settings)) as client:
+    with writer(settings) as client:
         spec = client.get("/openapi.json").json()
         assert "/reviews" in spec["paths"]
         assert client.get("/docs").status_code == 200

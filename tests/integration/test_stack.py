@@ -199,3 +199,27 @@ def test_a_killed_service_is_restarted_by_its_supervisor_and_status_says_so_mean
     up = _stack("up")  # idempotent: nothing to start
     assert up.returncode == 0, up.stderr
     assert "starting" not in up.stderr, up.stderr
+
+
+def test_the_writer_token_is_a_private_file_and_the_live_api_wants_it():
+    """`make up` generated the token (mode 0600) and `.stack/env` (0600, it holds the token for
+    the shells that source it); the running API refuses a POST without it, takes one with it."""
+    root = Path(__file__).resolve().parents[2]
+    token_file = Path(os.environ["PIPELINE_API_TOKEN_FILE"])
+    for path in (token_file, root / ".stack" / "env"):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    assert token_file.read_text().strip() == os.environ["PIPELINE_API_TOKEN"]
+    url = f"{os.environ['PIPELINE_API_URL']}/reviews"
+    review = {
+        "id": 9_000_000_000 + uuid.uuid4().int % 10**9,
+        "rating": 5,
+        "created": "2026-01-01T00:00:00Z",
+        "modified": "2026-01-01T00:00:00Z",
+        "user": {"title": "T", "name": "T", "display_name": "T"},
+        "course": {"id": 9_100_000_001, "title": "Token test", "url": "/t/"},
+    }
+    refused = httpx.post(url, json=review, timeout=30)
+    assert refused.status_code == 401, refused.text
+    token = os.environ["PIPELINE_API_TOKEN"]
+    taken = httpx.post(url, json=review, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert taken.status_code == 201, taken.text

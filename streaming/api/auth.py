@@ -1,0 +1,81 @@
+"""The writer token of `POST /reviews`: who may write reviews into the system of record.
+
+The API reads the token from a file (`PIPELINE_API_TOKEN_FILE`, mode 0600; `make up` generates
+`.stack/secrets/pipeline-api-token`), never from its environment or command line, where `ps` and
+crash reports would show it. Requests carry it as `Authorization: Bearer <token>`, compared in
+constant time. Reading statistics needs no token.
+
+Clients (the benchmarks, the chaos run, the sample run, the tests) take `PIPELINE_API_TOKEN`,
+which `.stack/env` exports for the shells that source it, or read the same file.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import stat
+from pathlib import Path
+
+TOKEN_FILE_ENV = "PIPELINE_API_TOKEN_FILE"
+CLIENT_TOKEN_ENV = "PIPELINE_API_TOKEN"
+MIN_TOKEN_CHARS = 16
+"""Shorter tokens are refused: guessable."""
+
+
+class TokenError(RuntimeError):
+    """No usable writer token; the message says what to set."""
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path`, refused when others may read the file or it is too short."""
+    try:
+        mode = path.stat().st_mode
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise TokenError(f"cannot read the writer token file {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise TokenError(
+            f"the writer token file {path} is readable by others (mode {stat.filemode(mode)}): "
+            f"chmod 600 {path}"
+        )
+    if len(token) < MIN_TOKEN_CHARS:
+        raise TokenError(f"the writer token in {path} is under {MIN_TOKEN_CHARS} characters")
+    return token
+
+
+def server_token() -> str:
+    """The API's token, from the file `PIPELINE_API_TOKEN_FILE` names."""
+    path = os.environ.get(TOKEN_FILE_ENV)
+    if not path:
+        raise TokenError(
+            f"POST /reviews needs a writer token: set {TOKEN_FILE_ENV} to a file of mode 0600 "
+            "holding it (`make up` generates .stack/secrets/pipeline-api-token)"
+        )
+    return read_token_file(Path(path))
+
+
+def client_token() -> str:
+    """A client's token: `PIPELINE_API_TOKEN`, else the file `PIPELINE_API_TOKEN_FILE` names."""
+    token = os.environ.get(CLIENT_TOKEN_ENV)
+    if token:
+        return token
+    if os.environ.get(TOKEN_FILE_ENV):
+        return read_token_file(Path(os.environ[TOKEN_FILE_ENV]))
+    raise TokenError(
+        f"writing reviews needs the API's writer token: set {CLIENT_TOKEN_ENV} or "
+        f"{TOKEN_FILE_ENV} (`. .stack/env` sets both)"
+    )
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The request header that carries `token`."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+def authorized(header: str | None, token: str) -> bool:
+    """Whether an Authorization header value carries `token` (scheme case-insensitive), in
+    time independent of where a wrong token differs."""
+    scheme, _, given = (header or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
