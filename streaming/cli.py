@@ -112,8 +112,12 @@ def _deploy(client: ConnectClient, names: list[str], wait_s: float, directory: P
     from streaming.sink.render import render_connector
     from streaming.sink.tables import check_tables
 
-    database_url = Settings.from_env().database_url
-    configs = {name: render_connector(name, database_url, directory=directory) for name in names}
+    settings = Settings.from_env()
+    database_url, password_file = settings.database_url, settings.database_password_file
+    configs = {
+        name: render_connector(name, database_url, directory=directory, password_file=password_file)
+        for name in names
+    }
     check_tables(database_url, configs)
     for name, config in configs.items():
         print(f"connectors: {name} {client.deploy(name, config)}")

@@ -9,14 +9,20 @@ existing Kafka, registry, Connect or PostgreSQL is a matter of setting these var
 | KAFKA_SECURITY_CONFIG     | (none) extra librdkafka settings, `key=value;key=value` |
 | SCHEMA_REGISTRY_URL       | http://127.0.0.1:8081/apis/ccompat/v7                 |
 | DATABASE_URL              | postgresql+psycopg2://postgres@127.0.0.1:5433/reviews |
+| DATABASE_PASSWORD_FILE    | (none) the database password, for Connect's sinks     |
+| PGPASSFILE                | (libpq's) the password file of the Python clients     |
 | CONNECT_URL               | http://127.0.0.1:8083                                 |
+| CONNECT_USER              | (none) Connect's REST user (HTTP Basic)               |
+| CONNECT_PASSWORD_FILE     | (none) a file holding that user's password            |
+| BIND_HOST                 | 127.0.0.1 (where our HTTP services listen)            |
+| ALLOWED_HOSTS             | 127.0.0.1,localhost,::1 (Host headers they answer)    |
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,14 +30,28 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _extra_kafka_config(raw: str) -> dict[str, str]:
-    """Parse `key=value;key=value` (SASL/TLS settings for a managed cluster)."""
+    """Parse `key=value;key=value` (SASL/TLS settings for a managed cluster). An error names
+    the entry by its position and key only: its value may be a password."""
     out: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in raw.split(";"))):
+    for n, item in enumerate(filter(None, (part.strip() for part in raw.split(";"))), 1):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"KAFKA_SECURITY_CONFIG: expected key=value, got {item!r}")
+            shown = f"key {key.strip()!r}" if sep else "no '='"
+            raise ValueError(f"KAFKA_SECURITY_CONFIG entry {n}: expected key=value ({shown})")
         out[key.strip()] = value.strip()
     return out
+
+
+def read_secret(path: str, variable: str) -> str:
+    """The secret in the file `path` names (its first line); errors name the variable and the
+    file, never the content."""
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"{variable}: {path} is empty")
+    return value
 
 
 @dataclass(frozen=True)
@@ -40,7 +60,10 @@ class Settings:
     schema_registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
     database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5433/reviews"
     connect_url: str = "http://127.0.0.1:8083"
-    kafka_extra: dict[str, str] = field(default_factory=dict)
+    kafka_extra: dict[str, str] = field(default_factory=dict, repr=False)
+    database_password_file: str | None = None
+    connect_user: str | None = None
+    connect_password_file: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -54,11 +77,68 @@ class Settings:
             database_url=env.get("DATABASE_URL", defaults.database_url),
             connect_url=env.get("CONNECT_URL", defaults.connect_url),
             kafka_extra=_extra_kafka_config(env.get("KAFKA_SECURITY_CONFIG", "")),
+            database_password_file=env.get("DATABASE_PASSWORD_FILE") or None,
+            connect_user=env.get("CONNECT_USER") or None,
+            connect_password_file=env.get("CONNECT_PASSWORD_FILE") or None,
         )
+
+    def connect_auth(self) -> tuple[str, str] | None:
+        """Connect's REST credentials (HTTP Basic), the password read from its file; None
+        without CONNECT_USER."""
+        if not self.connect_user:
+            return None
+        if not self.connect_password_file:
+            raise ValueError("CONNECT_USER is set: CONNECT_PASSWORD_FILE must name its password")
+        return self.connect_user, read_secret(self.connect_password_file, "CONNECT_PASSWORD_FILE")
 
     def kafka_config(self, **overrides: object) -> dict[str, object]:
         """Base librdkafka config: bootstrap servers, security extras, then overrides."""
         return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_extra, **overrides}
+
+
+DEFAULT_BIND_HOST = "127.0.0.1"
+DEFAULT_ALLOWED_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def bind_host(env: Mapping[str, str] | None = None) -> str:
+    """BIND_HOST: the address every HTTP service of ours listens on (the APIs and the
+    workers' health/metrics servers); loopback by default, `0.0.0.0` to serve a network."""
+    return ((os.environ if env is None else env).get("BIND_HOST") or DEFAULT_BIND_HOST).strip()
+
+
+@dataclass(frozen=True)
+class TrustedHosts:
+    """The Host headers our HTTP services answer (ALLOWED_HOSTS, comma-separated; `*` any).
+
+    A page on another site can resolve its own name to 127.0.0.1 (DNS rebinding) and then
+    read a local service as "same origin"; its requests still carry its own name as Host, so
+    a service that answers only its own names is out of that page's reach."""
+
+    names: frozenset[str]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TrustedHosts:
+        env = os.environ if env is None else env
+        raw = env.get("ALLOWED_HOSTS", "")
+        names = {n.strip().lower() for n in raw.split(",") if n.strip()}
+        names = names or set(DEFAULT_ALLOWED_HOSTS)
+        host = bind_host(env)
+        if host not in ("0.0.0.0", "::"):
+            names.add(host.lower())  # a service always answers the address it listens on
+        return cls(frozenset(names))
+
+    def allows(self, host_header: str | None) -> bool:
+        """A Host header (`name`, `name:port`, `[v6]:port`) is one of the names."""
+        if "*" in self.names:
+            return True
+        if not host_header:
+            return False
+        host = host_header.strip().lower()
+        if host.startswith("["):
+            host = host[1 : host.find("]")] if "]" in host else host
+        elif host.count(":") == 1:
+            host = host.split(":", 1)[0]
+        return host in self.names
 
 
 CLOCK_OFFSET_ENV = "CLOCK_OFFSET_S"

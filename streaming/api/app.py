@@ -2,21 +2,28 @@
 
 Run: `reviews api` (or `python -m streaming.api.app`); PIPELINE_API_PORT [8000],
 PIPELINE_API_WORKERS [2], PIPELINE_API_TOKEN_FILE (required: the writer token of POST /reviews,
-`streaming.api.auth`), plus the Kafka and registry settings of streaming.config (DATABASE_URL
-for the read side).
+`streaming.api.auth`), BIND_HOST [127.0.0.1], ALLOWED_HOSTS, plus the Kafka and registry
+settings of streaming.config (DATABASE_URL for the read side).
+
+`GET /health` is 200 `ok` only while the producer can write (a broker connection up, no fatal
+error), else 503 with the reason; `GET /metrics` is Prometheus' (`streaming.api.serving`).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from streaming.api import auth, ingest, read
-from streaming.config import Settings
+from streaming.api.serving import multiprocess_dir, serve_http_extras
+from streaming.config import Settings, bind_host
 from streaming.ingest.producer import REVIEWS_TOPIC, ReviewProducer
 
 DEFAULT_PORT = 8000
@@ -38,9 +45,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.writer_token = writer_token or auth.server_token()  # refuses to start without
+        link = app.state.kafka = ingest.KafkaLink()
         # a short delivery timeout: a POST while Kafka is down answers 503, not after minutes
         producer = ReviewProducer(
-            settings, topic, **{"linger.ms": 1, "message.timeout.ms": int(timeout_s * 1000)}
+            settings,
+            topic,
+            **{"linger.ms": 1, "message.timeout.ms": int(timeout_s * 1000)},
+            **link.producer_config(),
         )
         app.state.producer = ingest.AckingProducer(producer, timeout_s)
         yield
@@ -55,9 +66,14 @@ def create_app(
     app.include_router(ingest.router)
     app.include_router(read.router)
 
+    serve_http_extras(app)
+
     @app.get("/health", include_in_schema=False)
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        problem = app.state.kafka.problem()
+        if problem is None:
+            return JSONResponse({"status": "ok", "pid": os.getpid()})
+        return JSONResponse({"status": "degraded", "kafka": problem, "pid": os.getpid()}, 503)
 
     return app
 
@@ -68,10 +84,12 @@ def main() -> None:
     and the delivery wait are Python), so ingestion scales out by processes."""
     port = int(os.environ.get("PIPELINE_API_PORT") or DEFAULT_PORT)
     workers = int(os.environ.get("PIPELINE_API_WORKERS") or DEFAULT_WORKERS)
+    metrics_dir = multiprocess_dir("pipeline-api")  # before the workers start: they inherit it
+    atexit.register(shutil.rmtree, metrics_dir, True)
     uvicorn.run(
         "streaming.api.app:create_app",
         factory=True,
-        host="127.0.0.1",
+        host=bind_host(),
         port=port,
         workers=workers,
         access_log=False,

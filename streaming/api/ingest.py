@@ -11,7 +11,10 @@ without asking); Kafka unavailable or slow 503 with Retry-After — never a sile
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -84,6 +87,64 @@ REVIEW_JSON_SCHEMA: dict[str, Any] = {
         },
     },
 }
+
+
+STATS_INTERVAL_MS = 1000
+"""How often the API's producer reports its brokers' states (`KafkaLink`)."""
+STALE_STATS_S = 5.0
+"""No report for this long: the producer's poll thread is not serving it."""
+
+
+class KafkaLink:
+    """Whether the API's producer can write: what `/health` says of Kafka.
+
+    Fed by the producer's callbacks (served by its poll thread): the statistics list every
+    broker connection's state, a fatal error (an idempotent producer fenced, say) ends it
+    for good. Not ok when no broker connection is up, after a fatal error, or when the
+    statistics stopped coming (the poll thread is gone)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.last_stats: float | None = None
+        self.brokers_up = 0
+        self.fatal: str | None = None
+        self.last_error: str | None = None
+
+    def on_stats(self, stats_json: str) -> None:
+        brokers = json.loads(stats_json).get("brokers", {}).values()
+        self.brokers_up = sum(
+            1 for b in brokers if b.get("nodeid", -1) >= 0 and b.get("state") == "UP"
+        )
+        self.last_stats = self.clock()
+
+    def on_error(self, err: KafkaError) -> None:
+        self.last_error = err.str()
+        if err.fatal():
+            self.fatal = err.str()
+
+    def problem(self) -> str | None:
+        """None when writes can go through; otherwise why not, for /health."""
+        if self.fatal is not None:
+            return f"the producer failed fatally: {self.fatal}"
+        now = self.clock()
+        seen = self.last_stats if self.last_stats is not None else self.started
+        if now - seen > STALE_STATS_S:
+            return f"no producer statistics for {now - seen:.0f} s (its poll thread stopped)"
+        if self.last_stats is None:
+            return "connecting to Kafka"
+        if not self.brokers_up:
+            reason = f": {self.last_error}" if self.last_error else ""
+            return f"no Kafka broker reachable{reason}"
+        return None
+
+    def producer_config(self) -> dict[str, Any]:
+        """The producer settings that feed this link."""
+        return {
+            "statistics.interval.ms": STATS_INTERVAL_MS,
+            "stats_cb": self.on_stats,
+            "error_cb": self.on_error,
+        }
 
 
 class AckingProducer:

@@ -99,14 +99,20 @@ class ConnectClient:
         timeout_s: float = 10.0,
         retry_conflicts_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        auth: tuple[str, str] | None = None,
     ) -> None:
+        """`auth`: the REST user and password (HTTP Basic), when Connect wants them."""
         self.base_url = base_url.rstrip("/")
         self.retry_conflicts_s = retry_conflicts_s
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout_s, transport=transport, auth=auth
+        )
 
     @classmethod
-    def from_env(cls) -> ConnectClient:
-        return cls(Settings.from_env().connect_url)
+    def from_env(cls, **options: Any) -> ConnectClient:
+        """CONNECT_URL, with CONNECT_USER / CONNECT_PASSWORD_FILE's credentials."""
+        settings = Settings.from_env()
+        return cls(settings.connect_url, auth=settings.connect_auth(), **options)
 
     def close(self) -> None:
         self._http.close()
@@ -168,9 +174,12 @@ class ConnectClient:
     ) -> dict[str, DeployResult]:
         """Deploy every connector kept as configuration, connected to DATABASE_URL; none when
         one's table exists with another primary key (IncompatibleTable, `sink.tables`)."""
-        url = database_url or Settings.from_env().database_url
+        settings = Settings.from_env()
+        url = database_url or settings.database_url
         configs = {
-            name: render_connector(name, url, directory=directory)
+            name: render_connector(
+                name, url, directory=directory, password_file=settings.database_password_file
+            )
             for name in declared_connectors(directory)
         }
         check_tables(url, configs)

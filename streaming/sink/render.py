@@ -3,7 +3,11 @@ topic from the pipeline's declaration, and the connection from DATABASE_URL.
 
 The Python side reaches PostgreSQL through a SQLAlchemy URL and the sink (Java) through JDBC;
 deriving the JDBC settings from the one DATABASE_URL keeps both on the same database and keeps
-credentials out of the repository.
+credentials out of the repository. No password ever enters a connector config: DATABASE_URL
+must not hold one (the Python clients take it from libpq's PGPASSFILE), and the sink's is a
+reference, `${dir:DIR:NAME}`, that Connect's DirectoryConfigProvider resolves to the content
+of DATABASE_PASSWORD_FILE when it starts a task; Connect's config topic and REST answers hold
+only the reference.
 """
 
 from __future__ import annotations
@@ -19,18 +23,33 @@ from streaming.pipeline import CONNECT_DEAD_LETTER, SINKS
 
 CONNECTORS_DIR = Path(__file__).with_name("connectors")
 CONNECTION_KEYS = ("connection.url", "connection.username", "connection.password")
+SECRET_PROVIDER = "dir"
+"""The name Connect's worker config gives its DirectoryConfigProvider (`config.providers`)."""
 
 
-def jdbc_connection(database_url: str) -> dict[str, str]:
+def secret_reference(password_file: str) -> str:
+    """The config-provider reference Connect resolves to the content of `password_file`."""
+    path = Path(password_file).resolve()
+    return f"${{{SECRET_PROVIDER}:{path.parent}:{path.name}}}"
+
+
+def jdbc_connection(database_url: str, password_file: str | None = None) -> dict[str, str]:
     """`connection.url`/`.username`/`.password` for the JDBC sink from a SQLAlchemy URL.
 
-    `postgresql+psycopg2://user:pw@host:port/db?sslmode=require` becomes
-    `jdbc:postgresql://host:port/db?sslmode=require` plus the user and the (percent-decoded)
-    password; query parameters pass through, as pgjdbc knows libpq's `ssl*` names.
+    `postgresql+psycopg2://user@host:port/db?sslmode=require` becomes
+    `jdbc:postgresql://host:port/db?sslmode=require` plus the user; query parameters pass
+    through, as pgjdbc knows libpq's `ssl*` names. The password is the reference to
+    `password_file` (DATABASE_PASSWORD_FILE); a URL that holds one is refused.
     """
     url = make_url(database_url)
     if url.get_backend_name() != "postgresql":
         raise ValueError(f"DATABASE_URL: expected a postgresql URL, got {url.drivername!r}")
+    if url.password is not None:
+        raise ValueError(
+            "DATABASE_URL holds a password, which would be stored in Connect's config topic: "
+            "put it in a file of mode 0600, set DATABASE_PASSWORD_FILE to it (the sink reads "
+            "it through Connect's config provider) and PGPASSFILE for the Python clients"
+        )
     if not url.host or not url.database:
         raise ValueError("DATABASE_URL: the JDBC sink needs a host and a database name")
     host = f"[{url.host}]" if ":" in url.host else url.host  # an IPv6 literal
@@ -40,8 +59,8 @@ def jdbc_connection(database_url: str) -> dict[str, str]:
     out = {"connection.url": f"{jdbc}?{query}" if query else jdbc}
     if url.username:
         out["connection.username"] = url.username
-    if url.password is not None:
-        out["connection.password"] = url.password
+    if password_file:
+        out["connection.password"] = secret_reference(password_file)
     return out
 
 
@@ -98,13 +117,18 @@ def render_connector(
     table: str | None = None,
     overrides: Mapping[str, str] | None = None,
     directory: Path = CONNECTORS_DIR,
+    password_file: str | None = None,
 ) -> dict[str, str]:
     """The config to deploy: committed settings, the JDBC connection, then overrides.
 
     `topic` and `table` re-point a connector (tests run the real configs against temporary
-    topics and tables); `overrides` replaces any other setting.
+    topics and tables); `overrides` replaces any other setting; `password_file` is
+    DATABASE_PASSWORD_FILE (`jdbc_connection`).
     """
-    config = {**load_connector(name, directory), **jdbc_connection(database_url)}
+    config = {
+        **load_connector(name, directory),
+        **jdbc_connection(database_url, password_file),
+    }
     if topic is not None:
         config["topics"] = topic
     if table is not None:

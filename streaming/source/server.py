@@ -33,6 +33,8 @@ import orjson
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 
+from streaming.api.serving import serve_http_extras
+from streaming.config import bind_host
 from streaming.source.catalogue import Catalogue
 from streaming.source.generator import DEFAULT_SPEC, REVIEW_FIELDS, generate
 
@@ -284,11 +286,13 @@ def create_app(
         return _envelope(request, count, number, size, results)
 
     app.include_router(api)
+    serve_http_extras(app)
     return app
 
 
 def main() -> None:
-    """Serve the sample on 127.0.0.1 (`python -m streaming.source.server`).
+    """Serve the sample on BIND_HOST [127.0.0.1] (`python -m streaming.source.server`), with
+    Prometheus' `/metrics` and the trusted-host check (`streaming.api.serving`).
 
     Environment: UDEMY_API_PORT (8010), UDEMY_CLIENT_ID / UDEMY_CLIENT_SECRET ("local-client" /
     "local-secret"), SAMPLE_SEED and SAMPLE_SIZE (reviews; default: the bundled sample),
@@ -306,11 +310,12 @@ def main() -> None:
     started = time.perf_counter()
     catalogue = Catalogue(generate(spec))
     log.info(
-        "generated %d reviews of %d courses (seed %d) in %.1f s; serving http://127.0.0.1:%d%s",
+        "generated %d reviews of %d courses (seed %d) in %.1f s; serving http://%s:%d%s",
         catalogue.total_reviews,
         len(catalogue.courses),
         spec.seed,
         time.perf_counter() - started,
+        bind_host(),
         port,
         BASE_PATH,
     )
@@ -321,7 +326,7 @@ def main() -> None:
         rate_limit_per_s=float(rate_limit) if rate_limit else None,
     )
     # No access log: one line per page would cost more than serving it in a backfill.
-    uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="info")
+    uvicorn.run(app, host=bind_host(), port=port, access_log=False, log_level="info")
 
 
 if __name__ == "__main__":

@@ -3,17 +3,20 @@
 A supervisor (Dagster's sensors here, Kubernetes probes elsewhere) reads `GET /health` for
 liveness and progress: records in/out per topic, dead letters, consumer lag, last commit time.
 It answers 503 when the loop has not turned for `stall_after_s`, so a wedged worker shows as
-unhealthy even though its process is alive.
+unhealthy even though its process is alive. `GET /metrics` on the same port serves the same
+counters, per topic and partition, in Prometheus' format (`streaming.workers.prometheus`).
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import ctypes.util
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -22,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from streaming.config import TrustedHosts, bind_host
 
 
 class JsonFormatter(logging.Formatter):
@@ -54,6 +59,46 @@ def log_event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fie
     logger.log(level, msg, extra={"fields": fields})
 
 
+COMMIT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Commit latency buckets: a healthy commit takes milliseconds; seconds mean a slow broker."""
+
+
+@dataclass
+class LatencyHistogram:
+    """Counts per bucket (upper bounds `bounds`, plus +Inf) and their sum: what a Prometheus
+    histogram exposes, kept without a client library in the loop (one bisect per commit)."""
+
+    bounds: tuple[float, ...] = COMMIT_BUCKETS_S
+    counts: list[int] = field(default_factory=list)
+    total_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = self.counts or [0] * (len(self.bounds) + 1)
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total_s += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(le, count of observations <= le) per bucket, +Inf last."""
+        out, running = [], 0
+        for le, n in zip([*map(str, self.bounds), "+Inf"], self.counts, strict=True):
+            running += n
+            out.append((le, running))
+        return out
+
+
+@dataclass
+class PartitionStats:
+    """One partition as librdkafka's statistics last saw it (every statistics.interval.ms)."""
+
+    lag: int = 0
+    fetched: int = 0
+    """Records the consumer received (librdkafka `rxmsgs`; again after a rewind)."""
+    produced: int = 0
+    """Records the producer sent to it (librdkafka `txmsgs`)."""
+
+
 @dataclass
 class WorkerMetrics:
     """Counters the loop updates and the health endpoint reads (GIL-atomic updates suffice)."""
@@ -75,6 +120,8 @@ class WorkerMetrics:
     consumer_errors: int = 0
     assigned: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    partitions: dict[tuple[str, int], PartitionStats] = field(default_factory=dict)
+    commit_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def snapshot(self, stall_after_s: float, restore_limit_s: float = 600) -> dict[str, Any]:
         """Counters and status: ok; restoring (the loop waits while newly assigned partitions
@@ -117,35 +164,74 @@ class WorkerMetrics:
         caught-up worker and would make a supervisor think it stalled.
         """
         stats = json.loads(stats_json)
-        lag = 0
-        for topic in stats.get("topics", {}).values():
+        lag, active = 0, set()
+        for name, topic in stats.get("topics", {}).items():
             for pid, part in topic.get("partitions", {}).items():
                 if pid == "-1" or part.get("fetch_state") != "active":
                     continue
                 position, end = part.get("next_offset", -1), part.get("ls_offset", -1)
                 if position >= 0 and end >= 0:
-                    lag += max(end - position, 0) + part.get("fetchq_cnt", 0)
+                    behind = max(end - position, 0) + part.get("fetchq_cnt", 0)
                 else:
-                    lag += max(part.get("consumer_lag", 0), 0)
+                    behind = max(part.get("consumer_lag", 0), 0)
+                lag += behind
+                active.add((name, int(pid)))
+                seen = self.partitions.setdefault((name, int(pid)), PartitionStats())
+                seen.lag, seen.fetched = behind, part.get("rxmsgs", 0)
+        for key in self.partitions.keys() - active:  # not fetched here (any more)
+            self.partitions[key].lag = 0
         self.consumer_lag = lag
+
+    def on_producer_stats(self, stats_json: str) -> None:
+        """librdkafka statistics callback of the worker's producer: records sent per partition."""
+        for name, topic in json.loads(stats_json).get("topics", {}).items():
+            for pid, part in topic.get("partitions", {}).items():
+                if pid != "-1" and part.get("txmsgs", 0):
+                    seen = self.partitions.setdefault((name, int(pid)), PartitionStats())
+                    seen.produced = part["txmsgs"]
+
+
+class _IPv6HTTPServer(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class HealthServer:
-    """`GET /health` (200 ok or restoring / 503 stalled) with the metrics snapshot as JSON,
-    served from a thread."""
+    """`GET /health` (200 ok or restoring / 503 stalled) with the metrics snapshot as JSON, and
+    `GET /metrics` in Prometheus' text format, served from a thread on BIND_HOST [127.0.0.1].
+    A request whose Host header is not one of ALLOWED_HOSTS gets 400 (DNS rebinding)."""
 
-    def __init__(self, metrics: WorkerMetrics, port: int, stall_after_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        metrics: WorkerMetrics,
+        port: int,
+        stall_after_s: float = 30.0,
+        host: str | None = None,
+        trusted: TrustedHosts | None = None,
+    ) -> None:
+        from streaming.workers.prometheus import exposition
+
         outer = self
+        trusted = trusted or TrustedHosts.from_env()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.rstrip("/") not in ("/health", ""):
-                    self.send_error(404, "try /health")
+                if not trusted.allows(self.headers.get("Host")):
+                    self.send_error(400, "untrusted Host header")
                     return
-                body = outer.metrics.snapshot(outer.stall_after_s)
-                data = json.dumps(body).encode()
-                self.send_response(503 if body["status"] == "stalled" else 200)
-                self.send_header("Content-Type", "application/json")
+                path = self.path.split("?", 1)[0].rstrip("/")
+                if path == "/metrics":
+                    content_type, data = exposition(outer.metrics, outer.stall_after_s)
+                    self._send(200, content_type, data)
+                elif path in ("/health", ""):
+                    body = outer.metrics.snapshot(outer.stall_after_s)
+                    status = 503 if body["status"] == "stalled" else 200
+                    self._send(status, "application/json", json.dumps(body).encode())
+                else:
+                    self.send_error(404, "try /health or /metrics")
+
+            def _send(self, status: int, content_type: str, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -155,7 +241,9 @@ class HealthServer:
 
         self.metrics = metrics
         self.stall_after_s = stall_after_s
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.host = host or bind_host()
+        server = _IPv6HTTPServer if ":" in self.host else ThreadingHTTPServer
+        self._server = server((self.host, port), Handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -266,7 +354,7 @@ def serve(worker: Any, health_port: int) -> int:
     setup_logging()
     log = logging.getLogger(worker.name)
     health = HealthServer(worker.metrics, health_port).start()
-    log_event(log, "health endpoint", url=f"http://127.0.0.1:{health.port}/health")
+    log_event(log, "health endpoint", url=f"http://{health.host}:{health.port}/health")
     try:
         worker.run()
     except KafkaException as exc:

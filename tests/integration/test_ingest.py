@@ -46,6 +46,8 @@ ITEM = {
     },
 }
 
+LOCAL = "http://localhost"  # a trusted Host (ALLOWED_HOSTS); TestClient's own is not
+
 
 TOKEN = "test-writer-token-0123456789"
 
@@ -53,14 +55,14 @@ TOKEN = "test-writer-token-0123456789"
 def writer(settings, **kwargs) -> TestClient:
     """The API with a known writer token, and a client that sends it."""
     app = api_app.create_app(settings, writer_token=TOKEN, **kwargs)
-    return TestClient(app, headers=bearer(TOKEN))
+    return TestClient(app, headers=bearer(TOKEN), base_url=LOCAL)
 
 
 class AppTransport(httpx.BaseTransport):
     """The source app served in-process: httpx requests answered by FastAPI's TestClient."""
 
     def __init__(self, app) -> None:
-        self.api = TestClient(app)
+        self.api = TestClient(app, base_url=LOCAL)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         a = self.api.request(request.method, str(request.url), headers=request.headers)
@@ -126,7 +128,7 @@ def test_not_json_and_oversized_bodies_are_refused(settings):
     [None, "Bearer wrong-token-0123456789", f"Basic {TOKEN}", TOKEN, f"Bearer {TOKEN}x"],
 )
 def test_writing_needs_the_writer_token(settings, authorization):
-    with TestClient(api_app.create_app(settings, writer_token=TOKEN)) as client:
+    with TestClient(api_app.create_app(settings, writer_token=TOKEN), base_url=LOCAL) as client:
         headers = {} if authorization is None else {"Authorization": authorization}
         answer = client.post("/reviews", json=ITEM, headers=headers)
         assert answer.status_code == 401, answer.text
@@ -144,7 +146,10 @@ def test_a_body_without_a_json_content_type_is_refused(settings):
 
 def test_the_api_does_not_start_without_a_writer_token(settings, monkeypatch):
     monkeypatch.delenv(TOKEN_FILE_ENV, raising=False)
-    with pytest.raises(TokenError, match=TOKEN_FILE_ENV), TestClient(api_app.create_app(settings)):
+    with (
+        pytest.raises(TokenError, match=TOKEN_FILE_ENV),
+        TestClient(api_app.create_app(settings), base_url=LOCAL),
+    ):
         pass
 
 
@@ -172,7 +177,7 @@ def test_backfill_puts_every_review_of_a_course_in_kafka_once(settings, admin):
     topics = make_topics(admin, "bf", ["reviews", "dlq"])
     try:
         client = UdemyClient(
-            "http://source/api-2.0", "id", "secret", transport=AppTransport(source)
+            "http://localhost/api-2.0", "id", "secret", transport=AppTransport(source)
         )
         producer = ReviewProducer(settings, topic=topics["reviews"])
         result = backfill_course(

@@ -27,7 +27,12 @@ from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame
 from streaming.serde import AvroEncoder, Registry
 from streaming.sink.connect import ConnectClient, ConnectError
-from streaming.sink.render import CONNECTION_KEYS, load_connector, render_connector
+from streaming.sink.render import (
+    CONNECTION_KEYS,
+    load_connector,
+    render_connector,
+    secret_reference,
+)
 from streaming.sink.tables import KAFKA_COORDINATES, IncompatibleTable, table_key
 from tests.integration.kafka_helpers import delete_topics, make_topics, read_all, review
 
@@ -45,7 +50,7 @@ REVIEW_COLUMNS = (
 
 @pytest.fixture(scope="module")
 def connect(settings: Settings) -> Iterator[ConnectClient]:
-    with ConnectClient(settings.connect_url) as client:
+    with ConnectClient(settings.connect_url, auth=settings.connect_auth()) as client:
         try:
             client.list()
         except ConnectError as exc:
@@ -88,6 +93,7 @@ class Sink:
             topic=self.topics[connector],
             table=self.table(connector),
             overrides={"errors.deadletterqueue.topic.name": self.topics["dlq"], **overrides},
+            password_file=self.settings.database_password_file,
         )
 
     def deploy(self, connector: str, **overrides: str) -> str:
@@ -499,13 +505,16 @@ def test_deploy_is_idempotent_from_code_and_cli(
     assert f"connectors: {name} unchanged" in capsys.readouterr().out
     assert name in sink.connect.list()
 
-    # a password (trust auth ignores it): written once, then recognised as unchanged
-    with_password = url_with_password(sink.settings.database_url)
-    assert sink.connect.deploy_all(with_password, tmp_path) == {name: "updated"}
-    assert sink.connect.deploy_all(with_password, tmp_path) == {name: "unchanged"}
-    monkeypatch.setenv("DATABASE_URL", with_password)
-    assert main(["connectors", "deploy", name, "--config-dir", str(tmp_path)]) == 0
-    assert f"{name} unchanged" in capsys.readouterr().out
+    # the password as a reference Connect resolves: in the config, and in Connect's answers,
+    # only the reference; a password in DATABASE_URL is refused, nothing deployed
+    stored = sink.connect._request("GET", f"/connectors/{name}/config").json()
+    password_file = sink.settings.database_password_file
+    assert password_file and stored["connection.password"] == secret_reference(password_file)
+    secret = Path(password_file).read_text().strip()
+    assert secret not in json.dumps(stored)
+    monkeypatch.setenv("DATABASE_URL", url_with_password(sink.settings.database_url))
+    assert main(["connectors", "deploy", name, "--config-dir", str(tmp_path)]) == 1
+    assert "DATABASE_URL holds a password" in capsys.readouterr().err
     assert sink.connect.wait_for(name, lambda s: s.running, TIMEOUT_S).running
 
     with pytest.raises(ConnectError) as missing:

@@ -223,3 +223,31 @@ def test_the_writer_token_is_a_private_file_and_the_live_api_wants_it():
     token = os.environ["PIPELINE_API_TOKEN"]
     taken = httpx.post(url, json=review, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert taken.status_code == 201, taken.text
+
+
+def test_every_long_running_process_of_ours_serves_prometheus_metrics():
+    """The APIs count requests per route; each worker instance its records, transactions and
+    lag (the stack's health ports); every /health says ok while Kafka is reachable."""
+    env = os.environ
+    api = env["PIPELINE_API_URL"]
+    assert httpx.get(f"{api}/health", timeout=10).json()["status"] == "ok"
+    httpx.get(f"{api}/courses", timeout=10)
+    text = httpx.get(f"{api}/metrics", timeout=10).text
+    assert 'http_requests_total{handler="/courses"' in text
+    assert "http_request_duration_seconds_bucket" in text
+    source = env["UDEMY_API_URL"].removesuffix("/api-2.0")
+    assert "http_requests_total" in httpx.get(f"{source}/metrics", timeout=10).text
+    for worker in ("FRAUD_FILTER", "AGGREGATOR"):
+        base, n = int(env[f"{worker}_HEALTH_PORT"]), int(env[f"{worker}_INSTANCES"])
+        for i in range(n):
+            text = httpx.get(f"http://127.0.0.1:{base + i}/metrics", timeout=10).text
+            for name in (
+                "reviews_worker_records_in_total",
+                "reviews_worker_transactions_committed_total",
+                "reviews_worker_commit_seconds_bucket",
+                "reviews_worker_status",
+            ):
+                assert f"{name}{{" in text, (worker, i, name)
+            assert f'instance="{i}"' in text
+    rebound = httpx.get(f"{api}/health", headers={"Host": "rebound.example"}, timeout=10)
+    assert rebound.status_code == 400

@@ -29,7 +29,9 @@ from streaming.source.server import create_app
 
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
 AUTH = ("client", "secret")
-BASE_URL = "http://source.test/api-2.0"
+BASE_URL = "http://localhost/api-2.0"
+
+LOCAL = "http://localhost"  # a trusted Host (ALLOWED_HOSTS); TestClient's own is not
 
 
 class AppTransport(httpx.BaseTransport):
@@ -38,7 +40,9 @@ class AppTransport(httpx.BaseTransport):
 
     def __init__(self, catalogue: Catalogue, after: Callable[[int], None] | None = None) -> None:
         self.catalogue = catalogue
-        self._api = TestClient(create_app(catalogue, client_id=AUTH[0], client_secret=AUTH[1]))
+        self._api = TestClient(
+            create_app(catalogue, client_id=AUTH[0], client_secret=AUTH[1]), base_url=LOCAL
+        )
         self._after = after
         self.pages: list[int] = []
 
@@ -303,7 +307,7 @@ def test_4xx_not_retried() -> None:
     with pytest.raises(SourceError) as caught:
         client(script, sleeps).fetch_page(5, 1)
     assert (caught.value.status, caught.value.detail) == (403, "You do not have permission.")
-    assert "HTTP 403 from http://source.test/api-2.0/courses/5/reviews/" in str(caught.value)
+    assert "HTTP 403 from http://localhost/api-2.0/courses/5/reviews/" in str(caught.value)
     assert len(script.requests) == 1 and sleeps == []
 
 

@@ -13,6 +13,7 @@ from streaming.sink.render import (
     jdbc_connection,
     load_connector,
     render_connector,
+    secret_reference,
 )
 from streaming.sink.tables import KAFKA_COORDINATES, expected_key
 
@@ -35,25 +36,27 @@ TABLES = {  # schema-qualified: the sink resolves a bare name in any schema that
             },
         ),
         (
-            "postgresql://app:s3cr%40t%3A%2F@db.example.com/reviews?sslmode=require",
+            "postgresql://app@db.example.com/reviews?sslmode=require",
             {
                 "connection.url": "jdbc:postgresql://db.example.com/reviews?sslmode=require",
                 "connection.username": "app",
-                "connection.password": "s3cr@t:/",
             },
         ),
         (
-            "postgresql+psycopg://u:@[::1]:6543/my%20db",
-            {
-                "connection.url": "jdbc:postgresql://[::1]:6543/my%20db",
-                "connection.username": "u",
-                "connection.password": "",
-            },
+            "postgresql+psycopg://u@[::1]:6543/my%20db",
+            {"connection.url": "jdbc:postgresql://[::1]:6543/my%20db", "connection.username": "u"},
         ),
     ],
 )
 def test_sqlalchemy_url_becomes_jdbc_settings(url: str, expected: dict[str, str]) -> None:
     assert jdbc_connection(url) == expected
+
+
+def test_the_password_is_a_reference_to_its_file_never_the_value(tmp_path) -> None:
+    secret = tmp_path / "secrets" / "postgres-password"
+    connection = jdbc_connection(LOCAL, str(secret))
+    assert connection["connection.password"] == f"${{dir:{secret.parent}:postgres-password}}"
+    assert secret_reference(str(secret)) == connection["connection.password"]
 
 
 @pytest.mark.parametrize(
@@ -62,11 +65,14 @@ def test_sqlalchemy_url_becomes_jdbc_settings(url: str, expected: dict[str, str]
         ("mysql+pymysql://u:p@h/db", "expected a postgresql URL"),
         ("postgresql:///reviews", "needs a host"),
         ("postgresql://u@h", "needs a host and a database"),
+        ("postgresql://app:s3cr%40t@db.example.com/reviews", "DATABASE_URL holds a password"),
+        ("postgresql://u:@h/db", "DATABASE_URL holds a password"),
     ],
 )
 def test_unusable_urls_are_refused(url: str, reason: str) -> None:
-    with pytest.raises(ValueError, match=reason):
+    with pytest.raises(ValueError, match=reason) as refused:
         jdbc_connection(url)
+    assert "s3cr" not in str(refused.value), "the error must not repeat the password"
 
 
 def test_the_three_connectors_are_declared() -> None:
@@ -109,7 +115,8 @@ def test_statistics_key_on_the_course_and_reviews_on_each_record() -> None:
 def test_render_adds_the_connection_then_the_overrides() -> None:
     config = render_connector(
         "udemy-reviews",
-        "postgresql://sink:pw@pg:5432/reviews",
+        "postgresql://sink@pg:5432/reviews",
+        password_file="/run/secrets/pg",
         topic="test-topic",
         table="test_schema.reviews",
         overrides={"errors.tolerance": "none", "tasks.max": "1"},
@@ -118,7 +125,7 @@ def test_render_adds_the_connection_then_the_overrides() -> None:
         **load_connector("udemy-reviews"),
         "connection.url": "jdbc:postgresql://pg:5432/reviews",
         "connection.username": "sink",
-        "connection.password": "pw",
+        "connection.password": "${dir:/run/secrets:pg}",
         "topics": "test-topic",
         "collection.name.format": "test_schema.reviews",
         "errors.tolerance": "none",

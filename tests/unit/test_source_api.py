@@ -15,6 +15,8 @@ NOW = datetime(2026, 5, 1, tzinfo=UTC)
 AUTH = ("client", "secret")
 BASE = "/api-2.0"
 
+LOCAL = "http://localhost"  # a trusted Host (ALLOWED_HOSTS); TestClient's own is not
+
 
 class FakeClock:
     def __init__(self) -> None:
@@ -31,7 +33,9 @@ def catalogue() -> Catalogue:
 
 @pytest.fixture(scope="module")
 def api(catalogue: Catalogue) -> TestClient:
-    return TestClient(create_app(catalogue, client_id=AUTH[0], client_secret=AUTH[1]))
+    return TestClient(
+        create_app(catalogue, client_id=AUTH[0], client_secret=AUTH[1]), base_url=LOCAL
+    )
 
 
 def reviews_url(course_id: int) -> str:
@@ -51,9 +55,9 @@ def test_envelope_and_absolute_links(api: TestClient, catalogue: Catalogue) -> N
     assert set(first) == {"count", "next", "previous", "results"}
     assert first["count"] == count and len(first["results"]) == 100
     assert first["previous"] is None
-    assert first["next"] == f"http://testserver{reviews_url(course.id)}?page_size=100&page=2"
+    assert first["next"] == f"http://localhost{reviews_url(course.id)}?page_size=100&page=2"
     second = api.get(first["next"], auth=AUTH).json()
-    assert second["previous"] == f"http://testserver{reviews_url(course.id)}?page_size=100"
+    assert second["previous"] == f"http://localhost{reviews_url(course.id)}?page_size=100"
     third = api.get(second["next"], auth=AUTH).json()
     assert third["previous"] == first["next"]
 
@@ -73,7 +77,9 @@ def test_pages_cover_the_course_once_newest_first(api: TestClient, catalogue: Ca
 
 def test_last_page_exact_multiple_has_no_next(catalogue: Catalogue) -> None:
     sample = generate(SampleSpec(courses=1, reviews=40), now=NOW)
-    api = TestClient(create_app(Catalogue(sample), client_id=AUTH[0], client_secret=AUTH[1]))
+    api = TestClient(
+        create_app(Catalogue(sample), client_id=AUTH[0], client_secret=AUTH[1]), base_url=LOCAL
+    )
     url = reviews_url(sample.courses[0].id)
     last = get(api, url, page=4, page_size=10)
     assert last["next"] is None and len(last["results"]) == 10
@@ -139,7 +145,9 @@ def test_unknown_course_404(api: TestClient, course: str) -> None:
 
 def test_empty_course_has_an_empty_first_page() -> None:
     sample = generate(SampleSpec(courses=2, reviews=1), now=NOW)
-    api = TestClient(create_app(Catalogue(sample), client_id=AUTH[0], client_secret=AUTH[1]))
+    api = TestClient(
+        create_app(Catalogue(sample), client_id=AUTH[0], client_secret=AUTH[1]), base_url=LOCAL
+    )
     url = reviews_url(sample.courses[1].id)
     page = get(api, url)
     assert page == {"count": 0, "next": None, "previous": None, "results": []}
@@ -191,7 +199,7 @@ def test_rate_limit_answers_429_with_retry_after(catalogue: Catalogue) -> None:
     app = create_app(
         catalogue, client_id=AUTH[0], client_secret=AUTH[1], rate_limit_per_s=0.5, clock=clock
     )
-    api = TestClient(app)
+    api = TestClient(app, base_url=LOCAL)
     url = reviews_url(catalogue.courses[0].id)
     assert api.get(url, auth=AUTH).status_code == 200
     throttled = api.get(url, auth=AUTH)
@@ -215,7 +223,7 @@ def test_rate_limit_burst(catalogue: Catalogue) -> None:
         rate_limit_burst=3,
         clock=clock,
     )
-    api = TestClient(app)
+    api = TestClient(app, base_url=LOCAL)
     statuses = [api.get(f"{BASE}/courses/", auth=AUTH).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
     clock.now += 0.1
@@ -237,7 +245,9 @@ def new_review(course: Any, review_id: int, created: str, rating: float = 5.0) -
 
 def test_added_review_served_first_and_edit_replaces_it() -> None:
     catalogue = Catalogue(generate(SampleSpec(courses=2, reviews=300), now=NOW))
-    api = TestClient(create_app(catalogue, client_id=AUTH[0], client_secret=AUTH[1]))
+    api = TestClient(
+        create_app(catalogue, client_id=AUTH[0], client_secret=AUTH[1]), base_url=LOCAL
+    )
     course = catalogue.courses[0]
     url = reviews_url(course.id)
     before = get(api, url, page_size=5)
