@@ -28,7 +28,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import review, write_result
-from streaming.config import Settings
+from streaming.config import Settings, registry_client_config
 from streaming.ingest.producer import ReviewProducer
 from streaming.sink.connect import ConnectClient
 from streaming.sink.render import render_connector
@@ -135,7 +135,7 @@ def run(
             conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
         engine.dispose()
         admin.delete_topics([topic])
-        registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+        registry = SchemaRegistryClient(registry_client_config(settings.schema_registry_url))
         registry.delete_subject(f"{topic}-value")
         registry.delete_subject(f"{topic}-value", permanent=True)
     latencies = sorted((float(sunk) - sent_at[rid]) * 1000 for rid, sunk in rows)

@@ -103,6 +103,15 @@ QUIET.addHandler(logging.NullHandler())
 QUIET.propagate = False
 
 
+def source_secret() -> str:
+    """The source API's secret: UDEMY_CLIENT_SECRET, or UDEMY_CLIENT_SECRET_FILE's content
+    (read here, not through the pipeline's code: the load stays independent of it)."""
+    if os.environ.get("UDEMY_CLIENT_SECRET"):
+        return os.environ["UDEMY_CLIENT_SECRET"]
+    path = os.environ.get("UDEMY_CLIENT_SECRET_FILE")
+    return Path(path).read_text().strip() if path else "local-secret"
+
+
 def wall_ms() -> int:
     """The wall clock in epoch milliseconds (what `modified` of a fresh version says)."""
     return time.time_ns() // 1_000_000
@@ -585,10 +594,7 @@ class Load:
         """Add the source's newest reviews to the editable ones; without them the load goes on."""
         if not self.sample_url:
             return
-        auth = (
-            os.environ.get("UDEMY_CLIENT_ID", "local-client"),
-            os.environ.get("UDEMY_CLIENT_SECRET", "local-secret"),
-        )
+        auth = (os.environ.get("UDEMY_CLIENT_ID", "local-client"), source_secret())
         try:
             with httpx.Client(auth=auth, timeout=10) as client:
                 reviews = fetch_sample(client, self.sample_url)

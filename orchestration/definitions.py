@@ -61,7 +61,6 @@ defs = dg.Definitions(
         "review_source": ReviewSourceResource(
             api_url=dg.EnvVar("UDEMY_API_URL"),
             client_id=dg.EnvVar("UDEMY_CLIENT_ID"),
-            client_secret=dg.EnvVar("UDEMY_CLIENT_SECRET"),
         ),
         "connect": ConnectResource(url=dg.EnvVar("CONNECT_URL")),
         # Same state directory, process names and health URLs as stack/stack.sh (STACK_DIR,

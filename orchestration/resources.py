@@ -36,11 +36,11 @@ from sqlalchemy import Engine, create_engine
 from orchestration.sql_models import MODELS_DIR
 from orchestration.topology import SINKS, WORKERS
 from stack import procs
-from streaming.config import REPO_ROOT, Settings
+from streaming.config import REPO_ROOT, Settings, registry_client_config
 from streaming.ingest.backfill import BackfillResult, backfill_course
 from streaming.ingest.producer import ReviewProducer
 from streaming.sink.connect import ConnectClient, ConnectError, ConnectorState
-from streaming.source.client import RetryPolicy, UdemyClient
+from streaming.source.client import RetryPolicy, UdemyClient, client_secret_from_env
 
 Offsets = dict[tuple[str, int], int]
 """(topic, partition) -> offset."""
@@ -155,7 +155,7 @@ class SchemaRegistryResource(dg.ConfigurableResource):
 
     def latest_versions(self, subjects: Iterable[str]) -> dict[str, tuple[int, int]]:
         """Subject -> (version, schema id) of its latest schema; unregistered subjects left out."""
-        client = SchemaRegistryClient({"url": self.url})
+        client = SchemaRegistryClient(registry_client_config(self.url))
         out = {}
         for subject in subjects:
             try:
@@ -201,10 +201,13 @@ class ReviewSourceResource(dg.ConfigurableResource):
 
     api_url: str
     client_id: str
-    client_secret: str
+    client_secret: str | None = None
+    """None: UDEMY_CLIENT_SECRET or UDEMY_CLIENT_SECRET_FILE's content, read when used (a
+    secret is not a config value Dagster stores and shows)."""
 
     def client(self, **options: Any) -> UdemyClient:
-        return UdemyClient(self.api_url, self.client_id, self.client_secret, **options)
+        secret = self.client_secret or client_secret_from_env()
+        return UdemyClient(self.api_url, self.client_id, secret, **options)
 
     def course_ids(self) -> list[int]:
         """Every course the source lists; retries are few, a sensor tick must stay short."""

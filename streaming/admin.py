@@ -24,7 +24,7 @@ from confluent_kafka.admin import (
 )
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from streaming.config import Settings
+from streaming.config import Settings, registry_client_config
 from streaming.pipeline import TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,6 @@ def bootstrap(settings: Settings, timeout_s: float = 60) -> tuple[list[str], dic
     specs = load_topic_specs()
     admin = AdminClient(settings.kafka_config())
     actions = ensure_topics(admin, specs, timeout_s)
-    registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+    registry = SchemaRegistryClient(registry_client_config(settings.schema_registry_url))
     ids = register_schemas(registry, specs)
     return actions, ids

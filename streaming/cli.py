@@ -185,24 +185,119 @@ def _connectors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_screen(args: argparse.Namespace) -> int:
+    import os
+
+    from streaming.status import gather, render
+
+    report = gather(os.environ)
+    print(render(report))
+    return 0 if report.healthy else 1
+
+
+def _stats(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    import httpx
+
+    api = os.environ.get("PIPELINE_API_URL", "http://127.0.0.1:8000")
+    try:
+        answer = httpx.get(f"{api}/courses/{args.course_id}/stats", timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"stats: the pipeline API at {api} is unreachable: {exc}", file=sys.stderr)
+        return 1
+    if answer.status_code == 404:
+        print(f"stats: no statistics for course {args.course_id}", file=sys.stderr)
+        return 1
+    if not answer.is_success:
+        print(f"stats: HTTP {answer.status_code}: {answer.text}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer.json(), indent=2))
+    return 0
+
+
+COMMON_ENV = (
+    "KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_CONFIG, SCHEMA_REGISTRY_URL, SCHEMA_REGISTRY_USER, "
+    "SCHEMA_REGISTRY_PASSWORD_FILE"
+)
+COMMAND_ENV = {
+    "bootstrap": COMMON_ENV,
+    "source-api": "UDEMY_API_PORT, UDEMY_CLIENT_ID, UDEMY_CLIENT_SECRET(_FILE), SAMPLE_SEED, "
+    "SAMPLE_SIZE, UDEMY_RATE_LIMIT, BIND_HOST, ALLOWED_HOSTS",
+    "api": f"PIPELINE_API_PORT, PIPELINE_API_WORKERS, PIPELINE_API_TOKEN_FILE, BIND_HOST, "
+    f"ALLOWED_HOSTS, DATABASE_URL, PGPASSFILE, PROMETHEUS_MULTIPROC_DIR, {COMMON_ENV}",
+    "backfill": f"UDEMY_API_URL, UDEMY_CLIENT_ID, UDEMY_CLIENT_SECRET(_FILE), {COMMON_ENV}",
+    "connectors": "CONNECT_URL, CONNECT_USER, CONNECT_PASSWORD_FILE, DATABASE_URL, "
+    "DATABASE_PASSWORD_FILE, PGPASSFILE",
+    "status": f"PIPELINE_API_URL, UDEMY_API_URL, DAGSTER_URL, DATABASE_URL, PGPASSFILE, "
+    f"CONNECT_URL, CONNECT_USER, CONNECT_PASSWORD_FILE, <WORKER>_INSTANCES, "
+    f"<WORKER>_HEALTH_PORT, {COMMON_ENV}",
+    "stats": "PIPELINE_API_URL",
+}
+"""What each command reads from its environment, for its --help (defaults: docs/contracts.md)."""
+
+
+def _epilog(command: str) -> str:
+    return f"environment: {COMMAND_ENV[command]}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reviews", description=__doc__)
+    from importlib.metadata import version
+
+    parser = argparse.ArgumentParser(
+        prog="reviews",
+        description=__doc__,
+        epilog="every command's --help lists the environment variables it reads",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version('realtime-reviews')}"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("bootstrap", help="create/align topics and register schemas (idempotent)")
+    p = sub.add_parser(
+        "status",
+        help="every service, worker instance, connector and the newest reconciliation",
+        epilog=_epilog("status"),
+    )
+    p.set_defaults(func=_status_screen)
+    p = sub.add_parser(
+        "stats", help="a course's statistics (all time and recent)", epilog=_epilog("stats")
+    )
+    p.add_argument("course_id", type=int)
+    p.set_defaults(func=_stats)
+    p = sub.add_parser(
+        "bootstrap",
+        help="create/align topics and register schemas (idempotent)",
+        epilog=_epilog("bootstrap"),
+    )
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for Kafka")
     p.set_defaults(func=_bootstrap)
-    p = sub.add_parser("source-api", help="serve the Udemy-compatible review API (sample data)")
+    p = sub.add_parser(
+        "source-api",
+        help="serve the Udemy-compatible review API (sample data)",
+        epilog=_epilog("source-api"),
+    )
     p.set_defaults(func=_source_api)
-    p = sub.add_parser("api", help="serve the pipeline's HTTP API (POST /reviews, stats)")
+    p = sub.add_parser(
+        "api", help="serve the pipeline's HTTP API (POST /reviews, stats)", epilog=_epilog("api")
+    )
     p.set_defaults(func=_api)
-    p = sub.add_parser("backfill", help="every review of the source's courses into Kafka")
+    p = sub.add_parser(
+        "backfill",
+        help="every review of the source's courses into Kafka",
+        epilog=_epilog("backfill"),
+    )
     p.add_argument("--course", type=int, action="append", help="a course id (repeatable)")
     p.add_argument("--topic", default=INPUT.name)
     p.add_argument("--concurrency", type=int, default=4, help="pages fetched in parallel")
     p.add_argument("--checkpoint-dir", help="resume state directory (one file per course)")
     p.set_defaults(func=_backfill)
 
-    conn = sub.add_parser("connectors", help="the PostgreSQL sink's Kafka Connect connectors")
+    conn = sub.add_parser(
+        "connectors",
+        help="the PostgreSQL sink's Kafka Connect connectors",
+        epilog=_epilog("connectors"),
+    )
     actions = conn.add_subparsers(dest="action", required=True)
     helps = {
         "deploy": "create or update from streaming/sink/connectors (idempotent)",
@@ -212,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         "resume": "resume after a pause",
     }
     for action, text in helps.items():
-        a = actions.add_parser(action, help=text)
+        a = actions.add_parser(action, help=text, epilog=_epilog("connectors"))
         a.add_argument("name", nargs="?", help="one connector (default: every declared one)")
         a.add_argument(
             "--config-dir",

@@ -8,6 +8,8 @@ existing Kafka, registry, Connect or PostgreSQL is a matter of setting these var
 | KAFKA_BOOTSTRAP_SERVERS   | 127.0.0.1:9092                                        |
 | KAFKA_SECURITY_CONFIG     | (none) extra librdkafka settings, `key=value;key=value` |
 | SCHEMA_REGISTRY_URL       | http://127.0.0.1:8081/apis/ccompat/v7                 |
+| SCHEMA_REGISTRY_USER      | (none) the registry's user (HTTP Basic)               |
+| SCHEMA_REGISTRY_PASSWORD_FILE | (none) a file holding that user's password        |
 | DATABASE_URL              | postgresql+psycopg2://postgres@127.0.0.1:5433/reviews |
 | DATABASE_PASSWORD_FILE    | (none) the database password, for Connect's sinks     |
 | PGPASSFILE                | (libpq's) the password file of the Python clients     |
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,6 +142,39 @@ class TrustedHosts:
         elif host.count(":") == 1:
             host = host.split(":", 1)[0]
         return host in self.names
+
+
+REGISTRY_TIMEOUT_S = 10.0
+"""Every registry request's timeout: both registry clients default to none, so a registry that
+accepts a connection and never answers would hang a worker for good."""
+
+
+def registry_client_config(url: str, env: Mapping[str, str] | None = None) -> dict[str, object]:
+    """confluent-kafka's SchemaRegistryClient settings: the URL, a timeout, and the
+    credentials of SCHEMA_REGISTRY_USER / SCHEMA_REGISTRY_PASSWORD_FILE as the client's own
+    setting (not in the URL, where every error message would show them)."""
+    env = os.environ if env is None else env
+    config: dict[str, object] = {"url": url, "timeout": REGISTRY_TIMEOUT_S}
+    user = env.get("SCHEMA_REGISTRY_USER")
+    if user:
+        path = env.get("SCHEMA_REGISTRY_PASSWORD_FILE")
+        if not path:
+            raise ValueError("SCHEMA_REGISTRY_USER is set: SCHEMA_REGISTRY_PASSWORD_FILE must be")
+        config["basic.auth.credentials.source"] = "USER_INFO"
+        config["basic.auth.user.info"] = (
+            f"{user}:{read_secret(path, 'SCHEMA_REGISTRY_PASSWORD_FILE')}"
+        )
+    return config
+
+
+def redact_url(url: str) -> str:
+    """`url` without the password of its user info (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 CLOCK_OFFSET_ENV = "CLOCK_OFFSET_S"

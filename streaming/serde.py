@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -20,6 +22,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 
+from streaming.config import redact_url, registry_client_config
 from streaming.core.avro_codec import confluent_frame, split_confluent
 from streaming.core.review_frames import Writer, writer_for
 
@@ -51,8 +54,8 @@ class Registry:
     """Schema lookups by id and registrations by subject, cached for the process lifetime."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self._client = SchemaRegistryClient({"url": url})
+        self.url = redact_url(url)
+        self._client = SchemaRegistryClient(registry_client_config(url))
         self._by_id: dict[int, WriterSchema] = {}
 
     def writer_schema(self, schema_id: int) -> WriterSchema:
@@ -66,6 +69,7 @@ class Registry:
                 schema_str = self._call(self._client.get_schema, schema_id).schema_str
             except SchemaRegistryError as exc:
                 if exc.http_status_code == 404:
+                    self._confirm_serving(schema_id)
                     msg = f"schema id {schema_id} is not in the registry"
                     raise UnknownSchemaError(msg) from exc
                 raise
@@ -73,6 +77,17 @@ class Registry:
             found = WriterSchema(schema_id, parsed, to_parsing_canonical_form(parsed))
             self._by_id[schema_id] = found
         return found
+
+    def _confirm_serving(self, schema_id: int) -> None:
+        """A 404 for an id convicts the record only when the registry serves its schemas: one
+        restarting over empty or unready storage answers 404 for every id, and taking that
+        at its word would dead-letter every record until the worker restarts. A registry
+        without a single subject is not serving (RegistryUnavailable: retry)."""
+        if not self._call(self._client.get_subjects):
+            raise RegistryUnavailable(
+                f"schema registry at {self.url} answered 404 for schema id {schema_id} and "
+                "lists no subjects: not serving its schemas (restarting?)"
+            )
 
     def register(self, subject: str, schema_file: str) -> int:
         """Register (idempotently) a schema of `schemas/` under a subject and return its id."""
@@ -124,20 +139,33 @@ def decode(registry: Registry, value: bytes, reader_schema: dict[str, Any]) -> d
     return record
 
 
+UNKNOWN_ID_RECHECK_S = 30.0
+"""How long "the registry has no such id" is believed before it is asked again (the schema may
+be registered since: a producer that wrote before registering, a registry restored late)."""
+
+
 class ReviewWriters:
     """schema id -> how to read Review records written with it (None: the registry has no such
-    id), looked up once per id for the process: the workers' only registry I/O."""
+    id), looked up once per id for the process (an unknown id again after
+    UNKNOWN_ID_RECHECK_S): the workers' only registry I/O."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
         self.review_schema = local_schema("review.avsc")
+        self.clock = clock
         self._known: dict[int, Writer | None] = {}
+        self._unknown_since: dict[int, float] = {}
 
     def __call__(self, schema_id: int) -> Writer | None:
-        if schema_id not in self._known:
-            try:
-                parsed = self.registry.writer_schema(schema_id).parsed
-                self._known[schema_id] = writer_for(parsed, self.review_schema)
-            except UnknownSchemaError:
-                self._known[schema_id] = None
+        if schema_id in self._known and (
+            self._known[schema_id] is not None
+            or self.clock() - self._unknown_since[schema_id] < UNKNOWN_ID_RECHECK_S
+        ):
+            return self._known[schema_id]
+        try:
+            parsed = self.registry.writer_schema(schema_id).parsed
+            self._known[schema_id] = writer_for(parsed, self.review_schema)
+        except UnknownSchemaError:
+            self._known[schema_id] = None
+            self._unknown_since[schema_id] = self.clock()
         return self._known[schema_id]

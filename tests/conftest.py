@@ -20,3 +20,9 @@ def _load_stack_env() -> None:
 
 
 _load_stack_env()
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Tests marked `last` run after every other (they inspect what the whole run left behind,
+    such as the logs); the order of the rest is kept."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)

@@ -44,7 +44,7 @@ from bench.common import (
     produce_reviews,
 )
 from bench.peers.harness import PeerRun, StatsWatcher, input_committed, run_peer, settled
-from streaming.config import Settings
+from streaming.config import Settings, registry_client_config
 from streaming.core.avro_codec import CONFLUENT_HEADER_SIZE, schemas_dir
 from streaming.core.fraud import HashFraudModel
 from streaming.core.review_bytes import pack
@@ -139,7 +139,7 @@ def _delete(settings: Settings, app_id: str) -> None:
     except KafkaException as exc:
         if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
             print(f"warning: consumer group {app_id} not deleted: {exc}", file=sys.stderr)
-    registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+    registry = SchemaRegistryClient(registry_client_config(settings.schema_registry_url))
     for subject in (s for s in registry.get_subjects() if s.startswith(prefix)):
         try:
             registry.delete_subject(subject)

@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 import orjson
 
+from streaming.config import read_secret
 from streaming.core.review_mapping import ReviewMappingError, parse_timestamp
 
 DEFAULT_API_URL = "http://127.0.0.1:8010/api-2.0"
@@ -159,6 +160,17 @@ def _sort_key(item: Mapping[str, Any]) -> tuple[int, int] | None:
         return None
 
 
+def client_secret_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The source API's client secret: UDEMY_CLIENT_SECRET, else the content of
+    UDEMY_CLIENT_SECRET_FILE (`make up` generates one, mode 0600), else the local default."""
+    env = os.environ if env is None else env
+    if env.get("UDEMY_CLIENT_SECRET"):
+        return env["UDEMY_CLIENT_SECRET"]
+    if env.get("UDEMY_CLIENT_SECRET_FILE"):
+        return read_secret(env["UDEMY_CLIENT_SECRET_FILE"], "UDEMY_CLIENT_SECRET_FILE")
+    return DEFAULT_CLIENT_SECRET
+
+
 class UdemyClient:
     """Review-source client: one connection pool, safe to share between threads.
 
@@ -203,12 +215,12 @@ class UdemyClient:
 
     @classmethod
     def from_env(cls, **options: Any) -> UdemyClient:
-        """From UDEMY_API_URL, UDEMY_CLIENT_ID and UDEMY_CLIENT_SECRET (local server defaults)."""
+        """From UDEMY_API_URL, UDEMY_CLIENT_ID and the secret (`client_secret_from_env`)."""
         env = os.environ
         return cls(
             env.get("UDEMY_API_URL") or DEFAULT_API_URL,
             env.get("UDEMY_CLIENT_ID") or DEFAULT_CLIENT_ID,
-            env.get("UDEMY_CLIENT_SECRET") or DEFAULT_CLIENT_SECRET,
+            client_secret_from_env(env),
             **options,
         )
 

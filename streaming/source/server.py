@@ -36,6 +36,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from streaming.api.serving import serve_http_extras
 from streaming.config import bind_host
 from streaming.source.catalogue import Catalogue
+from streaming.source.client import client_secret_from_env
 from streaming.source.generator import DEFAULT_SPEC, REVIEW_FIELDS, generate
 
 BASE_PATH = "/api-2.0"
@@ -294,7 +295,8 @@ def main() -> None:
     """Serve the sample on BIND_HOST [127.0.0.1] (`python -m streaming.source.server`), with
     Prometheus' `/metrics` and the trusted-host check (`streaming.api.serving`).
 
-    Environment: UDEMY_API_PORT (8010), UDEMY_CLIENT_ID / UDEMY_CLIENT_SECRET ("local-client" /
+    Environment: UDEMY_API_PORT (8010), UDEMY_CLIENT_ID / UDEMY_CLIENT_SECRET or
+    UDEMY_CLIENT_SECRET_FILE ("local-client" /
     "local-secret"), SAMPLE_SEED and SAMPLE_SIZE (reviews; default: the bundled sample),
     UDEMY_RATE_LIMIT (requests a second; default unlimited).
     """
@@ -322,7 +324,7 @@ def main() -> None:
     app = create_app(
         catalogue,
         client_id=env.get("UDEMY_CLIENT_ID") or DEFAULT_CLIENT_ID,
-        client_secret=env.get("UDEMY_CLIENT_SECRET") or DEFAULT_CLIENT_SECRET,
+        client_secret=client_secret_from_env(env),
         rate_limit_per_s=float(rate_limit) if rate_limit else None,
     )
     # No access log: one line per page would cost more than serving it in a backfill.

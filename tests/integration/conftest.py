@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from streaming.admin import wait_for_kafka
-from streaming.config import Settings
+from streaming.config import Settings, registry_client_config
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def admin(settings: Settings) -> AdminClient:
 
 @pytest.fixture(scope="session")
 def registry(settings: Settings) -> SchemaRegistryClient:
-    return SchemaRegistryClient({"url": settings.schema_registry_url})
+    return SchemaRegistryClient(registry_client_config(settings.schema_registry_url))
 
 
 @pytest.fixture

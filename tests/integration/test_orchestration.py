@@ -46,7 +46,7 @@ from streaming.core.fraud import HashFraudModel
 from streaming.core.ratings import BUCKET_FIELDS, RATINGS, rating_halves
 from streaming.core.stats import ReviewVersion, compute_from_scratch
 from streaming.core.window import MS_PER_DAY, day_to_date
-from streaming.source.client import UdemyClient
+from streaming.source.client import UdemyClient, client_secret_from_env
 
 pytestmark = pytest.mark.integration
 
@@ -744,7 +744,7 @@ def test_backfill_asset_puts_a_small_course_into_kafka(settings: Settings) -> No
             "review_source": ReviewSourceResource(
                 api_url=os.environ["UDEMY_API_URL"],
                 client_id=os.environ["UDEMY_CLIENT_ID"],
-                client_secret=os.environ["UDEMY_CLIENT_SECRET"],
+                client_secret=client_secret_from_env(),
             ),
         },
     )

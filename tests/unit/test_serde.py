@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from streaming.serde import Registry, RegistryUnavailable
+from streaming.config import REGISTRY_TIMEOUT_S, redact_url, registry_client_config
+from streaming.serde import (
+    UNKNOWN_ID_RECHECK_S,
+    Registry,
+    RegistryUnavailable,
+    ReviewWriters,
+    UnknownSchemaError,
+)
 
 
 def test_an_unreachable_registry_names_its_url():
@@ -46,3 +53,65 @@ def test_a_registry_4xx_stays_the_registrys_answer(status: int) -> None:
     registry._client = _Answers(status)  # type: ignore[assignment]
     with pytest.raises(SchemaRegistryError):
         registry.register("t-value", "review.avsc")
+
+
+class _Forgetful:
+    """A registry that has no schema of the asked id, and lists `subjects`."""
+
+    def __init__(self, subjects: list[str]) -> None:
+        self.subjects = subjects
+        self.asked = 0
+
+    def get_schema(self, schema_id: int) -> object:
+        self.asked += 1
+        raise SchemaRegistryError(404, 40403, f"Schema {schema_id} not found")
+
+    def get_subjects(self) -> list[str]:
+        return self.subjects
+
+
+def test_a_404_from_a_registry_without_subjects_is_a_retry_not_a_dead_letter() -> None:
+    """Restarting over storage that is not ready, a registry answers 404 for every id: that
+    must not convict records (the worker would dead-letter them all)."""
+    registry = Registry("http://127.0.0.1:1/apis/ccompat/v7")
+    registry._client = _Forgetful([])  # type: ignore[assignment]
+    with pytest.raises(RegistryUnavailable, match="lists no subjects"):
+        registry.writer_schema(7)
+    registry._client = _Forgetful(["udemy-reviews-value"])  # type: ignore[assignment]
+    with pytest.raises(UnknownSchemaError, match="schema id 7 is not in the registry"):
+        registry.writer_schema(7)
+
+
+def test_an_unknown_id_is_asked_again_after_a_while() -> None:
+    registry = Registry("http://127.0.0.1:1/apis/ccompat/v7")
+    answers = _Forgetful(["udemy-reviews-value"])
+    registry._client = answers  # type: ignore[assignment]
+    now = [0.0]
+    writers = ReviewWriters(registry, clock=lambda: now[0])
+    assert writers(9) is None and writers(9) is None
+    assert answers.asked == 1, "believed for a while"
+    now[0] += UNKNOWN_ID_RECHECK_S + 1
+    assert writers(9) is None
+    assert answers.asked == 2, "then asked again"
+
+
+def test_registry_clients_have_a_timeout_and_credentials_of_their_own(tmp_path) -> None:
+    password = tmp_path / "registry-password"
+    password.write_text("s3cret\n")
+    plain = registry_client_config("http://r:8081", {})
+    assert plain == {"url": "http://r:8081", "timeout": REGISTRY_TIMEOUT_S}
+    env = {"SCHEMA_REGISTRY_USER": "app", "SCHEMA_REGISTRY_PASSWORD_FILE": str(password)}
+    authed = registry_client_config("http://r:8081", env)
+    assert authed["basic.auth.user.info"] == "app:s3cret"
+    with pytest.raises(ValueError, match="SCHEMA_REGISTRY_PASSWORD_FILE") as missing:
+        registry_client_config("http://r:8081", {"SCHEMA_REGISTRY_USER": "app"})
+    assert "s3cret" not in str(missing.value)
+
+
+def test_a_url_with_user_info_is_shown_without_its_password() -> None:
+    assert redact_url("http://app:pw@reg.example:8081/x") == "http://app:***@reg.example:8081/x"
+    assert redact_url("http://reg.example/x") == "http://reg.example/x"
+    registry = Registry("http://app:hunter22@127.0.0.1:1/apis/ccompat/v7")
+    with pytest.raises(RegistryUnavailable) as refused:
+        registry.register("t-value", "review.avsc")
+    assert "hunter22" not in str(refused.value)
