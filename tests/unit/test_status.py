@@ -1,0 +1,81 @@
+"""`reviews status` as text (from fabricated answers), and the CLI's --version and --help."""
+
+from __future__ import annotations
+
+import pytest
+
+from streaming.cli import COMMAND_ENV, build_parser
+from streaming.status import Probe, Report, render
+
+NOW = 1_800_000_000.0
+
+
+def report(**changes: object) -> Report:
+    r = Report(
+        services=[Probe("kafka", True, "127.0.0.1:9092", "1 brokers")],
+        instances=[
+            (
+                "aggregator-0",
+                {
+                    "status": "restoring",
+                    "consumer_lag": 12,
+                    "records_in": 5000,
+                    "last_commit_time": NOW - 3,
+                    "assigned_partitions": ["a[0]", "a[1]"],
+                    "restore_progress": {"versions": {"records": 10, "of": 40}},
+                    "as_of_day": 20_400,
+                },
+                "http://127.0.0.1:8101/health",
+            ),
+            ("aggregator-1", None, "http://127.0.0.1:8102/health"),
+        ],
+        connectors=[("recent-stats", "recent-stats             RUNNING    task 0 RUNNING")],
+        reconciliation={
+            "timestamp": NOW - 600,
+            "run_id": "r1",
+            "metadata": {"mismatches": 0, "courses": 40, "as_of_day": "2025-11-09"},
+        },
+    )
+    for key, value in changes.items():
+        setattr(r, key, value)
+    return r
+
+
+def test_one_screen_with_every_part() -> None:
+    text = render(report(), now=NOW)
+    assert "kafka              ok" in text
+    assert "aggregator-0" in text and "restoring" in text
+    assert "lag 12" in text and "last commit 3 s ago" in text and "partitions 2" in text
+    assert "restoring versions 10/40" in text and "as-of day 20400" in text
+    assert "aggregator-1         DOWN" in text
+    assert "recent-stats" in text
+    assert "reconciliation: AGREE over 40 courses, as of 2025-11-09, 10 min ago (run r1)" in text
+    assert text.endswith("status: UNHEALTHY")  # an instance is down
+
+
+def test_a_disagreement_and_a_failed_task_are_said_plainly() -> None:
+    r = report(
+        instances=[],
+        connectors=[("long-term-stats", "long-term-stats          RUNNING    task 0 FAILED")],
+        reconciliation={"timestamp": NOW, "run_id": "r2", "metadata": {"mismatches": 28}},
+    )
+    text = render(r, now=NOW)
+    assert "DISAGREE: 28 differences" in text
+    assert not r.healthy
+
+
+def test_healthy_when_every_part_is() -> None:
+    r = report(instances=[("fraud-filter-0", {"status": "ok"}, "u")])
+    assert r.healthy and render(r, now=NOW).endswith("status: healthy")
+    assert "not run yet" in render(report(reconciliation=None), now=NOW)
+
+
+def test_version_and_environment_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--version"])
+    assert capsys.readouterr().out.startswith("reviews ")
+    for command in COMMAND_ENV:
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        assert "environment:" in capsys.readouterr().out, command
