@@ -217,6 +217,15 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prometheus_config(args: argparse.Namespace) -> int:
+    import os
+
+    from streaming.monitoring import scrape_config
+
+    print(scrape_config(os.environ), end="")
+    return 0
+
+
 COMMON_ENV = (
     "KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_CONFIG, SCHEMA_REGISTRY_URL, SCHEMA_REGISTRY_USER, "
     "SCHEMA_REGISTRY_PASSWORD_FILE"
@@ -234,6 +243,8 @@ COMMAND_ENV = {
     f"CONNECT_URL, CONNECT_USER, CONNECT_PASSWORD_FILE, <WORKER>_INSTANCES, "
     f"<WORKER>_HEALTH_PORT, {COMMON_ENV}",
     "stats": "PIPELINE_API_URL",
+    "prometheus-config": "PIPELINE_API_URL, UDEMY_API_URL, <WORKER>_INSTANCES, "
+    "<WORKER>_HEALTH_PORT",
 }
 """What each command reads from its environment, for its --help (defaults: docs/contracts.md)."""
 
@@ -265,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("course_id", type=int)
     p.set_defaults(func=_stats)
+    p = sub.add_parser(
+        "prometheus-config",
+        help="Prometheus' scrape config for every process of ours (to stdout)",
+        epilog=_epilog("prometheus-config"),
+    )
+    p.set_defaults(func=_prometheus_config)
     p = sub.add_parser(
         "bootstrap",
         help="create/align topics and register schemas (idempotent)",

@@ -44,6 +44,7 @@ def consumer_stats(**partitions: dict) -> str:
 def busy_worker() -> WorkerMetrics:
     m = WorkerMetrics("aggregator", "1")
     m.records_in, m.dead_letters, m.transactions = 120, 2, 7
+    m.last_commit_time = 1_800_000_000.0
     m.records_out["out"] += 40
     m.extra.update(
         aborts=1,
@@ -196,3 +197,29 @@ def test_kafka_link_fails_on_a_fatal_error_and_on_silence() -> None:
     link.on_error(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
     link.on_stats(broker_stats("UP"))
     assert "failed fatally" in (link.problem() or "")
+
+
+def test_the_dashboard_reads_only_metrics_we_serve() -> None:
+    """Every series a panel of docs/monitoring/grafana-dashboard.json queries is served: by
+    the workers' exposition or the APIs' instrumentator (a renamed metric breaks this)."""
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[2] / "docs/monitoring/grafana-dashboard.json").read_text()
+    )
+    served = {name for name, _ in samples(exposition(busy_worker(), 30)[1].decode())}
+    served |= {"http_requests_total", "http_request_duration_seconds_bucket"}
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b((?:reviews|http)_[a-z_]+)\b", e)}
+    assert used and used <= served, used - served
+
+
+def test_the_scrape_config_lists_every_instance() -> None:
+    from streaming.monitoring import scrape_config, scrape_targets
+
+    env = {"AGGREGATOR_INSTANCES": "3", "FRAUD_FILTER_HEALTH_PORT": "9100"}
+    jobs = scrape_targets(env)
+    assert [t for t, _ in jobs["aggregator"]] == [f"127.0.0.1:{8101 + i}" for i in range(3)]
+    assert [t for t, _ in jobs["fraud-filter"]] == ["127.0.0.1:9100", "127.0.0.1:9101"]
+    assert "- job_name: pipeline-api" in scrape_config(env)
