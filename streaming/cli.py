@@ -226,6 +226,13 @@ def _prometheus_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_reference(args: argparse.Namespace) -> int:
+    from streaming.settings import reference_markdown
+
+    print(reference_markdown(), end="")
+    return 0
+
+
 COMMON_ENV = (
     "KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_CONFIG, SCHEMA_REGISTRY_URL, SCHEMA_REGISTRY_USER, "
     "SCHEMA_REGISTRY_PASSWORD_FILE"
@@ -243,6 +250,7 @@ COMMAND_ENV = {
     f"CONNECT_URL, CONNECT_USER, CONNECT_PASSWORD_FILE, <WORKER>_INSTANCES, "
     f"<WORKER>_HEALTH_PORT, {COMMON_ENV}",
     "stats": "PIPELINE_API_URL",
+    "config-reference": "none",
     "prometheus-config": "PIPELINE_API_URL, UDEMY_API_URL, <WORKER>_INSTANCES, "
     "<WORKER>_HEALTH_PORT",
 }
@@ -282,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog("prometheus-config"),
     )
     p.set_defaults(func=_prometheus_config)
+    p = sub.add_parser(
+        "config-reference",
+        help="every variable, its default and meaning, as Markdown (docs/configuration.md)",
+        epilog=_epilog("config-reference"),
+    )
+    p.set_defaults(func=_config_reference)
     p = sub.add_parser(
         "bootstrap",
         help="create/align topics and register schemas (idempotent)",

@@ -3,31 +3,29 @@
 Every service reads the same names (the operating contract): pointing the pipeline at an
 existing Kafka, registry, Connect or PostgreSQL is a matter of setting these variables.
 
-| variable                  | default                                               |
-|---------------------------|-------------------------------------------------------|
-| KAFKA_BOOTSTRAP_SERVERS   | 127.0.0.1:9092                                        |
-| KAFKA_SECURITY_CONFIG     | (none) extra librdkafka settings, `key=value;key=value` |
-| SCHEMA_REGISTRY_URL       | http://127.0.0.1:8081/apis/ccompat/v7                 |
-| SCHEMA_REGISTRY_USER      | (none) the registry's user (HTTP Basic)               |
-| SCHEMA_REGISTRY_PASSWORD_FILE | (none) a file holding that user's password        |
-| DATABASE_URL              | postgresql+psycopg2://postgres@127.0.0.1:5433/reviews |
-| DATABASE_PASSWORD_FILE    | (none) the database password, for Connect's sinks     |
-| PGPASSFILE                | (libpq's) the password file of the Python clients     |
-| CONNECT_URL               | http://127.0.0.1:8083                                 |
-| CONNECT_USER              | (none) Connect's REST user (HTTP Basic)               |
-| CONNECT_PASSWORD_FILE     | (none) a file holding that user's password            |
-| BIND_HOST                 | 127.0.0.1 (where our HTTP services listen)            |
-| ALLOWED_HOSTS             | 127.0.0.1,localhost,::1 (Host headers they answer)    |
+The variables, their defaults and meanings are declared once, in `streaming.settings` (one
+class per component); docs/configuration.md is generated from them. This module turns them
+into what the clients need: librdkafka and registry configs, credentials read from their
+files, the trusted Host names.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from streaming.settings import (
+    ConnectSettings,
+    DatabaseSettings,
+    HttpSettings,
+    KafkaSettings,
+    LoopSettings,
+    RegistrySettings,
+    load,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,20 +67,19 @@ class Settings:
     connect_password_file: str | None = None
 
     @classmethod
-    def from_env(cls) -> Settings:
-        env = os.environ
-        defaults = cls()
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """From the variables of `streaming.settings` (Kafka, registry, database, Connect)."""
+        kafka, registry = load(KafkaSettings, env), load(RegistrySettings, env)
+        database, connect = load(DatabaseSettings, env), load(ConnectSettings, env)
         return cls(
-            kafka_bootstrap_servers=env.get(
-                "KAFKA_BOOTSTRAP_SERVERS", defaults.kafka_bootstrap_servers
-            ),
-            schema_registry_url=env.get("SCHEMA_REGISTRY_URL", defaults.schema_registry_url),
-            database_url=env.get("DATABASE_URL", defaults.database_url),
-            connect_url=env.get("CONNECT_URL", defaults.connect_url),
-            kafka_extra=_extra_kafka_config(env.get("KAFKA_SECURITY_CONFIG", "")),
-            database_password_file=env.get("DATABASE_PASSWORD_FILE") or None,
-            connect_user=env.get("CONNECT_USER") or None,
-            connect_password_file=env.get("CONNECT_PASSWORD_FILE") or None,
+            kafka_bootstrap_servers=kafka.bootstrap_servers,
+            schema_registry_url=registry.url,
+            database_url=database.url,
+            connect_url=connect.url,
+            kafka_extra=_extra_kafka_config(kafka.security_config),
+            database_password_file=database.password_file,
+            connect_user=connect.user,
+            connect_password_file=connect.password_file,
         )
 
     def connect_auth(self) -> tuple[str, str] | None:
@@ -99,14 +96,13 @@ class Settings:
         return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_extra, **overrides}
 
 
-DEFAULT_BIND_HOST = "127.0.0.1"
 DEFAULT_ALLOWED_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def bind_host(env: Mapping[str, str] | None = None) -> str:
     """BIND_HOST: the address every HTTP service of ours listens on (the APIs and the
     workers' health/metrics servers); loopback by default, `0.0.0.0` to serve a network."""
-    return ((os.environ if env is None else env).get("BIND_HOST") or DEFAULT_BIND_HOST).strip()
+    return load(HttpSettings, env).bind_host
 
 
 @dataclass(frozen=True)
@@ -121,11 +117,10 @@ class TrustedHosts:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TrustedHosts:
-        env = os.environ if env is None else env
-        raw = env.get("ALLOWED_HOSTS", "")
-        names = {n.strip().lower() for n in raw.split(",") if n.strip()}
+        http = load(HttpSettings, env)
+        names = {n.strip().lower() for n in http.allowed_hosts.split(",") if n.strip()}
         names = names or set(DEFAULT_ALLOWED_HOSTS)
-        host = bind_host(env)
+        host = http.bind_host
         if host not in ("0.0.0.0", "::"):
             names.add(host.lower())  # a service always answers the address it listens on
         return cls(frozenset(names))
@@ -153,11 +148,10 @@ def registry_client_config(url: str, env: Mapping[str, str] | None = None) -> di
     """confluent-kafka's SchemaRegistryClient settings: the URL, a timeout, and the
     credentials of SCHEMA_REGISTRY_USER / SCHEMA_REGISTRY_PASSWORD_FILE as the client's own
     setting (not in the URL, where every error message would show them)."""
-    env = os.environ if env is None else env
+    registry = load(RegistrySettings, env)
     config: dict[str, object] = {"url": url, "timeout": REGISTRY_TIMEOUT_S}
-    user = env.get("SCHEMA_REGISTRY_USER")
+    user, path = registry.user, registry.password_file
     if user:
-        path = env.get("SCHEMA_REGISTRY_PASSWORD_FILE")
         if not path:
             raise ValueError("SCHEMA_REGISTRY_USER is set: SCHEMA_REGISTRY_PASSWORD_FILE must be")
         config["basic.auth.credentials.source"] = "USER_INFO"
@@ -186,11 +180,7 @@ midnight without touching the machine's clock. Default 0."""
 def clock_from_env(env: dict[str, str] | None = None) -> Callable[[], float]:
     """`time.time`, shifted by CLOCK_OFFSET_S when it is set (a clear error when it is not a
     number)."""
-    raw = (os.environ if env is None else env).get(CLOCK_OFFSET_ENV, "").strip()
-    if not raw:
+    offset = load(LoopSettings, env).clock_offset_s
+    if not offset:
         return time.time
-    try:
-        offset = float(raw)
-    except ValueError:
-        raise SystemExit(f"{CLOCK_OFFSET_ENV} must be a number of seconds, got {raw!r}") from None
     return lambda: time.time() + offset

@@ -25,9 +25,7 @@ from streaming.api import auth, ingest, read
 from streaming.api.serving import multiprocess_dir, serve_http_extras
 from streaming.config import Settings, bind_host
 from streaming.ingest.producer import REVIEWS_TOPIC, ReviewProducer
-
-DEFAULT_PORT = 8000
-DEFAULT_WORKERS = 2
+from streaming.settings import ApiSettings, load
 
 
 def create_app(
@@ -82,8 +80,8 @@ def main() -> None:
     """Serve on 127.0.0.1:PIPELINE_API_PORT with PIPELINE_API_WORKERS processes [2]: one
     process tops out at a few hundred acknowledged POSTs a second (the JSON, the validation
     and the delivery wait are Python), so ingestion scales out by processes."""
-    port = int(os.environ.get("PIPELINE_API_PORT") or DEFAULT_PORT)
-    workers = int(os.environ.get("PIPELINE_API_WORKERS") or DEFAULT_WORKERS)
+    api = load(ApiSettings)
+    port, workers = api.port, api.workers
     metrics_dir = multiprocess_dir("pipeline-api")  # before the workers start: they inherit it
     atexit.register(shutil.rmtree, metrics_dir, True)
     uvicorn.run(

@@ -38,9 +38,8 @@ import orjson
 
 from streaming.config import read_secret
 from streaming.core.review_mapping import ReviewMappingError, parse_timestamp
+from streaming.settings import SourceSettings, load
 
-DEFAULT_API_URL = "http://127.0.0.1:8010/api-2.0"
-DEFAULT_CLIENT_ID = "local-client"
 DEFAULT_CLIENT_SECRET = "local-secret"
 REVIEW_FIELDS_PARAM = "fields[course_review]"
 DEFAULT_REVIEW_FIELDS = "title,content,rating,created,modified,user_modified,user,course"
@@ -166,8 +165,9 @@ def client_secret_from_env(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     if env.get("UDEMY_CLIENT_SECRET"):
         return env["UDEMY_CLIENT_SECRET"]
-    if env.get("UDEMY_CLIENT_SECRET_FILE"):
-        return read_secret(env["UDEMY_CLIENT_SECRET_FILE"], "UDEMY_CLIENT_SECRET_FILE")
+    path = load(SourceSettings, env).client_secret_file
+    if path:
+        return read_secret(path, "UDEMY_CLIENT_SECRET_FILE")
     return DEFAULT_CLIENT_SECRET
 
 
@@ -216,11 +216,11 @@ class UdemyClient:
     @classmethod
     def from_env(cls, **options: Any) -> UdemyClient:
         """From UDEMY_API_URL, UDEMY_CLIENT_ID and the secret (`client_secret_from_env`)."""
-        env = os.environ
+        source = load(SourceSettings)
         return cls(
-            env.get("UDEMY_API_URL") or DEFAULT_API_URL,
-            env.get("UDEMY_CLIENT_ID") or DEFAULT_CLIENT_ID,
-            client_secret_from_env(env),
+            source.api_url,
+            source.client_id,
+            client_secret_from_env(),
             **options,
         )
 

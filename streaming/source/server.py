@@ -20,7 +20,6 @@ import base64
 import binascii
 import logging
 import math
-import os
 import secrets
 import threading
 import time
@@ -35,6 +34,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 
 from streaming.api.serving import serve_http_extras
 from streaming.config import bind_host
+from streaming.settings import SourceSettings, load
 from streaming.source.catalogue import Catalogue
 from streaming.source.client import client_secret_from_env
 from streaming.source.generator import DEFAULT_SPEC, REVIEW_FIELDS, generate
@@ -55,8 +55,6 @@ DEFAULT_REVIEW_FIELDS: tuple[str, ...] = (
 )
 """Fields served when the request has no `fields[course_review]` (the course is left out)."""
 
-DEFAULT_PORT = 8010
-DEFAULT_CLIENT_ID = "local-client"
 DEFAULT_CLIENT_SECRET = "local-secret"
 # Query parameters are read from the request rather than declared: FastAPI's per-request
 # parameter analysis cost a third of a page's serving time. They are documented here instead.
@@ -301,14 +299,13 @@ def main() -> None:
     UDEMY_RATE_LIMIT (requests a second; default unlimited).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    env = os.environ
+    source = load(SourceSettings)
     spec = replace(
         DEFAULT_SPEC,
-        seed=int(env.get("SAMPLE_SEED") or DEFAULT_SPEC.seed),
-        reviews=int(env.get("SAMPLE_SIZE") or DEFAULT_SPEC.reviews),
+        seed=DEFAULT_SPEC.seed if source.sample_seed is None else source.sample_seed,
+        reviews=DEFAULT_SPEC.reviews if source.sample_size is None else source.sample_size,
     )
-    rate_limit = env.get("UDEMY_RATE_LIMIT")
-    port = int(env.get("UDEMY_API_PORT") or DEFAULT_PORT)
+    port = source.api_port
     started = time.perf_counter()
     catalogue = Catalogue(generate(spec))
     log.info(
@@ -323,9 +320,9 @@ def main() -> None:
     )
     app = create_app(
         catalogue,
-        client_id=env.get("UDEMY_CLIENT_ID") or DEFAULT_CLIENT_ID,
-        client_secret=client_secret_from_env(env),
-        rate_limit_per_s=float(rate_limit) if rate_limit else None,
+        client_id=source.client_id,
+        client_secret=client_secret_from_env(),
+        rate_limit_per_s=source.rate_limit,
     )
     # No access log: one line per page would cost more than serving it in a backfill.
     uvicorn.run(app, host=bind_host(), port=port, access_log=False, log_level="info")

@@ -45,8 +45,9 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from streaming.config import Settings
 from streaming.pipeline import WorkerSpec
+from streaming.settings import LoopSettings, load
 from streaming.workers.checkpoint import Checkpoint
-from streaming.workers.runtime import Backoff, StopFlag, WorkerMetrics, env_int, log_event
+from streaming.workers.runtime import Backoff, StopFlag, WorkerMetrics, log_event
 from streaming.workers.snapshots import ChangelogIdentity, SnapshotDir
 from streaming.workers.standby import Standby
 from streaming.workers.state import ChangelogStore
@@ -115,14 +116,14 @@ class LoopConfig:
         [20000], COMMIT_INTERVAL_MS [100], SESSION_TIMEOUT_MS [10000], SNAPSHOT_INTERVAL_S
         [30] (how often changed state is snapshotted to STATE_DIR, or less often when a snapshot
         costs more than 1/20 of that; 0: never)."""
-        d = cls(group_id=spec.group_id)
+        s = load(LoopSettings)
         return cls(
-            group_id=os.environ.get(spec.group_env, d.group_id),
-            instance=os.environ.get("WORKER_INSTANCE", d.instance),
-            commit_every_records=env_int("COMMIT_EVERY_RECORDS", d.commit_every_records),
-            commit_interval_ms=env_int("COMMIT_INTERVAL_MS", d.commit_interval_ms),
-            session_timeout_ms=env_int("SESSION_TIMEOUT_MS", d.session_timeout_ms),
-            snapshot_interval_s=env_int("SNAPSHOT_INTERVAL_S", int(d.snapshot_interval_s)),
+            group_id=os.environ.get(spec.group_env) or spec.group_id,
+            instance=s.worker_instance,
+            commit_every_records=s.commit_every_records,
+            commit_interval_ms=s.commit_interval_ms,
+            session_timeout_ms=s.session_timeout_ms,
+            snapshot_interval_s=s.snapshot_interval_s,
         )
 
     @property

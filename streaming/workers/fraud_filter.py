@@ -36,8 +36,7 @@ from streaming.workers.eos import EosWorker, LoopConfig
 from streaming.workers.runtime import (
     StopFlag,
     await_turn,
-    env_int,
-    int_instance,
+    health_port,
     log_event,
     serve,
 )
@@ -134,7 +133,7 @@ def main() -> int:
         model,
         stop,
     )
-    return serve(worker, env_int("HEALTH_PORT", FRAUD_FILTER.instance_port(int_instance())))
+    return serve(worker, health_port(FRAUD_FILTER))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from streaming.config import TrustedHosts, bind_host
+from streaming.pipeline import WorkerSpec
+from streaming.settings import LoopSettings, load
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,7 +51,7 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=level or os.environ.get("LOG_LEVEL", "INFO"), handlers=[handler])
+    logging.basicConfig(level=level or load(LoopSettings).log_level, handlers=[handler])
     for noisy in ("httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -307,21 +309,12 @@ def await_turn(warm_up: Callable[[], None] | None = None) -> None:
         wait_for_go()
 
 
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
-
-
-def int_instance() -> int:
-    """WORKER_INSTANCE as the offset of the instance's health port from its worker's declared
-    one (instances are numbered 0..N-1; a non-numeric id, as tests use, counts as 0)."""
-    raw = os.environ.get("WORKER_INSTANCE", "0")
-    return int(raw) if raw.isdigit() else 0
+def health_port(spec: WorkerSpec) -> int:
+    """HEALTH_PORT, else the worker's declared base port + WORKER_INSTANCE (instances are
+    numbered 0..N-1; a non-numeric id, as tests use, counts as 0)."""
+    s = load(LoopSettings)
+    offset = int(s.worker_instance) if s.worker_instance.isdigit() else 0
+    return s.health_port or spec.instance_port(offset)
 
 
 M_MMAP_THRESHOLD = -3

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from stack.procs import alive
 from streaming.config import REPO_ROOT
+from streaming.settings import LoopSettings, load
 
 MAGIC = b"REVIEWS-SNAPSHOT 1\n"
 DEFAULT_STATE_DIR = REPO_ROOT / ".stack" / "state"
@@ -93,7 +94,7 @@ class SnapshotDir:
     @classmethod
     def from_env(cls, group: str) -> SnapshotDir:
         """STATE_DIR [<repository>/.stack/state]."""
-        return cls(Path(os.environ.get("STATE_DIR") or DEFAULT_STATE_DIR), group)
+        return cls(Path(load(LoopSettings).state_dir or DEFAULT_STATE_DIR), group)
 
     def path(self, changelog: str, partition: int) -> Path:
         return self.root / changelog / f"{partition}.snap"

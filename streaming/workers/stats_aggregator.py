@@ -54,12 +54,12 @@ from streaming.core.stage_kernels import VERSION_SIZE, title_codes
 from streaming.core.window import epoch_day
 from streaming.pipeline import AGGREGATOR
 from streaming.serde import Registry, RegistryUnavailable, ReviewWriters, local_schema
+from streaming.settings import LoopSettings, load
 from streaming.workers.eos import EosWorker, LoopConfig
 from streaming.workers.runtime import (
     StopFlag,
-    env_int,
     fix_mmap_threshold,
-    int_instance,
+    health_port,
     log_event,
     serve,
     spare_turn,
@@ -69,7 +69,6 @@ from streaming.workers.state import ChangelogStore
 
 log = logging.getLogger("stats_aggregator")
 Clock = Callable[[], float]  # seconds since the epoch, like time.time
-PURGE_INTERVAL_S = 30
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ class StatsAggregator(EosWorker):
         self._course_keys: dict[int, bytes] = {}
         self.admin = AdminClient(settings.kafka_config())
         self._last_purge = time.monotonic()
-        self.purge_interval_s = env_int("REPARTITION_PURGE_S", PURGE_INTERVAL_S)
+        self.purge_interval_s = load(LoopSettings).repartition_purge_s
         self.metrics.extra.update(as_of_day=self.today(), changes_out=0, changes_applied=0)
 
     def today(self) -> int:
@@ -413,7 +412,7 @@ def main() -> int:
         return 1
     if wait_for_go is not None:  # a spare keeps standby copies of the state until its turn
         worker.stand_by(wait_for_go)
-    return serve(worker, env_int("HEALTH_PORT", AGGREGATOR.instance_port(int_instance())))
+    return serve(worker, health_port(AGGREGATOR))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,273 @@
+"""Every environment variable the pipeline's processes read: one pydantic-settings class per
+component, with its default and what it is for.
+
+The classes are the single place a variable is named; `streaming.config` and the processes
+read them, and `docs/configuration.md` is generated from them (`reviews config-reference`; a
+test fails when the two drift). A value that does not parse stops the process with the
+variable's name and why (`SettingsError`), never a traceback. Secrets are never values here:
+a `*_FILE` variable names the file that holds one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5433/reviews"
+
+
+class SettingsError(SystemExit):
+    """A variable that does not parse: its name and why, as the process's exit message."""
+
+
+class _Component(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=True, frozen=True)
+
+
+class KafkaSettings(_Component):
+    """Kafka, for every client of ours."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_")
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="the brokers")
+    security_config: str = Field(
+        "",
+        description="extra librdkafka settings, `key=value;key=value` (SASL/TLS for a managed "
+        "cluster); errors name an entry's key, never its value",
+        repr=False,
+    )
+
+
+class RegistrySettings(_Component):
+    """The schema registry (any registry with the Confluent REST API)."""
+
+    model_config = SettingsConfigDict(env_prefix="SCHEMA_REGISTRY_")
+    url: str = Field(
+        "http://127.0.0.1:8081/apis/ccompat/v7", description="the Confluent-compatible base URL"
+    )
+    user: str | None = Field(None, description="the registry's user (HTTP Basic)")
+    password_file: str | None = Field(None, description="a file holding that user's password")
+
+
+class DatabaseSettings(_Component):
+    """The pipeline's PostgreSQL database."""
+
+    model_config = SettingsConfigDict(env_prefix="DATABASE_")
+    url: str = Field(
+        LOCAL_DATABASE_URL,
+        description="SQLAlchemy URL, without a password (the Python clients log in through "
+        "libpq's PGPASSFILE)",
+    )
+    password_file: str | None = Field(
+        None, description="the password, for Connect's sinks (a config-provider reference)"
+    )
+
+
+class ConnectSettings(_Component):
+    """Kafka Connect's REST API."""
+
+    model_config = SettingsConfigDict(env_prefix="CONNECT_")
+    url: str = Field("http://127.0.0.1:8083", description="the REST API")
+    user: str | None = Field(None, description="the REST user (HTTP Basic)")
+    password_file: str | None = Field(None, description="a file holding that user's password")
+
+
+class HttpSettings(_Component):
+    """Every HTTP service of ours: the APIs and the workers' health and metrics servers."""
+
+    bind_host: str = Field(
+        "127.0.0.1",
+        validation_alias=AliasChoices("BIND_HOST"),
+        description="the address they listen on (`0.0.0.0`: every interface)",
+    )
+    allowed_hosts: str = Field(
+        "127.0.0.1,localhost,::1",
+        validation_alias=AliasChoices("ALLOWED_HOSTS"),
+        description="the Host headers they answer, comma-separated (`*`: any); the bind "
+        "address is always one",
+    )
+
+
+class ApiSettings(_Component):
+    """The pipeline API (`reviews api`)."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_API_")
+    port: int = Field(8000, description="its port")
+    workers: int = Field(2, ge=1, description="uvicorn processes (ingestion scales by processes)")
+    token_file: str | None = Field(
+        None, description="the writer token of POST /reviews, a file of mode 0600 (required)"
+    )
+
+
+class SourceSettings(_Component):
+    """The review source: the local Udemy-compatible server and its clients."""
+
+    api_url: str = Field(
+        "http://127.0.0.1:8010/api-2.0",
+        validation_alias=AliasChoices("UDEMY_API_URL"),
+        description="its base URL (clients)",
+    )
+    api_port: int = Field(
+        8010, validation_alias=AliasChoices("UDEMY_API_PORT"), description="its port (server)"
+    )
+    client_id: str = Field(
+        "local-client", validation_alias=AliasChoices("UDEMY_CLIENT_ID"), description="Basic user"
+    )
+    client_secret_file: str | None = Field(
+        None,
+        validation_alias=AliasChoices("UDEMY_CLIENT_SECRET_FILE"),
+        description="a file holding the client secret (`UDEMY_CLIENT_SECRET` itself is read "
+        "too, for a shell; default `local-secret`)",
+    )
+    rate_limit: float | None = Field(
+        None,
+        validation_alias=AliasChoices("UDEMY_RATE_LIMIT"),
+        description="requests a second the server allows (none: unlimited)",
+    )
+    sample_seed: int | None = Field(
+        None, validation_alias=AliasChoices("SAMPLE_SEED"), description="the sample's seed"
+    )
+    sample_size: int | None = Field(
+        None,
+        validation_alias=AliasChoices("SAMPLE_SIZE"),
+        description="reviews in the sample (none: the bundled one)",
+    )
+
+
+class LoopSettings(_Component):
+    """Every stream worker's loop (`streaming.workers.eos`)."""
+
+    worker_instance: str = Field(
+        "0",
+        validation_alias=AliasChoices("WORKER_INSTANCE"),
+        description="this instance's id: its transactional id and health port offset",
+    )
+    commit_every_records: int = Field(
+        20_000,
+        ge=1,
+        validation_alias=AliasChoices("COMMIT_EVERY_RECORDS"),
+        description="a transaction commits after this many records",
+    )
+    commit_interval_ms: int = Field(
+        100,
+        ge=1,
+        validation_alias=AliasChoices("COMMIT_INTERVAL_MS"),
+        description="... or this many milliseconds",
+    )
+    session_timeout_ms: int = Field(
+        10_000,
+        validation_alias=AliasChoices("SESSION_TIMEOUT_MS"),
+        description="the consumer group session timeout",
+    )
+    snapshot_interval_s: int = Field(
+        30,
+        ge=0,
+        validation_alias=AliasChoices("SNAPSHOT_INTERVAL_S"),
+        description="how often changed state is snapshotted (less often when a snapshot costs "
+        "more than 1/20 of it; 0: never)",
+    )
+    state_dir: str | None = Field(
+        None,
+        validation_alias=AliasChoices("STATE_DIR"),
+        description="where state snapshots are kept (a cache; default `.stack/state`)",
+    )
+    health_port: int | None = Field(
+        None,
+        validation_alias=AliasChoices("HEALTH_PORT"),
+        description="this instance's health/metrics port (default: its worker's base + instance)",
+    )
+    repartition_purge_s: int = Field(
+        30,
+        ge=1,
+        validation_alias=AliasChoices("REPARTITION_PURGE_S"),
+        description="how often the aggregator purges its consumed repartition records",
+    )
+    log_level: str = Field(
+        "INFO", validation_alias=AliasChoices("LOG_LEVEL"), description="the JSON logs' level"
+    )
+    clock_offset_s: float = Field(
+        0.0,
+        validation_alias=AliasChoices("CLOCK_OFFSET_S"),
+        description="seconds added to the wall clock of the recent window and the batch side's "
+        "today (tests and chaos move an instance across midnight)",
+    )
+
+
+COMPONENTS: tuple[type[_Component], ...] = (
+    KafkaSettings,
+    RegistrySettings,
+    DatabaseSettings,
+    ConnectSettings,
+    HttpSettings,
+    ApiSettings,
+    SourceSettings,
+    LoopSettings,
+)
+C = TypeVar("C", bound=_Component)
+
+
+def env_name(model: type[_Component], name: str, info: FieldInfo) -> str:
+    """The variable a field is read from."""
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"{model.model_config.get('env_prefix', '')}{name}".upper()
+
+
+def load(model: type[C], env: Mapping[str, str] | None = None) -> C:
+    """The component's settings from `env` (default: the process environment); an empty
+    variable counts as unset. SettingsError names the variable that does not parse."""
+    env = os.environ if env is None else env
+    given: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        raw = env.get(env_name(model, name, info), "")
+        if raw.strip() != "":
+            given[name] = raw.strip()
+    try:
+        return model.model_validate(given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{env_name(model, str(e['loc'][0]), model.model_fields[str(e['loc'][0])])}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md: every variable, its default and what it is for, per component."""
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from `streaming/settings.py` by `reviews config-reference`; do not edit.",
+        "Every process reads these variables (`make up` writes the stack's into `.stack/env`);",
+        "an empty value counts as unset.",
+    ]
+    for model in COMPONENTS:
+        title = (model.__doc__ or model.__name__).splitlines()[0].rstrip(".")
+        out += ["", f"## {title}", ""]
+        out += ["| variable | default | what |", "|---|---|---|"]
+        for name, info in model.model_fields.items():
+            default = "" if info.default in (None, "") else f"`{info.default}`"
+            what = info.description or ""
+            out.append(f"| `{env_name(model, name, info)}` | {default} | {what} |")
+    out += ["", *_worker_section()]
+    return "\n".join(out) + "\n"
+
+
+def _worker_section() -> list[str]:
+    """The variables each declared worker adds (their names come from its declaration)."""
+    from streaming.pipeline import WORKERS
+
+    out = ["## Per stream worker (from `streaming/pipeline.py`)", ""]
+    out += ["| variable | default | what |", "|---|---|---|"]
+    for w in WORKERS:
+        out.append(f"| `{w.instances_env}` | `{w.instances}` | how many instances run |")
+        out.append(f"| `{w.health_port_env}` | `{w.health_port}` | instance i's health port - i |")
+        out.append(f"| `{w.group_env}` | `{w.group_id}` | its consumer group |")
+        for port, topic in w.ports.items():
+            out.append(f"| `{w.port_env(port)}` | `{topic}` | its {port} topic |")
+    return out
