@@ -26,7 +26,10 @@ class SettingsError(SystemExit):
 
 
 class _Component(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", case_sensitive=True, frozen=True)
+    # validate_by_name: `load` hands values over by field name (the aliases are the variables)
+    model_config = SettingsConfigDict(
+        extra="ignore", case_sensitive=True, frozen=True, validate_by_name=True
+    )
 
 
 class KafkaSettings(_Component):
@@ -182,7 +185,7 @@ class LoopSettings(_Component):
     )
     repartition_purge_s: int = Field(
         30,
-        ge=1,
+        ge=0,
         validation_alias=AliasChoices("REPARTITION_PURGE_S"),
         description="how often the aggregator purges its consumed repartition records",
     )
@@ -230,10 +233,18 @@ def load(model: type[C], env: Mapping[str, str] | None = None) -> C:
     try:
         return model.model_validate(given)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{env_name(model, str(e['loc'][0]), model.model_fields[str(e['loc'][0])])}: {e['msg']}"
-            for e in exc.errors()
-        )
+        names = {env_name(model, n, i): n for n, i in model.model_fields.items()}
+        names |= {n: n for n in model.model_fields}
+
+        def variable(loc: object) -> str:
+            name = names.get(str(loc), str(loc))
+            return (
+                env_name(model, name, model.model_fields[name])
+                if name in model.model_fields
+                else name
+            )
+
+        problems = "; ".join(f"{variable(e['loc'][0])}: {e['msg']}" for e in exc.errors())
         raise SettingsError(f"invalid settings: {problems}") from None
 
 

@@ -707,7 +707,7 @@ def test_dagster_yaml_gives_a_postgres_instance(tmp_path: Path) -> None:
         "print(*(type(s).__name__ for s in storages), i.telemetry_enabled)\n"
     )
     env = {"DAGSTER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    for key in ("PGHOST", "PGPORT", "PGUSER"):
+    for key in ("PGHOST", "PGPORT", "PGUSER", "PGPASSFILE"):  # the password: libpq's file
         env[key] = os.environ[key]
     out = subprocess.run(
         [str(REPO_ROOT / ".venv/bin/python"), "-c", script],

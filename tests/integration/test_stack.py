@@ -152,7 +152,10 @@ def test_incompatible_schema_is_refused(registry: SchemaRegistryClient):
 
 def test_connect_lists_the_jdbc_sink_and_the_avro_converter(settings: Settings):
     plugins = httpx.get(
-        f"{settings.connect_url}/connector-plugins", params={"connectorsOnly": "false"}, timeout=10
+        f"{settings.connect_url}/connector-plugins",
+        params={"connectorsOnly": "false"},
+        auth=settings.connect_auth(),
+        timeout=10,
     )
     plugins.raise_for_status()
     classes = {p["class"] for p in plugins.json()}
