@@ -19,6 +19,7 @@ import dagster as dg
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from orchestration.assets.backfill import courses
+from orchestration.topology import RECONCILIATION_KEY
 from streaming.source.client import SourceError, UdemyClient
 
 RUN_TIMEOUT_S = 900
@@ -77,8 +78,35 @@ def main() -> int:
         if wait_for(client, run_id, what) != "SUCCESS":
             print(f"[run] {what} failed: see {url.geturl()}/runs/{run_id}", file=sys.stderr)
             return 1
-    print(f"[run] the pipeline ran on the sample; the UI: {url.geturl()}", flush=True)
+    print(verdict(url.geturl()), flush=True)
     return 0
+
+
+def verdict(ui: str) -> str:
+    """What the reconciliation found, said plainly: agreement, or how many courses differ
+    and where to see each difference."""
+    with dg.DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(RECONCILIATION_KEY)
+    page = f"{ui}/assets/{'/'.join(RECONCILIATION_KEY.path)}"
+    if event is None or event.asset_materialization is None:
+        return f"[run] the reconciliation left no result; see {page}"
+    meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    return verdict_line(meta, page)
+
+
+def verdict_line(meta: dict[str, object], page: str) -> str:
+    """The closing line of `make run`'s sample run, from the reconciliation's metadata."""
+    differing, courses = meta.get("courses_differing", 0), meta.get("courses", "?")
+    if not meta.get("mismatches"):
+        return (
+            f"[run] the pipeline ran on the sample: batch and stream AGREE on all {courses} "
+            f"courses (as of {meta.get('as_of_day', '?')}); the UI: {page}"
+        )
+    return (
+        f"[run] batch and stream DISAGREE: {differing} of {courses} courses differ "
+        f"({meta['mismatches']} differences, {meta.get('agreement_pct', '?')} % agree); each "
+        f"difference is in the table reconciliation.mismatches and on {page}"
+    )
 
 
 if __name__ == "__main__":

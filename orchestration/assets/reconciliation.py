@@ -421,9 +421,13 @@ def stream_vs_batch(
         batch_age=batch_age,
     )
     cut = comparison.cut
+    differing = {m.course_id for m in mismatches}
     metadata: dict[str, Any] = {
         "report": dg.MetadataValue.md(report),
         "mismatches": len(mismatches),
+        # numeric, so the asset's page plots them over the runs
+        "courses_differing": len(differing),
+        "agreement_pct": round(100.0 * (1 - len(differing) / max(compared["long_term"], 1)), 2),
         "stale_windows": sum(m.field == WINDOW_FIELD for m in mismatches),
         "as_of_day": str(day_to_date(comparison.as_of_day)),
         "courses": compared["long_term"],

@@ -7,7 +7,6 @@ from typing import Any
 
 import dagster as dg
 import httpx
-from dagster._core.storage.tags import RUN_KEY_TAG
 from pydantic import Field
 
 from orchestration.assets.backfill import courses
@@ -18,7 +17,12 @@ from orchestration.resources import (
     WorkerRuntimeResource,
     WorkerStatus,
 )
-from orchestration.sensors import course_catalogue, supervise_connect, worker_supervisor
+from orchestration.sensors import (
+    RUN_KEY_TAG,
+    course_catalogue,
+    supervise_connect,
+    worker_supervisor,
+)
 from orchestration.supervision import (
     CRASH_LOOP_RESTARTS,
     DEAD,
