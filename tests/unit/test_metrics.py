@@ -223,3 +223,14 @@ def test_the_scrape_config_lists_every_instance() -> None:
     assert [t for t, _ in jobs["aggregator"]] == [f"127.0.0.1:{8101 + i}" for i in range(3)]
     assert [t for t, _ in jobs["fraud-filter"]] == ["127.0.0.1:9100", "127.0.0.1:9101"]
     assert "- job_name: pipeline-api" in scrape_config(env)
+
+
+def test_the_committed_scrape_config_is_the_default_one() -> None:
+    """docs/monitoring/prometheus.yml is `reviews prometheus-config` for the default ports
+    (regenerate it after changing the declaration's instances or ports)."""
+    from pathlib import Path
+
+    from streaming.monitoring import scrape_config
+
+    committed = Path(__file__).resolve().parents[2] / "docs/monitoring/prometheus.yml"
+    assert committed.read_text() == scrape_config({})
