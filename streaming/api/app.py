@@ -54,6 +54,7 @@ def create_app(
         app.state.producer = ingest.AckingProducer(producer, timeout_s)
         yield
         app.state.producer.close()
+        del app.state.producer  # the last reference: librdkafka's client goes with it
 
     app = FastAPI(
         title="Course reviews pipeline API",

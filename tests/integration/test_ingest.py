@@ -157,6 +157,9 @@ def test_kafka_unavailable_is_a_503_with_retry_after(settings):
     nowhere = replace(settings, kafka_bootstrap_servers="127.0.0.1:1")
     with writer(nowhere, ack_timeout_s=2) as client:
         answer = client.post("/reviews", json=ITEM)
+        health = client.get("/health")  # the producer's statistics came in meanwhile (1 s)
+    assert health.status_code == 503, health.text
+    assert health.json()["kafka"].startswith("no Kafka broker reachable")
     assert answer.status_code == 503
     assert answer.headers["Retry-After"]
     assert "nothing was stored" in answer.json()["detail"]
