@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -79,7 +80,8 @@ def instance_line(name: str, health: Mapping[str, Any] | None, where: str, now: 
     for store, done in sorted(progress.items()):
         parts.append(f"restoring {store} {done['records']:,}/{done['of']:,}")
     if health.get("as_of_day") is not None:
-        parts.append(f"as-of day {health['as_of_day']}")
+        day = date(1970, 1, 1) + timedelta(days=int(health["as_of_day"]))
+        parts.append(f"as-of day {day.isoformat()}")
     return f"{name:<20} {health.get('status', '?'):<10} " + ", ".join(parts)
 
 
