@@ -46,7 +46,7 @@ def test_one_screen_with_every_part() -> None:
     assert "kafka              ok" in text
     assert "aggregator-0" in text and "restoring" in text
     assert "lag 12" in text and "last commit 3 s ago" in text and "partitions 2" in text
-    assert "restoring versions 10/40" in text and "as-of day 2025-11-09" in text
+    assert "restoring versions 10/40" in text and "as-of day 2025-11-08" in text
     assert "aggregator-1         DOWN" in text
     assert "recent-stats" in text
     assert "reconciliation: AGREE over 40 courses, as of 2025-11-09, 10 min ago (run r1)" in text
