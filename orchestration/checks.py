@@ -1,4 +1,5 @@
-"""Asset checks: stream and batch agree, workers are healthy, sink connectors run.
+"""Asset checks: stream and batch agree, workers are healthy, sink connectors run, every table
+is fresh (`orchestration.freshness`).
 
 The reconciliation checks judge what the reconciliation asset recorded at its cut (its
 `mismatches` table). A worker's health check covers all its instances. The health checks can be
@@ -6,17 +7,29 @@ run from the UI at any time; the supervisor sensors report results of the same c
 evaluation, healthy or not.
 """
 
+import time
+
 import dagster as dg
 from sqlalchemy import inspect, text
 
+from orchestration.assets.batch import VERDICTS
 from orchestration.assets.reconciliation import MISMATCHES_TABLE, cell
+from orchestration.assets.stream import STATS_TABLES
+from orchestration.freshness import (
+    BATCH_CHECK,
+    STREAM_CHECK,
+    STREAM_SLACK_S,
+    batch_freshness,
+    stream_freshness,
+)
 from orchestration.resources import (
     ConnectResource,
+    KafkaResource,
     PostgresResource,
     SqlModelsResource,
     WorkerRuntimeResource,
 )
-from orchestration.sql_models import quote
+from orchestration.sql_models import MODELS_DIR, load_models, quote
 from orchestration.supervision import (
     CONNECTOR_CHECK,
     assess_worker,
@@ -25,11 +38,13 @@ from orchestration.supervision import (
     worker_health,
 )
 from orchestration.topology import (
+    INPUT_TOPIC,
     RECONCILIATION_KEY,
     SINKS,
     WORKERS,
     SinkSpec,
     WorkerSpec,
+    batch_key,
     table_key,
     topic_key,
 )
@@ -109,6 +124,103 @@ def _connector_check(sink: SinkSpec) -> dg.AssetChecksDefinition:
 
     return check
 
+
+def latest_update_s(postgres: PostgresResource, schema: str, table: str) -> float | None:
+    """Epoch seconds of a statistics table's newest row (None: no table, or no rows)."""
+    engine = postgres.engine()
+    if not inspect(engine).has_table(table, schema=schema):
+        return None
+    with engine.connect() as conn:
+        value = conn.execute(
+            text(
+                "select extract(epoch from max(as_of_time))::float8 "
+                f"from {quote(schema)}.{quote(table)}"
+            )
+        ).scalar()
+    return None if value is None else float(value)
+
+
+def stream_table_freshness(
+    table: str,
+    kafka: KafkaResource,
+    postgres: PostgresResource,
+    sql_models: SqlModelsResource,
+) -> dg.AssetCheckEvaluation:
+    """A statistics table's freshness against the newest record of the pipeline's input."""
+    newest = kafka.newest_timestamp(INPUT_TOPIC)
+    latest = latest_update_s(postgres, sql_models.stream_schema, table)
+    verdict = stream_freshness(latest, newest)
+    metadata: dict[str, object] = {"allowed_lag_s": STREAM_SLACK_S}
+    if verdict.lag_s is not None:
+        metadata["lag_behind_input_s"] = round(verdict.lag_s, 1)
+    if newest is not None:
+        metadata["newest_input"] = dg.MetadataValue.timestamp(newest)
+    if latest is not None:
+        metadata["latest_update"] = dg.MetadataValue.timestamp(latest)
+    return dg.AssetCheckEvaluation(
+        asset_key=table_key(table),
+        check_name=STREAM_CHECK,
+        passed=verdict.passed,
+        description=verdict.description,
+        metadata=metadata,
+    )
+
+
+def batch_model_freshness(
+    key: dg.AssetKey, instance: dg.DagsterInstance, now_s: float
+) -> dg.AssetCheckEvaluation:
+    """A batch model's freshness: its newest materialization within a day."""
+    event = instance.get_latest_materialization_event(key)
+    verdict = batch_freshness(None if event is None else event.timestamp, now_s)
+    metadata = {} if verdict.lag_s is None else {"age_s": round(verdict.lag_s)}
+    return dg.AssetCheckEvaluation(
+        asset_key=key,
+        check_name=BATCH_CHECK,
+        passed=verdict.passed,
+        description=verdict.description,
+        metadata=metadata,
+    )
+
+
+def batch_model_keys() -> list[dg.AssetKey]:
+    """Every batch asset: the SQL models and the Python verdict step."""
+    return [batch_key(name) for name in [*load_models(MODELS_DIR), VERDICTS]]
+
+
+def _stream_fresh_check(table: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=table_key(table),
+        name=STREAM_CHECK,
+        description=f"{table}'s newest row is no older than the newest input record minus "
+        f"{STREAM_SLACK_S:.0f} s (passes while there is no input). Evaluated every minute by "
+        "the `freshness` sensor.",
+    )
+    def check(
+        kafka: KafkaResource, postgres: PostgresResource, sql_models: SqlModelsResource
+    ) -> dg.AssetCheckResult:
+        e = stream_table_freshness(table, kafka, postgres, sql_models)
+        return dg.AssetCheckResult(passed=e.passed, description=e.description, metadata=e.metadata)
+
+    return check
+
+
+def _batch_fresh_check(key: dg.AssetKey) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=key,
+        name=BATCH_CHECK,
+        description="Built within the last day (the nightly schedule's promise). Evaluated "
+        "every minute by the `freshness` sensor.",
+    )
+    def check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        e = batch_model_freshness(key, context.instance, time.time())
+        return dg.AssetCheckResult(passed=e.passed, description=e.description, metadata=e.metadata)
+
+    return check
+
+
+freshness_checks = [_stream_fresh_check(t) for t in sorted(STATS_TABLES)] + [
+    _batch_fresh_check(k) for k in batch_model_keys()
+]
 
 reconciliation_checks = [
     _agreement_check("long_term", "long_term_stats"),

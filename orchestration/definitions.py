@@ -14,7 +14,7 @@ from orchestration.assets.backfill import course_reviews
 from orchestration.assets.batch import build_batch_assets
 from orchestration.assets.reconciliation import stream_vs_batch
 from orchestration.assets.stream import table_specs, topic_specs
-from orchestration.checks import health_checks, reconciliation_checks
+from orchestration.checks import freshness_checks, health_checks, reconciliation_checks
 from orchestration.jobs import (
     batch_job,
     course_backfill_job,
@@ -44,7 +44,7 @@ defs = dg.Definitions(
         *build_batch_assets(str(MODELS_DIR)),
         stream_vs_batch,
     ],
-    asset_checks=[*reconciliation_checks, *health_checks],
+    asset_checks=[*reconciliation_checks, *health_checks, *freshness_checks],
     jobs=[
         course_backfill_job,
         batch_job,

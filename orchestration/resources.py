@@ -110,6 +110,44 @@ class KafkaResource(dg.ConfigurableResource):
             for tp in result.topic_partitions
         }
 
+    def newest_timestamp(self, topic: str) -> float | None:
+        """Epoch seconds of the newest record of `topic` (its Kafka timestamp), None when it
+        has none: each partition read from just before its end (a transaction's marker takes
+        the last offset, so two back) to the end."""
+        ends = self.end_offsets([topic])
+        live = {p: end for (_, p), end in ends.items() if end > 0}
+        if not live:
+            return None
+        consumer = Consumer(
+            self.config(
+                **{
+                    "group.id": f"orchestration-probe-{uuid.uuid4().hex[:8]}",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "enable.partition.eof": True,
+                }
+            )
+        )
+        newest: float | None = None
+        try:
+            consumer.assign([TopicPartition(topic, p, max(end - 2, 0)) for p, end in live.items()])
+            pending, deadline = set(live), time.monotonic() + self.timeout_s
+            while pending and time.monotonic() < deadline:
+                msg = consumer.poll(1.0)
+                if msg is None:
+                    continue
+                error = msg.error()
+                if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                    raise KafkaException(error)
+                if error is None:
+                    stamp = msg.timestamp()[1] / 1000
+                    newest = stamp if newest is None else max(newest, stamp)
+                if error is not None or msg.offset() >= live[msg.partition()] - 1:
+                    pending.discard(msg.partition())
+            return newest
+        finally:
+            consumer.close()
+
     def has_records(self, topic: str, partition: int, start: int, end: int) -> bool:
         """Whether a read_committed consumer finds a record at an offset in [start, end).
 

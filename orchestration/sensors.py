@@ -22,7 +22,8 @@ from typing import Any
 import dagster as dg
 
 from orchestration.assets.backfill import courses
-from orchestration.assets.stream import observe_tables, observe_topics
+from orchestration.assets.stream import STATS_TABLES, observe_tables, observe_topics
+from orchestration.checks import batch_model_freshness, batch_model_keys, stream_table_freshness
 from orchestration.jobs import restart_connector_job, restart_worker_job
 from orchestration.resources import (
     ConnectResource,
@@ -255,9 +256,30 @@ def course_catalogue(
     return dg.SensorResult(dynamic_partitions_requests=[courses.build_add_request(new)])
 
 
+@dg.sensor(
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Evaluates the freshness checks: each statistics table against the newest "
+    "input record, each batch model against a day.",
+)
+def freshness(
+    context: dg.SensorEvaluationContext,
+    kafka: KafkaResource,
+    postgres: PostgresResource,
+    sql_models: SqlModelsResource,
+) -> dg.SensorResult:
+    now = time.time()
+    events = [
+        stream_table_freshness(table, kafka, postgres, sql_models) for table in sorted(STATS_TABLES)
+    ]
+    events += [batch_model_freshness(key, context.instance, now) for key in batch_model_keys()]
+    return dg.SensorResult(asset_events=events)
+
+
 all_sensors = [
     *(worker_supervisor(w) for w in WORKERS),
     supervise_connect,
     observe_stream,
     course_catalogue,
+    freshness,
 ]

@@ -752,3 +752,19 @@ def test_backfill_asset_puts_a_small_course_into_kafka(settings: Settings) -> No
     (materialisation,) = result.asset_materializations_for_node("ingest__course_reviews")
     assert materialisation.metadata["reviews"].value == counts[course_id]
     assert materialisation.metadata["last_offsets"].value, "offsets of the written records"
+
+
+def test_the_newest_input_timestamp_reads_each_partitions_end(settings, temp_topic) -> None:
+    """What the stream freshness checks compare with: None for an empty topic, else the
+    newest record's Kafka timestamp, also when a transaction marker takes the last offset."""
+    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers, timeout_s=10)
+    assert kafka.newest_timestamp(temp_topic) is None
+    producer = Producer(
+        settings.kafka_config(**{"transactional.id": f"fresh-{uuid.uuid4().hex[:8]}"})
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for stamp_ms in (1_700_000_000_000, 1_700_000_005_000, 1_700_000_002_000):
+        producer.produce(temp_topic, b"v", b"k", timestamp=stamp_ms)
+    producer.commit_transaction(30)
+    assert kafka.newest_timestamp(temp_topic) == 1_700_000_002.0  # the last record's
