@@ -10,7 +10,6 @@ Environment: DAGSTER_HOME, DAGSTER_URL and the stack's variables (.stack/env).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from urllib.parse import urlparse
@@ -20,6 +19,7 @@ from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from orchestration.assets.backfill import courses
 from orchestration.topology import RECONCILIATION_KEY
+from streaming.settings import PipelineSettings, load
 from streaming.source.client import SourceError, UdemyClient
 
 RUN_TIMEOUT_S = 900
@@ -42,7 +42,7 @@ def wait_for(client: DagsterGraphQLClient, run_id: str, what: str) -> str:
 
 
 def main() -> int:
-    url = urlparse(os.environ.get("DAGSTER_URL", "http://127.0.0.1:3000"))
+    url = urlparse(load(PipelineSettings).dagster_url)
     client = DagsterGraphQLClient(url.hostname or "127.0.0.1", port_number=url.port or 3000)
     try:
         with UdemyClient.from_env() as source:

@@ -197,11 +197,12 @@ def _status_screen(args: argparse.Namespace) -> int:
 
 def _stats(args: argparse.Namespace) -> int:
     import json
-    import os
 
     import httpx
 
-    api = os.environ.get("PIPELINE_API_URL", "http://127.0.0.1:8000")
+    from streaming.settings import PipelineSettings, load
+
+    api = load(PipelineSettings).pipeline_api_url
     try:
         answer = httpx.get(f"{api}/courses/{args.course_id}/stats", timeout=10)
     except httpx.HTTPError as exc:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from streaming.pipeline import WORKERS
+from streaming.settings import PipelineSettings, SourceSettings, load
 
 SCRAPE_INTERVAL_S = 5
 """The workers' librdkafka statistics refresh every 5 s: scraping faster shows nothing new."""
@@ -25,8 +26,8 @@ def _host_port(url: str) -> str:
 
 def scrape_targets(env: Mapping[str, str]) -> dict[str, list[tuple[str, dict[str, str]]]]:
     """job -> [(host:port, labels)] for every process of ours."""
-    api = env.get("PIPELINE_API_URL", "http://127.0.0.1:8000")
-    source = env.get("UDEMY_API_URL", "http://127.0.0.1:8010/api-2.0")
+    api = load(PipelineSettings, env).pipeline_api_url
+    source = load(SourceSettings, env).api_url
     jobs: dict[str, list[tuple[str, dict[str, str]]]] = {
         "pipeline-api": [(_host_port(api), {})],
         "udemy-api": [(_host_port(source), {})],

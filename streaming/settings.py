@@ -200,6 +200,31 @@ class LoopSettings(_Component):
     )
 
 
+class PipelineSettings(_Component):
+    """The pipeline as a whole: its rule, its schemas, where its parts answer."""
+
+    fraud_model: str | None = Field(
+        None,
+        validation_alias=AliasChoices("FRAUD_MODEL"),
+        description="`package.module:factory` of another fraud model (default: the hash rule)",
+    )
+    schemas_dir: str | None = Field(
+        None,
+        validation_alias=AliasChoices("SCHEMAS_DIR"),
+        description="where the `.avsc` files are (default: the repository's `schemas/`)",
+    )
+    pipeline_api_url: str = Field(
+        "http://127.0.0.1:8000",
+        validation_alias=AliasChoices("PIPELINE_API_URL"),
+        description="the pipeline API, for its clients (`reviews stats`, `status`)",
+    )
+    dagster_url: str = Field(
+        "http://127.0.0.1:3000",
+        validation_alias=AliasChoices("DAGSTER_URL"),
+        description="Dagster's webserver, for `reviews status` and the sample run",
+    )
+
+
 COMPONENTS: tuple[type[_Component], ...] = (
     KafkaSettings,
     RegistrySettings,
@@ -209,6 +234,7 @@ COMPONENTS: tuple[type[_Component], ...] = (
     ApiSettings,
     SourceSettings,
     LoopSettings,
+    PipelineSettings,
 )
 C = TypeVar("C", bound=_Component)
 

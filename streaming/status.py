@@ -19,6 +19,7 @@ import httpx
 
 from streaming.config import Settings, redact_url, registry_client_config
 from streaming.pipeline import SINKS, WORKERS
+from streaming.settings import PipelineSettings, SourceSettings, load
 
 PROBE_TIMEOUT_S = 3.0
 RECONCILIATION_QUERY = """
@@ -216,9 +217,9 @@ def _reconciliation(dagster_url: str) -> dict[str, Any] | None:
 def gather(env: Mapping[str, str]) -> Report:
     """Ask every part (the edge: network calls with short timeouts)."""
     settings = Settings.from_env()
-    api = env.get("PIPELINE_API_URL", "http://127.0.0.1:8000")
-    source = env.get("UDEMY_API_URL", "http://127.0.0.1:8010/api-2.0")
-    dagster = env.get("DAGSTER_URL", "http://127.0.0.1:3000")
+    pipeline, source_settings = load(PipelineSettings, env), load(SourceSettings, env)
+    api, dagster = pipeline.pipeline_api_url, pipeline.dagster_url
+    source = source_settings.api_url
     report = Report()
     report.services = [
         _postgres_probe(settings),

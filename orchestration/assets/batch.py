@@ -6,7 +6,6 @@ stream's own rule code (`streaming.core.fraud`) over every current version at on
 """
 
 import io
-import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -26,9 +25,10 @@ from orchestration.sql_models import (
 )
 from orchestration.topology import batch_key, table_key
 from streaming.config import clock_from_env
-from streaming.core.fraud import FRAUD_MODEL_ENV, FraudModel, load_model
+from streaming.core.fraud import FraudModel, load_model
 from streaming.core.review_bytes import encode_reviews
 from streaming.core.window import RECENT_DAYS, date_to_day
+from streaming.settings import PipelineSettings, load
 
 VERDICTS = "review_verdicts"
 PYTHON_MODELS: dict[str, tuple[str, ...]] = {VERDICTS: ("current_reviews",)}
@@ -148,7 +148,7 @@ def build_batch_tables(
 
 def fraud_model() -> FraudModel:
     """The model the fraud filter runs (FRAUD_MODEL, default the hash rule)."""
-    return load_model(os.environ.get(FRAUD_MODEL_ENV))
+    return load_model(load(PipelineSettings).fraud_model)
 
 
 class BatchConfig(dg.Config):

@@ -8,12 +8,13 @@ unpack the header and slice.
 """
 
 import json
-import os
 import struct
 from pathlib import Path
 
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 from fastavro.types import Schema
+
+from streaming.settings import PipelineSettings, load
 
 SCHEMAS_DIR_ENV = "SCHEMAS_DIR"
 """Environment variable overriding where the `.avsc` files live (default: `<repo>/schemas`)."""
@@ -33,7 +34,7 @@ class WireFormatError(ValueError):
 
 def schemas_dir() -> Path:
     """Directory of the project's `.avsc` files; `SCHEMAS_DIR` overrides it for deployments."""
-    override = os.environ.get(SCHEMAS_DIR_ENV)
+    override = load(PipelineSettings).schemas_dir
     if override:
         return Path(override)
     return Path(__file__).resolve().parents[2] / "schemas"

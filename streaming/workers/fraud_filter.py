@@ -20,7 +20,6 @@ HEALTH_PORT [the declared port + instance; 0 picks a free port], FRAUD_MODEL [th
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 
@@ -28,10 +27,11 @@ from confluent_kafka import Message
 
 from streaming.config import Settings
 from streaming.core import review_bytes, source_position
-from streaming.core.fraud import FRAUD_MODEL_ENV, FraudModel, load_model
+from streaming.core.fraud import FraudModel, load_model
 from streaming.core.fraud_routing import DEAD, FRAUD, route
 from streaming.pipeline import FRAUD_FILTER
 from streaming.serde import Registry, ReviewWriters, local_schema
+from streaming.settings import PipelineSettings, load
 from streaming.workers.eos import EosWorker, LoopConfig
 from streaming.workers.runtime import (
     StopFlag,
@@ -120,7 +120,7 @@ class FraudFilter(EosWorker):
 def main() -> int:
     await_turn(review_bytes.warm_up)  # a warm spare starts here, its imports done
     try:
-        model = load_model(os.environ.get(FRAUD_MODEL_ENV))
+        model = load_model(load(PipelineSettings).fraud_model)
     except ValueError as exc:
         print(f"fraud-filter: {exc}", file=sys.stderr)
         return 2
