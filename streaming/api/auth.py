@@ -16,6 +16,8 @@ import os
 import stat
 from pathlib import Path
 
+from streaming.settings import ApiSettings, load
+
 TOKEN_FILE_ENV = "PIPELINE_API_TOKEN_FILE"
 CLIENT_TOKEN_ENV = "PIPELINE_API_TOKEN"
 MIN_TOKEN_CHARS = 16
@@ -45,7 +47,7 @@ def read_token_file(path: Path) -> str:
 
 def server_token() -> str:
     """The API's token, from the file `PIPELINE_API_TOKEN_FILE` names."""
-    path = os.environ.get(TOKEN_FILE_ENV)
+    path = load(ApiSettings).token_file
     if not path:
         raise TokenError(
             f"POST /reviews needs a writer token: set {TOKEN_FILE_ENV} to a file of mode 0600 "
@@ -59,8 +61,9 @@ def client_token() -> str:
     token = os.environ.get(CLIENT_TOKEN_ENV)
     if token:
         return token
-    if os.environ.get(TOKEN_FILE_ENV):
-        return read_token_file(Path(os.environ[TOKEN_FILE_ENV]))
+    path = load(ApiSettings).token_file
+    if path:
+        return read_token_file(Path(path))
     raise TokenError(
         f"writing reviews needs the API's writer token: set {CLIENT_TOKEN_ENV} or "
         f"{TOKEN_FILE_ENV} (`. .stack/env` sets both)"
