@@ -14,7 +14,7 @@ from sqlalchemy import inspect, text
 
 from orchestration.assets.batch import VERDICTS
 from orchestration.assets.reconciliation import MISMATCHES_TABLE, cell
-from orchestration.assets.stream import STATS_TABLES
+from orchestration.assets.stream import STATS_TABLES, latest_update_s
 from orchestration.freshness import (
     BATCH_CHECK,
     STREAM_CHECK,
@@ -125,21 +125,6 @@ def _connector_check(sink: SinkSpec) -> dg.AssetChecksDefinition:
     return check
 
 
-def latest_update_s(postgres: PostgresResource, schema: str, table: str) -> float | None:
-    """Epoch seconds of a statistics table's newest row (None: no table, or no rows)."""
-    engine = postgres.engine()
-    if not inspect(engine).has_table(table, schema=schema):
-        return None
-    with engine.connect() as conn:
-        value = conn.execute(
-            text(
-                "select extract(epoch from max(as_of_time))::float8 "
-                f"from {quote(schema)}.{quote(table)}"
-            )
-        ).scalar()
-    return None if value is None else float(value)
-
-
 def stream_table_freshness(
     table: str,
     kafka: KafkaResource,
@@ -148,7 +133,9 @@ def stream_table_freshness(
 ) -> dg.AssetCheckEvaluation:
     """A statistics table's freshness against the newest record of the pipeline's input."""
     newest = kafka.newest_timestamp(INPUT_TOPIC)
-    latest = latest_update_s(postgres, sql_models.stream_schema, table)
+    engine, schema = postgres.engine(), sql_models.stream_schema
+    exists = inspect(engine).has_table(table, schema=schema)
+    latest = latest_update_s(engine, schema, table) if exists else None
     verdict = stream_freshness(latest, newest)
     metadata: dict[str, object] = {"allowed_lag_s": STREAM_SLACK_S}
     if verdict.lag_s is not None:

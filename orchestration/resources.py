@@ -118,16 +118,7 @@ class KafkaResource(dg.ConfigurableResource):
         live = {p: end for (_, p), end in ends.items() if end > 0}
         if not live:
             return None
-        consumer = Consumer(
-            self.config(
-                **{
-                    "group.id": f"orchestration-probe-{uuid.uuid4().hex[:8]}",
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_committed",
-                    "enable.partition.eof": True,
-                }
-            )
-        )
+        consumer = self._probe_consumer()
         newest: float | None = None
         try:
             consumer.assign([TopicPartition(topic, p, max(end - 2, 0)) for p, end in live.items()])
@@ -144,20 +135,16 @@ class KafkaResource(dg.ConfigurableResource):
                     newest = stamp if newest is None else max(newest, stamp)
                 if error is not None or msg.offset() >= live[msg.partition()] - 1:
                     pending.discard(msg.partition())
+            if pending:
+                raise TimeoutError(f"no answer reading the end of {topic} {sorted(pending)}")
             return newest
         finally:
             consumer.close()
 
-    def has_records(self, topic: str, partition: int, start: int, end: int) -> bool:
-        """Whether a read_committed consumer finds a record at an offset in [start, end).
-
-        A group that read everything of a transactional topic may have committed below the end
-        offset: transaction markers take offsets but are never delivered (Connect commits the
-        last record's offset + 1). Reading the gap tells markers from unread records.
-        """
-        if start >= end:
-            return False
-        consumer = Consumer(
+    def _probe_consumer(self) -> Consumer:
+        """A read_committed consumer of its own group that commits nothing: for reads at
+        chosen offsets that must not disturb any group."""
+        return Consumer(
             self.config(
                 **{
                     "group.id": f"orchestration-probe-{uuid.uuid4().hex[:8]}",
@@ -168,6 +155,17 @@ class KafkaResource(dg.ConfigurableResource):
                 }
             )
         )
+
+    def has_records(self, topic: str, partition: int, start: int, end: int) -> bool:
+        """Whether a read_committed consumer finds a record at an offset in [start, end).
+
+        A group that read everything of a transactional topic may have committed below the end
+        offset: transaction markers take offsets but are never delivered (Connect commits the
+        last record's offset + 1). Reading the gap tells markers from unread records.
+        """
+        if start >= end:
+            return False
+        consumer = self._probe_consumer()
         try:
             consumer.assign([TopicPartition(topic, partition, max(start, 0))])
             deadline = time.monotonic() + self.timeout_s

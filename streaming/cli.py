@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaException
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from streaming.config import Settings
+from streaming.config import ConfigError, Settings
 from streaming.pipeline import INPUT
 
 if TYPE_CHECKING:
@@ -362,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpx2"):  # one line per registry request is noise at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigError as exc:  # a bad variable: its name and why, not a traceback
+        print(f"reviews {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -30,6 +30,11 @@ from streaming.settings import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+class ConfigError(ValueError):
+    """A setting that cannot be used (a malformed value, a missing or unreadable secret file):
+    the message names the variable, never a secret's value. Processes print it and exit."""
+
+
 def _extra_kafka_config(raw: str) -> dict[str, str]:
     """Parse `key=value;key=value` (SASL/TLS settings for a managed cluster). An error names
     the entry by its position and key only: its value may be a password."""
@@ -38,7 +43,7 @@ def _extra_kafka_config(raw: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             shown = f"key {key.strip()!r}" if sep else "no '='"
-            raise ValueError(f"KAFKA_SECURITY_CONFIG entry {n}: expected key=value ({shown})")
+            raise ConfigError(f"KAFKA_SECURITY_CONFIG entry {n}: expected key=value ({shown})")
         out[key.strip()] = value.strip()
     return out
 
@@ -49,9 +54,9 @@ def read_secret(path: str, variable: str) -> str:
     try:
         value = Path(path).read_text().strip()
     except OSError as exc:
-        raise ValueError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror}") from None
     if not value:
-        raise ValueError(f"{variable}: {path} is empty")
+        raise ConfigError(f"{variable}: {path} is empty")
     return value
 
 
@@ -88,7 +93,7 @@ class Settings:
         if not self.connect_user:
             return None
         if not self.connect_password_file:
-            raise ValueError("CONNECT_USER is set: CONNECT_PASSWORD_FILE must name its password")
+            raise ConfigError("CONNECT_USER is set: CONNECT_PASSWORD_FILE must name its password")
         return self.connect_user, read_secret(self.connect_password_file, "CONNECT_PASSWORD_FILE")
 
     def kafka_config(self, **overrides: object) -> dict[str, object]:
@@ -153,7 +158,7 @@ def registry_client_config(url: str, env: Mapping[str, str] | None = None) -> di
     user, path = registry.user, registry.password_file
     if user:
         if not path:
-            raise ValueError("SCHEMA_REGISTRY_USER is set: SCHEMA_REGISTRY_PASSWORD_FILE must be")
+            raise ConfigError("SCHEMA_REGISTRY_USER is set: SCHEMA_REGISTRY_PASSWORD_FILE must be")
         config["basic.auth.credentials.source"] = "USER_INFO"
         config["basic.auth.user.info"] = (
             f"{user}:{read_secret(path, 'SCHEMA_REGISTRY_PASSWORD_FILE')}"

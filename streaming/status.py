@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from streaming.config import Settings, redact_url, registry_client_config
+from streaming.config import ConfigError, Settings, redact_url, registry_client_config
 from streaming.pipeline import SINKS, WORKERS
 from streaming.settings import PipelineSettings, SourceSettings, load
 
@@ -135,7 +135,9 @@ def _kafka_probe(settings: Settings) -> Probe:
     from confluent_kafka.admin import AdminClient
 
     try:
-        topics = AdminClient(settings.kafka_config()).list_topics(timeout=PROBE_TIMEOUT_S)
+        # log_level 0: an unreachable broker is the answer, not a screen of librdkafka lines
+        admin = AdminClient(settings.kafka_config(log_level=0))
+        topics = admin.list_topics(timeout=PROBE_TIMEOUT_S)
     except Exception as exc:  # KafkaException, or a config error: both mean "not usable"
         return Probe("kafka", False, settings.kafka_bootstrap_servers, str(exc))
     return Probe("kafka", True, settings.kafka_bootstrap_servers, f"{len(topics.brokers)} brokers")
@@ -156,8 +158,19 @@ def _postgres_probe(settings: Settings) -> Probe:
         engine.dispose()
 
 
+def _connect_probe(settings: Settings) -> Probe:
+    try:
+        auth = settings.connect_auth()
+    except ConfigError as exc:  # its credentials unusable: shown on its line
+        return Probe("connect", False, settings.connect_url, str(exc))
+    return _http_probe("connect", f"{settings.connect_url}/", auth)
+
+
 def _registry_probe(settings: Settings) -> Probe:
-    config = registry_client_config(settings.schema_registry_url)
+    try:
+        config = registry_client_config(settings.schema_registry_url)
+    except ConfigError as exc:
+        return Probe("registry", False, redact_url(settings.schema_registry_url), str(exc))
     user_info = config.get("basic.auth.user.info")
     auth = tuple(str(user_info).split(":", 1)) if user_info else None
     return _http_probe("registry", f"{settings.schema_registry_url}/subjects", auth)  # type: ignore[arg-type]
@@ -216,7 +229,7 @@ def _reconciliation(dagster_url: str) -> dict[str, Any] | None:
 
 def gather(env: Mapping[str, str]) -> Report:
     """Ask every part (the edge: network calls with short timeouts)."""
-    settings = Settings.from_env()
+    settings = Settings.from_env(env)
     pipeline, source_settings = load(PipelineSettings, env), load(SourceSettings, env)
     api, dagster = pipeline.pipeline_api_url, pipeline.dagster_url
     source = source_settings.api_url
@@ -225,7 +238,7 @@ def gather(env: Mapping[str, str]) -> Report:
         _postgres_probe(settings),
         _kafka_probe(settings),
         _registry_probe(settings),
-        _http_probe("connect", f"{settings.connect_url}/", settings.connect_auth()),
+        _connect_probe(settings),
         _http_probe("udemy-api", f"{source}/health"),
         _http_probe("pipeline-api", f"{api}/health"),
         _http_probe("dagster", f"{dagster}/server_info"),

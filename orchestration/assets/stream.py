@@ -108,6 +108,19 @@ def observe_topics(
     return observations, {"time": now, "totals": dict(totals)}
 
 
+def latest_update_s(engine: Engine, schema: str, table: str) -> float | None:
+    """Epoch seconds of a statistics table's newest row, by `as_of_time` (when the aggregator
+    emitted it); None for no rows. The table must exist."""
+    with engine.connect() as conn:
+        value = conn.execute(
+            text(
+                "select extract(epoch from max(as_of_time))::float8 "
+                f"from {quote(schema)}.{quote(table)}"
+            )
+        ).scalar()
+    return None if value is None else float(value)
+
+
 def observe_tables(
     engine: Engine, schema: str, previous: Mapping[str, Any], now: float
 ) -> tuple[list[dg.AssetObservation], dict[str, Any]]:
@@ -140,15 +153,9 @@ def observe_tables(
             if before is not None and elapsed > 0 and writes >= before:
                 metadata["rows_written_per_s"] = round((writes - before) / elapsed, 2)
         if sink.table in activity and sink.table in STATS_TABLES:
-            with engine.connect() as conn:
-                last = conn.execute(
-                    text(
-                        "select extract(epoch from max(as_of_time))::float8 "
-                        f"from {quote(schema)}.{quote(sink.table)}"
-                    )
-                ).scalar()
+            last = latest_update_s(engine, schema, sink.table)
             if last is not None:
-                metadata["max as_of_time"] = dg.MetadataValue.timestamp(float(last))
-                metadata["seconds_since_update"] = round(now - float(last), 1)
+                metadata["max as_of_time"] = dg.MetadataValue.timestamp(last)
+                metadata["seconds_since_update"] = round(now - last, 1)
         observations.append(dg.AssetObservation(asset_key=table_key(sink.table), metadata=metadata))
     return observations, {"time": now, "writes": {t: w for t, (_, w) in activity.items()}}

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 
 from streaming.api import auth, ingest, read
 from streaming.api.serving import multiprocess_dir, serve_http_extras
-from streaming.config import Settings, bind_host
+from streaming.config import ConfigError, Settings, bind_host, registry_client_config
 from streaming.ingest.producer import REVIEWS_TOPIC, ReviewProducer
 from streaming.settings import ApiSettings, load
 
@@ -83,6 +83,10 @@ def main() -> None:
     and the delivery wait are Python), so ingestion scales out by processes."""
     api = load(ApiSettings)
     port, workers = api.port, api.workers
+    try:  # in this process, so a bad setting is one clear line, not a traceback per worker
+        registry_client_config(Settings.from_env().schema_registry_url)
+    except ConfigError as exc:
+        raise SystemExit(f"pipeline-api: {exc}") from None
     metrics_dir = multiprocess_dir("pipeline-api")  # before the workers start: they inherit it
     atexit.register(shutil.rmtree, metrics_dir, True)
     uvicorn.run(

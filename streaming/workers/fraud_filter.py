@@ -121,10 +121,10 @@ def main() -> int:
     await_turn(review_bytes.warm_up)  # a warm spare starts here, its imports done
     try:
         model = load_model(load(PipelineSettings).fraud_model)
-    except ValueError as exc:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a bad FRAUD_MODEL, or a ConfigError
         print(f"fraud-filter: {exc}", file=sys.stderr)
         return 2
-    settings = Settings.from_env()
     stop = StopFlag()
     worker = FraudFilter(
         settings,

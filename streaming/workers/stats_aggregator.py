@@ -42,7 +42,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from fastavro import schemaless_writer
 
-from streaming.config import Settings, clock_from_env
+from streaming.config import ConfigError, Settings, clock_from_env
 from streaming.core import review_bytes, source_position
 from streaming.core.aggregation import BATCH_COLUMNS, CourseState, VersionChanges, VersionsState
 from streaming.core.avro_codec import confluent_frame
@@ -396,9 +396,13 @@ def register_statistics(registry: Registry, topics: AggregatorTopics) -> dict[st
 def main() -> int:
     fix_mmap_threshold()  # the state's columns are released to the OS when they grow
     wait_for_go = spare_turn(review_bytes.warm_up)  # a warm spare: its imports are done
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+        registry = Registry(settings.schema_registry_url)
+    except ConfigError as exc:
+        print(f"stats-aggregator: {exc}", file=sys.stderr)
+        return 2
     topics, stop = AggregatorTopics.from_env(), StopFlag()
-    registry = Registry(settings.schema_registry_url)
     if not until_reachable(
         "the schema registry", lambda: register_statistics(registry, topics), stop
     ):

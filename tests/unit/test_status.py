@@ -79,3 +79,16 @@ def test_version_and_environment_in_the_help(capsys: pytest.CaptureFixture[str])
         with pytest.raises(SystemExit):
             parser.parse_args([command, "--help"])
         assert "environment:" in capsys.readouterr().out, command
+
+
+def test_a_bad_setting_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streaming.cli import main
+
+    monkeypatch.setenv("CONNECT_USER", "connect")
+    monkeypatch.setenv("CONNECT_PASSWORD_FILE", "/nonexistent/connect-password")
+    assert main(["connectors", "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reviews connectors: CONNECT_PASSWORD_FILE: cannot read")
+    assert "Traceback" not in err
