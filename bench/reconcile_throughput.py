@@ -13,7 +13,7 @@ titles; verdicts by the fraud filter's model over bodies fastavro encodes, as in
 so every run also proves agreement: any mismatch fails the benchmark.
 
 Each run materialises the real asset and its checks through Dagster on the stack's PostgreSQL,
-with the scratch schemas as `SqlModelsResource` and the stages reported caught up: the scratch
+with the scratch schemas as `SchemasResource` and the stages reported caught up: the scratch
 tables are not fed by the live pipeline, and others' traffic into it would only make the asset
 compare again. `reconcile_1m_s` is thus what the asset does once its stages have caught up:
 rebuild the batch models, read both sides, compare every course, write the mismatches, plus
@@ -48,8 +48,8 @@ from bench.common import write_result
 from orchestration.assets.batch import today
 from orchestration.assets.reconciliation import MISMATCHES_TABLE, stream_vs_batch, wait_for_stages
 from orchestration.checks import reconciliation_checks
-from orchestration.resources import KafkaResource, Offsets, PostgresResource, SqlModelsResource
-from orchestration.sql_models import quote
+from orchestration.resources import KafkaResource, Offsets, PostgresResource, SchemasResource
+from streaming.sql import quote
 from orchestration.topology import INPUT_TOPIC
 from streaming.config import Settings
 from streaming.core.fraud import FRAUD_MODEL_ENV, load_model
@@ -286,7 +286,7 @@ def stage_wait(kafka: KafkaResource) -> float:
     return time.perf_counter() - started
 
 
-def run_once(database_url: str, layout: SqlModelsResource) -> dict[str, Any]:
+def run_once(database_url: str, layout: SchemasResource) -> dict[str, Any]:
     """One materialisation of the asset and its checks: seconds, mismatches, check results."""
     started = time.perf_counter()
     result = dg.materialize(
@@ -294,7 +294,7 @@ def run_once(database_url: str, layout: SqlModelsResource) -> dict[str, Any]:
         resources={
             "kafka": CaughtUpKafka(bootstrap_servers="unused:9092"),
             "postgres": PostgresResource(database_url=database_url),
-            "sql_models": layout,
+            "schemas": layout,
         },
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
@@ -324,7 +324,7 @@ def main() -> int:
     settings = Settings.from_env()
     engine = create_engine(settings.database_url)
     base = f"bench_reconcile_{uuid.uuid4().hex[:8]}"
-    layout = SqlModelsResource(
+    layout = SchemasResource(
         stream_schema=base, batch_schema=f"{base}_batch", reconciliation_schema=f"{base}_recon"
     )
     kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers)

@@ -12,7 +12,7 @@ import time
 import dagster as dg
 from sqlalchemy import inspect, text
 
-from orchestration.assets.batch import VERDICTS
+from orchestration.assets.batch import batch_model_keys
 from orchestration.assets.reconciliation import MISMATCHES_TABLE, cell
 from orchestration.assets.stream import STATS_TABLES, latest_update_s
 from orchestration.freshness import (
@@ -26,10 +26,10 @@ from orchestration.resources import (
     ConnectResource,
     KafkaResource,
     PostgresResource,
-    SqlModelsResource,
+    SchemasResource,
     WorkerRuntimeResource,
 )
-from orchestration.sql_models import MODELS_DIR, load_models, quote
+from streaming.sql import quote
 from orchestration.supervision import (
     CONNECTOR_CHECK,
     assess_worker,
@@ -44,7 +44,6 @@ from orchestration.topology import (
     WORKERS,
     SinkSpec,
     WorkerSpec,
-    batch_key,
     table_key,
     topic_key,
 )
@@ -60,9 +59,9 @@ def _agreement_check(kind: str, table: str) -> dg.AssetChecksDefinition:
         "counts, sums, star buckets and last review time exactly, averages within the "
         "tolerance, recent windows ending on the as-of day.",
     )
-    def check(postgres: PostgresResource, sql_models: SqlModelsResource) -> dg.AssetCheckResult:
+    def check(postgres: PostgresResource, schemas: SchemasResource) -> dg.AssetCheckResult:
         engine = postgres.engine()
-        schema = sql_models.reconciliation_schema
+        schema = schemas.reconciliation_schema
         if not inspect(engine).has_table(MISMATCHES_TABLE, schema=schema):
             return dg.AssetCheckResult(passed=False, description="no reconciliation has run yet")
         with engine.connect() as conn:
@@ -129,11 +128,11 @@ def stream_table_freshness(
     table: str,
     kafka: KafkaResource,
     postgres: PostgresResource,
-    sql_models: SqlModelsResource,
+    schemas: SchemasResource,
 ) -> dg.AssetCheckEvaluation:
     """A statistics table's freshness against the newest record of the pipeline's input."""
     newest = kafka.newest_timestamp(INPUT_TOPIC)
-    engine, schema = postgres.engine(), sql_models.stream_schema
+    engine, schema = postgres.engine(), schemas.stream_schema
     exists = inspect(engine).has_table(table, schema=schema)
     latest = latest_update_s(engine, schema, table) if exists else None
     verdict = stream_freshness(latest, newest)
@@ -169,11 +168,6 @@ def batch_model_freshness(
     )
 
 
-def batch_model_keys() -> list[dg.AssetKey]:
-    """Every batch asset: the SQL models and the Python verdict step."""
-    return [batch_key(name) for name in [*load_models(MODELS_DIR), VERDICTS]]
-
-
 def _stream_fresh_check(table: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=table_key(table),
@@ -183,9 +177,9 @@ def _stream_fresh_check(table: str) -> dg.AssetChecksDefinition:
         "the `freshness` sensor.",
     )
     def check(
-        kafka: KafkaResource, postgres: PostgresResource, sql_models: SqlModelsResource
+        kafka: KafkaResource, postgres: PostgresResource, schemas: SchemasResource
     ) -> dg.AssetCheckResult:
-        e = stream_table_freshness(table, kafka, postgres, sql_models)
+        e = stream_table_freshness(table, kafka, postgres, schemas)
         return dg.AssetCheckResult(passed=e.passed, description=e.description, metadata=e.metadata)
 
     return check

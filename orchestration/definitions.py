@@ -11,7 +11,7 @@ import os
 import dagster as dg
 
 from orchestration.assets.backfill import course_reviews
-from orchestration.assets.batch import build_batch_assets
+from orchestration.assets.batch import DBT_PROJECT, batch_assets
 from orchestration.assets.reconciliation import stream_vs_batch
 from orchestration.assets.stream import table_specs, topic_specs
 from orchestration.checks import freshness_checks, health_checks, reconciliation_checks
@@ -26,22 +26,23 @@ from orchestration.resources import (
     ConnectResource,
     KafkaResource,
     LocalProcessRuntime,
+    OfflineDbtCliResource,
     PostgresResource,
     ReviewSourceResource,
     SchemaRegistryResource,
-    SqlModelsResource,
+    SchemasResource,
 )
 from orchestration.schedules import nightly_batch
 from orchestration.sensors import all_sensors
-from orchestration.sql_models import MODELS_DIR
 from orchestration.topology import WORKERS
+from streaming.batch.dbt import dbt_executable
 
 defs = dg.Definitions(
     assets=[
         course_reviews,
         *topic_specs(),
         *table_specs(),
-        *build_batch_assets(str(MODELS_DIR)),
+        *batch_assets,
         stream_vs_batch,
     ],
     asset_checks=[*reconciliation_checks, *health_checks, *freshness_checks],
@@ -71,6 +72,7 @@ defs = dg.Definitions(
                 name: w.health_url(i) for w in WORKERS for i, name in enumerate(w.instance_names())
             },
         ),
-        "sql_models": SqlModelsResource(),
+        "schemas": SchemasResource(),
+        "dbt": OfflineDbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable()),
     },
 )

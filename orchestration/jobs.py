@@ -3,6 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
+from orchestration.assets.batch import AS_OF_DAYS
 from orchestration.resources import ConnectResource, WorkerRuntimeResource
 from orchestration.topology import BACKFILL_KEY, RECONCILIATION_KEY
 from streaming.sink.connect import describe
@@ -19,7 +20,9 @@ batch_job = dg.define_asset_job(
     "batch_statistics",
     selection=dg.AssetSelection.groups("batch"),
     executor_def=dg.in_process_executor,
-    description="The nightly batch: SQL models over the reviews table, as the old pipeline ran.",
+    partitions_def=AS_OF_DAYS,
+    description="The nightly batch: the fraud verdicts, then the dbt models and their tests over "
+    "the reviews table, the recent window ending on the partition's day.",
 )
 
 reconciliation_job = dg.define_asset_job(

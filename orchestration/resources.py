@@ -12,7 +12,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -30,10 +30,12 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
+from dagster_dbt import DbtCliResource
+from dbt.version import __version__ as dbt_core_version
+from packaging import version
 from pydantic import Field
 from sqlalchemy import Engine, create_engine
 
-from orchestration.sql_models import MODELS_DIR
 from orchestration.topology import SINKS, WORKERS
 from stack import procs
 from streaming.config import REPO_ROOT, Settings, registry_client_config
@@ -219,17 +221,27 @@ class PostgresResource(dg.ConfigurableResource):
         return _engine(self.database_url)
 
 
-class SqlModelsResource(dg.ConfigurableResource):
-    """Where the batch SQL models live and which schemas they read and write.
+class SchemasResource(dg.ConfigurableResource):
+    """Which PostgreSQL schemas the batch and the reconciliation read and write.
 
     `stream_schema` holds the tables the sink connectors write (`reviews`, `long_term_stats`,
-    `recent_stats`); tests point it at a scratch schema.
+    `recent_stats`); the dbt models go to `batch_schema`, the reconciliation's rebuild and its
+    `mismatches` to `reconciliation_schema`. Tests and benchmarks point them at scratch schemas.
     """
 
-    models_dir: str = str(MODELS_DIR)
     stream_schema: str = "public"
     batch_schema: str = "batch"
     reconciliation_schema: str = "reconciliation"
+
+
+class OfflineDbtCliResource(DbtCliResource):
+    """dagster-dbt's dbt CLI resource, minus its `dbt --version` call: that command always asks
+    PyPI for the latest release (dbt ignores DBT_VERSION_CHECK there), which hangs or fails
+    without internet. The version is the installed dbt-core's (this project runs dbt Core)."""
+
+    @cached_property
+    def _cli_version(self) -> version.Version:
+        return version.parse(dbt_core_version)
 
 
 class ReviewSourceResource(dg.ConfigurableResource):

@@ -18,6 +18,7 @@ import dagster as dg
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from orchestration.assets.backfill import courses
+from orchestration.assets.batch import AS_OF_DAYS
 from orchestration.topology import RECONCILIATION_KEY
 from streaming.settings import PipelineSettings, load
 from streaming.source.client import SourceError, UdemyClient
@@ -57,6 +58,7 @@ def main() -> int:
             instance.add_dynamic_partitions(courses.name, new)
         keys = instance.get_dynamic_partitions(courses.name)
     print(f"[run] {len(course_ids)} courses in the catalogue ({len(new)} new)", flush=True)
+    today_key = AS_OF_DAYS.get_last_partition_key()  # today's as-of day (UTC)
     steps = [
         (
             "course_backfill",
@@ -66,7 +68,11 @@ def main() -> int:
                 "dagster/asset_partition_range_end": keys[-1],
             },
         ),
-        ("batch_statistics", "batch models", {}),
+        (
+            "batch_statistics",
+            f"batch models as of {today_key}",
+            {"dagster/partition": today_key},
+        ),
         ("reconciliation", "reconciliation batch vs stream", {}),
     ]
     for job, what, tags in steps:

@@ -31,7 +31,7 @@ from orchestration.resources import (
     PostgresResource,
     ReviewSourceResource,
     SchemaRegistryResource,
-    SqlModelsResource,
+    SchemasResource,
     WorkerRuntimeResource,
 )
 from orchestration.supervision import (
@@ -226,13 +226,13 @@ def observe_stream(
     kafka: KafkaResource,
     schema_registry: SchemaRegistryResource,
     postgres: PostgresResource,
-    sql_models: SqlModelsResource,
+    schemas: SchemasResource,
 ) -> dg.SensorResult:
     now = time.time()
     cursor = _cursor(context)
     topic_events, topics = observe_topics(kafka, schema_registry, cursor.get("topics", {}), now)
     table_events, tables = observe_tables(
-        postgres.engine(), sql_models.stream_schema, cursor.get("tables", {}), now
+        postgres.engine(), schemas.stream_schema, cursor.get("tables", {}), now
     )
     return dg.SensorResult(
         asset_events=topic_events + table_events,
@@ -266,11 +266,11 @@ def freshness(
     context: dg.SensorEvaluationContext,
     kafka: KafkaResource,
     postgres: PostgresResource,
-    sql_models: SqlModelsResource,
+    schemas: SchemasResource,
 ) -> dg.SensorResult:
     now = time.time()
     events = [
-        stream_table_freshness(table, kafka, postgres, sql_models) for table in sorted(STATS_TABLES)
+        stream_table_freshness(table, kafka, postgres, schemas) for table in sorted(STATS_TABLES)
     ]
     events += [batch_model_freshness(key, context.instance, now) for key in batch_model_keys()]
     return dg.SensorResult(asset_events=events)

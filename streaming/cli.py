@@ -227,6 +227,44 @@ def _prometheus_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verdicts(args: argparse.Namespace) -> int:
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from streaming.batch.verdicts import DEFAULT_MODEL, write_verdicts
+    from streaming.core.fraud import load_model
+    from streaming.settings import DatabaseSettings, PipelineSettings, load
+
+    spec = load(PipelineSettings).fraud_model
+    url = load(DatabaseSettings).url
+    try:
+        run = write_verdicts(
+            create_engine(url),
+            source_schema=args.stream_schema,
+            schema=args.schema,
+            model=load_model(spec),
+            model_name=spec or DEFAULT_MODEL,
+            full_refresh=args.full_refresh,
+        )
+    except SQLAlchemyError as exc:
+        print(f"verdicts: PostgreSQL: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    how = "every version judged again" if run.rebuilt else "new versions only"
+    print(
+        f"verdicts: {run.judged} versions judged ({how}), {run.fraud} fraud; "
+        f"{args.schema}.review_verdicts holds {run.total}"
+    )
+    return 0
+
+
+def _dbt(args: argparse.Namespace) -> int:
+    from streaming.batch.dbt import run_dbt
+    from streaming.settings import DatabaseSettings, load
+
+    dbt_args = args.dbt_args[1:] if args.dbt_args[:1] == ["--"] else args.dbt_args
+    return run_dbt(dbt_args or ["--help"], load(DatabaseSettings).url)
+
+
 def _config_reference(args: argparse.Namespace) -> int:
     from streaming.settings import reference_markdown
 
@@ -251,6 +289,8 @@ COMMAND_ENV = {
     f"CONNECT_URL, CONNECT_USER, CONNECT_PASSWORD_FILE, <WORKER>_INSTANCES, "
     f"<WORKER>_HEALTH_PORT, {COMMON_ENV}",
     "stats": "PIPELINE_API_URL",
+    "verdicts": "DATABASE_URL, PGPASSFILE, FRAUD_MODEL",
+    "dbt": "DATABASE_URL (PGHOST, PGPORT, PGUSER, PGDATABASE for dbt), PGPASSFILE",
     "config-reference": "none",
     "prometheus-config": "PIPELINE_API_URL, UDEMY_API_URL, <WORKER>_INSTANCES, "
     "<WORKER>_HEALTH_PORT",
@@ -324,6 +364,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4, help="pages fetched in parallel")
     p.add_argument("--checkpoint-dir", help="resume state directory (one file per course)")
     p.set_defaults(func=_backfill)
+    p = sub.add_parser(
+        "verdicts",
+        help="the batch's fraud verdicts (the stream's rule) on every version of `reviews`, "
+        "before `reviews dbt build`",
+        epilog=_epilog("verdicts"),
+    )
+    p.add_argument("--schema", default="batch", help="where review_verdicts goes (the models')")
+    p.add_argument("--stream-schema", default="public", help="where the sink's reviews table is")
+    p.add_argument(
+        "--full-refresh", action="store_true", help="judge every version again, not only new ones"
+    )
+    p.set_defaults(func=_verdicts)
+    p = sub.add_parser(
+        "dbt",
+        help="dbt's own CLI on the batch project (dbt_like_sql/), connected to DATABASE_URL",
+        description="Runs `dbt ARGS` in dbt_like_sql/ (e.g. `reviews dbt build`, "
+        "`reviews dbt build --vars '{as_of_day: 2026-11-30}'`, `reviews dbt docs generate`).",
+        epilog=_epilog("dbt"),
+    )
+    p.add_argument("dbt_args", nargs=argparse.REMAINDER, help="dbt's arguments")
+    p.set_defaults(func=_dbt)
 
     conn = sub.add_parser(
         "connectors",

@@ -1,72 +1,45 @@
-"""The nightly batch pipeline, kept as the reference: SQL models over the sink's `reviews` table.
+"""The nightly batch pipeline, kept as the reference: the dbt project `dbt_like_sql/` in Dagster.
 
-Each `dbt_like_sql/*.sql` file becomes an asset in the `batch` group; the fraud verdicts are a
-Python asset in the same graph because the rule hashes Avro bytes, which SQL cannot: it runs the
-stream's own rule code (`streaming.core.fraud`) over every current version at once.
+Every dbt model is an asset of the `batch` group (its columns, descriptions and lineage from the
+manifest), every dbt test an asset check. The sink's `reviews` table is the source; the fraud
+verdicts are a Python asset between it and `valid_reviews` (the rule hashes Avro bytes, which
+SQL cannot) that runs the stream's own rule code (`streaming.batch.verdicts`).
+
+`recent_stats` depends on the as-of day, so it is the one partitioned asset: a daily partition
+per as-of day, today's included, its rows keyed by the day (an incremental model), so a backfill
+of past days never replaces today's rows. The other models hold no day and are not partitioned.
 """
 
-import io
-from collections.abc import Mapping
-from datetime import UTC, datetime
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
-from orchestration.resources import PostgresResource, SqlModelsResource
-from orchestration.sql_models import (
-    SqlModel,
-    load_models,
-    materialise,
-    quote,
-    swap_in,
-    topological_order,
-)
+from orchestration.resources import PostgresResource, SchemasResource
 from orchestration.topology import batch_key, table_key
+from streaming.batch.dbt import PROJECT_DIR, dbt_env, dbt_executable
+from streaming.batch.verdicts import DEFAULT_MODEL, VERDICTS, write_verdicts
 from streaming.config import clock_from_env
-from streaming.core.fraud import FraudModel, load_model
-from streaming.core.review_bytes import encode_reviews
-from streaming.core.window import RECENT_DAYS, date_to_day
+from streaming.core.fraud import load_model
+from streaming.core.window import date_to_day
 from streaming.settings import PipelineSettings, load
 
-VERDICTS = "review_verdicts"
-PYTHON_MODELS: dict[str, tuple[str, ...]] = {VERDICTS: ("current_reviews",)}
-"""Tables Python code builds inside the SQL graph, with the models each one reads."""
-
-SOURCE_TABLES: dict[tuple[str, str], str] = {("stream", "reviews"): "reviews"}
-"""source(group, name) of the models -> the stream table it stands for."""
-
-VERDICT_CHUNK = 50_000
-
-REVIEW_COLUMNS = (
-    "id",
-    "title",
-    "content",
-    "rating",
-    "created_ms",
-    "modified_ms",
-    "user_title",
-    "user_name",
-    "user_display_name",
-    "course_id",
-    "course_title",
-    "course_url",
-)
-"""`current_reviews` columns in the Review schema's field order (what `encode_reviews` takes)."""
-VERSION_KEY = ("source_partition", "source_offset")
-"""A version's unique key in `current_reviews`: its Kafka coordinates in `udemy-reviews`."""
-
-
-def source_relations(layout: SqlModelsResource) -> dict[tuple[str, str], str]:
-    return {
-        source: f"{quote(layout.stream_schema)}.{quote(table)}"
-        for source, table in SOURCE_TABLES.items()
-    }
-
-
-def model_variables(as_of_day: int) -> dict[str, object]:
-    return {"as_of_day": as_of_day, "recent_days": RECENT_DAYS}
+PARTITIONED_MODEL = "recent_stats"
+"""The one model that takes the as-of day (var('as_of_day'))."""
+AS_OF_DAYS = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1, timezone="UTC")
+"""One partition per as-of day (UTC); end_offset=1: today's day is a partition, not only the
+finished ones, as the nightly job has always built the window ending today."""
 
 
 def today() -> int:
@@ -75,181 +48,221 @@ def today() -> int:
     return date_to_day(datetime.fromtimestamp(clock_from_env()(), UTC).date())
 
 
-def write_review_verdicts(engine: Engine, schema: str, model: FraudModel) -> tuple[int, int]:
-    """Judge every current version with the stream's rule; build `schema.review_verdicts`.
+def partition_day(partition_key: str) -> int:
+    """A daily partition's key (YYYY-MM-DD) as an epoch day."""
+    return date_to_day(date.fromisoformat(partition_key))
 
-    Each row is re-encoded as the canonical Review Avro body (the bytes the fraud filter hashes),
-    a chunk at a time by the compiled encoder, and judged by the model's batch entry point.
-    Verdicts are keyed by the version's Kafka coordinates (VERSION_KEY), the key `valid_reviews`
-    joins on: `(id, modified)` is not unique once equal-modified versions are kept.
-    Returns (rows, fraud).
+
+def _project_files(project: Path) -> Iterator[Path]:
+    for pattern in ("*.yml", "models/**/*", "macros/**/*", "tests/**/*"):
+        yield from (p for p in project.glob(pattern) if p.is_file())
+
+
+def prepare_manifest(project: Path = PROJECT_DIR) -> Path:
+    """`target/manifest.json`, parsed again when missing or older than a file of the project.
+
+    Every process that loads the definitions (the code server, each run) calls this; the parse
+    writes into a directory of its own and the manifest is moved into place atomically, so
+    processes starting together never read a half-written one.
     """
-    source = f"{quote(schema)}.{quote('current_reviews')}"
-    fields = len(REVIEW_COLUMNS)
-    rows = fraud = 0
-    with engine.connect() as reader, engine.begin() as writer:
-        writer.execute(text(f"drop table if exists {quote(schema)}.{quote(VERDICTS + '__new')}"))
-        writer.execute(
-            text(
-                f"create table {quote(schema)}.{quote(VERDICTS + '__new')} "
-                "(id bigint not null, source_partition integer not null, "
-                "source_offset bigint not null, is_fraud boolean not null, "
-                "primary key (source_partition, source_offset))"
-            )
+    manifest = project / "target" / "manifest.json"
+    newest = max(p.stat().st_mtime for p in _project_files(project))
+    if manifest.exists() and manifest.stat().st_mtime >= newest:
+        return manifest
+    manifest.parent.mkdir(exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="parse-", dir=manifest.parent))
+    try:
+        env = {**dbt_env("postgresql://localhost/reviews"), "DBT_TARGET_PATH": str(scratch)}
+        env["DBT_LOG_PATH"] = str(scratch)
+        done = subprocess.run(
+            [dbt_executable(), "parse", "--quiet"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
         )
-        cursor = writer.connection.cursor()
-        result = reader.execution_options(stream_results=True, yield_per=VERDICT_CHUNK).execute(
-            text(f"select {', '.join(REVIEW_COLUMNS + VERSION_KEY)} from {source}")
-        )
-        for chunk in result.partitions():
-            verdicts = model.is_fraud_batch(*encode_reviews([row[:fields] for row in chunk]))
-            lines = io.StringIO()
-            for row, is_fraud in zip(chunk, verdicts.tolist(), strict=True):
-                partition, offset = row[fields:]
-                lines.write(f"{row[0]}\t{partition}\t{offset}\t{'t' if is_fraud else 'f'}\n")
-            lines.seek(0)
-            cursor.copy_expert(
-                f"copy {quote(schema)}.{quote(VERDICTS + '__new')} from stdin", lines
-            )
-            rows += len(chunk)
-            fraud += int(verdicts.sum())
-        swap_in(writer, schema, VERDICTS)
-    return rows, fraud
+        if done.returncode != 0:
+            raise RuntimeError(f"dbt parse of {project} failed:\n{done.stdout}{done.stderr}")
+        os.replace(scratch / "manifest.json", manifest)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return manifest
 
 
-def build_batch_tables(
-    engine: Engine,
-    layout: SqlModelsResource,
-    schema: str,
-    as_of_day: int,
-    skip: frozenset[str] = frozenset(),
-) -> dict[str, int]:
-    """Every model (SQL and Python) in dependency order into `schema`; rows per table.
-
-    The reconciliation uses it to rebuild the batch side at its cut in its own schema.
-    """
-    models = load_models(layout.models_dir)
-    counts = {}
-    for name in topological_order(models, PYTHON_MODELS):
-        if name in skip:
-            continue
-        if name == VERDICTS:
-            counts[name] = write_review_verdicts(engine, schema, fraud_model())[0]
-        else:
-            _, counts[name] = materialise(
-                engine,
-                models[name],
-                schema=schema,
-                sources=source_relations(layout),
-                variables=model_variables(as_of_day),
-            )
-    return counts
+DBT_PROJECT = DbtProject(project_dir=PROJECT_DIR)
+MANIFEST = prepare_manifest()
 
 
-def fraud_model() -> FraudModel:
-    """The model the fraud filter runs (FRAUD_MODEL, default the hash rule)."""
-    return load_model(load(PipelineSettings).fraud_model)
+class BatchTranslator(DagsterDbtTranslator):
+    """Asset keys as the rest of the graph names them: models `batch/<model>`, the sink's table
+    `postgres/<table>`, the verdicts as their source's meta says (`batch/review_verdicts`)."""
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        kind = dbt_resource_props["resource_type"]
+        if kind == "source" and dbt_resource_props["source_name"] == "stream":
+            return table_key(dbt_resource_props["name"])
+        if kind == "model":
+            return batch_key(dbt_resource_props["name"])
+        return super().get_asset_key(dbt_resource_props)
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return "batch" if dbt_resource_props["resource_type"] == "model" else None
 
 
-class BatchConfig(dg.Config):
-    as_of_day: int | None = Field(
-        default=None,
-        description="Epoch day (UTC) the recent window ends on; default: today.",
+TRANSLATOR = BatchTranslator()
+
+
+@contextmanager
+def dbt_connection(database_url: str) -> Iterator[None]:
+    """The dbt CLI resource passes this process's environment to dbt (and reads the profile in
+    it): PG* from DATABASE_URL and the offline flags for the call's duration. A run process
+    executes one step at a time (in-process executor), so nothing else sees the change."""
+    saved = dict(os.environ)
+    os.environ.update(dbt_env(database_url, base={}))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def dbt_vars(schemas: SchemasResource, **extra: object) -> str:
+    """`--vars` for a run: where the sink's tables are and where the models go."""
+    return json.dumps(
+        {"stream_schema": schemas.stream_schema, "target_schema": schemas.batch_schema, **extra}
     )
 
 
-def _sql_block(sql: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"```sql\n{sql}\n```")
+def _build(
+    context: dg.AssetExecutionContext,
+    dbt: DbtCliResource,
+    postgres: PostgresResource,
+    variables: str,
+) -> Iterator[Any]:
+    with dbt_connection(postgres.database_url):
+        invocation = dbt.cli(["build", "--vars", variables], context=context)
+        yield from invocation.stream().fetch_row_counts()
 
 
-def _model_asset(model: SqlModel) -> dg.AssetsDefinition:
-    deps = [batch_key(ref) for ref in model.refs] + [
-        table_key(SOURCE_TABLES[source]) for source in model.sources
-    ]
+@dbt_assets(
+    manifest=MANIFEST,
+    project=DBT_PROJECT,
+    exclude=PARTITIONED_MODEL,
+    dagster_dbt_translator=TRANSLATOR,
+    name="batch_models",
+)
+def batch_models(
+    context: dg.AssetExecutionContext,
+    dbt: DbtCliResource,
+    postgres: PostgresResource,
+    schemas: SchemasResource,
+) -> Iterator[Any]:
+    """The models that hold no as-of day, and their tests (`dbt build`)."""
+    yield from _build(context, dbt, postgres, dbt_vars(schemas))
 
-    def run(
-        context: dg.AssetExecutionContext,
-        as_of_day: int,
-        postgres: PostgresResource,
-        sql_models: SqlModelsResource,
-    ) -> dg.MaterializeResult:
-        sql, rows = materialise(
-            postgres.engine(),
-            model,
-            schema=sql_models.batch_schema,
-            sources=source_relations(sql_models),
-            variables=model_variables(as_of_day),
-        )
-        context.log.info(f"{sql_models.batch_schema}.{model.name}: {rows} rows")
-        return dg.MaterializeResult(
-            metadata={
-                "sql": _sql_block(sql),
-                "dagster/row_count": rows,
-                "table": f"{sql_models.batch_schema}.{model.name}",
-                **({"as_of_day": as_of_day} if "as_of_day" in model.vars else {}),
-            }
-        )
 
-    spec: Mapping[str, Any] = {
-        "key": batch_key(model.name),
-        "deps": deps,
-        "group_name": "batch",
-        "kinds": {"sql", "postgres"},
-        "description": model.description,
-        "metadata": {"model": _sql_block(model.template)},
-    }
-    if "as_of_day" in model.vars:
+@dbt_assets(
+    manifest=MANIFEST,
+    project=DBT_PROJECT,
+    select=PARTITIONED_MODEL,
+    dagster_dbt_translator=TRANSLATOR,
+    partitions_def=AS_OF_DAYS,
+    name="batch_recent_stats",
+    # a run per day: each invocation builds one as-of day's window
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
+)
+def batch_recent_stats(
+    context: dg.AssetExecutionContext,
+    dbt: DbtCliResource,
+    postgres: PostgresResource,
+    schemas: SchemasResource,
+) -> Iterator[Any]:
+    """The recent window ending on the partition's day, replacing that day's rows only."""
+    day = partition_day(context.partition_key)
+    yield from _build(context, dbt, postgres, dbt_vars(schemas, as_of_day=day))
 
-        @dg.asset(**spec)
-        def with_day(
-            context: dg.AssetExecutionContext,
-            config: BatchConfig,
-            postgres: PostgresResource,
-            sql_models: SqlModelsResource,
-        ) -> dg.MaterializeResult:
-            day = config.as_of_day if config.as_of_day is not None else today()
-            return run(context, day, postgres, sql_models)
 
-        return with_day
-
-    @dg.asset(**spec)
-    def without_day(
-        context: dg.AssetExecutionContext, postgres: PostgresResource, sql_models: SqlModelsResource
-    ) -> dg.MaterializeResult:
-        return run(context, today(), postgres, sql_models)
-
-    return without_day
+def fraud_model_spec() -> str | None:
+    """FRAUD_MODEL, the model the fraud filter runs (None: the hash rule)."""
+    return load(PipelineSettings).fraud_model
 
 
 @dg.asset(
     key=batch_key(VERDICTS),
-    deps=[batch_key(name) for name in PYTHON_MODELS[VERDICTS]],
+    deps=[table_key("reviews")],
     group_name="batch",
     kinds={"python", "postgres"},
 )
 def review_verdicts(
-    context: dg.AssetExecutionContext, postgres: PostgresResource, sql_models: SqlModelsResource
+    context: dg.AssetExecutionContext, postgres: PostgresResource, schemas: SchemasResource
 ) -> dg.MaterializeResult:
-    """The fraud filter's verdict on every current review version, by the stream's own rule code
+    """The fraud filter's verdict on every version of `reviews`, by the stream's own rule code
     (FRAUD_MODEL, default the murmur2 hash rule) over the canonical Avro re-encoding of the row,
-    so batch and stream agree on which reviews count."""
-    rows, fraud = write_review_verdicts(postgres.engine(), sql_models.batch_schema, fraud_model())
-    context.log.info(f"{rows} verdicts, {fraud} fraud")
+    so batch and stream agree on which reviews count. Judges only versions not judged yet
+    (`reviews verdicts` from a shell)."""
+    spec = fraud_model_spec()
+    run = write_verdicts(
+        postgres.engine(),
+        source_schema=schemas.stream_schema,
+        schema=schemas.batch_schema,
+        model=load_model(spec),
+        model_name=spec or DEFAULT_MODEL,
+    )
+    context.log.info(f"{run.judged} versions judged, {run.fraud} fraud; {run.total} in all")
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": rows,
-            "fraud": fraud,
-            "fraud_percent": round(100 * fraud / rows, 3) if rows else 0.0,
-            "table": f"{sql_models.batch_schema}.{VERDICTS}",
+            "dagster/row_count": run.total,
+            "judged": run.judged,
+            "fraud_judged": run.fraud,
+            "rebuilt": run.rebuilt,
+            "table": f"{schemas.batch_schema}.{VERDICTS}",
         }
     )
 
 
-def build_batch_assets(models_dir: str) -> list[dg.AssetsDefinition]:
-    """One asset per SQL model file, plus the Python verdict step they ref."""
-    return [_model_asset(model) for model in load_models(models_dir).values()] + [review_verdicts]
+def build_batch_tables(
+    engine: Engine, database_url: str, stream_schema: str, schema: str, as_of_day: int
+) -> None:
+    """The whole batch side into `schema`: the verdicts, then `dbt run` of every model (no tests:
+    the reconciliation compares the results itself), the recent window ending on `as_of_day`.
+
+    The reconciliation rebuilds at its cut with this. The run's artifacts go to a directory of
+    its own; partial parsing starts from the project's manifest state, so no full parse is paid.
+    """
+    spec = fraud_model_spec()
+    write_verdicts(
+        engine,
+        source_schema=stream_schema,
+        schema=schema,
+        model=load_model(spec),
+        model_name=spec or DEFAULT_MODEL,
+    )
+    variables = {"stream_schema": stream_schema, "target_schema": schema, "as_of_day": as_of_day}
+    target = Path(tempfile.mkdtemp(prefix="reconcile-", dir=MANIFEST.parent))
+    try:
+        state = MANIFEST.parent / "partial_parse.msgpack"
+        if state.exists():
+            shutil.copy(state, target / state.name)
+        env = {**dbt_env(database_url), "DBT_TARGET_PATH": str(target), "DBT_LOG_PATH": str(target)}
+        done = subprocess.run(
+            [dbt_executable(), "--quiet", "run", "--vars", json.dumps(variables)],
+            cwd=PROJECT_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise dg.Failure(
+                f"dbt run into {schema} failed (exit {done.returncode})",
+                metadata={"dbt output": dg.MetadataValue.text(done.stdout + done.stderr)},
+            )
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
 
 
-def dated_models(models_dir: str) -> list[str]:
-    """Names of the models that take the as-of day (the schedule configures them)."""
-    return [m.name for m in load_models(models_dir).values() if "as_of_day" in m.vars]
+batch_assets: list[dg.AssetsDefinition] = [review_verdicts, batch_models, batch_recent_stats]
+
+
+def batch_model_keys() -> list[dg.AssetKey]:
+    """Every batch asset: the dbt models and the Python verdict step."""
+    return [key for asset in batch_assets for key in asset.keys]

@@ -4,8 +4,8 @@ The cut is the input topic's end offsets. Every stage (fraud filter, the aggrega
 steps, the sink connectors) is then waited on, upstream first, until its consumer group has
 committed everything up to the cut: for the first stages the cut itself, for later ones the end
 offsets of their input topics once the stage before them got there. The batch models are then
-rebuilt from the sink's `reviews` table into the reconciliation schema, their recent window
-ending on the as-of day (today, UTC, unless configured), and every course's statistics compared
+rebuilt from the sink's `reviews` table into the reconciliation schema (the verdicts step and
+`dbt run`, as the nightly batch builds them), their recent window ending on the as-of day (today, UTC, unless configured), and every course's statistics compared
 with the stream tables: titles, counts, buckets and sums exactly, averages within a tolerance.
 A stream row of `recent_stats` whose window ends on another day is a mismatch of its own (the
 aggregator has not moved it with the clock). If input arrived or the UTC day changed meanwhile,
@@ -28,9 +28,9 @@ from orchestration.resources import (
     KafkaResource,
     Offsets,
     PostgresResource,
-    SqlModelsResource,
+    SchemasResource,
 )
-from orchestration.sql_models import ensure_schema, quote, swap_in
+from streaming.sql import ensure_schema, quote, swap_in
 from orchestration.topology import (
     INPUT_TOPIC,
     RECONCILIATION_KEY,
@@ -348,19 +348,20 @@ def read_at_a_cut(
     context: dg.AssetExecutionContext,
     config: ReconciliationConfig,
     kafka: KafkaResource,
-    engine: Engine,
-    sql_models: SqlModelsResource,
+    postgres: PostgresResource,
+    schemas: SchemasResource,
 ) -> Comparison:
     """Wait for every stage to reach a cut, read the stream tables, rebuild and read the batch
     ones; again at a new cut while input arrives or the UTC day changes during an attempt."""
-    schema = sql_models.reconciliation_schema
+    schema = schemas.reconciliation_schema
+    engine = postgres.engine()
     tables = {"long_term": "long_term_stats", "recent": "recent_stats"}
     for attempt in range(1, config.attempts + 1):
         cut = kafka.end_offsets([INPUT_TOPIC])
         as_of_day = config.as_of_day if config.as_of_day is not None else today()
         stages = wait_for_stages(kafka, cut, config.timeout_s)
         stream = {
-            kind: read_statistics(engine, f"{quote(sql_models.stream_schema)}.{quote(table)}")
+            kind: read_statistics(engine, f"{quote(schemas.stream_schema)}.{quote(table)}")
             for kind, table in tables.items()
         }
         build_batch_tables(engine, sql_models, schema, as_of_day)
@@ -393,20 +394,20 @@ def stream_vs_batch(
     config: ReconciliationConfig,
     kafka: KafkaResource,
     postgres: PostgresResource,
-    sql_models: SqlModelsResource,
+    schemas: SchemasResource,
 ) -> dg.MaterializeResult:
     """Every course's stream statistics (long_term_stats, recent_stats) against the batch
     models rebuilt at a consistent cut of the input topic; differences go to the
     `mismatches` table of the reconciliation schema, which the asset checks judge."""
     engine = postgres.engine()
-    comparison = read_at_a_cut(context, config, kafka, engine, sql_models)
+    comparison = read_at_a_cut(context, config, kafka, postgres, schemas)
     batch, stream = comparison.batch, comparison.stream
     tolerance = config.average_tolerance
     mismatches = compare("long_term", batch["long_term"], stream["long_term"], tolerance)
     mismatches += compare(
         "recent", batch["recent"], stream["recent"], tolerance, comparison.as_of_day
     )
-    write_mismatches(engine, sql_models.reconciliation_schema, mismatches)
+    write_mismatches(engine, schemas.reconciliation_schema, mismatches)
     now = time.time()
     newest = _newest_seconds([*stream["long_term"].values(), *stream["recent"].values()])
     last_batch = context.instance.get_latest_materialization_event(batch_key("long_term_stats"))

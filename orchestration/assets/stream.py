@@ -16,7 +16,7 @@ import dagster as dg
 from sqlalchemy import Engine, text
 
 from orchestration.resources import KafkaResource, SchemaRegistryResource
-from orchestration.sql_models import quote
+from streaming.sql import quote
 from orchestration.topology import (
     BACKFILL_KEY,
     INPUT_TOPIC,

@@ -35,7 +35,7 @@ from orchestration.resources import (
     PostgresResource,
     ReviewSourceResource,
     SchemaRegistryResource,
-    SqlModelsResource,
+    SchemasResource,
 )
 from orchestration.sensors import observe_stream
 from orchestration.sql_models import MODELS_DIR, ensure_schema
@@ -259,10 +259,10 @@ def engine(settings: Settings) -> Engine:
 
 
 @pytest.fixture
-def scratch(engine: Engine) -> Iterator[SqlModelsResource]:
+def scratch(engine: Engine) -> Iterator[SchemasResource]:
     """Scratch schemas for the stream tables, the batch models and the reconciliation."""
     base = f"t_{uuid.uuid4().hex[:10]}"
-    layout = SqlModelsResource(
+    layout = SchemasResource(
         stream_schema=base,
         batch_schema=f"{base}_batch",
         reconciliation_schema=f"{base}_recon",
@@ -294,7 +294,7 @@ def _batch_rows(engine: Engine, schema: str, table: str) -> dict[int, dict[str, 
 
 @pytest.mark.parametrize("timestamp_type", ["timestamp", "timestamptz"])
 def test_batch_models_equal_the_stream_reference(
-    engine: Engine, scratch: SqlModelsResource, settings: Settings, timestamp_type: str
+    engine: Engine, scratch: SchemasResource, settings: Settings, timestamp_type: str
 ) -> None:
     records = located(scripted_versions())
     write_reviews(engine, scratch.stream_schema, records, timestamp_type)
@@ -302,7 +302,7 @@ def test_batch_models_equal_the_stream_reference(
         build_batch_assets(str(MODELS_DIR)),
         resources={
             "postgres": PostgresResource(database_url=settings.database_url),
-            "sql_models": scratch,
+            "schemas": scratch,
         },
         run_config={"ops": {"batch__recent_stats": {"config": {"as_of_day": AS_OF_DAY}}}},
     )
@@ -385,7 +385,7 @@ def tie_records() -> list[Located]:
 
 @pytest.mark.parametrize("collation", ["default", "und-x-icu"])
 def test_batch_models_order_equal_modified_versions_by_offset(
-    engine: Engine, scratch: SqlModelsResource, settings: Settings, collation: str
+    engine: Engine, scratch: SchemasResource, settings: Settings, collation: str
 ) -> None:
     records = tie_records()
     write_reviews(engine, scratch.stream_schema, records, "timestamp", collation)
@@ -393,7 +393,7 @@ def test_batch_models_order_equal_modified_versions_by_offset(
         build_batch_assets(str(MODELS_DIR)),
         resources={
             "postgres": PostgresResource(database_url=settings.database_url),
-            "sql_models": scratch,
+            "schemas": scratch,
         },
         run_config={"ops": {"batch__recent_stats": {"config": {"as_of_day": AS_OF_DAY}}}},
     )
@@ -440,13 +440,13 @@ class CaughtUpKafka(KafkaResource):
         return {(topic, 0): 42 for topic in topics}
 
 
-def _reconcile(settings: Settings, layout: SqlModelsResource) -> dict[str, bool]:
+def _reconcile(settings: Settings, layout: SchemasResource) -> dict[str, bool]:
     result = dg.materialize(
         [stream_vs_batch, *reconciliation_checks],
         resources={
             "kafka": CaughtUpKafka(bootstrap_servers="unused:9092"),
             "postgres": PostgresResource(database_url=settings.database_url),
-            "sql_models": layout,
+            "schemas": layout,
         },
         run_config={
             "ops": {"reconciliation__stream_vs_batch": {"config": {"as_of_day": AS_OF_DAY}}}
@@ -457,7 +457,7 @@ def _reconcile(settings: Settings, layout: SqlModelsResource) -> dict[str, bool]
 
 
 def test_reconciliation_passes_on_agreement_and_fails_on_a_tampered_row(
-    engine: Engine, scratch: SqlModelsResource, settings: Settings
+    engine: Engine, scratch: SchemasResource, settings: Settings
 ) -> None:
     records = located(scripted_versions())
     write_reviews(engine, scratch.stream_schema, records, "timestamp")
@@ -487,7 +487,7 @@ def test_reconciliation_passes_on_agreement_and_fails_on_a_tampered_row(
 
 
 def test_reconciliation_fails_on_a_course_missing_from_the_stream(
-    engine: Engine, scratch: SqlModelsResource, settings: Settings
+    engine: Engine, scratch: SchemasResource, settings: Settings
 ) -> None:
     records = located(scripted_versions())
     write_reviews(engine, scratch.stream_schema, records, "timestamp")
@@ -499,7 +499,7 @@ def test_reconciliation_fails_on_a_course_missing_from_the_stream(
     assert _reconcile(settings, scratch)["long_term_stats_agree"] is False
 
 
-def _mismatches(engine: Engine, layout: SqlModelsResource) -> list[tuple]:
+def _mismatches(engine: Engine, layout: SchemasResource) -> list[tuple]:
     with engine.connect() as conn:
         rows = conn.execute(
             text(
@@ -511,7 +511,7 @@ def _mismatches(engine: Engine, layout: SqlModelsResource) -> list[tuple]:
 
 
 def test_reconciliation_fails_on_a_title_and_on_a_window_not_moved_with_the_clock(
-    engine: Engine, scratch: SqlModelsResource, settings: Settings
+    engine: Engine, scratch: SchemasResource, settings: Settings
 ) -> None:
     """Titles are compared exactly; a recent row still on yesterday's window is a mismatch
     with its reason, even where its counts happen to be right for the as-of day."""
@@ -602,7 +602,7 @@ def test_stream_observer_reports_every_topic_and_sink_table(settings: Settings) 
         "kafka": KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers),
         "schema_registry": SchemaRegistryResource(url=settings.schema_registry_url),
         "postgres": PostgresResource(database_url=settings.database_url),
-        "sql_models": SqlModelsResource(),
+        "schemas": SchemasResource(),
     }
     instance = dg.DagsterInstance.ephemeral()
     first = observe_stream(dg.build_sensor_context(instance=instance, resources=resources))

@@ -2,6 +2,14 @@
 -- as_of_day - (recent_days - 1) .. as_of_day (both epoch days; recent_days is 90), the
 -- reference for the stream's recent_stats on the same as-of day. Reviews created after the
 -- as-of day are outside the window. Same columns and rules as long_term_stats.
+-- One set of rows per as-of day (window_end_day): a run for a day replaces that day's rows and
+-- no other, so rebuilding a past day never touches today's.
+{{ config(
+    materialized='incremental',
+    unique_key='window_end_day',
+    incremental_strategy='delete+insert',
+    on_schema_change='fail'
+) }}
 with totals as (
     select
         course_id,
@@ -15,8 +23,8 @@ with totals as (
         sum(count_zero_star) as count_zero_star,
         max(last_review_ms) as last_review_ms
     from {{ ref('daily_course_stats') }}
-    where created_day between {{ var('as_of_day') }} - {{ var('recent_days') }} + 1
-        and {{ var('as_of_day') }}
+    where created_day between {{ as_of_day() }} - {{ var('recent_days') | int }} + 1
+        and {{ as_of_day() }}
     group by course_id
 )
 select
@@ -34,9 +42,9 @@ select
     timestamp 'epoch' + coalesce(t.last_review_ms, 0) * interval '1 millisecond'
         as last_review_time,
     coalesce(t.sum_halves, 0)::float8 / 2 as sum_rating,
-    date '1970-01-01' + ({{ var('as_of_day') }} - {{ var('recent_days') }} + 1)
+    date '1970-01-01' + ({{ as_of_day() }} - {{ var('recent_days') | int }} + 1)
         as window_start_day,
-    date '1970-01-01' + {{ var('as_of_day') }} as window_end_day,
+    date '1970-01-01' + {{ as_of_day() }} as window_end_day,
     now() at time zone 'UTC' as as_of_time
 from {{ ref('courses') }} as c
 left join totals as t using (course_id)

@@ -1,4 +1,4 @@
--- Current versions the fraud rule accepts (verdicts by the Python step `review_verdicts`, the
+-- Current versions the fraud rule accepts (verdicts by the Python step `reviews verdicts`, the
 -- stream's rule code, joined on the version's Kafka coordinates: two versions of a review may
 -- share `modified`), with the rating in halves (rating * 2, 1..10) so sums stay exact, and the
 -- UTC day of creation (epoch days, as the recent window counts them).
@@ -9,6 +9,6 @@ select
     (c.rating::numeric * 2)::int as halves,
     floor(c.created_ms / 86400000.0)::int as created_day
 from {{ ref('current_reviews') }} as c
-join {{ ref('review_verdicts') }} as v
+join {{ source('batch', 'review_verdicts') }} as v
     on v.source_partition = c.source_partition and v.source_offset = c.source_offset
 where not v.is_fraud

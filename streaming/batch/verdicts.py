@@ -1,0 +1,137 @@
+"""The batch's Python step: the fraud filter's verdict on every version of the sink's `reviews`.
+
+The rule hashes a review's canonical Avro bytes, which SQL cannot, so the dbt models read the
+verdicts from a table this step writes (`<schema>.review_verdicts`, the source
+`batch.review_verdicts` of `valid_reviews`). Each version is re-encoded from its row by the
+compiled encoder and judged by the model's batch entry point, the stream's own rule code.
+
+A version's verdict never changes (a record of `udemy-reviews` is immutable and the rule is a
+function of its bytes), so a run judges only the versions it has not judged yet, found by their
+Kafka coordinates, the table's key. The table remembers which model judged it: another
+FRAUD_MODEL (or `full_refresh`) judges every version again into a new table swapped in at the
+end. One run at a time per table (an advisory lock): two would judge the same versions twice.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, text
+
+from streaming.core.fraud import FraudModel
+from streaming.core.review_bytes import encode_reviews
+from streaming.sql import ensure_schema, quote, swap_in
+
+VERDICTS = "review_verdicts"
+CHUNK = 50_000
+DEFAULT_MODEL = "default (the hash rule)"
+"""How the table names the model when FRAUD_MODEL is unset."""
+
+_MS = "(extract(epoch from {}) * 1000)::bigint"
+REVIEW_COLUMNS = (
+    "id",
+    "title",
+    "content",
+    "rating",
+    _MS.format("created"),
+    _MS.format("modified"),
+    "user_title",
+    "user_name",
+    "user_display_name",
+    "course_id",
+    "course_title",
+    "course_url",
+)
+"""The sink's columns in the Review schema's field order (what `encode_reviews` takes)."""
+COORDINATES = ("__connect_partition", "__connect_offset")
+
+
+@dataclass(frozen=True)
+class VerdictRun:
+    judged: int
+    fraud: int
+    total: int
+    rebuilt: bool
+    """Whether every version was judged again (first run, another model, or asked)."""
+
+
+def _table_model(conn: Connection, schema: str) -> str | None:
+    """The model the table's comment names; None when the table does not exist."""
+    row = conn.execute(
+        text(
+            "select c.oid, obj_description(c.oid, 'pg_class') from pg_class c "
+            "join pg_namespace n on n.oid = c.relnamespace "
+            "where n.nspname = :schema and c.relname = :table and c.relkind = 'r'"
+        ),
+        {"schema": schema, "table": VERDICTS},
+    ).first()
+    return None if row is None else (row[1] or "")
+
+
+def _create(conn: Connection, relation: str, model_name: str) -> None:
+    conn.execute(text(f"drop table if exists {relation}"))
+    conn.execute(
+        text(
+            f"create table {relation} (id bigint not null, source_partition integer not null, "
+            "source_offset bigint not null, is_fraud boolean not null, "
+            "primary key (source_partition, source_offset))"
+        )
+    )
+    comment = model_name.replace("'", "''")
+    conn.execute(text(f"comment on table {relation} is 'model: {comment}'"))
+
+
+def write_verdicts(
+    engine: Engine,
+    *,
+    source_schema: str,
+    schema: str,
+    model: FraudModel,
+    model_name: str,
+    full_refresh: bool = False,
+) -> VerdictRun:
+    """Judge the versions of `source_schema.reviews` that `schema.review_verdicts` lacks."""
+    ensure_schema(engine, schema)
+    reviews = f"{quote(source_schema)}.{quote('reviews')}"
+    table = f"{quote(schema)}.{quote(VERDICTS)}"
+    judged = fraud = 0
+    with engine.begin() as writer:
+        writer.execute(text("select pg_advisory_xact_lock(hashtext(:t))"), {"t": table})
+        rebuild = full_refresh or _table_model(writer, schema) != f"model: {model_name}"
+        target = f"{quote(schema)}.{quote(VERDICTS + '__new')}" if rebuild else table
+        if rebuild:
+            _create(writer, target, model_name)
+        unjudged = (
+            ""
+            if rebuild
+            else f" where not exists (select 1 from {table} v where v.source_partition = "
+            "r.__connect_partition and v.source_offset = r.__connect_offset)"
+        )
+        select = f"select {', '.join(REVIEW_COLUMNS + COORDINATES)} from {reviews} r{unjudged}"
+        cursor = writer.connection.cursor()
+        with engine.connect() as reader:
+            result = reader.execution_options(stream_results=True, yield_per=CHUNK).execute(
+                text(select)
+            )
+            for chunk in result.partitions():
+                verdicts = _copy_chunk(cursor, target, chunk, model)
+                judged += len(chunk)
+                fraud += verdicts
+        if rebuild:
+            swap_in(writer, schema, VERDICTS)
+        total = int(writer.execute(text(f"select count(*) from {table}")).scalar_one())
+    return VerdictRun(judged, fraud, total, rebuild)
+
+
+def _copy_chunk(cursor: object, relation: str, chunk: list, model: FraudModel) -> int:
+    """Judge one chunk of rows and COPY its verdicts into `relation`; returns the fraud count."""
+    fields = len(REVIEW_COLUMNS)
+    verdicts = model.is_fraud_batch(*encode_reviews([row[:fields] for row in chunk]))
+    lines = io.StringIO()
+    for row, is_fraud in zip(chunk, verdicts.tolist(), strict=True):
+        partition, offset = row[fields:]
+        lines.write(f"{row[0]}\t{partition}\t{offset}\t{'t' if is_fraud else 'f'}\n")
+    lines.seek(0)
+    cursor.copy_expert(f"copy {relation} from stdin", lines)  # type: ignore[attr-defined]
+    return int(verdicts.sum())
