@@ -49,7 +49,6 @@ from orchestration.assets.batch import today
 from orchestration.assets.reconciliation import MISMATCHES_TABLE, stream_vs_batch, wait_for_stages
 from orchestration.checks import reconciliation_checks
 from orchestration.resources import KafkaResource, Offsets, PostgresResource, SchemasResource
-from streaming.sql import quote
 from orchestration.topology import INPUT_TOPIC
 from streaming.config import Settings
 from streaming.core.fraud import FRAUD_MODEL_ENV, load_model
@@ -60,6 +59,7 @@ from streaming.core.window import day_to_date
 from streaming.serde import local_schema
 from streaming.sink.render import load_connector
 from streaming.sink.tables import check_table, table_key
+from streaming.sql import quote
 
 SINK_SCHEMA = "public"
 """Where the sink's tables are: the scratch ones copy their columns, keys and types."""

@@ -29,7 +29,6 @@ from orchestration.resources import (
     SchemasResource,
     WorkerRuntimeResource,
 )
-from streaming.sql import quote
 from orchestration.supervision import (
     CONNECTOR_CHECK,
     assess_worker,
@@ -47,6 +46,7 @@ from orchestration.topology import (
     table_key,
     topic_key,
 )
+from streaming.sql import quote
 
 SAMPLE_ROWS = 20
 

@@ -3,7 +3,6 @@
 import dagster as dg
 from pydantic import Field
 
-from orchestration.assets.batch import AS_OF_DAYS
 from orchestration.resources import ConnectResource, WorkerRuntimeResource
 from orchestration.topology import BACKFILL_KEY, RECONCILIATION_KEY
 from streaming.sink.connect import describe
@@ -20,7 +19,7 @@ batch_job = dg.define_asset_job(
     "batch_statistics",
     selection=dg.AssetSelection.groups("batch"),
     executor_def=dg.in_process_executor,
-    partitions_def=AS_OF_DAYS,
+    # partitioned as its assets are: by as-of day (recent_stats); the others take no day
     description="The nightly batch: the fraud verdicts, then the dbt models and their tests over "
     "the reviews table, the recent window ending on the partition's day.",
 )

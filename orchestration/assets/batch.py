@@ -10,7 +10,6 @@ per as-of day, today's included, its rows keyed by the day (an incremental model
 of past days never replaces today's rows. The other models hold no day and are not partitioned.
 """
 
-
 import json
 import os
 import shutil
@@ -23,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from sqlalchemy import Engine
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from sqlalchemy import Engine, text
 
 from orchestration.resources import PostgresResource, SchemasResource
 from orchestration.topology import batch_key, table_key
@@ -34,10 +33,11 @@ from streaming.config import clock_from_env
 from streaming.core.fraud import load_model
 from streaming.core.window import date_to_day
 from streaming.settings import PipelineSettings, load
+from streaming.sql import quote
 
 PARTITIONED_MODEL = "recent_stats"
 """The one model that takes the as-of day (var('as_of_day'))."""
-AS_OF_DAYS = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1, timezone="UTC")
+AS_OF_DAYS = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_offset=1, timezone="UTC")
 """One partition per as-of day (UTC); end_offset=1: today's day is a partition, not only the
 finished ones, as the nightly job has always built the window ending today."""
 
@@ -137,11 +137,28 @@ def _build(
     context: dg.AssetExecutionContext,
     dbt: DbtCliResource,
     postgres: PostgresResource,
-    variables: str,
+    schemas: SchemasResource,
+    as_of_day: int | None = None,
 ) -> Iterator[Any]:
+    """`dbt build` of the selected models and their tests, each model's output with its row
+    count (counted where this run built it: the manifest names the default schemas)."""
+    extra = {} if as_of_day is None else {"as_of_day": as_of_day}
     with dbt_connection(postgres.database_url):
-        invocation = dbt.cli(["build", "--vars", variables], context=context)
-        yield from invocation.stream().fetch_row_counts()
+        invocation = dbt.cli(["build", "--vars", dbt_vars(schemas, **extra)], context=context)
+        for event in invocation.stream():
+            key = context.assets_def.keys_by_output_name.get(getattr(event, "output_name", ""))
+            if isinstance(event, dg.Output) and key is not None:
+                rows = _row_count(postgres.engine(), schemas.batch_schema, key.path[-1], as_of_day)
+                event = event.with_metadata({**event.metadata, "dagster/row_count": rows})
+            yield event
+
+
+def _row_count(engine: Engine, schema: str, model: str, as_of_day: int | None) -> int:
+    """Rows of a model; of the as-of day's set for recent_stats."""
+    where = "" if as_of_day is None else f" where window_end_day = date '1970-01-01' + {as_of_day}"
+    with engine.connect() as conn:
+        sql = f"select count(*) from {quote(schema)}.{quote(model)}{where}"
+        return int(conn.execute(text(sql)).scalar_one())
 
 
 @dbt_assets(
@@ -158,7 +175,7 @@ def batch_models(
     schemas: SchemasResource,
 ) -> Iterator[Any]:
     """The models that hold no as-of day, and their tests (`dbt build`)."""
-    yield from _build(context, dbt, postgres, dbt_vars(schemas))
+    yield from _build(context, dbt, postgres, schemas)
 
 
 @dbt_assets(
@@ -179,7 +196,7 @@ def batch_recent_stats(
 ) -> Iterator[Any]:
     """The recent window ending on the partition's day, replacing that day's rows only."""
     day = partition_day(context.partition_key)
-    yield from _build(context, dbt, postgres, dbt_vars(schemas, as_of_day=day))
+    yield from _build(context, dbt, postgres, schemas, day)
 
 
 def fraud_model_spec() -> str | None:

@@ -4,8 +4,9 @@ The cut is the input topic's end offsets. Every stage (fraud filter, the aggrega
 steps, the sink connectors) is then waited on, upstream first, until its consumer group has
 committed everything up to the cut: for the first stages the cut itself, for later ones the end
 offsets of their input topics once the stage before them got there. The batch models are then
-rebuilt from the sink's `reviews` table into the reconciliation schema (the verdicts step and
-`dbt run`, as the nightly batch builds them), their recent window ending on the as-of day (today, UTC, unless configured), and every course's statistics compared
+rebuilt from the sink's `reviews` table into the reconciliation schema (the verdicts step, then
+`dbt run`, as the nightly batch builds them), their recent window ending on the as-of day (today,
+UTC, unless configured), and every course's statistics compared
 with the stream tables: titles, counts, buckets and sums exactly, averages within a tolerance.
 A stream row of `recent_stats` whose window ends on another day is a mismatch of its own (the
 aggregator has not moved it with the clock). If input arrived or the UTC day changed meanwhile,
@@ -30,7 +31,6 @@ from orchestration.resources import (
     PostgresResource,
     SchemasResource,
 )
-from streaming.sql import ensure_schema, quote, swap_in
 from orchestration.topology import (
     INPUT_TOPIC,
     RECONCILIATION_KEY,
@@ -42,6 +42,7 @@ from orchestration.topology import (
 )
 from streaming.core.ratings import BUCKET_FIELDS
 from streaming.core.window import date_to_day, day_to_date
+from streaming.sql import ensure_schema, quote, swap_in
 
 EXACT_FIELDS = (
     "course_title",
@@ -364,10 +365,15 @@ def read_at_a_cut(
             kind: read_statistics(engine, f"{quote(schemas.stream_schema)}.{quote(table)}")
             for kind, table in tables.items()
         }
-        build_batch_tables(engine, sql_models, schema, as_of_day)
+        build_batch_tables(engine, postgres.database_url, schemas.stream_schema, schema, as_of_day)
         batch = {
-            kind: read_statistics(engine, f"{quote(schema)}.{quote(table)}")
-            for kind, table in tables.items()
+            "long_term": read_statistics(engine, f"{quote(schema)}.{quote('long_term_stats')}"),
+            # the model keeps a set of rows per as-of day: this one's
+            "recent": read_statistics(
+                engine,
+                f"(select * from {quote(schema)}.{quote('recent_stats')} "
+                f"where window_end_day = date '1970-01-01' + {int(as_of_day)})",
+            ),
         }
         same_day = config.as_of_day is not None or today() == as_of_day
         if same_day and kafka.end_offsets([INPUT_TOPIC]) == cut:

@@ -16,7 +16,6 @@ import dagster as dg
 from sqlalchemy import Engine, text
 
 from orchestration.resources import KafkaResource, SchemaRegistryResource
-from streaming.sql import quote
 from orchestration.topology import (
     BACKFILL_KEY,
     INPUT_TOPIC,
@@ -27,6 +26,7 @@ from orchestration.topology import (
     topic_key,
 )
 from streaming.admin import load_topic_specs
+from streaming.sql import quote
 
 STATS_TABLES = frozenset({"long_term_stats", "recent_stats"})
 

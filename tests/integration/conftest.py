@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import SchemaRegistryClient
+from sqlalchemy import Engine, create_engine, text
 
+from orchestration.resources import SchemasResource
 from streaming.admin import wait_for_kafka
 from streaming.config import Settings, registry_client_config
 
@@ -42,3 +44,25 @@ def temp_topic(admin: AdminClient) -> Iterator[str]:
     admin.create_topics([NewTopic(name, 1, 1)])[name].result(30)
     yield name
     admin.delete_topics([name])[name].result(30)
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Engine:
+    return create_engine(settings.database_url)
+
+
+@pytest.fixture
+def scratch(engine: Engine) -> Iterator[SchemasResource]:
+    """Scratch schemas for the stream tables, the batch models and the reconciliation."""
+    base = f"t_{uuid.uuid4().hex[:10]}"
+    layout = SchemasResource(
+        stream_schema=base,
+        batch_schema=f"{base}_batch",
+        reconciliation_schema=f"{base}_recon",
+    )
+    with engine.begin() as conn:
+        conn.execute(text(f'create schema "{base}"'))
+    yield layout
+    with engine.begin() as conn:
+        for schema in (base, layout.batch_schema, layout.reconciliation_schema):
+            conn.execute(text(f'drop schema if exists "{schema}" cascade'))

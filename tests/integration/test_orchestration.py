@@ -1,7 +1,8 @@
 """Orchestration against the real PostgreSQL and Kafka of the stack.
 
-The batch SQL models must give exactly the numbers of `compute_from_scratch` (the stream's
-reference) on a scripted data set; the reconciliation must pass on agreeing tables and fail on
+The batch's dbt models, run by Dagster, must give exactly the numbers of `compute_from_scratch`
+(the stream's reference) on a scripted data set, every dbt test passing as an asset check; the
+reconciliation must pass on agreeing tables and fail on
 a tampered one; the Kafka offset reads must tell transaction markers from unread records.
 """
 
@@ -12,7 +13,6 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,28 +25,30 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from sqlalchemy import Engine, create_engine, text
 
 from orchestration.assets.backfill import course_reviews, courses
-from orchestration.assets.batch import build_batch_assets
+from orchestration.assets.batch import DBT_PROJECT, batch_assets
 from orchestration.assets.reconciliation import stream_vs_batch, wait_for_stages
 from orchestration.assets.stream import observe_tables
 from orchestration.checks import reconciliation_checks
 from orchestration.resources import (
     KafkaResource,
     LocalProcessRuntime,
+    OfflineDbtCliResource,
     PostgresResource,
     ReviewSourceResource,
     SchemaRegistryResource,
     SchemasResource,
 )
 from orchestration.sensors import observe_stream
-from orchestration.sql_models import MODELS_DIR, ensure_schema
 from orchestration.topology import SINKS, Stage, table_key, topic_key
 from streaming.admin import load_topic_specs
+from streaming.batch.dbt import dbt_executable
 from streaming.config import REPO_ROOT, Settings
 from streaming.core.fraud import HashFraudModel
 from streaming.core.ratings import BUCKET_FIELDS, RATINGS, rating_halves
 from streaming.core.stats import ReviewVersion, compute_from_scratch
 from streaming.core.window import MS_PER_DAY, day_to_date
 from streaming.source.client import UdemyClient, client_secret_from_env
+from streaming.sql import ensure_schema
 
 pytestmark = pytest.mark.integration
 
@@ -253,29 +255,32 @@ def write_stream_tables(engine: Engine, schema: str, stats: dict[int, tuple[dict
             )
 
 
-@pytest.fixture
-def engine(settings: Settings) -> Engine:
-    return create_engine(settings.database_url)
-
-
-@pytest.fixture
-def scratch(engine: Engine) -> Iterator[SchemasResource]:
-    """Scratch schemas for the stream tables, the batch models and the reconciliation."""
-    base = f"t_{uuid.uuid4().hex[:10]}"
-    layout = SchemasResource(
-        stream_schema=base,
-        batch_schema=f"{base}_batch",
-        reconciliation_schema=f"{base}_recon",
+def build_batch(
+    settings: Settings, layout: SchemasResource, as_of_day: int
+) -> dg.ExecuteInProcessResult:
+    """The batch job's assets (verdicts, every dbt model and test), the recent window ending on
+    `as_of_day`'s partition, into the scratch schemas; every dbt test must pass."""
+    result = dg.materialize(
+        batch_assets,
+        partition_key=day_to_date(as_of_day).isoformat(),
+        resources={
+            "postgres": PostgresResource(database_url=settings.database_url),
+            "schemas": layout,
+            "dbt": OfflineDbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable()),
+        },
     )
-    with engine.begin() as conn:
-        conn.execute(text(f'create schema "{base}"'))
-    yield layout
-    with engine.begin() as conn:
-        for schema in (base, layout.batch_schema, layout.reconciliation_schema):
-            conn.execute(text(f'drop schema if exists "{schema}" cascade'))
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert len(checks) >= 20 and all(checks.values()), checks
+    return result
 
 
-def _batch_rows(engine: Engine, schema: str, table: str) -> dict[int, dict[str, Any]]:
+def _batch_rows(
+    engine: Engine, schema: str, table: str, as_of_day: int = AS_OF_DAY
+) -> dict[int, dict[str, Any]]:
+    where = (
+        f"where window_end_day = date '1970-01-01' + {as_of_day}" if table == "recent_stats" else ""
+    )
     with engine.connect() as conn:
         rows = (
             conn.execute(
@@ -283,7 +288,7 @@ def _batch_rows(engine: Engine, schema: str, table: str) -> dict[int, dict[str, 
                     "select *, (extract(epoch from last_review_time) * 1000)::bigint as last_ms, "
                     "window_start_day - date '1970-01-01' as start_day, "
                     "window_end_day - date '1970-01-01' as end_day "
-                    f'from "{schema}".{table}'
+                    f'from "{schema}".{table} {where}'
                 )
             )
             .mappings()
@@ -298,15 +303,7 @@ def test_batch_models_equal_the_stream_reference(
 ) -> None:
     records = located(scripted_versions())
     write_reviews(engine, scratch.stream_schema, records, timestamp_type)
-    result = dg.materialize(
-        build_batch_assets(str(MODELS_DIR)),
-        resources={
-            "postgres": PostgresResource(database_url=settings.database_url),
-            "schemas": scratch,
-        },
-        run_config={"ops": {"batch__recent_stats": {"config": {"as_of_day": AS_OF_DAY}}}},
-    )
-    assert result.success
+    result = build_batch(settings, scratch, AS_OF_DAY)
     expected = expected_statistics(records)
     assert expected[104][0]["count_reviews"] == 0, "the fraud-only course must count nothing"
     for index, table in enumerate(("long_term_stats", "recent_stats")):
@@ -323,8 +320,9 @@ def test_batch_models_equal_the_stream_reference(
                     assert row["end_day"] == value, (table, course_id, field)
                 elif field != "as_of_time":
                     assert row[field] == value, (table, course_id, field, row[field], value)
-    materialised = result.asset_materializations_for_node("batch__long_term_stats")
-    assert materialised[0].metadata["dagster/row_count"].value == len(COURSES)
+    materialised = {m.asset_key: m for m in result.asset_materializations_for_node("batch_models")}
+    long_term = materialised[dg.AssetKey(["batch", "long_term_stats"])]
+    assert long_term.metadata["dagster/row_count"].value == len(COURSES)
 
 
 def _record(
@@ -389,15 +387,7 @@ def test_batch_models_order_equal_modified_versions_by_offset(
 ) -> None:
     records = tie_records()
     write_reviews(engine, scratch.stream_schema, records, "timestamp", collation)
-    result = dg.materialize(
-        build_batch_assets(str(MODELS_DIR)),
-        resources={
-            "postgres": PostgresResource(database_url=settings.database_url),
-            "schemas": scratch,
-        },
-        run_config={"ops": {"batch__recent_stats": {"config": {"as_of_day": AS_OF_DAY}}}},
-    )
-    assert result.success
+    build_batch(settings, scratch, AS_OF_DAY)
     created = {rid: (AS_OF_DAY - 1) * MS_PER_DAY + rid for rid in range(1001, 1010)}
     # course: (title, count, sum, five, four, three, two, one, zero, last review created)
     expected = {

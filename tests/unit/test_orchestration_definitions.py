@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 import dagster as dg
 import yaml
 
+from orchestration.assets.batch import AS_OF_DAYS, PARTITIONED_MODEL
 from orchestration.definitions import defs
 from orchestration.schedules import nightly_batch
-from orchestration.sql_models import MODELS_DIR
 from orchestration.topology import RECONCILIATION_KEY, batch_key, table_key, topic_key
+from streaming.batch.dbt import PROJECT_DIR
 from streaming.config import REPO_ROOT
 
 
@@ -31,11 +32,16 @@ def test_dagster_validates_the_definitions() -> None:
     assert "All code locations passed validation" in result.stdout + result.stderr
 
 
-def test_every_sql_file_is_a_batch_asset_next_to_the_stream_lineage() -> None:
+def test_every_dbt_model_is_a_batch_asset_next_to_the_stream_lineage() -> None:
     graph = defs.resolve_asset_graph()
     keys = graph.get_all_asset_keys()
-    for path in MODELS_DIR.glob("*.sql"):
-        assert batch_key(path.stem) in keys
+    for path in (PROJECT_DIR / "models").glob("*.sql"):
+        node = graph.get(batch_key(path.stem))
+        assert node.group_name == "batch"
+        assert node.description, path.stem
+        columns = node.metadata["dagster/column_schema"].columns
+        assert columns and all(c.description for c in columns), path.stem
+        assert (node.partitions_def is not None) == (path.stem == PARTITIONED_MODEL)
     parents = {key: set(graph.get(key).parent_keys) for key in keys}
     assert parents[topic_key("udemy-reviews-valid")] == {topic_key("udemy-reviews")}
     assert topic_key("long-term-stats") in parents[table_key("long_term_stats")]
@@ -60,11 +66,27 @@ def test_the_nightly_schedule_computes_the_batch_as_of_its_day() -> None:
     context = dg.build_schedule_context(
         scheduled_execution_time=datetime(2024, 10, 4, 2, 0, tzinfo=UTC)
     )
-    [request] = nightly_batch.evaluate_tick(context).run_requests
-    job = defs.resolve_job_def("batch_statistics")
-    assert dg.validate_run_config(job, request.run_config)
-    assert request.run_config["ops"]["batch__recent_stats"]["config"] == {"as_of_day": 20000}
-    assert nightly_batch.default_status == dg.DefaultScheduleStatus.RUNNING
+    schedule = defs.resolve_schedule_def(nightly_batch.name)
+    [request] = schedule.evaluate_tick(context).run_requests
+    assert request.partition_key == "2024-10-04", "the window ends on the night's own day"
+    assert schedule.cron_schedule == "0 2 * * *"
+    assert schedule.execution_timezone == "UTC"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert defs.resolve_job_def("batch_statistics").partitions_def == AS_OF_DAYS
+
+
+def test_every_dbt_test_is_an_asset_check_of_its_model() -> None:
+    graph = defs.resolve_asset_graph()
+    checks = {(c.asset_key, c.name) for c in graph.asset_check_keys}
+    for model, test in [
+        ("current_reviews", "one_current_version_per_review"),
+        ("current_reviews", "unique_current_reviews_id"),
+        ("recent_stats", "recent_window_bounds"),
+        ("recent_stats", "recent_averages_equal_sum_over_count"),
+        ("long_term_stats", "long_term_averages_equal_sum_over_count"),
+        ("valid_reviews", "relationships_valid_reviews_id__id__ref_current_reviews_"),
+    ]:
+        assert (batch_key(model), test) in checks
 
 
 def test_dagster_yaml_turns_telemetry_off_and_stores_in_postgres() -> None:
