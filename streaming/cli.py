@@ -231,7 +231,7 @@ def _verdicts(args: argparse.Namespace) -> int:
     from sqlalchemy import create_engine
     from sqlalchemy.exc import SQLAlchemyError
 
-    from streaming.batch.verdicts import DEFAULT_MODEL, write_verdicts
+    from streaming.batch.verdicts import DEFAULT_MODEL, MissingReviews, write_verdicts
     from streaming.core.fraud import load_model
     from streaming.settings import DatabaseSettings, PipelineSettings, load
 
@@ -246,10 +246,13 @@ def _verdicts(args: argparse.Namespace) -> int:
             model_name=spec or DEFAULT_MODEL,
             full_refresh=args.full_refresh,
         )
+    except MissingReviews as exc:
+        print(f"verdicts: {exc}", file=sys.stderr)
+        return 1
     except SQLAlchemyError as exc:
         print(f"verdicts: PostgreSQL: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
-    how = "every version judged again" if run.rebuilt else "new versions only"
+    how = "the table built anew" if run.rebuilt else "new versions only"
     print(
         f"verdicts: {run.judged} versions judged ({how}), {run.fraud} fraud; "
         f"{args.schema}.review_verdicts holds {run.total}"

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,10 @@ PARTITIONED_MODEL = "recent_stats"
 AS_OF_DAYS = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_offset=1, timezone="UTC")
 """One partition per as-of day (UTC); end_offset=1: today's day is a partition, not only the
 finished ones, as the nightly job has always built the window ending today."""
+
+
+BUILT_DAILY = dg.FreshnessPolicy.time_window(fail_window=timedelta(days=1))
+"""Dagster's own freshness for every batch asset (the `fresh_within_a_day` checks' promise)."""
 
 
 def today() -> int:
@@ -107,6 +111,14 @@ class BatchTranslator(DagsterDbtTranslator):
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         return "batch" if dbt_resource_props["resource_type"] == "model" else None
+
+    def get_asset_spec(
+        self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
+    ) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        if not unique_id.startswith("model."):
+            return spec
+        return spec.replace_attributes(freshness_policy=BUILT_DAILY)
 
 
 TRANSLATOR = BatchTranslator()
@@ -209,6 +221,7 @@ def fraud_model_spec() -> str | None:
     deps=[table_key("reviews")],
     group_name="batch",
     kinds={"python", "postgres"},
+    freshness_policy=BUILT_DAILY,
 )
 def review_verdicts(
     context: dg.AssetExecutionContext, postgres: PostgresResource, schemas: SchemasResource

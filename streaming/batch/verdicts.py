@@ -47,6 +47,10 @@ REVIEW_COLUMNS = (
 COORDINATES = ("__connect_partition", "__connect_offset")
 
 
+class MissingReviews(LookupError):
+    """The sink's `reviews` table does not exist (yet): nothing to judge."""
+
+
 @dataclass(frozen=True)
 class VerdictRun:
     judged: int
@@ -92,8 +96,14 @@ def write_verdicts(
     full_refresh: bool = False,
 ) -> VerdictRun:
     """Judge the versions of `source_schema.reviews` that `schema.review_verdicts` lacks."""
-    ensure_schema(engine, schema)
     reviews = f"{quote(source_schema)}.{quote('reviews')}"
+    with engine.connect() as conn:
+        if conn.execute(text("select to_regclass(:t)"), {"t": reviews}).scalar() is None:
+            raise MissingReviews(
+                f"no table {source_schema}.reviews: the sink connector udemy-reviews has written "
+                "nothing yet (is it deployed, has anything been ingested?)"
+            )
+    ensure_schema(engine, schema)
     table = f"{quote(schema)}.{quote(VERDICTS)}"
     judged = fraud = 0
     with engine.begin() as writer:

@@ -135,6 +135,15 @@ def test_verdicts_judge_only_new_versions_and_all_again_for_another_model(
     assert (other.judged, other.total, other.rebuilt) == (len(records) + 3,) * 2 + (True,)
 
 
+def test_verdicts_without_a_reviews_table_say_what_is_missing(
+    engine: Engine, scratch: SchemasResource, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ["--schema", scratch.batch_schema, "--stream-schema", scratch.stream_schema]
+    assert reviews(["verdicts", *where]) == 1
+    err = capsys.readouterr().err
+    assert f"no table {scratch.stream_schema}.reviews" in err and "Traceback" not in err
+
+
 def test_the_shell_commands_run_the_verdicts_then_dbt_build(
     engine: Engine,
     scratch: SchemasResource,

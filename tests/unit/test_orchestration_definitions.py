@@ -42,6 +42,7 @@ def test_every_dbt_model_is_a_batch_asset_next_to_the_stream_lineage() -> None:
         columns = node.metadata["dagster/column_schema"].columns
         assert columns and all(c.description for c in columns), path.stem
         assert (node.partitions_def is not None) == (path.stem == PARTITIONED_MODEL)
+        assert node.freshness_policy is not None, "built within a day, as the checks say"
     parents = {key: set(graph.get(key).parent_keys) for key in keys}
     assert parents[topic_key("udemy-reviews-valid")] == {topic_key("udemy-reviews")}
     assert topic_key("long-term-stats") in parents[table_key("long_term_stats")]
