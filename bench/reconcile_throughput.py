@@ -30,6 +30,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -51,6 +52,7 @@ from orchestration.assets.reconciliation import MISMATCHES_TABLE, stream_vs_batc
 from orchestration.checks import reconciliation_checks
 from orchestration.resources import KafkaResource, Offsets, PostgresResource, SchemasResource
 from orchestration.topology import INPUT_TOPIC
+from streaming.batch.dbt import PROJECT_DIR
 from streaming.config import Settings
 from streaming.core.fraud import FRAUD_MODEL_ENV, load_model
 from streaming.core.ratings import rating_halves
@@ -365,6 +367,7 @@ def main() -> int:
         with engine.begin() as conn:
             for schema in (base, layout.batch_schema, layout.reconciliation_schema):
                 conn.execute(text(f"drop schema if exists {quote(schema)} cascade"))
+        shutil.rmtree(PROJECT_DIR / "target" / f"build-{layout.reconciliation_schema}", True)
     result = {
         "reconcile_1m_s": round(statistics.median(r["reconcile_s"] for r in runs), 1),
         # the first run judges every version (its verdicts table is new); later ones only new

@@ -256,38 +256,39 @@ def build_batch_tables(
     """The whole batch side into `schema`: the verdicts, then `dbt run` of every model (no tests:
     the reconciliation compares the results itself), the recent window ending on `as_of_day`.
 
-    The reconciliation rebuilds at its cut with this. The run's artifacts go to a directory of
-    its own; partial parsing starts from the project's manifest state, so no full parse is paid.
+    The reconciliation rebuilds at its cut with this. One build per schema at a time (a
+    PostgreSQL advisory lock): two would race on the same tables. Each schema keeps its dbt
+    artifacts in a directory of its own, so the next build with the same vars (the same day)
+    parses only what changed.
     """
     spec = fraud_model_spec()
-    write_verdicts(
-        engine,
-        source_schema=stream_schema,
-        schema=schema,
-        model=load_model(spec),
-        model_name=spec or DEFAULT_MODEL,
-    )
     variables = {"stream_schema": stream_schema, "target_schema": schema, "as_of_day": as_of_day}
-    target = Path(tempfile.mkdtemp(prefix="reconcile-", dir=MANIFEST.parent))
-    try:
-        state = MANIFEST.parent / "partial_parse.msgpack"
-        if state.exists():
-            shutil.copy(state, target / state.name)
-        env = {**dbt_env(database_url), "DBT_TARGET_PATH": str(target), "DBT_LOG_PATH": str(target)}
-        done = subprocess.run(
-            [dbt_executable(), "--quiet", "run", "--vars", json.dumps(variables)],
-            cwd=PROJECT_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            raise dg.Failure(
-                f"dbt run into {schema} failed (exit {done.returncode})",
-                metadata={"dbt output": dg.MetadataValue.text(done.stdout + done.stderr)},
+    target = MANIFEST.parent / f"build-{schema}"
+    env = {**dbt_env(database_url), "DBT_TARGET_PATH": str(target), "DBT_LOG_PATH": str(target)}
+    with engine.connect() as lock:
+        lock.execute(text("select pg_advisory_lock(hashtext(:k))"), {"k": f"batch build {schema}"})
+        try:
+            write_verdicts(
+                engine,
+                source_schema=stream_schema,
+                schema=schema,
+                model=load_model(spec),
+                model_name=spec or DEFAULT_MODEL,
             )
-    finally:
-        shutil.rmtree(target, ignore_errors=True)
+            done = subprocess.run(
+                [dbt_executable(), "--quiet", "run", "--vars", json.dumps(variables)],
+                cwd=PROJECT_DIR,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+        finally:
+            lock.execute(text("select pg_advisory_unlock_all()"))
+    if done.returncode != 0:
+        raise dg.Failure(
+            f"dbt run into {schema} failed (exit {done.returncode}; artifacts in {target})",
+            metadata={"dbt output": dg.MetadataValue.text(done.stdout + done.stderr)},
+        )
 
 
 batch_assets: list[dg.AssetsDefinition] = [review_verdicts, batch_models, batch_recent_stats]

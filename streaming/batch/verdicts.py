@@ -15,8 +15,11 @@ end. One run at a time per table (an advisory lock): two would judge the same ve
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import psycopg2.extensions
 from sqlalchemy import Connection, Engine, text
 
 from streaming.core.fraud import FraudModel
@@ -120,18 +123,31 @@ def write_verdicts(
         )
         select = f"select {', '.join(REVIEW_COLUMNS + COORDINATES)} from {reviews} r{unjudged}"
         cursor = writer.connection.cursor()
-        with engine.connect() as reader:
-            result = reader.execution_options(stream_results=True, yield_per=CHUNK).execute(
-                text(select)
-            )
-            for chunk in result.partitions():
-                verdicts = _copy_chunk(cursor, target, chunk, model)
-                judged += len(chunk)
-                fraud += verdicts
+        for chunk in _read_chunks(engine, select):
+            judged += len(chunk)
+            fraud += _copy_chunk(cursor, target, chunk, model)
         if rebuild:
             swap_in(writer, schema, VERDICTS)
         total = int(writer.execute(text(f"select count(*) from {table}")).scalar_one())
     return VerdictRun(judged, fraud, total, rebuild)
+
+
+def _read_chunks(engine: Engine, select: str) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of `select`, CHUNK at a time, through a server-side cursor (the table may not
+    fit in memory), text columns as undecoded UTF-8 bytes: the encoder wants bytes, and
+    decoding a million rows' strings only to encode them again costs more than the judging."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.driver_connection.cursor(name="review_verdicts")  # type: ignore[union-attr]
+        psycopg2.extensions.register_type(psycopg2.extensions.BYTES, cursor)
+        cursor.itersize = CHUNK
+        cursor.execute(select)
+        while chunk := cursor.fetchmany(CHUNK):
+            yield chunk
+        cursor.close()
+    finally:
+        raw.rollback()
+        raw.close()
 
 
 def _copy_chunk(cursor: object, relation: str, chunk: list, model: FraudModel) -> int:

@@ -62,7 +62,8 @@ def encode_reviews(rows: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarra
 
     A row holds the Review's fields in REVIEW_LAYOUT order, nested records flattened (the sink's
     `reviews` columns): id, title, content, rating, created, modified, user title, name,
-    display_name, course id, title, url; only title and content may be None. The bytes equal
+    display_name, course id, title, url; only title and content may be None; strings as str or as
+    UTF-8 bytes (a column one or the other). The bytes equal
     fastavro's. The batch side re-encodes a million current versions per run: fastavro's call
     and dicts cost ~10 µs a record; here strings are UTF-8 encoded a column at a time and the
     bytes written compiled, ~3 µs a record, most of it the string encoding.
@@ -81,12 +82,7 @@ def encode_reviews(rows: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarra
             continue
         if kind == _OPTIONAL_STRING:
             nulls[len(texts)] = np.fromiter((v is None for v in column), dtype=np.bool_, count=n)
-            texts.append([b"" if v is None else v.encode() for v in column])
-            continue
-        try:
-            texts.append([v.encode() for v in column])
-        except AttributeError:
-            raise ValueError(f"field {position} of a Review row is a required string") from None
+        texts.append(_utf8(column, position, optional=kind == _OPTIONAL_STRING))
     lengths = np.array([np.fromiter(map(len, t), dtype=np.int64, count=n) for t in texts])
     flat = lengths.ravel()
     text_starts = (np.cumsum(flat) - flat).reshape(lengths.shape)
@@ -98,6 +94,24 @@ def encode_reviews(rows: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarra
         REVIEW_LAYOUT, longs, text, text_starts, lengths, nulls, out, starts, ends
     )
     return out[:size], starts, ends
+
+
+def _utf8(column: Sequence[Any], position: int, *, optional: bool) -> list[bytes]:
+    """A string column as UTF-8 bytes: str values encoded, bytes ones (a database driver can hand
+    text over undecoded, which saves decoding it only to encode it again) taken as they are."""
+    as_bytes = isinstance(next((v for v in column if v is not None), ""), bytes)
+    try:
+        if optional:
+            if as_bytes:
+                return [b"" if v is None else v for v in column]
+            return [b"" if v is None else v.encode() for v in column]
+        if as_bytes:
+            if any(v is None for v in column):
+                raise AttributeError
+            return list(column)
+        return [v.encode() for v in column]
+    except AttributeError:
+        raise ValueError(f"field {position} of a Review row is a required string") from None
 
 
 @numba.njit(cache=True, nogil=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 
@@ -12,6 +13,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from orchestration.resources import SchemasResource
 from streaming.admin import wait_for_kafka
+from streaming.batch.dbt import PROJECT_DIR
 from streaming.config import Settings, registry_client_config
 
 pytestmark = pytest.mark.integration
@@ -66,3 +68,4 @@ def scratch(engine: Engine) -> Iterator[SchemasResource]:
     with engine.begin() as conn:
         for schema in (base, layout.batch_schema, layout.reconciliation_schema):
             conn.execute(text(f'drop schema if exists "{schema}" cascade'))
+    shutil.rmtree(PROJECT_DIR / "target" / f"build-{layout.reconciliation_schema}", True)
