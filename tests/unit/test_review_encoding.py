@@ -68,3 +68,21 @@ def test_a_missing_required_string_or_field_is_refused() -> None:
         encode_reviews([(*row[:3], None, *row[4:])])
     with pytest.raises(ValueError, match="12 fields, not 11"):
         encode_reviews([row[:11]])
+
+
+def _as_bytes(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(v.encode() if isinstance(v, str) else v for v in row)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(ROWS, min_size=1, max_size=8))
+def test_strings_given_as_utf8_bytes_encode_the_same(rows: list[tuple[Any, ...]]) -> None:
+    """What the batch's verdicts step hands over: the driver's undecoded text."""
+    want, got = encode_reviews(rows), encode_reviews([_as_bytes(r) for r in rows])
+    assert all((a == b).all() for a, b in zip(want, got, strict=True))
+
+
+def test_a_missing_required_string_given_as_bytes_is_refused() -> None:
+    row = _as_bytes((1, None, None, "5.0", 0, 0, "u", "n", "d", 7, "course", "/c/"))
+    with pytest.raises(ValueError, match=r"field 6 .* required string"):
+        encode_reviews([row, (*row[:6], None, *row[7:])])
