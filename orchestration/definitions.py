@@ -11,10 +11,11 @@ import os
 import dagster as dg
 
 from orchestration.assets.backfill import course_reviews
-from orchestration.assets.batch import DBT_PROJECT, batch_assets
+from orchestration.assets.batch import batch_assets
 from orchestration.assets.reconciliation import stream_vs_batch
 from orchestration.assets.stream import table_specs, topic_specs
 from orchestration.checks import freshness_checks, health_checks, reconciliation_checks
+from orchestration.dbt_project import DBT_PROJECT
 from orchestration.jobs import (
     batch_job,
     course_backfill_job,

@@ -25,10 +25,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from sqlalchemy import Engine, create_engine, text
 
 from orchestration.assets.backfill import course_reviews, courses
-from orchestration.assets.batch import DBT_PROJECT, batch_assets
+from orchestration.assets.batch import batch_assets
 from orchestration.assets.reconciliation import stream_vs_batch, wait_for_stages
 from orchestration.assets.stream import observe_tables
 from orchestration.checks import reconciliation_checks
+from orchestration.dbt_project import DBT_PROJECT
 from orchestration.resources import (
     KafkaResource,
     LocalProcessRuntime,
