@@ -425,7 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for noisy in ("httpx", "httpx2"):  # one line per registry request is noise at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dbt"] and argv[1:2] not in ([], ["-h"], ["--help"]):
+        # dbt's arguments as they are: argparse would take dbt's own options (--version) as ours
+        args = argparse.Namespace(command="dbt", func=_dbt, dbt_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as exc:  # a bad variable: its name and why, not a traceback

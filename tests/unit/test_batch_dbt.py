@@ -111,3 +111,19 @@ def test_plain_dbt_reaches_for_no_network_from_the_project(
     assert seen == [], "the project's flags keep dbt offline"
     _parse(tmp_path, url, DBT_SEND_ANONYMOUS_USAGE_STATS="true")
     assert seen, "with usage statistics on, dbt does try (the proxy would have seen it)"
+
+
+@pytest.mark.parametrize(
+    "argv", [["build", "--select", "recent_stats"], ["--version"], ["run", "--help"]]
+)
+def test_reviews_dbt_hands_every_argument_to_dbt(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streaming import cli
+    from streaming.batch import dbt
+
+    calls: list[tuple[list[str], str]] = []
+    monkeypatch.setattr(dbt, "run_dbt", lambda args, url: calls.append((list(args), url)) or 0)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db/stats")
+    assert cli.main(["dbt", *argv]) == 0
+    assert calls == [(argv, "postgresql://app@db/stats")]
