@@ -26,7 +26,7 @@ await dismissOnboarding();
 await page.waitForTimeout(8000);
 await page.screenshot({ path: "docs/asset-graph.png" });
 
-// the batch lineage: the SQL models over the sink's reviews table
+// the batch lineage: the dbt models and the verdicts step over the sink's reviews table
 await page.goto(`${base}/locations/__repository__@reviews/asset-groups/batch`, {
   waitUntil: "networkidle",
 });
