@@ -228,30 +228,29 @@ def _prometheus_config(args: argparse.Namespace) -> int:
 
 
 def _verdicts(args: argparse.Namespace) -> int:
+    import psycopg2
     from sqlalchemy import create_engine
     from sqlalchemy.exc import SQLAlchemyError
 
-    from streaming.batch.verdicts import DEFAULT_MODEL, MissingReviews, write_verdicts
-    from streaming.core.fraud import load_model
-    from streaming.settings import DatabaseSettings, PipelineSettings, load
+    from streaming.batch.verdicts import MissingReviews, judge_new_versions
+    from streaming.settings import DatabaseSettings, load
 
-    spec = load(PipelineSettings).fraud_model
-    url = load(DatabaseSettings).url
     try:
-        run = write_verdicts(
-            create_engine(url),
+        run = judge_new_versions(
+            create_engine(load(DatabaseSettings).url),
             source_schema=args.stream_schema,
             schema=args.schema,
-            model=load_model(spec),
-            model_name=spec or DEFAULT_MODEL,
             full_refresh=args.full_refresh,
         )
     except MissingReviews as exc:
         print(f"verdicts: {exc}", file=sys.stderr)
         return 1
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, psycopg2.Error) as exc:
         print(f"verdicts: PostgreSQL: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a schema that is not a plain name, a FRAUD_MODEL that won't load
+        print(f"verdicts: {exc}", file=sys.stderr)
+        return 2
     how = "the table built anew" if run.rebuilt else "new versions only"
     print(
         f"verdicts: {run.judged} versions judged ({how}), {run.fraud} fraud; "

@@ -24,11 +24,9 @@ from orchestration.dbt_project import BUILT_DAILY, DBT_PROJECT, MANIFEST, TRANSL
 from orchestration.resources import PostgresResource, SchemasResource
 from orchestration.topology import batch_key, table_key
 from streaming.batch.dbt import PROJECT_DIR, dbt_env, dbt_executable
-from streaming.batch.verdicts import DEFAULT_MODEL, VERDICTS, write_verdicts
+from streaming.batch.verdicts import VERDICTS, judge_new_versions
 from streaming.config import clock_from_env
-from streaming.core.fraud import load_model
 from streaming.core.window import date_to_day
-from streaming.settings import PipelineSettings, load
 from streaming.sql import quote
 
 PARTITIONED_MODEL = "recent_stats"
@@ -122,11 +120,6 @@ def batch_recent_stats(
     yield from _build(context, dbt, postgres, schemas, day)
 
 
-def fraud_model_spec() -> str | None:
-    """FRAUD_MODEL, the model the fraud filter runs (None: the hash rule)."""
-    return load(PipelineSettings).fraud_model
-
-
 @dg.asset(
     key=batch_key(VERDICTS),
     deps=[table_key("reviews")],
@@ -141,13 +134,8 @@ def review_verdicts(
     (FRAUD_MODEL, default the murmur2 hash rule) over the canonical Avro re-encoding of the row,
     so batch and stream agree on which reviews count. Judges only versions not judged yet
     (`reviews verdicts` from a shell)."""
-    spec = fraud_model_spec()
-    run = write_verdicts(
-        postgres.engine(),
-        source_schema=schemas.stream_schema,
-        schema=schemas.batch_schema,
-        model=load_model(spec),
-        model_name=spec or DEFAULT_MODEL,
+    run = judge_new_versions(
+        postgres.engine(), source_schema=schemas.stream_schema, schema=schemas.batch_schema
     )
     context.log.info(f"{run.judged} versions judged, {run.fraud} fraud; {run.total} in all")
     return dg.MaterializeResult(
@@ -172,20 +160,13 @@ def build_batch_tables(
     artifacts in a directory of its own, so the next build with the same vars (the same day)
     parses only what changed.
     """
-    spec = fraud_model_spec()
     variables = {"stream_schema": stream_schema, "target_schema": schema, "as_of_day": as_of_day}
     target = MANIFEST.parent / f"build-{schema}"
     env = {**dbt_env(database_url), "DBT_TARGET_PATH": str(target), "DBT_LOG_PATH": str(target)}
     with engine.connect() as lock:
         lock.execute(text("select pg_advisory_lock(hashtext(:k))"), {"k": f"batch build {schema}"})
         try:
-            write_verdicts(
-                engine,
-                source_schema=stream_schema,
-                schema=schema,
-                model=load_model(spec),
-                model_name=spec or DEFAULT_MODEL,
-            )
+            judge_new_versions(engine, source_schema=stream_schema, schema=schema)
             done = subprocess.run(
                 [dbt_executable(), "--quiet", "run", "--vars", json.dumps(variables)],
                 cwd=PROJECT_DIR,

@@ -22,8 +22,9 @@ from typing import Any
 import psycopg2.extensions
 from sqlalchemy import Connection, Engine, text
 
-from streaming.core.fraud import FraudModel
+from streaming.core.fraud import FraudModel, load_model
 from streaming.core.review_bytes import encode_reviews
+from streaming.settings import PipelineSettings, load
 from streaming.sql import ensure_schema, quote, swap_in
 
 VERDICTS = "review_verdicts"
@@ -130,6 +131,22 @@ def write_verdicts(
             swap_in(writer, schema, VERDICTS)
         total = int(writer.execute(text(f"select count(*) from {table}")).scalar_one())
     return VerdictRun(judged, fraud, total, rebuild)
+
+
+def judge_new_versions(
+    engine: Engine, *, source_schema: str, schema: str, full_refresh: bool = False
+) -> VerdictRun:
+    """`write_verdicts` with the model the fraud filter runs (FRAUD_MODEL, default the hash
+    rule): what `reviews verdicts`, the Dagster asset and the reconciliation all do."""
+    spec = load(PipelineSettings).fraud_model
+    return write_verdicts(
+        engine,
+        source_schema=source_schema,
+        schema=schema,
+        model=load_model(spec),
+        model_name=spec or DEFAULT_MODEL,
+        full_refresh=full_refresh,
+    )
 
 
 def _read_chunks(engine: Engine, select: str) -> Iterator[list[tuple[Any, ...]]]:

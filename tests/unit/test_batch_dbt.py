@@ -127,3 +127,26 @@ def test_reviews_dbt_hands_every_argument_to_dbt(
     monkeypatch.setenv("DATABASE_URL", "postgresql://app@db/stats")
     assert cli.main(["dbt", *argv]) == 0
     assert calls == [(argv, "postgresql://app@db/stats")]
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "said"),
+    [
+        (["--stream-schema", "public; drop table x"], {}, "not a plain SQL identifier"),
+        ([], {"FRAUD_MODEL": "nowhere:model"}, "bad FRAUD_MODEL spec"),
+    ],
+)
+def test_reviews_verdicts_refuses_bad_input_in_one_line(
+    argv: list[str],
+    env: dict[str, str],
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from streaming import cli
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(["verdicts", *argv]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
