@@ -417,7 +417,9 @@ def main() -> int:
         "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
         "versions": {
             "python": platform.python_version(),
-            "kafka (broker, clients of the peers)": "4.3.1",
+            "kafka (broker, Connect, tools)": pinned(
+                ROOT / "stack/maven/kafka/pom.xml", r"<kafka.version>([^<]+)<"
+            ),
             **{pkg: version(pkg) for pkg in ("confluent-kafka", "fastavro", "numba")},
             "kafka-streams": pinned(kstreams.PROJECT / "pom.xml", r"<kafka.version>([^<]+)<"),
             "quixstreams": pinned(quix.REQUIREMENTS, r"^quixstreams==(\S+)"),

