@@ -340,7 +340,8 @@ def peer_settings() -> list[str]:
     return [
         "Peers: Kafka Streams (the original topology `aggregate`, and `aggregate-ktable`, our "
         "semantics as a KTable aggregation) with exactly-once v2, "
-        "1 stream thread, commit interval 100 ms, the record cache and RocksDB as shipped, "
+        "1 stream thread, commit interval 100 ms, transactional state stores (KIP-892, "
+        "`enable.transactional.statestores=true`), the record cache and RocksDB as shipped, "
         f"JVM {' '.join(kstreams.JVM_OPTIONS)}; Quix Streams exactly-once, commit interval "
         f"{quix.COMMIT_INTERVAL_S * 1000:.0f} ms. The original topology and Quix read the valid "
         "topic and never retract (edits are counted again, flips and moves not undone): their "

@@ -1,7 +1,7 @@
 """The Kafka Streams peer (issue 9): the original fraud app and aggregator, and a KTable
 aggregator with our semantics, timed by the harness.
 
-`bench/peers/kstreams/` holds the original simplesteph topologies in Java on Kafka Streams 4.3.1
+`bench/peers/kstreams/` holds the original simplesteph topologies in Java on Kafka Streams 4.4.0
 (the broker's version) with the same fraud rule, exactly-once v2 and one stream thread, and
 `KTableAggregateApp`: the exact aggregation (current versions, retraction, titles) as a Kafka
 Streams engineer would write it in the DSL. This module builds their jar, runs each app on
