@@ -113,7 +113,7 @@ install_java_parts() {
   local want name; want=$(pom_hash)
   if [ -f "$DIST/.pom-hash" ] && [ "$(cat "$DIST/.pom-hash")" = "$want" ]; then return; fi
   for name in kafka registry connect; do  # never swap the jars under a running JVM
-    alive "$name" && die "stack/pom.xml changed (Kafka $(dist_kafka_version) -> $(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/stack/maven/kafka/pom.xml")) while $name runs on the old jars: 'make down && make up' stops the stack, fetches the new ones and upgrades its data in place"
+    alive "$name" && die "stack/pom.xml changed (Kafka $(dist_kafka_version) -> $(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/stack/pom.xml")) while $name runs on the old jars: 'make down && make up' stops the stack, fetches the new ones and upgrades its data in place"
   done
   [ -x "$JAVA" ] || die "JDK 17 not found at $JAVA_HOME (set JAVA_HOME)"
   command -v mvn >/dev/null || die "Maven not found (apt-get install maven)"
