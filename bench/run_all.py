@@ -419,7 +419,7 @@ def main() -> int:
         "versions": {
             "python": platform.python_version(),
             "kafka (broker, Connect, tools)": pinned(
-                ROOT / "stack/maven/kafka/pom.xml", r"<kafka.version>([^<]+)<"
+                ROOT / "stack/pom.xml", r"<kafka.version>([^<]+)<"
             ),
             **{pkg: version(pkg) for pkg in ("confluent-kafka", "fastavro", "numba")},
             "kafka-streams": pinned(kstreams.PROJECT / "pom.xml", r"<kafka.version>([^<]+)<"),
