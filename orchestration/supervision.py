@@ -23,12 +23,13 @@ from orchestration.topology import SinkSpec, WorkerSpec, table_key, topic_key
 from stack import procs
 from streaming.sink.connect import ConnectorState, describe
 
-OK, DEAD, STALLED, RESTORING = "ok", "dead", "stalled", "restoring"
+OK, DEAD, STALLED, RESTORING, WAITING = "ok", "dead", "stalled", "restoring", "waiting"
 RESTARTING, HELD, CRASH_LOOP, SLOW = "restarting", "held", "crash loop", "slow"
 NEEDS_RUN = frozenset({DEAD, STALLED})
 """The states a restart run is for; the others are the supervisor's or a person's business."""
-TRANSIENT = frozenset({RESTARTING, RESTORING, SLOW})
-"""Not yet healthy, on its way there: the check fails as a warning."""
+TRANSIENT = frozenset({RESTARTING, RESTORING, SLOW, WAITING})
+"""Not yet healthy, on its way there (a worker waiting for a service resumes when it is back,
+and a restart would not bring it sooner): the check fails as a warning."""
 CONNECTOR_CHECK = "sink_connector_running"
 CRASH_LOOP_RESTARTS = 5
 CRASH_LOOP_WINDOW_S = 300.0
@@ -101,7 +102,9 @@ def assess_worker(
         "lag": health.get("consumer_lag") or 0,
     }
     if health.get("status") == STALLED:
-        return WorkerAssessment(STALLED, "it reports its loop stalled", snapshot)
+        return WorkerAssessment(STALLED, f"it reports itself stalled: {why(health)}", snapshot)
+    if health.get("status") == WAITING:
+        return WorkerAssessment(WAITING, why(health), snapshot)
     if health.get("status") == RESTORING:  # progress that records_in does not show
         return WorkerAssessment(
             RESTORING, "restoring the state of newly assigned partitions", snapshot
@@ -117,6 +120,10 @@ def assess_worker(
         reason = f"no progress between two evaluations with a consumer lag of {snapshot['lag']}"
         return WorkerAssessment(STALLED, reason, snapshot)
     return WorkerAssessment(OK, "healthy", snapshot)
+
+
+def why(health: Mapping[str, Any]) -> str:
+    return str(health.get("reason") or "no reason given")
 
 
 def crashes(record: Mapping[str, Any] | None, after: float, now: float) -> int:

@@ -53,9 +53,13 @@ class Report:
     def healthy(self) -> bool:
         return (
             all(p.ok for p in self.services)
-            and all(h is not None and h.get("status") != "stalled" for _, h, _ in self.instances)
+            and all(h is not None and h.get("status") in SERVING for _, h, _ in self.instances)
             and not any("FAILED" in line or "MISSING" in line for _, line in self.connectors)
         )
+
+
+SERVING = frozenset({"ok", "restoring"})
+"""Worker statuses that are healthy (or on their way: a restore); stalled and waiting are not."""
 
 
 def _age(seconds: float | None) -> str:
@@ -83,6 +87,8 @@ def instance_line(name: str, health: Mapping[str, Any] | None, where: str, now: 
     if health.get("as_of_day") is not None:
         day = date(1970, 1, 1) + timedelta(days=int(health["as_of_day"]))
         parts.append(f"as-of day {day.isoformat()}")
+    if health.get("reason") and health.get("status") not in ("ok", "restoring"):
+        parts.append(f"why: {health['reason']}")
     return f"{name:<20} {health.get('status', '?'):<10} " + ", ".join(parts)
 
 

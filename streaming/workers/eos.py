@@ -249,7 +249,7 @@ class EosWorker(ABC):
         self.metrics.commit_latency.observe(time.monotonic() - started)
         self.metrics.transactions += 1
         self.metrics.extra["commit_retries"] = self.checkpoint.retries
-        self.metrics.last_commit_time = time.time()
+        self.metrics.committed()
         if self.metrics.extra.pop("waiting_for", None) is not None:
             self._service_backoff = Backoff()  # while a service the records need is unreachable
         if self.metrics.first_commit_time is None:
@@ -304,10 +304,11 @@ class EosWorker(ABC):
             self._snapshot_cost = self._last_snapshot - t0
         self.metrics.extra["snapshots"] = self.metrics.extra.get("snapshots", 0) + taken
 
-    def abort(self) -> None:
-        """Abort the open transaction; every state is void and every partition rewinds."""
+    def abort(self, reason: str) -> None:
+        """Abort the open transaction; every state is void and every partition rewinds.
+        `reason`: the broker's error name, or what made the loop give the batch up."""
         self.checkpoint.abort()
-        self.metrics.extra["aborts"] = self.metrics.extra.get("aborts", 0) + 1
+        self.metrics.aborted(reason)
         for store in self.stores:
             store.aborted()
             store.drop(list(store.partitions))
@@ -342,7 +343,7 @@ class EosWorker(ABC):
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions already belong to another member: its commit would be fenced, abort."""
-        self.abort()
+        self.abort("partitions lost")
         self._forget(partitions)
         log_event(log, "lost", logging.WARNING, partitions=[tp_name(p) for p in partitions])
 
@@ -415,6 +416,7 @@ class EosWorker(ABC):
         if tail < RESNAPSHOT_AFTER_RECORDS:
             self._last_snapshot = time.monotonic()
         self.metrics.restoring_since = None
+        self.metrics.progress_since = time.monotonic()
         self.metrics.last_loop_time = time.monotonic()
 
     def _progress(self, store: str) -> Callable[[int, int], None]:
@@ -522,7 +524,7 @@ class EosWorker(ABC):
             error=str(exc),
             attempt=waits,
         )
-        self.abort()
+        self.abort("service unreachable")
         time.sleep(self._service_backoff.next())  # back-off before the retry; the loop turns again
 
     def run(self) -> None:
@@ -563,7 +565,7 @@ class EosWorker(ABC):
                 if not (err.txn_requires_abort() or err.retriable()) or err.fatal():
                     raise
                 log_event(log, "aborting transaction", logging.WARNING, error=str(err))
-                self.abort()
+                self.abort(err.name())
             except ConnectionError as exc:  # e.g. the schema registry restarting
                 self._wait_for_service(exc)
         if self.checkpoint.records:

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from streaming.workers.runtime import WorkerMetrics
 
 PREFIX = "reviews_worker"
-STATUSES = ("ok", "restoring", "stalled")
+STATUSES = ("ok", "restoring", "waiting", "stalled")
 DAY_S = 86_400
 
 
@@ -70,9 +70,14 @@ class WorkerCollector(Collector):
         yield out
         yield counter("dead_letters", "Records sent to a dead-letter topic", m.dead_letters)
         yield counter("transactions_committed", "Transactions committed", m.transactions)
-        yield counter(
-            "transactions_aborted", "Transactions aborted (then rewound)", m.extra.get("aborts", 0)
+        aborted = CounterMetricFamily(
+            f"{PREFIX}_transactions_aborted",
+            "Transactions aborted (then rewound), by reason",
+            labels=[*base, "reason"],
         )
+        for reason, n in sorted(m.aborts.items()):
+            aborted.add_metric([*ids, reason], n)
+        yield aborted
         extra = m.extra
         yield counter(
             "commit_retries", "Retriable commit errors retried", extra.get("commit_retries", 0)

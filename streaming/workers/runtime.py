@@ -2,9 +2,11 @@
 
 A supervisor (Dagster's sensors here, Kubernetes probes elsewhere) reads `GET /health` for
 liveness and progress: records in/out per topic, dead letters, consumer lag, last commit time.
-It answers 503 when the loop has not turned for `stall_after_s`, so a wedged worker shows as
-unhealthy even though its process is alive. `GET /metrics` on the same port serves the same
-counters, per topic and partition, in Prometheus' format (`streaming.workers.prometheus`).
+It answers 503 when the worker cannot commit (its loop has not turned for `stall_after_s`, it
+aborts transaction after transaction, it has input and no commit for 30 s, or it waits for a
+service), so a wedged worker shows as unhealthy even though its process is alive. `GET /metrics`
+on the same port serves the same counters, per topic and partition, in Prometheus' format
+(`streaming.workers.prometheus`).
 """
 
 from __future__ import annotations
@@ -101,6 +103,48 @@ class PartitionStats:
     """Records the producer sent to it (librdkafka `txmsgs`)."""
 
 
+COMMIT_STALL_S = 30.0
+"""A worker with records to read and no commit for this long is stalled, whatever its loop does
+(e.g. aborting every transaction on an output the broker refuses)."""
+ABORT_STREAK = 5
+"""This many aborted transactions in a row, and the worker is stalled without waiting."""
+
+
+def assess(
+    now: float,
+    last_loop: float,
+    restoring_since: float | None,
+    progress_since: float,
+    lag: int | None,
+    aborts_in_a_row: int,
+    last_abort: str | None,
+    waiting_for: str | None,
+    stall_after_s: float,
+    restore_limit_s: float = 600,
+    commit_stall_s: float = COMMIT_STALL_S,
+) -> tuple[str, str | None]:
+    """A worker's status and, unless ok, why: restoring (rebuilding state: progress that commits
+    do not show, up to `restore_limit_s`); waiting (a service its records need is unreachable:
+    it cannot commit, but a restart would not help); stalled (its loop has not turned, or it
+    aborts transaction after transaction, or it has input to read and has not committed for
+    `commit_stall_s`). Monotonic times; `progress_since` is the last commit or the end of
+    the last restore (or the start)."""
+    if restoring_since is not None and now - restoring_since <= restore_limit_s:
+        return "restoring", "rebuilding the state of newly assigned partitions"
+    idle_loop = now - max(last_loop, restoring_since or 0)
+    if idle_loop > stall_after_s:
+        return "stalled", f"the loop has not turned for {idle_loop:.0f} s"
+    if waiting_for is not None:
+        return "waiting", f"waiting for a service the records need: {waiting_for}"
+    if aborts_in_a_row >= ABORT_STREAK:
+        return "stalled", f"{aborts_in_a_row} transactions aborted in a row (last: {last_abort})"
+    since = now - progress_since
+    if lag and since > commit_stall_s:
+        why = f"no commit for {since:.0f} s with {lag} records to read"
+        return "stalled", why + (f" (last abort: {last_abort})" if last_abort else "")
+    return "ok", None
+
+
 @dataclass
 class WorkerMetrics:
     """Counters the loop updates and the health endpoint reads (GIL-atomic updates suffice)."""
@@ -118,6 +162,12 @@ class WorkerMetrics:
     restart took to be back to work."""
     last_loop_time: float = field(default_factory=time.monotonic)
     restoring_since: float | None = None
+    progress_since: float = field(default_factory=time.monotonic)
+    """Monotonic time of the last commit, or of the end of the last restore (or the start)."""
+    aborts: Counter[str] = field(default_factory=Counter)
+    """Aborted transactions by reason (the broker's error name, `fenced`, `service`)."""
+    aborts_in_a_row: int = 0
+    last_abort: str | None = None
     consumer_lag: int | None = None
     consumer_errors: int = 0
     assigned: list[str] = field(default_factory=list)
@@ -125,30 +175,42 @@ class WorkerMetrics:
     partitions: dict[tuple[str, int], PartitionStats] = field(default_factory=dict)
     commit_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
+    def committed(self) -> None:
+        self.last_commit_time = time.time()
+        self.progress_since = time.monotonic()
+        self.aborts_in_a_row = 0
+
+    def aborted(self, reason: str) -> None:
+        self.aborts[reason] += 1
+        self.aborts_in_a_row += 1
+        self.last_abort = reason
+
     def snapshot(self, stall_after_s: float, restore_limit_s: float = 600) -> dict[str, Any]:
-        """Counters and status: ok; restoring (the loop waits while newly assigned partitions
-        rebuild their state, which can take minutes: not a stall, up to `restore_limit_s`);
-        stalled (the loop has not turned for `stall_after_s`)."""
-        now = time.monotonic()
-        restoring = self.restoring_since is not None and now - self.restoring_since <= (
-            restore_limit_s
+        """Counters and status (`assess`): ok, restoring, waiting or stalled, with the reason."""
+        status, reason = assess(
+            time.monotonic(),
+            self.last_loop_time,
+            self.restoring_since,
+            self.progress_since,
+            self.consumer_lag,
+            self.aborts_in_a_row,
+            self.last_abort,
+            self.extra.get("waiting_for"),
+            stall_after_s,
+            restore_limit_s,
         )
-        if restoring:
-            status = "restoring"
-        elif now - max(self.last_loop_time, self.restoring_since or 0) > stall_after_s:
-            status = "stalled"
-        else:
-            status = "ok"
         return {
             "worker": self.worker,
             "instance": self.instance,
             "pid": os.getpid(),
             "status": status,
+            "reason": reason,
             "uptime_s": round(time.time() - self.started_at, 1),
             "records_in": self.records_in,
             "records_out": dict(self.records_out),
             "dead_letters": self.dead_letters,
             "transactions": self.transactions,
+            "aborts": dict(self.aborts),
             "last_commit_time": self.last_commit_time,
             "first_commit_time": self.first_commit_time,
             "consumer_lag": self.consumer_lag,
@@ -197,10 +259,15 @@ class _IPv6HTTPServer(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
+NOT_SERVING = frozenset({"stalled", "waiting"})
+"""The statuses /health answers 503 for: the worker cannot commit."""
+
+
 class HealthServer:
-    """`GET /health` (200 ok or restoring / 503 stalled) with the metrics snapshot as JSON, and
-    `GET /metrics` in Prometheus' text format, served from a thread on BIND_HOST [127.0.0.1].
-    A request whose Host header is not one of ALLOWED_HOSTS gets 400 (DNS rebinding)."""
+    """`GET /health` (200 ok or restoring / 503 stalled or waiting, with the reason) with the
+    metrics snapshot as JSON, and `GET /metrics` in Prometheus' text format, served from a
+    thread on BIND_HOST [127.0.0.1]. A request whose Host header is not one of ALLOWED_HOSTS
+    gets 400 (DNS rebinding)."""
 
     def __init__(
         self,
@@ -226,7 +293,7 @@ class HealthServer:
                     self._send(200, content_type, data)
                 elif path in ("/health", ""):
                     body = outer.metrics.snapshot(outer.stall_after_s)
-                    status = 503 if body["status"] == "stalled" else 200
+                    status = 503 if body["status"] in NOT_SERVING else 200
                     self._send(status, "application/json", json.dumps(body).encode())
                 else:
                     self.send_error(404, "try /health or /metrics")

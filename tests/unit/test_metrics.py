@@ -46,8 +46,10 @@ def busy_worker() -> WorkerMetrics:
     m.records_in, m.dead_letters, m.transactions = 120, 2, 7
     m.last_commit_time = 1_800_000_000.0
     m.records_out["out"] += 40
+    m.aborted("MSG_SIZE_TOO_LARGE")
+    m.committed()
+    m.last_commit_time = 1_800_000_000.0
     m.extra.update(
-        aborts=1,
         as_of_day=20_000,
         state_bytes=4096,
         state_reviews=50,
@@ -69,7 +71,8 @@ def test_a_scrape_has_the_loop_counters_per_topic_and_partition() -> None:
     assert value(text, "reviews_worker_records_out_total", topic="out") == 40
     assert value(text, "reviews_worker_dead_letters_total") == 2
     assert value(text, "reviews_worker_transactions_committed_total") == 7
-    assert value(text, "reviews_worker_transactions_aborted_total") == 1
+    aborted = {"reason": "MSG_SIZE_TOO_LARGE"}
+    assert value(text, "reviews_worker_transactions_aborted_total", **aborted) == 1
     assert value(text, "reviews_worker_partition_lag", topic="in", partition="0") == 4
     assert value(text, "reviews_worker_partition_fetched_records_total", partition="0") == 70
     assert value(text, "reviews_worker_partition_produced_records_total", partition="3") == 40

@@ -235,13 +235,16 @@ def test_a_healthy_worker_gets_no_restart_but_its_health_is_reported() -> None:
 
 def test_the_check_fails_when_one_instance_is_unhealthy_with_metadata_per_instance() -> None:
     sensor = worker_supervisor(FRAUD_FILTER)
-    stalled = runtime(health(), **{"fraud-filter-1": {"health": health(status="stalled")}})
+    why = "no commit for 41 s with 12 records to read (last abort: MSG_SIZE_TOO_LARGE)"
+    stalled = runtime(
+        health(), **{"fraud-filter-1": {"health": health(status="stalled", reason=why)}}
+    )
     result = evaluate(sensor, dg.DagsterInstance.ephemeral(), {"worker_runtime": stalled})
     [check] = [e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert check.metadata["fraud-filter-0"].value["state"] == OK
     assert check.metadata["fraud-filter-1"].value["state"] == STALLED
-    assert "fraud-filter-1: it reports its loop stalled" in check.metadata["reason"].value
+    assert f"fraud-filter-1: it reports itself stalled: {why}" in check.metadata["reason"].value
     [request] = result.run_requests
     assert request.run_config["ops"]["restart_worker"]["config"]["worker"] == "fraud-filter-1"
 

@@ -92,3 +92,13 @@ def test_a_bad_setting_is_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert err.startswith("reviews connectors: CONNECT_PASSWORD_FILE: cannot read")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("status", ["stalled", "waiting"])
+def test_a_worker_that_cannot_commit_is_unhealthy_and_says_why(status: str) -> None:
+    why = "no commit for 41 s with 12 records to read (last abort: MSG_SIZE_TOO_LARGE)"
+    health = {"status": status, "reason": why, "consumer_lag": 12}
+    r = report(instances=[("fraud-filter-0", health, "u")])
+    text = render(r, now=NOW)
+    assert f"fraud-filter-0       {status}" in text and f"why: {why}" in text
+    assert not r.healthy

@@ -9,7 +9,12 @@ import httpx
 import pytest
 
 from streaming.config import clock_from_env
-from streaming.workers.runtime import HealthServer, WorkerMetrics
+from streaming.workers.runtime import (
+    ABORT_STREAK,
+    COMMIT_STALL_S,
+    HealthServer,
+    WorkerMetrics,
+)
 
 
 def stats(*partitions: dict) -> str:
@@ -61,6 +66,52 @@ def test_restoring_state_is_alive_not_stalled_until_its_limit():
     assert m.snapshot(stall_after_s=30)["status"] == "ok"
 
 
+def test_a_worker_with_input_and_no_commit_for_30_s_is_stalled_with_the_reason() -> None:
+    """Its loop turns (it aborts and retries), so only the missing commits show it."""
+    m = WorkerMetrics("w", "0")
+    m.consumer_lag = 12
+    m.aborted("MSG_SIZE_TOO_LARGE")
+    assert m.snapshot(stall_after_s=30)["status"] == "ok"  # just started
+    m.progress_since = time.monotonic() - COMMIT_STALL_S - 1
+    snap = m.snapshot(stall_after_s=30)
+    assert snap["status"] == "stalled"
+    assert snap["reason"].startswith("no commit for 31 s with 12 records to read")
+    assert "MSG_SIZE_TOO_LARGE" in snap["reason"]
+    m.consumer_lag = 0  # idle: nothing to commit is no stall
+    assert m.snapshot(stall_after_s=30)["status"] == "ok"
+    m.consumer_lag = 12
+    m.committed()
+    assert m.snapshot(stall_after_s=30)["status"] == "ok"
+
+
+def test_aborting_transaction_after_transaction_is_a_stall_at_once() -> None:
+    m = WorkerMetrics("w", "0")
+    for _ in range(ABORT_STREAK - 1):
+        m.aborted("INVALID_RECORD")
+    assert m.snapshot(stall_after_s=30)["status"] == "ok"
+    m.aborted("INVALID_RECORD")
+    snap = m.snapshot(stall_after_s=30)
+    assert snap["status"] == "stalled" and snap["aborts"] == {"INVALID_RECORD": ABORT_STREAK}
+    assert snap["reason"] == f"{ABORT_STREAK} transactions aborted in a row (last: INVALID_RECORD)"
+    m.committed()
+    assert m.snapshot(stall_after_s=30)["status"] == "ok"
+
+
+def test_waiting_for_a_service_is_not_ok_and_not_a_stall() -> None:
+    """It cannot commit, so /health is 503; but a restart would not bring the registry back."""
+    m = WorkerMetrics("w", "0")
+    m.extra["waiting_for"] = "schema registry unreachable"
+    for _ in range(ABORT_STREAK + 3):
+        m.aborted("service unreachable")
+    snap = m.snapshot(stall_after_s=30)
+    assert snap["status"] == "waiting" and "schema registry unreachable" in snap["reason"]
+    server = HealthServer(m, 0, stall_after_s=3600).start()
+    try:
+        assert httpx.get(f"http://127.0.0.1:{server.port}/health").status_code == 503
+    finally:
+        server.stop()
+
+
 def test_the_clock_offset_moves_the_aggregators_and_the_batch_sides_clock() -> None:
     assert clock_from_env({}) is time.time
     shifted = clock_from_env({"CLOCK_OFFSET_S": "86400"})
@@ -92,18 +143,20 @@ def test_an_unreachable_service_is_waited_for_not_a_reason_to_exit(
 
     class Loop:  # the parts of an EosWorker the wait touches
         metrics = WorkerMetrics("w", "0")
-        aborts = 0
         _service_backoff = Backoff()
 
-        def abort(self) -> None:
-            self.aborts += 1
+        def __init__(self) -> None:
+            self.aborts: list[str] = []
+
+        def abort(self, reason: str) -> None:
+            self.aborts.append(reason)
 
     slept: list[float] = []
     monkeypatch.setattr(eos.time, "sleep", slept.append)
     loop = Loop()
     for _ in range(6):
         eos.EosWorker._wait_for_service(loop, ConnectionError("registry down"))  # type: ignore[arg-type]
-    assert loop.aborts == 6, "each failed batch is aborted, so it is read again"
+    assert loop.aborts == ["service unreachable"] * 6, "each failed batch is aborted, read again"
     assert slept == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
     assert loop.metrics.extra["waiting_for"] == "registry down"
     loop._service_backoff.reset()  # what a commit does: the service answered
