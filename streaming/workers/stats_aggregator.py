@@ -175,7 +175,7 @@ class StatsAggregator(EosWorker):
             columns[i, 6] = m.topic() == valid_topic
             if use[i]:
                 try:
-                    columns[i, 2] = source_offset(m.headers())
+                    columns[i, 2] = source_order(m.headers())
                 except ValueError as exc:
                     dead[i] = str(exc)
                     use[i] = False
@@ -186,7 +186,9 @@ class StatsAggregator(EosWorker):
             rows = np.flatnonzero(partitions == partition)
             out = self.versions[partition].apply_batch(columns[rows], use[rows], buf, titles[rows])
             self._produce_changes(out)
-            keys = [msgs[i].key() for i in rows[out.sources].tolist()]
+            # keyed by the review id itself: a compacted changelog needs a key, and the id is
+            # the review's identity whatever key its record travelled with
+            keys = [b"%d" % rid for rid in columns[rows[out.sources], 0].tolist()]
             self.versions.write_all(self.producer, partition, keys, out.versions, VERSION_SIZE)
         self._dead_letters(msgs, sorted(dead.items()))
 
@@ -373,16 +375,21 @@ def course_keys(msgs: list[Message]) -> tuple[list[int], list[bytes | None], dic
     return course_ids, values, bad
 
 
-def source_offset(headers: list[tuple[str, bytes]] | None) -> int:
-    """The record's offset in udemy-reviews, from the fraud filter's header (its usual lone
-    header read directly; anything else through `source_position.find`)."""
+def source_order(headers: list[tuple[str, bytes]] | None) -> int:
+    """The record's position in udemy-reviews as one orderable int (`source_position.order`),
+    from the fraud filter's header (its usual lone header read directly; anything else through
+    `source_position.find`)."""
     if headers is not None and len(headers) == 1:
         name, value = headers[0]
         if name == source_position.HEADER and value is not None and len(value) == 12:
+            partition = int.from_bytes(value[:4], "big", signed=True)
             offset = int.from_bytes(value[4:], "big", signed=True)
-            if offset >= 0 and value[0] < 0x80:
-                return offset
-    return source_position.find(headers)[1]
+            if 0 <= partition <= source_position.MAX_PARTITION and 0 <= offset < OFFSET_LIMIT:
+                return (partition << source_position.OFFSET_BITS) | offset
+    return source_position.order(*source_position.find(headers))
+
+
+OFFSET_LIMIT = 1 << source_position.OFFSET_BITS
 
 
 def register_statistics(registry: Registry, topics: AggregatorTopics) -> dict[str, int]:
