@@ -14,6 +14,7 @@ from streaming.core.aggregation import (
     Change,
     CourseState,
     RecordFormatError,
+    StateLayoutError,
     VersionsState,
     member_key,
     pack_change,
@@ -510,3 +511,11 @@ def test_state_bytes_per_review_stay_compact():
         routed, _ = versions.apply(i, version(i, 1, position=i), b"Title")
         courses.apply(routed)
     assert (versions.nbytes() + courses.nbytes()) / len(versions) < 100
+
+
+def test_a_changelog_of_the_earlier_layout_is_refused_with_the_way_out() -> None:
+    """Format 3 ordered versions by offset alone, on the partition of the producer's key:
+    such state cannot be carried over exactly, so the worker refuses it (no silent skip)."""
+    old = b"\x03" + pack_version(1, version(1, 1))[1:]
+    with pytest.raises(StateLayoutError, match="format-3"):
+        VersionsState().restore([(b"1", old)])
