@@ -1,8 +1,11 @@
 """Declarative set-up of the pipeline's topics and schemas, idempotent (`reviews bootstrap`).
 
 Topics come from the pipeline's declaration (`streaming.pipeline.TOPICS`): missing ones are
-created, configs of existing ones are brought in line, a partition count below the declared one
-is raised (never lowered: that would move keys). Value schemas are registered under
+created, configs of existing ones are brought in line. Partitions: a topic declared `may_grow`
+(the input, the dead letters) is raised to the declared count when below it and left alone
+above it; any other topic holds state by partition, so a count other than the declared one is
+refused with the way out (`reviews rebuild-stream` for the stream's derived topics), never
+changed in place. Value schemas are registered under
 `<topic>-value` with BACKWARD compatibility, so an incompatible change is refused by the
 registry before any producer can write it.
 """
@@ -74,10 +77,11 @@ def ensure_topics(admin: AdminClient, specs: list[TopicSpec], timeout_s: float =
                     raise
     present = [s for s in specs if s.name in existing]
 
+    check_partition_counts({s.name: len(existing[s.name].partitions) for s in present}, present)
     grow = [
         NewPartitions(s.name, s.partitions)
         for s in present
-        if len(existing[s.name].partitions) < s.partitions
+        if s.may_grow and len(existing[s.name].partitions) < s.partitions
     ]
     if grow:
         for name, fut in admin.create_partitions(grow, operation_timeout=timeout_s).items():
@@ -111,6 +115,27 @@ def ensure_topics(admin: AdminClient, specs: list[TopicSpec], timeout_s: float =
                 fut.result()
                 actions.append(f"updated config of {res.name}")
     return actions
+
+
+class TopicLayoutError(RuntimeError):
+    """A topic that holds state by partition has another partition count than declared."""
+
+
+def check_partition_counts(counts: dict[str, int], specs: list[TopicSpec]) -> None:
+    """Refuse (TopicLayoutError) what would re-partition state: a topic not declared `may_grow`
+    whose count is not the declared one."""
+    wrong = [
+        f"{s.name} has {counts[s.name]} partitions, declared {s.partitions}"
+        for s in specs
+        if not s.may_grow and s.name in counts and counts[s.name] != s.partitions
+    ]
+    if wrong:
+        raise TopicLayoutError(
+            "; ".join(wrong) + ": these topics hold state by partition and are not re-partitioned "
+            "in place (keys would move away from their state). For the stream's derived topics, "
+            "stop the workers and run `reviews rebuild-stream`, which recreates them as declared "
+            "and replays udemy-reviews; a statistics topic must be deleted and re-published."
+        )
 
 
 def register_schemas(

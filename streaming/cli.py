@@ -22,8 +22,13 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from streaming.admin import bootstrap
 
     settings = Settings.from_env()
+    from streaming.admin import TopicLayoutError
+
     try:
         actions, ids = bootstrap(settings, timeout_s=args.timeout)
+    except TopicLayoutError as exc:
+        print(f"bootstrap: {exc}", file=sys.stderr)
+        return 2
     except (KafkaException, TimeoutError) as exc:
         print(f"bootstrap: Kafka at {settings.kafka_bootstrap_servers}: {exc}", file=sys.stderr)
         return 1

@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 PARTITIONS = 4
-"""Every review topic and every internal topic: one partition count keeps a review id on the
-same partition number everywhere (the review stage's state partition p reads valid[p] and
-fraud[p] and writes changelog[p])."""
+"""Every topic's declared count. The review stage's state partition p reads valid[p] and
+fraud[p] and writes changelog[p], so those (keyed by the review id) share one count; the input
+may have any count and may grow (a review is its value's id, not its partition)."""
 
 _FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 _COMPACTED = {
@@ -52,11 +52,16 @@ class TopicSpec:
     description: str = ""
     internal: bool = False
     """Written and read by one worker only (repartition and changelog topics)."""
+    may_grow: bool = False
+    """Partitions may be added in place: nothing downstream depends on where a key lands here.
+    Every other topic holds state by partition (a changelog, a store's input, a compacted
+    latest-per-key), so `reviews bootstrap` refuses to re-partition it."""
 
 
 INPUT = TopicSpec(
     "udemy-reviews",
     config=_FOREVER,
+    may_grow=True,  # a review is its value's id: the fraud filter re-keys every copy by it
     value_schema="review.avsc",
     description="Every version of every review, as ingested (key: review id); the system of record",
 )
@@ -87,11 +92,13 @@ RECENT = TopicSpec(
 DEAD_LETTER = TopicSpec(
     "reviews-dead-letter",
     config=_DEAD_LETTERS,
+    may_grow=True,
     description="Records a stream worker could not process: original key and bytes, error headers",
 )
 CONNECT_DEAD_LETTER = TopicSpec(
     "connect-dead-letter",
     config=_DEAD_LETTERS,
+    may_grow=True,
     description="Records the PostgreSQL sink could not decode: their bytes, Connect error headers",
 )
 VERSIONS_CHANGELOG = TopicSpec(
