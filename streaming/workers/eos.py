@@ -46,7 +46,9 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from streaming.config import Settings
 from streaming.pipeline import WorkerSpec
 from streaming.settings import LoopSettings, load
+from streaming.workers import refusals
 from streaming.workers.checkpoint import Checkpoint
+from streaming.workers.refusals import Refusals
 from streaming.workers.runtime import Backoff, StopFlag, WorkerMetrics, log_event
 from streaming.workers.snapshots import ChangelogIdentity, SnapshotDir
 from streaming.workers.standby import Standby
@@ -191,6 +193,9 @@ class EosWorker(ABC):
         self._owned: dict[str, list[int]] | None = None
         """The store partitions of the last assignment, until `_announce_owned`."""
         self._topic_max_bytes: dict[str, int] = {}
+        self.refusals = Refusals()
+        self._careful_msg: tuple[str, int, int] | None = None
+        """The one record of the open transaction while going through a refused batch."""
 
     # -- what a worker defines ---------------------------------------------------------------
     @abstractmethod
@@ -200,6 +205,10 @@ class EosWorker(ABC):
     @abstractmethod
     def process(self, msgs: list[Message]) -> None:
         """Produce the outputs of one consumed batch into the open transaction."""
+
+    @abstractmethod
+    def dead_letter_topic(self) -> str:
+        """Where records go that cannot be processed, or whose outputs the broker refuses."""
 
     def tick(self) -> None:  # noqa: B027 - optional hook
         """Called every loop turn, inside the open transaction (e.g. time-driven output)."""
@@ -510,6 +519,59 @@ class EosWorker(ABC):
             log_event(log, "consumer error", logging.WARNING, error=str(err), topic=m.topic())
         return [m for m in msgs if m.error() is None]
 
+    def _divert_refused(self, msgs: list[Message]) -> list[Message]:
+        """Send the records whose outputs the broker refused to the dead letters, with its
+        reason; the others, to process."""
+        if not self.refusals.blamed:
+            return msgs
+        kept = []
+        for m in msgs:
+            why = self.refusals.take(*position_of(m))
+            if why is None:
+                kept.append(m)
+                continue
+            self.produce_dead_letter(self.dead_letter_topic(), m, why)
+            self.metrics.dead_letters += 1
+            self.checkpoint.add(1)
+            log_event(
+                log,
+                "dead letter",
+                logging.WARNING,
+                reason=why,
+                topic=m.topic(),
+                partition=m.partition(),
+                offset=m.offset(),
+            )
+        return kept
+
+    def _on_refused(self, err: KafkaError) -> None:
+        """The broker refused an output for good: abort, then find the record (going through
+        the batch one record per transaction) and dead-letter it (`streaming.workers.refusals`)."""
+        why = refusals.reason(err)
+        if self._careful_msg is not None:
+            if not self.refusals.blame(*self._careful_msg, why):
+                log_event(
+                    log,
+                    "its dead letter was refused too: stalled",
+                    logging.ERROR,
+                    error=why,
+                    record=self._careful_msg,
+                )
+        else:
+            consumed = self.consumer.position(self.consumer.assignment())
+            self.refusals.suspect(
+                [(tp.topic, tp.partition, tp.offset) for tp in consumed if tp.offset >= 0]
+            )
+        log_event(
+            log,
+            "an output refused: aborting to find its record",
+            logging.WARNING,
+            error=why,
+            record=self._careful_msg,
+        )
+        self._careful_msg = None
+        self.abort(err.name())
+
     def _wait_for_service(self, exc: ConnectionError) -> None:
         """A service the records need is unreachable (not the data's fault): abort, so the
         batch is read again, and wait a growing moment (0.5 s doubling to 5 s) with the loop
@@ -550,18 +612,31 @@ class EosWorker(ABC):
             try:
                 if self._held:
                     self._release()
+                careful = self.refusals.careful
                 msgs = self.records(
-                    self.consumer.consume(cfg.batch_size, timeout=min(interval, 0.5))
+                    self.consumer.consume(
+                        1 if careful else cfg.batch_size, timeout=min(interval, 0.5)
+                    )
                 )
                 if msgs:
-                    self.process(msgs)
+                    self._careful_msg = position_of(msgs[-1]) if careful else None
+                    kept = self._divert_refused(msgs)
+                    if kept:
+                        self.process(kept)
                 self.tick()
-                if self.checkpoint.due():
+                if self._careful_msg is not None:  # one record, one transaction
+                    self.commit()
+                    self.refusals.passed(*self._careful_msg)
+                    self._careful_msg = None
+                elif self.checkpoint.due():
                     self.commit()
                 elif not self.checkpoint.records and self._snapshot_due():
                     self.snapshot()  # idle after a commit: the state is the committed one
             except KafkaException as exc:
                 err = exc.args[0]
+                if refusals.refused(err):
+                    self._on_refused(err)
+                    continue
                 if not (err.txn_requires_abort() or err.retriable()) or err.fatal():
                     raise
                 log_event(log, "aborting transaction", logging.WARNING, error=str(err))
@@ -576,6 +651,10 @@ class EosWorker(ABC):
             store.flush_snapshots()
         self.consumer.close()
         log_event(log, "stopped", records_in=self.metrics.records_in)
+
+
+def position_of(msg: Message) -> tuple[str, int, int]:
+    return msg.topic(), msg.partition(), msg.offset()  # type: ignore[return-value]
 
 
 def check_copartitioned(stores: list[ChangelogStore], assigned: list[TopicPartition]) -> None:

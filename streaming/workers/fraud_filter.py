@@ -80,6 +80,9 @@ class FraudFilter(EosWorker):
     def topics(self) -> list[str]:
         return [self.out.input]
 
+    def dead_letter_topic(self) -> str:
+        return self.out.dead_letter
+
     def process(self, msgs: list[Message]) -> None:
         values = [msg.value() for msg in msgs]
         codes, reasons, ids = route(values, self.resolve, self.model, self.review_schema)

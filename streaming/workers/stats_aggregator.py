@@ -142,6 +142,9 @@ class StatsAggregator(EosWorker):
     def topics(self) -> list[str]:
         return [self.t.valid, self.t.fraud, self.t.changes]
 
+    def dead_letter_topic(self) -> str:
+        return self.t.dead_letter
+
     def process(self, msgs: list[Message]) -> None:
         inputs: list[Message] = []
         changes: list[Message] = []
