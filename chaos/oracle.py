@@ -495,6 +495,8 @@ class Oracle:
         self.dead_reasons: dict[Position, str] = {}
         self.history: list[Version] = []
         self.current: dict[int, Version] = {}
+        self.review_ids: dict[Position, int] = {}
+        """The review id (the value's `id`) of each readable record."""
         self.titles: dict[int, tuple[int, str]] = {}
         """course id -> (modified, title) of its winning record."""
 
@@ -516,6 +518,7 @@ class Oracle:
     def add_version(self, v: Version) -> None:
         """Take one readable version: its verdict, the current versions, the course titles."""
         self.verdicts[(v.partition, v.offset)] = FRAUD if v.fraud else VALID
+        self.review_ids[(v.partition, v.offset)] = v.review_id
         if self.keep_history:
             self.history.append(v)
         current = self.current.get(v.review_id)

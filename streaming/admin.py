@@ -1,7 +1,9 @@
 """Declarative set-up of the pipeline's topics and schemas, idempotent (`reviews bootstrap`).
 
 Topics come from the pipeline's declaration (`streaming.pipeline.TOPICS`): missing ones are
-created, configs of existing ones are brought in line. Partitions: a topic declared `may_grow`
+created, configs of existing ones are brought in line. Every topic's record limit
+(max.message.bytes) is sized from the input's, read from the broker, so whatever a stage makes
+of the largest record the input accepts can be written. Partitions: a topic declared `may_grow`
 (the input, the dead letters) is raised to the declared count when below it and left alone
 above it; any other topic holds state by partition, so a count other than the declared one is
 refused with the way out (`reviews rebuild-stream` for the stream's derived topics), never
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from confluent_kafka import KafkaException
@@ -28,7 +31,13 @@ from confluent_kafka.admin import (
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from streaming.config import Settings, registry_client_config
-from streaming.pipeline import TOPICS, TopicSpec
+from streaming.pipeline import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    INPUT,
+    TOPICS,
+    TopicSpec,
+    max_message_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +45,28 @@ SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
 COMPATIBILITY = "BACKWARD"
 
 
-def load_topic_specs() -> list[TopicSpec]:
-    """The declared topics."""
-    return list(TOPICS)
+def load_topic_specs(input_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[TopicSpec]:
+    """The declared topics, each record limit sized from the input's (`max_message_bytes`)."""
+    return [
+        replace(
+            spec,
+            config={
+                **spec.config,
+                "max.message.bytes": str(max_message_bytes(spec, input_max_bytes)),
+            },
+        )
+        if spec.name != INPUT.name
+        else spec
+        for spec in TOPICS
+    ]
+
+
+def input_max_bytes(admin: AdminClient, timeout_s: float = 30) -> int:
+    """The input topic's max.message.bytes as the broker applies it (its own or the broker's
+    default), read after the input exists."""
+    resource = ConfigResource(ConfigResource.Type.TOPIC, INPUT.name)
+    config = admin.describe_configs([resource])[resource].result(timeout_s)
+    return int(config["max.message.bytes"].value)
 
 
 def wait_for_kafka(admin: AdminClient, timeout_s: float) -> None:
@@ -153,11 +181,18 @@ def register_schemas(
     return ids
 
 
+def declared_topics(admin: AdminClient, timeout_s: float = 60) -> tuple[list[str], list[TopicSpec]]:
+    """The input first (as declared, or as it is: another deployment may have made it), then
+    every topic as declared, its record limit sized from the input's."""
+    actions = ensure_topics(admin, [INPUT], timeout_s)
+    return actions, load_topic_specs(input_max_bytes(admin, timeout_s))
+
+
 def bootstrap(settings: Settings, timeout_s: float = 60) -> tuple[list[str], dict[str, int]]:
     """Topics then schemas: what `make up` runs before any worker starts."""
-    specs = load_topic_specs()
     admin = AdminClient(settings.kafka_config())
-    actions = ensure_topics(admin, specs, timeout_s)
+    actions, specs = declared_topics(admin, timeout_s)
+    actions += ensure_topics(admin, [s for s in specs if s.name != INPUT.name], timeout_s)
     registry = SchemaRegistryClient(registry_client_config(settings.schema_registry_url))
     ids = register_schemas(registry, specs)
     return actions, ids

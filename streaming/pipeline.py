@@ -35,11 +35,12 @@ _COMPACTED = {
     "min.cleanable.dirty.ratio": "0.1",
     "segment.ms": "3600000",
 }
-_DEAD_LETTERS = {**_FOREVER, "max.message.bytes": "2097152"}
-"""Dead-letter topics take records twice the inputs' size (Kafka's default max.message.bytes,
-1048588): a dead letter is the whole input record plus error headers (Connect's carry a stack
-trace), so a record near the input limit must still fit, or it would be lost (Connect) or abort
-the worker's transaction on every retry (stream workers)."""
+_DEAD_LETTERS = _FOREVER
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+"""Kafka's default max.message.bytes: the input's when its topic does not say otherwise."""
+RECORD_HEADROOM_BYTES = 65_536
+"""What a stage may add to the largest input record: the position header (29 bytes), a key
+(the review id, at most 20), record and batch framing; with a wide margin."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class TopicSpec:
     description: str = ""
     internal: bool = False
     """Written and read by one worker only (repartition and changelog topics)."""
+    dead_letter: bool = False
     may_grow: bool = False
     """Partitions may be added in place: nothing downstream depends on where a key lands here.
     Every other topic holds state by partition (a changelog, a store's input, a compacted
@@ -92,12 +94,14 @@ RECENT = TopicSpec(
 DEAD_LETTER = TopicSpec(
     "reviews-dead-letter",
     config=_DEAD_LETTERS,
+    dead_letter=True,
     may_grow=True,
     description="Records a stream worker could not process: original key and bytes, error headers",
 )
 CONNECT_DEAD_LETTER = TopicSpec(
     "connect-dead-letter",
     config=_DEAD_LETTERS,
+    dead_letter=True,
     may_grow=True,
     description="Records the PostgreSQL sink could not decode: their bytes, Connect error headers",
 )
@@ -133,6 +137,20 @@ TOPICS: tuple[TopicSpec, ...] = (
     COURSES_CHANGELOG,
     CONNECT_DEAD_LETTER,
 )
+
+
+def max_message_bytes(spec: TopicSpec, input_bytes: int) -> int:
+    """A topic's max.message.bytes, sized from the input's (`reviews bootstrap` reads it), so
+    whatever a stage makes of the largest record the input accepts can be written: every
+    derived topic the input's size plus headroom (a copy of a review, a title, a change); the
+    dead letters twice that (the whole input record plus error headers; Connect's carry a stack
+    trace), or a record near the input's limit would be lost (Connect) or abort a worker's
+    transaction on every retry."""
+    if spec.name == INPUT.name:
+        return input_bytes
+    if spec.dead_letter:
+        return 2 * input_bytes + RECORD_HEADROOM_BYTES
+    return input_bytes + RECORD_HEADROOM_BYTES
 
 
 @dataclass(frozen=True)

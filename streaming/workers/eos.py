@@ -142,6 +142,8 @@ class EosWorker(ABC):
     and the loop."""
 
     name = "worker"
+    compression = "none"
+    """The producer's codec (`compression.type`): a stage whose copies may be large sets one."""
 
     def __init__(self, settings: Settings, loop: LoopConfig, stop: StopFlag) -> None:
         self.settings = settings
@@ -175,6 +177,7 @@ class EosWorker(ABC):
                     **PRODUCER_BUFFERS,
                     "transaction.timeout.ms": 60_000,
                     "message.max.bytes": MAX_PRODUCE_BYTES,
+                    "compression.type": self.compression,
                     # records sent per partition, for /metrics (parsed every 5 s: no cost)
                     "statistics.interval.ms": 5000,
                     "stats_cb": self.metrics.on_producer_stats,

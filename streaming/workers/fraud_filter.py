@@ -61,6 +61,10 @@ class FraudTopics:
 
 class FraudFilter(EosWorker):
     name = "fraud-filter"
+    # Its copies are whole reviews: a producer may have sent one compressed to fit the input's
+    # limit (a 3 MB text, say), and the copy must fit the same limit (plus headroom). lz4: the
+    # cheapest codec per byte, on batches of mostly empty-text reviews.
+    compression = "lz4"
 
     def __init__(
         self,

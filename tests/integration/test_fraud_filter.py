@@ -201,7 +201,7 @@ def test_copies_are_keyed_by_the_review_id_whatever_key_the_producer_sent(
     assert sorted(m.key() for m in routed) == [b"11", b"12", b"13", b"14"]
     for m in routed:
         assert m.partition() == to_positive(murmur2(m.key())) % 4, m.key()
-        assert m.value() == sent[next(k for k, v in sent.items() if v == m.value())]
+        assert m.value() in sent.values(), "value bytes unchanged"
 
 
 def test_a_copy_the_broker_refuses_is_dead_lettered_with_its_reason_and_the_loop_goes_on(
