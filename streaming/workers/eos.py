@@ -163,6 +163,9 @@ class EosWorker(ABC):
                     # range puts partition p of co-partitioned inputs on one member: a store
                     # partition needs all of them (checked on every assignment)
                     "partition.assignment.strategy": "range",
+                    # the input may grow (partitions added to udemy-reviews): a new partition
+                    # is seen, assigned and read within 10 s (librdkafka's default: 5 min)
+                    "topic.metadata.refresh.interval.ms": 10_000,
                     "statistics.interval.ms": 5000,
                     "stats_cb": self.metrics.on_stats,
                     **CONSUMER_BUFFERS,
