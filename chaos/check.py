@@ -194,16 +194,16 @@ def source_position(m: Message) -> tuple[int, int] | None:
     """The input position an output names: the fraud filter's `source.position` header
     (int32 partition, int64 offset, big-endian) or a dead letter's `dlq.source.*` headers."""
     headers = dict(m.headers() or [])
-    if "source.position" in headers:
-        value = headers["source.position"]
-        if value is not None and len(value) == 12:
-            partition, offset = struct.unpack(">iq", value)
-            return partition, offset
-        return None
-    try:
-        return int(headers["dlq.source.partition"]), int(headers["dlq.source.offset"])
-    except (KeyError, TypeError, ValueError):
-        return None
+    if "dlq.source.partition" in headers:  # a dead letter keeps the input's own headers too
+        try:
+            return int(headers["dlq.source.partition"]), int(headers["dlq.source.offset"])
+        except (KeyError, TypeError, ValueError):
+            return None
+    value = headers.get("source.position")
+    if value is not None and len(value) == 12:
+        partition, offset = struct.unpack(">iq", value)
+        return partition, offset
+    return None
 
 
 def read_routed(

@@ -109,7 +109,7 @@ VERSIONS_CHANGELOG = TopicSpec(
     "stats-aggregator-review-versions-changelog",
     config=_COMPACTED,
     internal=True,
-    description="Current version of every review (key: review id), partition p = input partition p",
+    description="Current version of every review (key: review id), partition p = valid/fraud p",
 )
 CHANGES = TopicSpec(
     "stats-aggregator-course-changes-repartition",

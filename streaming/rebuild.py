@@ -21,9 +21,9 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from streaming.admin import ensure_topics
+from streaming.admin import ensure_topics, input_max_bytes
 from streaming.config import Settings
-from streaming.pipeline import AGGREGATOR, TOPICS, WORKERS, TopicSpec
+from streaming.pipeline import AGGREGATOR, TOPICS, WORKERS, TopicSpec, max_message_bytes
 
 DELETE_WAIT_S = 60.0
 
@@ -76,7 +76,8 @@ def rebuild(settings: Settings, the_plan: Plan, say: Callable[[str], None] = pri
     if busy:
         raise WorkersRunning(
             f"consumer groups {busy} have members: stop the stream workers first "
-            "(the fraud filter and the aggregator), then run this again"
+            "(the fraud filter and the aggregator), then run this again (a worker stopped "
+            "just now stays a member until its session times out, 10 s)"
         )
     present = set(admin.list_topics(timeout=30).topics)
     doomed = [t.name for t in the_plan.topics if t.name in present]
@@ -96,6 +97,11 @@ def rebuild(settings: Settings, the_plan: Plan, say: Callable[[str], None] = pri
         if directory.exists():
             shutil.rmtree(directory)
             say(f"removed the snapshots in {directory}")
-    for action in ensure_topics(admin, list(the_plan.topics)):
+    limit = input_max_bytes(admin)  # recreated as bootstrap sizes them
+    sized = [
+        replace(t, config={**t.config, "max.message.bytes": str(max_message_bytes(t, limit))})
+        for t in the_plan.topics
+    ]
+    for action in ensure_topics(admin, sized):
         say(action)
     say("done: start the stream workers; they rebuild every statistic from udemy-reviews")

@@ -3,11 +3,12 @@
 The Kafka Streams KTable model (`table.groupBy(course).aggregate(init, adder, subtractor)`):
 
 1. `VersionsState`, one partition of the review stage (keyed by review id, co-partitioned with
-   `udemy-reviews`): the current version of every review. Each incoming version either is stale
-   (it only offers its course title) or supersedes the stored one; then it emits *changes*, each
-   routed by course: a retraction of the old counted version to the old course and an addition
-   of the new one to its course (one record when both are the same course). Re-ratings, verdict
-   flips and moves between courses are all this one mechanism.
+   the valid and fraud topics, keyed by the review id): the current version of every review.
+   Each incoming version either is stale (it only offers its course title) or supersedes the
+   stored one; then it emits *changes*, each routed by course: a retraction of the old counted
+   version to the old course and an addition of the new one to its course (one record when both
+   are the same course). Re-ratings, verdict flips and moves between courses are all this one
+   mechanism.
 2. `CourseState`, one partition of the course stage (keyed by course id): applies changes to the
    course statistics and keeps each course's title by the order-independent rule.
 

@@ -56,7 +56,7 @@ from streaming.workers.state import ChangelogStore
 
 log = logging.getLogger("eos")
 
-MAX_PRODUCE_BYTES = 8 * 1024 * 1024
+MAX_PRODUCE_BYTES = 64 * 1024 * 1024
 """The producer's own record limit, above any topic's: the broker enforces each topic's
 max.message.bytes, and librdkafka's default (1,000,000) is below Kafka's (1,048,588), so a record
 that fits its input topic could not even be passed through or dead-lettered."""
@@ -216,6 +216,12 @@ class EosWorker(ABC):
     def dead_letter_topic(self) -> str:
         """Where records go that cannot be processed, or whose outputs the broker refuses."""
 
+    def divertible(self, topic: str) -> bool:
+        """Whether a record of this input topic may go to the dead letters when the broker
+        refuses its outputs (not a worker's own internal records: losing one would make the
+        state inexact; then the worker stalls and says why)."""
+        return True
+
     def tick(self) -> None:  # noqa: B027 - optional hook
         """Called every loop turn, inside the open transaction (e.g. time-driven output)."""
 
@@ -229,7 +235,7 @@ class EosWorker(ABC):
     def produce_dead_letter(self, topic: str, msg: Message, reason: str) -> None:
         """Send an unreadable record to `topic` in the open transaction, cut to fit the topic."""
         headers = dead_letter_headers(msg, reason, self.loop.transactional_id)
-        limit = self.topic_max_bytes(topic)
+        limit = min(self.topic_max_bytes(topic), MAX_PRODUCE_BYTES)  # the client's limit too
         value, headers = fit_dead_letter(msg.key(), msg.value(), headers, limit)
         self.producer.produce(topic, value, msg.key(), headers=headers)
 
@@ -554,7 +560,15 @@ class EosWorker(ABC):
         """The broker refused an output for good: abort, then find the record (going through
         the batch one record per transaction) and dead-letter it (`streaming.workers.refusals`)."""
         why = refusals.reason(err)
-        if self._careful_msg is not None:
+        if self._careful_msg is not None and not self.divertible(self._careful_msg[0]):
+            log_event(
+                log,
+                "an internal record's output refused: stalled",
+                logging.ERROR,
+                error=why,
+                record=self._careful_msg,
+            )
+        elif self._careful_msg is not None:
             if not self.refusals.blame(*self._careful_msg, why):
                 log_event(
                     log,
@@ -619,6 +633,10 @@ class EosWorker(ABC):
                 if self._held:
                     self._release()
                 careful = self.refusals.careful
+                if careful:  # time-driven output in a transaction of its own: blamed on no record
+                    self.tick()
+                    if self.checkpoint.records:
+                        self.commit()
                 msgs = self.records(
                     self.consumer.consume(
                         1 if careful else cfg.batch_size, timeout=min(interval, 0.5)
@@ -634,13 +652,18 @@ class EosWorker(ABC):
                     self.commit()
                     self.refusals.passed(*self._careful_msg)
                     self._careful_msg = None
+                if careful:
+                    assigned = self.consumer.position(self.consumer.assignment())
+                    self.refusals.caught_up({(t.topic, t.partition): t.offset for t in assigned})
                 elif self.checkpoint.due():
                     self.commit()
                 elif not self.checkpoint.records and self._snapshot_due():
                     self.snapshot()  # idle after a commit: the state is the committed one
             except KafkaException as exc:
                 err = exc.args[0]
-                if refusals.refused(err):
+                if refusals.refused(err) or refusals.failed_transaction(err):
+                    # a record the broker refused failed the transaction (in the background:
+                    # a later produce says only _STATE); find it, one record per transaction
                     self._on_refused(err)
                     continue
                 if not (err.txn_requires_abort() or err.retriable()) or err.fatal():

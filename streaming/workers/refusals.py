@@ -36,6 +36,12 @@ def refused(err: KafkaError) -> bool:
     return not err.fatal() and err.name() in REFUSED
 
 
+def failed_transaction(err: KafkaError) -> bool:
+    """A produce refused because the open transaction already failed (a record of it was
+    refused in the background): the cause shows when each record gets its own transaction."""
+    return not err.fatal() and err.code() == KafkaError._STATE
+
+
 def reason(err: KafkaError) -> str:
     return f"output refused by the broker: {err.name()} ({err.str()})"
 
@@ -77,11 +83,16 @@ class Refusals:
         return why
 
     def passed(self, topic: str, partition: int, offset: int) -> None:
-        """The records up to offset are committed: forget them; past the careful range,
-        batches resume."""
+        """The records up to offset are committed: forget the blamed ones among them."""
         key = (topic, partition)
         for position in [b for b in self.blamed if b[:2] == key and b[2] <= offset]:
             del self.blamed[position]
             self.diverted.discard(position)
-        if key in self.careful_until and offset + 1 >= self.careful_until[key]:
-            del self.careful_until[key]
+
+    def caught_up(self, positions: dict[Partition, int]) -> None:
+        """The consumer's positions now: a partition at or past its careful range (or no
+        longer assigned here, or idle since) needs no more care; with none left, batches
+        resume."""
+        for key, end in list(self.careful_until.items()):
+            if key not in positions or positions[key] >= end:
+                del self.careful_until[key]

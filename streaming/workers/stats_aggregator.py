@@ -4,7 +4,8 @@ Two stages in one loop and one transaction per commit, as a Kafka Streams topolo
 `table(reviews).groupBy(course).aggregate(adder, subtractor)` would run (declared in
 `streaming.pipeline.AGGREGATOR`):
 
-1. current versions (state keyed by review id, co-partitioned with `udemy-reviews`): each record
+1. current versions (state keyed by review id, co-partitioned with the valid and fraud topics,
+   which the fraud filter keys by the review id): each record
    of `udemy-reviews-valid` / `-fraud` (the verdict is the topic) is ordered by (modified, its
    position in `udemy-reviews`, carried by the fraud filter's header), so the later record of
    the system of record wins whatever topic or interleaving it arrived in. A superseding version
@@ -144,6 +145,9 @@ class StatsAggregator(EosWorker):
 
     def dead_letter_topic(self) -> str:
         return self.t.dead_letter
+
+    def divertible(self, topic: str) -> bool:
+        return topic != self.t.changes  # a lost change would leave a course inexact
 
     def process(self, msgs: list[Message]) -> None:
         inputs: list[Message] = []

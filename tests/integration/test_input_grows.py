@@ -74,9 +74,17 @@ def test_partitions_added_to_the_input_change_no_result(
     courses = courses_on_distinct_partitions(base, 4)
     records = history(160, now_ms, courses, first_id=base * 10, seed=53)
     verdicts = with_rule_verdicts(records, rng)
-    later = [  # an edit of every review once the input grew: a later modified, another rating
-        {**r, "rating": "1.0" if r["rating"] != "1.0" else "5.0", "modified": r["modified"] + 10**6}
-        for r in {r["id"]: r for r in records}.values()
+    # an edit of every review once the input grew, another rating: half at a later modified,
+    # half at the same modified as its latest version (a tie across partitions: the greater
+    # partition, then the greater offset, is current)
+    latest = {r["id"]: r for r in sorted(records, key=lambda r: r["modified"])}
+    later = [
+        {
+            **r,
+            "rating": "1.0" if r["rating"] != "1.0" else "5.0",
+            "modified": r["modified"] + (10**6 if n % 2 else 0),
+        }
+        for n, r in enumerate(latest.values())
     ]
     verdicts += [MODEL.is_fraud(review_record(r)) for r in later]
     schema_id = Registry(settings.schema_registry_url).register(

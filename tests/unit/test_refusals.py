@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaError
 
-from streaming.workers.refusals import Refusals, reason, refused
+from streaming.workers.refusals import Refusals, failed_transaction, reason, refused
 
 
 def test_only_errors_no_retry_can_change_are_refusals() -> None:
@@ -22,12 +22,18 @@ def test_a_refused_batch_is_gone_through_one_record_at_a_time_then_batches_resum
     r = Refusals()
     r.suspect([("in", 0, 10), ("in", 1, 4), ("in", 2, 0)])
     assert r.careful
-    r.passed("in", 0, 5)
-    r.passed("in", 1, 3)
-    r.passed("in", 2, 0)
+    r.caught_up({("in", 0): 5, ("in", 1): 3, ("in", 2): 0})
+    assert r.careful_until == {("in", 0): 10, ("in", 1): 4}, "an idle partition needs no care"
+    r.caught_up({("in", 0): 5})  # partition 1 was revoked
     assert r.careful_until == {("in", 0): 10}
-    r.passed("in", 0, 9)
+    r.caught_up({("in", 0): 10})
     assert not r.careful
+
+
+def test_a_failed_transaction_is_a_reason_to_look_record_by_record() -> None:
+    assert failed_transaction(KafkaError(KafkaError._STATE))
+    assert not failed_transaction(KafkaError(KafkaError._STATE, fatal=True))
+    assert not failed_transaction(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
 
 
 def test_the_blamed_record_is_dead_lettered_when_read_again_then_forgotten() -> None:
