@@ -29,7 +29,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame, schemas_dir, split_confluent
 from streaming.core.ratings import BUCKET_FIELDS, rating_halves
-from streaming.core.source_position import HEADER, encode
+from streaming.core.source_position import HEADER, encode, order, unorder
 from streaming.core.stats import CourseStatistic, ReviewVersion, compute_from_scratch
 from streaming.core.window import epoch_day
 from streaming.serde import Registry, local_schema
@@ -37,6 +37,8 @@ from streaming.topic_reader import read_records
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COURSES = 40
+PARTITIONS = 4
+"""The system of record's partitions a keyless producer spreads the edit-heavy input over."""
 _T0 = 1_700_000_000_000
 _STEP_MS = 997
 
@@ -85,7 +87,7 @@ def _produce_all(settings: Settings, records: Iterable[tuple[str, dict, int | No
         buf.truncate()
         schemaless_writer(buf, schema, r)
         value = confluent_frame(schema_id, buf.getvalue())
-        headers = None if position is None else [(HEADER, encode(0, position))]
+        headers = None if position is None else [(HEADER, encode(*unorder(position)))]
         while True:
             try:
                 p.produce(topic, value, str(r["id"]).encode(), headers=headers)
@@ -179,15 +181,31 @@ def _edit(
     return r, valid, kind
 
 
-def edit_heavy_records(n: int, seed: int = EDIT_SEED) -> Iterator[InputRecord]:
+def edit_heavy_records(
+    n: int, seed: int = EDIT_SEED, keyless: bool = False
+) -> Iterator[InputRecord]:
     """The edit-heavy aggregate input, deterministic for (n, seed), in system-of-record order.
+
+    Positions in the system of record (`source_position.order`): one partition's offsets (all
+    versions of a review on one partition, as keyed producers write them), or with `keyless`
+    each record on a random one of PARTITIONS partitions (a producer that sends no key), so one
+    review's versions sit apart and equal-`modified` ties go to the greater partition.
 
     About 80 % new reviews (`review(k)` for the k-th one, carrying its course's current title;
     FRAUD_FRACTION of them fraud), about 20 % edits of an earlier review (EDIT_KINDS). An edit's
     modified is the record's own time (`review`'s clock at its position), so it is later than
     every earlier version of the review; 40 courses, as `review`."""
     rng = random.Random(seed)
+    lands, offsets = random.Random(f"keyless-{seed}"), [0] * PARTITIONS
     reviews, titles = _Reviews(), [f"Course {c}" for c in range(COURSES)]
+
+    def position(i: int) -> int:
+        if not keyless:
+            return i
+        p = lands.randrange(PARTITIONS)
+        offsets[p] += 1
+        return order(p, offsets[p] - 1)
+
     for i in range(n):
         if i == 0 or rng.random() >= EDIT_FRACTION:
             k = len(reviews.valid)
@@ -195,10 +213,10 @@ def edit_heavy_records(n: int, seed: int = EDIT_SEED) -> Iterator[InputRecord]:
             r["course"] = _course(k % COURSES, titles)
             valid = rng.random() >= FRAUD_FRACTION
             reviews.add(r["modified"], r["rating"], k % COURSES, valid)
-            yield InputRecord(r, valid, i, "new")
+            yield InputRecord(r, valid, position(i), "new")
         else:
             r, valid, kind = _edit(rng, reviews, titles, i)
-            yield InputRecord(r, valid, i, kind)
+            yield InputRecord(r, valid, position(i), kind)
 
 
 def as_version(record: InputRecord) -> tuple[int, ReviewVersion, str]:
@@ -274,14 +292,21 @@ def edit_heavy_reference(
 
 
 def produce_edit_heavy(
-    settings: Settings, valid: str, fraud: str, n: int, seed: int = EDIT_SEED
+    settings: Settings,
+    valid: str,
+    fraud: str,
+    n: int,
+    seed: int = EDIT_SEED,
+    keyless: bool = False,
 ) -> EditHeavyInput:
-    """Produce the edit-heavy input into `valid` and `fraud`; its reference. Run it in a child
-    process (`in_child`) where RSS is measured afterwards. The records are generated twice
-    (deterministic), not kept: 1M reviews as dicts would take gigabytes."""
-    records = edit_heavy_records(n, seed)
+    """Produce the edit-heavy input into `valid` and `fraud`, as the fraud filter leaves them
+    (keyed by the review id, each record's position in the system of record in its header);
+    its reference. Run it in a child process (`in_child`) where RSS is measured afterwards.
+    The records are generated twice (deterministic), not kept: 1M reviews as dicts would take
+    gigabytes."""
+    records = edit_heavy_records(n, seed, keyless)
     _produce_all(settings, ((valid if r.valid else fraud, r.review, r.position) for r in records))
-    return edit_heavy_reference(edit_heavy_records(n, seed))
+    return edit_heavy_reference(edit_heavy_records(n, seed, keyless))
 
 
 def in_child(fn: Any, *args: Any) -> Any:

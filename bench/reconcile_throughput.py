@@ -57,6 +57,7 @@ from streaming.config import Settings
 from streaming.core.fraud import FRAUD_MODEL_ENV, load_model
 from streaming.core.ratings import rating_halves
 from streaming.core.review_bytes import pack
+from streaming.core.source_position import order
 from streaming.core.stats import ReviewVersion, compute_from_scratch
 from streaming.core.window import day_to_date
 from streaming.serde import local_schema
@@ -146,7 +147,7 @@ one partition per review id, offsets in order of `modified` within a partition."
 READ_VERSIONS = """
 select id, title, content, rating, (extract(epoch from created) * 1000)::bigint,
     (extract(epoch from modified) * 1000)::bigint, user_title, user_name, user_display_name,
-    course_id, course_title, course_url, __connect_offset
+    course_id, course_title, course_url, __connect_partition, __connect_offset
 from {reviews}
 """
 
@@ -246,7 +247,8 @@ def stream_statistics(
             fraud += sum(verdicts)
             for row, is_fraud in zip(chunk, verdicts, strict=True):
                 halves = rating_halves(row[3])
-                version = ReviewVersion(row[5], row[4], halves, not is_fraud, row[9], row[12])
+                position = order(row[12], row[13])  # (partition, offset): the version order's
+                version = ReviewVersion(row[5], row[4], halves, not is_fraud, row[9], position)
                 versions.append((row[0], version, row[10]))
     stats = compute_from_scratch(versions, as_of_day, as_of_time=int(time.time() * 1000))
     return stats, fraud

@@ -6,7 +6,8 @@ oracle, the bookkeeping of `chaos.ledger` and the `.avsc` files): every committe
 course, the sink's PostgreSQL tables, the read API, and the fraud filter's outputs. Then:
 
 - statistics: the oracle's expectation for the as-of day against each of the four views;
-- routing: every input record of the run's window in exactly one of valid / fraud / dead-letter,
+- routing: every input record of the run's window (by its position, which each output names in
+  its headers) in exactly one of valid / fraud / dead-letter,
   once, and in the one the oracle's fraud rule names;
 - acknowledgements: every record the load saw acknowledged (a POST answered 2xx, or a direct
   write delivered) in `udemy-reviews`, as a multiset of (key, decoded record), so two
@@ -47,6 +48,8 @@ SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 Raw = tuple[int, int, bytes | None, bytes | None]
 """A record as read: partition, offset, key, value."""
 Record = tuple[bytes | None, bytes | None]
+Routed = tuple[tuple[int, int] | None, bytes | None, bytes | None]
+"""An output record: the (partition, offset) in udemy-reviews its headers name, key, value."""
 
 
 class RegistrySchemas:
@@ -165,20 +168,58 @@ def _parsed(name: str, value: Any) -> Any:
 
 
 def routing(
-    window: Iterable[Raw], oracle: Oracle, outputs: Mapping[str, list[Raw]]
+    window: Iterable[Raw], oracle: Oracle, outputs: Mapping[str, list[Routed]]
 ) -> dict[str, int]:
-    """Lost / duplicated over the union of the fraud filter's outputs, and records that went to
-    another topic than the oracle's verdict names (valid vs fraud)."""
-    window = list(window)
-    inputs = Counter((k, v) for _p, _o, k, v in window)
-    every = Counter((k, v) for out in outputs.values() for _p, _o, k, v in out)
-    lost, duplicated = lost_and_duplicated(inputs, every)
+    """Each input record of the window, known by its position in udemy-reviews (which every
+    output names in its headers), in exactly one of the outputs, once: lost, duplicated; and
+    misrouted: in another topic than its verdict names, with other bytes than it had, or (a
+    valid or fraud copy) not keyed by its review id, whatever key it came with."""
+    inputs = {(p, o): v for p, o, _k, v in window}
+    seen: Counter[tuple[int, int]] = Counter()
     misrouted = 0
-    for verdict in (VALID, FRAUD):
-        want = Counter((k, v) for p, o, k, v in window if oracle.verdicts.get((p, o)) == verdict)
-        got = Counter((k, v) for _p, _o, k, v in outputs[verdict])
-        misrouted += sum((want - got).values())
+    for verdict, out in outputs.items():
+        for pos, key, value in out:
+            if pos not in inputs:
+                continue  # an output of a record before the window
+            seen[pos] += 1
+            wrong = value != inputs[pos] or oracle.verdicts.get(pos) != verdict
+            if verdict in (VALID, FRAUD):
+                wrong = wrong or key != str(oracle.review_ids.get(pos)).encode()
+            misrouted += wrong
+    lost, duplicated = lost_and_duplicated(Counter(inputs.keys()), seen)
     return {"lost": lost, "duplicated": duplicated, "misrouted": misrouted}
+
+
+def source_position(m: Message) -> tuple[int, int] | None:
+    """The input position an output names: the fraud filter's `source.position` header
+    (int32 partition, int64 offset, big-endian) or a dead letter's `dlq.source.*` headers."""
+    headers = dict(m.headers() or [])
+    if "dlq.source.partition" in headers:  # a dead letter keeps the input's own headers too
+        try:
+            return int(headers["dlq.source.partition"]), int(headers["dlq.source.offset"])
+        except (KeyError, TypeError, ValueError):
+            return None
+    value = headers.get("source.position")
+    if value is not None and len(value) == 12:
+        partition, offset = struct.unpack(">iq", value)
+        return partition, offset
+    return None
+
+
+def read_routed(
+    bootstrap: str, topic: str, start: Mapping[int, int], keep: Callable[[Message], bool]
+) -> list[Routed]:
+    """The fraud filter's outputs in `topic` from `start`, each with the input position it
+    names."""
+    positions: dict[tuple[int, int], tuple[int, int] | None] = {}
+
+    def note(m: Message) -> bool:
+        if keep(m):
+            positions[(m.partition(), m.offset())] = source_position(m)
+            return True
+        return False
+
+    return [(positions[(p, o)], k, v) for p, o, k, v in read_topic(bootstrap, topic, start, note)]
 
 
 def decoded_inputs(window: Iterable[Raw], schemas: Callable[[int], Any]) -> Counter[str]:
@@ -204,8 +245,9 @@ def decoded_inputs(window: Iterable[Raw], schemas: Callable[[int], Any]) -> Coun
 
 
 def canonical(key: bytes | str | None, record: Mapping[str, Any]) -> str:
-    """One (key, record) as a comparable string."""
-    k = key.decode() if isinstance(key, bytes) else key
+    """One (key, record) as a comparable string; a key as hex (keys are any bytes: an 8-byte
+    long is no text), as the load writes them."""
+    k = key.hex() if isinstance(key, bytes) else key
     return json.dumps([k, record], sort_keys=True, separators=(",", ":"))
 
 
@@ -270,9 +312,9 @@ def run_check(
     verdict.edits = edit_kinds(v for v in oracle.history if (v.partition, v.offset) in in_window)
 
     outputs = {
-        VALID: read_topic(bootstrap, "udemy-reviews-valid", start["udemy-reviews-valid"]),
-        FRAUD: read_topic(bootstrap, "udemy-reviews-fraud", start["udemy-reviews-fraud"]),
-        DEAD: read_topic(
+        VALID: read_routed(bootstrap, "udemy-reviews-valid", start["udemy-reviews-valid"], every),
+        FRAUD: read_routed(bootstrap, "udemy-reviews-fraud", start["udemy-reviews-fraud"], every),
+        DEAD: read_routed(
             bootstrap, "reviews-dead-letter", start["reviews-dead-letter"], from_input
         ),
     }
@@ -298,6 +340,10 @@ def run_check(
     if verdict.acked_missing:
         verdict.problems.append(f"acknowledged: {verdict.acked_missing} records not in the input")
     return verdict
+
+
+def every(_m: Message) -> bool:
+    return True
 
 
 def from_input(m: Message) -> bool:

@@ -503,6 +503,47 @@ def schema_id(registry_url: str, schema_text: str, attempts: int = 3) -> int:
 
 # -- the load ----------------------------------------------------------------------------------
 
+STYLES = (
+    ("id", 0.50),
+    ("none", 0.20),
+    ("long", 0.15),
+    ("other", 0.11),
+    ("near-limit", 0.02),
+    ("compressed", 0.02),
+)
+"""How the direct writes are sent: as ours are (keyed by the id), as the original Java producer
+did (no key), with the id as an 8-byte long, with a key that is not the id; near the input's
+record limit (incompressible text, keyed by the id); 3 MB of text sent zstd-compressed."""
+INPUT_LIMIT_BYTES = 1_048_588
+"""The input's max.message.bytes (Kafka's default, as `reviews bootstrap` leaves it)."""
+NEAR_LIMIT_TEXT = INPUT_LIMIT_BYTES - 1_200  # the rest of the review, the framing
+COMPRESSED_TEXT = 3_000_000
+
+
+def producer_style(rng: random.Random) -> tuple[str, int]:
+    """A style and the text size it forces (0: the record's own)."""
+    style = rng.choices([s for s, _ in STYLES], [w for _, w in STYLES])[0]
+    size = {"near-limit": NEAR_LIMIT_TEXT, "compressed": COMPRESSED_TEXT}.get(style, 0)
+    return style, size
+
+
+def style_key(style: str, review_id: int, rng: random.Random) -> bytes | None:
+    if style == "none":
+        return None
+    if style == "long":
+        return review_id.to_bytes(8, "big", signed=True)
+    if style == "other":
+        return f"user-{rng.randrange(10_000)}".encode()
+    return str(review_id).encode()
+
+
+def filler(size: int, style: str) -> str:
+    """Text of `size` characters: random hex near the limit (no codec shrinks it much),
+    a repeated phrase when compressed."""
+    if style == "near-limit":
+        return os.urandom(size // 2).hex()
+    return ("kafka streams " * (size // 14 + 1))[:size]
+
 
 class DirectProducer(Protocol):
     """What the load needs of a confluent_kafka Producer (a fake in tests)."""
@@ -556,6 +597,9 @@ class Load:
         self.codec = ReviewCodec()
         self.generator = Generator(seed, base_id, self.codec, weights=weights, courses=courses)
         self.paths = random.Random(f"paths-{seed}")
+        self.styles = random.Random(f"styles-{seed}")
+        self.by_style: Counter[str] = Counter()
+        """Direct writes acknowledged, by producer style (`STYLES`)."""
         self.sent = 0
         self.acked = 0
         self.acked_by_path: Counter[str] = Counter()
@@ -569,7 +613,7 @@ class Load:
 
     # -- overridable connections (tests give fakes) --------------------------------------------
 
-    def make_producer(self) -> DirectProducer:
+    def make_producer(self, compression: str = "none") -> DirectProducer:
         return Producer(
             {
                 "bootstrap.servers": self.bootstrap,
@@ -577,6 +621,8 @@ class Load:
                 "acks": "all",
                 "partitioner": "murmur2_random",  # where Java clients put a key
                 "linger.ms": 5,
+                "compression.type": compression,
+                "message.max.bytes": 8_388_608,  # the broker's topic limit is what counts
             },
             logger=QUIET,  # a broker down is a planned fault: each refusal is in the answers
         )
@@ -611,6 +657,7 @@ class Load:
         self._schema_id = self.lookup_schema_id()
         self.load_sample()
         self._producer = self.make_producer()
+        self._zstd = self.make_producer(compression="zstd")
         started = time.monotonic()
         with (
             self.out_path.open("w", encoding="utf-8", buffering=1) as out,
@@ -664,20 +711,40 @@ class Load:
         self._settle("post", planned, None if 200 <= r.status_code < 300 else str(r.status_code))
 
     def _send_direct(self, planned: Planned) -> None:
+        """As one of the producers that share udemy-reviews would send it (`producer_style`):
+        keyed by the id, with no key, an 8-byte long key or a key that is not the id; a few
+        near the input's record limit, or large and zstd-compressed."""
+        style, size = producer_style(self.styles)
+        if size:
+            planned = Planned(planned.kind, {**planned.record, "content": filler(size, style)})
+        key = style_key(style, planned.record["id"], self.styles)
+
         def delivered(err: KafkaError | None, _msg: Message) -> None:
-            self._settle("direct", planned, None if err is None else err.name())
+            self._settle("direct", planned, None if err is None else err.name(), key)
+            if err is None:
+                with self._lock:
+                    self.by_style[style] += 1
 
         value = self.codec.frame(self._schema_id, planned.record)
+        producer = self._zstd if style == "compressed" else self._producer
         try:
-            self._producer.produce(TOPIC, value, planned.key.encode(), on_delivery=delivered)
+            producer.produce(TOPIC, value, key, on_delivery=delivered)
         except BufferError:
-            self._settle("direct", planned, "BufferError")
+            self._settle("direct", planned, "BufferError", key)
         except KafkaException as exc:
-            self._settle("direct", planned, exc.args[0].name())
+            self._settle("direct", planned, exc.args[0].name(), key)
 
-    def _settle(self, path: str, planned: Planned, refused: str | None) -> None:
-        """Record one outcome: counters, the generator's belief, a line of the answers file."""
-        line: dict[str, Any] = {"path": path, "kind": planned.kind, "key": planned.key}
+    def _settle(
+        self, path: str, planned: Planned, refused: str | None, key: bytes | None = b""
+    ) -> None:
+        """Record one outcome: counters, the generator's belief, a line of the answers file
+        (the key as hex: keys are any bytes; null for none)."""
+        sent_key = planned.key.encode() if key == b"" else key
+        line: dict[str, Any] = {
+            "path": path,
+            "kind": planned.kind,
+            "key": None if sent_key is None else sent_key.hex(),
+        }
         with self._lock:
             self.generator.settle(planned, acked=refused is None)
             if refused is None:
@@ -700,9 +767,10 @@ class Load:
         for future, planned in posts.items():
             if future.cancel():
                 self._settle("post", planned, "not sent")
-        if self._producer.flush(max(1.0, deadline - time.monotonic())):
-            self._producer.purge()  # their delivery reports now say _PURGE_QUEUE
-            self._producer.flush(5)
+        for producer in (self._producer, self._zstd):
+            if producer.flush(max(1.0, deadline - time.monotonic())):
+                producer.purge()  # their delivery reports now say _PURGE_QUEUE
+                producer.flush(5)
 
     def summary(self) -> str:
         """One line: the rate achieved and what was acknowledged or refused."""
@@ -711,7 +779,8 @@ class Load:
             f"load from id {self.generator.base_id}: {self.sent} sent in {self.elapsed_s:.1f} s "
             f"({rate:.1f}/s), "
             f"{self.acked} acked {dict(self.acked_by_path)}, refused {dict(self.refused)}, "
-            f"kinds {dict(self.by_kind)}, {self.sample_reviews} sample reviews editable"
+            f"kinds {dict(self.by_kind)}, direct writes by producer {dict(self.by_style)}, "
+            f"{self.sample_reviews} sample reviews editable"
         )
 
 

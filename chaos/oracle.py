@@ -20,8 +20,10 @@ The rules (docs/semantics.md, schemas/course_statistic.avsc):
   hashed is the one received when the writer schema *is* the Review schema (same canonical form),
   byte for byte (the stream hashes what it got); a record written with another schema is first
   resolved into the Review schema and re-encoded, and that encoding is hashed.
-- A review's current version: the greatest (modified, offset in udemy-reviews). It counts, in
-  the course it names, only if it is valid.
+- A review is identified by its value's `id`, never by the record's key (producers may send
+  none, or another encoding). Its current version: the greatest (modified, partition, offset) in
+  udemy-reviews, wherever its versions landed. It counts, in the course it names, only if it is
+  valid.
 - A course exists from the first readable record naming it (any version, valid or fraud,
   current or stale): it then has an all-time record and a recent record, with zero statistics
   when nothing counts there (only fraud reviews, or all of them moved away). A course named by
@@ -47,8 +49,7 @@ Choices where the brief is silent, taken from the stream's behaviour:
   and the stream wrap it silently), a field the Review drops cut short (fastavro skips it
   unchecked) make it malformed. The stream checks bodies written with the Review schema the
   same way, but reads those of another schema with fastavro alone.
-- The key is not read: versions are grouped by the review id in the value. A review id seen on
-  two partitions breaks the partitioning assumption; it is reported in `Oracle.anomalies`.
+- The key is not read: versions are grouped by the review id in the value, on any partitions.
 """
 
 from __future__ import annotations
@@ -463,9 +464,11 @@ def statistic(
 
 
 def supersedes(incoming: Version, current: Version | None) -> bool:
-    """Whether `incoming` is a later version than `current`: greater (modified, offset)."""
-    return current is None or (incoming.modified, incoming.offset) > (
+    """Whether `incoming` is a later version than `current`: greater (modified, partition,
+    offset) of udemy-reviews."""
+    return current is None or (incoming.modified, incoming.partition, incoming.offset) > (
         current.modified,
+        current.partition,
         current.offset,
     )
 
@@ -491,8 +494,9 @@ class Oracle:
         self.dead_letters: list[Position] = []
         self.dead_reasons: dict[Position, str] = {}
         self.history: list[Version] = []
-        self.anomalies: list[str] = []
         self.current: dict[int, Version] = {}
+        self.review_ids: dict[Position, int] = {}
+        """The review id (the value's `id`) of each readable record."""
         self.titles: dict[int, tuple[int, str]] = {}
         """course id -> (modified, title) of its winning record."""
 
@@ -514,13 +518,10 @@ class Oracle:
     def add_version(self, v: Version) -> None:
         """Take one readable version: its verdict, the current versions, the course titles."""
         self.verdicts[(v.partition, v.offset)] = FRAUD if v.fraud else VALID
+        self.review_ids[(v.partition, v.offset)] = v.review_id
         if self.keep_history:
             self.history.append(v)
         current = self.current.get(v.review_id)
-        if current is not None and current.partition != v.partition:
-            self.anomalies.append(
-                f"review {v.review_id} on partitions {current.partition} and {v.partition}"
-            )
         if supersedes(v, current):
             self.current[v.review_id] = v
         best = self.titles.get(v.course_id)

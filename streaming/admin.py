@@ -1,8 +1,13 @@
 """Declarative set-up of the pipeline's topics and schemas, idempotent (`reviews bootstrap`).
 
 Topics come from the pipeline's declaration (`streaming.pipeline.TOPICS`): missing ones are
-created, configs of existing ones are brought in line, a partition count below the declared one
-is raised (never lowered: that would move keys). Value schemas are registered under
+created, configs of existing ones are brought in line. Every topic's record limit
+(max.message.bytes) is sized from the input's, read from the broker, so whatever a stage makes
+of the largest record the input accepts can be written. Partitions: a topic declared `may_grow`
+(the input, the dead letters) is raised to the declared count when below it and left alone
+above it; any other topic holds state by partition, so a count other than the declared one is
+refused with the way out (`reviews rebuild-stream` for the stream's derived topics), never
+changed in place. Value schemas are registered under
 `<topic>-value` with BACKWARD compatibility, so an incompatible change is refused by the
 registry before any producer can write it.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from confluent_kafka import KafkaException
@@ -25,7 +31,13 @@ from confluent_kafka.admin import (
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from streaming.config import Settings, registry_client_config
-from streaming.pipeline import TOPICS, TopicSpec
+from streaming.pipeline import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    INPUT,
+    TOPICS,
+    TopicSpec,
+    max_message_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +45,28 @@ SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
 COMPATIBILITY = "BACKWARD"
 
 
-def load_topic_specs() -> list[TopicSpec]:
-    """The declared topics."""
-    return list(TOPICS)
+def load_topic_specs(input_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[TopicSpec]:
+    """The declared topics, each record limit sized from the input's (`max_message_bytes`)."""
+    return [
+        replace(
+            spec,
+            config={
+                **spec.config,
+                "max.message.bytes": str(max_message_bytes(spec, input_max_bytes)),
+            },
+        )
+        if spec.name != INPUT.name
+        else spec
+        for spec in TOPICS
+    ]
+
+
+def input_max_bytes(admin: AdminClient, timeout_s: float = 30) -> int:
+    """The input topic's max.message.bytes as the broker applies it (its own or the broker's
+    default), read after the input exists."""
+    resource = ConfigResource(ConfigResource.Type.TOPIC, INPUT.name)
+    config = admin.describe_configs([resource])[resource].result(timeout_s)
+    return int(config["max.message.bytes"].value)
 
 
 def wait_for_kafka(admin: AdminClient, timeout_s: float) -> None:
@@ -74,10 +105,11 @@ def ensure_topics(admin: AdminClient, specs: list[TopicSpec], timeout_s: float =
                     raise
     present = [s for s in specs if s.name in existing]
 
+    check_partition_counts({s.name: len(existing[s.name].partitions) for s in present}, present)
     grow = [
         NewPartitions(s.name, s.partitions)
         for s in present
-        if len(existing[s.name].partitions) < s.partitions
+        if s.may_grow and len(existing[s.name].partitions) < s.partitions
     ]
     if grow:
         for name, fut in admin.create_partitions(grow, operation_timeout=timeout_s).items():
@@ -113,6 +145,27 @@ def ensure_topics(admin: AdminClient, specs: list[TopicSpec], timeout_s: float =
     return actions
 
 
+class TopicLayoutError(RuntimeError):
+    """A topic that holds state by partition has another partition count than declared."""
+
+
+def check_partition_counts(counts: dict[str, int], specs: list[TopicSpec]) -> None:
+    """Refuse (TopicLayoutError) what would re-partition state: a topic not declared `may_grow`
+    whose count is not the declared one."""
+    wrong = [
+        f"{s.name} has {counts[s.name]} partitions, declared {s.partitions}"
+        for s in specs
+        if not s.may_grow and s.name in counts and counts[s.name] != s.partitions
+    ]
+    if wrong:
+        raise TopicLayoutError(
+            "; ".join(wrong) + ": these topics hold state by partition and are not re-partitioned "
+            "in place (keys would move away from their state). For the stream's derived topics, "
+            "stop the workers and run `reviews rebuild-stream`, which recreates them as declared "
+            "and replays udemy-reviews; a statistics topic must be deleted and re-published."
+        )
+
+
 def register_schemas(
     registry: SchemaRegistryClient, specs: list[TopicSpec], schemas_dir: Path = SCHEMAS_DIR
 ) -> dict[str, int]:
@@ -128,11 +181,18 @@ def register_schemas(
     return ids
 
 
+def declared_topics(admin: AdminClient, timeout_s: float = 60) -> tuple[list[str], list[TopicSpec]]:
+    """The input first (as declared, or as it is: another deployment may have made it), then
+    every topic as declared, its record limit sized from the input's."""
+    actions = ensure_topics(admin, [INPUT], timeout_s)
+    return actions, load_topic_specs(input_max_bytes(admin, timeout_s))
+
+
 def bootstrap(settings: Settings, timeout_s: float = 60) -> tuple[list[str], dict[str, int]]:
     """Topics then schemas: what `make up` runs before any worker starts."""
-    specs = load_topic_specs()
     admin = AdminClient(settings.kafka_config())
-    actions = ensure_topics(admin, specs, timeout_s)
+    actions, specs = declared_topics(admin, timeout_s)
+    actions += ensure_topics(admin, [s for s in specs if s.name != INPUT.name], timeout_s)
     registry = SchemaRegistryClient(registry_client_config(settings.schema_registry_url))
     ids = register_schemas(registry, specs)
     return actions, ids

@@ -22,8 +22,13 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from streaming.admin import bootstrap
 
     settings = Settings.from_env()
+    from streaming.admin import TopicLayoutError
+
     try:
         actions, ids = bootstrap(settings, timeout_s=args.timeout)
+    except TopicLayoutError as exc:
+        print(f"bootstrap: {exc}", file=sys.stderr)
+        return 2
     except (KafkaException, TimeoutError) as exc:
         print(f"bootstrap: Kafka at {settings.kafka_bootstrap_servers}: {exc}", file=sys.stderr)
         return 1
@@ -34,6 +39,29 @@ def _bootstrap(args: argparse.Namespace) -> int:
         print(f"bootstrap: {action}")
     for subject, schema_id in ids.items():
         print(f"bootstrap: schema {subject} id={schema_id} (BACKWARD)")
+    return 0
+
+
+def _rebuild_stream(args: argparse.Namespace) -> int:
+    import os
+
+    from streaming.rebuild import WorkersRunning, plan, rebuild
+    from streaming.settings import LoopSettings, load
+    from streaming.workers.snapshots import DEFAULT_STATE_DIR
+
+    settings = Settings.from_env()
+    state_root = Path(load(LoopSettings).state_dir or DEFAULT_STATE_DIR)
+    the_plan = plan(state_root, os.environ)
+    try:
+        rebuild(settings, the_plan, say=lambda line: print(f"rebuild-stream: {line}"))
+    except WorkersRunning as exc:
+        print(f"rebuild-stream: {exc}", file=sys.stderr)
+        return 2
+    except (KafkaException, TimeoutError) as exc:
+        print(
+            f"rebuild-stream: Kafka at {settings.kafka_bootstrap_servers}: {exc}", file=sys.stderr
+        )
+        return 1
     return 0
 
 
@@ -280,6 +308,7 @@ COMMON_ENV = (
 )
 COMMAND_ENV = {
     "bootstrap": COMMON_ENV,
+    "rebuild-stream": f"STATE_DIR, <WORKER>_GROUP_ID, <WORKER>_<PORT>_TOPIC, {COMMON_ENV}",
     "source-api": "UDEMY_API_PORT, UDEMY_CLIENT_ID, UDEMY_CLIENT_SECRET(_FILE), SAMPLE_SEED, "
     "SAMPLE_SIZE, UDEMY_RATE_LIMIT, BIND_HOST, ALLOWED_HOSTS",
     "api": f"PIPELINE_API_PORT, PIPELINE_API_WORKERS, PIPELINE_API_TOKEN_FILE, BIND_HOST, "
@@ -346,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for Kafka")
     p.set_defaults(func=_bootstrap)
+    p = sub.add_parser(
+        "rebuild-stream",
+        help="with the stream workers stopped, drop what they derived (valid/fraud, changelogs, "
+        "offsets, snapshots) so they rebuild it from udemy-reviews",
+        epilog=_epilog("rebuild-stream"),
+    )
+    p.set_defaults(func=_rebuild_stream)
     p = sub.add_parser(
         "source-api",
         help="serve the Udemy-compatible review API (sample data)",

@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 PARTITIONS = 4
-"""Every review topic and every internal topic: one partition count keeps a review id on the
-same partition number everywhere (the review stage's state partition p reads valid[p] and
-fraud[p] and writes changelog[p])."""
+"""Every topic's declared count. The review stage's state partition p reads valid[p] and
+fraud[p] and writes changelog[p], so those (keyed by the review id) share one count; the input
+may have any count and may grow (a review is its value's id, not its partition)."""
 
 _FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 _COMPACTED = {
@@ -35,11 +35,12 @@ _COMPACTED = {
     "min.cleanable.dirty.ratio": "0.1",
     "segment.ms": "3600000",
 }
-_DEAD_LETTERS = {**_FOREVER, "max.message.bytes": "2097152"}
-"""Dead-letter topics take records twice the inputs' size (Kafka's default max.message.bytes,
-1048588): a dead letter is the whole input record plus error headers (Connect's carry a stack
-trace), so a record near the input limit must still fit, or it would be lost (Connect) or abort
-the worker's transaction on every retry (stream workers)."""
+_DEAD_LETTERS = _FOREVER
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+"""Kafka's default max.message.bytes: the input's when its topic does not say otherwise."""
+RECORD_HEADROOM_BYTES = 65_536
+"""What a stage may add to the largest input record: the position header (29 bytes), a key
+(the review id, at most 20), record and batch framing; with a wide margin."""
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,17 @@ class TopicSpec:
     description: str = ""
     internal: bool = False
     """Written and read by one worker only (repartition and changelog topics)."""
+    dead_letter: bool = False
+    may_grow: bool = False
+    """Partitions may be added in place: nothing downstream depends on where a key lands here.
+    Every other topic holds state by partition (a changelog, a store's input, a compacted
+    latest-per-key), so `reviews bootstrap` refuses to re-partition it."""
 
 
 INPUT = TopicSpec(
     "udemy-reviews",
     config=_FOREVER,
+    may_grow=True,  # a review is its value's id: the fraud filter re-keys every copy by it
     value_schema="review.avsc",
     description="Every version of every review, as ingested (key: review id); the system of record",
 )
@@ -87,18 +94,22 @@ RECENT = TopicSpec(
 DEAD_LETTER = TopicSpec(
     "reviews-dead-letter",
     config=_DEAD_LETTERS,
+    dead_letter=True,
+    may_grow=True,
     description="Records a stream worker could not process: original key and bytes, error headers",
 )
 CONNECT_DEAD_LETTER = TopicSpec(
     "connect-dead-letter",
     config=_DEAD_LETTERS,
+    dead_letter=True,
+    may_grow=True,
     description="Records the PostgreSQL sink could not decode: their bytes, Connect error headers",
 )
 VERSIONS_CHANGELOG = TopicSpec(
     "stats-aggregator-review-versions-changelog",
     config=_COMPACTED,
     internal=True,
-    description="Current version of every review (key: review id), partition p = input partition p",
+    description="Current version of every review (key: review id), partition p = valid/fraud p",
 )
 CHANGES = TopicSpec(
     "stats-aggregator-course-changes-repartition",
@@ -126,6 +137,20 @@ TOPICS: tuple[TopicSpec, ...] = (
     COURSES_CHANGELOG,
     CONNECT_DEAD_LETTER,
 )
+
+
+def max_message_bytes(spec: TopicSpec, input_bytes: int) -> int:
+    """A topic's max.message.bytes, sized from the input's (`reviews bootstrap` reads it), so
+    whatever a stage makes of the largest record the input accepts can be written: every
+    derived topic the input's size plus headroom (a copy of a review, a title, a change); the
+    dead letters twice that (the whole input record plus error headers; Connect's carry a stack
+    trace), or a record near the input's limit would be lost (Connect) or abort a worker's
+    transaction on every retry."""
+    if spec.name == INPUT.name:
+        return input_bytes
+    if spec.dead_letter:
+        return 2 * input_bytes + RECORD_HEADROOM_BYTES
+    return input_bytes + RECORD_HEADROOM_BYTES
 
 
 @dataclass(frozen=True)

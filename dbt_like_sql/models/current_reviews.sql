@@ -1,6 +1,7 @@
--- The current version of every review, by the stream's order: the greatest `modified`, ties to
--- the later record of `udemy-reviews` (all versions of a review share a partition there, so its
--- offset orders them). The sink keys `reviews` by each record's Kafka coordinates, so a tie
+-- The current version of every review (identified by its value's `id`, whatever key its
+-- producer sent), by the stream's order: the greatest (`modified`, partition, offset) of
+-- `udemy-reviews`, so a tie on `modified` goes to the greater partition, then the greater
+-- offset, wherever the versions landed. The sink keys `reviews` by each record's Kafka coordinates, so a tie
 -- keeps both records and only this order decides, never another column. The coordinates stay
 -- as the version's unique key (`source_partition`, `source_offset`); timestamps become epoch
 -- milliseconds, the unit of the stream's records.

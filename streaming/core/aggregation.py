@@ -3,11 +3,12 @@
 The Kafka Streams KTable model (`table.groupBy(course).aggregate(init, adder, subtractor)`):
 
 1. `VersionsState`, one partition of the review stage (keyed by review id, co-partitioned with
-   `udemy-reviews`): the current version of every review. Each incoming version either is stale
-   (it only offers its course title) or supersedes the stored one; then it emits *changes*, each
-   routed by course: a retraction of the old counted version to the old course and an addition
-   of the new one to its course (one record when both are the same course). Re-ratings, verdict
-   flips and moves between courses are all this one mechanism.
+   the valid and fraud topics, keyed by the review id): the current version of every review.
+   Each incoming version either is stale (it only offers its course title) or supersedes the
+   stored one; then it emits *changes*, each routed by course: a retraction of the old counted
+   version to the old course and an addition of the new one to its course (one record when both
+   are the same course). Re-ratings, verdict flips and moves between courses are all this one
+   mechanism.
 2. `CourseState`, one partition of the course stage (keyed by course id): applies changes to the
    course statistics and keeps each course's title by the order-independent rule.
 
@@ -37,8 +38,11 @@ from streaming.core import stage_kernels as kernels
 from streaming.core.stats import CourseStatistic, ReviewVersion, statistic_record
 from streaming.core.window import window_bounds
 
-VERSION_FORMAT = 3
-# format, review, course, modified, position, created, halves, valid
+VERSION_FORMAT = 4
+# format, review, course, modified, position, created, halves, valid; position is
+# source_position.order(partition, offset) in udemy-reviews (format 3 held the offset alone, on
+# the partition of the producer's key: state of that layout cannot be carried over exactly)
+LEGACY_VERSION_FORMATS = frozenset({3})
 _VERSION = struct.Struct(">BqqqqqBB")
 CHANGE_FORMAT = 2
 # format, flags, review, old (created, halves), new (created, halves), title modified
@@ -53,6 +57,11 @@ _TITLE = struct.Struct(">q")  # modified, then the title's UTF-8 bytes
 
 class RecordFormatError(ValueError):
     """An internal record that is not in a known format (a bug or a foreign writer)."""
+
+
+class StateLayoutError(RuntimeError):
+    """A changelog written by an earlier layout of the state, which this version cannot read
+    exactly: the stream's state must be rebuilt from `udemy-reviews`."""
 
 
 # -- review versions -------------------------------------------------------------------------
@@ -138,7 +147,7 @@ _VERSION_DTYPE = np.dtype(
 assert _VERSION_DTYPE.itemsize == _VERSION.size == kernels.VERSION_SIZE
 assert _CHANGE.size == kernels.CHANGE_HEAD
 _VERSIONS_SNAPSHOT = struct.Struct("<4sBq")  # magic, format, reviews
-_VERSIONS_MAGIC, _VERSIONS_SNAPSHOT_FORMAT = b"RVVS", 1
+_VERSIONS_MAGIC, _VERSIONS_SNAPSHOT_FORMAT = b"RVVS", 2  # 2: positions as source order
 _INT_COLUMNS = ("ids", "course", "modified", "position", "created")
 _BYTE_COLUMNS = ("halves", "valid")
 BATCH_COLUMNS = ("review", "modified", "position", "created", "course", "halves", "valid")
@@ -289,6 +298,12 @@ class VersionsState:
         for _key, data in entries:
             if data is None:  # compaction keeps no tombstones of ours; nothing to undo
                 continue
+            if data[:1] and data[0] in LEGACY_VERSION_FORMATS:
+                raise StateLayoutError(
+                    f"the review-versions changelog holds format-{data[0]} records (versions "
+                    "ordered by offset within the key's partition, before a review was "
+                    f"identified by its value's id); this version writes format {VERSION_FORMAT}"
+                )
             if len(data) != size or data[0] != VERSION_FORMAT:
                 unreadable += 1
                 continue

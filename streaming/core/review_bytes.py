@@ -350,6 +350,17 @@ def extract_fields(
     return longs, spans, ok
 
 
+@numba.njit(cache=True, nogil=True)
+def review_ids(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """The `id` (the first field, a long) of each body where `ok`; 0 elsewhere. A review's
+    identity is its value's id, whatever key its producer sent (none, another encoding)."""
+    out = np.zeros(starts.shape[0], dtype=np.int64)
+    for i in range(starts.shape[0]):
+        if ok[i]:
+            out[i], _, _ = _read_varint(buf, starts[i], ends[i])
+    return out
+
+
 SHORT_FRAME, BAD_MAGIC = -1, -2
 
 
@@ -384,4 +395,5 @@ def warm_up() -> None:
     frame_schema_ids(buf, starts, ends)
     check_bodies(buf, starts, ends, REVIEW_LAYOUT)
     extract_fields(buf, starts, ends)
+    review_ids(buf, starts, ends, np.ones(1, dtype=np.bool_))
     hash_buckets(np.frombuffer(b"\0", dtype=np.uint8), buf, starts, ends, 100)

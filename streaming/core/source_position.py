@@ -1,10 +1,13 @@
 """Where a record stands in the system of record (`udemy-reviews`), carried as a header.
 
-The current version of a review is its greatest (modified, offset in udemy-reviews): all versions
-of one review id share a partition there, so the offset orders versions with equal `modified`.
-The fraud filter adds this header to every record it routes, so the later record of the system
-of record wins whichever topic (valid or fraud) it reaches the aggregator through, in whatever
-interleaving. 12 bytes: partition (int32) and offset (int64), big-endian.
+The current version of a review is its greatest (modified, partition, offset) in udemy-reviews:
+a total order whoever wrote the versions. Versions sent with the review id as key share a
+partition, so there the offset orders those with equal `modified`; versions from producers that
+send no key or another key (or written before the topic grew) may sit on different partitions,
+and the greater partition wins a tie. The fraud filter adds this header to every record it routes,
+so the later record of the system of record wins whichever topic (valid or fraud) it reaches the
+aggregator through, in whatever interleaving. 12 bytes: partition (int32) and offset (int64),
+big-endian. `order` packs both into one int64 that compares as the pair does.
 """
 
 from __future__ import annotations
@@ -14,6 +17,23 @@ from collections.abc import Sequence
 
 HEADER = "source.position"
 _POSITION = struct.Struct(">iq")
+
+
+OFFSET_BITS = 43
+"""`order` keeps offsets below 2**43 (8.8e12 records a partition) and partitions below 2**20."""
+MAX_PARTITION = (1 << (63 - OFFSET_BITS)) - 1
+
+
+def order(partition: int, offset: int) -> int:
+    """(partition, offset) as one non-negative int64 that orders as the pair does."""
+    if not 0 <= partition <= MAX_PARTITION or not 0 <= offset < 1 << OFFSET_BITS:
+        raise ValueError(f"{HEADER} header: position ({partition}, {offset}) out of range")
+    return (partition << OFFSET_BITS) | offset
+
+
+def unorder(packed: int) -> tuple[int, int]:
+    """The (partition, offset) of an `order` value."""
+    return packed >> OFFSET_BITS, packed & ((1 << OFFSET_BITS) - 1)
 
 
 def encode(partition: int, offset: int) -> bytes:

@@ -25,7 +25,7 @@ from streaming.core.window import MS_PER_DAY
 
 SLOTS = 11
 """Histogram slots: index = rating halves (1..10); slot 0 stays 0."""
-CHANGE_FORMAT, VERSION_FORMAT = 2, 3
+CHANGE_FORMAT, VERSION_FORMAT = 2, 4
 CHANGE_HEAD, VERSION_SIZE = 36, 43
 MEMBER_KEY_SIZE, MEMBER_VALUE_SIZE = 17, 9
 RETRACT, ADD, TITLE = 1, 2, 4

@@ -30,8 +30,9 @@ class ReviewVersion:
 
     Never mutated once built (a frozen dataclass costs 5x more to construct). `halves` is
     rating * 2 as returned by `rating_halves`; `valid` is the fraud filter's verdict;
-    `position` is the record's offset in `udemy-reviews` (all versions of a review share a
-    partition there), which orders versions with equal `modified`.
+    `position` is the record's place in `udemy-reviews`, (partition, offset) packed into one
+    int that orders as the pair does (`source_position.order`): it orders versions with equal
+    `modified`, wherever its producer put them.
     """
 
     modified_ms: int
@@ -43,8 +44,8 @@ class ReviewVersion:
 
 
 def supersedes(incoming: ReviewVersion, stored: ReviewVersion | None) -> bool:
-    """Whether `incoming` becomes the current version: the greatest (modified, position in
-    udemy-reviews) wins, whatever topic or order the versions arrived in. The same record
+    """Whether `incoming` becomes the current version: the greatest (modified, partition,
+    offset in udemy-reviews) wins, whatever topic or order the versions arrived in. The same record
     delivered again does not supersede itself."""
     if stored is None:
         return True

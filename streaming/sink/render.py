@@ -19,7 +19,12 @@ from urllib.parse import quote, urlencode
 
 from sqlalchemy.engine import make_url
 
-from streaming.pipeline import CONNECT_DEAD_LETTER, SINKS
+from streaming.pipeline import (
+    CONNECT_DEAD_LETTER,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    SINKS,
+    max_message_bytes,
+)
 
 CONNECTORS_DIR = Path(__file__).with_name("connectors")
 CONNECTION_KEYS = ("connection.url", "connection.username", "connection.password")
@@ -93,7 +98,12 @@ def load_connector(name: str, directory: Path = CONNECTORS_DIR) -> dict[str, str
     return {**declared_settings(name), **config}
 
 
-DECLARED_KEYS = ("topics", "collection.name.format", "errors.deadletterqueue.topic.name")
+DECLARED_KEYS = (
+    "topics",
+    "collection.name.format",
+    "errors.deadletterqueue.topic.name",
+    "producer.override.max.request.size",
+)
 
 
 def declared_settings(name: str) -> dict[str, str]:
@@ -104,6 +114,12 @@ def declared_settings(name: str) -> dict[str, str]:
                 "topics": sink.topic,
                 "collection.name.format": f"public.{sink.table}",
                 "errors.deadletterqueue.topic.name": CONNECT_DEAD_LETTER.name,
+                # the dead-letter producer's limit, as large as the dead-letter topic's: a dead
+                # letter is the input record plus a few KiB of headers, and Connect's default
+                # 1 MiB request limit silently dropped one near the input's limit (only logged)
+                "producer.override.max.request.size": str(
+                    max_message_bytes(CONNECT_DEAD_LETTER, DEFAULT_MAX_MESSAGE_BYTES)
+                ),
             }
     known = ", ".join(s.connector for s in SINKS)
     raise ValueError(f"connector {name!r} is not a sink of streaming/pipeline.py ({known})")

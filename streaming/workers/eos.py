@@ -46,7 +46,9 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from streaming.config import Settings
 from streaming.pipeline import WorkerSpec
 from streaming.settings import LoopSettings, load
+from streaming.workers import refusals
 from streaming.workers.checkpoint import Checkpoint
+from streaming.workers.refusals import Refusals
 from streaming.workers.runtime import Backoff, StopFlag, WorkerMetrics, log_event
 from streaming.workers.snapshots import ChangelogIdentity, SnapshotDir
 from streaming.workers.standby import Standby
@@ -54,7 +56,7 @@ from streaming.workers.state import ChangelogStore
 
 log = logging.getLogger("eos")
 
-MAX_PRODUCE_BYTES = 8 * 1024 * 1024
+MAX_PRODUCE_BYTES = 64 * 1024 * 1024
 """The producer's own record limit, above any topic's: the broker enforces each topic's
 max.message.bytes, and librdkafka's default (1,000,000) is below Kafka's (1,048,588), so a record
 that fits its input topic could not even be passed through or dead-lettered."""
@@ -140,6 +142,8 @@ class EosWorker(ABC):
     and the loop."""
 
     name = "worker"
+    compression = "none"
+    """The producer's codec (`compression.type`): a stage whose copies may be large sets one."""
 
     def __init__(self, settings: Settings, loop: LoopConfig, stop: StopFlag) -> None:
         self.settings = settings
@@ -159,6 +163,9 @@ class EosWorker(ABC):
                     # range puts partition p of co-partitioned inputs on one member: a store
                     # partition needs all of them (checked on every assignment)
                     "partition.assignment.strategy": "range",
+                    # the input may grow (partitions added to udemy-reviews): a new partition
+                    # is seen, assigned and read within 10 s (librdkafka's default: 5 min)
+                    "topic.metadata.refresh.interval.ms": 10_000,
                     "statistics.interval.ms": 5000,
                     "stats_cb": self.metrics.on_stats,
                     **CONSUMER_BUFFERS,
@@ -173,6 +180,7 @@ class EosWorker(ABC):
                     **PRODUCER_BUFFERS,
                     "transaction.timeout.ms": 60_000,
                     "message.max.bytes": MAX_PRODUCE_BYTES,
+                    "compression.type": self.compression,
                     # records sent per partition, for /metrics (parsed every 5 s: no cost)
                     "statistics.interval.ms": 5000,
                     "stats_cb": self.metrics.on_producer_stats,
@@ -191,6 +199,9 @@ class EosWorker(ABC):
         self._owned: dict[str, list[int]] | None = None
         """The store partitions of the last assignment, until `_announce_owned`."""
         self._topic_max_bytes: dict[str, int] = {}
+        self.refusals = Refusals()
+        self._careful_msg: tuple[str, int, int] | None = None
+        """The one record of the open transaction while going through a refused batch."""
 
     # -- what a worker defines ---------------------------------------------------------------
     @abstractmethod
@@ -200,6 +211,16 @@ class EosWorker(ABC):
     @abstractmethod
     def process(self, msgs: list[Message]) -> None:
         """Produce the outputs of one consumed batch into the open transaction."""
+
+    @abstractmethod
+    def dead_letter_topic(self) -> str:
+        """Where records go that cannot be processed, or whose outputs the broker refuses."""
+
+    def divertible(self, topic: str) -> bool:
+        """Whether a record of this input topic may go to the dead letters when the broker
+        refuses its outputs (not a worker's own internal records: losing one would make the
+        state inexact; then the worker stalls and says why)."""
+        return True
 
     def tick(self) -> None:  # noqa: B027 - optional hook
         """Called every loop turn, inside the open transaction (e.g. time-driven output)."""
@@ -214,7 +235,7 @@ class EosWorker(ABC):
     def produce_dead_letter(self, topic: str, msg: Message, reason: str) -> None:
         """Send an unreadable record to `topic` in the open transaction, cut to fit the topic."""
         headers = dead_letter_headers(msg, reason, self.loop.transactional_id)
-        limit = self.topic_max_bytes(topic)
+        limit = min(self.topic_max_bytes(topic), MAX_PRODUCE_BYTES)  # the client's limit too
         value, headers = fit_dead_letter(msg.key(), msg.value(), headers, limit)
         self.producer.produce(topic, value, msg.key(), headers=headers)
 
@@ -510,6 +531,67 @@ class EosWorker(ABC):
             log_event(log, "consumer error", logging.WARNING, error=str(err), topic=m.topic())
         return [m for m in msgs if m.error() is None]
 
+    def _divert_refused(self, msgs: list[Message]) -> list[Message]:
+        """Send the records whose outputs the broker refused to the dead letters, with its
+        reason; the others, to process."""
+        if not self.refusals.blamed:
+            return msgs
+        kept = []
+        for m in msgs:
+            why = self.refusals.take(*position_of(m))
+            if why is None:
+                kept.append(m)
+                continue
+            self.produce_dead_letter(self.dead_letter_topic(), m, why)
+            self.metrics.dead_letters += 1
+            self.checkpoint.add(1)
+            log_event(
+                log,
+                "dead letter",
+                logging.WARNING,
+                reason=why,
+                topic=m.topic(),
+                partition=m.partition(),
+                offset=m.offset(),
+            )
+        return kept
+
+    def _on_refused(self, err: KafkaError) -> None:
+        """The broker refused an output for good: abort, then find the record (going through
+        the batch one record per transaction) and dead-letter it (`streaming.workers.refusals`)."""
+        why = refusals.reason(err)
+        if self._careful_msg is not None and not self.divertible(self._careful_msg[0]):
+            log_event(
+                log,
+                "an internal record's output refused: stalled",
+                logging.ERROR,
+                error=why,
+                record=self._careful_msg,
+            )
+        elif self._careful_msg is not None:
+            if not self.refusals.blame(*self._careful_msg, why):
+                log_event(
+                    log,
+                    "its dead letter was refused too: stalled",
+                    logging.ERROR,
+                    error=why,
+                    record=self._careful_msg,
+                )
+        else:
+            consumed = self.consumer.position(self.consumer.assignment())
+            self.refusals.suspect(
+                [(tp.topic, tp.partition, tp.offset) for tp in consumed if tp.offset >= 0]
+            )
+        log_event(
+            log,
+            "an output refused: aborting to find its record",
+            logging.WARNING,
+            error=why,
+            record=self._careful_msg,
+        )
+        self._careful_msg = None
+        self.abort(err.name())
+
     def _wait_for_service(self, exc: ConnectionError) -> None:
         """A service the records need is unreachable (not the data's fault): abort, so the
         batch is read again, and wait a growing moment (0.5 s doubling to 5 s) with the loop
@@ -550,18 +632,40 @@ class EosWorker(ABC):
             try:
                 if self._held:
                     self._release()
+                careful = self.refusals.careful
+                if careful:  # time-driven output in a transaction of its own: blamed on no record
+                    self.tick()
+                    if self.checkpoint.records:
+                        self.commit()
                 msgs = self.records(
-                    self.consumer.consume(cfg.batch_size, timeout=min(interval, 0.5))
+                    self.consumer.consume(
+                        1 if careful else cfg.batch_size, timeout=min(interval, 0.5)
+                    )
                 )
                 if msgs:
-                    self.process(msgs)
+                    self._careful_msg = position_of(msgs[-1]) if careful else None
+                    kept = self._divert_refused(msgs)
+                    if kept:
+                        self.process(kept)
                 self.tick()
-                if self.checkpoint.due():
+                if self._careful_msg is not None:  # one record, one transaction
+                    self.commit()
+                    self.refusals.passed(*self._careful_msg)
+                    self._careful_msg = None
+                if careful:
+                    assigned = self.consumer.position(self.consumer.assignment())
+                    self.refusals.caught_up({(t.topic, t.partition): t.offset for t in assigned})
+                elif self.checkpoint.due():
                     self.commit()
                 elif not self.checkpoint.records and self._snapshot_due():
                     self.snapshot()  # idle after a commit: the state is the committed one
             except KafkaException as exc:
                 err = exc.args[0]
+                if refusals.refused(err) or refusals.failed_transaction(err):
+                    # a record the broker refused failed the transaction (in the background:
+                    # a later produce says only _STATE); find it, one record per transaction
+                    self._on_refused(err)
+                    continue
                 if not (err.txn_requires_abort() or err.retriable()) or err.fatal():
                     raise
                 log_event(log, "aborting transaction", logging.WARNING, error=str(err))
@@ -576,6 +680,10 @@ class EosWorker(ABC):
             store.flush_snapshots()
         self.consumer.close()
         log_event(log, "stopped", records_in=self.metrics.records_in)
+
+
+def position_of(msg: Message) -> tuple[str, int, int]:
+    return msg.topic(), msg.partition(), msg.offset()  # type: ignore[return-value]
 
 
 def check_copartitioned(stores: list[ChangelogStore], assigned: list[TopicPartition]) -> None:

@@ -2,7 +2,10 @@
 
 The loop is `streaming.workers.eos.EosWorker`'s (consume -> process -> commit with offsets);
 `process` routes each batch with a pure function (`streaming.core.fraud_routing.route`) and
-produces every record unchanged (same key, value bytes, headers, timestamp) to its topic.
+produces every record to its topic with its value bytes, headers and timestamp unchanged, keyed
+by its review id (the value's `id`, as a decimal string): whatever key its producer sent (none,
+an 8-byte long, another field), every version of a review lands on one partition of the valid
+and fraud topics (Kafka's murmur2 of the key), where the aggregator's state for it lives.
 Unreadable records go to the dead-letter topic in the same transaction, with the reason and their
 source coordinates in headers; the loop goes on.
 
@@ -58,6 +61,10 @@ class FraudTopics:
 
 class FraudFilter(EosWorker):
     name = "fraud-filter"
+    # Its copies are whole reviews: a producer may have sent one compressed to fit the input's
+    # limit (a 3 MB text, say), and the copy must fit the same limit (plus headroom). lz4: the
+    # cheapest codec per byte, on batches of mostly empty-text reviews.
+    compression = "lz4"
 
     def __init__(
         self,
@@ -77,9 +84,12 @@ class FraudFilter(EosWorker):
     def topics(self) -> list[str]:
         return [self.out.input]
 
+    def dead_letter_topic(self) -> str:
+        return self.out.dead_letter
+
     def process(self, msgs: list[Message]) -> None:
         values = [msg.value() for msg in msgs]
-        codes, reasons = route(values, self.resolve, self.model, self.review_schema)
+        codes, reasons, ids = route(values, self.resolve, self.model, self.review_schema)
         produce = self.producer.produce
         topics = (self.out.valid, self.out.fraud)
         header, position, replace = (
@@ -87,7 +97,9 @@ class FraudFilter(EosWorker):
             source_position.encode,
             source_position.replace,
         )
-        for msg, value, code in zip(msgs, values, codes.tolist(), strict=True):
+        for msg, value, code, review_id in zip(
+            msgs, values, codes.tolist(), ids.tolist(), strict=True
+        ):
             if code == DEAD:
                 continue
             claimed = msg.headers()  # usually none: the position is then the only header
@@ -96,7 +108,8 @@ class FraudFilter(EosWorker):
                 if claimed is None
                 else replace(claimed, msg.partition(), msg.offset())  # type: ignore[arg-type]
             )
-            produce(topics[code], value, msg.key(), headers=headers, timestamp=msg.timestamp()[1])
+            key = b"%d" % review_id  # the review's identity, not the producer's key
+            produce(topics[code], value, key, headers=headers, timestamp=msg.timestamp()[1])
         for i, reason in reasons.items():
             msg = msgs[i]
             self.produce_dead_letter(self.out.dead_letter, msg, reason)

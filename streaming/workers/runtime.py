@@ -29,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from streaming.config import TrustedHosts, bind_host
+from streaming.core.aggregation import StateLayoutError
 from streaming.pipeline import WorkerSpec
 from streaming.settings import LoopSettings, load
 
@@ -433,9 +434,19 @@ def serve(worker: Any, health_port: int) -> int:
             error=str(exc),
         )
         return 1
+    except StateLayoutError as exc:  # a restart cannot fix it; a person runs the command
+        log_event(log, "state refused", logging.ERROR, error=str(exc), fix=REBUILD_HINT)
+        print(f"{worker.name}: {exc}; {REBUILD_HINT}", file=sys.stderr)
+        return 2
     finally:
         health.stop()
     return 0
+
+
+REBUILD_HINT = (
+    "rebuild the stream's state from udemy-reviews: stop the stream workers, run "
+    "`reviews rebuild-stream`, start them again (docs/operations.md)"
+)
 
 
 class Backoff:

@@ -34,6 +34,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streaming.config import Settings
+from streaming.core.aggregation import StateLayoutError
 from streaming.workers.runtime import log_event
 from streaming.workers.state import ChangelogStore, restore_consumer
 
@@ -121,7 +122,7 @@ class Standby:
                     ready = all(c.caught_up for c in self.copies.values())
                     if ready and not self.ready and not self.stopping.is_set():
                         self._report(True, self.copies)
-        except (KafkaException, ValueError, OSError) as exc:  # a cache: restores still work
+        except (KafkaException, ValueError, OSError, StateLayoutError) as exc:  # a cache
             log_event(log, "standby stopped", logging.WARNING, error=str(exc))
             with self._lock:
                 self.copies.clear()

@@ -4,7 +4,8 @@ Two stages in one loop and one transaction per commit, as a Kafka Streams topolo
 `table(reviews).groupBy(course).aggregate(adder, subtractor)` would run (declared in
 `streaming.pipeline.AGGREGATOR`):
 
-1. current versions (state keyed by review id, co-partitioned with `udemy-reviews`): each record
+1. current versions (state keyed by review id, co-partitioned with the valid and fraud topics,
+   which the fraud filter keys by the review id): each record
    of `udemy-reviews-valid` / `-fraud` (the verdict is the topic) is ordered by (modified, its
    position in `udemy-reviews`, carried by the fraud filter's header), so the later record of
    the system of record wins whatever topic or interleaving it arrived in. A superseding version
@@ -142,6 +143,12 @@ class StatsAggregator(EosWorker):
     def topics(self) -> list[str]:
         return [self.t.valid, self.t.fraud, self.t.changes]
 
+    def dead_letter_topic(self) -> str:
+        return self.t.dead_letter
+
+    def divertible(self, topic: str) -> bool:
+        return topic != self.t.changes  # a lost change would leave a course inexact
+
     def process(self, msgs: list[Message]) -> None:
         inputs: list[Message] = []
         changes: list[Message] = []
@@ -175,7 +182,7 @@ class StatsAggregator(EosWorker):
             columns[i, 6] = m.topic() == valid_topic
             if use[i]:
                 try:
-                    columns[i, 2] = source_offset(m.headers())
+                    columns[i, 2] = source_order(m.headers())
                 except ValueError as exc:
                     dead[i] = str(exc)
                     use[i] = False
@@ -186,7 +193,9 @@ class StatsAggregator(EosWorker):
             rows = np.flatnonzero(partitions == partition)
             out = self.versions[partition].apply_batch(columns[rows], use[rows], buf, titles[rows])
             self._produce_changes(out)
-            keys = [msgs[i].key() for i in rows[out.sources].tolist()]
+            # keyed by the review id itself: a compacted changelog needs a key, and the id is
+            # the review's identity whatever key its record travelled with
+            keys = [b"%d" % rid for rid in columns[rows[out.sources], 0].tolist()]
             self.versions.write_all(self.producer, partition, keys, out.versions, VERSION_SIZE)
         self._dead_letters(msgs, sorted(dead.items()))
 
@@ -373,16 +382,21 @@ def course_keys(msgs: list[Message]) -> tuple[list[int], list[bytes | None], dic
     return course_ids, values, bad
 
 
-def source_offset(headers: list[tuple[str, bytes]] | None) -> int:
-    """The record's offset in udemy-reviews, from the fraud filter's header (its usual lone
-    header read directly; anything else through `source_position.find`)."""
+def source_order(headers: list[tuple[str, bytes]] | None) -> int:
+    """The record's position in udemy-reviews as one orderable int (`source_position.order`),
+    from the fraud filter's header (its usual lone header read directly; anything else through
+    `source_position.find`)."""
     if headers is not None and len(headers) == 1:
         name, value = headers[0]
         if name == source_position.HEADER and value is not None and len(value) == 12:
+            partition = int.from_bytes(value[:4], "big", signed=True)
             offset = int.from_bytes(value[4:], "big", signed=True)
-            if offset >= 0 and value[0] < 0x80:
-                return offset
-    return source_position.find(headers)[1]
+            if 0 <= partition <= source_position.MAX_PARTITION and 0 <= offset < OFFSET_LIMIT:
+                return (partition << source_position.OFFSET_BITS) | offset
+    return source_position.order(*source_position.find(headers))
+
+
+OFFSET_LIMIT = 1 << source_position.OFFSET_BITS
 
 
 def register_statistics(registry: Registry, topics: AggregatorTopics) -> dict[str, int]:

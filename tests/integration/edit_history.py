@@ -127,7 +127,8 @@ def expected_stats(
         [
             {
                 "id": r["id"],
-                "position": pos[1],
+                "partition": pos[0],
+                "offset": pos[1],
                 "course_id": r["course"]["id"],
                 "course_title": r["course"]["title"],
                 "valid": not (fraud[n] if fraud is not None else r["_fraud"]),
@@ -138,7 +139,8 @@ def expected_stats(
             for n, (r, pos) in enumerate(zip(records, positions, strict=True))
         ]
     )
-    current = df.sort_values(["modified", "position"]).groupby("id").tail(1)
+    # a review is its value's id; its current version the greatest (modified, partition, offset)
+    current = df.sort_values(["modified", "partition", "offset"]).groupby("id").tail(1)
     counted = current[current.valid].copy()
     counted["day"] = counted.created // MS_PER_DAY
     titles = df.sort_values(["modified", "course_title"]).groupby("course_id").course_title.last()

@@ -9,9 +9,11 @@ import uuid
 from collections import Counter
 
 import pytest
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from streaming.core import source_position
 from streaming.core.fraud import HashFraudModel
+from streaming.core.review_bytes import murmur2, to_positive
 from streaming.serde import Registry
 from tests.integration.kafka_helpers import (
     delete_topics,
@@ -123,13 +125,13 @@ def test_unreadable_records_go_to_the_dead_letter_topic(settings, topics, schema
         b"p-truncated": good[:-4],
         b"p-garbage": bytes(range(256)) * 4,
     }
-    items = [(b"before", good), *poison.items(), (b"after", encode_review(schema_id, review(2)))]
+    items = [(b"1", good), *poison.items(), (b"2", encode_review(schema_id, review(2)))]
     produce_all(producer(settings), topics["in"], items)
     env = worker_env(topics, f"ff-{uuid.uuid4().hex[:8]}")
     with worker_process(MODULE, env, tmp_path / "worker.log") as worker:
         worker.wait_healthy()
         routed = wait_until_routed(settings, topics, 2)
-        assert {m.key() for m in routed} == {b"before", b"after"}
+        assert {m.key() for m in routed} == {b"1", b"2"}
         deadline = time.monotonic() + 30
         while (worker.health() or {}).get("dead_letters") != len(poison):
             assert time.monotonic() < deadline, worker.health()
@@ -174,3 +176,67 @@ def test_two_instances_share_the_partitions(settings, topics, schema_id, tmp_pat
         assert a.health()["records_in"] > 0 and b.health()["records_in"] > 0
         assert a.health()["records_in"] + b.health()["records_in"] == n
     assert_exactly_once(settings, topics, sent)
+
+
+def test_copies_are_keyed_by_the_review_id_whatever_key_the_producer_sent(
+    settings, topics, schema_id, tmp_path
+):
+    """The original Java producer sends no key; others an 8-byte long or another field: the
+    copy is keyed by the value's id, on the partition Kafka's murmur2 gives that key, so every
+    version of a review meets one partition downstream."""
+    sent = {
+        None: encode_review(schema_id, review(11)),
+        (12).to_bytes(8, "big"): encode_review(schema_id, review(12)),
+        b"user-7": encode_review(schema_id, review(13)),
+        b"14": encode_review(schema_id, review(14)),
+    }
+    p = producer(settings)
+    for partition, (key, value) in enumerate(sent.items()):  # anywhere, as a foreign writer may
+        p.produce(topics["in"], value, key, partition=partition)
+    assert p.flush(30) == 0
+    env = worker_env(topics, f"ff-{uuid.uuid4().hex[:8]}")
+    with worker_process(MODULE, env, tmp_path / "worker.log") as worker:
+        worker.wait_healthy()
+        routed = wait_until_routed(settings, topics, len(sent))
+    assert sorted(m.key() for m in routed) == [b"11", b"12", b"13", b"14"]
+    for m in routed:
+        assert m.partition() == to_positive(murmur2(m.key())) % 4, m.key()
+        assert m.value() in sent.values(), "value bytes unchanged"
+
+
+def test_a_copy_the_broker_refuses_is_dead_lettered_with_its_reason_and_the_loop_goes_on(
+    settings, admin, topics, schema_id, tmp_path
+):
+    """A real refusal, no fault hook: the routed topics take records of at most 3,000 bytes, and
+    one review carries 6,000 bytes of text. Its copy aborts the batch; the worker goes through
+    the batch one record per transaction, dead-letters that one with the broker's reason, and
+    routes every other record once."""
+    small_limit = [
+        ConfigEntry("max.message.bytes", "3000", incremental_operation=AlterConfigOpType.SET)
+    ]
+    resources = [
+        ConfigResource(ConfigResource.Type.TOPIC, topics[t], incremental_configs=small_limit)
+        for t in ("valid", "fraud")
+    ]
+    for fut in admin.incremental_alter_configs(resources).values():
+        fut.result(30)
+    small = [(str(i).encode(), encode_review(schema_id, review(i))) for i in range(1, 61)]
+    big = (b"99", encode_review(schema_id, review(99, content="x" * 6000)))
+    produce_all(producer(settings), topics["in"], [*small[:30], big, *small[30:]])
+    env = worker_env(topics, f"ff-{uuid.uuid4().hex[:8]}")
+    with worker_process(MODULE, env, tmp_path / "worker.log") as worker:
+        worker.wait_healthy()
+        routed = wait_until_routed(settings, topics, len(small))
+        deadline = time.monotonic() + 60
+        while (worker.health() or {}).get("dead_letters") != 1:
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.2)  # poll interval
+        health = worker.health()
+        assert worker.proc.poll() is None, "the worker keeps running"
+        assert health["status"] == "ok", health
+        assert health["aborts"].get("MSG_SIZE_TOO_LARGE", 0) >= 1, health
+    assert sorted(m.key() for m in routed) == sorted(k for k, _ in small), "each once"
+    [dead] = read_all(settings, topics["dlq"])
+    assert dead.key() == b"99" and dead.value() == big[1], "the original record, whole"
+    error = dict(dead.headers())["dlq.error"]
+    assert error.startswith(b"output refused by the broker: MSG_SIZE_TOO_LARGE"), error

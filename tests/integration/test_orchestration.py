@@ -46,6 +46,7 @@ from streaming.batch.dbt import dbt_executable
 from streaming.config import REPO_ROOT, Settings
 from streaming.core.fraud import HashFraudModel
 from streaming.core.ratings import BUCKET_FIELDS, RATINGS, rating_halves
+from streaming.core.source_position import order
 from streaming.core.stats import ReviewVersion, compute_from_scratch
 from streaming.core.window import MS_PER_DAY, day_to_date
 from streaming.source.client import UdemyClient, client_secret_from_env
@@ -210,7 +211,7 @@ def write_reviews(
 
 def expected_statistics(records: list[Located]) -> dict[int, tuple[dict, dict]]:
     """The stream's reference numbers: compute_from_scratch over the records, their verdicts
-    by the rule, their offsets as positions and their course titles."""
+    by the rule, their (partition, offset) as positions and their course titles."""
     model = HashFraudModel()
     events = [
         (
@@ -221,11 +222,11 @@ def expected_statistics(records: list[Located]) -> dict[int, tuple[dict, dict]]:
                 rating_halves(v["rating"]),
                 not model.is_fraud(v),
                 v["course"]["id"],
-                offset,  # a review's versions share a partition: the offset orders them
+                order(partition, offset),  # (partition, offset) orders equal-modified versions
             ),
             v["course"]["title"],
         )
-        for _, offset, v in records
+        for partition, offset, v in records
     ]
     return compute_from_scratch(events, AS_OF_DAY)
 

@@ -19,26 +19,39 @@ STAT = json.loads((SCHEMAS / "course_statistic.avsc").read_text())
 
 
 class Verdicts:
-    def __init__(self, verdicts: dict[tuple[int, int], str]) -> None:
+    def __init__(self, verdicts: dict[tuple[int, int], str], ids: dict[tuple[int, int], int]):
         self.verdicts = verdicts
+        self.review_ids = ids
 
 
-def test_routing_counts_losses_duplicates_and_the_wrong_topic() -> None:
-    window = [(0, 1, b"1", b"a"), (0, 2, b"2", b"b"), (1, 1, b"3", b"c")]
-    oracle = Verdicts({(0, 1): VALID, (0, 2): FRAUD, (1, 1): VALID})
-    right = {VALID: [(0, 0, b"1", b"a"), (1, 0, b"3", b"c")], FRAUD: [(0, 0, b"2", b"b")]}
+def test_routing_by_input_position_losses_duplicates_wrong_topic_wrong_key() -> None:
+    """Inputs with no key, an 8-byte key, the id: each output names its input position."""
+    window = [(0, 1, None, b"a"), (0, 2, b"\0" * 7 + b"\2", b"b"), (1, 1, b"3", b"c")]
+    oracle = Verdicts(
+        {(0, 1): VALID, (0, 2): FRAUD, (1, 1): VALID}, {(0, 1): 1, (0, 2): 2, (1, 1): 3}
+    )
+    right = {
+        VALID: [((0, 1), b"1", b"a"), ((1, 1), b"3", b"c"), ((0, 0), b"9", b"earlier")],
+        FRAUD: [((0, 2), b"2", b"b")],
+    }
     assert routing(window, oracle, right) == {"lost": 0, "duplicated": 0, "misrouted": 0}  # type: ignore[arg-type]
-    swapped = {VALID: [(0, 0, b"1", b"a"), (0, 1, b"2", b"b")], FRAUD: [(1, 0, b"3", b"c")]}
+    swapped = {VALID: [((0, 1), b"1", b"a"), ((0, 2), b"2", b"b")], FRAUD: [((1, 1), b"3", b"c")]}
     assert routing(window, oracle, swapped)["misrouted"] == 2  # type: ignore[arg-type]
-    doubled = {**right, VALID: [*right[VALID], (0, 9, b"1", b"a")]}
+    doubled = {**right, VALID: [*right[VALID], ((0, 1), b"1", b"a")]}
     assert routing(window, oracle, doubled)["duplicated"] == 1  # type: ignore[arg-type]
+    lost = {**right, FRAUD: []}
+    assert routing(window, oracle, lost)["lost"] == 1  # type: ignore[arg-type]
+    keyed_as_input = {**right, FRAUD: [((0, 2), b"\0" * 7 + b"\2", b"b")]}
+    assert routing(window, oracle, keyed_as_input)["misrouted"] == 1  # type: ignore[arg-type]
+    changed = {**right, FRAUD: [((0, 2), b"2", b"B")]}
+    assert routing(window, oracle, changed)["misrouted"] == 1  # type: ignore[arg-type]
 
 
 def test_two_acknowledged_edits_of_one_review_are_two_records() -> None:
     v1 = {"id": 7, "rating": "4.0", "modified": 1}
     v2 = {"id": 7, "rating": "2.0", "modified": 2}
     inputs = {canonical(b"7", v1): 1, canonical(b"7", v2): 1}
-    acked = [{"key": "7", "record": v1}, {"key": "7", "record": v2}]
+    acked = [{"key": b"7".hex(), "record": v1}, {"key": b"7".hex(), "record": v2}]
     assert acknowledged_missing(acked, Counter(inputs)) == 0
     assert acknowledged_missing([*acked, acked[0]], Counter(inputs)) == 1  # acked twice, once in
     assert acknowledged_missing(acked, Counter({canonical(b"7", v1): 1})) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -20,15 +21,18 @@ import pytest
 from fastavro import parse_schema, schemaless_reader
 
 from chaos.load import (
+    COMPRESSED_TEXT,
     CREATED_SPAN_MS,
     EQUAL,
     FLIP,
     KINDS,
     MOVE,
+    NEAR_LIMIT_TEXT,
     NEW,
     RATINGS,
     RERATING,
     STALE,
+    STYLES,
     TITLE,
     TOPIC,
     Generator,
@@ -37,7 +41,10 @@ from chaos.load import (
     ReviewCodec,
     cli_base_id,
     fetch_sample,
+    filler,
     parse_answers,
+    producer_style,
+    style_key,
     to_json,
 )
 from chaos.oracle import without_logical_types
@@ -324,8 +331,8 @@ class OfflineLoad(Load):
         self.posted: list[dict] = []
         self.post_lock = threading.Lock()
 
-    def make_producer(self) -> FakeProducer:
-        return self.fake
+    def make_producer(self, compression: str = "none") -> FakeProducer:
+        return self.fake  # one fake for both codecs: what is written is what counts
 
     def make_client(self) -> httpx.Client:
         def answer(request: httpx.Request) -> httpx.Response:
@@ -356,15 +363,40 @@ def test_offline_run_writes_a_faithful_ledger(tmp_path: Path, codec: ReviewCodec
     by_path = Counter(a["path"] for a in acked)
     assert by_path == load.acked_by_path and by_path["post"] and by_path["direct"]
     assert Counter(a["kind"] for a in acked) == load.by_kind
-    direct = Counter((k.decode(), v) for k, v in load.fake.written)
+    direct = Counter((None if k is None else k.hex(), v) for k, v in load.fake.written)
     assert direct == Counter(
         (a["key"], codec.frame(77, a["record"])) for a in acked if a["path"] == "direct"
     )
+    keys = Counter(direct_key_style(a) for a in acked if a["path"] == "direct")
+    assert keys["id"] and keys["none"] and keys["other"], keys  # the shared topic's producers
     posted = Counter(json.dumps(json_to_review(p), sort_keys=True) for p in load.posted)
     for a in acked:
         if a["path"] == "post":
-            assert a["key"] == str(a["record"]["id"])
+            assert a["key"] == str(a["record"]["id"]).encode().hex()
             assert posted[json.dumps(a["record"], sort_keys=True)] > 0
+
+
+def direct_key_style(answer: dict) -> str:
+    rid = answer["record"]["id"]
+    if answer["key"] is None:
+        return "none"
+    if answer["key"] == str(rid).encode().hex():
+        return "id"
+    if answer["key"] == rid.to_bytes(8, "big", signed=True).hex():
+        return "long"
+    return "other"
+
+
+def test_the_styles_of_the_shared_topics_producers() -> None:
+    rng = random.Random(3)
+    drawn = Counter(producer_style(rng)[0] for _ in range(20_000))
+    assert set(drawn) == {s for s, _ in STYLES}
+    assert 0.01 < drawn["near-limit"] / 20_000 < 0.03
+    assert style_key("none", 5, rng) is None
+    assert style_key("long", 5, rng) == b"\0" * 7 + b"\5"
+    assert style_key("id", 5, rng) == b"5"
+    assert len(filler(NEAR_LIMIT_TEXT, "near-limit")) == NEAR_LIMIT_TEXT
+    assert len(filler(COMPRESSED_TEXT, "compressed")) == COMPRESSED_TEXT
 
 
 def test_a_stop_event_ends_the_run_early(tmp_path: Path) -> None:

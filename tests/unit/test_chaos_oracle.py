@@ -486,11 +486,16 @@ def test_adding_a_record_twice_is_an_error() -> None:
         oracle.add(0, 0, None, GOOD)
 
 
-def test_a_review_on_two_partitions_is_an_anomaly() -> None:
+def test_a_review_on_two_partitions_is_one_review_and_a_tie_goes_to_the_greater_partition() -> None:
+    """No key, another key encoding, a grown topic: versions meet by the value's id."""
     oracle = Oracle(REGISTRY.get)
-    oracle.add(0, 0, b"1", frame(valid(1)))
-    oracle.add(1, 0, b"1", frame(valid(1, modified=DAY + 1)))
-    assert oracle.anomalies == ["review 1 on partitions 0 and 1"]
+    oracle.add(2, 7, None, frame(valid(1, modified=DAY + 1)))
+    oracle.add(0, 90, b"\0\0\0\0\0\0\0\1", frame(valid(1, modified=DAY + 1)))
+    oracle.add(1, 3, b"1", frame(valid(1)))  # older: never current
+    assert set(oracle.current) == {1}
+    assert (oracle.current[1].partition, oracle.current[1].offset) == (2, 7)
+    oracle.add(1, 4, None, frame(valid(1, modified=DAY + 2)))
+    assert (oracle.current[1].partition, oracle.current[1].offset) == (1, 4)
 
 
 def test_decode_input_feeds_every_record() -> None:
@@ -695,7 +700,7 @@ def stream_outcome(value: bytes) -> tuple[str, tuple[int, ...] | None]:
 
 def stream_reading(value: bytes) -> tuple[str, tuple[int, ...] | None, str]:
     """`stream_outcome` and the fraud filter's dead-letter reason ("" when it routed it)."""
-    codes, reasons = route([value], STREAM_WRITERS.get, STREAM_MODEL, STREAM_REVIEW_SCHEMA)
+    codes, reasons, _ = route([value], STREAM_WRITERS.get, STREAM_MODEL, STREAM_REVIEW_SCHEMA)
     if codes[0] == ROUTED_DEAD:
         return DEAD, None, reasons[0]
     batch = frame_batch([value], STREAM_WRITERS.get, STREAM_REVIEW_SCHEMA)

@@ -59,6 +59,9 @@ class Worker(EosWorker):
     def process(self, msgs: Any) -> None:
         raise AssertionError("not called here")
 
+    def dead_letter_topic(self) -> str:
+        return "dead"
+
 
 class FakeState:
     def restore(self, entries: Any) -> int:

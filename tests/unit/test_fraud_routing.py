@@ -57,10 +57,11 @@ def writers() -> dict[int, Any]:
 
 def test_canonical_values_get_the_rule_verdict(writers):
     bodies = [body(REVIEW, review(i)) for i in range(2000)]
-    codes, reasons = route(
+    codes, reasons, ids = route(
         [confluent_frame(REVIEW_ID, b) for b in bodies], writers.get, MODEL, REVIEW
     )
     assert reasons == {}
+    assert ids.tolist() == [review(i)["id"] for i in range(2000)]
     assert codes.tolist() == [FRAUD if MODEL.is_fraud_body(b) else VALID for b in bodies]
     assert 0.03 < (codes == FRAUD).mean() < 0.07
 
@@ -69,9 +70,10 @@ def test_other_writer_schema_is_judged_on_its_canonical_bytes(writers):
     evolved = evolved_schema()
     records = [review(i) for i in range(300)]
     values = [confluent_frame(EVOLVED_ID, body(evolved, {**r, "language": "en"})) for r in records]
-    codes, reasons = route(values, writers.get, MODEL, REVIEW)
+    codes, reasons, ids = route(values, writers.get, MODEL, REVIEW)
     assert reasons == {}
     assert codes.tolist() == [FRAUD if MODEL.is_fraud(r) else VALID for r in records]
+    assert ids.tolist() == [r["id"] for r in records]  # read from the resolved record
 
 
 def test_unreadable_records_are_dead_with_a_reason(writers):
@@ -87,8 +89,9 @@ def test_unreadable_records_are_dead_with_a_reason(writers):
     }
     values = [*cases.values(), confluent_frame(REVIEW_ID, good)]
     writers = {**writers, 99: None}
-    codes, reasons = route(values, writers.get, MODEL, REVIEW)
+    codes, reasons, ids = route(values, writers.get, MODEL, REVIEW)
     assert codes.tolist()[:-1] == [DEAD] * len(cases)
+    assert ids.tolist() == [0] * len(cases) + [7]
     assert codes[-1] in (VALID, FRAUD)
     for i, expected in enumerate(cases):
         assert expected in reasons[i], (expected, reasons[i])

@@ -3,10 +3,12 @@
 The two pure stages are driven exactly as the worker drives them, over several partitions, in
 any interleaving the broker allows:
 
-- `udemy-reviews` has P partitions (review id % P); a record's position is its index in its
-  partition. The fraud filter routes each partition's records to valid[p] or fraud[p] by
-  verdict: each topic keeps its order, but the review stage of partition p (one
-  `VersionsState`) reads the two in an arbitrary merge.
+- `udemy-reviews` has 3 partitions, and a record lands on whichever its producer chose (no key,
+  another key encoding, another partitioner: versions of one review on several partitions); its
+  position is (partition, index in it). The fraud filter reads each input partition in order,
+  in any interleaving of the partitions, and routes each record by its review id (id % P) to
+  valid[p] or fraud[p] by verdict: the review stage of partition p (one `VersionsState`) reads
+  the two in an arbitrary merge.
 - The review stage's changes go, in production order, to the course partition of their course
   (course id % Q). Course partition q (one `CourseState`) reads the change streams of the P
   review partitions in an arbitrary merge, each in its own order, in batches.
@@ -29,6 +31,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streaming.core import source_position
 from streaming.core.aggregation import CourseState, VersionsState
 from streaming.core.stats import CourseStatistic, ReviewVersion, compute_from_scratch
 from streaming.core.window import MS_PER_DAY
@@ -56,8 +59,11 @@ class Record:
     valid: bool
     course_id: int
     title: str
+    lands: int = 0
+    """The partition of udemy-reviews its producer put it on."""
 
 
+INPUT_PARTITIONS = 3
 fresh = st.builds(
     Record,
     st.integers(0, 7),  # review id
@@ -67,6 +73,7 @@ fresh = st.builds(
     st.booleans(),
     st.sampled_from(COURSES),
     st.sampled_from(TITLES),
+    st.integers(0, INPUT_PARTITIONS - 1),
 )
 EDITS = ("same", "rerate", "flip", "move", "title", "later", "tie", "stale", "created")
 edits = st.tuples(st.integers(1, 6), st.sampled_from(EDITS), st.integers(0, 9))
@@ -86,6 +93,7 @@ def edited(base: Record, how: str, value: int) -> Record:
         not base.valid if how == "flip" else base.valid,
         COURSES[value % len(COURSES)] if how == "move" else base.course_id,
         TITLES[value % len(TITLES)] if how == "title" else base.title,
+        base.lands if value < 5 else value % INPUT_PARTITIONS,  # often elsewhere than before
     )
 
 
@@ -115,6 +123,7 @@ class Pipeline:
     """(review id, version, title) of every record produced: the reference's input."""
 
     def __post_init__(self) -> None:
+        self.input: dict[int, deque] = {i: deque() for i in range(INPUT_PARTITIONS)}
         self.inputs = {(p, v): deque() for p in range(self.p) for v in (True, False)}
         self.changes = {(p, q): deque() for p in range(self.p) for q in range(self.q)}
         self.versions = [VersionsState() for _ in range(self.p)]
@@ -122,25 +131,32 @@ class Pipeline:
         self.versions_log: list[list[tuple[bytes, bytes]]] = [[] for _ in range(self.p)]
         self.courses_log: list[list[tuple[bytes, bytes | None]]] = [[] for _ in range(self.q)]
         self.published: dict[int, list[CourseStatistic]] = {}
-        self.positions = [0] * self.p
+        self.positions = [0] * INPUT_PARTITIONS
         self.version_snaps: dict[int, tuple[bytes, int]] = {}
         self.course_snaps: dict[int, tuple[bytes, int]] = {}
         """Per partition: the latest snapshot and the changelog length it reflects."""
 
     # -- the topics ------------------------------------------------------------------------
     def produce(self, records: list[Record]) -> None:
-        """Append to udemy-reviews and route by verdict (the fraud filter keeps the order)."""
+        """Append to udemy-reviews, each on the partition its producer chose."""
         for r in records:
-            p = r.review_id % self.p
-            position = self.positions[p]
-            self.positions[p] += 1
+            offset = self.positions[r.lands]
+            self.positions[r.lands] += 1
+            position = source_position.order(r.lands, offset)
             version = ReviewVersion(r.modified, r.created, r.halves, r.valid, r.course_id, position)
             self.records.append((r.review_id, version, r.title))
-            self.inputs[(p, r.valid)].append((r.review_id, version, r.title))
+            self.input[r.lands].append((r.review_id, version, r.title))
+
+    def filter(self, partition: int) -> None:
+        """The fraud filter: the next record of an input partition to valid or fraud, on the
+        partition of its review id (it keys the copy by the id)."""
+        review_id, version, title = self.input[partition].popleft()
+        self.inputs[(review_id % self.p, version.valid)].append((review_id, version, title))
 
     def actions(self) -> list[tuple]:
         """What the broker may deliver next."""
-        out: list[tuple] = [("review", p, v) for (p, v), topic in self.inputs.items() if topic]
+        out: list[tuple] = [("filter", i) for i, topic in self.input.items() if topic]
+        out += [("review", p, v) for (p, v), topic in self.inputs.items() if topic]
         out += [("course", q) for q in range(self.q) if self.sources(q)]
         return out
 
@@ -226,7 +242,9 @@ class Pipeline:
             if step in crashes:
                 self.crash()
             action = actions[next(choices) % len(actions)]
-            if action[0] == "review":
+            if action[0] == "filter":
+                self.filter(action[1])
+            elif action[0] == "review":
                 self.review(action[1], action[2])
             else:
                 q = action[1]
@@ -247,15 +265,23 @@ class Pipeline:
 
     def drain(self, order: list[tuple] | None = None) -> None:
         """Deliver everything in a fixed order: the given actions first (each one record or
-        one change), then review topics before course partitions."""
+        one change), after the fraud filter routed every input record (partition by
+        partition), then review topics before course partitions."""
+        for i, topic in self.input.items():
+            while topic:
+                self.filter(i)
         for action in order or []:
-            if action[0] == "review":
+            if action[0] == "filter":
+                self.filter(action[1])
+            elif action[0] == "review":
                 self.review(action[1], action[2])
             else:
                 self.course(action[1], [action[2]])
         while actions := self.actions():
             action = actions[0]
-            if action[0] == "review":
+            if action[0] == "filter":
+                self.filter(action[1])
+            elif action[0] == "review":
                 self.review(action[1], action[2])
             else:
                 self.course(action[1], self.sources(action[1])[:1])
@@ -277,8 +303,9 @@ class Pipeline:
 
 
 partition_counts = st.tuples(st.integers(1, 3), st.integers(2, 4))
-schedules = st.lists(st.integers(0, 9), max_size=100)
-"""Interleavings: each choice picks one of the (at most 6 + 4) deliveries the broker allows."""
+schedules = st.lists(st.integers(0, 12), max_size=140)
+"""Interleavings: each choice picks one of the (at most 3 + 6 + 4) deliveries the broker
+allows."""
 
 
 @settings(max_examples=250, deadline=None)
@@ -398,6 +425,32 @@ def test_a_verdict_flip_at_equal_modified_takes_the_later_position(
     pipeline.drain([("review", 0, valid_topic_first), ("review", 0, not valid_topic_first)])
     expected = pipeline.check()
     assert expected[4][0]["count_reviews"] == (1 if later_valid else 0)
+
+
+@pytest.mark.parametrize("filter_order", list(itertools.permutations(range(INPUT_PARTITIONS))))
+def test_versions_on_several_input_partitions_count_once_ties_to_the_greater_partition(
+    filter_order: tuple[int, ...],
+) -> None:
+    """A producer with no key (or another key) put one review's versions on three partitions:
+    the fraud filter meets them on one review partition, whatever order it reads the input
+    partitions in; at equal `modified` the greater (partition, offset) is current."""
+    created = AS_OF * MS_PER_DAY
+    pipeline = Pipeline(2, 2)
+    pipeline.produce(
+        [
+            Record(5, 30, created, 10, True, 1, "T", lands=2),  # the current one: partition 2
+            Record(5, 30, created, 2, True, 1, "T", lands=0),  # a tie, on a lower partition
+            Record(5, 29, created, 4, True, 2, "T", lands=1),  # older, another course
+            Record(5, 30, created, 6, True, 2, "T", lands=1),  # a tie on partition 1
+        ]
+    )
+    for i in filter_order:
+        while pipeline.input[i]:
+            pipeline.filter(i)
+    pipeline.drain()
+    expected = pipeline.check()
+    assert expected[1][0]["count_reviews"] == 1 and expected[1][0]["sum_rating"] == 5.0
+    assert expected[2][0]["count_reviews"] == 0
 
 
 def test_the_course_title_does_not_depend_on_the_arrival_order() -> None:

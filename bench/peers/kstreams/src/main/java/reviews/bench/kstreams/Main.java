@@ -16,7 +16,8 @@ import org.apache.kafka.streams.kstream.ForeachAction;
 /**
  * The Kafka Streams peer of the benchmarks: {@code fraud}, {@code aggregate} (the original
  * topology) or {@code aggregate-ktable} (our semantics as a KTable aggregation), then
- * {@code --name value} options (see bench/peers/kstreams.py for the full command lines).
+ * {@code --name value} options (see bench/peers/kstreams.py for the full command lines); and
+ * {@code legacy-produce}, the original pipeline's keyless producer (the tests' legacy writer).
  * Runs until SIGTERM; exits 1 if the topology fails.
  */
 public final class Main {
@@ -24,8 +25,13 @@ public final class Main {
 
   public static void main(String[] argv) throws Exception {
     String mode = argv.length == 0 ? "" : argv[0];
+    if (mode.equals("legacy-produce")) {
+      LegacyProducer.run(new Args(argv, 1));
+      return;
+    }
     if (!(mode.equals("fraud") || mode.equals("aggregate") || mode.equals("aggregate-ktable"))) {
-      System.err.println("usage: (fraud | aggregate | aggregate-ktable) --name value ...");
+      System.err.println(
+          "usage: (fraud | aggregate | aggregate-ktable | legacy-produce) --name value ...");
       System.exit(2);
     }
     Args args = new Args(argv, 1);

@@ -1,0 +1,110 @@
+"""The original pipeline's Java producer, as a team migrating it still runs it: every review and
+edit sent with no key (`new ProducerRecord<>(topic, review)`), Avro in the Confluent wire format,
+the Java client's defaults. Built with the Maven set-up of the Kafka Streams peers
+(`bench/peers/kstreams`, mode `legacy-produce`). One review's versions land on whichever
+partitions the client picks; the statistics are exact in both topics, PostgreSQL and the read
+API all the same."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastavro import json_writer, parse_schema
+
+from bench.peers.kstreams import build
+from streaming.config import Settings
+from streaming.core.window import epoch_day
+from streaming.serde import Registry
+from tests.integration.edit_history import (
+    courses_on_distinct_partitions,
+    expected_stats,
+    history,
+    review_record,
+)
+from tests.integration.test_edits_end_to_end import (
+    api_stats,
+    eventually_equal,
+    table_stats,
+    topic_stats,
+    with_rule_verdicts,
+)
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "schemas" / "review.avsc"
+JAVA = str(Path(os.environ.get("JAVA_HOME", "/usr/lib/jvm/java-17-openjdk-amd64")) / "bin/java")
+
+
+def avro_json_lines(records: list[dict]) -> str:
+    """Review records in Avro's JSON encoding (unions as {"string": ...}), one per line."""
+    out = io.StringIO()
+    json_writer(out, parse_schema(json.loads(SCHEMA.read_text())), records)
+    return out.getvalue()
+
+
+def legacy_produce(settings: Settings, records: list[dict], tmp: Path) -> list[tuple[int, int]]:
+    """Send through the Java producer; the (partition, offset) of each record, in order."""
+    schema_id = Registry(settings.schema_registry_url).register(
+        "udemy-reviews-value", "review.avsc"
+    )
+    source = tmp / "reviews.jsonl"
+    source.write_text(avro_json_lines(records), encoding="utf-8")
+    done = subprocess.run(
+        [
+            JAVA,
+            "-jar",
+            str(build()),
+            "legacy-produce",
+            "--bootstrap",
+            settings.kafka_bootstrap_servers,
+            "--topic",
+            "udemy-reviews",
+            "--schema",
+            str(SCHEMA),
+            "--schema-id",
+            str(schema_id),
+            "--input",
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    sent = [line.split() for line in done.stdout.splitlines() if line.startswith("SENT ")]
+    return [(int(p), int(o)) for _, p, o in sent]
+
+
+def test_the_legacy_keyless_producer_is_counted_exactly(settings: Settings, tmp_path: Path):
+    rng = random.Random(47)
+    now_ms = int(time.time() * 1000)
+    base = 7_000_000_000 + rng.randrange(10**9)
+    courses = courses_on_distinct_partitions(base, 6)
+    records = history(200, now_ms, courses, first_id=base * 10, seed=47)
+    verdicts = with_rule_verdicts(records, rng)
+    positions = legacy_produce(settings, [review_record(r) for r in records], tmp_path)
+    assert len(positions) == len(records)
+    spread: dict[int, set[int]] = {}
+    for rec, (partition, _) in zip(records, positions, strict=True):
+        spread.setdefault(rec["id"], set()).add(partition)
+    assert len({p for p, _ in positions}) == 4, "keyless records spread over the partitions"
+    assert any(len(parts) > 1 for parts in spread.values()), "a review's versions, apart"
+    expected = expected_stats(records, positions, epoch_day(now_ms), fraud=verdicts)
+    ids = set(courses) & {r["course"]["id"] for r in records}
+    eventually_equal(lambda: topic_stats(settings, ids), expected, "statistics topics")
+    engine = sa.create_engine(settings.database_url)
+    try:
+        eventually_equal(lambda: table_stats(engine, ids), expected, "PostgreSQL tables")
+    finally:
+        engine.dispose()
+    api = os.environ.get("PIPELINE_API_URL", "http://127.0.0.1:8000")
+    eventually_equal(lambda: api_stats(api, ids), expected, "read API")
