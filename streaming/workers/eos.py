@@ -560,7 +560,17 @@ class EosWorker(ABC):
         """The broker refused an output for good: abort, then find the record (going through
         the batch one record per transaction) and dead-letter it (`streaming.workers.refusals`)."""
         why = refusals.reason(err)
-        if self._careful_msg is not None and not self.divertible(self._careful_msg[0]):
+        if self._careful_msg is not None and not refusals.refused(err):
+            # only the failed transaction's echo (_STATE, e.g. the sequence gap a refused
+            # batch leaves until the abort bumps the epoch): this record is not to blame
+            log_event(
+                log,
+                "transaction failed: aborting, the record again",
+                logging.WARNING,
+                error=str(err),
+                record=self._careful_msg,
+            )
+        elif self._careful_msg is not None and not self.divertible(self._careful_msg[0]):
             log_event(
                 log,
                 "an internal record's output refused: stalled",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -208,9 +209,9 @@ def test_a_copy_the_broker_refuses_is_dead_lettered_with_its_reason_and_the_loop
     settings, admin, topics, schema_id, tmp_path
 ):
     """A real refusal, no fault hook: the routed topics take records of at most 3,000 bytes, and
-    one review carries 6,000 bytes of text. Its copy aborts the batch; the worker goes through
-    the batch one record per transaction, dead-letters that one with the broker's reason, and
-    routes every other record once."""
+    one review carries 6,000 bytes of text that no codec shrinks. Its copy aborts the batch; the
+    worker goes through the batch one record per transaction, dead-letters that one with the
+    broker's reason, and routes every other record once."""
     small_limit = [
         ConfigEntry("max.message.bytes", "3000", incremental_operation=AlterConfigOpType.SET)
     ]
@@ -221,7 +222,8 @@ def test_a_copy_the_broker_refuses_is_dead_lettered_with_its_reason_and_the_loop
     for fut in admin.incremental_alter_configs(resources).values():
         fut.result(30)
     small = [(str(i).encode(), encode_review(schema_id, review(i))) for i in range(1, 61)]
-    big = (b"99", encode_review(schema_id, review(99, content="x" * 6000)))
+    # random hex: the copy's lz4 cannot shrink it under the limit
+    big = (b"99", encode_review(schema_id, review(99, content=os.urandom(3000).hex())))
     produce_all(producer(settings), topics["in"], [*small[:30], big, *small[30:]])
     env = worker_env(topics, f"ff-{uuid.uuid4().hex[:8]}")
     with worker_process(MODULE, env, tmp_path / "worker.log") as worker:
