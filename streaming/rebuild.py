@@ -70,6 +70,21 @@ def wait_deleted(admin: AdminClient, topics: Iterable[str]) -> None:
         time.sleep(0.5)  # polling the broker's metadata, not waiting on a guess
 
 
+def recreate(admin: AdminClient, specs: list[TopicSpec]) -> list[str]:
+    """Create the topics again, until the broker lists every one: a deletion finishes in the
+    background, and a create meanwhile is answered TOPIC_ALREADY_EXISTS for a topic about to go."""
+    deadline, actions = time.monotonic() + DELETE_WAIT_S, []
+    while True:
+        actions += ensure_topics(admin, specs)
+        listed = admin.list_topics(timeout=30).topics
+        missing = [s.name for s in specs if s.name not in listed]
+        if not missing:
+            return actions
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics not created again within {DELETE_WAIT_S:.0f} s: {missing}")
+        time.sleep(0.5)  # polling the broker's metadata while the deletion completes
+
+
 def rebuild(settings: Settings, the_plan: Plan, say: Callable[[str], None] = print) -> None:
     admin = AdminClient(settings.kafka_config())
     busy = active_groups(admin, the_plan.groups)
@@ -102,6 +117,6 @@ def rebuild(settings: Settings, the_plan: Plan, say: Callable[[str], None] = pri
         replace(t, config={**t.config, "max.message.bytes": str(max_message_bytes(t, limit))})
         for t in the_plan.topics
     ]
-    for action in ensure_topics(admin, sized):
+    for action in recreate(admin, sized):
         say(action)
     say("done: start the stream workers; they rebuild every statistic from udemy-reviews")
