@@ -50,7 +50,7 @@ from streaming.core.avro_codec import confluent_frame
 from streaming.core.ratings import rating_halves
 from streaming.core.review_bytes import extract_fields
 from streaming.core.review_frames import frame_batch
-from streaming.core.review_mapping import NUL_REASON
+from streaming.core.review_mapping import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, NUL_REASON
 from streaming.core.stage_kernels import VERSION_SIZE, title_codes
 from streaming.core.window import epoch_day
 from streaming.pipeline import AGGREGATOR
@@ -208,7 +208,12 @@ class StatsAggregator(EosWorker):
         dead: dict[int, str],
     ) -> None:
         """Refuse a record whose course title cannot be published (the course stage and the
-        stats sink would fail on it), and read the rare rating not spelled "D.0"/"D.5"."""
+        stats sink would fail on it) or whose `created` or `modified` lies outside what both
+        Python and PostgreSQL store (it would become a statistic's `last_review_time` no sink
+        or API could keep), and read the rare rating not spelled "D.0"/"D.5"."""
+        for i in np.flatnonzero(use & out_of_range(columns[:, 1], columns[:, 3])).tolist():
+            dead[i] = TIMESTAMP_REASON
+            use[i] = False
         codes = title_codes(buf, spans[:, 2], spans[:, 3])
         raw = None
         for i in np.flatnonzero(use & ((codes != 0) | (columns[:, 5] < 0))).tolist():
@@ -380,6 +385,18 @@ def course_keys(msgs: list[Message]) -> tuple[list[int], list[bytes | None], dic
             course_ids.append(-1)
             values.append(None)
     return course_ids, values, bad
+
+
+TIMESTAMP_REASON = (
+    "created or modified outside 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z, what both "
+    "Python and PostgreSQL store"
+)
+
+
+def out_of_range(modified: np.ndarray, created: np.ndarray) -> np.ndarray:
+    """Where either timestamp (epoch ms) is outside what the sinks and the read API store."""
+    low, high = MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS
+    return (modified < low) | (modified > high) | (created < low) | (created > high)
 
 
 def source_order(headers: list[tuple[str, bytes]] | None) -> int:

@@ -210,6 +210,37 @@ def test_a_record_without_its_source_position_is_dead_lettered(
     assert read_all(settings, topics["long"]) == [], "nothing counted"
 
 
+def test_a_timestamp_no_sink_can_store_is_dead_lettered_and_never_counted(
+    settings, topics, schema_id, tmp_path
+):
+    """A `created` in year 296,675 (Avro takes any long) would become the course's
+    last_review_time, which neither PostgreSQL, the sink's converters nor the read API keep."""
+    now_ms = int(time.time() * 1000)
+    ok, far = (review_record(r) for r in history(2, now_ms, [5], first_id=11))
+    far = {**far, "id": 12, "created": 9_300_000_000_000_000}
+    p = producer(settings)
+    for n, rec in enumerate((ok, far)):
+        headers = [(HEADER, encode(0, n))]
+        p.produce(
+            topics["valid"], encode_review(schema_id, rec), str(rec["id"]).encode(), headers=headers
+        )
+    assert p.flush(30) == 0
+    env = env_for(topics, f"agg-{uuid.uuid4().hex[:8]}")
+    with worker_process(MODULE, env, tmp_path / "agg.log") as worker:
+        worker.wait_healthy()
+        deadline = time.monotonic() + 60
+        while not (dead := read_all(settings, topics["dlq"])) or not read_all(
+            settings, topics["long"]
+        ):
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.3)  # poll interval
+    assert [m.key() for m in dead] == [b"12"]
+    assert b"outside 0001-01-01" in dict(dead[0].headers())["dlq.error"]
+    registry = Registry(settings.schema_registry_url)
+    [stat] = [decode(registry, m.value(), STAT) for m in read_all(settings, topics["long"])][-1:]
+    assert stat["count_reviews"] == 1, "only the storable review counts"
+
+
 def test_exact_under_repeated_sigkill(settings, topics, schema_id, tmp_path):
     now_ms = int(time.time() * 1000)
     records, positions = edits(3000, now_ms, seed=2)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streaming.core import source_position
+from streaming.core.review_mapping import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS
 from streaming.core.source_position import MAX_PARTITION, OFFSET_BITS, order, unorder
-from streaming.workers.stats_aggregator import source_order
+from streaming.workers.stats_aggregator import out_of_range, source_order
 
 positions = st.tuples(st.integers(0, MAX_PARTITION), st.integers(0, (1 << OFFSET_BITS) - 1))
 
@@ -30,3 +32,9 @@ def test_the_aggregators_header_reading_is_the_same_order(pos: tuple[int, int]) 
     header = (source_position.HEADER, source_position.encode(*pos))
     assert source_order([header]) == order(*pos)  # the lone header, read directly
     assert source_order([("other", b"x"), header]) == order(*pos)  # through find
+
+
+def test_timestamps_outside_what_python_and_postgresql_store_are_refused() -> None:
+    modified = np.array([0, MAX_TIMESTAMP_MS, MAX_TIMESTAMP_MS + 1, 5, MIN_TIMESTAMP_MS])
+    created = np.array([0, 0, 0, 9_300_000_000_000_000, MIN_TIMESTAMP_MS - 1])
+    assert out_of_range(modified, created).tolist() == [False, False, True, True, True]
