@@ -160,6 +160,18 @@ def eventually_equal(read, expected: pd.DataFrame, what: str) -> None:
         time.sleep(1.0)  # poll interval: the pipeline is catching up
 
 
+def exact_everywhere(settings: Settings, ids: set[int], expected: pd.DataFrame) -> None:
+    """Both statistics topics, the PostgreSQL tables and the read API, each until it agrees."""
+    eventually_equal(lambda: topic_stats(settings, ids), expected, "statistics topics")
+    engine = sa.create_engine(settings.database_url)
+    try:
+        eventually_equal(lambda: table_stats(engine, ids), expected, "PostgreSQL tables")
+    finally:
+        engine.dispose()
+    api = os.environ.get("PIPELINE_API_URL", "http://127.0.0.1:8000")
+    eventually_equal(lambda: api_stats(api, ids), expected, "read API")
+
+
 def test_a_history_of_edits_is_exact_in_topics_tables_and_the_api(settings: Settings) -> None:
     rng = random.Random(13)
     now_ms = int(time.time() * 1000)
@@ -171,11 +183,4 @@ def test_a_history_of_edits_is_exact_in_topics_tables_and_the_api(settings: Sett
     positions = produce_in_order(settings, records)
     expected = expected_stats(records, positions, epoch_day(now_ms), fraud=verdicts)
     ids = set(courses) & {r["course"]["id"] for r in records}
-    eventually_equal(lambda: topic_stats(settings, ids), expected, "statistics topics")
-    engine = sa.create_engine(settings.database_url)
-    try:
-        eventually_equal(lambda: table_stats(engine, ids), expected, "PostgreSQL tables")
-    finally:
-        engine.dispose()
-    api = os.environ.get("PIPELINE_API_URL", "http://127.0.0.1:8000")
-    eventually_equal(lambda: api_stats(api, ids), expected, "read API")
+    exact_everywhere(settings, ids, expected)

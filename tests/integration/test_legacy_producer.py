@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from fastavro import json_writer, parse_schema
 
 from bench.peers.kstreams import build
@@ -29,13 +28,7 @@ from tests.integration.edit_history import (
     history,
     review_record,
 )
-from tests.integration.test_edits_end_to_end import (
-    api_stats,
-    eventually_equal,
-    table_stats,
-    topic_stats,
-    with_rule_verdicts,
-)
+from tests.integration.test_edits_end_to_end import exact_everywhere, with_rule_verdicts
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,11 +93,4 @@ def test_the_legacy_keyless_producer_is_counted_exactly(settings: Settings, tmp_
     assert any(len(parts) > 1 for parts in spread.values()), "a review's versions, apart"
     expected = expected_stats(records, positions, epoch_day(now_ms), fraud=verdicts)
     ids = set(courses) & {r["course"]["id"] for r in records}
-    eventually_equal(lambda: topic_stats(settings, ids), expected, "statistics topics")
-    engine = sa.create_engine(settings.database_url)
-    try:
-        eventually_equal(lambda: table_stats(engine, ids), expected, "PostgreSQL tables")
-    finally:
-        engine.dispose()
-    api = os.environ.get("PIPELINE_API_URL", "http://127.0.0.1:8000")
-    eventually_equal(lambda: api_stats(api, ids), expected, "read API")
+    exact_everywhere(settings, ids, expected)
