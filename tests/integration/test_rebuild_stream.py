@@ -4,12 +4,13 @@ empty as declared, the workers' committed offsets and snapshots are gone."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streaming.admin import ensure_topics
@@ -38,6 +39,22 @@ def commit_offset(settings: Settings, group: str, topic: str) -> Consumer:
     return consumer
 
 
+def watermarks(settings: Settings, topic: str) -> tuple[int, int]:
+    """Partition 0's, once it has a leader (a topic created just now may not yet)."""
+    probe = Consumer({**settings.kafka_config(), "group.id": "rebuild-probe"})
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            try:
+                return probe.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)  # polling until the new partition's leader is elected
+    finally:
+        probe.close()
+
+
 def test_rebuild_drops_what_the_workers_derived(
     settings: Settings, admin: AdminClient, own_plan: Plan
 ) -> None:
@@ -57,10 +74,7 @@ def test_rebuild_drops_what_the_workers_derived(
     topics = admin.list_topics(timeout=30).topics
     for spec in own_plan.topics:
         assert len(topics[spec.name].partitions) == spec.partitions, spec.name
-    low, high = Consumer(
-        {**settings.kafka_config(), "group.id": "rebuild-probe"}
-    ).get_watermark_offsets(TopicPartition(valid, 0), timeout=30)
-    assert (low, high) == (0, 0), "recreated empty"
+    assert watermarks(settings, valid) == (0, 0), "recreated empty"
     groups = {g.group_id for g in admin.list_consumer_groups().result(30).valid}
     assert not set(own_plan.groups) & groups
     assert not own_plan.state_dirs[1].exists()
