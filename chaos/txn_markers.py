@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +103,8 @@ def broker_answers(bootstrap: str) -> bool:
         return False
 
 
-def wait_for(what: str, check, timeout_s: float) -> float:  # type: ignore[no-untyped-def]
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float) -> float:
+    """Seconds until `check` holds; an error naming `what` after `timeout_s`."""
     t0 = time.monotonic()
     while not check():
         if time.monotonic() - t0 > timeout_s:
@@ -133,7 +134,7 @@ def one_round(bootstrap: str, n: int, producers: int, partitions: int, warmup_s:
     killed = time.monotonic()
     stop.set()
     wait_for("a new broker process", lambda: procs.read_pid(STACK, "kafka") not in (None, pid), 60)
-    out.back_after_s = wait_for("the broker answering", lambda: broker_answers(bootstrap), 300)
+    wait_for("the broker answering", lambda: broker_answers(bootstrap), 300)
     out.back_after_s = time.monotonic() - killed
     for t in threads:
         t.join(30)

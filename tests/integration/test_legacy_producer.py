@@ -3,7 +3,7 @@ edit sent with no key (`new ProducerRecord<>(topic, review)`), Avro in the Confl
 the Java client's defaults. Built with the Maven set-up of the Kafka Streams peers
 (`bench/peers/kstreams`, mode `legacy-produce`). One review's versions land on whichever
 partitions the client picks; the statistics are exact in both topics, PostgreSQL and the read
-API all the same."""
+API all the same, and the batch rebuilt from the sink's rows agrees (the reconciliation)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 from fastavro import json_writer, parse_schema
+from sqlalchemy import Engine, text
 
 from bench.peers.kstreams import build
+from orchestration.resources import SchemasResource
 from streaming.config import Settings
 from streaming.core.window import epoch_day
 from streaming.serde import Registry
@@ -28,7 +30,8 @@ from tests.integration.edit_history import (
     history,
     review_record,
 )
-from tests.integration.test_edits_end_to_end import exact_everywhere, with_rule_verdicts
+from tests.integration.test_edits_end_to_end import TIMEOUT_S, exact_everywhere, with_rule_verdicts
+from tests.integration.test_orchestration import reconcile
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +80,31 @@ def legacy_produce(settings: Settings, records: list[dict], tmp: Path) -> list[t
     return [(int(p), int(o)) for _, p, o in sent]
 
 
-def test_the_legacy_keyless_producer_is_counted_exactly(settings: Settings, tmp_path: Path):
+def copy_courses(engine: Engine, schema: str, ids: set[int], versions: int) -> None:
+    """The stack's sink tables, these courses' rows only, into `schema`: the reconciliation then
+    judges this test's records, whatever else other tests wrote to the stack. Waits until the
+    raw sink has written every version."""
+    deadline = time.monotonic() + TIMEOUT_S
+    count = text("select count(*) from public.reviews where course_id = any(:ids)")
+    with engine.connect() as conn:
+        while conn.execute(count, {"ids": sorted(ids)}).scalar_one() < versions:
+            assert time.monotonic() < deadline, "the reviews sink did not write every version"
+            time.sleep(1.0)  # poll interval: the sink is catching up
+            conn.rollback()
+    with engine.begin() as conn:
+        for table in ("reviews", "long_term_stats", "recent_stats"):
+            conn.execute(
+                text(
+                    f'create table "{schema}".{table} as '
+                    f"select * from public.{table} where course_id = any(:ids)"
+                ),
+                {"ids": sorted(ids)},
+            )
+
+
+def test_the_legacy_keyless_producer_is_counted_exactly(
+    settings: Settings, tmp_path: Path, engine: Engine, scratch: SchemasResource
+):
     rng = random.Random(47)
     now_ms = int(time.time() * 1000)
     base = 7_000_000_000 + rng.randrange(10**9)
@@ -94,3 +121,8 @@ def test_the_legacy_keyless_producer_is_counted_exactly(settings: Settings, tmp_
     expected = expected_stats(records, positions, epoch_day(now_ms), fraud=verdicts)
     ids = set(courses) & {r["course"]["id"] for r in records}
     exact_everywhere(settings, ids, expected)
+    copy_courses(engine, scratch.stream_schema, ids, len(records))
+    assert reconcile(settings, scratch, epoch_day(now_ms)) == {
+        "long_term_stats_agree": True,
+        "recent_stats_agree": True,
+    }

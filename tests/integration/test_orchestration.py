@@ -432,7 +432,10 @@ class CaughtUpKafka(KafkaResource):
         return {(topic, 0): 42 for topic in topics}
 
 
-def _reconcile(settings: Settings, layout: SchemasResource) -> dict[str, bool]:
+def reconcile(
+    settings: Settings, layout: SchemasResource, as_of_day: int = AS_OF_DAY
+) -> dict[str, bool]:
+    """The reconciliation asset and its checks on `layout`'s tables: {check: passed}."""
     result = dg.materialize(
         [stream_vs_batch, *reconciliation_checks],
         resources={
@@ -441,7 +444,7 @@ def _reconcile(settings: Settings, layout: SchemasResource) -> dict[str, bool]:
             "schemas": layout,
         },
         run_config={
-            "ops": {"reconciliation__stream_vs_batch": {"config": {"as_of_day": AS_OF_DAY}}}
+            "ops": {"reconciliation__stream_vs_batch": {"config": {"as_of_day": as_of_day}}}
         },
     )
     assert result.success
@@ -455,7 +458,7 @@ def test_reconciliation_passes_on_agreement_and_fails_on_a_tampered_row(
     write_reviews(engine, scratch.stream_schema, records, "timestamp")
     write_stream_tables(engine, scratch.stream_schema, expected_statistics(records))
 
-    assert _reconcile(settings, scratch) == {
+    assert reconcile(settings, scratch) == {
         "long_term_stats_agree": True,
         "recent_stats_agree": True,
     }
@@ -467,7 +470,7 @@ def test_reconciliation_passes_on_agreement_and_fails_on_a_tampered_row(
                 "set count_five_stars = count_five_stars + 1 where course_id = 101"
             )
         )
-    assert _reconcile(settings, scratch) == {
+    assert reconcile(settings, scratch) == {
         "long_term_stats_agree": True,
         "recent_stats_agree": False,
     }
@@ -488,7 +491,7 @@ def test_reconciliation_fails_on_a_course_missing_from_the_stream(
         conn.execute(
             text(f'delete from "{scratch.stream_schema}".long_term_stats where course_id = 104')
         )
-    assert _reconcile(settings, scratch)["long_term_stats_agree"] is False
+    assert reconcile(settings, scratch)["long_term_stats_agree"] is False
 
 
 def _mismatches(engine: Engine, layout: SchemasResource) -> list[tuple]:
@@ -524,7 +527,7 @@ def test_reconciliation_fails_on_a_title_and_on_a_window_not_moved_with_the_cloc
                 "window_start_day = window_start_day - 1 where course_id = 103"
             )
         )
-    assert _reconcile(settings, scratch) == {
+    assert reconcile(settings, scratch) == {
         "long_term_stats_agree": False,
         "recent_stats_agree": False,
     }
