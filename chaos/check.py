@@ -39,6 +39,7 @@ from chaos.oracle import (
     VALID,
     CourseExpectation,
     Oracle,
+    as_java_reads,
     compare,
     edit_kinds,
     without_logical_types,
@@ -206,6 +207,51 @@ def source_position(m: Message) -> tuple[int, int] | None:
     return None
 
 
+def input_position(m: Message) -> tuple[int, int] | None:
+    """Where in udemy-reviews a dead letter's record was: the fraud filter's carry its own
+    input coordinates, the aggregator's the fraud filter's `source.position` header."""
+    headers = dict(m.headers() or [])
+    if headers.get("dlq.source.topic") == b"udemy-reviews":
+        return source_position(m)
+    value = headers.get("source.position")
+    if value is not None and len(value) == 12:
+        partition, offset = struct.unpack(">iq", value)
+        return partition, offset
+    return None
+
+
+def read_refusals(bootstrap: str, start: Mapping[int, int]) -> dict[tuple[int, int], str]:
+    """{input position: kind} of the stream's dead letters that name a kind of the validity
+    rule (`dlq.kind`), from `start` of the dead-letter topic."""
+    out: dict[tuple[int, int], str] = {}
+
+    def note(m: Message) -> bool:
+        kind = dict(m.headers() or []).get("dlq.kind")
+        position = input_position(m) if kind is not None else None
+        if kind is not None and position is not None:
+            out[position] = kind.decode()
+        return False
+
+    read_topic(bootstrap, "reviews-dead-letter", start, note)
+    return out
+
+
+def refusal_problems(
+    window: set[tuple[int, int]],
+    expected: Mapping[tuple[int, int], str],
+    stream: Mapping[tuple[int, int], str],
+) -> list[str]:
+    """Records of the window the oracle and the stream refuse differently (or only one of
+    them), in words: 'refusals: ...' lines, the first few by position."""
+    want = {p: k for p, k in expected.items() if p in window}
+    got = {p: k for p, k in stream.items() if p in window}
+    differ = sorted(p for p in want.keys() | got.keys() if want.get(p) != got.get(p))
+    return [
+        f"refusals: input {p} refused by the oracle as {want.get(p)}, by the stream as {got.get(p)}"
+        for p in differ[:20]
+    ] + ([f"refusals: {len(differ) - 20} more differ"] if len(differ) > 20 else [])
+
+
 def read_routed(
     bootstrap: str, topic: str, start: Mapping[int, int], keep: Callable[[Message], bool]
 ) -> list[Routed]:
@@ -237,10 +283,15 @@ def decoded_inputs(window: Iterable[Raw], schemas: Callable[[int], Any]) -> Coun
         if writers[schema_id] is None:
             continue
         try:
-            record = schemaless_reader(BytesIO(value[5:]), writers[schema_id], reader)
+            record = schemaless_reader(
+                BytesIO(value[5:]),
+                writers[schema_id],
+                reader,
+                handle_unicode_errors="surrogateescape",
+            )
         except Exception:  # a malformed body is a dead letter: never acknowledged as written
             continue
-        out[canonical(key, record)] += 1
+        out[canonical(key, as_java_reads(record))] += 1
     return out
 
 
@@ -252,8 +303,9 @@ def canonical(key: bytes | str | None, record: Mapping[str, Any]) -> str:
 
 
 def acknowledged_missing(acked: Iterable[Mapping[str, Any]], inputs: Counter[str]) -> int:
-    """Acknowledged records (the load's answers) not in the input topic, as a multiset."""
-    want = Counter(canonical(a["key"], a["record"]) for a in acked)
+    """Acknowledged records (the load's answers) not in the input topic, as a multiset; a
+    record that is no review is answered without one (the routing check covers it)."""
+    want = Counter(canonical(a["key"], a["record"]) for a in acked if "record" in a)
     return sum((want - inputs).values())
 
 
@@ -266,6 +318,7 @@ class Verdict:
     routing: dict[str, int] = field(default_factory=dict)
     acked_missing: int = 0
     edits: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -322,6 +375,9 @@ def run_check(
     for name, n in verdict.routing.items():
         if n:
             verdict.problems.append(f"routing: {n} input records {name}")
+    stream_refused = read_refusals(bootstrap, start["reviews-dead-letter"])
+    verdict.refused = dict(Counter(k for pos, k in oracle.refusals.items() if pos in in_window))
+    verdict.problems += refusal_problems(in_window, oracle.refusals, stream_refused)
 
     views = {
         "topics": (

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chaos.oracle import EDIT_KINDS as ORACLE_KINDS
+from chaos.oracle import REFUSAL_KINDS
 
 Record = tuple[bytes | None, bytes | None]
 EDIT_KINDS = tuple(kind for kind in ORACLE_KINDS if kind != "new")
@@ -34,17 +35,19 @@ def lost_and_duplicated(inputs: Counter[Record], outputs: Counter[Record]) -> tu
 @dataclass(frozen=True)
 class Floors:
     """The least a run must exercise to count (the issue's: 5,000 acknowledged POSTs, 200
-    edits of each kind, 2 kills during a restore, 5 kills of each instance)."""
+    edits of each kind, 2 kills during a restore, 5 kills of each instance; and records that
+    are no review, 20 of each kind of the validity rule)."""
 
     acked_posts: int = 5_000
     edits_each: int = 200
     kills_restoring: int = 2
     kills_each: int = 5
+    refused_each: int = 20
 
     @classmethod
     def smoke(cls) -> Floors:
         """A quick look at the machinery: it never passes as clean."""
-        return cls(acked_posts=0, edits_each=0, kills_restoring=0, kills_each=0)
+        return cls(acked_posts=0, edits_each=0, kills_restoring=0, kills_each=0, refused_each=0)
 
 
 class CheckVerdict(Protocol):
@@ -52,6 +55,7 @@ class CheckVerdict(Protocol):
 
     routing: dict[str, int]
     acked_missing: int
+    refused: dict[str, int]
     edits: dict[str, int]
     problems: list[str]
 
@@ -82,6 +86,10 @@ class Outcome:
     acked_missing: int = 0
     stats_exact: bool | None = None
     mismatches: int | None = None
+    refused: dict[str, int] = field(default_factory=dict)
+    """Records of the window that are no review, by kind (the oracle's count)."""
+    refusal_kinds_differing: int | None = None
+    """Kinds whose refusals the reconciliation found differing between batch and stream."""
     recoveries: dict[str, list[float]] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
     """What the independent check found wrong, in words."""
@@ -102,6 +110,7 @@ class Outcome:
         self.misrouted = verdict.routing.get("misrouted", 0)
         self.acked_missing = verdict.acked_missing
         self.edits = dict(verdict.edits)
+        self.refused = dict(verdict.refused)
         self.stats_exact = verdict.stats_exact
         self.findings = list(verdict.problems)
 
@@ -113,6 +122,10 @@ class Outcome:
         for kind in EDIT_KINDS:
             if self.edits.get(kind, 0) < f.edits_each:
                 out.append(f"only {self.edits.get(kind, 0)} edits '{kind}' (floor {f.edits_each})")
+        for kind in REFUSAL_KINDS:
+            if self.refused.get(kind, 0) < f.refused_each:
+                n = self.refused.get(kind, 0)
+                out.append(f"only {n} records refused as '{kind}' (floor {f.refused_each})")
         if self.kills_restoring < f.kills_restoring:
             out.append(f"only {self.kills_restoring} kills during a restore")
         few = {i: n for i, n in self.kills.items() if n < f.kills_each}
@@ -131,6 +144,7 @@ class Outcome:
             and self.lost == self.duplicated == self.misrouted == self.acked_missing == 0
             and self.stats_exact is True
             and self.mismatches == 0
+            and self.refusal_kinds_differing == 0
         )
 
     def summary(self) -> str:
@@ -155,7 +169,8 @@ class Outcome:
             ("duplicated", self.duplicated),
             ("misrouted", self.misrouted),
             ("stats", _stats_word(self.stats_exact)),
-            ("reconciliation", _reconciliation_word(self.mismatches)),
+            ("refused", ",".join(f"{k}:{self.refused.get(k, 0)}" for k in REFUSAL_KINDS)),
+            ("reconciliation", _reconciliation_word(self.mismatches, self.refusal_kinds_differing)),
             ("recovery_p50_s", f"{statistics.median(kills):.1f}" if kills else "nan"),
             ("recovery_max_s", f"{max(kills):.1f}" if kills else "nan"),
             ("recovery_by_fault_p50/max_s", by_kind or "none"),
@@ -168,9 +183,11 @@ def _stats_word(exact: bool | None) -> str:
     return "not-checked" if exact is None else "exact" if exact else "differ"
 
 
-def _reconciliation_word(mismatches: int | None) -> str:
+def _reconciliation_word(mismatches: int | None, refusal_kinds: int | None = 0) -> str:
     if mismatches is None:
         return "not-run"
+    if refusal_kinds:
+        return f"{mismatches}-mismatches-{refusal_kinds}-refusal-kinds-differ"
     return "exact" if mismatches == 0 else f"{mismatches}-mismatches"
 
 

@@ -46,7 +46,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from chaos.oracle import is_fraud
+from chaos.oracle import is_fraud, java_text
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "review.avsc"
 TOPIC = "udemy-reviews"
@@ -503,17 +503,36 @@ def schema_id(registry_url: str, schema_text: str, attempts: int = 3) -> int:
 
 # -- the load ----------------------------------------------------------------------------------
 
+INVALID_STYLES = ("undecodable", "tombstone", "text", "rating", "timestamp")
+"""Records that are no review, one style per kind of the validity rule (keyed by the id)."""
+NON_CANONICAL_STYLES = ("bad-utf8", "padded")
+"""Valid reviews in bytes other than Avro's own encoding: invalid UTF-8 in the content (Java
+reads U+FFFD), the id's varint one byte longer than needed."""
 STYLES = (
-    ("id", 0.50),
+    ("id", 0.43),
     ("none", 0.20),
     ("long", 0.15),
     ("other", 0.11),
     ("near-limit", 0.02),
     ("compressed", 0.02),
+    *((style, 0.01) for style in INVALID_STYLES + NON_CANONICAL_STYLES),
 )
 """How the direct writes are sent: as ours are (keyed by the id), as the original Java producer
 did (no key), with the id as an 8-byte long, with a key that is not the id; near the input's
-record limit (incompressible text, keyed by the id); 3 MB of text sent zstd-compressed."""
+record limit (incompressible text, keyed by the id); 3 MB of text sent zstd-compressed; and
+about 1 % each of every kind of record that is no review and of two non-canonical encodings."""
+BAD_RATINGS = ("4.7", "", "NaN", " 4.5", "4.5e0", "0", "5.5", "0.25")
+BAD_TIMES_MS = (253_402_300_800_000, -62_135_596_800_001, 9_300_000_000_000_000)
+"""Year 10000 (PostgreSQL holds it, Python does not), just before year 1, year 296,675."""
+INVALID_UTF8 = (
+    b"\xed\xa0\x80\xed\xbf\xbf",  # two encoded surrogates: Java replaces each whole
+    b"\xff\xfe\xfd\xfc\xfb\xfa",
+    b"\xe2\x82ABCD",  # a sequence cut short by a letter
+    b"A\xf0\x9f\x98BC",
+    b"\xc0\xafxyzw",  # an overlong '/'
+)
+"""Six bytes each, in place of MARK's six."""
+MARK = "\u20ac\u20ac"  # six UTF-8 bytes the bad-utf8 style overwrites
 INPUT_LIMIT_BYTES = 1_048_588
 """The input's max.message.bytes (Kafka's default, as `reviews bootstrap` leaves it)."""
 NEAR_LIMIT_TEXT = INPUT_LIMIT_BYTES - 1_200  # the rest of the review, the framing
@@ -537,6 +556,40 @@ def style_key(style: str, review_id: int, rng: random.Random) -> bytes | None:
     return str(review_id).encode()
 
 
+def invalid_value(
+    style: str, record: Review, codec: ReviewCodec, schema_id: int, rng: random.Random
+) -> bytes | None:
+    """A value Kafka accepts that is no review, of the validity rule's kind `style`."""
+    if style == "tombstone":
+        return None
+    if style == "text":
+        return codec.frame(schema_id, {**record, "content": "before\x00after"})
+    if style == "rating":
+        return codec.frame(schema_id, {**record, "rating": rng.choice(BAD_RATINGS)})
+    if style == "timestamp":
+        return codec.frame(schema_id, {**record, "modified": rng.choice(BAD_TIMES_MS)})
+    good = codec.frame(schema_id, record)
+    return rng.choice(
+        (b"\x01" + good[1:], good[:-3], b"\x00" + (2**31 - 7).to_bytes(4, "big") + good[5:])
+    )
+
+
+def non_canonical(
+    style: str, record: Review, codec: ReviewCodec, schema_id: int, rng: random.Random
+) -> tuple[bytes, Review]:
+    """A valid review in bytes Avro's writers never produce, and the review Java reads."""
+    if style == "padded":
+        value = codec.frame(schema_id, record)
+        end = next(i for i in range(5, len(value)) if value[i] < 0x80)  # the id's last byte
+        return value[:end] + bytes([value[end] | 0x80, 0]) + value[end + 1 :], record
+    content = f"{record.get('content') or ''} {MARK}"
+    value = codec.frame(schema_id, {**record, "content": content})
+    bad = rng.choice(INVALID_UTF8)
+    at = value.rindex(MARK.encode())
+    value = value[:at] + bad + value[at + 6 :]
+    return value, {**record, "content": java_text(content.encode()[:-6] + bad)}
+
+
 def filler(size: int, style: str) -> str:
     """Text of `size` characters: random hex near the limit (no codec shrinks it much),
     a repeated phrase when compressed."""
@@ -548,7 +601,9 @@ def filler(size: int, style: str) -> str:
 class DirectProducer(Protocol):
     """What the load needs of a confluent_kafka Producer (a fake in tests)."""
 
-    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Callable) -> None: ...
+    def produce(
+        self, topic: str, value: bytes | None, key: bytes | None, on_delivery: Callable
+    ) -> None: ...
     def poll(self, timeout: float) -> int: ...
     def flush(self, timeout: float) -> int: ...
     def purge(self) -> None: ...
@@ -718,14 +773,24 @@ class Load:
         if size:
             planned = Planned(planned.kind, {**planned.record, "content": filler(size, style)})
         key = style_key(style, planned.record["id"], self.styles)
+        invalid = style if style in INVALID_STYLES else None
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
-            self._settle("direct", planned, None if err is None else err.name(), key)
+            self._settle("direct", planned, None if err is None else err.name(), key, invalid)
             if err is None:
                 with self._lock:
                     self.by_style[style] += 1
 
-        value = self.codec.frame(self._schema_id, planned.record)
+        value: bytes | None
+        if invalid is not None:
+            value = invalid_value(style, planned.record, self.codec, self._schema_id, self.styles)
+        elif style in NON_CANONICAL_STYLES:
+            value, record = non_canonical(
+                style, planned.record, self.codec, self._schema_id, self.styles
+            )
+            planned = Planned(planned.kind, record)
+        else:
+            value = self.codec.frame(self._schema_id, planned.record)
         producer = self._zstd if style == "compressed" else self._producer
         try:
             producer.produce(TOPIC, value, key, on_delivery=delivered)
@@ -735,10 +800,16 @@ class Load:
             self._settle("direct", planned, exc.args[0].name(), key)
 
     def _settle(
-        self, path: str, planned: Planned, refused: str | None, key: bytes | None = b""
+        self,
+        path: str,
+        planned: Planned,
+        refused: str | None,
+        key: bytes | None = b"",
+        invalid: str | None = None,
     ) -> None:
         """Record one outcome: counters, the generator's belief, a line of the answers file
-        (the key as hex: keys are any bytes; null for none)."""
+        (the key as hex: keys are any bytes; null for none). A record that is no review
+        (`invalid`, its kind) changes no belief and is answered without a record."""
         sent_key = planned.key.encode() if key == b"" else key
         line: dict[str, Any] = {
             "path": path,
@@ -746,8 +817,12 @@ class Load:
             "key": None if sent_key is None else sent_key.hex(),
         }
         with self._lock:
-            self.generator.settle(planned, acked=refused is None)
-            if refused is None:
+            self.generator.settle(planned, acked=refused is None and invalid is None)
+            if refused is None and invalid is not None:
+                self.acked += 1
+                self.acked_by_path[path] += 1
+                line["invalid"] = invalid
+            elif refused is None:
                 self.acked += 1
                 self.acked_by_path[path] += 1
                 self.by_kind[planned.kind] += 1

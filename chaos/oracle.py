@@ -9,17 +9,22 @@ the history `edit_kinds` reads).
 
 The rules (docs/semantics.md, schemas/course_statistic.avsc):
 
-- A value is Confluent-framed (magic 0, 4-byte big-endian schema id, Avro body). It is a dead
-  letter, counted nowhere, when it is null, shorter than 5 bytes, has another magic byte, an
-  unknown schema id, or a body that is not exactly one record of its writer schema (by the Avro
-  spec, below) readable as a Review; and also, as the aggregator's stage 1 refuses them: a
-  rating that is no half step in 0.5 .. 5.0 ("5", "4.50" are read as numbers and accepted) and
-  a course title with U+0000 or that is not UTF-8.
+- A value is Confluent-framed (magic 0, 4-byte big-endian schema id, Avro body). Its strings
+  are read as Java reads them: invalid UTF-8 becomes U+FFFD, an encoded surrogate (ED A0..BF
+  xx) one U+FFFD for its three bytes, a sequence cut short by the end of the string one U+FFFD.
+- The validity rule: a record is no review, counted nowhere and naming no course, when it is
+  *undecodable* (shorter than 5 bytes, another magic byte, an unknown schema id, a body that
+  is not exactly one record of its writer schema (by the Avro spec, below) readable as a
+  Review), a *tombstone* (null value), has U+0000 in any text field (*text*), a rating that is
+  no half step in 0.5 .. 5.0 ("5", "4.50" are read as numbers and accepted: *rating*), or a
+  `created` or `modified` outside years 1 .. 9999 (*timestamp*). The first three never leave
+  the fraud filter (its dead letters); the last two are routed by their verdict and refused by
+  the aggregator. A refused version never supersedes another.
 - Fraud: `to_positive(murmur2(C3 01 + fingerprint + body)) % 100 < 5`, Kafka's murmur2, the
-  8-byte little-endian CRC-64-AVRO fingerprint of review.avsc's Parsing Canonical Form. The body
-  hashed is the one received when the writer schema *is* the Review schema (same canonical form),
-  byte for byte (the stream hashes what it got); a record written with another schema is first
-  resolved into the Review schema and re-encoded, and that encoding is hashed.
+  8-byte little-endian CRC-64-AVRO fingerprint of review.avsc's Parsing Canonical Form, and the
+  body the encoding of the *decoded* review (the original app hashed `review.toByteBuffer()`):
+  every readable record is resolved into the Review schema, its strings decoded as above, and
+  re-encoded; that encoding is hashed, whatever bytes arrived.
 - A review is identified by its value's `id`, never by the record's key (producers may send
   none, or another encoding). Its current version: the greatest (modified, partition, offset) in
   udemy-reviews, wherever its versions landed. It counts, in the course it names, only if it is
@@ -38,11 +43,8 @@ The rules (docs/semantics.md, schemas/course_statistic.avsc):
   is not compared.
 
 Choices where the brief is silent, taken from the stream's behaviour:
-- For a body written with the Review schema itself, strings other than the course title and the
-  rating are not checked for UTF-8 (the stream never decodes them); a body written with another
-  schema must decode as text to be re-encoded, so there invalid UTF-8 anywhere is a dead letter.
 - Timestamps are read as plain longs (logical types are dropped from the schemas before
-  decoding), so any long is a valid `created`/`modified`, as in Avro.
+  decoding); the validity rule bounds them.
 - A body must be Avro by the spec, checked before fastavro decodes it (`walk`): a union
   branch or enum index outside 0 .. n-1 (fastavro reads -1 as the last branch), a varint
   longer than 10 bytes (fastavro reads it, Java's decoder does not) or beyond 64 bits (Java
@@ -54,6 +56,7 @@ Choices where the brief is silent, taken from the stream's behaviour:
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import json
@@ -140,8 +143,77 @@ def load_json(path: Path) -> Any:
         return json.load(f)
 
 
+UNDECODABLE, TOMBSTONE, TEXT, RATING, TIMESTAMP = (
+    "undecodable", "tombstone", "text", "rating", "timestamp"
+)  # fmt: skip
+REFUSAL_KINDS = (UNDECODABLE, TOMBSTONE, TEXT, RATING, TIMESTAMP)
+ROUTED_KINDS = (RATING, TIMESTAMP)
+"""Kinds of invalid record the fraud filter still routes (the aggregator refuses them)."""
+FIRST_MS, LAST_MS = -62_135_596_800_000, 253_402_300_799_999
+"""0001-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z."""
+TEXT_FIELDS = (
+    ("title",), ("content",), ("rating",), ("user", "title"), ("user", "name"),
+    ("user", "display_name"), ("course", "title"), ("course", "url"),
+)  # fmt: skip
+
+
 class DeadLetter(ValueError):
-    """A record the pipeline cannot read: it goes to the dead-letter topic and counts nowhere."""
+    """A record that is no review (the validity rule): counted nowhere, naming no course."""
+
+    def __init__(self, reason: str, kind: str = UNDECODABLE) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+def _java_replacement(err: UnicodeDecodeError) -> tuple[str, int]:
+    """Python's decoder finds each malformed sequence; Java's replaces the same ones, but for
+    an encoded surrogate (ED A0..BF), which it takes as one sequence with its continuation."""
+    data, start = err.object, err.start
+    if data[start] == 0xED and start + 1 < len(data) and 0xA0 <= data[start + 1] <= 0xBF:
+        end = start + 2
+        if end < len(data) and data[end] & 0xC0 == 0x80:
+            end += 1
+        return "\ufffd", end
+    return "\ufffd", err.end
+
+
+codecs.register_error("chaos-oracle-java", _java_replacement)
+
+
+def java_text(data: bytes) -> str:
+    """Java's `new String(data, UTF_8)`."""
+    return data.decode("utf-8", "chaos-oracle-java")
+
+
+def java_string(value: str) -> str:
+    """A string fastavro read with `surrogateescape` as Java reads its bytes."""
+    return java_text(value.encode("utf-8", "surrogateescape"))
+
+
+def as_java_reads(review: Any) -> Any:
+    """Every string of a decoded review as Java reads it."""
+    if isinstance(review, str):
+        return java_string(review)
+    if isinstance(review, dict):
+        return {k: as_java_reads(v) for k, v in review.items()}
+    return review
+
+
+def problem(review: Mapping[str, Any]) -> DeadLetter | None:
+    """The validity rule's text, rating and timestamp checks on a decoded review."""
+    for path in TEXT_FIELDS:
+        value: Any = review
+        for name in path:
+            value = value[name]
+        if value is not None and "\x00" in value:
+            return DeadLetter(f"{'.'.join(path)} contains U+0000", TEXT)
+    try:
+        rating_halves(review["rating"])
+    except DeadLetter as exc:
+        return exc
+    if not all(FIRST_MS <= millis(review[f]) <= LAST_MS for f in ("created", "modified")):
+        return DeadLetter("created or modified outside years 1 .. 9999", TIMESTAMP)
+    return None
 
 
 _NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?", re.ASCII)
@@ -150,21 +222,11 @@ _NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?", re.ASCII)
 def rating_halves(rating: str) -> int:
     """Rating * 2 as an int (exact sums): "4.5" -> 9. DeadLetter unless a half step 0.5..5.0."""
     if not _NUMBER.fullmatch(rating):
-        raise DeadLetter(f"rating {rating!r} is not a number")
+        raise DeadLetter(f"rating {rating!r} is not a number", RATING)
     halves = Decimal(rating) * 2
     if halves != halves.to_integral_value() or not 1 <= halves <= 10:
-        raise DeadLetter(f"rating {rating!r} is not a half step in 0.5 .. 5.0")
+        raise DeadLetter(f"rating {rating!r} is not a half step in 0.5 .. 5.0", RATING)
     return int(halves)
-
-
-def check_course_title(title: str) -> None:
-    """DeadLetter for a title the statistics cannot carry (PostgreSQL text holds no U+0000)."""
-    if "\x00" in title:
-        raise DeadLetter("course.title contains U+0000")
-    try:
-        title.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8
-        raise DeadLetter("course.title is not UTF-8") from None
 
 
 def millis(value: int | datetime) -> int:
@@ -299,6 +361,8 @@ class Version:
     created: int
     modified: int
     fraud: bool
+    invalid: str | None = None
+    """The validity rule's kind when the record is routed but refused (rating, timestamp)."""
 
     @property
     def rating(self) -> float:
@@ -343,7 +407,7 @@ class ReviewDecoder:
     def split(self, value: bytes | None) -> tuple[Writer, bytes]:
         """(writer schema, body) of a framed value; DeadLetter when the framing is wrong."""
         if value is None:
-            raise DeadLetter("null value (tombstone)")
+            raise DeadLetter("null value (tombstone)", TOMBSTONE)
         if len(value) < 5:
             raise DeadLetter(f"{len(value)} bytes, shorter than the 5-byte Confluent header")
         if value[0] != 0:
@@ -355,26 +419,24 @@ class ReviewDecoder:
         return writer, value[5:]
 
     def read(self, writer: Writer, body: bytes) -> dict[str, Any]:
-        """The body as a Review; DeadLetter unless it is exactly one record of the writer."""
+        """The body as a Review, strings as Java reads them; DeadLetter unless it is exactly
+        one record of the writer."""
         end = walk(writer.parsed, body, 0, writer.names)
         if end != len(body):
             raise DeadLetter(f"malformed Avro body: {len(body) - end} trailing bytes")
         stream = io.BytesIO(body)
-        unicode_errors = "surrogateescape" if writer.is_review else "strict"
         try:
             review = schemaless_reader(
-                stream, writer.parsed, self.reader, handle_unicode_errors=unicode_errors
+                stream, writer.parsed, self.reader, handle_unicode_errors="surrogateescape"
             )
         except Exception as exc:  # whatever fastavro raises, the record's bytes are at fault
             raise DeadLetter(f"malformed Avro body: {type(exc).__name__}: {exc}") from None
         if stream.tell() != len(body):
             raise DeadLetter(f"malformed Avro body: {len(body) - stream.tell()} trailing bytes")
-        return review
+        return as_java_reads(review)
 
-    def hashed_body(self, writer: Writer, body: bytes, review: dict[str, Any]) -> bytes:
-        """The Avro body the fraud rule hashes: as received, or re-encoded as a Review."""
-        if writer.is_review:
-            return body
+    def hashed_body(self, review: dict[str, Any]) -> bytes:
+        """The Avro body the fraud rule hashes: the decoded review encoded as a Review."""
         out = io.BytesIO()
         try:
             schemaless_writer(out, self.reader, review)
@@ -383,22 +445,25 @@ class ReviewDecoder:
         return out.getvalue()
 
     def decode(self, partition: int, offset: int, value: bytes | None) -> Version:
-        """The record at (partition, offset) as a Version; DeadLetter when it is unreadable."""
+        """The record at (partition, offset) as a Version (`invalid` set when the aggregator
+        refuses it); DeadLetter when the fraud filter does."""
         writer, body = self.split(value)
         review = self.read(writer, body)
+        invalid = problem(review)
+        if invalid is not None and invalid.kind not in ROUTED_KINDS:
+            raise invalid
         course = review["course"]
-        check_course_title(course["title"])
-        halves = rating_halves(review["rating"])
         return Version(
             partition=partition,
             offset=offset,
             review_id=review["id"],
             course_id=course["id"],
             course_title=sys.intern(course["title"]),  # titles repeat: share one string
-            halves=halves,
+            halves=0 if invalid is not None else rating_halves(review["rating"]),
             created=millis(review["created"]),
             modified=millis(review["modified"]),
-            fraud=is_fraud(self.prefix + self.hashed_body(writer, body, review)),
+            fraud=is_fraud(self.prefix + self.hashed_body(review)),
+            invalid=None if invalid is None else invalid.kind,
         )
 
 
@@ -476,9 +541,11 @@ def supersedes(incoming: Version, current: Version | None) -> bool:
 class Oracle:
     """The expected outcome of a set of udemy-reviews records, fed in any order.
 
-    `verdicts` maps each record's (partition, offset) to "valid", "fraud" or "dead-letter";
-    `dead_letters` lists the dead ones (reasons in `dead_reasons`); `history` keeps every
-    readable version for `edit_kinds` (off with keep_history=False, to save memory).
+    `verdicts` maps each record's (partition, offset) to "valid", "fraud" or "dead-letter" (the
+    fraud filter's route); `dead_letters` lists the dead ones (reasons in `dead_reasons`);
+    `refusals` the kind of every record that is no review (`ROUTED_KINDS` routed, then
+    refused); `history` keeps every readable version for `edit_kinds` (off with
+    keep_history=False, to save memory).
     """
 
     def __init__(
@@ -493,6 +560,9 @@ class Oracle:
         self.verdicts: dict[Position, str] = {}
         self.dead_letters: list[Position] = []
         self.dead_reasons: dict[Position, str] = {}
+        self.refusals: dict[Position, str] = {}
+        """The validity rule's kind of every record that is no review, dead-lettered by the
+        fraud filter or routed and refused by the aggregator."""
         self.history: list[Version] = []
         self.current: dict[int, Version] = {}
         self.review_ids: dict[Position, int] = {}
@@ -511,7 +581,13 @@ class Oracle:
             self.verdicts[position] = DEAD
             self.dead_letters.append(position)
             self.dead_reasons[position] = str(exc)
+            self.refusals[position] = exc.kind
             return DEAD
+        if version.invalid is not None:  # routed by its verdict, then refused: no version
+            self.verdicts[position] = FRAUD if version.fraud else VALID
+            self.review_ids[position] = version.review_id
+            self.refusals[position] = version.invalid
+            return self.verdicts[position]
         self.add_version(version)
         return self.verdicts[position]
 

@@ -352,6 +352,7 @@ def reconcile(out: Outcome, as_of_day: int, since: float) -> None:
         out.failures.append(f"reconciliation run {run_id} ended {status} without a result")
         return
     out.mismatches = int(mat.metadata["mismatches"].value)
+    out.refusal_kinds_differing = int(mat.metadata["refusal_kinds_differing"].value)
     if status != "SUCCESS":
         out.failures.append(f"reconciliation run {run_id} ended {status}")
 

@@ -2,9 +2,9 @@
 is fresh (`orchestration.freshness`).
 
 The reconciliation checks judge what the reconciliation asset recorded at its cut (its
-`mismatches` table). A worker's health check covers all its instances. The health checks can be
-run from the UI at any time; the supervisor sensors report results of the same checks on every
-evaluation, healthy or not.
+`mismatches` and `refusals` tables). A worker's health check covers all its instances. The
+health checks can be run from the UI at any time; the supervisor sensors report results of the
+same checks on every evaluation, healthy or not.
 """
 
 import time
@@ -13,7 +13,7 @@ import dagster as dg
 from sqlalchemy import inspect, text
 
 from orchestration.assets.batch import batch_model_keys
-from orchestration.assets.reconciliation import MISMATCHES_TABLE, cell
+from orchestration.assets.reconciliation import MISMATCHES_TABLE, REFUSALS_TABLE, cell
 from orchestration.assets.stream import STATS_TABLES, latest_update_s
 from orchestration.freshness import (
     BATCH_CHECK,
@@ -89,6 +89,41 @@ def _agreement_check(kind: str, table: str) -> dg.AssetChecksDefinition:
         )
 
     return check
+
+
+@dg.asset_check(
+    asset=RECONCILIATION_KEY,
+    name="refusals_agree",
+    description="Stream and batch refused the same records of udemy-reviews before the cut, "
+    "each with the same kind of the validity rule (undecodable, tombstone, text, rating, "
+    "timestamp): the stream's dead letters against the batch's invalid verdicts and its raw "
+    "sink's dead letters.",
+)
+def refusals_agree(postgres: PostgresResource, schemas: SchemasResource) -> dg.AssetCheckResult:
+    engine = postgres.engine()
+    schema = schemas.reconciliation_schema
+    if not inspect(engine).has_table(REFUSALS_TABLE, schema=schema):
+        return dg.AssetCheckResult(passed=False, description="no reconciliation has run yet")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "select kind, batch, stream, differing "
+                f"from {quote(schema)}.{quote(REFUSALS_TABLE)} order by kind"
+            )
+        ).all()
+    table = "\n".join(f"| {r[0]} | {r[1]} | {r[2]} | {r[3] or 'none'} |" for r in rows)
+    return dg.AssetCheckResult(
+        passed=all(not r[3] for r in rows),
+        metadata={
+            "kinds_differing": sum(bool(r[3]) for r in rows),
+            "refused_batch": sum(r[1] for r in rows),
+            "refused_stream": sum(r[2] for r in rows),
+            "by kind": dg.MetadataValue.md(
+                "| kind | batch | stream | positions one side alone refused |\n"
+                "|---|---|---|---|\n" + table
+            ),
+        },
+    )
 
 
 def _worker_check(worker: WorkerSpec) -> dg.AssetChecksDefinition:
@@ -206,5 +241,6 @@ freshness_checks = [_stream_fresh_check(t) for t in sorted(STATS_TABLES)] + [
 reconciliation_checks = [
     _agreement_check("long_term", "long_term_stats"),
     _agreement_check("recent", "recent_stats"),
+    refusals_agree,
 ]
 health_checks = [_worker_check(w) for w in WORKERS] + [_connector_check(s) for s in SINKS]

@@ -41,8 +41,10 @@ from stack import procs
 from streaming.config import REPO_ROOT, Settings, registry_client_config
 from streaming.ingest.backfill import BackfillResult, backfill_course
 from streaming.ingest.producer import ReviewProducer
+from streaming.refused import Headers
 from streaming.sink.connect import ConnectClient, ConnectError, ConnectorState
 from streaming.source.client import RetryPolicy, UdemyClient, client_secret_from_env
+from streaming.topic_reader import read_records
 
 Offsets = dict[tuple[str, int], int]
 """(topic, partition) -> offset."""
@@ -142,6 +144,13 @@ class KafkaResource(dg.ConfigurableResource):
             return newest
         finally:
             consumer.close()
+
+    def records(self, topic: str) -> Iterator[tuple[Headers, bytes | None]]:
+        """(headers, value) of every committed record of `topic` now (dead letters, to count
+        refusals): each partition from its beginning to its end."""
+        settings = self.settings(schema_registry_url="")
+        for msg in read_records(settings, topic, timeout_s=self.timeout_s * 10):
+            yield msg.headers(), msg.value()
 
     def _probe_consumer(self) -> Consumer:
         """A read_committed consumer of its own group that commits nothing: for reads at

@@ -77,7 +77,10 @@ say() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- install
-pom_hash() { cat "$ROOT"/stack/pom.xml "$ROOT"/stack/maven/*/pom.xml | sha256sum | cut -c1-16; }
+pom_hash() { # the Java parts as declared: the poms and our own modules' sources
+  { cat "$ROOT"/stack/pom.xml "$ROOT"/stack/maven/*/pom.xml
+    find "$ROOT"/stack/maven/*/src -type f | LC_ALL=C sort | xargs cat; } | sha256sum | cut -c1-16
+}
 
 install_postgres() {
   [ -x "$PG_BIN/initdb" ] && return
@@ -113,7 +116,7 @@ install_java_parts() {
   local want name; want=$(pom_hash)
   if [ -f "$DIST/.pom-hash" ] && [ "$(cat "$DIST/.pom-hash")" = "$want" ]; then return; fi
   for name in kafka registry connect; do  # never swap the jars under a running JVM
-    alive "$name" && die "stack/pom.xml changed (Kafka $(dist_kafka_version) -> $(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/stack/pom.xml")) while $name runs on the old jars: 'make down && make up' stops the stack, fetches the new ones and upgrades its data in place"
+    alive "$name" && die "the stack's Java parts changed (stack/pom.xml or stack/maven/*/src; Kafka $(dist_kafka_version) -> $(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/stack/pom.xml")) while $name runs on the old jars: 'make down && make up' stops the stack, builds the new ones and upgrades its data in place"
   done
   [ -x "$JAVA" ] || die "JDK 17 not found at $JAVA_HOME (set JAVA_HOME)"
   command -v mvn >/dev/null || die "Maven not found (apt-get install maven)"

@@ -8,8 +8,10 @@ of the largest record the input accepts can be written. Partitions: a topic decl
 above it; any other topic holds state by partition, so a count other than the declared one is
 refused with the way out (`reviews rebuild-stream` for the stream's derived topics), never
 changed in place. Value schemas are registered under
-`<topic>-value` with BACKWARD compatibility, so an incompatible change is refused by the
-registry before any producer can write it.
+`<topic>-value` with the compatibility each topic declares (FULL_TRANSITIVE for the input, which
+other producers write; BACKWARD for ours), so an incompatible change is refused by the registry
+before any producer can write it; a registration the registry refuses (ours, against a subject
+another producer evolved) is `SchemaRefused` with the registry's reason.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from streaming.config import Settings, registry_client_config
 from streaming.pipeline import (
@@ -42,7 +45,6 @@ from streaming.pipeline import (
 log = logging.getLogger(__name__)
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
-COMPATIBILITY = "BACKWARD"
 
 
 def load_topic_specs(input_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[TopicSpec]:
@@ -166,18 +168,32 @@ def check_partition_counts(counts: dict[str, int], specs: list[TopicSpec]) -> No
         )
 
 
+class SchemaRefused(RuntimeError):
+    """The registry refuses one of our schemas under its subject's compatibility level."""
+
+
 def register_schemas(
     registry: SchemaRegistryClient, specs: list[TopicSpec], schemas_dir: Path = SCHEMAS_DIR
-) -> dict[str, int]:
-    """Register each topic's value schema with BACKWARD compatibility; return subject -> id."""
-    ids: dict[str, int] = {}
+) -> dict[str, tuple[int, str]]:
+    """Register each topic's value schema with its declared compatibility; subject -> (id,
+    level). SchemaRefused, with the registry's reason, for one it will not take."""
+    ids: dict[str, tuple[int, str]] = {}
     for spec in specs:
         if not spec.value_schema:
             continue
         subject = f"{spec.name}-value"
-        registry.set_compatibility(subject_name=subject, level=COMPATIBILITY)
+        registry.set_compatibility(subject_name=subject, level=spec.compatibility)
         schema_str = (schemas_dir / spec.value_schema).read_text()
-        ids[subject] = registry.register_schema(subject, Schema(schema_str, "AVRO"))
+        try:
+            schema_id = registry.register_schema(subject, Schema(schema_str, "AVRO"))
+        except SchemaRegistryError as exc:
+            if exc.http_status_code != 409:
+                raise
+            raise SchemaRefused(
+                f"the registry refuses {spec.value_schema} under {subject} "
+                f"({spec.compatibility}): {exc.error_message}"
+            ) from exc
+        ids[subject] = (schema_id, spec.compatibility)
     return ids
 
 
@@ -188,7 +204,9 @@ def declared_topics(admin: AdminClient, timeout_s: float = 60) -> tuple[list[str
     return actions, load_topic_specs(input_max_bytes(admin, timeout_s))
 
 
-def bootstrap(settings: Settings, timeout_s: float = 60) -> tuple[list[str], dict[str, int]]:
+def bootstrap(
+    settings: Settings, timeout_s: float = 60
+) -> tuple[list[str], dict[str, tuple[int, str]]]:
     """Topics then schemas: what `make up` runs before any worker starts."""
     admin = AdminClient(settings.kafka_config())
     actions, specs = declared_topics(admin, timeout_s)

@@ -22,11 +22,11 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from streaming.admin import bootstrap
 
     settings = Settings.from_env()
-    from streaming.admin import TopicLayoutError
+    from streaming.admin import SchemaRefused, TopicLayoutError
 
     try:
         actions, ids = bootstrap(settings, timeout_s=args.timeout)
-    except TopicLayoutError as exc:
+    except (TopicLayoutError, SchemaRefused) as exc:
         print(f"bootstrap: {exc}", file=sys.stderr)
         return 2
     except (KafkaException, TimeoutError) as exc:
@@ -37,8 +37,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
         return 1
     for action in actions or ["topics already as declared"]:
         print(f"bootstrap: {action}")
-    for subject, schema_id in ids.items():
-        print(f"bootstrap: schema {subject} id={schema_id} (BACKWARD)")
+    for subject, (schema_id, level) in ids.items():
+        print(f"bootstrap: schema {subject} id={schema_id} ({level})")
     return 0
 
 
@@ -281,7 +281,8 @@ def _verdicts(args: argparse.Namespace) -> int:
         return 2
     how = "the table built anew" if run.rebuilt else "new versions only"
     print(
-        f"verdicts: {run.judged} versions judged ({how}), {run.fraud} fraud; "
+        f"verdicts: {run.judged} versions judged ({how}), {run.fraud} fraud, "
+        f"{run.invalid} invalid; "
         f"{args.schema}.review_verdicts holds {run.total}"
     )
     return 0

@@ -58,6 +58,9 @@ class TopicSpec:
     """Partitions may be added in place: nothing downstream depends on where a key lands here.
     Every other topic holds state by partition (a changelog, a store's input, a compacted
     latest-per-key), so `reviews bootstrap` refuses to re-partition it."""
+    compatibility: str = "BACKWARD"
+    """The registry's compatibility level for `<name>-value`: BACKWARD where we are the only
+    writer (readers upgrade first); the input's is FULL_TRANSITIVE (see INPUT)."""
 
 
 INPUT = TopicSpec(
@@ -65,6 +68,11 @@ INPUT = TopicSpec(
     config=_FOREVER,
     may_grow=True,  # a review is its value's id: the fraud filter re-keys every copy by it
     value_schema="review.avsc",
+    # other producers evolve the schema and our reader (review.avsc, the first version) must
+    # read every record they write: FORWARD. TRANSITIVE: against every version, not the last
+    # alone. FULL: a consumer that reads with a later version reads the whole history too (the
+    # topic is the system of record, replayed whole by `reviews rebuild-stream`)
+    compatibility="FULL_TRANSITIVE",
     description="Every version of every review, as ingested (key: review id); the system of record",
 )
 VALID = TopicSpec(

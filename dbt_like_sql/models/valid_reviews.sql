@@ -1,14 +1,11 @@
--- Current versions the fraud rule accepts (verdicts by the Python step `reviews verdicts`, the
--- stream's rule code, joined on the version's Kafka coordinates: two versions of a review may
--- share `modified`), with the rating in halves (rating * 2, 1..10) so sums stay exact, and the
--- UTC day of creation (epoch days, as the recent window counts them).
+-- Current versions the fraud rule accepts (the verdicts step's `verdict`, the stream's rule
+-- code), with the rating in halves (1..10, from the same step) so sums stay exact, and the UTC
+-- day of creation (epoch days, as the recent window counts them).
 select
-    c.id,
-    c.course_id,
-    c.created_ms,
-    (c.rating::numeric * 2)::int as halves,
-    floor(c.created_ms / 86400000.0)::int as created_day
-from {{ ref('current_reviews') }} as c
-join {{ source('batch', 'review_verdicts') }} as v
-    on v.source_partition = c.source_partition and v.source_offset = c.source_offset
-where not v.is_fraud
+    id,
+    course_id,
+    created_ms,
+    halves,
+    floor(created_ms / 86400000.0)::int as created_day
+from {{ ref('current_reviews') }}
+where verdict = 'valid'

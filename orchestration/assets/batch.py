@@ -130,19 +130,24 @@ def batch_recent_stats(
 def review_verdicts(
     context: dg.AssetExecutionContext, postgres: PostgresResource, schemas: SchemasResource
 ) -> dg.MaterializeResult:
-    """The fraud filter's verdict on every version of `reviews`, by the stream's own rule code
-    (FRAUD_MODEL, default the murmur2 hash rule) over the canonical Avro re-encoding of the row,
-    so batch and stream agree on which reviews count. Judges only versions not judged yet
-    (`reviews verdicts` from a shell)."""
+    """The stream's verdict on every version of `reviews`, by its own code: invalid (the
+    validity rule, with kind and reason), else fraud or valid (FRAUD_MODEL, default the murmur2
+    hash rule, over the canonical Avro re-encoding of the row), so batch and stream agree on
+    which reviews count. Judges only versions not judged yet (`reviews verdicts` from a
+    shell)."""
     run = judge_new_versions(
         postgres.engine(), source_schema=schemas.stream_schema, schema=schemas.batch_schema
     )
-    context.log.info(f"{run.judged} versions judged, {run.fraud} fraud; {run.total} in all")
+    context.log.info(
+        f"{run.judged} versions judged, {run.fraud} fraud, {run.invalid} invalid; "
+        f"{run.total} in all"
+    )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": run.total,
             "judged": run.judged,
             "fraud_judged": run.fraud,
+            "invalid_judged": run.invalid,
             "rebuilt": run.rebuilt,
             "table": f"{schemas.batch_schema}.{VERDICTS}",
         }

@@ -10,7 +10,9 @@ UTC, unless configured), and every course's statistics compared
 with the stream tables: titles, counts, buckets and sums exactly, averages within a tolerance.
 A stream row of `recent_stats` whose window ends on another day is a mismatch of its own (the
 aggregator has not moved it with the clock). If input arrived or the UTC day changed meanwhile,
-the comparison is repeated at a new cut.
+the comparison is repeated at a new cut. What each side refused before the cut (records that are
+no review, by the validity rule) is compared too, per kind and position (`streaming.refused`),
+into the `refusals` table.
 """
 
 import time
@@ -29,6 +31,7 @@ from orchestration.resources import (
     KafkaResource,
     Offsets,
     PostgresResource,
+    SchemaRegistryResource,
     SchemasResource,
 )
 from orchestration.topology import (
@@ -40,8 +43,19 @@ from orchestration.topology import (
     table_key,
     topic_key,
 )
+from streaming.batch.verdicts import VERDICTS
 from streaming.core.ratings import BUCKET_FIELDS
+from streaming.core.review_frames import value_problem
 from streaming.core.window import date_to_day, day_to_date
+from streaming.pipeline import CONNECT_DEAD_LETTER, DEAD_LETTER
+from streaming.refused import (
+    Position,
+    RefusalCount,
+    compare_refusals,
+    connect_refusals,
+    stream_refusals,
+)
+from streaming.serde import Registry, ReviewWriters
 from streaming.sql import ensure_schema, quote, swap_in
 
 EXACT_FIELDS = (
@@ -56,6 +70,7 @@ AVERAGE_FIELD = "average_rating"
 WINDOW_FIELD = "window_end_day"
 KINDS = ("long_term", "recent")
 MISMATCHES_TABLE = "mismatches"
+REFUSALS_TABLE = "refusals"
 POLL_INTERVAL_S = 0.5
 _EPOCH = datetime(1970, 1, 1)
 
@@ -282,6 +297,7 @@ def _report(
     comparison: Comparison,
     compared: Mapping[str, int],
     mismatches: list[Mismatch],
+    refusals: list[RefusalCount],
     stream_age: float | None,
     batch_age: float | None,
 ) -> str:
@@ -318,6 +334,17 @@ def _report(
             f"| {s.stage.name} | {s.stage.group_id} | {s.lag_at_cut} | {s.target} "
             f"| {s.seconds:.1f} s |"
             for s in comparison.stages
+        ),
+    ]
+    lines += [
+        "",
+        "| refused (no review) | batch | stream | positions one side alone refused |",
+        "|---|---|---|---|",
+        *(
+            f"| {c.kind} | {c.batch} | {c.stream} | "
+            + (" ".join(f"p{p}@{o}" for p, o in c.differing) or "none")
+            + " |"
+            for c in refusals
         ),
     ]
     if mismatches:
@@ -384,6 +411,59 @@ def read_at_a_cut(
     raise dg.Failure(f"input kept arriving during {config.attempts} comparisons")
 
 
+def read_refusals(
+    kafka: KafkaResource, engine: Engine, schema: str, registry_url: str
+) -> tuple[dict[Position, str], dict[Position, str]]:
+    """(batch, stream) refusals, {position in the input: kind}: the batch's are the invalid
+    versions of its verdicts table (in `schema`) and the raw sink's dead letters (classified
+    by the validity rule), the stream's its dead letters that name a kind."""
+    stream = stream_refusals(
+        (headers for headers, _ in kafka.records(DEAD_LETTER.name)), INPUT_TOPIC
+    )
+    writers = ReviewWriters(Registry(registry_url))
+
+    def classify(value: bytes | None) -> Any:
+        return value_problem(value, writers, writers.review_schema)
+
+    batch = connect_refusals(kafka.records(CONNECT_DEAD_LETTER.name), INPUT_TOPIC, classify)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "select source_partition, source_offset, invalid_kind from "
+                f"{quote(schema)}.{quote(VERDICTS)} where verdict = 'invalid'"
+            )
+        ).all()
+    batch.update({(int(p), int(o)): str(kind) for p, o, kind in rows})
+    return batch, stream
+
+
+def write_refusals(engine: Engine, schema: str, counts: list[RefusalCount]) -> None:
+    """Replace `schema.refusals`, which the `refusals_agree` check reads."""
+    scratch = f"{quote(schema)}.{quote(REFUSALS_TABLE + '__new')}"
+    with engine.begin() as conn:
+        conn.execute(text(f"drop table if exists {scratch}"))
+        conn.execute(
+            text(
+                f"create table {scratch} (kind text primary key, batch bigint not null, "
+                "stream bigint not null, differing text not null)"
+            )
+        )
+        if counts:
+            conn.execute(
+                text(f"insert into {scratch} values (:kind, :batch, :stream, :differing)"),
+                [
+                    {
+                        "kind": c.kind,
+                        "batch": c.batch,
+                        "stream": c.stream,
+                        "differing": " ".join(f"p{p}@{o}" for p, o in c.differing),
+                    }
+                    for c in counts
+                ],
+            )
+        swap_in(conn, schema, REFUSALS_TABLE)
+
+
 @dg.asset(
     key=RECONCILIATION_KEY,
     deps=[
@@ -401,12 +481,20 @@ def stream_vs_batch(
     kafka: KafkaResource,
     postgres: PostgresResource,
     schemas: SchemasResource,
+    schema_registry: SchemaRegistryResource,
 ) -> dg.MaterializeResult:
     """Every course's stream statistics (long_term_stats, recent_stats) against the batch
     models rebuilt at a consistent cut of the input topic; differences go to the
-    `mismatches` table of the reconciliation schema, which the asset checks judge."""
+    `mismatches` table of the reconciliation schema, what each side refused (per kind) to
+    `refusals`; the asset checks judge both."""
     engine = postgres.engine()
     comparison = read_at_a_cut(context, config, kafka, postgres, schemas)
+    refused_batch, refused_stream = read_refusals(
+        kafka, engine, schemas.reconciliation_schema, schema_registry.url
+    )
+    cut_offsets = {p: o for (_, p), o in comparison.cut.items()}
+    refusals = compare_refusals(refused_batch, refused_stream, cut_offsets)
+    write_refusals(engine, schemas.reconciliation_schema, refusals)
     batch, stream = comparison.batch, comparison.stream
     tolerance = config.average_tolerance
     mismatches = compare("long_term", batch["long_term"], stream["long_term"], tolerance)
@@ -424,6 +512,7 @@ def stream_vs_batch(
         comparison=comparison,
         compared=compared,
         mismatches=mismatches,
+        refusals=refusals,
         stream_age=stream_age,
         batch_age=batch_age,
     )
@@ -439,6 +528,10 @@ def stream_vs_batch(
         "as_of_day": str(day_to_date(comparison.as_of_day)),
         "courses": compared["long_term"],
         "cut": dg.MetadataValue.json({f"{t}[{p}]": o for (t, p), o in sorted(cut.items())}),
+        "refused": dg.MetadataValue.json(
+            {c.kind: {"batch": c.batch, "stream": c.stream} for c in refusals}
+        ),
+        "refusal_kinds_differing": sum(not c.agree for c in refusals),
         **{f"lag at cut: {s.stage.name}": s.lag_at_cut for s in comparison.stages},
     }
     if stream_age is not None:

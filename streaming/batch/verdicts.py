@@ -1,9 +1,14 @@
-"""The batch's Python step: the fraud filter's verdict on every version of the sink's `reviews`.
+"""The batch's Python step: the stream's verdict on every version of the sink's `reviews`.
 
-The rule hashes a review's canonical Avro bytes, which SQL cannot, so the dbt models read the
-verdicts from a table this step writes (`<schema>.review_verdicts`, the source
-`batch.review_verdicts` of `valid_reviews`). Each version is re-encoded from its row by the
-compiled encoder and judged by the model's batch entry point, the stream's own rule code.
+Each version is `valid`, `fraud` or `invalid` (the validity rule, `streaming.core.validity`,
+with its kind and reason), and a counted one has its rating in halves. The fraud rule hashes a
+review's canonical Avro bytes and the validity rule is Python, neither of which SQL should
+re-type, so the dbt models read the verdicts from a table this step writes
+(`<schema>.review_verdicts`, the source `batch.review_verdicts` of `current_reviews`). Each
+version is re-encoded from its row by the compiled encoder (the sink's rows hold what Java
+decoded, so this is the canonical encoding the original app hashed) and judged by the stream's
+own code: `scan_bodies` and `validity.field_problems` as the aggregator runs them, the model's
+batch entry point as the fraud filter runs it.
 
 A version's verdict never changes (a record of `udemy-reviews` is immutable and the rule is a
 function of its bytes), so a run judges only the versions it has not judged yet, found by their
@@ -19,16 +24,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import psycopg2.extensions
 from sqlalchemy import Connection, Engine, text
 
 from streaming.core.fraud import FraudModel, load_model
-from streaming.core.review_bytes import encode_reviews
+from streaming.core.review_bytes import REVIEW_LAYOUT, encode_reviews, scan_bodies
+from streaming.core.validity import TEXT_FIELDS, Problem, field_problems, text_problem
 from streaming.settings import PipelineSettings, load
 from streaming.sql import ensure_schema, quote, swap_in
 
 VERDICTS = "review_verdicts"
+LAYOUT = 2
+"""The table's columns: 1 had only `is_fraud`; 2 the verdict, kind, reason and halves. A table
+of another layout is judged again whole (its comment names the layout)."""
 CHUNK = 50_000
+VALID, FRAUD, INVALID = "valid", "fraud", "invalid"
 DEFAULT_MODEL = "default (the hash rule)"
 """How the table names the model when FRAUD_MODEL is unset."""
 
@@ -59,6 +70,7 @@ class MissingReviews(LookupError):
 class VerdictRun:
     judged: int
     fraud: int
+    invalid: int
     total: int
     rebuilt: bool
     """Whether every version was judged again (first run, another model, or asked)."""
@@ -82,12 +94,20 @@ def _create(conn: Connection, relation: str, model_name: str) -> None:
     conn.execute(
         text(
             f"create table {relation} (id bigint not null, source_partition integer not null, "
-            "source_offset bigint not null, is_fraud boolean not null, "
-            "primary key (source_partition, source_offset))"
+            "source_offset bigint not null, "
+            f"verdict text not null check (verdict in ('{VALID}', '{FRAUD}', '{INVALID}')), "
+            "invalid_kind text, reason text, halves smallint check (halves between 1 and 10), "
+            "primary key (source_partition, source_offset), "
+            f"check ((verdict = '{INVALID}') = (halves is null)), "
+            f"check ((verdict = '{INVALID}') = (invalid_kind is not null)))"
         )
     )
-    comment = model_name.replace("'", "''")
-    conn.execute(text(f"comment on table {relation} is 'model: {comment}'"))
+    comment = _comment(model_name).replace("'", "''")
+    conn.execute(text(f"comment on table {relation} is '{comment}'"))
+
+
+def _comment(model_name: str) -> str:
+    return f"model: {model_name}; layout {LAYOUT}"
 
 
 def write_verdicts(
@@ -109,10 +129,10 @@ def write_verdicts(
             )
     ensure_schema(engine, schema)
     table = f"{quote(schema)}.{quote(VERDICTS)}"
-    judged = fraud = 0
+    judged = fraud = invalid = 0
     with engine.begin() as writer:
         writer.execute(text("select pg_advisory_xact_lock(hashtext(:t))"), {"t": table})
-        rebuild = full_refresh or _table_model(writer, schema) != f"model: {model_name}"
+        rebuild = full_refresh or _table_model(writer, schema) != _comment(model_name)
         target = f"{quote(schema)}.{quote(VERDICTS + '__new')}" if rebuild else table
         if rebuild:
             _create(writer, target, model_name)
@@ -126,11 +146,13 @@ def write_verdicts(
         cursor = writer.connection.cursor()
         for chunk in _read_chunks(engine, select):
             judged += len(chunk)
-            fraud += _copy_chunk(cursor, target, chunk, model)
+            chunk_fraud, chunk_invalid = _copy_chunk(cursor, target, chunk, model)
+            fraud += chunk_fraud
+            invalid += chunk_invalid
         if rebuild:
             swap_in(writer, schema, VERDICTS)
         total = int(writer.execute(text(f"select count(*) from {table}")).scalar_one())
-    return VerdictRun(judged, fraud, total, rebuild)
+    return VerdictRun(judged, fraud, invalid, total, rebuild)
 
 
 def judge_new_versions(
@@ -167,14 +189,41 @@ def _read_chunks(engine: Engine, select: str) -> Iterator[list[tuple[Any, ...]]]
         raw.close()
 
 
-def _copy_chunk(cursor: object, relation: str, chunk: list, model: FraudModel) -> int:
-    """Judge one chunk of rows and COPY its verdicts into `relation`; returns the fraud count."""
+def judge(
+    rows: list[tuple[Any, ...]], model: FraudModel
+) -> tuple[np.ndarray, np.ndarray, dict[int, Problem]]:
+    """(fraud, halves, problems) of Review rows (REVIEW_COLUMNS' order), by the stream's code."""
+    buf, starts, ends = encode_reviews(rows)
+    _, nul = scan_bodies(buf, starts, ends, REVIEW_LAYOUT)  # the rows are canonical by now
+    problems = {
+        i: text_problem(".".join(TEXT_FIELDS[nul[i]])) for i in np.flatnonzero(nul >= 0).tolist()
+    }
+    readable = nul < 0
+    longs, _, invalid = field_problems(buf, starts, ends, readable)
+    fraud = model.is_fraud_batch(buf, starts, ends)
+    return fraud, longs[:, 4], {**problems, **invalid}
+
+
+def _copy_chunk(cursor: object, relation: str, chunk: list, model: FraudModel) -> tuple[int, int]:
+    """Judge one chunk of rows and COPY its verdicts into `relation`: (fraud, invalid) counts."""
     fields = len(REVIEW_COLUMNS)
-    verdicts = model.is_fraud_batch(*encode_reviews([row[:fields] for row in chunk]))
+    fraud, halves, problems = judge([row[:fields] for row in chunk], model)
     lines = io.StringIO()
-    for row, is_fraud in zip(chunk, verdicts.tolist(), strict=True):
+    n_fraud = 0
+    for i, (row, is_fraud, h) in enumerate(
+        zip(chunk, fraud.tolist(), halves.tolist(), strict=True)
+    ):
         partition, offset = row[fields:]
-        lines.write(f"{row[0]}\t{partition}\t{offset}\t{'t' if is_fraud else 'f'}\n")
+        problem = problems.get(i)
+        if problem is not None:
+            reason = problem.reason.replace("\\", "\\\\").replace("\t", " ").replace("\n", " ")
+            lines.write(
+                f"{row[0]}\t{partition}\t{offset}\t{INVALID}\t{problem.kind}\t{reason}\t\\N\n"
+            )
+            continue
+        n_fraud += is_fraud
+        verdict = FRAUD if is_fraud else VALID
+        lines.write(f"{row[0]}\t{partition}\t{offset}\t{verdict}\t\\N\t\\N\t{h}\n")
     lines.seek(0)
     cursor.copy_expert(f"copy {relation} from stdin", lines)  # type: ignore[attr-defined]
-    return int(verdicts.sum())
+    return n_fraud, len(problems)

@@ -4,8 +4,12 @@ The default model is byte-compatible with the original Kafka Streams app: a revi
 `to_positive(murmur2(single_object_bytes)) % 100 < 5`, where `murmur2` is Kafka's
 `Utils.murmur2` and `single_object_bytes` is Avro's single-object encoding of the Review
 (C3 01, 8-byte little-endian CRC-64-AVRO fingerprint of the schema's canonical form, Avro body).
-Verdicts therefore depend on the exact Avro bytes, which is why the worker hashes the body it
-received rather than a re-encoding.
+The original app deserialized each record and hashed `review.toByteBuffer()`, the encoding of
+the *decoded* review; so do the stream and the batch. For a body already in that canonical
+encoding (nearly every one) it is the bytes as received, which the fraud filter hashes without
+decoding; `review_frames.frame_batch` re-encodes the rare other one first (another writer
+schema, a longer varint than needed, invalid UTF-8 that Java decodes to U+FFFD), and the batch
+re-encodes each row the sink stored, so both agree with the original app on every record.
 
 The model is pluggable: callers read the `FRAUD_MODEL` environment variable, a dotted path
 "package.module:factory_or_class" (empty or unset = `HashFraudModel`), and pass it to

@@ -246,39 +246,115 @@ def _read_varint(buf: np.ndarray, pos: int, end: int) -> tuple[int, int, bool]:
     return 0, pos, False
 
 
-@numba.njit(cache=True, nogil=True)
-def check_bodies(
-    buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, layout: np.ndarray
-) -> np.ndarray:
-    """True where a body is exactly one well-formed record of `layout` (no short or extra bytes).
+MALFORMED, CANONICAL, NON_CANONICAL = 0, 1, 2
+"""What `scan_bodies` finds in a body: not one whole record; one in the only encoding Avro's
+writers produce; one that decodes but whose re-encoding differs (a varint longer than needed,
+invalid UTF-8 in a string, which Java's decoder replaces with U+FFFD)."""
 
-    Catches truncated bodies, bad union branches and negative or overlong string lengths: what
-    makes a record unreadable. It does not validate UTF-8 inside strings.
+
+@numba.njit(cache=True, nogil=True)
+def _minimal_varint(buf: np.ndarray, pos: int, end: int) -> tuple[int, int, bool, bool]:
+    """`_read_varint`, and whether the varint is minimal (no trailing zero group)."""
+    first = pos
+    value, pos, good = _read_varint(buf, pos, end)
+    return value, pos, good, not good or pos - first == 1 or buf[pos - 1] != 0
+
+
+@numba.njit(cache=True, nogil=True)
+def utf8_scan(buf: np.ndarray, pos: int, end: int) -> tuple[bool, bool]:
+    """(valid UTF-8, holds a NUL) of buf[pos:end]: the strict rules Python's and Java's
+    decoders share (no overlong forms, no surrogates, nothing above U+10FFFF). The scan stops
+    at the first invalid byte, so for invalid text the NUL answer covers the bytes before it
+    (such a string is re-encoded, Java's way, and scanned again)."""
+    nul = False
+    while pos < end:
+        b = buf[pos]
+        if b < 0x80:
+            nul |= b == 0
+            pos += 1
+            continue
+        if 0xC2 <= b <= 0xDF:
+            n, lo, hi = 1, 0x80, 0xBF
+        elif b == 0xE0:
+            n, lo, hi = 2, 0xA0, 0xBF
+        elif b == 0xED:
+            n, lo, hi = 2, 0x80, 0x9F
+        elif 0xE1 <= b <= 0xEF:
+            n, lo, hi = 2, 0x80, 0xBF
+        elif b == 0xF0:
+            n, lo, hi = 3, 0x90, 0xBF
+        elif 0xF1 <= b <= 0xF3:
+            n, lo, hi = 3, 0x80, 0xBF
+        elif b == 0xF4:
+            n, lo, hi = 3, 0x80, 0x8F
+        else:
+            return False, nul
+        if pos + n >= end:  # truncated sequence
+            return False, nul
+        if not lo <= buf[pos + 1] <= hi:
+            return False, nul
+        for j in range(2, n + 1):
+            if not 0x80 <= buf[pos + j] <= 0xBF:
+                return False, nul
+        pos += n + 1
+    return True, nul
+
+
+@numba.njit(cache=True, nogil=True)
+def valid_utf8(buf: np.ndarray, start: int, end: int) -> bool:
+    """Whether buf[start:end] is well-formed UTF-8, as Python's strict decoder judges it."""
+    return utf8_scan(buf, start, end)[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def scan_bodies(
+    buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, layout: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(status, nul) of every body of a packed batch, in one compiled pass.
+
+    status[i] is MALFORMED (truncated, a bad union branch, a negative or overlong string
+    length, extra bytes), CANONICAL or NON_CANONICAL (see MALFORMED's note); nul[i] is the
+    ordinal among the layout's strings of the first one holding U+0000, -1 for none (a
+    NON_CANONICAL body's is found again after it is re-encoded).
     """
-    ok = np.ones(starts.shape[0], dtype=np.bool_)
-    for i in range(starts.shape[0]):
+    n = starts.shape[0]
+    status = np.full(n, CANONICAL, dtype=np.int8)
+    nul = np.full(n, -1, dtype=np.int8)
+    for i in range(n):
         pos = starts[i]
         end = ends[i]
+        k = 0
         for kind in layout:
             if kind == 2:  # [null, string]: branch index 0 or 1
-                branch, pos, good = _read_varint(buf, pos, end)
+                branch, pos, good, minimal = _minimal_varint(buf, pos, end)
                 if not good or branch < 0 or branch > 1:
-                    ok[i] = False
+                    status[i] = MALFORMED
                     break
+                if not minimal:
+                    status[i] = NON_CANONICAL
                 if branch == 0:
+                    k += 1
                     continue
-            value, pos, good = _read_varint(buf, pos, end)
+            value, pos, good, minimal = _minimal_varint(buf, pos, end)
             if not good:
-                ok[i] = False
+                status[i] = MALFORMED
                 break
-            if kind != 0:  # a string: skip its bytes
+            if not minimal:
+                status[i] = NON_CANONICAL
+            if kind != 0:  # a string: check its bytes
                 if value < 0 or value > end - pos:
-                    ok[i] = False
+                    status[i] = MALFORMED
                     break
+                valid, has_nul = utf8_scan(buf, pos, pos + value)
+                if not valid:
+                    status[i] = NON_CANONICAL
+                if has_nul and nul[i] < 0:
+                    nul[i] = k
                 pos += value
-        if ok[i] and pos != end:
-            ok[i] = False
-    return ok
+                k += 1
+        if status[i] != MALFORMED and pos != end:
+            status[i] = MALFORMED
+    return status, nul
 
 
 @numba.njit(cache=True, nogil=True)
@@ -393,7 +469,7 @@ def warm_up() -> None:
     out, first, last = encode_reviews([row])
     buf, starts, ends = pack([out[first[0] : last[0]].tobytes()])  # read-only, as consumed
     frame_schema_ids(buf, starts, ends)
-    check_bodies(buf, starts, ends, REVIEW_LAYOUT)
+    scan_bodies(buf, starts, ends, REVIEW_LAYOUT)
     extract_fields(buf, starts, ends)
     review_ids(buf, starts, ends, np.ones(1, dtype=np.bool_))
     hash_buckets(np.frombuffer(b"\0", dtype=np.uint8), buf, starts, ends, 100)

@@ -16,6 +16,7 @@ from time import gmtime
 from typing import Any
 
 from streaming.core.ratings import RATINGS, normalise_rating
+from streaming.core.validity import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, NUL_REASON
 
 REVIEW_CLASS = "course_review"
 USER_CLASS = "user"
@@ -23,11 +24,6 @@ COURSE_CLASS = "course"
 USER_FIELDS: tuple[str, ...] = ("title", "name", "display_name")
 LONG_MAX = 2**63 - 1
 NUL = "\x00"
-NUL_REASON = "contains U+0000 (NUL), which PostgreSQL text cannot store"
-MIN_TIMESTAMP_MS = -62_135_596_800_000
-"""0001-01-01T00:00:00Z: the first instant the read API (Python's datetime) can serve."""
-MAX_TIMESTAMP_MS = 253_402_300_799_999
-"""9999-12-31T23:59:59.999Z: the last instant the read API (Python's datetime) can serve."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DATE = _EPOCH.date()

@@ -21,6 +21,7 @@ import numba
 import numpy as np
 
 from streaming.core import hash_index as hx
+from streaming.core.review_bytes import valid_utf8
 from streaming.core.window import MS_PER_DAY
 
 SLOTS = 11
@@ -82,43 +83,6 @@ def _put_change(
         out[pos : pos + n] = buf[t0:t1]
         pos += n
     return pos
-
-
-@numba.njit(cache=True, nogil=True)
-def valid_utf8(buf: np.ndarray, start: int, end: int) -> bool:
-    """Whether buf[start:end] is well-formed UTF-8 (no overlongs, surrogates or > U+10FFFF),
-    as Python's strict decoder judges it."""
-    i = start
-    while i < end:
-        c = buf[i]
-        if c < 0x80:
-            i += 1
-            continue
-        if 0xC2 <= c <= 0xDF:
-            n, lo, hi = 1, 0x80, 0xBF
-        elif c == 0xE0:
-            n, lo, hi = 2, 0xA0, 0xBF
-        elif 0xE1 <= c <= 0xEC or 0xEE <= c <= 0xEF:
-            n, lo, hi = 2, 0x80, 0xBF
-        elif c == 0xED:
-            n, lo, hi = 2, 0x80, 0x9F
-        elif c == 0xF0:
-            n, lo, hi = 3, 0x90, 0xBF
-        elif 0xF1 <= c <= 0xF3:
-            n, lo, hi = 3, 0x80, 0xBF
-        elif c == 0xF4:
-            n, lo, hi = 3, 0x80, 0x8F
-        else:
-            return False
-        if i + n >= end:
-            return False
-        if not lo <= buf[i + 1] <= hi:
-            return False
-        for k in range(2, n + 1):
-            if not 0x80 <= buf[i + k] <= 0xBF:
-                return False
-        i += n + 1
-    return True
 
 
 @numba.njit(cache=True, nogil=True)
@@ -521,21 +485,3 @@ def recount(
         for col, on in ((0, True), (2, recent)):
             if on:
                 _see_latest(figures, c, col, created)
-
-
-TITLE_OK, TITLE_NUL, TITLE_NOT_UTF8 = 0, 1, 2
-
-
-@numba.njit(cache=True, nogil=True)
-def title_codes(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Per title buf[starts[i]:ends[i]]: TITLE_OK, TITLE_NUL (PostgreSQL stores no U+0000) or
-    TITLE_NOT_UTF8; the caller words the reason of the rare refused one."""
-    codes = np.zeros(starts.shape[0], np.int8)
-    for i in range(starts.shape[0]):
-        for k in range(starts[i], ends[i]):
-            if buf[k] == 0:
-                codes[i] = TITLE_NUL
-                break
-        if codes[i] == TITLE_OK and not valid_utf8(buf, starts[i], ends[i]):
-            codes[i] = TITLE_NOT_UTF8
-    return codes

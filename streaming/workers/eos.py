@@ -232,9 +232,12 @@ class EosWorker(ABC):
         """The input positions of a transaction that just committed."""
 
     # -- dead letters ------------------------------------------------------------------------
-    def produce_dead_letter(self, topic: str, msg: Message, reason: str) -> None:
-        """Send an unreadable record to `topic` in the open transaction, cut to fit the topic."""
-        headers = dead_letter_headers(msg, reason, self.loop.transactional_id)
+    def produce_dead_letter(
+        self, topic: str, msg: Message, reason: str, kind: str | None = None
+    ) -> None:
+        """Send a record that cannot go on to `topic` in the open transaction, cut to fit the
+        topic; `kind` is the validity rule's when the record is no review (`validity.KINDS`)."""
+        headers = dead_letter_headers(msg, reason, self.loop.transactional_id, kind)
         limit = min(self.topic_max_bytes(topic), MAX_PRODUCE_BYTES)  # the client's limit too
         value, headers = fit_dead_letter(msg.key(), msg.value(), headers, limit)
         self.producer.produce(topic, value, msg.key(), headers=headers)
@@ -711,10 +714,14 @@ def check_copartitioned(stores: list[ChangelogStore], assigned: list[TopicPartit
             )
 
 
-def dead_letter_headers(msg: Message, reason: str, worker: str) -> list[tuple[str, bytes]]:
-    """Why and where from: enough to find, fix and replay the record."""
+def dead_letter_headers(
+    msg: Message, reason: str, worker: str, kind: str | None = None
+) -> list[tuple[str, bytes]]:
+    """Why and where from: enough to find, fix and replay the record; `dlq.kind` (the validity
+    rule's kind) when the record is no review, which the reconciliation counts."""
     return [
         ("dlq.error", reason.encode()),
+        *([] if kind is None else [("dlq.kind", kind.encode())]),
         ("dlq.source.topic", msg.topic().encode()),
         ("dlq.source.partition", str(msg.partition()).encode()),
         ("dlq.source.offset", str(msg.offset()).encode()),

@@ -89,7 +89,7 @@ class FraudFilter(EosWorker):
 
     def process(self, msgs: list[Message]) -> None:
         values = [msg.value() for msg in msgs]
-        codes, reasons, ids = route(values, self.resolve, self.model, self.review_schema)
+        codes, problems, ids = route(values, self.resolve, self.model, self.review_schema)
         produce = self.producer.produce
         topics = (self.out.valid, self.out.fraud)
         header, position, replace = (
@@ -110,22 +110,22 @@ class FraudFilter(EosWorker):
             )
             key = b"%d" % review_id  # the review's identity, not the producer's key
             produce(topics[code], value, key, headers=headers, timestamp=msg.timestamp()[1])
-        for i, reason in reasons.items():
+        for i, problem in problems.items():
             msg = msgs[i]
-            self.produce_dead_letter(self.out.dead_letter, msg, reason)
+            self.produce_dead_letter(self.out.dead_letter, msg, str(problem), problem.kind)
             log_event(
                 log,
                 "dead letter",
                 logging.WARNING,
-                reason=reason,
+                reason=str(problem),
                 topic=msg.topic(),
                 partition=msg.partition(),
                 offset=msg.offset(),
             )
         n_fraud = int((codes == FRAUD).sum())
         self.metrics.records_out[self.out.fraud] += n_fraud
-        self.metrics.records_out[self.out.valid] += len(msgs) - n_fraud - len(reasons)
-        self.metrics.dead_letters += len(reasons)
+        self.metrics.records_out[self.out.valid] += len(msgs) - n_fraud - len(problems)
+        self.metrics.dead_letters += len(problems)
         self.metrics.records_in += len(msgs)
         self.checkpoint.add(len(msgs))
 

@@ -47,11 +47,9 @@ from streaming.config import ConfigError, Settings, clock_from_env
 from streaming.core import review_bytes, source_position
 from streaming.core.aggregation import BATCH_COLUMNS, CourseState, VersionChanges, VersionsState
 from streaming.core.avro_codec import confluent_frame
-from streaming.core.ratings import rating_halves
-from streaming.core.review_bytes import extract_fields
 from streaming.core.review_frames import frame_batch
-from streaming.core.review_mapping import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, NUL_REASON
-from streaming.core.stage_kernels import VERSION_SIZE, title_codes
+from streaming.core.stage_kernels import VERSION_SIZE
+from streaming.core.validity import Problem, field_problems
 from streaming.core.window import epoch_day
 from streaming.pipeline import AGGREGATOR
 from streaming.serde import Registry, RegistryUnavailable, ReviewWriters, local_schema
@@ -166,11 +164,15 @@ class StatsAggregator(EosWorker):
     def current_versions(self, msgs: list[Message]) -> None:
         """Frame and read the batch at once, then apply each partition's versions with one
         compiled call (`VersionsState.apply_batch`); Python is left with the headers, the
-        rare record whose rating or title needs a reason, and the produce calls."""
+        rare record whose rating needs reading or a reason, and the produce calls. Records the
+        validity rule refuses (`frame_batch`, `validity.field_problems`) go to dead letters."""
         batch = frame_batch([m.value() for m in msgs], self.resolve, self.review_schema)
-        dead = batch.reasons
-        longs, spans, _ = extract_fields(batch.buf, batch.body_starts, batch.ends)
+        longs, spans, invalid = field_problems(
+            batch.buf, batch.body_starts, batch.ends, batch.readable
+        )
+        dead: dict[int, Problem | str] = {**batch.problems, **invalid}
         use = batch.readable.copy()
+        use[list(invalid)] = False
         columns = np.empty((len(msgs), len(BATCH_COLUMNS)), dtype=np.int64)
         # extract_fields' longs: id, created, modified, course id, halves
         columns[:, 0], columns[:, 1], columns[:, 3] = longs[:, 0], longs[:, 2], longs[:, 1]
@@ -186,7 +188,6 @@ class StatsAggregator(EosWorker):
                 except ValueError as exc:
                     dead[i] = str(exc)
                     use[i] = False
-        self._check_fields(batch.buf, columns, spans, use, dead)
         buf = batch.buf
         titles = spans[:, 2:4]
         for partition in np.unique(partitions).tolist():
@@ -198,36 +199,6 @@ class StatsAggregator(EosWorker):
             keys = [b"%d" % rid for rid in columns[rows[out.sources], 0].tolist()]
             self.versions.write_all(self.producer, partition, keys, out.versions, VERSION_SIZE)
         self._dead_letters(msgs, sorted(dead.items()))
-
-    def _check_fields(
-        self,
-        buf: np.ndarray,
-        columns: np.ndarray,
-        spans: np.ndarray,
-        use: np.ndarray,
-        dead: dict[int, str],
-    ) -> None:
-        """Refuse a record whose course title cannot be published (the course stage and the
-        stats sink would fail on it) or whose `created` or `modified` lies outside what both
-        Python and PostgreSQL store (it would become a statistic's `last_review_time` no sink
-        or API could keep), and read the rare rating not spelled "D.0"/"D.5"."""
-        for i in np.flatnonzero(use & out_of_range(columns[:, 1], columns[:, 3])).tolist():
-            dead[i] = TIMESTAMP_REASON
-            use[i] = False
-        codes = title_codes(buf, spans[:, 2], spans[:, 3])
-        raw = None
-        for i in np.flatnonzero(use & ((codes != 0) | (columns[:, 5] < 0))).tolist():
-            raw = buf.tobytes() if raw is None else raw
-            reason = title_problem(raw[spans[i, 2] : spans[i, 3]]) if codes[i] else None
-            if reason is not None:
-                dead[i] = f"course.title: {reason}"
-                use[i] = False
-                continue
-            try:
-                columns[i, 5] = rating_halves(raw[spans[i, 0] : spans[i, 1]].decode("utf-8"))
-            except ValueError as exc:
-                dead[i] = f"rating: {exc}"
-                use[i] = False
 
     def _produce_changes(self, out: VersionChanges) -> None:
         produce = self.producer.produce
@@ -271,10 +242,14 @@ class StatsAggregator(EosWorker):
                 produce(topic, confluent_frame(self.stat_schema_ids[topic], buf.getvalue()), key)
                 self.metrics.records_out[topic] += 1
 
-    def _dead_letters(self, msgs: list[Message], dead: list[tuple[int, str]]) -> None:
-        for i, reason in dead:
+    def _dead_letters(self, msgs: list[Message], dead: list[tuple[int, Problem | str]]) -> None:
+        """Refuse records: a `Problem` is the validity rule's (the record is no review), a
+        bare reason the pipeline's own (a change record or header no stage wrote)."""
+        for i, why in dead:
             m = msgs[i]
-            self.produce_dead_letter(self.t.dead_letter, m, reason)
+            kind = why.kind if isinstance(why, Problem) else None
+            reason = str(why)
+            self.produce_dead_letter(self.t.dead_letter, m, reason, kind)
             log_event(
                 log,
                 "dead letter",
@@ -358,17 +333,6 @@ class StatsAggregator(EosWorker):
                     )
 
 
-def title_problem(title: bytes) -> str | None:
-    """Why a course title cannot be published (PostgreSQL stores no U+0000), or None."""
-    if b"\x00" in title:
-        return NUL_REASON
-    try:
-        title.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return f"not UTF-8 ({exc.reason} at byte {exc.start})"
-    return None
-
-
 def course_keys(msgs: list[Message]) -> tuple[list[int], list[bytes | None], dict[int, str]]:
     """(course ids, values) of change records; a key that is no course id is an error (its
     record is skipped with the reason; it keeps its index, with the value None)."""
@@ -385,18 +349,6 @@ def course_keys(msgs: list[Message]) -> tuple[list[int], list[bytes | None], dic
             course_ids.append(-1)
             values.append(None)
     return course_ids, values, bad
-
-
-TIMESTAMP_REASON = (
-    "created or modified outside 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z, what both "
-    "Python and PostgreSQL store"
-)
-
-
-def out_of_range(modified: np.ndarray, created: np.ndarray) -> np.ndarray:
-    """Where either timestamp (epoch ms) is outside what the sinks and the read API store."""
-    low, high = MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS
-    return (modified < low) | (modified > high) | (created < low) | (created > high)
 
 
 def source_order(headers: list[tuple[str, bytes]] | None) -> int:

@@ -125,4 +125,5 @@ def test_the_legacy_keyless_producer_is_counted_exactly(
     assert reconcile(settings, scratch, epoch_day(now_ms)) == {
         "long_term_stats_agree": True,
         "recent_stats_agree": True,
+        "refusals_agree": True,
     }

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +49,7 @@ from streaming.core.fraud import HashFraudModel
 from streaming.core.ratings import BUCKET_FIELDS, RATINGS, rating_halves
 from streaming.core.source_position import order
 from streaming.core.stats import ReviewVersion, compute_from_scratch
+from streaming.core.validity import classify
 from streaming.core.window import MS_PER_DAY, day_to_date
 from streaming.source.client import UdemyClient, client_secret_from_env
 from streaming.sql import ensure_schema
@@ -165,7 +167,6 @@ def write_reviews(
     """The `reviews` table as the sink writes it: one row per record, keyed by its Kafka
     coordinates, flattened (the column types the Debezium sink creates). `title_collation`
     stands for a database whose default collation is not "C"."""
-    aware = timestamp_type == "timestamptz"
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -181,10 +182,12 @@ def write_reviews(
                 "primary key (__connect_topic, __connect_partition, __connect_offset))"
             )
         )
+        epoch = f"{timestamp_type} 'epoch'"  # ms past year 9999 too, which datetime cannot hold
         conn.execute(
             text(
                 f"insert into \"{schema}\".reviews values ('udemy-reviews', :partition, :offset, "
-                ":id, :title, :content, :rating, :created, :modified, :user_title, :user_name, "
+                f":id, :title, :content, :rating, {epoch} + :created * interval '1 millisecond', "
+                f"{epoch} + :modified * interval '1 millisecond', :user_title, :user_name, "
                 ":user_display_name, :course_id, :course_title, :course_url)"
             ),
             [
@@ -195,8 +198,8 @@ def write_reviews(
                     "title": v["title"],
                     "content": v["content"],
                     "rating": v["rating"],
-                    "created": _ts(v["created"], aware),
-                    "modified": _ts(v["modified"], aware),
+                    "created": v["created"],
+                    "modified": v["modified"],
                     "user_title": v["user"]["title"],
                     "user_name": v["user"]["name"],
                     "user_display_name": v["user"]["display_name"],
@@ -227,6 +230,7 @@ def expected_statistics(records: list[Located]) -> dict[int, tuple[dict, dict]]:
             v["course"]["title"],
         )
         for partition, offset, v in records
+        if classify(v) is None  # the validity rule: an invalid version is no version at all
     ]
     return compute_from_scratch(events, AS_OF_DAY)
 
@@ -378,6 +382,15 @@ def tie_records() -> list[Located]:
         (3, 2, _record(model, 1007, (203, "Émile 203"), "1.0", t + 1000, fraud=True)),
         (3, 3, _record(model, 1008, (203, "alpha 203"), "1.0", t + 1000, fraud=True)),
         (0, 5, _record(model, 1009, (204, "From a fraud record 204"), "2.0", t + 9000, fraud=True)),
+        # versions the validity rule refuses supersede nothing and name no course: 1001's
+        # later edit rated "4.7" under a new title, 1003's rated "NaN", a review rated "" alone
+        # in course 205, one modified in year 10000 (PostgreSQL holds it, Python does not)
+        (0, 7, _record(model, 1001, (201, "Invalid 201"), "4.7", t + 50_000)),
+        (1, 7, _record(model, 1003, (202, "Invalid 202"), "NaN", t + 100)),
+        (1, 6, _record(model, 1010, (205, "Invalid 205"), "", t)),
+        (3, 5, _record(model, 1013, k201, "4.0", 253_402_300_800_000 + 1000)),
+        # a valid rating spelled "5" counts as 5.0 in both
+        (2, 8, _record(model, 1012, k202, "5", t)),
     ]
     random.Random(13).shuffle(records)  # the table's physical order decides nothing
     return records
@@ -390,11 +403,11 @@ def test_batch_models_order_equal_modified_versions_by_offset(
     records = tie_records()
     write_reviews(engine, scratch.stream_schema, records, "timestamp", collation)
     build_batch(settings, scratch, AS_OF_DAY)
-    created = {rid: (AS_OF_DAY - 1) * MS_PER_DAY + rid for rid in range(1001, 1010)}
+    created = {rid: (AS_OF_DAY - 1) * MS_PER_DAY + rid for rid in range(1001, 1014)}
     # course: (title, count, sum, five, four, three, two, one, zero, last review created)
     expected = {
         201: ("Kafka 201 (renamed)", 2, 7.0, 1, 0, 0, 1, 0, 0, created[1005]),
-        202: ("Streams 202", 1, 0.5, 0, 0, 0, 0, 0, 1, created[1003]),
+        202: ("Streams 202", 2, 5.5, 1, 0, 0, 0, 0, 1, created[1012]),
         203: ("Émile 203", 1, 4.5, 0, 1, 0, 0, 0, 0, created[1004]),
         204: ("From a fraud record 204", 1, 3.5, 0, 0, 1, 0, 0, 0, created[1006]),
     }
@@ -418,8 +431,18 @@ def test_batch_models_order_equal_modified_versions_by_offset(
         ).all()
     assert [tuple(r) for r in current] == [
         (1001, 0, 3), (1002, 1, 1), (1003, 1, 4), (1004, 2, 1), (1005, 2, 6), (1006, 3, 0),
-        (1007, 3, 2), (1008, 3, 3), (1009, 0, 5),
+        (1007, 3, 2), (1008, 3, 3), (1009, 0, 5), (1012, 2, 8),
     ]  # fmt: skip
+    with engine.connect() as conn:
+        invalid = conn.execute(
+            text(
+                "select source_partition, source_offset, invalid_kind from "
+                f"\"{scratch.batch_schema}\".review_verdicts where verdict = 'invalid'"
+            )
+        ).all()
+    assert {(p, o): kind for p, o, kind in invalid} == {
+        (0, 7): "rating", (1, 7): "rating", (1, 6): "rating", (3, 5): "timestamp"
+    }  # fmt: skip
 
 
 class CaughtUpKafka(KafkaResource):
@@ -430,6 +453,10 @@ class CaughtUpKafka(KafkaResource):
 
     def committed_offsets(self, group_id: str, topics: Any) -> dict[tuple[str, int], int]:
         return {(topic, 0): 42 for topic in topics}
+
+    def records(self, topic: str) -> Iterator[tuple[Any, bytes | None]]:
+        """No dead letters: the scratch tables' records went through no stream."""
+        return iter(())
 
 
 def reconcile(
@@ -442,6 +469,7 @@ def reconcile(
             "kafka": CaughtUpKafka(bootstrap_servers="unused:9092"),
             "postgres": PostgresResource(database_url=settings.database_url),
             "schemas": layout,
+            "schema_registry": SchemaRegistryResource(url=settings.schema_registry_url),
         },
         run_config={
             "ops": {"reconciliation__stream_vs_batch": {"config": {"as_of_day": as_of_day}}}
@@ -461,6 +489,7 @@ def test_reconciliation_passes_on_agreement_and_fails_on_a_tampered_row(
     assert reconcile(settings, scratch) == {
         "long_term_stats_agree": True,
         "recent_stats_agree": True,
+        "refusals_agree": True,
     }
 
     with engine.begin() as conn:  # one star too many in one course's recent statistics
@@ -473,6 +502,7 @@ def test_reconciliation_passes_on_agreement_and_fails_on_a_tampered_row(
     assert reconcile(settings, scratch) == {
         "long_term_stats_agree": True,
         "recent_stats_agree": False,
+        "refusals_agree": True,
     }
     with engine.connect() as conn:
         mismatches = conn.execute(
@@ -530,6 +560,7 @@ def test_reconciliation_fails_on_a_title_and_on_a_window_not_moved_with_the_cloc
     assert reconcile(settings, scratch) == {
         "long_term_stats_agree": False,
         "recent_stats_agree": False,
+        "refusals_agree": True,
     }
     title = COURSES[102][0]
     assert _mismatches(engine, scratch) == [

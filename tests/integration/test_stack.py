@@ -127,10 +127,14 @@ def test_declared_topics_exist_with_their_configs(admin: AdminClient):
         assert configs[topic]["cleanup.policy"].value == "delete"
 
 
-def test_value_schemas_registered_backward(registry: SchemaRegistryClient):
-    for subject in ("udemy-reviews-value", "long-term-stats-value", "recent-stats-value"):
-        assert registry.get_latest_version(subject).schema_id > 0
-        assert registry.get_compatibility(subject) == "BACKWARD"
+def test_value_schemas_registered_with_their_declared_compatibility(
+    registry: SchemaRegistryClient,
+):
+    for spec in load_topic_specs():
+        if spec.value_schema:
+            subject = f"{spec.name}-value"
+            assert registry.get_latest_version(subject).schema_id > 0
+            assert registry.get_compatibility(subject) == spec.compatibility
 
 
 def test_incompatible_schema_is_refused(registry: SchemaRegistryClient):

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from chaos.ledger import EDIT_KINDS, Floors, Outcome, lost_and_duplicated, reaper_aborts
+from chaos.oracle import REFUSAL_KINDS
 
 
 def test_identical_windows_lose_and_double_nothing() -> None:
@@ -28,6 +29,7 @@ class FakeVerdict:
     routing: dict[str, int] = field(default_factory=dict)
     acked_missing: int = 0
     edits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EDIT_KINDS, 500))
+    refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSAL_KINDS, 40))
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -43,6 +45,7 @@ def full_run() -> Outcome:
             out.recovered("kill", 2.0 + i)
     out.acked_posts = out.acked = 6_000
     out.mismatches = 0
+    out.refusal_kinds_differing = 0
     out.take(FakeVerdict(routing={"lost": 0, "duplicated": 0, "misrouted": 0}))
     return out
 
@@ -59,6 +62,7 @@ def test_a_run_that_exercised_everything_and_found_nothing_is_clean() -> None:
     assert fields["restarts"] == "pg:0,registry:0,connect:0,daemon:0"
     assert fields["vacuous"] == "no"
     assert fields["hanging_txns_aborted"] == "0"
+    assert fields["refused"] == "undecodable:40,tombstone:40,text:40,rating:40,timestamp:40"
 
 
 def test_below_a_floor_the_run_is_vacuous_whatever_it_found() -> None:
@@ -74,6 +78,9 @@ def test_below_a_floor_the_run_is_vacuous_whatever_it_found() -> None:
     once = full_run()
     once.kills["aggregator-1"] = 4
     assert not once.clean
+    no_tombstones = full_run()
+    no_tombstones.take(FakeVerdict(refused={**dict.fromkeys(REFUSAL_KINDS, 40), "tombstone": 19}))
+    assert not no_tombstones.clean and any("'tombstone'" in p for p in no_tombstones.problems())
     smoke = full_run()
     smoke.floors = Floors.smoke()
     assert not smoke.clean, "a smoke run never passes as a proof"
@@ -90,6 +97,10 @@ def test_any_finding_loss_or_missing_reconciliation_is_not_clean() -> None:
     unreconciled = full_run()
     unreconciled.mismatches = None
     assert not unreconciled.clean and "reconciliation=not-run" in unreconciled.summary()
+    refusals_differ = full_run()
+    refusals_differ.refusal_kinds_differing = 1
+    assert not refusals_differ.clean
+    assert "reconciliation=0-mismatches-1-refusal-kinds-differ" in refusals_differ.summary()
     failed = full_run()
     failed.failures.append("aggregator-0 committing after SIGKILL not within 240 s")
     assert not failed.clean

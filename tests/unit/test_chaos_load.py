@@ -25,10 +25,12 @@ from chaos.load import (
     CREATED_SPAN_MS,
     EQUAL,
     FLIP,
+    INVALID_STYLES,
     KINDS,
     MOVE,
     NEAR_LIMIT_TEXT,
     NEW,
+    NON_CANONICAL_STYLES,
     RATINGS,
     RERATING,
     STALE,
@@ -42,12 +44,14 @@ from chaos.load import (
     cli_base_id,
     fetch_sample,
     filler,
+    invalid_value,
+    non_canonical,
     parse_answers,
     producer_style,
     style_key,
     to_json,
 )
-from chaos.oracle import without_logical_types
+from chaos.oracle import DeadLetter, Oracle, ReviewDecoder, problem, without_logical_types
 from streaming.core.fraud import HashFraudModel
 from streaming.core.review_mapping import json_to_review
 
@@ -362,18 +366,56 @@ def test_offline_run_writes_a_faithful_ledger(tmp_path: Path, codec: ReviewCodec
     assert set(refused) == {"post 503", "direct _MSG_TIMED_OUT"}
     by_path = Counter(a["path"] for a in acked)
     assert by_path == load.acked_by_path and by_path["post"] and by_path["direct"]
-    assert Counter(a["kind"] for a in acked) == load.by_kind
-    direct = Counter((None if k is None else k.hex(), v) for k, v in load.fake.written)
-    assert direct == Counter(
-        (a["key"], codec.frame(77, a["record"])) for a in acked if a["path"] == "direct"
+    assert Counter(a["kind"] for a in acked if "record" in a) == load.by_kind
+    decoder = ReviewDecoder({77: codec.text}.get)
+    direct = Counter(
+        (None if k is None else k.hex(), as_read(decoder, v)) for k, v in load.fake.written
     )
-    keys = Counter(direct_key_style(a) for a in acked if a["path"] == "direct")
+    assert direct == Counter(
+        (a["key"], json.dumps(a["record"], sort_keys=True) if "record" in a else "no review")
+        for a in acked
+        if a["path"] == "direct"
+    )
+    keys = Counter(direct_key_style(a) for a in acked if a["path"] == "direct" and "record" in a)
     assert keys["id"] and keys["none"] and keys["other"], keys  # the shared topic's producers
     posted = Counter(json.dumps(json_to_review(p), sort_keys=True) for p in load.posted)
     for a in acked:
         if a["path"] == "post":
             assert a["key"] == str(a["record"]["id"]).encode().hex()
             assert posted[json.dumps(a["record"], sort_keys=True)] > 0
+
+
+def as_read(decoder: ReviewDecoder, value: bytes | None) -> str:
+    """A written value as the oracle reads it: the review as JSON, or "no review"."""
+    try:
+        review = decoder.read(*decoder.split(value))
+    except DeadLetter:
+        return "no review"
+    return "no review" if problem(review) else json.dumps(review, sort_keys=True)
+
+
+@pytest.mark.parametrize("style", INVALID_STYLES)
+def test_each_invalid_style_is_a_record_of_its_kind(codec: ReviewCodec, style: str) -> None:
+    oracle = Oracle({77: codec.text}.get)
+    rng = random.Random(style)
+    record = Generator(1, BASE, codec).next().record
+    for offset in range(30):
+        oracle.add(0, offset, None, invalid_value(style, record, codec, 77, rng))
+    assert set(oracle.refusals.values()) == {style}
+    assert len(oracle.refusals) == 30
+
+
+@pytest.mark.parametrize("style", NON_CANONICAL_STYLES)
+def test_each_non_canonical_style_is_a_valid_review_read_as_answered(
+    codec: ReviewCodec, style: str
+) -> None:
+    decoder = ReviewDecoder({77: codec.text}.get)
+    rng = random.Random(style)
+    record = Generator(1, BASE, codec).next().record
+    for _ in range(30):
+        value, answered = non_canonical(style, record, codec, 77, rng)
+        assert value != codec.frame(77, answered), "bytes Avro's writers never produce"
+        assert as_read(decoder, value) == json.dumps(answered, sort_keys=True)
 
 
 def direct_key_style(answer: dict) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import random
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,12 @@ from chaos.oracle import (
     EDIT_KINDS,
     FRAUD,
     MS_PER_DAY,
+    RATING,
+    ROUTED_KINDS,
+    TEXT,
+    TIMESTAMP,
+    TOMBSTONE,
+    UNDECODABLE,
     VALID,
     Oracle,
     ReviewDecoder,
@@ -43,12 +49,10 @@ from streaming.core.fraud import HashFraudModel
 from streaming.core.fraud_routing import DEAD as ROUTED_DEAD
 from streaming.core.fraud_routing import FRAUD as ROUTED_FRAUD
 from streaming.core.fraud_routing import route
-from streaming.core.ratings import rating_halves
-from streaming.core.review_bytes import extract_fields
 from streaming.core.review_bytes import murmur2 as stream_murmur2
 from streaming.core.review_frames import frame_batch, writer_for
 from streaming.core.stats import ReviewVersion, compute_from_scratch
-from streaming.workers.stats_aggregator import title_problem
+from streaming.core.validity import classify, field_problems
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 REVIEW_JSON = json.loads((SCHEMAS / "review.avsc").read_text())
@@ -375,46 +379,60 @@ def with_title_bytes(rec: dict[str, Any], raw: bytes) -> bytes:
 
 
 GOOD = frame(review(1))
-DEAD_VALUES = {
-    "tombstone": None,
-    "empty": b"",
-    "short": b"\x00\x00\x00\x01",
-    "bad magic": b"\x01" + GOOD[1:],
-    "unknown schema": b"\x00" + UNKNOWN_ID.to_bytes(4, "big") + GOOD[5:],
-    "truncated": GOOD[:-1],
-    "trailing byte": GOOD + b"\x00",
-    "bad union branch": GOOD[:6] + b"\x04" + GOOD[7:],  # title: branch 2 of [null, string]
-    "rating 4.3": frame(review(1, "4.3")),
-    "rating 0.0": frame(review(1, "0.0")),
-    "rating 5.5": frame(review(1, "5.5")),
-    "rating abc": frame(review(1, "abc")),
-    "rating with space": frame(review(1, " 4.5")),
-    "NUL title": frame(review(1, title="a\x00b")),
-    "title not UTF-8": with_title_bytes(review(1), b"ab\xff"),
+NO_REVIEW = {
+    "tombstone": (None, TOMBSTONE),
+    "empty": (b"", UNDECODABLE),
+    "short": (b"\x00\x00\x00\x01", UNDECODABLE),
+    "bad magic": (b"\x01" + GOOD[1:], UNDECODABLE),
+    "unknown schema": (b"\x00" + UNKNOWN_ID.to_bytes(4, "big") + GOOD[5:], UNDECODABLE),
+    "truncated": (GOOD[:-1], UNDECODABLE),
+    "trailing byte": (GOOD + b"\x00", UNDECODABLE),
+    "bad union branch": (GOOD[:6] + b"\x04" + GOOD[7:], UNDECODABLE),  # title: branch 2
+    "NUL title": (frame(review(1, title="a\x00b")), TEXT),
+    "NUL content": (frame(review(1, content="a\x00b")), TEXT),
+    "rating 4.3": (frame(review(1, "4.3")), RATING),
+    "rating 0.0": (frame(review(1, "0.0")), RATING),
+    "rating 5.5": (frame(review(1, "5.5")), RATING),
+    "rating abc": (frame(review(1, "abc")), RATING),
+    "rating with space": (frame(review(1, " 4.5")), RATING),
+    "year 10000": (frame(review(1, modified=253_402_300_800_000)), TIMESTAMP),
+    "before year 1": (frame(review(1, created=-62_135_596_800_001)), TIMESTAMP),
 }
 
 
-@pytest.mark.parametrize("name", sorted(DEAD_VALUES))
-def test_unreadable_records_are_dead_letters_and_count_nowhere(name: str) -> None:
-    oracle = feed([valid(5, course=5), DEAD_VALUES[name]])
-    assert oracle.verdicts == {(0, 0): VALID, (0, 1): DEAD}
-    assert oracle.dead_letters == [(0, 1)]
-    assert set(oracle.result(D)) == {5}  # course 1 of the dead record does not exist
+@pytest.mark.parametrize("name", sorted(NO_REVIEW))
+def test_records_that_are_no_review_count_nowhere_and_name_no_course(name: str) -> None:
+    value, kind = NO_REVIEW[name]
+    oracle = feed([valid(5, course=5), value])
+    assert oracle.refusals == {(0, 1): kind}
+    routed = oracle.verdicts[(0, 1)]
+    assert routed in (VALID, FRAUD) if kind in ROUTED_KINDS else routed == DEAD
+    assert set(oracle.result(D)) == {5}  # course 1 of the refused record does not exist
+    assert stream_reading(value)[3] == kind, "the stream refuses it as the same kind"
 
 
-def test_a_writer_schema_that_is_not_the_review_must_decode_as_text() -> None:
-    value = frame({**review(1, content="x"), "extra": ""}, REORDERED_ID)
-    raw = value.replace(b"\x02x", b"\x02\xff")  # content: "x" -> one invalid UTF-8 byte
+def test_a_refused_edit_supersedes_nothing() -> None:
+    first = valid(1, "4.0", modified=1000)
+    result = stats([first, frame(review(1, "4.7", modified=2000, title="Renamed"))])
+    assert result[1].all_time["sum_rating"] == 4.0
+    assert result[1].title == "Kafka", "a refused record names no title either"
+
+
+@pytest.mark.parametrize("schema_id", [REVIEW_ID, REORDERED_ID])
+def test_invalid_utf8_is_read_as_java_reads_it_whatever_the_writer_schema(schema_id: int) -> None:
+    """An encoded surrogate (three bytes) is one U+FFFD for Java, three for Python."""
+    value = frame({**review(1, content="xyz", title="T"), "extra": ""}, schema_id)
+    raw = value.replace(b"xyz", b"\xed\xa0\x80")
     assert raw != value
-    assert feed([raw]).verdicts[(0, 0)] == DEAD
-    assert feed([value]).verdicts[(0, 0)] in (VALID, FRAUD)
+    replaced = frame({**review(1, content="\ufffd", title="T"), "extra": ""}, REVIEW_ID)
+    assert feed([raw]).verdicts[(0, 0)] == feed([replaced]).verdicts[(0, 0)]
+    assert feed([raw]).verdicts[(0, 0)] == stream_outcome(raw)[0]
+    assert DECODER.hashed_body(DECODER.read(*DECODER.split(raw))) == replaced[5:]
 
 
-def test_other_strings_of_a_review_body_need_not_be_utf8() -> None:
-    value = frame(review(1, content="x"))
-    raw = value.replace(b"\x02\x02x", b"\x02\x02\xff")  # content "x" -> one invalid byte
-    assert raw != value
-    assert feed([raw]).verdicts[(0, 0)] in (VALID, FRAUD)
+def test_a_course_title_that_is_not_utf8_is_read_as_java_reads_it() -> None:
+    oracle = feed([with_title_bytes(review(1), b"ab\xff")])
+    assert oracle.titles[1][1] == "ab\ufffd"
 
 
 @pytest.mark.parametrize(("rating", "sum_rating"), [("5", 5.0), ("4.50", 4.5), ("+1.0", 1.0)])
@@ -422,19 +440,20 @@ def test_ratings_are_read_as_numbers(rating: str, sum_rating: float) -> None:
     assert stats([valid(1, rating)])[1].all_time["sum_rating"] == sum_rating
 
 
-def test_timestamps_are_any_long() -> None:
-    far = 2**62
-    result = stats([valid(1, created=far, modified=far)], as_of_day=far // MS_PER_DAY)
-    assert result[1].recent["last_review_time"] == far
+def test_timestamps_count_from_year_1_to_year_9999() -> None:
+    first, last = -62_135_596_800_000, 253_402_300_799_999
+    result = stats([valid(1, created=first, modified=last)], as_of_day=last // MS_PER_DAY)
+    assert result[1].all_time["last_review_time"] == first
 
 
-def test_timestamps_beyond_year_9999_are_read_whatever_the_writer_schema() -> None:
-    """The stream disagrees for the other writer schema (its re-encoding builds datetimes and
-    dead-letters the record); a timestamp-millis is any long, so the oracle reads it."""
+def test_timestamps_beyond_year_9999_are_refused_whatever_the_writer_schema() -> None:
     far = 300_000 * 365 * MS_PER_DAY
     rec = {**review(1, created=far, modified=far), "extra": ""}
-    assert feed([frame(rec, REVIEW_ID)]).verdicts[(0, 0)] != DEAD
-    assert feed([frame(rec, REORDERED_ID)]).verdicts[(0, 0)] != DEAD
+    for schema_id in (REVIEW_ID, REORDERED_ID):
+        value = frame(rec, schema_id)
+        oracle = feed([value])
+        assert oracle.refusals == {(0, 0): TIMESTAMP}
+        assert oracle.verdicts[(0, 0)] == stream_outcome(value)[0] != DEAD
 
 
 def with_id_bytes(raw: bytes) -> bytes:
@@ -452,7 +471,8 @@ def test_non_minimal_varints_are_read_as_the_stream_reads_them(raw: bytes) -> No
     assert feed([value]).verdicts[(0, 0)] == stream_outcome(value)[0]
 
 
-def test_a_body_with_non_minimal_varints_is_hashed_as_received() -> None:
+def test_a_body_with_non_minimal_varints_is_hashed_as_its_canonical_encoding() -> None:
+    """As the original app re-encoded each record: the padded bytes' own hash would differ."""
     for n in range(1000):
         value = frame(review(1, content=f"c{n}"))
         padded = value[:5] + b"\x82\x00" + value[6:]  # id 1 in two bytes
@@ -460,7 +480,7 @@ def test_a_body_with_non_minimal_varints_is_hashed_as_received() -> None:
             break
     assert feed([padded]).verdicts[(0, 0)] == stream_outcome(padded)[0]
     assert feed([value]).verdicts[(0, 0)] == stream_outcome(value)[0]
-    assert feed([value]).verdicts[(0, 0)] != feed([padded]).verdicts[(0, 0)]
+    assert feed([value]).verdicts[(0, 0)] == feed([padded]).verdicts[(0, 0)]
 
 
 @pytest.mark.parametrize("schema_id", [REVIEW_ID, REORDERED_ID])
@@ -659,7 +679,10 @@ def test_the_oracle_equals_the_streams_from_scratch_reference(
     for i in order:
         oracle.add(*places[i], None, frame(history[i]))
     stream_valid = [not STREAM_MODEL.is_fraud_body(body(rec)) for rec in history]
-    assert [oracle.verdicts[p] == VALID for p in places] == stream_valid
+    refused = [classify(rec) is not None for rec in history]  # U+0000 in a text: no review
+    assert [oracle.verdicts[p] for p in places] == [
+        DEAD if no else VALID if ok else FRAUD for no, ok in zip(refused, stream_valid, strict=True)
+    ]
     reference = compute_from_scratch(
         [
             (
@@ -674,7 +697,8 @@ def test_the_oracle_equals_the_streams_from_scratch_reference(
                 ),
                 rec["course"]["title"],
             )
-            for rec, (_, offset), ok in zip(history, places, stream_valid, strict=True)
+            for rec, (_, offset), ok, no in zip(history, places, stream_valid, refused, strict=True)
+            if not no
         ],
         as_of_day,
     )
@@ -694,37 +718,22 @@ RATINGS_HALVES = {r: int(float(r) * 2) for r in RATINGS}
 def stream_outcome(value: bytes) -> tuple[str, tuple[int, ...] | None]:
     """What the stream makes of one udemy-reviews value: the fraud filter's route, then the
     aggregator's stage-1 checks (as `StatsAggregator.current_versions` applies them), and the
-    fields it reads ((id, created, modified, course, halves), None for a dead letter)."""
+    fields it reads ((id, created, modified, course, halves), None for a refused record)."""
     return stream_reading(value)[:2]
 
 
-def stream_reading(value: bytes) -> tuple[str, tuple[int, ...] | None, str]:
-    """`stream_outcome` and the fraud filter's dead-letter reason ("" when it routed it)."""
+def stream_reading(value: bytes | None) -> tuple[str, tuple[int, ...] | None, str, str | None]:
+    """`stream_outcome`, the dead-letter reason ("" when none) and the validity kind."""
     codes, reasons, _ = route([value], STREAM_WRITERS.get, STREAM_MODEL, STREAM_REVIEW_SCHEMA)
     if codes[0] == ROUTED_DEAD:
-        return DEAD, None, reasons[0]
-    batch = frame_batch([value], STREAM_WRITERS.get, STREAM_REVIEW_SCHEMA)
-    longs, spans, _ = extract_fields(batch.buf, batch.body_starts, batch.ends)
-    review_id, created, modified, course, halves = longs.tolist()[0]
-    r0, r1, t0, t1 = spans.tolist()[0]
-    raw = batch.buf.tobytes()
-    if title_problem(raw[t0:t1]) is not None:
-        return DEAD, None, ""
-    if halves < 0:
-        try:
-            halves = rating_halves(raw[r0:r1].decode("utf-8", "strict"))
-        except ValueError:
-            return DEAD, None, ""
+        return DEAD, None, str(reasons[0]), reasons[0].kind
     routed = FRAUD if codes[0] == ROUTED_FRAUD else VALID
-    return routed, (review_id, created, modified, course, halves), ""
-
-
-DATETIME_MS = (
-    (datetime(1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1),
-    (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC))
-    // timedelta(milliseconds=1),
-)
-"""The timestamps, in ms, that Python's datetime (and so fastavro's logical types) can hold."""
+    batch = frame_batch([value], STREAM_WRITERS.get, STREAM_REVIEW_SCHEMA)
+    longs, _, invalid = field_problems(batch.buf, batch.body_starts, batch.ends, batch.readable)
+    if 0 in invalid:  # routed by its verdict, then refused by the aggregator
+        return routed, None, str(invalid[0]), invalid[0].kind
+    review_id, created, modified, course, halves = longs.tolist()[0]
+    return routed, (review_id, created, modified, course, halves), "", None
 
 
 def fastavro_accepts(value: bytes) -> bool:
@@ -743,20 +752,14 @@ def known_divergence(value: bytes, oracle: Oracle, stream_reason: str) -> bool:
     """Where the stream is known to be wrong, for a writer schema other than the Review. It
     reads such bodies with fastavro alone, so it accepts what fastavro reads too freely: a
     union branch -1 as the last branch, varints of 11 bytes, a field the Review drops cut short
-    (`test_a_negative_union_branch_is_malformed_whatever_the_writer_schema`); and it refuses a
-    timestamp beyond the years 1 .. 9999, which its re-encoding turns into a datetime
-    (`test_timestamps_beyond_year_9999_are_read_whatever_the_writer_schema`)."""
+    (`test_a_negative_union_branch_is_malformed_whatever_the_writer_schema`)."""
     if len(value) < 5 or value[:5] != b"\x00" + REORDERED_ID.to_bytes(4, "big"):
         return False
     oracle_reason = oracle.dead_reasons.get((0, 0), "")
-    if oracle_reason.startswith("malformed Avro body") and not stream_reason:
-        return fastavro_accepts(value)
-    low, high = DATETIME_MS
-    read = oracle.history[0] if oracle.history else None
     return (
-        "cannot read with writer schema" in stream_reason
-        and read is not None
-        and not low <= read.created <= high >= read.modified >= low
+        oracle_reason.startswith("malformed Avro body")
+        and stream_reason == ""
+        and fastavro_accepts(value)
     )
 
 
@@ -813,11 +816,12 @@ def test_the_oracle_reads_every_value_as_the_stream_does(
         value[1:5] = UNKNOWN_ID.to_bytes(4, "big")
     elif how == "magic":
         value[0] = byte or 1
-    expected_verdict, fields, stream_reason = stream_reading(bytes(value))
+    expected_verdict, fields, stream_reason, kind = stream_reading(bytes(value))
     oracle = feed([bytes(value)])
     if known_divergence(bytes(value), oracle, stream_reason):
         return
     assert oracle.verdicts[(0, 0)] == expected_verdict, (bytes(value).hex(), oracle.dead_reasons)
+    assert oracle.refusals.get((0, 0)) == kind, (bytes(value).hex(), oracle.dead_reasons)
     if fields is not None:
         v: Version = oracle.history[0]
         assert (v.review_id, v.created, v.modified, v.course_id, v.halves) == fields

@@ -27,7 +27,15 @@ from streaming.core.avro_codec import (
     split_confluent,
 )
 from streaming.core.fraud import FraudModel, HashFraudModel, load_model
-from streaming.core.review_bytes import REVIEW_LAYOUT, check_bodies, murmur2, pack, to_positive
+from streaming.core.review_bytes import (
+    CANONICAL,
+    MALFORMED,
+    REVIEW_LAYOUT,
+    murmur2,
+    pack,
+    scan_bodies,
+    to_positive,
+)
 
 REVIEW_AVSC = Path(__file__).resolve().parents[2] / "schemas" / "review.avsc"
 
@@ -221,9 +229,9 @@ def test_batch_hash_equals_scalar_reference(bodies: list[bytes], prefix: bytes) 
     assert [murmur2(prefix + b) for b in bodies] == [reference_murmur2(prefix + b) for b in bodies]
 
 
-def test_check_bodies_accepts_whole_records_only(review_schema: Any) -> None:
+def test_scan_bodies_accepts_whole_records_only(review_schema: Any) -> None:
     bodies = [encode(review_schema, r) for r in generated_reviews(300, seed=3)]
-    assert check_bodies(*pack(bodies), REVIEW_LAYOUT).all()
+    assert (scan_bodies(*pack(bodies), REVIEW_LAYOUT)[0] == CANONICAL).all()
     broken = [
         bodies[0][:-1],  # truncated inside the last string
         bodies[1][:3],  # truncated inside the header fields
@@ -232,7 +240,7 @@ def test_check_bodies_accepts_whole_records_only(review_schema: Any) -> None:
         bodies[3][:1] + b"\x06" + bodies[3][2:],  # union branch 3 does not exist
         b"\x02\x00\x00\x01",  # a negative string length
     ]
-    assert not check_bodies(*pack(broken), REVIEW_LAYOUT).any()
+    assert (scan_bodies(*pack(broken), REVIEW_LAYOUT)[0] == MALFORMED).all()
 
 
 def test_to_positive_clears_only_the_sign_bit() -> None:

@@ -47,10 +47,10 @@ def test_every_dbt_model_is_a_batch_asset_next_to_the_stream_lineage() -> None:
     assert parents[topic_key("udemy-reviews-valid")] == {topic_key("udemy-reviews")}
     assert topic_key("long-term-stats") in parents[table_key("long_term_stats")]
     assert table_key("reviews") in parents[batch_key("current_reviews")]
-    assert batch_key("review_verdicts") in parents[batch_key("valid_reviews")]
+    assert batch_key("review_verdicts") in parents[batch_key("current_reviews")]
     assert table_key("recent_stats") in parents[RECONCILIATION_KEY]
     checks = {c.name for c in graph.get(RECONCILIATION_KEY).check_keys}
-    assert checks == {"long_term_stats_agree", "recent_stats_agree"}
+    assert checks == {"long_term_stats_agree", "recent_stats_agree", "refusals_agree"}
 
 
 def test_supervisors_run_by_default_and_restart_through_jobs() -> None:

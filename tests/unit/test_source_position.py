@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streaming.core import source_position
-from streaming.core.review_mapping import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS
 from streaming.core.source_position import MAX_PARTITION, OFFSET_BITS, order, unorder
-from streaming.workers.stats_aggregator import out_of_range, source_order
+from streaming.core.validity import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, timestamps_out_of_range
+from streaming.workers.stats_aggregator import source_order
 
 positions = st.tuples(st.integers(0, MAX_PARTITION), st.integers(0, (1 << OFFSET_BITS) - 1))
 
@@ -37,4 +37,4 @@ def test_the_aggregators_header_reading_is_the_same_order(pos: tuple[int, int]) 
 def test_timestamps_outside_what_python_and_postgresql_store_are_refused() -> None:
     modified = np.array([0, MAX_TIMESTAMP_MS, MAX_TIMESTAMP_MS + 1, 5, MIN_TIMESTAMP_MS])
     created = np.array([0, 0, 0, 9_300_000_000_000_000, MIN_TIMESTAMP_MS - 1])
-    assert out_of_range(modified, created).tolist() == [False, False, True, True, True]
+    assert timestamps_out_of_range(created, modified).tolist() == [False, False, True, True, True]

@@ -4,8 +4,9 @@
  * instead of the JDBC sink's task failing for good on the database's refusal (Debezium's JDBC
  * sink does not dead-letter failed writes). Unstorable: a string holding U+0000 (PostgreSQL text
  * cannot), a timestamp outside 0001-01-01 .. 9999-12-31 (what both PostgreSQL and Python store,
- * the pipeline's one rule). Nested structs are checked field by field; other records pass as
- * they are.
+ * the pipeline's one rule), and a null value (a tombstone: the review topic carries no deletes,
+ * and the sink would drop it unseen, where the reconciliation must count it as the stream
+ * does). Nested structs are checked field by field; other records pass as they are.
  */
 package dev.reviews.connect;
 
@@ -26,6 +27,9 @@ public final class RejectUnstorable<R extends ConnectRecord<R>> implements Trans
 
   @Override
   public R apply(R record) {
+    if (record.value() == null) {
+      throw new DataException("null value (tombstone): a review topic carries no deletes");
+    }
     if (record.value() instanceof Struct value) {
       check(value, "");
     }
