@@ -261,11 +261,8 @@ def _minimal_varint(buf: np.ndarray, pos: int, end: int) -> tuple[int, int, bool
 
 
 @numba.njit(cache=True, nogil=True)
-def utf8_scan(buf: np.ndarray, pos: int, end: int) -> tuple[bool, bool]:
-    """(valid UTF-8, holds a NUL) of buf[pos:end]: the strict rules Python's and Java's
-    decoders share (no overlong forms, no surrogates, nothing above U+10FFFF). The scan stops
-    at the first invalid byte, so for invalid text the NUL answer covers the bytes before it
-    (such a string is re-encoded, Java's way, and scanned again)."""
+def _utf8_walk(buf: np.ndarray, pos: int, end: int) -> tuple[bool, bool]:
+    """`utf8_scan` byte by byte, sequence by sequence."""
     nul = False
     while pos < end:
         b = buf[pos]
@@ -298,6 +295,25 @@ def utf8_scan(buf: np.ndarray, pos: int, end: int) -> tuple[bool, bool]:
                 return False, nul
         pos += n + 1
     return True, nul
+
+
+@numba.njit(cache=True, nogil=True)
+def utf8_scan(buf: np.ndarray, pos: int, end: int) -> tuple[bool, bool]:
+    """(valid UTF-8, holds a NUL) of buf[pos:end]: the strict rules Python's and Java's
+    decoders share (no overlong forms, no surrogates, nothing above U+10FFFF). The scan stops
+    at the first invalid byte, so for invalid text the NUL answer covers the bytes before it
+    (such a string is re-encoded, Java's way, and scanned again).
+
+    Nearly all text is ASCII: one pass ORs the bytes together (a loop over a slice, which LLVM
+    vectorises; ~3x faster than the walk), and only text with a byte >= 0x80 is walked."""
+    any_bits = np.uint8(0)
+    nul = False
+    for b in buf[pos:end]:
+        any_bits |= b
+        nul |= b == 0
+    if any_bits < 0x80:
+        return True, nul
+    return _utf8_walk(buf, pos, end)
 
 
 @numba.njit(cache=True, nogil=True)
