@@ -19,10 +19,12 @@ from urllib.parse import quote, urlencode
 
 from sqlalchemy.engine import make_url
 
+from streaming.core.avro_codec import schemas_dir
 from streaming.pipeline import (
     CONNECT_DEAD_LETTER,
     DEFAULT_MAX_MESSAGE_BYTES,
     SINKS,
+    TOPICS,
     max_message_bytes,
 )
 
@@ -95,11 +97,43 @@ def load_connector(name: str, directory: Path = CONNECTORS_DIR) -> dict[str, str
     declared = sorted(set(DECLARED_KEYS) & config.keys())
     if declared:
         raise ValueError(f"{path}: {', '.join(declared)} come from streaming/pipeline.py")
-    return {**declared_settings(name), **config}
+    config = {**declared_settings(name), **config}
+    if PROJECT in config.get("transforms", "").split(","):
+        config[PROJECT_FIELDS] = reader_fields(name)
+    return config
+
+
+PROJECT = "project"
+"""The alias of the ProjectToReader transform (stack/maven/connect-extensions) in a config."""
+PROJECT_FIELDS = f"transforms.{PROJECT}.fields"
+
+
+def field_tree(schema: Mapping) -> str:
+    """An Avro record's field tree as ProjectToReader reads it: "id,user{name,title},..."."""
+    out = []
+    for f in schema["fields"]:
+        kind = f["type"]
+        out.append(
+            f"{f['name']}{{{field_tree(kind)}}}"
+            if isinstance(kind, dict) and kind.get("type") == "record"
+            else f["name"]
+        )
+    return ",".join(out)
+
+
+def reader_fields(name: str) -> str:
+    """The field tree of the value schema of the topic sink `name` reads (the pipeline's reader
+    schema, `schemas/`): what its ProjectToReader keeps of every record."""
+    sink = next(s for s in SINKS if s.connector == name)
+    spec = next(t for t in TOPICS if t.name == sink.topic)
+    if spec.value_schema is None:
+        raise ValueError(f"{name}: topic {sink.topic} declares no value schema to project to")
+    return field_tree(json.loads((schemas_dir() / spec.value_schema).read_text()))
 
 
 DECLARED_KEYS = (
     "topics",
+    "transforms.project.fields",
     "collection.name.format",
     "errors.deadletterqueue.topic.name",
     "producer.override.max.request.size",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from streaming.admin import load_topic_specs
+from streaming.admin import SCHEMAS_DIR, load_topic_specs
 from streaming.sink.render import (
     CONNECTION_KEYS,
     declared_connectors,
@@ -107,9 +107,15 @@ def test_statistics_key_on_the_course_and_reviews_on_each_record() -> None:
     # re-delivered record overwrites itself, two versions with equal `modified` are two rows
     assert "primary.key.fields" not in reviews
     assert expected_key(reviews) == ("__connect_topic", "__connect_partition", "__connect_offset")
-    # unstorable records fail in the transform stage (dead-lettered), not at the write
-    assert reviews["transforms"] == "storable,flatten"
+    # unstorable records fail in the transform stage (dead-lettered), not at the write; every
+    # record is read with the reader schema's fields, so a later writer schema changes no table
+    assert reviews["transforms"] == "storable,project,flatten"
     assert reviews["transforms.storable.type"] == "dev.reviews.connect.RejectUnstorable"
+    assert reviews["transforms.project.type"] == "dev.reviews.connect.ProjectToReader"
+    review = json.loads((SCHEMAS_DIR / "review.avsc").read_text())
+    top = [f["name"] for f in review["fields"]]
+    tree = reviews["transforms.project.fields"]
+    assert tree.startswith(",".join(top[:6]) + ",user{") and tree.endswith("course{id,title,url}")
     assert reviews["transforms.flatten.type"] == "org.apache.kafka.connect.transforms.Flatten$Value"
     assert reviews["transforms.flatten.delimiter"] == "_"
 
