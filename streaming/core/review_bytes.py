@@ -169,40 +169,69 @@ def _encode_bodies(
     return pos
 
 
-@numba.njit(cache=True, nogil=True)
-def _murmur2_parts(prefix: np.ndarray, buf: np.ndarray, start: int, end: int) -> int:
-    """Kafka's murmur2 over prefix + buf[start:end], without building the concatenation.
+# Kafka's murmur2: all arithmetic is uint64 masked to 32 bits (numba would turn int64/uint64
+# mixes into floats). A message is `prefix + buf[start:end]`, never concatenated.
+_M64 = np.uint64(_M)
+_MASK64 = np.uint64(_MASK32)
 
-    All arithmetic is uint64 masked to 32 bits (numba would turn int64/uint64 mixes into floats).
-    """
-    m = np.uint64(_M)
-    mask = np.uint64(_MASK32)
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _word(prefix: np.ndarray, buf: np.ndarray, start: int, plen: int, i: int) -> np.uint64:
+    """The i-th little-endian 4-byte word of prefix + buf[start:]."""
+    pos = i * 4
+    if pos >= plen:
+        p = start + pos - plen
+        return (
+            np.uint64(buf[p])
+            | (np.uint64(buf[p + 1]) << np.uint64(8))
+            | (np.uint64(buf[p + 2]) << np.uint64(16))
+            | (np.uint64(buf[p + 3]) << np.uint64(24))
+        )
+    w = np.uint64(0)
+    for j in range(4):
+        q = pos + j
+        b = prefix[q] if q < plen else buf[start + q - plen]
+        w |= np.uint64(b) << np.uint64(8 * j)
+    return w
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _mix(h: np.uint64, k: np.uint64) -> np.uint64:
+    k = (k * _M64) & _MASK64
+    k ^= k >> np.uint64(24)
+    k = (k * _M64) & _MASK64
+    return ((h * _M64) & _MASK64) ^ k
+
+
+@numba.njit(cache=True, nogil=True)
+def _murmur2_from(
+    prefix: np.ndarray, buf: np.ndarray, start: int, end: int, h: np.uint64, done: int
+) -> np.uint64:
+    """murmur2 of prefix + buf[start:end] from state `h` after its first `done` words."""
     plen = prefix.shape[0]
     length = plen + (end - start)
-    h = (np.uint64(KAFKA_MURMUR2_SEED) ^ np.uint64(length)) & mask
-    for i in range(length // 4):
-        k = np.uint64(0)
-        for j in range(4):
-            pos = i * 4 + j
-            byte = prefix[pos] if pos < plen else buf[start + pos - plen]
-            k |= np.uint64(byte) << np.uint64(8 * j)
-        k = (k * m) & mask
-        k ^= k >> np.uint64(24)
-        k = (k * m) & mask
-        h = (h * m) & mask
-        h ^= k
+    for i in range(done, length // 4):
+        h = _mix(h, _word(prefix, buf, start, plen, i))
     rem = length % 4
     if rem > 0:
         tail = length - rem
         for j in range(rem - 1, -1, -1):
-            pos = tail + j
-            byte = prefix[pos] if pos < plen else buf[start + pos - plen]
-            h ^= np.uint64(byte) << np.uint64(8 * j)
-        h = (h * m) & mask
+            q = tail + j
+            b = prefix[q] if q < plen else buf[start + q - plen]
+            h ^= np.uint64(b) << np.uint64(8 * j)
+        h = (h * _M64) & _MASK64
     h ^= h >> np.uint64(13)
-    h = (h * m) & mask
+    h = (h * _M64) & _MASK64
     h ^= h >> np.uint64(15)
     return h
+
+
+@numba.njit(cache=True, nogil=True)
+def _murmur2_parts(prefix: np.ndarray, buf: np.ndarray, start: int, end: int) -> np.uint64:
+    """Kafka's murmur2 over prefix + buf[start:end]."""
+    length = prefix.shape[0] + (end - start)
+    h = (np.uint64(KAFKA_MURMUR2_SEED) ^ np.uint64(length)) & _MASK64
+    return _murmur2_from(prefix, buf, start, end, h, 0)
 
 
 _EMPTY = np.zeros(0, dtype=np.uint8)
@@ -223,11 +252,36 @@ def to_positive(x: int) -> int:
 def hash_buckets(
     prefix: np.ndarray, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, buckets: int
 ) -> np.ndarray:
-    """to_positive(murmur2(prefix + body)) % buckets for every body of a packed batch."""
-    out = np.empty(starts.shape[0], dtype=np.int32)
-    for i in range(starts.shape[0]):
-        h = _murmur2_parts(prefix, buf, starts[i], ends[i]) & np.uint64(0x7FFFFFFF)
-        out[i] = h % np.uint64(buckets)
+    """to_positive(murmur2(prefix + body)) % buckets for every body of a packed batch.
+
+    murmur2 is one long chain of multiplies per message, so four messages are hashed side by
+    side, word by word, while all four have words left (the CPU overlaps four chains; ~20 %
+    faster than one at a time), and each is finished alone.
+    """
+    n = starts.shape[0]
+    out = np.empty(n, dtype=np.int32)
+    plen = prefix.shape[0]
+    seed, sign, m = np.uint64(KAFKA_MURMUR2_SEED), np.uint64(0x7FFFFFFF), np.uint64(buckets)
+    i = 0
+    while i + 4 <= n:
+        s0, s1, s2, s3 = starts[i], starts[i + 1], starts[i + 2], starts[i + 3]
+        n0, n1 = plen + ends[i] - s0, plen + ends[i + 1] - s1
+        n2, n3 = plen + ends[i + 2] - s2, plen + ends[i + 3] - s3
+        h0, h1 = (seed ^ np.uint64(n0)) & _MASK64, (seed ^ np.uint64(n1)) & _MASK64
+        h2, h3 = (seed ^ np.uint64(n2)) & _MASK64, (seed ^ np.uint64(n3)) & _MASK64
+        common = min(min(n0, n1), min(n2, n3)) // 4
+        for w in range(common):
+            h0 = _mix(h0, _word(prefix, buf, s0, plen, w))
+            h1 = _mix(h1, _word(prefix, buf, s1, plen, w))
+            h2 = _mix(h2, _word(prefix, buf, s2, plen, w))
+            h3 = _mix(h3, _word(prefix, buf, s3, plen, w))
+        out[i] = (_murmur2_from(prefix, buf, s0, ends[i], h0, common) & sign) % m
+        out[i + 1] = (_murmur2_from(prefix, buf, s1, ends[i + 1], h1, common) & sign) % m
+        out[i + 2] = (_murmur2_from(prefix, buf, s2, ends[i + 2], h2, common) & sign) % m
+        out[i + 3] = (_murmur2_from(prefix, buf, s3, ends[i + 3], h3, common) & sign) % m
+        i += 4
+    for j in range(i, n):
+        out[j] = (_murmur2_parts(prefix, buf, starts[j], ends[j]) & sign) % m
     return out
 
 

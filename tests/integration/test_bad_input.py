@@ -788,8 +788,10 @@ def test_a_huge_record_is_dead_lettered_whole_while_the_pipeline_keeps_its_pace(
     was over the dead-letter topic's limit anyway: the restarted worker would fail again on it),
     and Connect dropped it from its dead-letter topic (over its producer's 1 MiB request limit).
 
-    Also: a review whose course title holds U+0000 (written around the API) is the aggregator's
-    dead letter, not a statistics record the sink would fail on forever."""
+    Also: a review whose course title holds U+0000 (written around the API) is a dead letter
+    (the fraud filter's, or the aggregator's when written straight to its input), never a
+    statistics record the sink would fail on forever; so is one with U+0000 in its content,
+    which no sink could store either."""
     names = {
         "valid": "udemy-reviews-valid",
         "fraud": "udemy-reviews-fraud",
@@ -851,7 +853,7 @@ def huge_chain(
     huge = confluent_frame(schema_id, b"\xff" * (limit - 1024))  # within 1 KiB of the limit
     nul_title = encode_review(schema_id, record(review_id, "Big\x00course"))
     # what no PostgreSQL sink can store: a created in year ~296,675, a text holding U+0000 (in
-    # the content, which the aggregator does not read: another course, so the stat below holds)
+    # the content: another course, so the stat below holds); both are no review
     far_id, nul_id = unique_id(), unique_id()
     far = encode_review(schema_id, {**record(far_id), "created": 9_300_000_000_000_000})
     nul_content = encode_review(
@@ -899,19 +901,25 @@ def huge_chain(
         names = {v: k for k, v in sent.at.items()}  # what the test wrote there itself
         return {names.get(at, f"{at[0]}@{at[2]}"): v for at, v in by_source.items()}
 
-    fraud_dead = dead_letters(t["fraud-dlq"], 1)
-    assert list(fraud_dead) == ["in/huge"]
+    fraud_dead = dead_letters(t["fraud-dlq"], 2)
+    assert sorted(fraud_dead) == ["in/huge", "in/nul content"]
     value, headers = fraud_dead["in/huge"]
     assert value == huge, "kept whole: the dead-letter topic takes twice the input's limit"
     assert b"malformed Avro body" in headers["dlq.error"] and "dlq.value.truncated" not in headers
+    assert headers["dlq.kind"] == b"undecodable"
+    value, headers = fraud_dead["in/nul content"]
+    assert value == nul_content and headers["dlq.kind"] == b"text"
+    assert b"content contains U+0000" in headers["dlq.error"]
 
     agg_dead = dead_letters(t["agg-dlq"], 3)
     assert {"valid/huge", "valid/nul title"} < set(agg_dead) and len(agg_dead) == 3
     [(far_copy, far_headers)] = [v for k, v in agg_dead.items() if not k.startswith("valid/")]
     assert far_copy == far and b"outside 0001-01-01" in far_headers["dlq.error"]
+    assert far_headers["dlq.kind"] == b"timestamp"
     assert agg_dead["valid/huge"][0] == huge
     assert agg_dead["valid/nul title"][0] == nul_title
-    assert b"course.title: contains U+0000" in agg_dead["valid/nul title"][1]["dlq.error"]
+    assert b"course.title contains U+0000" in agg_dead["valid/nul title"][1]["dlq.error"]
+    assert agg_dead["valid/nul title"][1]["dlq.kind"] == b"text"
 
     dlq = reviews_sink.topics["dlq"]
     connect_dead = consume_since(settings, dlq, {0: 0, 1: 0}, lambda ms: len(ms) >= 3, PACE_S)
@@ -931,7 +939,7 @@ def huge_chain(
     assert ids == [review_id], "the sink wrote the review behind it"
     assert reviews_sink.connect.status(reviews_sink.name("udemy-reviews")).running
 
-    for worker, n in ((ff, 1), (ag, 3)):
+    for worker, n in ((ff, 2), (ag, 3)):
         h = worker.health()
         assert worker.proc.poll() is None and h["status"] == "ok", worker.log_tail()
         assert h["dead_letters"] == n and h["dead_letter_max_bytes"] >= 2 * limit - 1024

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastavro import schemaless_writer
 from fastavro.schema import fingerprint, parse_schema
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streaming.core.avro_codec import (
@@ -217,6 +217,7 @@ def test_reference_murmur2_matches_kafka_utils_test(data: bytes, expected: int) 
     assert reference_murmur2(data) == expected
 
 
+@settings(deadline=None)  # the first example loads the compiled hash from numba's cache
 @given(st.lists(st.binary(max_size=300), min_size=1, max_size=20), st.binary(max_size=12))
 def test_batch_hash_equals_scalar_reference(bodies: list[bytes], prefix: bytes) -> None:
     from streaming.core.review_bytes import hash_buckets
