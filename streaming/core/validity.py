@@ -5,8 +5,10 @@ when it is one of the kinds below; an invalid record is never counted, never bec
 current version (the version before it stays current) and never names a course. Everything else
 is a valid version, judged by the fraud rule. The stream refuses an invalid record to its
 dead-letter topic with the kind in the `dlq.kind` header; the batch classifies every row of the
-sink's `reviews` table with `classify` into `review_verdicts`, and the reconciliation compares
-both sides' refusals per kind. The rule is here once; SQL never re-types it.
+sink's `reviews` table into `review_verdicts` with the same compiled checks
+(`review_bytes.scan_bodies`, `field_problems` here), and the reconciliation compares both sides'
+refusals per kind. The rule is here once; SQL never re-types it. `classify` states it over one
+decoded review: the plain reading the compiled paths are property-tested against.
 
 Kinds:
 - `undecodable`: not one Review in the Confluent wire format readable with its writer schema
@@ -100,7 +102,8 @@ def timestamp_problem(created: int, modified: int) -> Problem | None:
 
 
 def classify(review: Mapping[str, Any]) -> Problem | None:
-    """The rule on one decoded Review (the batch's rows, the chaos ledger): None when valid.
+    """The rule on one decoded Review, plainly (the reference of the property tests): None
+    when valid.
 
     Strings are as decoded (a record's invalid UTF-8 is already U+FFFD, as the original Java
     app and Kafka Connect read it); a decoded record is never `undecodable` or a `tombstone`.
