@@ -38,7 +38,8 @@ from sqlalchemy import Engine, create_engine
 
 from orchestration.topology import SINKS, WORKERS
 from stack import procs
-from streaming.config import REPO_ROOT, Settings, registry_client_config
+from streaming.access import worker_login_env
+from streaming.config import REPO_ROOT, Settings, read_env_file, registry_client_config
 from streaming.ingest.backfill import BackfillResult, backfill_course
 from streaming.ingest.producer import ReviewProducer
 from streaming.refused import Headers
@@ -362,19 +363,6 @@ class WorkerRuntimeResource(dg.ConfigurableResource, ABC):
         return self.start(name)
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
-    """KEY=value lines of `.stack/env` (what stack.sh exports before spawning an app)."""
-    if not path.exists():
-        return {}
-    out = {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            out[key] = value
-    return out
-
-
 def _fetch_health(url: str) -> dict[str, Any] | None:
     """A worker's health document, whether it answered 200 (ok) or 503 (stalled)."""
     try:
@@ -411,8 +399,9 @@ class LocalProcessRuntime(WorkerRuntimeResource):
     started it; the supervisor restarts it when it exits (with a back-off) and records each
     restart. Pid files, records and logs are under `<state_dir>` (run/, logs/), so `make status`
     and `make down` see the same processes whoever started them. The environment is this
-    process's plus `<state_dir>/env` (as stack.sh gives it), WORKER_INSTANCE for an instance of
-    a worker that runs several, and HEALTH_PORT is the port of its health URL.
+    process's plus `<state_dir>/env` (as stack.sh gives it), the worker's own Kafka login
+    (`streaming.access.login_env`), WORKER_INSTANCE for an instance of a worker that runs
+    several, and HEALTH_PORT is the port of its health URL.
     """
 
     root: str = str(REPO_ROOT)
@@ -448,7 +437,8 @@ class LocalProcessRuntime(WorkerRuntimeResource):
     def start(self, name: str) -> WorkerStatus:
         self._known(name)
         port = urlparse(self.health_urls[name]).port
-        env = {**os.environ, **_read_env_file(self._state / "env"), "HEALTH_PORT": str(port)}
+        env = {**os.environ, **read_env_file(self._state / "env"), "HEALTH_PORT": str(port)}
+        env.update(worker_login_env(self.modules[name], env))  # its own Kafka principal
         if name in self.instances:
             env["WORKER_INSTANCE"] = self.instances[name]
         procs.start(

@@ -1,11 +1,13 @@
-"""Java Kafka client settings for Kafka Connect from librdkafka ones (KAFKA_SECURITY_CONFIG).
+"""Java Kafka client settings from librdkafka ones (KAFKA_SECURITY_CONFIG, KAFKA_SASL_PASSWORD_FILE).
 
-The Python clients take `key=value;key=value` in librdkafka's names; Connect's worker and the
-clients it makes for connectors (producer., consumer., admin.) are Java clients with other
-names for the same things. `python -m stack.kafka_client_security` prints the properties
-lines stack.sh adds to Connect's worker config, so one variable secures every client. A
-setting without a known Java equivalent is refused by name (never silently dropped), and no
-error repeats a value.
+The Python clients take `key=value;key=value` in librdkafka's names and read the SASL password
+from the file KAFKA_SASL_PASSWORD_FILE names; Java clients (Kafka Connect's worker and the
+clients it makes for connectors, the Kafka tools, the benchmarks' Java peers) name the same
+things otherwise. `stack/kafka_client_security.py --connect` prints the lines stack.sh adds to
+Connect's worker config (each setting for the worker, `producer.`, `consumer.` and `admin.`);
+`--properties` a client.properties (`--command-config` of the tools). A setting without a known
+Java equivalent is refused by name (never silently dropped), and no error repeats a value.
+Stdlib only: stack.sh runs it with any Python.
 """
 
 from __future__ import annotations
@@ -37,11 +39,30 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def java_properties(librdkafka: dict[str, str]) -> dict[str, str]:
+def read_password(path: str | None) -> str | None:
+    """The SASL password in the file KAFKA_SASL_PASSWORD_FILE names (None: not set)."""
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            value = f.read().strip()
+    except OSError as exc:
+        raise ValueError(f"KAFKA_SASL_PASSWORD_FILE: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"KAFKA_SASL_PASSWORD_FILE: {path} is empty")
+    return value
+
+
+def java_properties(librdkafka: dict[str, str], password: str | None = None) -> dict[str, str]:
     """The Java client settings equal to librdkafka's `security.protocol`, `sasl.mechanism(s)`,
-    `sasl.username`/`sasl.password` (PLAIN, SCRAM), `ssl.ca.location` (PEM) and
+    `sasl.username` with `password` (PLAIN, SCRAM), `ssl.ca.location` (PEM) and
     `ssl.endpoint.identification.algorithm`."""
     given = dict(librdkafka)
+    if "sasl.password" in given:
+        raise ValueError(
+            "KAFKA_SECURITY_CONFIG: sasl.password must not be a value there; put it in a file "
+            "and set KAFKA_SASL_PASSWORD_FILE"
+        )
     if "sasl.mechanisms" in given:
         given["sasl.mechanism"] = given.pop("sasl.mechanisms")
     out = {k: given.pop(k) for k in sorted(SAME & given.keys())}
@@ -50,13 +71,13 @@ def java_properties(librdkafka: dict[str, str]) -> dict[str, str]:
     if "ssl.ca.location" in given:
         out["ssl.truststore.type"] = "PEM"
         out["ssl.truststore.location"] = given.pop("ssl.ca.location")
-    user, password = given.pop("sasl.username", None), given.pop("sasl.password", None)
+    user = given.pop("sasl.username", None)
     if user is not None or password is not None:
         mechanism = out.get("sasl.mechanism", "GSSAPI")
         if mechanism not in LOGIN_MODULES or user is None or password is None:
             raise ValueError(
-                f"KAFKA_SECURITY_CONFIG: sasl.username and sasl.password need a mechanism of "
-                f"{', '.join(LOGIN_MODULES)} (got {mechanism})"
+                f"KAFKA_SECURITY_CONFIG: sasl.username and KAFKA_SASL_PASSWORD_FILE need a "
+                f"mechanism of {', '.join(LOGIN_MODULES)} (got {mechanism})"
             )
         out["sasl.jaas.config"] = (
             f"{LOGIN_MODULES[mechanism]} required username={_quote(user)} "
@@ -71,15 +92,23 @@ def java_properties(librdkafka: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def connect_lines(raw: str) -> list[str]:
+def connect_lines(raw: str, password: str | None = None) -> list[str]:
     """`KEY=VALUE` lines for Connect's worker config: each setting for every client it runs."""
-    props = java_properties(parse(raw))
+    props = java_properties(parse(raw), password)
     return [f"{prefix}{k}={v}" for prefix in PREFIXES for k, v in props.items()]
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    if argv not in (["--connect"], ["--properties"]):
+        print("usage: kafka_client_security.py --connect | --properties", file=sys.stderr)
+        return 2
     try:
-        lines = connect_lines(os.environ.get("KAFKA_SECURITY_CONFIG", ""))
+        password = read_password(os.environ.get("KAFKA_SASL_PASSWORD_FILE"))
+        raw = os.environ.get("KAFKA_SECURITY_CONFIG", "")
+        if argv == ["--connect"]:
+            lines = connect_lines(raw, password)
+        else:
+            lines = [f"{k}={v}" for k, v in java_properties(parse(raw), password).items()]
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -88,4 +117,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

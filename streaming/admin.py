@@ -11,7 +11,8 @@ changed in place. Value schemas are registered under
 `<topic>-value` with the compatibility each topic declares (FULL_TRANSITIVE for the input, which
 other producers write; BACKWARD for ours), so an incompatible change is refused by the registry
 before any producer can write it; a registration the registry refuses (ours, against a subject
-another producer evolved) is `SchemaRefused` with the registry's reason.
+another producer evolved) is `SchemaRefused` with the registry's reason. Access: every
+principal's credentials and ACLs as `streaming.access` declares them (`streaming.kafka_acl`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from streaming.config import Settings, registry_client_config
+from streaming.kafka_acl import apply_access
 from streaming.pipeline import (
     DEFAULT_MAX_MESSAGE_BYTES,
     INPUT,
@@ -41,6 +43,7 @@ from streaming.pipeline import (
     TopicSpec,
     max_message_bytes,
 )
+from streaming.settings import KafkaSettings, load
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +214,10 @@ def bootstrap(
     admin = AdminClient(settings.kafka_config())
     actions, specs = declared_topics(admin, timeout_s)
     actions += ensure_topics(admin, [s for s in specs if s.name != INPUT.name], timeout_s)
+    kafka = load(KafkaSettings)
+    mechanism = str(settings.kafka_extra.get("sasl.mechanism", "SCRAM-SHA-512")).upper()
+    mechanism = mechanism if mechanism.startswith("SCRAM-") else "SCRAM-SHA-512"
+    actions += apply_access(admin, kafka.credentials_dir, mechanism, timeout_s)
     registry = SchemaRegistryClient(registry_client_config(settings.schema_registry_url))
     ids = register_schemas(registry, specs)
     return actions, ids

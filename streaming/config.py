@@ -11,6 +11,7 @@ files, the trusted Host names.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,37 @@ def _extra_kafka_config(raw: str) -> dict[str, str]:
     return out
 
 
+SECRET_KAFKA_KEYS = frozenset(
+    {"sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret"}
+)
+"""librdkafka settings that hold a secret: never a value of KAFKA_SECURITY_CONFIG (which sits in
+`.stack/env` and every process's environment), only read from a file."""
+
+
+def kafka_security(kafka: KafkaSettings) -> dict[str, str]:
+    """The librdkafka security settings of a process: KAFKA_SECURITY_CONFIG, its principal
+    (KAFKA_SASL_USERNAME over `sasl.username`) and the password read from
+    KAFKA_SASL_PASSWORD_FILE. A secret given as a value is refused by its key."""
+    extra = _extra_kafka_config(kafka.security_config)
+    secret = sorted(SECRET_KAFKA_KEYS & extra.keys())
+    if secret:
+        raise ConfigError(
+            f"KAFKA_SECURITY_CONFIG: {', '.join(secret)} must not be a value there (every "
+            "process's environment holds it); put the password in a file of mode 0600 and set "
+            "KAFKA_SASL_PASSWORD_FILE to it"
+        )
+    if kafka.sasl_username:
+        extra["sasl.username"] = kafka.sasl_username
+    if kafka.sasl_password_file:
+        extra["sasl.password"] = read_secret(kafka.sasl_password_file, "KAFKA_SASL_PASSWORD_FILE")
+    elif "sasl.username" in extra:
+        raise ConfigError(
+            f"KAFKA_SECURITY_CONFIG names the SASL user {extra['sasl.username']!r}: "
+            "KAFKA_SASL_PASSWORD_FILE must name the file of its password"
+        )
+    return extra
+
+
 def read_secret(path: str, variable: str) -> str:
     """The secret in the file `path` names (its first line); errors name the variable and the
     file, never the content."""
@@ -81,7 +113,7 @@ class Settings:
             schema_registry_url=registry.url,
             database_url=database.url,
             connect_url=connect.url,
-            kafka_extra=_extra_kafka_config(kafka.security_config),
+            kafka_extra=kafka_security(kafka),
             database_password_file=database.password_file,
             connect_user=connect.user,
             connect_password_file=connect.password_file,
@@ -174,6 +206,21 @@ def redact_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The KEY=value lines of a shell environment file such as `.stack/env` (comments and blank
+    lines skipped), values unquoted as the shell that sources it would (`'a;b'` is `a;b`)."""
+    if not path.exists():
+        return {}
+    out = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            words = shlex.split(value, comments=False, posix=True)
+            out[key] = " ".join(words)
+    return out
 
 
 CLOCK_OFFSET_ENV = "CLOCK_OFFSET_S"

@@ -39,9 +39,23 @@ class KafkaSettings(_Component):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="the brokers")
     security_config: str = Field(
         "",
-        description="extra librdkafka settings, `key=value;key=value` (SASL/TLS for a managed "
-        "cluster); errors name an entry's key, never its value",
+        description="extra librdkafka settings, `key=value;key=value` (`security.protocol`, "
+        "`sasl.mechanism`, `sasl.username`, TLS); a password is refused here (it goes in "
+        "KAFKA_SASL_PASSWORD_FILE); errors name an entry's key, never its value",
         repr=False,
+    )
+    sasl_username: str | None = Field(
+        None,
+        description="the principal this process logs in as (overrides KAFKA_SECURITY_CONFIG's "
+        "`sasl.username`: each service of `make up` has its own)",
+    )
+    sasl_password_file: str | None = Field(
+        None, description="a file holding that principal's SASL password (mode 0600)"
+    )
+    credentials_dir: str | None = Field(
+        None,
+        description="`reviews bootstrap` only: where every principal's password file is (made "
+        "on first use); its SCRAM credentials are set from them (unset: not managed here)",
     )
 
 

@@ -5,18 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from streaming.config import read_env_file
+
 STACK_ENV = Path(__file__).resolve().parents[1] / ".stack" / "env"
 
 
 def _load_stack_env() -> None:
     """Export .stack/env into the test process unless the caller set a variable already."""
-    if not STACK_ENV.exists():
-        return
-    for raw in STACK_ENV.read_text().splitlines():
-        line = raw.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            os.environ.setdefault(key, value)
+    for key, value in read_env_file(STACK_ENV).items():
+        os.environ.setdefault(key, value)
 
 
 _load_stack_env()
