@@ -39,6 +39,7 @@ from bench.common import EDIT_SEED, RESULTS, in_child, produce_edit_heavy, produ
 from bench.peers import kstreams, quix
 from bench.peers.harness import PeerRun
 from streaming.config import Settings
+from streaming.settings import KafkaSettings, load
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -90,6 +91,8 @@ def produce_limit(settings: Settings, runs: int, records: int) -> dict:
     """Kafka's ProducerPerformance (acks=all, 250-byte records): the broker's ceiling here."""
     java = Path(os.environ.get("JAVA_HOME", "/usr/lib/jvm/java-17-openjdk-amd64"), "bin", "java")
     admin = AdminClient(settings.kafka_config())
+    props = load(KafkaSettings).client_properties  # the cluster's login, for Java
+    login = ["--command-config", props] if props else []
     rates = []
     for run in range(runs):
         topic = f"bench-perf-{uuid.uuid4().hex[:8]}"
@@ -104,6 +107,7 @@ def produce_limit(settings: Settings, runs: int, records: int) -> dict:
                     *("--throughput", "-1", "--producer-props"),
                     f"bootstrap.servers={settings.kafka_bootstrap_servers}",
                     *("acks=all", "linger.ms=5", "batch.size=1000000", "compression.type=none"),
+                    *login,
                 ],
                 capture_output=True,
                 text=True,

@@ -33,6 +33,8 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from fastavro import parse_schema, schemaless_reader
 
 from chaos.ledger import lost_and_duplicated
+from streaming.config import kafka_security
+from streaming.settings import KafkaSettings, load
 from chaos.oracle import (
     DEAD,
     FRAUD,
@@ -72,6 +74,11 @@ class RegistrySchemas:
         return self._cache[schema_id]
 
 
+def operator_login() -> dict[str, str]:
+    """The login of the environment (`.stack/env`: the operator's), as librdkafka settings."""
+    return kafka_security(load(KafkaSettings))
+
+
 def read_topic(
     bootstrap: str,
     topic: str,
@@ -83,6 +90,7 @@ def read_topic(
     those `keep` accepts."""
     c = Consumer(
         {
+            **operator_login(),
             "bootstrap.servers": bootstrap,
             "group.id": "chaos-check",
             "enable.auto.commit": False,

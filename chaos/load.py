@@ -47,6 +47,9 @@ from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from chaos.oracle import is_fraud, java_text
+from streaming.access import login_env
+from streaming.config import kafka_security
+from streaming.settings import KafkaSettings, load
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "review.avsc"
 TOPIC = "udemy-reviews"
@@ -609,6 +612,13 @@ class DirectProducer(Protocol):
     def purge(self) -> None: ...
 
 
+def producer_login() -> dict[str, str]:
+    """The login of another system that writes the input directly: the `producer` principal
+    (`streaming.access`), whose password file `make up` keeps in KAFKA_CREDENTIALS_DIR."""
+    env = {**os.environ, **login_env("producer", os.environ)}
+    return kafka_security(load(KafkaSettings, env))
+
+
 class Load:
     """Writes the load for `run`'s duration and records every outcome in `out_path`.
 
@@ -671,6 +681,7 @@ class Load:
     def make_producer(self, compression: str = "none") -> DirectProducer:
         return Producer(
             {
+                **producer_login(),
                 "bootstrap.servers": self.bootstrap,
                 "enable.idempotence": True,
                 "acks": "all",

@@ -39,6 +39,8 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stack import procs
+from streaming.config import kafka_security
+from streaming.settings import KafkaSettings, load
 from stack.txn_reaper import MIN_OPEN_MINUTES, TOOL, Hanging, Reaper, run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +60,12 @@ def java_tool(main_class: str, *args: str) -> list[str]:
     return [JAVA, "-Xmx256m", "-cp", str(STACK / "dist/libs/*"), main_class, *args]
 
 
+def tool_login(bootstrap: str) -> list[str]:
+    """`--bootstrap-server`, then the environment's login for the Kafka tools."""
+    props = load(KafkaSettings).client_properties
+    return ["--bootstrap-server", bootstrap, *(["--command-config", props] if props else [])]
+
+
 @dataclass
 class Round:
     commits: int = 0
@@ -69,6 +77,7 @@ def commit_loop(bootstrap: str, txn_id: str, partitions: int, stop: threading.Ev
     """Small transactions over every partition until stopped or the broker goes away."""
     producer = Producer(
         {
+            **kafka_security(load(KafkaSettings)),
             "bootstrap.servers": bootstrap,
             "transactional.id": txn_id,
             "linger.ms": 0,
@@ -92,7 +101,7 @@ def commit_loop(bootstrap: str, txn_id: str, partitions: int, stop: threading.Ev
 
 def quiet(bootstrap: str) -> dict[str, object]:
     """A client config that does not log each refused connection while the broker is down."""
-    return {"bootstrap.servers": bootstrap, "log_level": 0}
+    return {**kafka_security(load(KafkaSettings)), "bootstrap.servers": bootstrap, "log_level": 0}
 
 
 def broker_answers(bootstrap: str) -> bool:
@@ -172,7 +181,7 @@ def skipped_txn_ids(lines: tuple[str, ...]) -> set[str]:
 
 def coordinator_view(bootstrap: str) -> dict[int, tuple[str, str]]:
     """Producer id -> (transactional id, state), as `kafka-transactions list` shows them."""
-    out = run_tool(java_tool(TOOL, "--bootstrap-server", bootstrap, "list")).stdout
+    out = run_tool(java_tool(TOOL, *tool_login(bootstrap), "list")).stdout
     rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
     return {int(r[2]): (r[0], r[3]) for r in rows if len(r) >= 4 and r[2].isdigit()}
 
@@ -180,7 +189,7 @@ def coordinator_view(bootstrap: str) -> dict[int, tuple[str, str]]:
 def producer_row(bootstrap: str, txn: Hanging) -> list[str]:
     """describe-producers of the partition: its header and the hanging producer's row."""
     args = ["describe-producers", "--topic", txn.topic, "--partition", str(txn.partition)]
-    out = run_tool(java_tool(TOOL, "--bootstrap-server", bootstrap, *args)).stdout.splitlines()
+    out = run_tool(java_tool(TOOL, *tool_login(bootstrap), *args)).stdout.splitlines()
     rows = [ln for ln in out[1:] if ln.split()[:1] == [str(txn.producer_id)]]
     return [" ".join(ln.split()) for ln in out[:1] + rows]
 
@@ -274,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         bound_s = MIN_OPEN_MINUTES * 60 + 15
         log(f"waiting {bound_s} s: find-hanging looks at transactions over {MIN_OPEN_MINUTES} min")
         time.sleep(bound_s)  # find-hanging's own age bound, not a wait for a service
-        reaper = Reaper(java_tool(TOOL), bootstrap, 1, run_tool)
+        reaper = Reaper(java_tool(TOOL), tool_login(bootstrap)[1:], 1, run_tool)
         hanging = reaper.find()
         skipped = set().union(*(skipped_txn_ids(r.skipped_lines) for r in rounds))
         explained = report_hanging(bootstrap, hanging, skipped) if hanging else 0

@@ -1,4 +1,4 @@
-"""Java Kafka client settings from librdkafka ones (KAFKA_SECURITY_CONFIG, KAFKA_SASL_PASSWORD_FILE).
+"""Java Kafka client settings from the librdkafka ones (KAFKA_SECURITY_CONFIG and the password).
 
 The Python clients take `key=value;key=value` in librdkafka's names and read the SASL password
 from the file KAFKA_SASL_PASSWORD_FILE names; Java clients (Kafka Connect's worker and the

@@ -290,15 +290,20 @@ stamped() { # stamped NAME VALUE: true when NAME's stamp already holds VALUE (it
 stamp() { mkdir -p "$STACK_DIR/kafka/stamps"; printf '%s' "$2" | sha256sum | cut -c1-32 >"$STACK_DIR/kafka/stamps/$1"; }
 
 ensure_kafka_user() { # ensure_kafka_user NAME: its SCRAM credential set from its password file
-  local name=$1 cluster pw tmp
+  local name=$1 cluster pw tmp out
   cluster=$(sed -n 's/^cluster.id=//p' "$STACK_DIR/kafka/data/meta.properties")
   pw=$(kafka_user_password "$name")
   stamped "scram-$name" "$cluster:$pw" && return
   say "Kafka: setting the $KAFKA_MECHANISM credential of user $name"
   tmp=$(umask 077; mktemp "$SECRETS_DIR/.scram.XXXXXX")  # the password in a file, not in argv
-  printf '%s=[iterations=8192,password=%s]\n' "$KAFKA_MECHANISM" "$pw" >"$tmp"
-  kafka_tool org.apache.kafka.tools.ConfigCommand --alter --entity-type users --entity-name "$name" \
-    --add-config-file "$tmp" >>"$LOGS/kafka.log" 2>&1 || { rm -f "$tmp"; die "could not set Kafka user $name's credential (log: $LOGS/kafka.log)"; }
+  printf '%s=iterations=8192,password=%s\n' "$KAFKA_MECHANISM" "$pw" >"$tmp"
+  # the tool's output may quote the file's content: kept out of the logs, shown without it
+  if ! out=$(kafka_tool org.apache.kafka.tools.ConfigCommand --alter --entity-type users \
+      --entity-name "$name" --add-config-file "$tmp" 2>&1); then
+    rm -f "$tmp"
+    printf '%s\n' "${out//"$pw"/***}" | tail -5 >&2
+    die "could not set Kafka user $name's credential"
+  fi
   rm -f "$tmp"
   stamp "scram-$name" "$cluster:$pw"
 }

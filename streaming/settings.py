@@ -52,6 +52,11 @@ class KafkaSettings(_Component):
     sasl_password_file: str | None = Field(
         None, description="a file holding that principal's SASL password (mode 0600)"
     )
+    client_properties: str | None = Field(
+        None,
+        description="the same login for Java clients, a properties file (the Kafka tools' "
+        "`--command-config`, the benchmarks' Java peers); `make up` writes the operator's",
+    )
     credentials_dir: str | None = Field(
         None,
         description="`reviews bootstrap` only: where every principal's password file is (made "

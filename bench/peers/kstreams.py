@@ -49,6 +49,7 @@ from streaming.core.avro_codec import CONFLUENT_HEADER_SIZE, schemas_dir
 from streaming.core.fraud import HashFraudModel
 from streaming.core.review_bytes import pack
 from streaming.serde import Registry
+from streaming.settings import KafkaSettings, load
 from streaming.topic_reader import read_batches
 
 PROJECT = Path(__file__).resolve().parent / "kstreams"
@@ -92,8 +93,10 @@ class _App:
         home = os.environ.get("JAVA_HOME")
         java = str(Path(home) / "bin" / "java") if home else "java"
         cmd = [java, *JVM_OPTIONS, "-jar", str(build()), app]
+        login = load(KafkaSettings).client_properties  # the cluster's login, for Java
         options = {
             "bootstrap": settings.kafka_bootstrap_servers,
+            **({"client_properties": login} if login else {}),
             "application_id": self.app_id,
             "state_dir": self.state_dir,
             **options,

@@ -21,9 +21,12 @@ from sqlalchemy import Engine, text
 
 from bench.peers.kstreams import build
 from orchestration.resources import SchemasResource
+from stack.kafka_client_security import java_properties, parse, read_password
+from streaming.access import login_env
 from streaming.config import Settings
 from streaming.core.window import epoch_day
 from streaming.serde import Registry
+from streaming.settings import KafkaSettings, load
 from tests.integration.edit_history import (
     courses_on_distinct_partitions,
     expected_stats,
@@ -44,6 +47,18 @@ def avro_json_lines(records: list[dict]) -> str:
     out = io.StringIO()
     json_writer(out, parse_schema(json.loads(SCHEMA.read_text())), records)
     return out.getvalue()
+
+
+def producer_login(tmp: Path) -> Path:
+    """A client.properties (mode 0600) logging in as `producer`: the principal other systems
+    that write the input get (streaming/access.py), nothing more."""
+    kafka = load(KafkaSettings, {**os.environ, **login_env("producer", os.environ)})
+    login = {**parse(kafka.security_config), "sasl.username": "producer"}
+    props = java_properties(login, read_password(kafka.sasl_password_file))
+    path = tmp / "producer.properties"
+    path.touch(mode=0o600)
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    return path
 
 
 def legacy_produce(settings: Settings, records: list[dict], tmp: Path) -> list[tuple[int, int]]:
@@ -69,6 +84,8 @@ def legacy_produce(settings: Settings, records: list[dict], tmp: Path) -> list[t
             str(schema_id),
             "--input",
             str(source),
+            "--client-properties",
+            str(producer_login(tmp)),
         ],
         capture_output=True,
         text=True,

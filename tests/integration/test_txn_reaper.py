@@ -24,13 +24,18 @@ JAVA = str(Path(os.environ.get("JAVA_HOME", "/usr/lib/jvm/java-17-openjdk-amd64"
 TOOL_CMD = [JAVA, "-cp", str(STACK_DIR / "dist/libs/*"), TOOL]
 
 
+def login(bootstrap: str) -> list[str]:
+    """The address, then the operator's login for the Kafka tools (`.stack/env`)."""
+    return [bootstrap, "--command-config", os.environ["KAFKA_CLIENT_PROPERTIES"]]
+
+
 def open_transaction_start(bootstrap: str, topic: str) -> str:
     """CurrentTransactionStartOffset of the partition's producers ("None" when none is open)."""
     done = run_tool(
         [
             *TOOL_CMD,
             "--bootstrap-server",
-            bootstrap,
+            *login(bootstrap),
             "describe-producers",
             "--topic",
             topic,
@@ -61,7 +66,7 @@ def test_a_live_transaction_older_than_the_bound_is_not_aborted(
     time.sleep(MIN_OPEN_MINUTES * 60 + 5)  # the transaction ages past the bound
 
     assert open_transaction_start(bootstrap, temp_topic) == "0"  # open, and a candidate by age
-    found = Reaper(TOOL_CMD, bootstrap, 1, run_tool).find()
+    found = Reaper(TOOL_CMD, login(bootstrap), 1, run_tool).find()
     assert [t for t in found if t.topic == temp_topic] == []
 
     producer.commit_transaction(30)

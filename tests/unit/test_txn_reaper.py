@@ -64,7 +64,7 @@ class FakeTool:
 
 
 def reaper(tool: FakeTool) -> Reaper:
-    return Reaper(["java", "Tool"], "127.0.0.1:9092", 1, tool)
+    return Reaper(["java", "Tool"], ["127.0.0.1:9092"], 1, tool)
 
 
 def test_a_sweep_aborts_each_hanging_transaction_at_its_start_offset() -> None:

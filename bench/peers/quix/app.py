@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import struct
 import sys
 import time
@@ -29,6 +30,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.types import Schema
 from murmurhash2 import murmurhash2
 from quixstreams import Application, State
+from quixstreams.kafka.configuration import ConnectionConfig
 from quixstreams.models import Topic
 from quixstreams.models.serializers import (
     Deserializer,
@@ -113,13 +115,30 @@ class ConfluentAvroSerializer(Serializer):
         return buf.getvalue()
 
 
+def connection(bootstrap: str) -> ConnectionConfig:
+    """The brokers and the login the pipeline's clients use, from the same variables:
+    KAFKA_SECURITY_CONFIG (`key=value;...`), KAFKA_SASL_USERNAME over its `sasl.username`, and
+    the password in the file KAFKA_SASL_PASSWORD_FILE names."""
+    config = {"bootstrap.servers": bootstrap}
+    for item in filter(
+        None, (p.strip() for p in os.environ.get("KAFKA_SECURITY_CONFIG", "").split(";"))
+    ):
+        key, _, value = item.partition("=")
+        config[key.strip()] = value.strip()
+    if os.environ.get("KAFKA_SASL_USERNAME"):
+        config["sasl.username"] = os.environ["KAFKA_SASL_USERNAME"]
+    if os.environ.get("KAFKA_SASL_PASSWORD_FILE"):
+        config["sasl.password"] = Path(os.environ["KAFKA_SASL_PASSWORD_FILE"]).read_text().strip()
+    return ConnectionConfig.from_librdkafka_dict(config)
+
+
 def application(args: argparse.Namespace) -> Application:
     """One Quix Application per run, exactly-once, earliest offsets, the shared client config."""
     kwargs: dict[str, Any] = {}
     if args.commit_interval is not None:
         kwargs["commit_interval"] = args.commit_interval
     return Application(
-        broker_address=args.bootstrap,
+        broker_address=connection(args.bootstrap),
         consumer_group=args.group,
         auto_offset_reset="earliest",
         processing_guarantee="exactly-once",

@@ -2,8 +2,12 @@ package reviews.bench.kstreams;
 
 import java.io.File;
 import java.io.IOException;
+import java.io.InputStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.HashMap;
 import java.util.Map;
+import java.util.Properties;
 import org.apache.avro.Schema;
 
 /** {@code --name value} options; a missing one is an error naming it. */
@@ -33,5 +37,21 @@ final class Args {
 
   Schema schema(String name) throws IOException {
     return new Schema.Parser().parse(new File(get(name)));
+  }
+
+  /**
+   * The client settings of {@code --client-properties FILE} (the cluster's login: security
+   * protocol, SASL mechanism and JAAS config, as {@code stack/kafka_client_security.py} writes
+   * them), none without it.
+   */
+  Properties clientProperties() throws IOException {
+    Properties p = new Properties();
+    String path = values.get("client-properties");
+    if (path != null) {
+      try (InputStream in = Files.newInputStream(Path.of(path))) {
+        p.load(in);
+      }
+    }
+    return p;
   }
 }

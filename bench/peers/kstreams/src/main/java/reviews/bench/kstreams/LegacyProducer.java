@@ -31,7 +31,7 @@ final class LegacyProducer {
     Schema schema = args.schema("schema");
     Serializer<GenericRecord> values =
         new ConfluentAvroSerde(schema, args.integer("schema-id")).serializer();
-    Properties config = new Properties();
+    Properties config = args.clientProperties();
     config.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, args.get("bootstrap"));
     config.put(ProducerConfig.ACKS_CONFIG, "all");
     // The keyless (sticky) partitioner moves to another partition every batch.size bytes: small

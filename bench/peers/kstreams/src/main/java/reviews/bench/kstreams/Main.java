@@ -51,8 +51,8 @@ public final class Main {
    * (streaming/workers/eos.py) where Streams has an equivalent; everything else is Streams'
    * default.
    */
-  static Properties config(Args args) {
-    Properties p = new Properties();
+  static Properties config(Args args) throws java.io.IOException {
+    Properties p = args.clientProperties();
     p.put(StreamsConfig.APPLICATION_ID_CONFIG, args.get("application-id"));
     p.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, args.get("bootstrap"));
     p.put(StreamsConfig.STATE_DIR_CONFIG, args.get("state-dir"));
