@@ -33,8 +33,6 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from fastavro import parse_schema, schemaless_reader
 
 from chaos.ledger import lost_and_duplicated
-from streaming.config import kafka_security
-from streaming.settings import KafkaSettings, load
 from chaos.oracle import (
     DEAD,
     FRAUD,
@@ -46,6 +44,8 @@ from chaos.oracle import (
     edit_kinds,
     without_logical_types,
 )
+from streaming.config import kafka_security
+from streaming.settings import KafkaSettings, load
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 Raw = tuple[int, int, bytes | None, bytes | None]
