@@ -130,6 +130,29 @@ def governed(principals: tuple[Principal, ...] = PRINCIPALS) -> set[tuple[str, s
     return out | {("TOPIC", t.name, "LITERAL") for t in TOPICS}
 
 
+IMPLIES_DESCRIBE = frozenset({"READ", "WRITE", "DELETE", "ALTER"})
+"""Kafka's implied operations: any of these allows DESCRIBE (and ALTER_CONFIGS allows
+DESCRIBE_CONFIGS)."""
+
+
+def allows(who: Principal, resource: Resource, name: str, operation: str) -> bool:
+    """Whether the declared grants let `who` do `operation` on `name`, as Kafka's authorizer
+    decides it (a literal name, or a prefix of it; implied DESCRIBE)."""
+    for g in who.grants:
+        if g.resource != resource:
+            continue
+        if not (name == g.name if g.pattern == "LITERAL" else name.startswith(g.name)):
+            continue
+        ops = set(g.operations)
+        if operation in ops or "ALL" in ops:
+            return True
+        if operation == "DESCRIBE" and ops & IMPLIES_DESCRIBE:
+            return True
+        if operation == "DESCRIBE_CONFIGS" and "ALTER_CONFIGS" in ops:
+            return True
+    return False
+
+
 def principal(name: str) -> Principal:
     for p in PRINCIPALS:
         if p.name == name:
