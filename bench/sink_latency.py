@@ -70,15 +70,19 @@ def run(
             return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
 
     try:
+        url, password_file = settings.sink_login("udemy-reviews")  # the sink's own role
         with engine.begin() as conn:
             conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+            conn.execute(
+                sa.text(f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {sa.make_url(url).username}")
+            )
         config = render_connector(
             "udemy-reviews",
-            settings.database_url,
+            url,
             topic=topic,
             table=table,
             overrides=overrides,
-            password_file=settings.database_password_file,
+            password_file=password_file,
         )
         connect.deploy(name, config)
         connect.wait_for(name, lambda s: s.running, 120)

@@ -21,14 +21,16 @@
 # CONNECT_OVERRIDE_ALLOWLIST [the client settings connectors may override].
 #
 # Secrets are generated on first use as files of mode 0600 in $STACK_DIR/secrets (stack/secret.sh)
-# and never put on a command line: PostgreSQL's superuser password (scram-sha-256; clients use
-# the libpq password file `pgpass`, the registry gets it through its environment, Connect's
-# sinks through Connect's directory config provider), Connect's REST password (HTTP Basic,
-# user `connect`), and Kafka's: the broker's own (SASL/PLAIN between broker and controller) and
-# one file per SASL/SCRAM user in secrets/kafka/ (the stack makes `operator`, a super user, and
-# `connect`; applications add theirs). `.stack/env` names the files, not the secrets, and gives
-# the operator's login: KAFKA_SECURITY_CONFIG, KAFKA_SASL_PASSWORD_FILE, and
-# KAFKA_CLIENT_PROPERTIES for the Java tools (`--command-config`).
+# and never put on a command line: PostgreSQL's superuser password (scram-sha-256; for set-up
+# only: the libpq password file `pgpass`), the registry's own database role's (`registry`, owner
+# of its database; through its environment), Connect's REST password (HTTP Basic, user
+# `connect`), and Kafka's: the broker's own (SASL/PLAIN between broker and controller) and one
+# file per SASL/SCRAM user in secrets/kafka/ (the stack makes `operator`, a super user, and
+# `connect`; applications add theirs). Connect's directory config provider may read
+# $SECRETS_DIR/connect only (CONNECT_SECRETS_DIR): the apps put there what their connectors
+# reference. `.stack/env` names the files, not the secrets, and gives the operator's Kafka login:
+# KAFKA_SECURITY_CONFIG, KAFKA_SASL_PASSWORD_FILE, and KAFKA_CLIENT_PROPERTIES for the Java
+# tools (`--command-config`).
 #
 # STACK_APPS is a file of application processes, one per line:
 #   app NAME [instances=N] [stop=S] [warm=1] READY_URL COMMAND...
@@ -68,6 +70,7 @@ DIST=$STACK_DIR/dist
 LOGS=$STACK_DIR/logs
 RUN=$STACK_DIR/run
 SECRETS_DIR=$STACK_DIR/secrets
+CONNECT_SECRETS_DIR=$SECRETS_DIR/connect  # the only files Connect's config provider may read
 PG_USER=postgres
 CONNECT_USER=connect
 export PGPASSFILE=$SECRETS_DIR/pgpass  # libpq's password file: this script's psql calls too
@@ -189,7 +192,8 @@ write_secrets() { # the generated secrets, and the files derived from them
    printf '127.0.0.1:%s:*:%s:%s\nlocalhost:%s:*:%s:%s\n' "$PG_PORT" "$PG_USER" "$pw" "$PG_PORT" "$PG_USER" "$pw" >"$PGPASSFILE.tmp"
    mv "$PGPASSFILE.tmp" "$PGPASSFILE"
    printf '%s=%s\n' "$CONNECT_USER" "$(cat "$(secret connect-password)")" >"$SECRETS_DIR/connect-users.properties.tmp"
-   mv "$SECRETS_DIR/connect-users.properties.tmp" "$SECRETS_DIR/connect-users.properties")
+   mv "$SECRETS_DIR/connect-users.properties.tmp" "$SECRETS_DIR/connect-users.properties"
+   mkdir -p "$CONNECT_SECRETS_DIR")  # Connect refuses an allowed path that does not exist
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -222,6 +226,7 @@ up_postgres() {
       pg_psql -qc "create database \"$db\"" postgres
     fi
   done
+  pg_own_database registry registry-db-password
 }
 
 pg_psql() { psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -w "$@"; } # -w: the password file or fail
@@ -235,6 +240,26 @@ pg_require_password() { # a cluster made before password auth: set the password,
     | pg_psql -q -f - postgres
   as_pg sed -i -E 's/^([^#]*[[:space:]])trust([[:space:]]|$)/\1scram-sha-256\2/' "$data/pg_hba.conf"
   as_pg "$PG_BIN/pg_ctl" -D "$data" reload >/dev/null
+}
+
+pg_own_database() { # pg_own_database DB SECRET: DB owned by its own login role DB (password: SECRET),
+  # with everything in it (what the superuser of an older stack created); no one else connects
+  local db=$1
+  # the statements on stdin, not on a command line; password_encryption=scram-sha-256 hashes it
+  pg_psql -q -v ON_ERROR_STOP=1 -f - "$db" <<EOF
+SELECT 'CREATE ROLE "$db"' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$db')\gexec
+ALTER ROLE "$db" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '$(cat "$(secret "$2")")';
+ALTER DATABASE "$db" OWNER TO "$db";
+REVOKE ALL ON DATABASE "$db" FROM PUBLIC;
+DO \$\$ DECLARE r record; BEGIN
+  FOR r IN SELECT c.oid::regclass AS rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'
+      AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND c.relowner <> '$db'::regrole
+      AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                      AND d.objid = c.oid AND d.deptype IN ('a', 'i'))
+  LOOP EXECUTE format('ALTER TABLE %s OWNER TO %I', r.rel, '$db'); END LOOP;
+END \$\$;
+EOF
 }
 
 down_postgres() {
@@ -374,15 +399,15 @@ registry_ok() { http_ok "$REGISTRY_URL/apis/ccompat/v7/subjects"; }
 up_registry() {
   alive registry && { wait_until registry registry_ok; return; }
   say "starting Apicurio Registry on $REGISTRY_URL (storage: PostgreSQL database 'registry')"
-  # the database password through the environment (Quarkus maps APICURIO_DATASOURCE_PASSWORD
+  # its own role's password through the environment (Quarkus maps APICURIO_DATASOURCE_PASSWORD
   # to apicurio.datasource.password), which only its own user can read; not in `ps`
-  APICURIO_DATASOURCE_PASSWORD=$(cat "$(secret postgres-password)") \
+  APICURIO_DATASOURCE_PASSWORD=$(cat "$(secret registry-db-password)") \
   spawn registry -- "$(registry_java)" -Xms128m -Xmx"$REGISTRY_HEAP" -XX:+UseG1GC \
     -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
     -Dquarkus.management.port="$REGISTRY_MGMT_PORT" -Dquarkus.management.host=127.0.0.1 \
     -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=postgresql \
     -Dapicurio.datasource.url="jdbc:postgresql://127.0.0.1:$PG_PORT/registry" \
-    -Dapicurio.datasource.username="$PG_USER" \
+    -Dapicurio.datasource.username=registry \
     -jar "$DIST/apicurio/quarkus-run.jar"
   wait_until registry registry_ok
 }
@@ -487,6 +512,7 @@ DATABASE_PASSWORD_FILE=$SECRETS_DIR/postgres-password
 CONNECT_URL=$CONNECT_URL
 CONNECT_USER=$CONNECT_USER
 CONNECT_PASSWORD_FILE=$SECRETS_DIR/connect-password
+CONNECT_SECRETS_DIR=$CONNECT_SECRETS_DIR
 PGHOST=127.0.0.1
 PGPORT=$PG_PORT
 PGUSER=$PG_USER

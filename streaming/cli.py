@@ -136,17 +136,12 @@ def _deploy(client: ConnectClient, names: list[str], wait_s: float, directory: P
     """Create/update, then (with a wait) restart what failed and wait until all run: `make up`
     runs this as an init step, so a sink that cannot run fails the start loudly. Nothing is
     deployed when a connector's table exists with another primary key (`sink.tables`)."""
-    from streaming.sink.connect import describe
-    from streaming.sink.render import render_connector
+    from streaming.sink.connect import describe, render_login
     from streaming.sink.tables import check_tables
 
     settings = Settings.from_env()
-    database_url, password_file = settings.database_url, settings.database_password_file
-    configs = {
-        name: render_connector(name, database_url, directory=directory, password_file=password_file)
-        for name in names
-    }
-    check_tables(database_url, configs)
+    configs = {name: render_login(name, settings, directory) for name in names}
+    check_tables(settings.database_url, configs)
     for name, config in configs.items():
         print(f"connectors: {name} {client.deploy(name, config)}")
     if wait_s <= 0:
@@ -296,6 +291,20 @@ def _dbt(args: argparse.Namespace) -> int:
     return run_dbt(dbt_args or ["--help"], load(DatabaseSettings).url)
 
 
+def _db_roles(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from streaming.db_bootstrap import bootstrap_roles
+    from streaming.settings import DatabaseSettings, load
+
+    try:
+        bootstrap_roles(load(DatabaseSettings), say=lambda line: print(f"db-roles: {line}"))
+    except SQLAlchemyError as exc:
+        print(f"db-roles: PostgreSQL: {str(exc.orig or exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _config_reference(args: argparse.Namespace) -> int:
     from streaming.settings import reference_markdown
 
@@ -316,7 +325,9 @@ COMMAND_ENV = {
     f"ALLOWED_HOSTS, DATABASE_URL, PGPASSFILE, PROMETHEUS_MULTIPROC_DIR, {COMMON_ENV}",
     "backfill": f"UDEMY_API_URL, UDEMY_CLIENT_ID, UDEMY_CLIENT_SECRET(_FILE), {COMMON_ENV}",
     "connectors": "CONNECT_URL, CONNECT_USER, CONNECT_PASSWORD_FILE, DATABASE_URL, "
-    "DATABASE_PASSWORD_FILE, PGPASSFILE",
+    "DATABASE_SINK_SECRETS_DIR, DATABASE_PASSWORD_FILE, PGPASSFILE",
+    "db-roles": "DATABASE_URL (the superuser's), PGPASSFILE, DATABASE_ROLES_DIR, "
+    "DATABASE_SINK_SECRETS_DIR",
     "status": f"PIPELINE_API_URL, UDEMY_API_URL, DAGSTER_URL, DATABASE_URL, PGPASSFILE, "
     f"CONNECT_URL, CONNECT_USER, CONNECT_PASSWORD_FILE, <WORKER>_INSTANCES, "
     f"<WORKER>_HEALTH_PORT, {COMMON_ENV}",
@@ -376,6 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for Kafka")
     p.set_defaults(func=_bootstrap)
+    p = sub.add_parser(
+        "db-roles",
+        help="create/align the pipeline's PostgreSQL roles, their grants and password files "
+        "(idempotent; as the superuser)",
+        epilog=_epilog("db-roles"),
+    )
+    p.set_defaults(func=_db_roles)
     p = sub.add_parser(
         "rebuild-stream",
         help="with the stream workers stopped, drop what they derived (valid/fraud, changelogs, "

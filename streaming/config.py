@@ -100,6 +100,7 @@ class Settings:
     connect_url: str = "http://127.0.0.1:8083"
     kafka_extra: dict[str, str] = field(default_factory=dict, repr=False)
     database_password_file: str | None = None
+    database_sink_secrets_dir: str | None = None
     connect_user: str | None = None
     connect_password_file: str | None = None
 
@@ -115,6 +116,7 @@ class Settings:
             connect_url=connect.url,
             kafka_extra=kafka_security(kafka),
             database_password_file=database.password_file,
+            database_sink_secrets_dir=database.sink_secrets_dir,
             connect_user=connect.user,
             connect_password_file=connect.password_file,
         )
@@ -127,6 +129,24 @@ class Settings:
         if not self.connect_password_file:
             raise ConfigError("CONNECT_USER is set: CONNECT_PASSWORD_FILE must name its password")
         return self.connect_user, read_secret(self.connect_password_file, "CONNECT_PASSWORD_FILE")
+
+    def sink_login(self, connector: str) -> tuple[str, str | None]:
+        """The database URL and password file the declared sink `connector` logs in with: its
+        own role (`streaming.db_roles`) and that role's password in DATABASE_SINK_SECRETS_DIR;
+        without that directory, DATABASE_URL's user and DATABASE_PASSWORD_FILE."""
+        from sqlalchemy.engine import make_url
+
+        from streaming.db_roles import sink_role
+        from streaming.pipeline import SINKS
+
+        if not self.database_sink_secrets_dir:
+            return self.database_url, self.database_password_file
+        spec = next((s for s in SINKS if s.connector == connector), None)
+        if spec is None:
+            raise ConfigError(f"{connector!r} is no sink of streaming/pipeline.py: no role")
+        user = sink_role(spec)
+        url = make_url(self.database_url).set(username=user).render_as_string(False)
+        return url, str(Path(self.database_sink_secrets_dir) / user)
 
     def kafka_config(self, **overrides: object) -> dict[str, object]:
         """Base librdkafka config: bootstrap servers, security extras, then overrides."""

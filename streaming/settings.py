@@ -85,7 +85,20 @@ class DatabaseSettings(_Component):
         "libpq's PGPASSFILE)",
     )
     password_file: str | None = Field(
-        None, description="the password, for Connect's sinks (a config-provider reference)"
+        None,
+        description="the password of DATABASE_URL's user, for a connector without a role of "
+        "its own (a config-provider reference)",
+    )
+    roles_dir: str | None = Field(
+        None,
+        description="where `reviews db-roles` keeps each role's password (`<role>`, mode 0600, "
+        "generated when missing) and each service's libpq password file (`<service>.pgpass`)",
+    )
+    sink_secrets_dir: str | None = Field(
+        None,
+        description="the sinks' roles' passwords (`<role>`), the one directory Connect's config "
+        "provider may read (unset: the sinks log in as DATABASE_URL's user with "
+        "DATABASE_PASSWORD_FILE)",
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -172,14 +172,12 @@ class ConnectClient:
     def deploy_all(
         self, database_url: str | None = None, directory: Path = CONNECTORS_DIR
     ) -> dict[str, DeployResult]:
-        """Deploy every connector kept as configuration, connected to DATABASE_URL; none when
-        one's table exists with another primary key (IncompatibleTable, `sink.tables`)."""
+        """Deploy every connector kept as configuration (`render_login`); none when one's
+        table exists with another primary key (IncompatibleTable, `sink.tables`)."""
         settings = Settings.from_env()
         url = database_url or settings.database_url
         configs = {
-            name: render_connector(
-                name, url, directory=directory, password_file=settings.database_password_file
-            )
+            name: render_login(name, replace(settings, database_url=url), directory)
             for name in declared_connectors(directory)
         }
         check_tables(url, configs)
@@ -240,6 +238,16 @@ class ConnectClient:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"connector {name} after {timeout_s:.0f}s: {describe(last)}")
             time.sleep(POLL_INTERVAL_S)
+
+
+def render_login(name: str, settings: Settings, directory: Path = CONNECTORS_DIR) -> dict[str, str]:
+    """Connector `name`'s config to deploy: a declared sink logs in as its own role
+    (`Settings.sink_login`), a connector of another directory as DATABASE_URL's user."""
+    if directory == CONNECTORS_DIR:
+        url, password_file = settings.sink_login(name)
+    else:
+        url, password_file = settings.database_url, settings.database_password_file
+    return render_connector(name, url, directory=directory, password_file=password_file)
 
 
 def describe(state: ConnectorState | None) -> str:

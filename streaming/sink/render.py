@@ -6,8 +6,8 @@ deriving the JDBC settings from the one DATABASE_URL keeps both on the same data
 credentials out of the repository. No password ever enters a connector config: DATABASE_URL
 must not hold one (the Python clients take it from libpq's PGPASSFILE), and the sink's is a
 reference, `${dir:DIR:NAME}`, that Connect's DirectoryConfigProvider resolves to the content
-of DATABASE_PASSWORD_FILE when it starts a task; Connect's config topic and REST answers hold
-only the reference.
+of the password file when it starts a task; Connect's config topic and REST answers hold only
+the reference. The caller picks the login: a declared sink's own role (`Settings.sink_login`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
 from streaming.config import Settings
+from streaming.db_roles import ROLES
 
 STACK = Path(__file__).resolve().parents[2] / ".stack"
 GENERATED = (
@@ -20,6 +21,9 @@ GENERATED = (
     "postgres-password",
     "connect-password",
     "udemy-client-secret",
+    "registry-db-password",
+    *(f"connect/{r.name}" for r in ROLES if r.login == "connect"),
+    *(f"postgres-roles/{r.name}" for r in ROLES if r.login == "libpq"),
 )
 CONNECT_CONFIG_TOPIC = "_connect-configs"
 CHUNK = 1 << 20

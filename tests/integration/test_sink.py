@@ -25,6 +25,7 @@ from streaming.api.read import STAT_COLUMNS, get_engine, router
 from streaming.cli import main
 from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame
+from streaming.db_roles import SINK_ROLES, pgpass_line
 from streaming.serde import AvroEncoder, Registry
 from streaming.sink.connect import ConnectClient, ConnectError
 from streaming.sink.render import (
@@ -87,13 +88,15 @@ class Sink:
         return f"{self.schema}.{committed.rpartition('.')[2]}"
 
     def config(self, connector: str, **overrides: str) -> dict[str, str]:
+        """As deployed, logged in as the sink's own role (`Settings.sink_login`)."""
+        url, password_file = self.settings.sink_login(connector)
         return render_connector(
             connector,
-            self.settings.database_url,
+            url,
             topic=self.topics[connector],
             table=self.table(connector),
             overrides={"errors.deadletterqueue.topic.name": self.topics["dlq"], **overrides},
-            password_file=self.settings.database_password_file,
+            password_file=password_file,
         )
 
     def deploy(self, connector: str, **overrides: str) -> str:
@@ -160,8 +163,10 @@ def sink(
         admin, "sinktest", ["long-term-stats", "recent-stats", "udemy-reviews", "dlq"], 2
     )
     schema = f"sinktest_{tag}"
-    with db.begin() as conn:
+    sink_roles = ", ".join(f'"{r.name}"' for r in SINK_ROLES)
+    with db.begin() as conn:  # where the sinks' roles create their tables, as in `public`
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        conn.execute(sa.text(f'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO {sink_roles}'))
     env = Sink(settings, connect, db, tag, schema, topics)
     yield env
     for name in env.deployed:  # stopped first, so no task consumer rejoins a deleted group
@@ -498,6 +503,7 @@ def test_deploy_is_idempotent_from_code_and_cli(
     config = {k: v for k, v in sink.config("recent-stats").items() if k not in CONNECTION_KEYS}
     (tmp_path / f"{name}.json").write_text(json.dumps(config))
     sink.deployed.append(name)
+    password_file = login_as_sink(sink.settings, "recent-stats", tmp_path, monkeypatch)
 
     assert main(["connectors", "deploy", "--config-dir", str(tmp_path), "--wait", "90"]) == 0
     assert f"connectors: {name} created" in capsys.readouterr().out
@@ -508,8 +514,7 @@ def test_deploy_is_idempotent_from_code_and_cli(
     # the password as a reference Connect resolves: in the config, and in Connect's answers,
     # only the reference; a password in DATABASE_URL is refused, nothing deployed
     stored = sink.connect._request("GET", f"/connectors/{name}/config").json()
-    password_file = sink.settings.database_password_file
-    assert password_file and stored["connection.password"] == secret_reference(password_file)
+    assert stored["connection.password"] == secret_reference(password_file)
     secret = Path(password_file).read_text().strip()
     assert secret not in json.dumps(stored)
     monkeypatch.setenv("DATABASE_URL", url_with_password(sink.settings.database_url))
@@ -524,12 +529,34 @@ def test_deploy_is_idempotent_from_code_and_cli(
     assert "MISSING" in capsys.readouterr().out
 
 
+def login_as_sink(
+    settings: Settings, connector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """The environment of a connector of another directory (`--config-dir`), which logs in as
+    DATABASE_URL's user with DATABASE_PASSWORD_FILE: the declared sink `connector`'s role, whose
+    password Connect may read (the superuser's it may not); its password file."""
+    url, password_file = settings.sink_login(connector)
+    assert password_file, "make up sets DATABASE_SINK_SECRETS_DIR"
+    pgpass = tmp_path / "pgpass"  # for the deploy's own check of the tables, through libpq
+    user = sa.make_url(url).username or ""
+    pgpass.write_text(pgpass_line(user, Path(password_file).read_text().strip()) + "\n")
+    pgpass.chmod(0o600)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("DATABASE_PASSWORD_FILE", password_file)
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    return password_file
+
+
 def url_with_password(database_url: str) -> str:
     return sa.make_url(database_url).set(password="not-checked").render_as_string(False)
 
 
 def test_deploy_refuses_a_reviews_table_keyed_by_id_and_modified(
-    sink: Sink, settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sink: Sink,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A `reviews` table created by the config before the Kafka-coordinates key cannot take
     the sink's upserts: deploy changes nothing and says what to do; without it, deploy works
@@ -538,6 +565,7 @@ def test_deploy_refuses_a_reviews_table_keyed_by_id_and_modified(
     table = sink.table("udemy-reviews")
     config = {k: v for k, v in sink.config("udemy-reviews").items() if k not in CONNECTION_KEYS}
     (tmp_path / f"{name}.json").write_text(json.dumps(config))
+    login_as_sink(settings, "udemy-reviews", tmp_path, monkeypatch)
     with sink.db.begin() as conn:
         conn.execute(
             sa.text(
