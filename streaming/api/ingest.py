@@ -204,7 +204,9 @@ def _unavailable(reason: str) -> JSONResponse:
 
 
 router = APIRouter()
-_BEARER = HTTPBearer(auto_error=False, description="The writer token (PIPELINE_API_TOKEN)")
+_BEARER = HTTPBearer(
+    auto_error=False, description="The writer token (in the file PIPELINE_API_TOKEN_FILE names)"
+)
 
 
 def require_writer(request: Request, _: Any = Depends(_BEARER)) -> None:  # noqa: B008
