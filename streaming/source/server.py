@@ -17,7 +17,6 @@ Run it with `python -m streaming.source.server` (see `main` for the environment 
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import math
 import secrets
@@ -133,27 +132,41 @@ class TokenBucket:
             return (1 - self._tokens) / self.rate
 
 
+def _unauthorized(reason: str) -> HTTPException:
+    return HTTPException(401, reason, _WWW_AUTHENTICATE)
+
+
+def basic_credentials(header: str | None) -> tuple[bytes, bytes]:
+    """(user, password) of an `Authorization: Basic` header value, as bytes (compared as such:
+    whatever the client's encoding); 401 with DRF's reasons for anything else, since a client
+    may send any bytes (a header value arrives as latin-1 text) and that is its error, not ours."""
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        raise _unauthorized("Authentication credentials were not provided.")
+    if not token.strip():
+        raise _unauthorized("Invalid basic header. No credentials provided.")
+    try:  # ValueError: not base64, or not ASCII at all (binascii.Error is one)
+        user, sep, password = base64.b64decode(token.strip(), validate=True).partition(b":")
+    except ValueError:
+        raise _unauthorized(
+            "Invalid basic header. Credentials not correctly base64 encoded."
+        ) from None
+    if not sep:
+        raise _unauthorized("Invalid basic header. Credentials must be user:password.")
+    return user, password
+
+
 def _basic_auth(client_id: str, client_secret: str) -> Callable[[Request], Awaitable[None]]:
     """The auth dependency; async (like all handlers here) so FastAPI runs it on the event loop
     instead of hopping to its thread pool."""
     expected = (client_id.encode(), client_secret.encode())
 
     async def authenticate(request: Request) -> None:
-        header = request.headers.get("authorization")
-        if not header:
-            raise HTTPException(
-                401, "Authentication credentials were not provided.", _WWW_AUTHENTICATE
-            )
-        scheme, _, token = header.partition(" ")
-        try:
-            user, sep, password = base64.b64decode(token, validate=True).partition(b":")
-        except binascii.Error:
-            user, sep, password = b"", b"", b""
-        valid = scheme.lower() == "basic" and bool(sep)
-        valid &= secrets.compare_digest(user, expected[0])
+        user, password = basic_credentials(request.headers.get("authorization"))
+        valid = secrets.compare_digest(user, expected[0])
         valid &= secrets.compare_digest(password, expected[1])
         if not valid:
-            raise HTTPException(401, "Invalid username/password.", _WWW_AUTHENTICATE)
+            raise _unauthorized("Invalid username/password.")
 
     return authenticate
 
