@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from streaming.api import auth, ingest, read
-from streaming.api.serving import multiprocess_dir, serve_http_extras
+from streaming.api.serving import HTTP_PROTOCOL, multiprocess_dir, serve_http_extras
 from streaming.config import ConfigError, Settings, bind_host, registry_client_config
 from streaming.ingest.producer import REVIEWS_TOPIC, ReviewProducer
 from streaming.settings import ApiSettings, load
@@ -96,6 +96,7 @@ def main() -> None:
         port=port,
         workers=workers,
         access_log=False,
+        http=HTTP_PROTOCOL,
     )
 
 

@@ -31,7 +31,7 @@ import orjson
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 
-from streaming.api.serving import serve_http_extras
+from streaming.api.serving import HTTP_PROTOCOL, serve_http_extras
 from streaming.config import bind_host
 from streaming.settings import SourceSettings, load
 from streaming.source.catalogue import Catalogue
@@ -338,7 +338,9 @@ def main() -> None:
         rate_limit_per_s=source.rate_limit,
     )
     # No access log: one line per page would cost more than serving it in a backfill.
-    uvicorn.run(app, host=bind_host(), port=port, access_log=False, log_level="info")
+    uvicorn.run(
+        app, host=bind_host(), port=port, access_log=False, log_level="info", http=HTTP_PROTOCOL
+    )
 
 
 if __name__ == "__main__":
