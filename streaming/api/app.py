@@ -6,13 +6,13 @@ PIPELINE_API_WORKERS [2], PIPELINE_API_TOKEN_FILE (required: the writer token of
 settings of streaming.config (DATABASE_URL for the read side).
 
 `GET /health` is 200 `ok` only while the producer can write (a broker connection up, no fatal
-error), else 503 with the reason; `GET /metrics` is Prometheus' (`streaming.api.serving`).
+error), else 503 with the reason (ours, never the broker's text or the pid: it is public);
+`GET /metrics` is Prometheus' (`streaming.api.serving`).
 """
 
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -71,8 +71,8 @@ def create_app(
     async def health() -> JSONResponse:
         problem = app.state.kafka.problem()
         if problem is None:
-            return JSONResponse({"status": "ok", "pid": os.getpid()})
-        return JSONResponse({"status": "degraded", "kafka": problem, "pid": os.getpid()}, 503)
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "degraded", "kafka": problem}, 503)
 
     return app
 

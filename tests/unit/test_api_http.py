@@ -3,9 +3,11 @@ lifespan (which starts the producer) not run and the state it sets given by hand
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
+from confluent_kafka import KafkaError
 from fastapi.testclient import TestClient
 
 from streaming.api import ingest
@@ -45,3 +47,20 @@ def test_a_malformed_authorization_header_is_a_401_with_the_reason(
     assert "Authorization: Bearer <token>" in response.json()["detail"]
     assert response.headers["WWW-Authenticate"] == "Bearer"
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_health_says_ok_and_nothing_about_the_process(api: TestClient) -> None:
+    api.app.state.kafka.on_stats(json.dumps({"brokers": {"b0": {"nodeid": 0, "state": "UP"}}}))
+    response = api.get("/health")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_health_of_a_kafka_down_gives_our_reason_not_the_broker_s_text(api: TestClient) -> None:
+    link: ingest.KafkaLink = api.app.state.kafka
+    link.on_error(
+        KafkaError(KafkaError._ALL_BROKERS_DOWN, "kafka-0.internal:9092/0: Connect refused")
+    )
+    link.on_stats(json.dumps({"brokers": {"b0": {"nodeid": 0, "state": "DOWN"}}}))
+    response = api.get("/health")
+    assert response.status_code == 503
+    assert response.json() == {"status": "degraded", "kafka": "no Kafka broker reachable"}
