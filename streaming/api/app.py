@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from streaming.api import auth, ingest, read
 from streaming.api.serving import HTTP_PROTOCOL, multiprocess_dir, serve_http_extras
@@ -56,7 +57,7 @@ def create_app(
         app.state.producer.close()
         del app.state.producer  # the last reference: librdkafka's client goes with it
 
-    app = FastAPI(
+    app = FastAPIOffline(  # Swagger UI and ReDoc from the package, not a CDN
         title="Course reviews pipeline API",
         version="1",
         description="Ingest reviews into Kafka and read the per-course rating statistics.",

@@ -8,6 +8,9 @@
 - A request whose Host header is not one of ALLOWED_HOSTS gets 400 before any route runs:
   a web page that re-points its own name at 127.0.0.1 (DNS rebinding) cannot read or write
   through the browser (`streaming.config.TrustedHosts`).
+- An HTML page (the docs: Swagger UI and ReDoc, whose assets `fastapi_offline` serves from
+  the installed package, never a CDN: the page where a writer pastes the token runs no script
+  from elsewhere) carries a Content-Security-Policy that allows this origin only (`DocsPolicy`).
 - A request whose head (request line and headers) is over MAX_REQUEST_HEAD_BYTES gets 431 and
   the connection closed, from uvicorn's protocol (`HTTP_PROTOCOL`): uvicorn with httptools
   caps nothing by itself, so an 8 MB header reached the app whole.
@@ -26,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from streaming.config import MAX_REQUEST_HEAD_BYTES, TrustedHosts
@@ -100,6 +103,37 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+DOCS_POLICY = (
+    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; worker-src 'self' blob:; frame-ancestors 'none'"
+)
+"""What the docs pages may load: this origin's assets and the pages' own inline set-up."""
+
+
+class DocsPolicy:
+    """ASGI middleware: DOCS_POLICY on every HTML answer (the APIs' others are JSON or text)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = Headers(raw=message["headers"])
+                if headers.get("content-type", "").startswith("text/html"):
+                    message["headers"] = [
+                        *message["headers"],
+                        (b"content-security-policy", DOCS_POLICY),
+                    ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_policy)
+
+
 class TrustedHostGuard:
     """ASGI middleware: 400 for a Host header that is not trusted."""
 
@@ -118,14 +152,16 @@ class TrustedHostGuard:
 
 
 def serve_http_extras(app: FastAPI, trusted: TrustedHosts | None = None) -> CollectorRegistry:
-    """Add `/metrics` and the trusted-host check to `app`; the registry is the app's own (an
-    app created twice in one process, as tests do, must not register its metrics twice)."""
+    """Add `/metrics`, the trusted-host check and the docs' policy to `app`; the registry is
+    the app's own (an app created twice in one process, as tests do, must not register its
+    metrics twice)."""
     registry = CollectorRegistry(auto_describe=True)
     Instrumentator(
         excluded_handlers=["/metrics"],
         should_group_status_codes=False,
         registry=registry,
     ).instrument(app).expose(app, include_in_schema=False)
+    app.add_middleware(DocsPolicy)
     app.add_middleware(TrustedHostGuard, trusted=trusted or TrustedHosts.from_env())
     return registry
 

@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 import orjson
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi_offline import FastAPIOffline
 
 from streaming.api.serving import HTTP_PROTOCOL, serve_http_extras
 from streaming.config import bind_host
@@ -252,7 +253,7 @@ def create_app(
     if rate_limit_per_s is not None:
         burst = rate_limit_burst if rate_limit_burst is not None else max(1.0, rate_limit_per_s)
         guards.append(Depends(_throttle(TokenBucket(rate_limit_per_s, burst, clock))))
-    app = FastAPI(
+    app = FastAPIOffline(  # Swagger UI and ReDoc from the package, not a CDN
         title="Local Udemy-compatible review API",
         description=__doc__,
         docs_url=f"{BASE_PATH}/docs",

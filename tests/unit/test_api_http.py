@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 from confluent_kafka import KafkaError
@@ -64,3 +65,16 @@ def test_health_of_a_kafka_down_gives_our_reason_not_the_broker_s_text(api: Test
     response = api.get("/health")
     assert response.status_code == 503
     assert response.json() == {"status": "degraded", "kafka": "no Kafka broker reachable"}
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_load_nothing_from_another_host(api: TestClient, page: str) -> None:
+    response = api.get(page)
+    assert response.status_code == 200
+    html = response.text
+    assert "https://" not in html and "http://" not in html and "//cdn" not in html
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    assert any(a.endswith(".js") for a in assets), html
+    for asset in assets:
+        assert api.get(asset).status_code == 200, asset
+    assert "default-src 'self'" in response.headers["content-security-policy"]
