@@ -18,6 +18,7 @@ import http.client
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -153,6 +154,9 @@ class WorkerMetrics:
 
     worker: str
     instance: str
+    incarnation: str = field(default_factory=lambda: secrets.token_hex(8))
+    """Which start of the instance this is, new with every process: how a supervisor tells a
+    restart from /health, which is public and so shows no pid."""
     started_at: float = field(default_factory=time.time)
     records_in: int = 0
     records_out: Counter[str] = field(default_factory=Counter)
@@ -204,7 +208,7 @@ class WorkerMetrics:
         return {
             "worker": self.worker,
             "instance": self.instance,
-            "pid": os.getpid(),
+            "incarnation": self.incarnation,
             "status": status,
             "reason": reason,
             "uptime_s": round(time.time() - self.started_at, 1),
