@@ -198,7 +198,9 @@ def test_a_supervised_process_that_is_down_is_restarting_not_dead() -> None:
     assert assess_worker(starting, silent_once.snapshot, now + 615).state == STALLED
     other = WorkerStatus("w", 8, True, None, {"state": "running", "started": now}, True)
     assert assess_worker(other, silent_once.snapshot, now + 615).state == SLOW  # a new process
-    answered = assess_worker(WorkerStatus("w", 7, True, health(incarnation="7")), silent_once.snapshot)
+    answered = assess_worker(
+        WorkerStatus("w", 7, True, health(incarnation="7")), silent_once.snapshot
+    )
     assert answered.state == OK
     assert assess_worker(starting, answered.snapshot, now + 630).state == SLOW  # streak reset
     held = WorkerStatus("w", None, None, None, {"state": "held", "held_reason": "why"}, True)
