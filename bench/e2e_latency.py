@@ -28,7 +28,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_result
-from streaming.api.auth import client_token
+from streaming.api.auth import client_token_file
 from streaming.config import Settings
 
 UNDEFINED_TABLE = "42P01"
@@ -84,7 +84,7 @@ def load(
             "E2E_BASE": str(base),
             "E2E_COUNT": str(count),
             "E2E_OUT": str(out),
-            "E2E_TOKEN": client_token(),  # the environment, not the command line `ps` shows
+            "E2E_TOKEN_FILE": str(client_token_file()),  # its path: the value stays in the file
         }
         # wrk runs for its whole -d, even once the script stopped sending: the schedule plus
         # a margin for the last answers (those missing then are reported as unanswered)

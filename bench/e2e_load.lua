@@ -21,7 +21,10 @@ local rate = tonumber(os.getenv("E2E_RATE"))
 local base = tonumber(os.getenv("E2E_BASE"))
 local count = tonumber(os.getenv("E2E_COUNT"))
 local out_path = os.getenv("E2E_OUT")
-local token = os.getenv("E2E_TOKEN")
+-- the writer token from its file (E2E_TOKEN_FILE): never in an argument or the environment
+local token_file = assert(io.open(os.getenv("E2E_TOKEN_FILE"), "r"))
+local token = token_file:read("*l"):gsub("%s+$", "")
+token_file:close()
 
 local sent, slot, answers, start, out = 0, -1, 0, nil, nil
 local template = '{"id":%d,"title":"","content":"","rating":%s,'

@@ -219,7 +219,9 @@ def kill_once(feeder: Feeder, watcher: StatWatcher, url: str, probes: int, n: in
             "instance 0 healthy before the kill", lambda: (health(url) or {}).get("status") == "ok"
         )
         h = health(url) or {}
-    pid = int(h["pid"])
+    pid = procs.read_pid(STATE, f"{AGGREGATOR.name}-0")  # instance 0's (/health shows none)
+    if pid is None:
+        raise SystemExit("instance 0 has no process to kill (is the stack up?)")
     wall, t0 = time.time(), time.monotonic()
     os.kill(pid, signal.SIGKILL)
     courses = [PROBE_BASE + n * 100 + k for k in range(probes)]
@@ -231,7 +233,9 @@ def kill_once(feeder: Feeder, watcher: StatWatcher, url: str, probes: int, n: in
 
     def committed() -> bool:
         b = health(url) or {}
-        if b.get("pid") in (None, pid) or (b.get("first_commit_time") or 0) <= wall:
+        if b.get("incarnation") in (None, h.get("incarnation")):
+            return False  # the killed process's answer, or none
+        if (b.get("first_commit_time") or 0) <= wall:
             return False
         first.append(float(b["first_commit_time"]))
         return True

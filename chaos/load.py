@@ -115,6 +115,21 @@ def source_secret() -> str:
     return Path(path).read_text().strip() if path else "local-secret"
 
 
+def writer_token() -> str:
+    """The pipeline API's writer token, from the file PIPELINE_API_TOKEN_FILE names (read here,
+    not through the pipeline's code: the load stays independent of it). OSError naming the
+    variable, never the value, when there is none."""
+    path = os.environ.get("PIPELINE_API_TOKEN_FILE")
+    if not path:
+        raise OSError(
+            "PIPELINE_API_TOKEN_FILE (the API's writer token file) is not set: . .stack/env"
+        )
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise OSError(f"cannot read PIPELINE_API_TOKEN_FILE {path}: {exc.strerror}") from None
+
+
 def wall_ms() -> int:
     """The wall clock in epoch milliseconds (what `modified` of a fresh version says)."""
     return time.time_ns() // 1_000_000
@@ -920,8 +935,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--post-share", type=float, default=0.6)
     parser.add_argument("--no-sample", action="store_true", help="edit no sample reviews")
     args = parser.parse_args(argv)
-    if not os.environ.get("PIPELINE_API_TOKEN"):
-        parser.error("PIPELINE_API_TOKEN (the API's writer token) is not set: . .stack/env")
+    try:
+        token = writer_token()
+    except OSError as exc:
+        parser.error(str(exc))
     base_id = args.base_id if args.base_id is not None else cli_base_id()
     load = Load(
         api_url=os.environ.get("PIPELINE_API_URL", "http://127.0.0.1:8000"),
@@ -931,7 +948,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         base_id=base_id,
         out_path=args.out,
-        token=os.environ["PIPELINE_API_TOKEN"],
+        token=token,
         post_share=args.post_share,
         sample_url="" if args.no_sample else None,
     )

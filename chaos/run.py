@@ -117,10 +117,13 @@ def wait_until(what: str, check: Callable[[], bool], timeout_s: float) -> float:
     return time.monotonic() - start
 
 
-def first_commit_after(inst: Instance, old_pid: int, wall: float) -> Callable[[], bool]:
+def first_commit_after(inst: Instance, wall: float) -> Callable[[], bool]:
+    """A process of `inst` made its first commit after `wall` (the time of a kill): a new one,
+    as the killed one had made its first before or never (/health shows no pid)."""
+
     def done() -> bool:
         h = inst.health() or {}
-        return h.get("pid") not in (None, old_pid) and (h.get("first_commit_time") or 0) > wall
+        return (h.get("first_commit_time") or 0) > wall
 
     return done
 
@@ -164,8 +167,9 @@ class Killer(threading.Thread):
         if pid is None or not procs.alive(pid):
             return None
         h = self.inst.health() or {}
+        # the answer is the current process's: only one holds the health port
         restoring = h.get("status") == "restoring" or (
-            h.get("pid") == pid and h.get("first_commit_time") is None
+            bool(h) and h.get("first_commit_time") is None
         )
         os.kill(pid, signal.SIGKILL)
         wall = time.time()
@@ -180,7 +184,8 @@ class Killer(threading.Thread):
             pid = self.inst.pid()
             if pid not in (None, old) and procs.alive(pid):
                 h = self.inst.health() or {}
-                if h.get("pid") == pid and h.get("first_commit_time") is not None:
+                # `old` is dead: whoever answers the health port is a replacement
+                if h.get("first_commit_time") is not None:
                     return False  # it committed before we saw it: not a kill during restore
                 return self.kill() is not None
             time.sleep(POLL_S)
@@ -198,10 +203,10 @@ class Killer(threading.Thread):
                 done += 1
                 pid, wall = killed
                 if self.double and done % 2 == 0 and self.kill_replacement(pid):
-                    pid, wall = self.inst.pid() or pid, time.time()
+                    wall = time.time()
                 took = wait_until(
                     f"{self.inst.name} committing after SIGKILL",
-                    first_commit_after(self.inst, pid, wall),
+                    first_commit_after(self.inst, wall),
                     RECOVERY_TIMEOUT_S,
                 )
                 h = self.inst.health() or {}

@@ -436,6 +436,8 @@ class LocalProcessRuntime(WorkerRuntimeResource):
 
     def start(self, name: str) -> WorkerStatus:
         self._known(name)
+        supervised = procs.alive(procs.read_pid(self._state, name, supervisor=True))
+        before = None if supervised else self._incarnation(name)  # a start of no supervisor's
         port = urlparse(self.health_urls[name]).port
         env = {**os.environ, **read_env_file(self._state / "env"), "HEALTH_PORT": str(port)}
         env.update(worker_login_env(self.modules[name], env))  # its own Kafka principal
@@ -449,18 +451,26 @@ class LocalProcessRuntime(WorkerRuntimeResource):
             cwd=self.root,
             stop_timeout_s=self.stop_timeout_s,
         )
-        return self._wait_healthy(name)
+        return self._wait_healthy(name, stale=before)
 
     def restart(self, name: str) -> WorkerStatus:
         """A requested restart through the supervisor; a start when no supervisor runs."""
         self._known(name)
-        before = procs.read_pid(self._state, name)
+        before, incarnation = procs.read_pid(self._state, name), self._incarnation(name)
         if not procs.restart(self._state, name):
             return self.start(name)
-        return self._wait_healthy(name, replacing=before)
+        return self._wait_healthy(name, replacing=before, stale=incarnation)
 
-    def _wait_healthy(self, name: str, replacing: int | None = None) -> WorkerStatus:
-        """Poll until the process in the pid file (not `replacing`) answers its health ok."""
+    def _incarnation(self, name: str) -> str | None:
+        """Which start of the worker answers its health port now (None: none answers)."""
+        return (_fetch_health(self.health_urls[name]) or {}).get("incarnation")
+
+    def _wait_healthy(
+        self, name: str, replacing: int | None = None, stale: str | None = None
+    ) -> WorkerStatus:
+        """Poll until the process in the pid file (not `replacing`) is alive and a start of the
+        worker other than `stale` (the one answering before) answers its health ok: the new
+        process, as only one can hold the port (/health shows no pid)."""
         deadline = time.monotonic() + self.ready_timeout_s
         log = self._state / "logs" / f"{name}.log"
         while True:
@@ -469,7 +479,7 @@ class LocalProcessRuntime(WorkerRuntimeResource):
             if (
                 status.process_alive
                 and status.pid != replacing
-                and health.get("pid") == status.pid
+                and health.get("incarnation") not in (None, stale)
                 and health.get("status") == "ok"
             ):
                 return status

@@ -75,8 +75,14 @@ def _incident(
 
 
 def _rate(snapshot: Mapping[str, Any], last: Mapping[str, Any], now: float) -> dict[str, float]:
-    """Records in per second since the previous evaluation of the same process."""
-    if not snapshot or snapshot.get("pid") != last.get("pid") or now <= last.get("time", now):
+    """Records in per second since the previous evaluation of the same process (the same
+    incarnation: a silent one has none)."""
+    incarnation = snapshot.get("incarnation")
+    if (
+        incarnation is None
+        or incarnation != last.get("incarnation")
+        or now <= last.get("time", now)
+    ):
         return {}
     return {
         "records_in_per_s": round(

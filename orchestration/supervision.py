@@ -42,7 +42,8 @@ class WorkerAssessment:
     state: str
     reason: str
     snapshot: dict[str, Any]
-    """What the next evaluation compares progress with (pid, records_in, transactions, lag)."""
+    """What the next evaluation compares progress with (the process: its pid when silent, its
+    incarnation when it answers; records_in, transactions, lag)."""
 
 
 def _restarting(record: Mapping[str, Any]) -> str:
@@ -96,7 +97,7 @@ def assess_worker(
             return _silent(status, previous or {})
         return WorkerAssessment(DEAD, "its health endpoint does not answer", {})
     snapshot = {
-        "pid": health.get("pid"),
+        "incarnation": health.get("incarnation"),
         "records_in": health.get("records_in", 0),
         "transactions": health.get("transactions", 0),
         "lag": health.get("consumer_lag") or 0,
@@ -111,7 +112,7 @@ def assess_worker(
         )
     if (
         previous
-        and previous.get("pid") == snapshot["pid"]
+        and previous.get("incarnation") == snapshot["incarnation"]
         and previous.get("records_in") == snapshot["records_in"]
         and previous.get("transactions") == snapshot["transactions"]
         and previous.get("lag", 0) > 0

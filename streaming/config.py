@@ -154,6 +154,10 @@ class Settings:
 
 
 DEFAULT_ALLOWED_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_REQUEST_HEAD_BYTES = 16 * 1024
+"""The most a request line and its headers may take on every HTTP service of ours (the APIs
+and the workers' health/metrics servers): past it, 431 before any route or auth check runs,
+and no server holds a client's megabytes of headers in memory."""
 
 
 def bind_host(env: Mapping[str, str] | None = None) -> str:

@@ -6,13 +6,13 @@ PIPELINE_API_WORKERS [2], PIPELINE_API_TOKEN_FILE (required: the writer token of
 settings of streaming.config (DATABASE_URL for the read side).
 
 `GET /health` is 200 `ok` only while the producer can write (a broker connection up, no fatal
-error), else 503 with the reason; `GET /metrics` is Prometheus' (`streaming.api.serving`).
+error), else 503 with the reason (ours, never the broker's text or the pid: it is public);
+`GET /metrics` is Prometheus' (`streaming.api.serving`).
 """
 
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,9 +20,10 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from streaming.api import auth, ingest, read
-from streaming.api.serving import multiprocess_dir, serve_http_extras
+from streaming.api.serving import HTTP_PROTOCOL, multiprocess_dir, serve_http_extras
 from streaming.config import ConfigError, Settings, bind_host, registry_client_config
 from streaming.ingest.producer import REVIEWS_TOPIC, ReviewProducer
 from streaming.settings import ApiSettings, load
@@ -56,7 +57,7 @@ def create_app(
         app.state.producer.close()
         del app.state.producer  # the last reference: librdkafka's client goes with it
 
-    app = FastAPI(
+    app = FastAPIOffline(  # Swagger UI and ReDoc from the package, not a CDN
         title="Course reviews pipeline API",
         version="1",
         description="Ingest reviews into Kafka and read the per-course rating statistics.",
@@ -71,8 +72,8 @@ def create_app(
     async def health() -> JSONResponse:
         problem = app.state.kafka.problem()
         if problem is None:
-            return JSONResponse({"status": "ok", "pid": os.getpid()})
-        return JSONResponse({"status": "degraded", "kafka": problem, "pid": os.getpid()}, 503)
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "degraded", "kafka": problem}, 503)
 
     return app
 
@@ -96,6 +97,7 @@ def main() -> None:
         port=port,
         workers=workers,
         access_log=False,
+        http=HTTP_PROTOCOL,
     )
 
 

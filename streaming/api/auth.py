@@ -5,21 +5,19 @@ The API reads the token from a file (`PIPELINE_API_TOKEN_FILE`, mode 0600; `make
 crash reports would show it. Requests carry it as `Authorization: Bearer <token>`, compared in
 constant time. Reading statistics needs no token.
 
-Clients (the benchmarks, the chaos run, the sample run, the tests) take `PIPELINE_API_TOKEN`,
-which `.stack/env` exports for the shells that source it, or read the same file.
+Clients (the benchmarks, the chaos run, the tests, a shell's curl) read the same file: the
+value is in no variable, so no process's environment (`/proc/PID/environ`) carries it.
 """
 
 from __future__ import annotations
 
 import hmac
-import os
 import stat
 from pathlib import Path
 
 from streaming.settings import ApiSettings, load
 
 TOKEN_FILE_ENV = "PIPELINE_API_TOKEN_FILE"
-CLIENT_TOKEN_ENV = "PIPELINE_API_TOKEN"
 MIN_TOKEN_CHARS = 16
 """Shorter tokens are refused: guessable."""
 
@@ -34,14 +32,18 @@ def read_token_file(path: Path) -> str:
         mode = path.stat().st_mode
         token = path.read_text().strip()
     except OSError as exc:
-        raise TokenError(f"cannot read the writer token file {path}: {exc.strerror}") from None
+        raise TokenError(
+            f"cannot read the writer token file {path} ({TOKEN_FILE_ENV}): {exc.strerror}"
+        ) from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise TokenError(
-            f"the writer token file {path} is readable by others (mode {stat.filemode(mode)}): "
-            f"chmod 600 {path}"
+            f"the writer token file {path} ({TOKEN_FILE_ENV}) is readable by others "
+            f"(mode {stat.filemode(mode)}): chmod 600 {path}"
         )
     if len(token) < MIN_TOKEN_CHARS:
-        raise TokenError(f"the writer token in {path} is under {MIN_TOKEN_CHARS} characters")
+        raise TokenError(
+            f"the writer token in {path} ({TOKEN_FILE_ENV}) is under {MIN_TOKEN_CHARS} characters"
+        )
     return token
 
 
@@ -56,18 +58,22 @@ def server_token() -> str:
     return read_token_file(Path(path))
 
 
-def client_token() -> str:
-    """A client's token: `PIPELINE_API_TOKEN`, else the file `PIPELINE_API_TOKEN_FILE` names."""
-    token = os.environ.get(CLIENT_TOKEN_ENV)
-    if token:
-        return token
+def client_token_file() -> Path:
+    """Where a client finds the token: the file `PIPELINE_API_TOKEN_FILE` names, checked as
+    the API checks it (so a tool that hands the path on fails here, clearly, not later)."""
     path = load(ApiSettings).token_file
-    if path:
-        return read_token_file(Path(path))
-    raise TokenError(
-        f"writing reviews needs the API's writer token: set {CLIENT_TOKEN_ENV} or "
-        f"{TOKEN_FILE_ENV} (`. .stack/env` sets both)"
-    )
+    if not path:
+        raise TokenError(
+            f"writing reviews needs the API's writer token: set {TOKEN_FILE_ENV} to its file "
+            "(`. .stack/env` sets it)"
+        )
+    read_token_file(Path(path))
+    return Path(path)
+
+
+def client_token() -> str:
+    """A client's token, from the file `PIPELINE_API_TOKEN_FILE` names."""
+    return read_token_file(client_token_file())
 
 
 def bearer(token: str) -> dict[str, str]:

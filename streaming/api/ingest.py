@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -95,21 +96,24 @@ STALE_STATS_S = 5.0
 """No report for this long: the producer's poll thread is not serving it."""
 
 
+log = logging.getLogger(__name__)
+
+
 class KafkaLink:
     """Whether the API's producer can write: what `/health` says of Kafka.
 
     Fed by the producer's callbacks (served by its poll thread): the statistics list every
     broker connection's state, a fatal error (an idempotent producer fenced, say) ends it
     for good. Not ok when no broker connection is up, after a fatal error, or when the
-    statistics stopped coming (the poll thread is gone)."""
+    statistics stopped coming (the poll thread is gone). `/health` is public: it says which
+    of these in words of ours; the broker's error text (addresses, versions) goes to the log."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.started = clock()
         self.last_stats: float | None = None
         self.brokers_up = 0
-        self.fatal: str | None = None
-        self.last_error: str | None = None
+        self.fatal = False
 
     def on_stats(self, stats_json: str) -> None:
         brokers = json.loads(stats_json).get("brokers", {}).values()
@@ -119,14 +123,13 @@ class KafkaLink:
         self.last_stats = self.clock()
 
     def on_error(self, err: KafkaError) -> None:
-        self.last_error = err.str()
-        if err.fatal():
-            self.fatal = err.str()
+        log.warning("Kafka producer error: %s (fatal: %s)", err.str(), err.fatal())
+        self.fatal |= err.fatal()
 
     def problem(self) -> str | None:
         """None when writes can go through; otherwise why not, for /health."""
-        if self.fatal is not None:
-            return f"the producer failed fatally: {self.fatal}"
+        if self.fatal:
+            return "the producer failed fatally (the API's log says why)"
         now = self.clock()
         seen = self.last_stats if self.last_stats is not None else self.started
         if now - seen > STALE_STATS_S:
@@ -134,8 +137,7 @@ class KafkaLink:
         if self.last_stats is None:
             return "connecting to Kafka"
         if not self.brokers_up:
-            reason = f": {self.last_error}" if self.last_error else ""
-            return f"no Kafka broker reachable{reason}"
+            return "no Kafka broker reachable"
         return None
 
     def producer_config(self) -> dict[str, Any]:
@@ -204,7 +206,9 @@ def _unavailable(reason: str) -> JSONResponse:
 
 
 router = APIRouter()
-_BEARER = HTTPBearer(auto_error=False, description="The writer token (PIPELINE_API_TOKEN)")
+_BEARER = HTTPBearer(
+    auto_error=False, description="The writer token (in the file PIPELINE_API_TOKEN_FILE names)"
+)
 
 
 def require_writer(request: Request, _: Any = Depends(_BEARER)) -> None:  # noqa: B008

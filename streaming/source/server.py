@@ -17,7 +17,6 @@ Run it with `python -m streaming.source.server` (see `main` for the environment 
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import math
 import secrets
@@ -31,8 +30,9 @@ from urllib.parse import urlencode
 import orjson
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi_offline import FastAPIOffline
 
-from streaming.api.serving import serve_http_extras
+from streaming.api.serving import HTTP_PROTOCOL, serve_http_extras
 from streaming.config import bind_host
 from streaming.settings import SourceSettings, load
 from streaming.source.catalogue import Catalogue
@@ -133,27 +133,41 @@ class TokenBucket:
             return (1 - self._tokens) / self.rate
 
 
+def _unauthorized(reason: str) -> HTTPException:
+    return HTTPException(401, reason, _WWW_AUTHENTICATE)
+
+
+def basic_credentials(header: str | None) -> tuple[bytes, bytes]:
+    """(user, password) of an `Authorization: Basic` header value, as bytes (compared as such:
+    whatever the client's encoding); 401 with DRF's reasons for anything else, since a client
+    may send any bytes (a header value arrives as latin-1 text) and that is its error, not ours."""
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        raise _unauthorized("Authentication credentials were not provided.")
+    if not token.strip():
+        raise _unauthorized("Invalid basic header. No credentials provided.")
+    try:  # ValueError: not base64, or not ASCII at all (binascii.Error is one)
+        user, sep, password = base64.b64decode(token.strip(), validate=True).partition(b":")
+    except ValueError:
+        raise _unauthorized(
+            "Invalid basic header. Credentials not correctly base64 encoded."
+        ) from None
+    if not sep:
+        raise _unauthorized("Invalid basic header. Credentials must be user:password.")
+    return user, password
+
+
 def _basic_auth(client_id: str, client_secret: str) -> Callable[[Request], Awaitable[None]]:
     """The auth dependency; async (like all handlers here) so FastAPI runs it on the event loop
     instead of hopping to its thread pool."""
     expected = (client_id.encode(), client_secret.encode())
 
     async def authenticate(request: Request) -> None:
-        header = request.headers.get("authorization")
-        if not header:
-            raise HTTPException(
-                401, "Authentication credentials were not provided.", _WWW_AUTHENTICATE
-            )
-        scheme, _, token = header.partition(" ")
-        try:
-            user, sep, password = base64.b64decode(token, validate=True).partition(b":")
-        except binascii.Error:
-            user, sep, password = b"", b"", b""
-        valid = scheme.lower() == "basic" and bool(sep)
-        valid &= secrets.compare_digest(user, expected[0])
+        user, password = basic_credentials(request.headers.get("authorization"))
+        valid = secrets.compare_digest(user, expected[0])
         valid &= secrets.compare_digest(password, expected[1])
         if not valid:
-            raise HTTPException(401, "Invalid username/password.", _WWW_AUTHENTICATE)
+            raise _unauthorized("Invalid username/password.")
 
     return authenticate
 
@@ -239,7 +253,7 @@ def create_app(
     if rate_limit_per_s is not None:
         burst = rate_limit_burst if rate_limit_burst is not None else max(1.0, rate_limit_per_s)
         guards.append(Depends(_throttle(TokenBucket(rate_limit_per_s, burst, clock))))
-    app = FastAPI(
+    app = FastAPIOffline(  # Swagger UI and ReDoc from the package, not a CDN
         title="Local Udemy-compatible review API",
         description=__doc__,
         docs_url=f"{BASE_PATH}/docs",
@@ -325,7 +339,9 @@ def main() -> None:
         rate_limit_per_s=source.rate_limit,
     )
     # No access log: one line per page would cost more than serving it in a backfill.
-    uvicorn.run(app, host=bind_host(), port=port, access_log=False, log_level="info")
+    uvicorn.run(
+        app, host=bind_host(), port=port, access_log=False, log_level="info", http=HTTP_PROTOCOL
+    )
 
 
 if __name__ == "__main__":

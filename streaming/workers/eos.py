@@ -516,7 +516,8 @@ class EosWorker(ABC):
                 err = exc.args[0]
                 if not committed_retriable(err) or time.monotonic() > deadline:
                     raise
-                self.metrics.extra["waiting_for"] = "stable committed offsets: " + err.str()
+                # /health is public: the error's name there, its text (the broker's) in the log
+                self.metrics.extra["waiting_for"] = f"stable committed offsets ({err.name()})"
                 waited = True
                 log_event(log, "committed offsets not ready", logging.WARNING, error=str(err))
 
@@ -611,7 +612,7 @@ class EosWorker(ABC):
         alive. Exiting instead would turn a 40 s registry restart into a crash loop."""
         waits = self.metrics.extra.get("service_waits", 0) + 1
         self.metrics.extra["service_waits"] = waits
-        self.metrics.extra["waiting_for"] = str(exc)
+        self.metrics.extra["waiting_for"] = type(exc).__name__  # its text (a URL) in the log
         log_event(
             log,
             "a service is unreachable, aborting and retrying",

@@ -52,7 +52,7 @@ class WorkerCollector(Collector):
             return family
 
         info = InfoMetricFamily(PREFIX, "The worker instance", labels=base)
-        info.add_metric(ids, {"pid": str(snap["pid"])})
+        info.add_metric(ids, {"incarnation": snap["incarnation"]})
         yield info
         status = GaugeMetricFamily(
             f"{PREFIX}_status", "1 for the instance's current status", labels=[*base, "status"]

@@ -14,9 +14,11 @@ from __future__ import annotations
 import bisect
 import ctypes
 import ctypes.util
+import http.client
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -26,9 +28,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, BinaryIO
 
-from streaming.config import TrustedHosts, bind_host
+from streaming.config import MAX_REQUEST_HEAD_BYTES, TrustedHosts, bind_host
 from streaming.core.aggregation import StateLayoutError
 from streaming.pipeline import WorkerSpec
 from streaming.settings import LoopSettings, load
@@ -152,6 +154,9 @@ class WorkerMetrics:
 
     worker: str
     instance: str
+    incarnation: str = field(default_factory=lambda: secrets.token_hex(8))
+    """Which start of the instance this is, new with every process: how a supervisor tells a
+    restart from /health, which is public and so shows no pid."""
     started_at: float = field(default_factory=time.time)
     records_in: int = 0
     records_out: Counter[str] = field(default_factory=Counter)
@@ -203,7 +208,7 @@ class WorkerMetrics:
         return {
             "worker": self.worker,
             "instance": self.instance,
-            "pid": os.getpid(),
+            "incarnation": self.incarnation,
             "status": status,
             "reason": reason,
             "uptime_s": round(time.time() - self.started_at, 1),
@@ -256,6 +261,22 @@ class WorkerMetrics:
                     seen.produced = part["txmsgs"]
 
 
+class _HeadLimit:
+    """A request's input while its headers are read: http.client's parser reads them line by
+    line, up to 100 lines of 64 KiB; past `limit` bytes in all this raises the HTTPException
+    that BaseHTTPRequestHandler answers with 431."""
+
+    def __init__(self, raw: BinaryIO, limit: int) -> None:
+        self.raw, self.left = raw, limit
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self.raw.readline(self.left + 1 if size < 0 else min(size, self.left + 1))
+        self.left -= len(line)
+        if self.left < 0:
+            raise http.client.HTTPException(f"headers over {MAX_REQUEST_HEAD_BYTES} bytes")
+        return line
+
+
 class _IPv6HTTPServer(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
@@ -284,6 +305,15 @@ class HealthServer:
         trusted = trusted or TrustedHosts.from_env()
 
         class Handler(BaseHTTPRequestHandler):
+            def parse_request(self) -> bool:
+                """The standard parsing, the headers capped at MAX_REQUEST_HEAD_BYTES."""
+                stream, limit = self.rfile, MAX_REQUEST_HEAD_BYTES - len(self.raw_requestline)
+                self.rfile = _HeadLimit(stream, limit)  # type: ignore[assignment]
+                try:
+                    return super().parse_request()
+                finally:
+                    self.rfile = stream
+
             def do_GET(self) -> None:
                 if not trusted.allows(self.headers.get("Host")):
                     self.send_error(400, "untrusted Host header")

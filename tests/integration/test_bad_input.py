@@ -622,12 +622,12 @@ def test_poison_in_every_live_input_is_dead_lettered_and_the_workers_keep_their_
     }
 
     def healths() -> dict[str, dict[str, Any]]:
-        """Per worker: the instances' pids and status, and their counters summed."""
+        """Per worker: the instances' incarnations and status, and their counters summed."""
         out = {}
         for name, worker_urls in urls.items():
             docs = [health(u) for u in worker_urls]
             out[name] = {
-                "pids": [d["pid"] for d in docs],
+                "incarnations": [d["incarnation"] for d in docs],
                 "status": "ok" if all(d["status"] == "ok" for d in docs) else "not ok",
                 **{
                     k: sum(d[k] for d in docs)
@@ -738,7 +738,11 @@ def test_poison_in_every_live_input_is_dead_lettered_and_the_workers_keep_their_
     after = healths()
     for name, dead_letters in (("fraud", len(bad)), ("aggregator", 2 * len(bad))):
         b, a = before[name], after[name]
-        assert a["status"] == "ok" and a["pids"] == b["pids"], (b, a, restarts(name))
+        assert a["status"] == "ok" and a["incarnations"] == b["incarnations"], (
+            b,
+            a,
+            restarts(name),
+        )
         assert a["dead_letters"] >= b["dead_letters"] + dead_letters, (b, a)
         assert a["records_in"] > b["records_in"] and a["transactions"] > b["transactions"]
     assert paced_s < PACE_S

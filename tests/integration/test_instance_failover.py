@@ -73,7 +73,8 @@ def test_an_instance_killed_while_its_partner_runs_loses_and_doubles_nothing(
     courses = courses_on_distinct_partitions(base, 8)
     records = history(450, now_ms, courses, first_id=base * 10, seed=29)
     verdicts = with_rule_verdicts(records, rng)
-    partners = {spec.name: health(spec, 1)["pid"] for spec in (AGGREGATOR, FRAUD_FILTER)}
+    partners = {spec.name: health(spec, 1)["incarnation"] for spec in (AGGREGATOR, FRAUD_FILTER)}
+    before = {spec.name: health(spec, 0).get("incarnation") for spec in (AGGREGATOR, FRAUD_FILTER)}
     killed = {}
     third = len(records) // 3
     positions = produce_in_order(settings, records[:third])
@@ -86,7 +87,7 @@ def test_an_instance_killed_while_its_partner_runs_loses_and_doubles_nothing(
         until(
             f"{spec.name}-0 back",
             lambda s=spec: (
-                health(s, 0).get("pid") not in (None, killed[s.name])
+                health(s, 0).get("incarnation") not in (None, before[s.name])
                 and health(s, 0).get("status") == "ok"
             ),
         )
@@ -97,7 +98,7 @@ def test_an_instance_killed_while_its_partner_runs_loses_and_doubles_nothing(
     ids = set(courses) & {r["course"]["id"] for r in records}
     eventually_equal(lambda: topic_stats(settings, ids), expected, "statistics topics")
     for spec in (AGGREGATOR, FRAUD_FILTER):
-        assert health(spec, 1)["pid"] == partners[spec.name], f"{spec.name}-1 kept running"
+        assert health(spec, 1)["incarnation"] == partners[spec.name], f"{spec.name}-1 kept running"
 
 
 def snapshot_files() -> dict[str, list[Path]]:
@@ -116,7 +117,7 @@ def kill_and_wait(spec: WorkerSpec, while_down=lambda: None, spare: bool = False
     no standby copies, the restart reads snapshots), run `while_down` before its supervisor
     may restart it (it is held meanwhile), then wait until it is back and healthy."""
     name = f"{spec.name}-0"
-    pid = procs.read_pid(STACK, name)
+    pid, incarnation = procs.read_pid(STACK, name), health(spec, 0).get("incarnation")
     spare_pid = None if spare else procs.read_record(STACK, name).get("spare_pid")
     procs.hold(STACK, name, "test: snapshots changed while down")
     try:
@@ -132,7 +133,8 @@ def kill_and_wait(spec: WorkerSpec, while_down=lambda: None, spare: bool = False
         # a new incarnation answers "ok" before its first assignment: wait for its restore
         body = health(spec, 0)
         done = body.get("restored_from", {}).keys() >= {"review-versions", "course-stats"}
-        return body.get("pid") not in (None, pid) and body.get("status") == "ok" and done
+        new = body.get("incarnation") not in (None, incarnation)
+        return new and body.get("status") == "ok" and done
 
     until(f"{name} back and restored", restored)
 

@@ -714,7 +714,9 @@ def test_the_runtime_starts_restarts_and_stops_a_real_fraud_filter(
         assert first.health is not None and first.health["worker"] == "fraud-filter"
         assert first.supervised, "the worker runs under a stack.procs supervisor"
         second = runtime.restart("fraud-filter")
-        assert second.pid != first.pid and second.health["pid"] == second.pid
+        assert second.pid != first.pid and second.health is not None
+        assert second.health["incarnation"] != first.health["incarnation"], "the new process's"
+        assert "pid" not in second.health, "/health is public: no pid"
         assert (second.record or {})["restarts"][-1]["requested"], "a requested restart"
         log = (tmp_path / "logs" / "fraud-filter.log").read_text()
         assert '"msg": "stopped"' in log, "SIGTERM lets the worker finish and close cleanly"

@@ -209,13 +209,15 @@ def test_a_killed_service_is_restarted_by_its_supervisor_and_status_says_so_mean
 
 
 def test_the_writer_token_is_a_private_file_and_the_live_api_wants_it():
-    """`make up` generated the token (mode 0600) and `.stack/env` (0600, it holds the token for
-    the shells that source it); the running API refuses a POST without it, takes one with it."""
+    """`make up` generated the token (mode 0600) and `.stack/env` (0600), which names the file
+    and holds no token; the running API refuses a POST without it, takes one with it."""
     root = Path(__file__).resolve().parents[2]
     token_file = Path(os.environ["PIPELINE_API_TOKEN_FILE"])
     for path in (token_file, root / ".stack" / "env"):
         assert path.stat().st_mode & 0o777 == 0o600, path
-    assert token_file.read_text().strip() == os.environ["PIPELINE_API_TOKEN"]
+    token = token_file.read_text().strip()
+    assert token not in (root / ".stack" / "env").read_text()
+    assert token not in "".join(os.environ.values())
     url = f"{os.environ['PIPELINE_API_URL']}/reviews"
     review = {
         "id": 9_000_000_000 + uuid.uuid4().int % 10**9,
@@ -227,7 +229,6 @@ def test_the_writer_token_is_a_private_file_and_the_live_api_wants_it():
     }
     refused = httpx.post(url, json=review, timeout=30)
     assert refused.status_code == 401, refused.text
-    token = os.environ["PIPELINE_API_TOKEN"]
     taken = httpx.post(url, json=review, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert taken.status_code == 201, taken.text
 

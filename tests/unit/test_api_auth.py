@@ -40,22 +40,35 @@ def test_a_missing_file_says_which(tmp_path: Path) -> None:
 
 def test_the_server_reads_only_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(auth.TOKEN_FILE_ENV, raising=False)
-    monkeypatch.setenv(auth.CLIENT_TOKEN_ENV, TOKEN)  # a shell variable, not the API's config
+    monkeypatch.setenv("PIPELINE_API_TOKEN", TOKEN)  # a variable is no source of the token
     with pytest.raises(auth.TokenError, match=auth.TOKEN_FILE_ENV):
         auth.server_token()
 
 
-def test_a_client_takes_the_variable_then_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(auth.TOKEN_FILE_ENV, str(token_file(tmp_path, 0o600)))
-    monkeypatch.setenv(auth.CLIENT_TOKEN_ENV, "from-the-variable-0123")
-    assert auth.client_token() == "from-the-variable-0123"
-    monkeypatch.delenv(auth.CLIENT_TOKEN_ENV)
+def test_a_client_reads_only_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = token_file(tmp_path, 0o600)
+    monkeypatch.setenv(auth.TOKEN_FILE_ENV, str(path))
+    monkeypatch.setenv("PIPELINE_API_TOKEN", "from-a-variable-0123456789")
     assert auth.client_token() == TOKEN
+    assert auth.client_token_file() == path
     monkeypatch.delenv(auth.TOKEN_FILE_ENV)
-    with pytest.raises(auth.TokenError, match="stack/env"):
+    with pytest.raises(auth.TokenError, match=auth.TOKEN_FILE_ENV):
         auth.client_token()
+
+
+@pytest.mark.parametrize("fault", ["missing", "others may read it", "a directory"])
+def test_a_client_without_a_usable_file_is_told_which_variable_never_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    path = token_file(tmp_path, 0o644)
+    if fault != "others may read it":
+        path.unlink()
+    if fault == "a directory":
+        path.mkdir(mode=0o700)
+    monkeypatch.setenv(auth.TOKEN_FILE_ENV, str(path))
+    with pytest.raises(auth.TokenError, match=auth.TOKEN_FILE_ENV) as refused:
+        auth.client_token()
+    assert TOKEN not in str(refused.value)
 
 
 @pytest.mark.parametrize(

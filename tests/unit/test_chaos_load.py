@@ -50,6 +50,7 @@ from chaos.load import (
     producer_style,
     style_key,
     to_json,
+    writer_token,
 )
 from chaos.oracle import DeadLetter, Oracle, ReviewDecoder, problem, without_logical_types
 from streaming.core.fraud import HashFraudModel
@@ -449,3 +450,18 @@ def test_a_stop_event_ends_the_run_early(tmp_path: Path) -> None:
     )
     load.run(60, stop_event=stop)
     assert load.sent == 0
+
+
+def test_the_writer_token_comes_from_its_file_and_errors_name_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "token"
+    path.write_text("a-writer-token-of-32-characters!\n")
+    monkeypatch.setenv("PIPELINE_API_TOKEN_FILE", str(path))
+    assert writer_token() == "a-writer-token-of-32-characters!"
+    path.unlink()
+    with pytest.raises(OSError, match="PIPELINE_API_TOKEN_FILE"):
+        writer_token()
+    monkeypatch.delenv("PIPELINE_API_TOKEN_FILE")
+    with pytest.raises(OSError, match="PIPELINE_API_TOKEN_FILE"):
+        writer_token()

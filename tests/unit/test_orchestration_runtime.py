@@ -56,7 +56,7 @@ def test_start_runs_the_worker_under_a_supervisor_and_waits_for_health(
     status = runtime.start(NAME)
     pid = int((tmp_path / "run" / f"{NAME}.pid").read_text())
     assert status.pid == pid and status.process_alive and status.supervised
-    assert status.health is not None and status.health["pid"] == pid
+    assert status.health is not None and status.health["test_pid"] == pid
     assert status.health["marker"] == "from-the-env-file"
     assert status.health["instance"] == "1", "an instance process gets its WORKER_INSTANCE"
     assert status.record is not None and status.record["state"] == "running"
@@ -72,7 +72,7 @@ def test_a_killed_worker_is_restarted_by_its_supervisor(runtime: LocalProcessRun
     os.kill(pid, signal.SIGKILL)
     status = poll(
         runtime,
-        lambda s: s.pid not in (None, pid) and (s.health or {}).get("pid") == s.pid,
+        lambda s: s.pid not in (None, pid) and (s.health or {}).get("test_pid") == s.pid,
     )
     [crash] = (status.record or {})["restarts"]
     assert crash["pid"] == pid and crash["exit"] == "killed by SIGKILL"
@@ -83,7 +83,7 @@ def test_a_killed_worker_is_restarted_by_its_supervisor(runtime: LocalProcessRun
 def test_restart_and_stop(runtime: LocalProcessRuntime, tmp_path: Path) -> None:
     first = runtime.start(NAME).pid
     restarted = runtime.restart(NAME)
-    assert restarted.pid != first and (restarted.health or {})["pid"] == restarted.pid
+    assert restarted.pid != first and (restarted.health or {})["test_pid"] == restarted.pid
     assert (restarted.record or {})["restarts"][-1]["requested"], "recorded as requested"
     runtime.stop(NAME)
     status = runtime.status(NAME)

@@ -43,7 +43,7 @@ FRAUD_FILTER = WORKERS[0]
 def health(**overrides: Any) -> dict[str, Any]:
     body = {
         "worker": "fraud-filter",
-        "pid": 4242,
+        "incarnation": "4242",
         "status": "ok",
         "records_in": 100,
         "records_out": {"udemy-reviews-valid": 95, "udemy-reviews-fraud": 5},
@@ -171,7 +171,7 @@ def test_stalled_when_it_says_so_or_makes_no_progress_with_lag() -> None:
     assert assess_worker(committed, first.snapshot).state == OK  # e.g. repartition work
     idle = WorkerStatus("w", 1, True, health())
     assert assess_worker(idle, assess_worker(idle, None).snapshot).state == OK  # no lag
-    restarted = WorkerStatus("w", 1, True, health(consumer_lag=500, pid=99))
+    restarted = WorkerStatus("w", 1, True, health(consumer_lag=500, incarnation="99"))
     assert assess_worker(restarted, first.snapshot).state == OK  # a new process: new baseline
 
 
@@ -198,7 +198,9 @@ def test_a_supervised_process_that_is_down_is_restarting_not_dead() -> None:
     assert assess_worker(starting, silent_once.snapshot, now + 615).state == STALLED
     other = WorkerStatus("w", 8, True, None, {"state": "running", "started": now}, True)
     assert assess_worker(other, silent_once.snapshot, now + 615).state == SLOW  # a new process
-    answered = assess_worker(WorkerStatus("w", 7, True, health(pid=7)), silent_once.snapshot)
+    answered = assess_worker(
+        WorkerStatus("w", 7, True, health(incarnation="7")), silent_once.snapshot
+    )
     assert answered.state == OK
     assert assess_worker(starting, answered.snapshot, now + 630).state == SLOW  # streak reset
     held = WorkerStatus("w", None, None, None, {"state": "held", "held_reason": "why"}, True)

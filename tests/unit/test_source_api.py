@@ -1,5 +1,7 @@
 """The local Udemy-compatible review API, through FastAPI's TestClient (no sockets)."""
 
+import base64
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -172,10 +174,32 @@ def test_basic_auth_required(
         assert response.json() == {"detail": detail}
 
 
-def test_malformed_authorization_header(api: TestClient, catalogue: Catalogue) -> None:
-    for header in ("Bearer token", "Basic !!!", "Basic " + "Y2xpZW50"):  # last: no colon
-        response = api.get(reviews_url(catalogue.courses[0].id), headers={"Authorization": header})
-        assert response.status_code == 401
+NOT_BASE64 = "Invalid basic header. Credentials not correctly base64 encoded."
+
+
+@pytest.mark.parametrize(
+    ("header", "detail"),
+    [
+        (b"Bearer token", "Authentication credentials were not provided."),
+        (b"Basic", "Invalid basic header. No credentials provided."),
+        (b"Basic !!!", NOT_BASE64),
+        (b"Basic \xe9\xe9", NOT_BASE64),  # not ASCII: once a 500 and a traceback
+        (b"Basic \xff\xfe\x00", NOT_BASE64),
+        (b"Basic Y2xpZW50", "Invalid basic header. Credentials must be user:password."),
+        (b"Basic " + base64.b64encode(b"\xe9\xff:\x80"), "Invalid username/password."),
+    ],
+)
+def test_a_malformed_authorization_header_is_a_401_with_the_reason_and_no_traceback(
+    api: TestClient,
+    catalogue: Catalogue,
+    caplog: pytest.LogCaptureFixture,
+    header: bytes,
+    detail: str,
+) -> None:
+    response = api.get(reviews_url(catalogue.courses[0].id), headers={"Authorization": header})
+    assert (response.status_code, response.json()) == (401, {"detail": detail})
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="api"'
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 def test_health_needs_no_auth(api: TestClient, catalogue: Catalogue) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import httpx
 import pytest
 
 from streaming.config import clock_from_env
+from streaming.serde import RegistryUnavailable
 from streaming.workers.runtime import (
     ABORT_STREAK,
     COMMIT_STALL_S,
@@ -52,6 +54,15 @@ def test_health_answers_503_when_the_loop_stalls():
         assert answer.status_code == 503 and answer.json()["status"] == "stalled"
     finally:
         server.stop()
+
+
+def test_health_shows_which_start_this_is_but_no_pid() -> None:
+    """/health is public: a supervisor tells a restart by the incarnation, not the pid."""
+    first, second = WorkerMetrics("w", "0"), WorkerMetrics("w", "0")
+    body = first.snapshot(stall_after_s=30)
+    assert "pid" not in body and os.getpid() not in body.values()
+    assert body["incarnation"] == first.snapshot(stall_after_s=30)["incarnation"]
+    assert body["incarnation"] != second.snapshot(stall_after_s=30)["incarnation"]
 
 
 def test_restoring_state_is_alive_not_stalled_until_its_limit():
@@ -155,10 +166,10 @@ def test_an_unreachable_service_is_waited_for_not_a_reason_to_exit(
     monkeypatch.setattr(eos.time, "sleep", slept.append)
     loop = Loop()
     for _ in range(6):
-        eos.EosWorker._wait_for_service(loop, ConnectionError("registry down"))  # type: ignore[arg-type]
+        eos.EosWorker._wait_for_service(loop, RegistryUnavailable("http://registry.internal down"))  # type: ignore[arg-type]
     assert loop.aborts == ["service unreachable"] * 6, "each failed batch is aborted, read again"
     assert slept == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
-    assert loop.metrics.extra["waiting_for"] == "registry down"
+    assert loop.metrics.extra["waiting_for"] == "RegistryUnavailable"  # /health is public
     loop._service_backoff.reset()  # what a commit does: the service answered
     eos.EosWorker._wait_for_service(loop, ConnectionError("registry down again"))  # type: ignore[arg-type]
     assert slept[-1] == 0.5, "after an answer the back-off starts again from its first wait"
