@@ -62,6 +62,9 @@ class Role:
     """Schemas it owns, with every table in them."""
     creates_schemas: bool = False
     """CREATE on the pipeline's database: schemas of its own (scratch ones included)."""
+    temporary: bool = False
+    """TEMPORARY on the pipeline's database: session-private tables (dbt's incremental and
+    partitioned models stage their rows in one)."""
     owns_database: str | None = None
     """A database of its own, with everything in it; it connects to that one only."""
 
@@ -87,6 +90,7 @@ ROLES: tuple[Role, ...] = (
         reads=tuple(_table(s.table) for s in SINKS),
         owns_schemas=("batch", "reconciliation"),
         creates_schemas=True,
+        temporary=True,
     ),
     Role(
         DAGSTER, "Dagster's storage (runs, event logs, schedules)", owns_database=DAGSTER_DATABASE
@@ -173,6 +177,8 @@ def grant_sql(r: Role, database: str) -> Iterator[str]:
     name = quote(r.name)
     if r.creates_schemas:
         yield f"grant create on database {quote(database)} to {name}"
+    if r.temporary:
+        yield f"grant temporary on database {quote(database)} to {name}"
     for schema in r.creates_in:
         yield f"grant usage, create on schema {quote(schema)} to {name}"
     for table in r.owns_tables:
