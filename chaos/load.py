@@ -47,6 +47,7 @@ from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from chaos.oracle import is_fraud, java_text
+from streaming.config import registry_auth
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "review.avsc"
 TOPIC = "udemy-reviews"
@@ -487,11 +488,12 @@ def schema_id(registry_url: str, schema_text: str, attempts: int = 3) -> int:
     """
     url = f"{registry_url.rstrip('/')}/subjects/{SUBJECT}"
     payload = {"schema": schema_text}
+    auth = registry_auth()  # SCHEMA_REGISTRY_USER's, when the registry asks for a login
     for attempt in range(attempts):
         try:
-            r = httpx.post(url, json=payload, timeout=10)
+            r = httpx.post(url, json=payload, auth=auth, timeout=10)
             if r.status_code == 404:
-                r = httpx.post(f"{url}/versions", json=payload, timeout=10)
+                r = httpx.post(f"{url}/versions", json=payload, auth=auth, timeout=10)
             r.raise_for_status()
             return int(r.json()["id"])
         except httpx.HTTPError:

@@ -207,9 +207,9 @@ def render(fronts: list[Front], state: Path, bind: str, hosts_raw: str, as_root:
 
 
 def _whoami() -> str:
-    """`user group` for nginx's workers: whoever started the stack (SUDO_UID's when sudo)."""
-    uid = int(os.environ.get("SUDO_UID", os.getuid()))
-    entry = pwd.getpwuid(uid)
+    """`user group` for nginx's workers: whoever runs the stack (who owns its files), not
+    nginx's default `nobody`, which could read neither the htpasswd files nor the temp dirs."""
+    entry = pwd.getpwuid(os.getuid())
     return f"{entry.pw_name} {grp.getgrgid(entry.pw_gid).gr_name}"
 
 

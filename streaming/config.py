@@ -23,6 +23,7 @@ from streaming.settings import (
     HttpSettings,
     KafkaSettings,
     LoopSettings,
+    PipelineSettings,
     RegistrySettings,
     load,
 )
@@ -169,6 +170,17 @@ def registry_client_config(url: str, env: Mapping[str, str] | None = None) -> di
     if auth:
         config["basic.auth.user.info"] = ":".join(auth)
     return config
+
+
+def dagster_auth(env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """The login of Dagster's webserver behind the stack's proxy (HTTP Basic): DAGSTER_USER,
+    the password read from DAGSTER_PASSWORD_FILE; None without a user."""
+    pipeline = load(PipelineSettings, env)
+    if not pipeline.dagster_user:
+        return None
+    if not pipeline.dagster_password_file:
+        raise ConfigError("DAGSTER_USER is set: DAGSTER_PASSWORD_FILE must name its password")
+    return pipeline.dagster_user, read_secret(pipeline.dagster_password_file, "DAGSTER_PASSWORD_FILE")
 
 
 def redact_url(url: str) -> str:
