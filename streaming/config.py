@@ -180,7 +180,9 @@ def dagster_auth(env: Mapping[str, str] | None = None) -> tuple[str, str] | None
         return None
     if not pipeline.dagster_password_file:
         raise ConfigError("DAGSTER_USER is set: DAGSTER_PASSWORD_FILE must name its password")
-    return pipeline.dagster_user, read_secret(pipeline.dagster_password_file, "DAGSTER_PASSWORD_FILE")
+    return pipeline.dagster_user, read_secret(
+        pipeline.dagster_password_file, "DAGSTER_PASSWORD_FILE"
+    )
 
 
 def redact_url(url: str) -> str:

@@ -180,7 +180,7 @@ def _registry_probe(settings: Settings, env: Mapping[str, str]) -> Probe:
     return _http_probe("registry", f"{settings.schema_registry_url}/subjects", auth)
 
 
-def _dagster_probe(dagster_url: str, auth: tuple[str, str] | None | ConfigError) -> Probe:
+def _dagster_probe(dagster_url: str, auth: tuple[str, str] | ConfigError | None) -> Probe:
     if isinstance(auth, ConfigError):
         return Probe("dagster", False, dagster_url, str(auth))
     return _http_probe("dagster", f"{dagster_url}/server_info", auth)
@@ -247,7 +247,7 @@ def gather(env: Mapping[str, str]) -> Report:
     api, dagster = pipeline.pipeline_api_url, pipeline.dagster_url
     source = source_settings.api_url
     try:
-        login: tuple[str, str] | None | ConfigError = dagster_auth(env)
+        login: tuple[str, str] | ConfigError | None = dagster_auth(env)
     except ConfigError as exc:  # its credentials unusable: shown on its line
         login = exc
     report = Report()
