@@ -11,13 +11,13 @@ the stack's proxy) and the stack's variables (.stack/env).
 
 from __future__ import annotations
 
+import base64
 import sys
 import time
 from urllib.parse import urlparse
 
 import dagster as dg
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
-from requests.auth import HTTPBasicAuth
 
 from orchestration.assets.backfill import courses
 from orchestration.assets.batch import AS_OF_DAYS
@@ -49,11 +49,12 @@ def dagster_client() -> DagsterGraphQLClient:
     """A GraphQL client of DAGSTER_URL, logged in as DAGSTER_USER when one is set."""
     url = urlparse(load(PipelineSettings).dagster_url)
     auth = dagster_auth()
+    basic = base64.b64encode(":".join(auth).encode()).decode() if auth else None
     return DagsterGraphQLClient(
         url.hostname or "127.0.0.1",
         port_number=url.port or 3000,
         use_https=url.scheme == "https",
-        auth=HTTPBasicAuth(*auth) if auth else None,
+        headers={"Authorization": f"Basic {basic}"} if basic else None,
     )
 
 

@@ -20,6 +20,9 @@ GENERATED = (
     "postgres-password",
     "connect-password",
     "udemy-client-secret",
+    "registry-writer-password",
+    "registry-reader-password",
+    "dagster-password",
 )
 CONNECT_CONFIG_TOPIC = "_connect-configs"
 CHUNK = 1 << 20
