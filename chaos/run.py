@@ -43,12 +43,11 @@ from urllib.parse import urlparse
 import dagster as dg
 import httpx
 from confluent_kafka import Consumer, TopicPartition
-from dagster_graphql import DagsterGraphQLClient
 
 from chaos.check import Verdict, run_check
 from chaos.ledger import Floors, Outcome, reaper_aborts
 from chaos.load import Load, parse_answers
-from orchestration.sample_run import wait_for
+from orchestration.sample_run import dagster_client, wait_for
 from orchestration.topology import RECONCILIATION_KEY
 from stack import procs
 from streaming import pipeline
@@ -343,7 +342,7 @@ def caught_up() -> bool:
 def reconcile(out: Outcome, as_of_day: int, since: float) -> None:
     """The reconciliation job in Dagster (so it is in the UI), on the jumped day."""
     url = urlparse(os.environ.get("DAGSTER_URL", "http://127.0.0.1:3000"))
-    client = DagsterGraphQLClient(url.hostname or "127.0.0.1", port_number=url.port or 3000)
+    client = dagster_client()
     op = RECONCILIATION_KEY.to_python_identifier()
     run_id = client.submit_job_execution(
         "reconciliation", run_config={"ops": {op: {"config": {"as_of_day": as_of_day}}}}

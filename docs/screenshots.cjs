@@ -1,7 +1,18 @@
 // Screenshots of the Dagster UI for the README (headless Debian Chromium, playwright-core).
 //   npm install --prefix /tmp/shots playwright-core@1.64.1
+//   set -a; . .stack/env; set +a   # DAGSTER_USER and DAGSTER_PASSWORD_FILE: the UI's login
 //   NODE_PATH=/tmp/shots/node_modules node docs/screenshots.cjs [http://127.0.0.1:3000]
+const fs = require("fs");
 const { chromium } = require("playwright-core");
+
+// the login of the stack's proxy (HTTP Basic): the user, and the password read from its file
+function credentials() {
+  const user = process.env.DAGSTER_USER;
+  const file = process.env.DAGSTER_PASSWORD_FILE;
+  if (!user) return undefined;
+  if (!file) throw new Error("DAGSTER_USER is set: DAGSTER_PASSWORD_FILE must name its password");
+  return { username: user, password: fs.readFileSync(file, "utf8").trim() };
+}
 
 (async () => {
 const base = process.argv[2] ?? "http://127.0.0.1:3000";
@@ -10,7 +21,10 @@ const browser = await chromium.launch({
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
-const page = await browser.newPage({ viewport: { width: 1800, height: 1100 } });
+const page = await browser.newPage({
+  viewport: { width: 1800, height: 1100 },
+  httpCredentials: credentials(),
+});
 
 async function dismissOnboarding() {
   const skip = page.getByRole("button", { name: "Skip" });

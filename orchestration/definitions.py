@@ -2,6 +2,8 @@
 
 Every service address comes from the operating contract's environment variables (`.stack/env`
 locally), read when a run or sensor uses the resource, so one code location serves any stack.
+Those resources are `pinned`: a run config cannot re-point them (only the scratch `schemas`
+are a run's choice).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from orchestration.resources import (
     ReviewSourceResource,
     SchemaRegistryResource,
     SchemasResource,
+    pinned,
 )
 from orchestration.schedules import nightly_batch
 from orchestration.sensors import all_sensors
@@ -57,23 +60,31 @@ defs = dg.Definitions(
     schedules=[nightly_batch],
     sensors=all_sensors,
     resources={
-        "kafka": KafkaResource(bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS")),
-        "schema_registry": SchemaRegistryResource(url=dg.EnvVar("SCHEMA_REGISTRY_URL")),
-        "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
-        "review_source": ReviewSourceResource(
-            api_url=dg.EnvVar("UDEMY_API_URL"),
-            client_id=dg.EnvVar("UDEMY_CLIENT_ID"),
+        "kafka": pinned(KafkaResource(bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS"))),
+        "schema_registry": pinned(SchemaRegistryResource(url=dg.EnvVar("SCHEMA_REGISTRY_URL"))),
+        "postgres": pinned(PostgresResource(database_url=dg.EnvVar("DATABASE_URL"))),
+        "review_source": pinned(
+            ReviewSourceResource(
+                api_url=dg.EnvVar("UDEMY_API_URL"),
+                client_id=dg.EnvVar("UDEMY_CLIENT_ID"),
+            )
         ),
-        "connect": ConnectResource(url=dg.EnvVar("CONNECT_URL")),
+        "connect": pinned(ConnectResource(url=dg.EnvVar("CONNECT_URL"))),
         # Same state directory, process names and health URLs as stack/stack.sh (STACK_DIR,
         # instance i of a worker on its base health port + i).
-        "worker_runtime": LocalProcessRuntime(
-            state_dir=os.environ.get("STACK_DIR", ".stack"),
-            health_urls={
-                name: w.health_url(i) for w in WORKERS for i, name in enumerate(w.instance_names())
-            },
+        "worker_runtime": pinned(
+            LocalProcessRuntime(
+                state_dir=os.environ.get("STACK_DIR", ".stack"),
+                health_urls={
+                    name: w.health_url(i)
+                    for w in WORKERS
+                    for i, name in enumerate(w.instance_names())
+                },
+            )
         ),
         "schemas": SchemasResource(),
-        "dbt": OfflineDbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable()),
+        "dbt": pinned(
+            OfflineDbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable())
+        ),
     },
 )

@@ -1,7 +1,9 @@
 """Dagster resources: the pipeline's services, configured from the operating contract's variables.
 
 Each resource is a thin typed handle over a client the `streaming` package has, so assets and
-sensors never build connections themselves and tests swap a resource for a fake.
+sensors never build connections themselves and tests swap a resource for a fake. The code
+location binds them `pinned`: what they reach (addresses, executables, modules, directories)
+is the deployment's, never a run config's.
 """
 
 from __future__ import annotations
@@ -46,6 +48,21 @@ from streaming.refused import Headers
 from streaming.sink.connect import ConnectClient, ConnectError, ConnectorState
 from streaming.source.client import RetryPolicy, UdemyClient, client_secret_from_env
 from streaming.topic_reader import read_records
+
+
+def pinned(resource: dg.ConfigurableResource) -> dg.ResourceDefinition:
+    """`resource` exactly as the deployment configures it, its EnvVars read in the process
+    that uses it, under an empty run-config schema: Dagster refuses a run config that sets any
+    of its fields, so whoever can launch a run cannot point it at another URL, executable,
+    module or directory (a Python of their own, say, run by the worker runtime)."""
+
+    @dg.resource(config_schema={}, description=type(resource).__doc__)
+    def _pinned(_context: dg.InitResourceContext) -> Iterator[Any]:
+        with resource.process_config_and_initialize_cm() as ready:
+            yield ready
+
+    return _pinned
+
 
 Offsets = dict[tuple[str, int], int]
 """(topic, partition) -> offset."""

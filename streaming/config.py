@@ -24,6 +24,7 @@ from streaming.settings import (
     HttpSettings,
     KafkaSettings,
     LoopSettings,
+    PipelineSettings,
     RegistrySettings,
     load,
 )
@@ -205,21 +206,39 @@ REGISTRY_TIMEOUT_S = 10.0
 accepts a connection and never answers would hang a worker for good."""
 
 
+def registry_auth(env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """The registry's credentials (HTTP Basic) of SCHEMA_REGISTRY_USER, the password read from
+    SCHEMA_REGISTRY_PASSWORD_FILE; None without a user."""
+    registry = load(RegistrySettings, env)
+    if not registry.user:
+        return None
+    if not registry.password_file:
+        raise ConfigError("SCHEMA_REGISTRY_USER is set: SCHEMA_REGISTRY_PASSWORD_FILE must be")
+    return registry.user, read_secret(registry.password_file, "SCHEMA_REGISTRY_PASSWORD_FILE")
+
+
 def registry_client_config(url: str, env: Mapping[str, str] | None = None) -> dict[str, object]:
     """confluent-kafka's SchemaRegistryClient settings: the URL, a timeout, and the
-    credentials of SCHEMA_REGISTRY_USER / SCHEMA_REGISTRY_PASSWORD_FILE as the client's own
-    setting (not in the URL, where every error message would show them)."""
-    registry = load(RegistrySettings, env)
+    credentials of `registry_auth` as the client's own setting (not in the URL, where every
+    error message would show them)."""
     config: dict[str, object] = {"url": url, "timeout": REGISTRY_TIMEOUT_S}
-    user, path = registry.user, registry.password_file
-    if user:
-        if not path:
-            raise ConfigError("SCHEMA_REGISTRY_USER is set: SCHEMA_REGISTRY_PASSWORD_FILE must be")
-        config["basic.auth.credentials.source"] = "USER_INFO"
-        config["basic.auth.user.info"] = (
-            f"{user}:{read_secret(path, 'SCHEMA_REGISTRY_PASSWORD_FILE')}"
-        )
+    auth = registry_auth(env)
+    if auth:
+        config["basic.auth.user.info"] = ":".join(auth)
     return config
+
+
+def dagster_auth(env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """The login of Dagster's webserver behind the stack's proxy (HTTP Basic): DAGSTER_USER,
+    the password read from DAGSTER_PASSWORD_FILE; None without a user."""
+    pipeline = load(PipelineSettings, env)
+    if not pipeline.dagster_user:
+        return None
+    if not pipeline.dagster_password_file:
+        raise ConfigError("DAGSTER_USER is set: DAGSTER_PASSWORD_FILE must name its password")
+    return pipeline.dagster_user, read_secret(
+        pipeline.dagster_password_file, "DAGSTER_PASSWORD_FILE"
+    )
 
 
 def redact_url(url: str) -> str:

@@ -253,7 +253,18 @@ class PipelineSettings(_Component):
     dagster_url: str = Field(
         "http://127.0.0.1:3000",
         validation_alias=AliasChoices("DAGSTER_URL"),
-        description="Dagster's webserver, for `reviews status` and the sample run",
+        description="Dagster's webserver (the stack's proxy in front of it), for `reviews "
+        "status`, the sample run and chaos",
+    )
+    dagster_user: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DAGSTER_USER"),
+        description="the user of Dagster's login (HTTP Basic at the proxy)",
+    )
+    dagster_password_file: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DAGSTER_PASSWORD_FILE"),
+        description="a file holding that user's password",
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from streaming.config import ConfigError, Settings, redact_url, registry_client_config
+from streaming.config import ConfigError, Settings, dagster_auth, redact_url, registry_auth
 from streaming.pipeline import SINKS, WORKERS
 from streaming.settings import PipelineSettings, SourceSettings, load
 
@@ -172,14 +172,18 @@ def _connect_probe(settings: Settings) -> Probe:
     return _http_probe("connect", f"{settings.connect_url}/", auth)
 
 
-def _registry_probe(settings: Settings) -> Probe:
+def _registry_probe(settings: Settings, env: Mapping[str, str]) -> Probe:
     try:
-        config = registry_client_config(settings.schema_registry_url)
+        auth = registry_auth(env)
     except ConfigError as exc:
         return Probe("registry", False, redact_url(settings.schema_registry_url), str(exc))
-    user_info = config.get("basic.auth.user.info")
-    auth = tuple(str(user_info).split(":", 1)) if user_info else None
-    return _http_probe("registry", f"{settings.schema_registry_url}/subjects", auth)  # type: ignore[arg-type]
+    return _http_probe("registry", f"{settings.schema_registry_url}/subjects", auth)
+
+
+def _dagster_probe(dagster_url: str, auth: tuple[str, str] | ConfigError | None) -> Probe:
+    if isinstance(auth, ConfigError):
+        return Probe("dagster", False, dagster_url, str(auth))
+    return _http_probe("dagster", f"{dagster_url}/server_info", auth)
 
 
 def _instances(env: Mapping[str, str]) -> list[tuple[str, dict[str, Any] | None, str]]:
@@ -213,9 +217,12 @@ def _connectors(settings: Settings) -> list[tuple[str, str]]:
     return out
 
 
-def _reconciliation(dagster_url: str) -> dict[str, Any] | None:
+def _reconciliation(dagster_url: str, auth: tuple[str, str] | None) -> dict[str, Any] | None:
     answer = httpx.post(
-        f"{dagster_url}/graphql", json={"query": RECONCILIATION_QUERY}, timeout=PROBE_TIMEOUT_S * 3
+        f"{dagster_url}/graphql",
+        json={"query": RECONCILIATION_QUERY},
+        auth=auth,
+        timeout=PROBE_TIMEOUT_S * 3,
     )
     answer.raise_for_status()
     asset = answer.json()["data"]["assetOrError"]
@@ -239,23 +246,30 @@ def gather(env: Mapping[str, str]) -> Report:
     pipeline, source_settings = load(PipelineSettings, env), load(SourceSettings, env)
     api, dagster = pipeline.pipeline_api_url, pipeline.dagster_url
     source = source_settings.api_url
+    try:
+        login: tuple[str, str] | ConfigError | None = dagster_auth(env)
+    except ConfigError as exc:  # its credentials unusable: shown on its line
+        login = exc
     report = Report()
     report.services = [
         _postgres_probe(settings),
         _kafka_probe(settings),
-        _registry_probe(settings),
+        _registry_probe(settings, env),
         _connect_probe(settings),
         _http_probe("udemy-api", f"{source}/health"),
         _http_probe("pipeline-api", f"{api}/health"),
-        _http_probe("dagster", f"{dagster}/server_info"),
+        _dagster_probe(dagster, login),
     ]
     report.instances = _instances(env)
     try:
         report.connectors = _connectors(settings)
     except Exception as exc:  # Connect down: shown, not raised
         report.connectors = [("connect", f"connectors unknown: {exc}")]
+    if isinstance(login, ConfigError):
+        report.reconciliation_error = f"Dagster at {dagster}: {login}"
+        return report
     try:
-        report.reconciliation = _reconciliation(dagster)
+        report.reconciliation = _reconciliation(dagster, login)
     except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
         report.reconciliation_error = f"Dagster at {dagster}: {type(exc).__name__}"
     return report

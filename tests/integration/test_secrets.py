@@ -24,6 +24,9 @@ GENERATED = (
     "registry-db-password",
     *(f"connect/{r.name}" for r in ROLES if r.login == "connect"),
     *(f"postgres-roles/{r.name}" for r in ROLES if r.login == "libpq"),
+    "registry-writer-password",
+    "registry-reader-password",
+    "dagster-password",
 )
 CONNECT_CONFIG_TOPIC = "_connect-configs"
 CHUNK = 1 << 20

@@ -1,8 +1,14 @@
-"""`make run`'s last line says what the reconciliation found, plainly."""
+"""`make run` says how to log in to the UI, and its last line what the reconciliation found."""
 
 from __future__ import annotations
 
-from orchestration.sample_run import verdict_line
+from pathlib import Path
+
+import pytest
+
+from orchestration.sample_run import login_line, verdict_line
+from streaming.config import ConfigError, dagster_auth
+from streaming.settings import PipelineSettings, load
 
 PAGE = "http://127.0.0.1:3000/assets/reconciliation/stream_vs_batch"
 
@@ -18,3 +24,17 @@ def test_a_disagreement_says_how_many_courses_and_where() -> None:
     assert "DISAGREE: 28 of 40 courses differ" in line
     assert "31 differences" in line and "reconciliation.mismatches" in line and PAGE in line
     assert "ran on the sample" not in line
+
+
+def test_the_login_line_names_the_user_and_the_password_file_not_the_password(
+    tmp_path: Path,
+) -> None:
+    password = tmp_path / "dagster-password"
+    password.write_text("s3cret\n")
+    env = {"DAGSTER_USER": "dagster", "DAGSTER_PASSWORD_FILE": str(password)}
+    line = login_line(load(PipelineSettings, env))
+    assert "'dagster'" in line and str(password) in line and "s3cret" not in line
+    assert dagster_auth(env) == ("dagster", "s3cret")
+    assert dagster_auth({}) is None
+    with pytest.raises(ConfigError, match="DAGSTER_PASSWORD_FILE"):
+        dagster_auth({"DAGSTER_USER": "dagster"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from streaming.config import REGISTRY_TIMEOUT_S, redact_url, registry_client_config
@@ -103,6 +104,7 @@ def test_registry_clients_have_a_timeout_and_credentials_of_their_own(tmp_path) 
     env = {"SCHEMA_REGISTRY_USER": "app", "SCHEMA_REGISTRY_PASSWORD_FILE": str(password)}
     authed = registry_client_config("http://r:8081", env)
     assert authed["basic.auth.user.info"] == "app:s3cret"
+    SchemaRegistryClient(authed)  # the client takes every setting (it refuses unknown ones)
     with pytest.raises(ValueError, match="SCHEMA_REGISTRY_PASSWORD_FILE") as missing:
         registry_client_config("http://r:8081", {"SCHEMA_REGISTRY_USER": "app"})
     assert "s3cret" not in str(missing.value)
