@@ -434,7 +434,7 @@ write_registry_users() {
   local file=$SECRETS_DIR/registry-auth.properties
   (umask 077
    {
-     echo "# Written by stack/stack.sh: the registry's users (Quarkus' embedded realm)."
+     echo "# Written by stack/stack.sh: the registry's users (Quarkus' embedded realm), its database password."
      echo "quarkus.oidc.tenant-enabled=false"
      echo "quarkus.http.auth.basic=true"
      echo "quarkus.security.users.embedded.enabled=true"
@@ -445,6 +445,7 @@ write_registry_users() {
      echo "quarkus.security.users.embedded.roles.$REGISTRY_READER=sr-readonly"
      echo "apicurio.auth.role-based-authorization=true"
      echo "apicurio.auth.role-source=token"
+     echo "apicurio.datasource.password=$(cat "$(secret registry-db-password)")"
    } >"$file.tmp"
    mv "$file.tmp" "$file"
    # Connect's converter reads the reader's password where its config provider may read
@@ -459,10 +460,8 @@ registry_ok() { # the API itself (not the proxy), as the read-only user: credent
 up_registry() {
   alive registry && { wait_until registry registry_ok; return; }
   say "starting Apicurio Registry on $REGISTRY_INTERNAL_URL behind the proxy's $REGISTRY_URL (HTTP Basic; storage: PostgreSQL database 'registry')"
-  # its own role's password through the environment (Quarkus maps APICURIO_DATASOURCE_PASSWORD
-  # to apicurio.datasource.password), which only its own user can read; not in `ps`; the
-  # users' passwords in a 0600 file (write_registry_users)
-  APICURIO_DATASOURCE_PASSWORD=$(cat "$(secret registry-db-password)") \
+  # its database role's password and its users' in a 0600 file (write_registry_users), not in
+  # its command line or environment
   spawn registry -- "$(registry_java)" -Xms128m -Xmx"$REGISTRY_HEAP" -XX:+UseG1GC \
     -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_INTERNAL_PORT" \
     -Dquarkus.management.port="$REGISTRY_MGMT_PORT" -Dquarkus.management.host=127.0.0.1 \

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
+from streaming.access import OPERATOR, PRINCIPALS
 from streaming.config import Settings
 from streaming.db_roles import ROLES
 
@@ -27,6 +28,8 @@ GENERATED = (
     "registry-writer-password",
     "registry-reader-password",
     "dagster-password",
+    "kafka-broker",
+    *(f"kafka/{name}" for name in (OPERATOR, "connect", *(p.name for p in PRINCIPALS))),
 )
 CONNECT_CONFIG_TOPIC = "_connect-configs"
 CHUNK = 1 << 20
@@ -68,6 +71,23 @@ def test_no_generated_secret_in_any_log() -> None:
         for name, value in secrets().items():
             assert not holds(path, value), f"{name} appears in {path}"
     assert checked, "the stack's logs were not found"
+
+
+@pytest.mark.last
+def test_no_generated_secret_in_any_process_environment() -> None:
+    """Secrets stay in their files: no process of the stack holds one in its environment (a
+    child inherits it, `/proc/<pid>/environ` shows it, a crash dump may print it)."""
+    checked = 0
+    for pid_file in (STACK / "run").glob("*.pid"):
+        environ = Path("/proc", pid_file.read_text().strip(), "environ")
+        try:
+            content = environ.read_bytes()
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue  # exited meanwhile
+        checked += 1
+        for name, value in secrets().items():
+            assert value not in content, f"{name} is in the environment of {pid_file.stem}"
+    assert checked, "no process of the stack was found"
 
 
 def connect_configs(settings: Settings) -> list[bytes]:
