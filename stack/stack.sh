@@ -586,11 +586,17 @@ up_apps() { # start every app not running, then wait for each (instances start s
   done < <(apps)
 }
 
-down_apps() {
-  local name _rest
-  [ -n "$STACK_APPS" ] && [ -f "$STACK_APPS" ] && [ -f "$STACK_DIR/env" ] || return 0
-  local stop
-  while read -r name stop _rest; do [ -n "$name" ] && stop_proc "$name" "${stop%+warm}"; done < <(apps | tac)
+INFRA="kafka kafka-txn-reaper registry connect proxy"
+
+down_apps() { # the apps in reverse order, then any other supervised process (an app renamed or
+  # dropped since it started, or one an older .stack/env cannot name): nothing is left running
+  local name stop _rest listed
+  if [ -n "$STACK_APPS" ] && [ -f "$STACK_APPS" ] && [ -f "$STACK_DIR/env" ] && listed=$(apps 2>/dev/null); then
+    while read -r name stop _rest; do [ -n "$name" ] && stop_proc "$name" "${stop%+warm}"; done < <(tac <<<"$listed")
+  fi
+  for name in $(ls "$RUN" 2>/dev/null | sed -n 's/\.sup\.pid$//p'); do
+    [[ " $INFRA " == *" $name "* ]] || stop_proc "$name"
+  done
 }
 
 # ---------------------------------------------------------------- env, up, status, down, run
