@@ -2,13 +2,13 @@
 # make test   set up everything, run the whole test suite, leave nothing running
 # make chaos  fault injection under load on the real stack, ends with a one-line verdict
 # make bench  every benchmark, ours beside Kafka Streams and Quix: bench/results/report.md
-# make up | status | down   the same stack, detached
+# make up | status | down   the same stack, detached; make rotate-secrets: new secrets, restarted
 SHELL := /bin/bash
 VENV := .venv
 PY311 := $(shell command -v python3.11 || command -v python3)
 export STACK_APPS := $(CURDIR)/services.conf
 
-.PHONY: run test up status down venv dev lock lint unit clean chaos bench tools
+.PHONY: run test up status down venv dev lock lint unit clean chaos bench tools rotate-secrets
 
 # $(call on_stack,COMMAND): bring the stack up unless it is, run COMMAND, then take down
 # only what this call started; the exit status is COMMAND's.
@@ -49,6 +49,10 @@ status:
 
 down:
 	stack/stack.sh down
+
+# Every generated secret anew (docs/operations.md): the running stack restarts on the new ones.
+rotate-secrets: venv
+	stack/stack.sh rotate
 
 run: venv
 	stack/stack.sh run

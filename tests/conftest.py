@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from streaming.config import read_env_file
 
 STACK_ENV = Path(__file__).resolve().parents[1] / ".stack" / "env"
@@ -19,7 +21,13 @@ def _load_stack_env() -> None:
 _load_stack_env()
 
 
-def pytest_collection_modifyitems(items: list) -> None:
+def _phase(item: pytest.Item) -> int:
+    marker = item.get_closest_marker("last")
+    return 0 if marker is None else int(marker.kwargs.get("phase", 1))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `last` run after every other (they inspect what the whole run left behind,
-    such as the logs); the order of the rest is kept."""
-    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+    such as the logs), those marked `last(phase=2)` after them (they restart the stack); the
+    order is kept otherwise."""
+    items.sort(key=_phase)
