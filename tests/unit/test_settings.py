@@ -59,3 +59,33 @@ def test_a_bad_security_config_entry_does_not_show_its_value() -> None:
         Settings.from_env({"KAFKA_SECURITY_CONFIG": "security.protocol=SASL_SSL;hunter2secret"})
     assert "hunter2secret" not in str(bad.value)
     assert "hunter2secret" not in repr(Settings(kafka_extra={"sasl.password": "hunter2secret"}))
+
+
+def test_a_kafka_login_reads_its_password_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2secret\n")
+    env = {
+        "KAFKA_SECURITY_CONFIG": "security.protocol=SASL_PLAINTEXT;sasl.mechanism=SCRAM-SHA-512;"
+        "sasl.username=operator",
+        "KAFKA_SASL_PASSWORD_FILE": str(secret),
+    }
+    config = Settings.from_env(env).kafka_config()
+    assert config["sasl.username"] == "operator" and config["sasl.password"] == "hunter2secret"
+    own = Settings.from_env({**env, "KAFKA_SASL_USERNAME": "aggregator"}).kafka_config()
+    assert own["sasl.username"] == "aggregator"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"KAFKA_SECURITY_CONFIG": "sasl.username=u;sasl.password=hunter2secret"}, "sasl.password"),
+        ({"KAFKA_SECURITY_CONFIG": "sasl.username=u"}, "KAFKA_SASL_PASSWORD_FILE must name"),
+        ({"KAFKA_SASL_PASSWORD_FILE": "/nonexistent/pw"}, "KAFKA_SASL_PASSWORD_FILE: cannot read"),
+    ],
+)
+def test_a_kafka_secret_in_the_environment_or_missing_is_refused_by_name(
+    env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named) as refused:
+        Settings.from_env(env)
+    assert "hunter2secret" not in str(refused.value)
