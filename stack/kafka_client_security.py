@@ -1,7 +1,7 @@
 """Java Kafka client settings from the librdkafka ones (KAFKA_SECURITY_CONFIG and the password).
 
-The Python clients take `key=value;key=value` in librdkafka's names and read the SASL password
-from the file KAFKA_SASL_PASSWORD_FILE names; Java clients (Kafka Connect's worker and the
+The Python clients take `key=value;key=value` in librdkafka's names and read the SASL
+password in the file KAFKA_SASL_PASSWORD_FILE names; Java clients (Kafka Connect's worker and the
 clients it makes for connectors, the Kafka tools, the benchmarks' Java peers) name the same
 things otherwise. `stack/kafka_client_security.py --connect` prints the lines stack.sh adds to
 Connect's worker config (each setting for the worker, `producer.`, `consumer.` and `admin.`);

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 LOCAL_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5433/reviews"
 
@@ -30,6 +30,19 @@ class _Component(BaseSettings):
     model_config = SettingsConfigDict(
         extra="ignore", case_sensitive=True, frozen=True, validate_by_name=True
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """What `load` hands over, nothing else: it alone reads the environment it is given
+        (a test's or a child's), never the process's behind its back."""
+        return (init_settings,)
 
 
 class KafkaSettings(_Component):

@@ -176,10 +176,22 @@ def _canonicalise(
         packed[i] = bytes(HEADER) + body
 
 
+class _WholeReads(io.BytesIO):
+    """A body whose reads are all or nothing: fastavro skips a field the Review drops with a
+    plain read, which a body cut short answers with fewer bytes; Java's decoder (and ours)
+    calls that malformed."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if size is not None and size >= 0 and len(data) < size:
+            raise EOFError(f"{size} bytes wanted at byte {self.tell() - len(data)}, body cut short")
+        return data
+
+
 def reencode(value: bytes, writer: Writer, review_schema: Any) -> bytes:
     """Decode a framed value with its writer schema into the Review schema, strings as Java
     decodes them (invalid UTF-8 replaced with U+FFFD), and encode it canonically."""
-    bio = io.BytesIO(value[HEADER:])
+    bio = _WholeReads(value[HEADER:])
     record: dict[str, Any] = schemaless_reader(bio, writer.as_bytes, writer.review_as_bytes)
     if bio.tell() != len(value) - HEADER:
         raise ValueError("trailing bytes after the Avro body")

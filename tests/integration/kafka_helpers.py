@@ -16,7 +16,16 @@ from typing import Any
 
 import httpx
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
 from fastavro import schemaless_writer
 
 from streaming.config import Settings
@@ -35,6 +44,47 @@ def make_topics(admin: AdminClient, prefix: str, names: list[str], partitions: i
     for fut in futures.values():
         fut.result(30)
     return topics
+
+
+TOPIC_USE = ("READ", "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS")
+
+
+def grant_topics(admin: AdminClient, principal: str, topics: list[str]) -> list[AclBinding]:
+    """Let `principal` (a service's Kafka user) use a test's own topics, as a deployment would
+    declare for its topics (streaming/access.py); `revoke` takes them back."""
+    grants = [
+        AclBinding(
+            ResourceType.TOPIC,
+            topic,
+            ResourcePatternType.LITERAL,
+            f"User:{principal}",
+            "*",
+            AclOperation[op],
+            AclPermissionType.ALLOW,
+        )
+        for topic in topics
+        for op in TOPIC_USE
+    ]
+    for future in admin.create_acls(grants).values():
+        future.result(30)
+    return grants
+
+
+def revoke(admin: AdminClient, grants: list[AclBinding]) -> None:
+    filters = [
+        AclBindingFilter(
+            g.restype,
+            g.name,
+            g.resource_pattern_type,
+            g.principal,
+            g.host,
+            g.operation,
+            g.permission_type,
+        )
+        for g in grants
+    ]
+    for future in admin.delete_acls(filters).values():
+        future.result(30)
 
 
 def delete_topics(admin: AdminClient, topics: list[str]) -> None:

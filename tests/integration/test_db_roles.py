@@ -150,7 +150,8 @@ def test_a_sink_cannot_write_another_sinks_table(
         assert refused(engine, "copy (select 1) to program 'id'")
 
 
-def test_connect_may_read_the_sinks_passwords_only(settings: Settings) -> None:
+def test_connect_may_read_only_what_it_needs(settings: Settings) -> None:
+    """The sinks' passwords and the registry reader's (its converter's login), nothing else."""
     properties = (STACK / "connect" / "connect-distributed.properties").read_text()
     allowed = [
         line.split("=", 1)[1]
@@ -158,4 +159,5 @@ def test_connect_may_read_the_sinks_passwords_only(settings: Settings) -> None:
         if line.startswith("config.providers.dir.param.allowed.paths=")
     ]
     assert allowed == [settings.database_sink_secrets_dir]
-    assert sorted(os.listdir(allowed[0])) == sorted(r.name for r in SINK_ROLES)
+    needed = [*(r.name for r in SINK_ROLES), "registry-reader-password"]
+    assert sorted(os.listdir(allowed[0])) == sorted(needed)

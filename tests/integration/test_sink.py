@@ -35,7 +35,14 @@ from streaming.sink.render import (
     secret_reference,
 )
 from streaming.sink.tables import KAFKA_COORDINATES, IncompatibleTable, table_key
-from tests.integration.kafka_helpers import delete_topics, make_topics, read_all, review
+from tests.integration.kafka_helpers import (
+    delete_topics,
+    grant_topics,
+    make_topics,
+    read_all,
+    review,
+    revoke,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -162,6 +169,7 @@ def sink(
     topics = make_topics(
         admin, "sinktest", ["long-term-stats", "recent-stats", "udemy-reviews", "dlq"], 2
     )
+    grants = grant_topics(admin, "connect", list(topics.values()))  # Connect reads and writes them
     schema = f"sinktest_{tag}"
     sink_roles = ", ".join(f'"{r.name}"' for r in SINK_ROLES)
     with db.begin() as conn:  # where the sinks' roles create their tables, as in `public`
@@ -180,6 +188,7 @@ def sink(
         connect.delete(name)
     delete_groups(admin, [f"connect-{name}" for name in env.deployed])
     delete_topics(admin, list(topics.values()))
+    revoke(admin, grants)
     for subject in registry.get_subjects():
         if any(subject == f"{t}-value" for t in topics.values()):
             registry.delete_subject(subject)

@@ -748,12 +748,22 @@ def fastavro_accepts(value: bytes) -> bool:
     return stream.tell() == len(value) - 5
 
 
+def test_a_dropped_field_cut_short_is_malformed_in_the_stream_too() -> None:
+    """Another writer's field the Review drops, its length past the body's end: fastavro's
+    skip reads what is left without complaint; the stream refuses it as the oracle does."""
+    rec = {**review(1, content="x"), "extra": "e" * 40}
+    value = frame(rec, REORDERED_ID)[:-20]
+    assert stream_reading(value)[0] == "dead-letter"
+    assert feed([value]).verdicts[(0, 0)] == "dead-letter"
+
+
 def known_divergence(value: bytes, oracle: Oracle) -> bool:
     """Where the stream is known to be wrong, for a writer schema other than the Review. It
     reads such bodies with fastavro alone, so it accepts what fastavro reads too freely: a
-    union branch -1 as the last branch, varints of 11 bytes, a field the Review drops cut short
+    union branch -1 as the last branch, varints of 11 bytes
     (`test_a_negative_union_branch_is_malformed_whatever_the_writer_schema`), and then judges
-    what it read (a U+0000 in it, say)."""
+    what it read (a U+0000 in it, say). A field the Review drops cut short it refuses, as the
+    oracle does."""
     if len(value) < 5 or value[:5] != b"\x00" + REORDERED_ID.to_bytes(4, "big"):
         return False
     oracle_reason = oracle.dead_reasons.get((0, 0), "")
