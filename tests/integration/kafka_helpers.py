@@ -49,21 +49,30 @@ def make_topics(admin: AdminClient, prefix: str, names: list[str], partitions: i
 TOPIC_USE = ("READ", "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS")
 
 
-def grant_topics(admin: AdminClient, principal: str, topics: list[str]) -> list[AclBinding]:
-    """Let `principal` (a service's Kafka user) use a test's own topics, as a deployment would
-    declare for its topics (streaming/access.py); `revoke` takes them back."""
+def grant_topics(
+    admin: AdminClient, principal: str, topics: list[str], group: str | None = None
+) -> list[AclBinding]:
+    """Let `principal` (a service's Kafka user) use a test's own topics, and with `group` that
+    consumer group and its transactional ids (`<group>-*`), as a deployment would declare for
+    its own (streaming/access.py); `revoke` takes them back."""
+    wanted = [(ResourceType.TOPIC, t, "LITERAL", TOPIC_USE) for t in topics]
+    if group is not None:
+        wanted += [
+            (ResourceType.GROUP, group, "PREFIXED", ("READ", "DESCRIBE")),
+            (ResourceType.TRANSACTIONAL_ID, f"{group}-", "PREFIXED", ("WRITE", "DESCRIBE")),
+        ]
     grants = [
         AclBinding(
-            ResourceType.TOPIC,
-            topic,
-            ResourcePatternType.LITERAL,
+            kind,
+            name,
+            ResourcePatternType[pattern],
             f"User:{principal}",
             "*",
             AclOperation[op],
             AclPermissionType.ALLOW,
         )
-        for topic in topics
-        for op in TOPIC_USE
+        for kind, name, pattern, ops in wanted
+        for op in ops
     ]
     for future in admin.create_acls(grants).values():
         future.result(30)

@@ -53,6 +53,7 @@ from streaming.core.validity import classify
 from streaming.core.window import MS_PER_DAY, day_to_date
 from streaming.source.client import UdemyClient, client_secret_from_env
 from streaming.sql import ensure_schema
+from tests.integration.kafka_helpers import grant_topics, revoke
 
 pytestmark = pytest.mark.integration
 
@@ -695,6 +696,8 @@ def test_the_runtime_starts_restarts_and_stops_a_real_fraud_filter(
     topics = {name: f"t-{name}-{suffix}" for name in ("input", "valid", "fraud", "dlq")}
     for future in admin.create_topics([NewTopic(t, 1, 1) for t in topics.values()]).values():
         future.result(30)
+    # the runtime starts it as its own principal: granted its scratch topics and group
+    grants = grant_topics(admin, "fraud-filter", list(topics.values()), f"t-fraud-{suffix}")
     (tmp_path / "env").write_text(
         f"FRAUD_FILTER_GROUP_ID=t-fraud-{suffix}\nWORKER_INSTANCE=t\n"
         f"FRAUD_FILTER_INPUT_TOPIC={topics['input']}\nFRAUD_FILTER_VALID_TOPIC={topics['valid']}\n"
@@ -723,6 +726,7 @@ def test_the_runtime_starts_restarts_and_stops_a_real_fraud_filter(
     finally:
         runtime.stop("fraud-filter")
         admin.delete_topics(list(topics.values()))
+        revoke(admin, grants)
     assert runtime.status("fraud-filter").health is None
 
 
