@@ -87,11 +87,12 @@ def worker_grants(spec: WorkerSpec) -> tuple[Grant, ...]:
 
 
 def _connect_grants() -> tuple[Grant, ...]:
-    """Kafka Connect's JDBC sinks: their groups (`connect-<connector>`), the topics they read
-    and their dead-letter topic. Connect's own topics and group are the stack's to grant (it
-    starts Connect before any of this is applied)."""
+    """Kafka Connect's JDBC sinks: their groups (`connect-<connector>`: DELETE too, which
+    Connect's offsets reset needs, `reviews connectors` redelivering a sink's topic), the topics
+    they read and their dead-letter topic. Connect's own topics and group are the stack's to
+    grant (it starts Connect before any of this is applied)."""
     return (
-        Grant("GROUP", "connect-", ("READ", "DESCRIBE"), "PREFIXED"),
+        Grant("GROUP", "connect-", ("READ", "DESCRIBE", "DELETE"), "PREFIXED"),
         *(_read(t) for t in sorted({s.topic for s in SINKS})),
         _write(CONNECT_DEAD_LETTER.name),
     )

@@ -68,6 +68,8 @@ def test_connect_reads_the_sink_topics_and_writes_its_dead_letters() -> None:
         )
     for sink in SINKS:
         assert allows(connect, "GROUP", sink.group_id, "READ")
+        assert allows(connect, "GROUP", sink.group_id, "DELETE")  # its offsets reset
+    assert not allows(connect, "GROUP", FRAUD_FILTER.group_id, "READ")
 
 
 def test_the_orchestrator_observes_everything_and_writes_only_the_input() -> None:
