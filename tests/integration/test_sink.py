@@ -5,6 +5,7 @@ under unique names and removed afterwards (connectors, consumer groups, topics, 
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -419,7 +420,11 @@ def test_rows_are_exact_and_redelivery_changes_nothing(
 
 
 def test_a_failed_task_is_detected_and_restarted(
-    sink: Sink, settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sink: Sink,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = sink.deploy("long-term-stats")
     topic = sink.topics["long-term-stats"]
@@ -467,6 +472,7 @@ def test_a_failed_task_is_detected_and_restarted(
         conn.execute(sa.text(f"ALTER TABLE {table} DROP CONSTRAINT refuse_all"))
     config = {k: v for k, v in sink.config("long-term-stats").items() if k not in CONNECTION_KEYS}
     (tmp_path / f"{name}.json").write_text(json.dumps(config))
+    login_as_sink(settings, "long-term-stats", tmp_path, monkeypatch)  # as it was deployed
     capsys.readouterr()
     assert main(["connectors", "deploy", name, "--config-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -546,9 +552,10 @@ def login_as_sink(
     password Connect may read (the superuser's it may not); its password file."""
     url, password_file = settings.sink_login(connector)
     assert password_file, "make up sets DATABASE_SINK_SECRETS_DIR"
-    pgpass = tmp_path / "pgpass"  # for the deploy's own check of the tables, through libpq
-    user = sa.make_url(url).username or ""
-    pgpass.write_text(pgpass_line(user, Path(password_file).read_text().strip()) + "\n")
+    pgpass = tmp_path / "pgpass"  # for the deploy's own check of the tables, through libpq;
+    user = sa.make_url(url).username or ""  # the test's own connections keep their lines
+    theirs = Path(os.environ["PGPASSFILE"]).read_text()
+    pgpass.write_text(pgpass_line(user, Path(password_file).read_text().strip()) + "\n" + theirs)
     pgpass.chmod(0o600)
     monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("DATABASE_PASSWORD_FILE", password_file)
