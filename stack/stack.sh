@@ -26,7 +26,9 @@
 # CONNECT_HEAP [1g], REGISTRY_HEAP [512m], STACK_TIMEOUT [180] (seconds per readiness wait),
 # CONNECT_OVERRIDE_ALLOWLIST [the client settings connectors may override], KAFKA_PLAINTEXT_PORT
 # [none: an unauthenticated listener, for `make bench` to measure what SASL costs; the broker
-# must be restarted to open or close it: `make down` first].
+# must be restarted to open or close it: `make down` first], KAFKA_TLS [0; 1: the client listener
+# is SASL_SSL, its certificate signed by a local CA made in $STACK_DIR/secrets/tls (ca.pem is
+# what clients trust: `.stack/env`'s KAFKA_SECURITY_CONFIG names it); `make down` first].
 #
 # Secrets are generated on first use as files of mode 0600 in $STACK_DIR/secrets (stack/secret.sh)
 # and never put on a command line: PostgreSQL's superuser password (scram-sha-256; for set-up
@@ -75,6 +77,7 @@ PG_PORT=${PG_PORT:-5433}
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_BROKER_PORT=${KAFKA_BROKER_PORT:-9094}
 KAFKA_PLAINTEXT_PORT=${KAFKA_PLAINTEXT_PORT:-}
+KAFKA_TLS=${KAFKA_TLS:-0}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 REGISTRY_PORT=${REGISTRY_PORT:-8081}
 REGISTRY_MGMT_PORT=${REGISTRY_MGMT_PORT:-9001}
@@ -310,7 +313,7 @@ down_postgres() {
 }
 
 # ---------------------------------------------------------------- Kafka
-kafka_ok() { "$PY" "$ROOT/stack/kafka_ready.py" "127.0.0.1:$KAFKA_PORT"; }
+kafka_ok() { "$PY" "$ROOT/stack/kafka_ready.py" "127.0.0.1:$KAFKA_BROKER_PORT"; } # no TLS there
 java_cp() { "$JAVA" -Xms128m -XX:+UseG1GC -Djava.awt.headless=true \
   -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" "$@"; }
 
@@ -326,9 +329,41 @@ KAFKA_USERS_DIR=$SECRETS_DIR/kafka
 KAFKA_MECHANISM=SCRAM-SHA-512
 kafka_user_password() { cat "$("$ROOT/stack/secret.sh" "$KAFKA_USERS_DIR" "$1")"; }
 
+kafka_client_security() { # kafka_client_security USER: the librdkafka settings of USER's login
+  if [ "$KAFKA_TLS" = 1 ]; then
+    printf 'security.protocol=SASL_SSL;sasl.mechanism=%s;sasl.username=%s;ssl.ca.location=%s' \
+      "$KAFKA_MECHANISM" "$1" "$TLS_DIR/ca.pem"
+  else
+    printf 'security.protocol=SASL_PLAINTEXT;sasl.mechanism=%s;sasl.username=%s' "$KAFKA_MECHANISM" "$1"
+  fi
+}
+
+TLS_DIR=$SECRETS_DIR/tls
+make_tls() { # a local CA and the broker's certificate (127.0.0.1, localhost), made once
+  [ -s "$TLS_DIR/kafka-keystore.pem" ] && return
+  say "making a local CA and the broker's TLS certificate in $TLS_DIR"
+  (umask 077; mkdir -p "$TLS_DIR"; cd "$TLS_DIR"
+   openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 825 \
+     -subj "/CN=reviews local CA" 2>/dev/null
+   openssl req -newkey rsa:2048 -nodes -keyout kafka.key -out kafka.csr -subj "/CN=127.0.0.1" 2>/dev/null
+   printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >kafka.ext
+   openssl x509 -req -in kafka.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+     -extfile kafka.ext -out kafka.crt 2>/dev/null
+   cat kafka.key kafka.crt >kafka-keystore.pem
+   rm -f kafka.csr kafka.ext ca.srl) || die "could not make the TLS certificates (openssl)"
+  chmod 644 "$TLS_DIR/ca.pem"
+}
+
 write_kafka_configs() { # server.properties, the tools' admin login, the operator's client login
   local KAFKA_BROKER_PASSWORD; KAFKA_BROKER_PASSWORD=$(cat "$(secret kafka-broker)")
   local KAFKA_PLAIN_LISTENER=${KAFKA_PLAINTEXT_PORT:+,PLAIN://127.0.0.1:$KAFKA_PLAINTEXT_PORT}
+  local KAFKA_CLIENT_PROTOCOL=SASL_PLAINTEXT KAFKA_CLIENT_TLS=
+  if [ "$KAFKA_TLS" = 1 ]; then
+    make_tls
+    KAFKA_CLIENT_PROTOCOL=SASL_SSL
+    KAFKA_CLIENT_TLS="listener.name.client.ssl.keystore.type=PEM
+listener.name.client.ssl.keystore.location=$TLS_DIR/kafka-keystore.pem"
+  fi
   (umask 077
    render "$ROOT/stack/conf/server.properties.in" "$STACK_DIR/kafka/server.properties"
    rm -f "$STACK_DIR/kafka/admin.properties"
@@ -337,7 +372,7 @@ write_kafka_configs() { # server.properties, the tools' admin login, the operato
      >"$STACK_DIR/kafka/admin.properties"
    kafka_user_password operator >/dev/null
    rm -f "$SECRETS_DIR/kafka-client.properties"
-   KAFKA_SECURITY_CONFIG="security.protocol=SASL_PLAINTEXT;sasl.mechanism=$KAFKA_MECHANISM;sasl.username=operator" \
+   KAFKA_SECURITY_CONFIG=$(kafka_client_security operator) \
    KAFKA_SASL_PASSWORD_FILE=$KAFKA_USERS_DIR/operator \
      "$PY" "$ROOT/stack/kafka_client_security.py" --properties >"$SECRETS_DIR/kafka-client.properties")
 }
@@ -398,7 +433,7 @@ up_kafka() {
       -t "$cluster_id" -c "$STACK_DIR/kafka/server.properties" >>"$LOGS/kafka.log" 2>&1
     dist_kafka_version >"$STACK_DIR/kafka/features-release"  # format finalizes its own release
   fi
-  say "starting Kafka on 127.0.0.1:$KAFKA_PORT (SASL/$KAFKA_MECHANISM, ACLs)"
+  say "starting Kafka on 127.0.0.1:$KAFKA_PORT (SASL/$KAFKA_MECHANISM$([ "$KAFKA_TLS" = 1 ] && echo " over TLS"), ACLs)"
   spawn kafka -- "$JAVA" -Xms256m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" \
     -cp "$DIST/libs/*" kafka.Kafka "$STACK_DIR/kafka/server.properties"
@@ -527,7 +562,7 @@ up_connect() {
   mkdir -p "$STACK_DIR/connect"
   (umask 077; render "$ROOT/stack/conf/connect-distributed.properties.in" "$STACK_DIR/connect/connect-distributed.properties")
   # its Kafka clients log in as `connect` (worker, and the clients it makes for connectors)
-  KAFKA_SECURITY_CONFIG="security.protocol=SASL_PLAINTEXT;sasl.mechanism=$KAFKA_MECHANISM;sasl.username=connect" \
+  KAFKA_SECURITY_CONFIG=$(kafka_client_security connect) \
   KAFKA_SASL_PASSWORD_FILE=$KAFKA_USERS_DIR/connect \
     "$PY" "$ROOT/stack/kafka_client_security.py" --connect >>"$STACK_DIR/connect/connect-distributed.properties" \
     || die "Kafka Connect's client login could not be written (see above)"
@@ -612,7 +647,7 @@ write_env() {
   cat >"$tmp" <<EOF
 # Written by stack/stack.sh up: the stack's addresses (shell syntax). Source it to reach the stack.
 KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
-KAFKA_SECURITY_CONFIG='security.protocol=SASL_PLAINTEXT;sasl.mechanism=$KAFKA_MECHANISM;sasl.username=operator'
+KAFKA_SECURITY_CONFIG='$(kafka_client_security operator)'
 KAFKA_SASL_PASSWORD_FILE=$KAFKA_USERS_DIR/operator
 KAFKA_CREDENTIALS_DIR=$KAFKA_USERS_DIR
 KAFKA_CLIENT_PROPERTIES=$SECRETS_DIR/kafka-client.properties
