@@ -21,11 +21,14 @@ SECRETS = ROOT / ".stack" / "secrets"
 
 
 def generated() -> dict[str, str]:
-    """Every secret file of the stack (derived files included) -> its content."""
+    """Every secret file of the running stack (derived files included) -> its content. A TLS
+    certificate of an earlier `KAFKA_TLS=1` run is not the running stack's: rotation removes
+    it, and the next `KAFKA_TLS=1 make up` makes a new one."""
+    tls = os.environ.get("KAFKA_TLS") == "1"
     return {
         str(p.relative_to(SECRETS)): p.read_text()
         for p in sorted(SECRETS.rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
+        if p.is_file() and not p.name.startswith(".") and (tls or p.parent.name != "tls")
     }
 
 
