@@ -33,7 +33,6 @@ from pathlib import Path
 
 from confluent_kafka.admin import (
     AclBinding,
-    AclBindingFilter,
     AclOperation,
     AclPermissionType,
     AdminClient,
@@ -48,6 +47,7 @@ from bench import aggregate_throughput, e2e_latency, fraud_throughput
 from bench.common import EDIT_SEED, RESULTS, in_child, produce_edit_heavy, produce_reviews
 from bench.peers import kstreams, quix
 from bench.peers.harness import PeerRun
+from streaming import kafka_acl
 from streaming.config import Settings
 from streaming.settings import KafkaSettings, load
 
@@ -174,9 +174,7 @@ def fraud(settings: Settings, runs: int, records: int) -> dict:
     create(admin, source)
     rates: dict[str, list[float]] = {"passthrough": [], "ours": [], "kstreams": [], "quix": []}
     grants = anonymous_bench_acls() if plaintext(settings) else []
-    if grants:
-        for fut in admin.create_acls(grants).values():
-            fut.result(30)
+    kafka_acl.create(admin, grants)
     try:
         log(f"producing {records:,} reviews into {source}")
         produce_reviews(settings, source, records)
@@ -206,21 +204,7 @@ def fraud(settings: Settings, runs: int, records: int) -> dict:
             )
     finally:
         delete(admin, source)
-        if grants:
-            revoke = [
-                AclBindingFilter(
-                    b.restype,
-                    b.name,
-                    b.resource_pattern_type,
-                    b.principal,
-                    b.host,
-                    b.operation,
-                    b.permission_type,
-                )
-                for b in grants
-            ]
-            for fut in admin.delete_acls(revoke).values():
-                fut.result(30)
+        kafka_acl.revoke(admin, grants)
     m = {k: median(v) for k, v in rates.items()}
     sasl_cost = {}
     if "ours_plaintext" in m:

@@ -105,6 +105,21 @@ def _key(b: AclBinding) -> tuple[object, ...]:
     )
 
 
+def create(admin: AdminClient, bindings: list[AclBinding], timeout_s: float = 30) -> None:
+    """Make these ACLs (waiting for each)."""
+    if bindings:
+        for future in admin.create_acls(bindings).values():
+            future.result(timeout_s)
+
+
+def revoke(admin: AdminClient, bindings: list[AclBinding], timeout_s: float = 30) -> None:
+    """Delete exactly these ACLs (each matched by all its fields)."""
+    if bindings:
+        filters = [AclBindingFilter(*_key(b)) for b in bindings]
+        for future in admin.delete_acls(filters).values():
+            future.result(timeout_s)
+
+
 def _resource(b: AclBinding) -> tuple[str, str, str]:
     return (b.restype.name, b.name, b.resource_pattern_type.name)
 
@@ -145,24 +160,8 @@ def apply_acls(
     ours = governed(tuple(principals))
     missing = [b for k, b in want.items() if k not in have]
     stale = [b for k, b in have.items() if k not in want and _resource(b) in ours]
-    if missing:
-        for future in admin.create_acls(missing).values():
-            future.result(timeout_s)
-    if stale:
-        filters = [
-            AclBindingFilter(
-                b.restype,
-                b.name,
-                b.resource_pattern_type,
-                b.principal,
-                b.host,
-                b.operation,
-                b.permission_type,
-            )
-            for b in stale
-        ]
-        for future in admin.delete_acls(filters).values():
-            future.result(timeout_s)
+    create(admin, missing, timeout_s)
+    revoke(admin, stale, timeout_s)
     if not missing and not stale:
         return [f"ACLs as declared for {len(principals)} principals"]
     return [f"ACLs: {len(missing)} created, {len(stale)} deleted ({len(principals)} principals)"]

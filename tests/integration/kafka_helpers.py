@@ -18,7 +18,6 @@ import httpx
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import (
     AclBinding,
-    AclBindingFilter,
     AclOperation,
     AclPermissionType,
     AdminClient,
@@ -30,6 +29,7 @@ from fastavro import schemaless_writer
 
 from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame
+from streaming.kafka_acl import create
 from streaming.serde import local_schema
 from streaming.topic_reader import read_records
 
@@ -54,7 +54,7 @@ def grant_topics(
 ) -> list[AclBinding]:
     """Let `principal` (a service's Kafka user) use a test's own topics, and with `group` that
     consumer group and its transactional ids (`<group>-*`), as a deployment would declare for
-    its own (streaming/access.py); `revoke` takes them back."""
+    its own (streaming/access.py); `streaming.kafka_acl.revoke` takes them back."""
     wanted = [(ResourceType.TOPIC, t, "LITERAL", TOPIC_USE) for t in topics]
     if group is not None:
         wanted += [
@@ -74,26 +74,8 @@ def grant_topics(
         for kind, name, pattern, ops in wanted
         for op in ops
     ]
-    for future in admin.create_acls(grants).values():
-        future.result(30)
+    create(admin, grants)
     return grants
-
-
-def revoke(admin: AdminClient, grants: list[AclBinding]) -> None:
-    filters = [
-        AclBindingFilter(
-            g.restype,
-            g.name,
-            g.resource_pattern_type,
-            g.principal,
-            g.host,
-            g.operation,
-            g.permission_type,
-        )
-        for g in grants
-    ]
-    for future in admin.delete_acls(filters).values():
-        future.result(30)
 
 
 def delete_topics(admin: AdminClient, topics: list[str]) -> None:

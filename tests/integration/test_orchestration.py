@@ -51,9 +51,10 @@ from streaming.core.source_position import order
 from streaming.core.stats import ReviewVersion, compute_from_scratch
 from streaming.core.validity import classify
 from streaming.core.window import MS_PER_DAY, day_to_date
+from streaming.kafka_acl import revoke
 from streaming.source.client import UdemyClient, client_secret_from_env
 from streaming.sql import ensure_schema
-from tests.integration.kafka_helpers import grant_topics, revoke
+from tests.integration.kafka_helpers import grant_topics
 
 pytestmark = pytest.mark.integration
 

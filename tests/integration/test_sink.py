@@ -27,6 +27,7 @@ from streaming.cli import main
 from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame
 from streaming.db_roles import SINK_ROLES, pgpass_line
+from streaming.kafka_acl import revoke
 from streaming.serde import AvroEncoder, Registry
 from streaming.sink.connect import ConnectClient, ConnectError
 from streaming.sink.render import (
@@ -42,7 +43,6 @@ from tests.integration.kafka_helpers import (
     make_topics,
     read_all,
     review,
-    revoke,
 )
 
 pytestmark = pytest.mark.integration
