@@ -44,7 +44,7 @@ from chaos.oracle import (
     edit_kinds,
     without_logical_types,
 )
-from streaming.config import kafka_security, registry_auth
+from streaming.config import kafka_security, registry_auth, registry_verify
 from streaming.settings import KafkaSettings, load
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
@@ -62,11 +62,17 @@ class RegistrySchemas:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self._auth = registry_auth()  # SCHEMA_REGISTRY_USER's, when the registry asks for a login
+        self._verify = registry_verify()  # SCHEMA_REGISTRY_CA_FILE's CA for an https:// URL
         self._cache: dict[int, Any] = {}
 
     def __call__(self, schema_id: int) -> Any:
         if schema_id not in self._cache:
-            r = httpx.get(f"{self.url}/schemas/ids/{schema_id}", auth=self._auth, timeout=30)
+            r = httpx.get(
+                f"{self.url}/schemas/ids/{schema_id}",
+                auth=self._auth,
+                verify=self._verify,
+                timeout=30,
+            )
             if r.status_code == 404:
                 self._cache[schema_id] = None
             else:

@@ -48,7 +48,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from chaos.oracle import is_fraud, java_text
 from streaming.access import login_env
-from streaming.config import kafka_security, registry_auth
+from streaming.config import kafka_security, registry_auth, registry_verify
 from streaming.settings import KafkaSettings, load
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "review.avsc"
@@ -506,11 +506,14 @@ def schema_id(registry_url: str, schema_text: str, attempts: int = 3) -> int:
     url = f"{registry_url.rstrip('/')}/subjects/{SUBJECT}"
     payload = {"schema": schema_text}
     auth = registry_auth()  # SCHEMA_REGISTRY_USER's, when the registry asks for a login
+    verify = registry_verify()  # SCHEMA_REGISTRY_CA_FILE's CA for an https:// URL
     for attempt in range(attempts):
         try:
-            r = httpx.post(url, json=payload, auth=auth, timeout=10)
+            r = httpx.post(url, json=payload, auth=auth, verify=verify, timeout=10)
             if r.status_code == 404:
-                r = httpx.post(f"{url}/versions", json=payload, auth=auth, timeout=10)
+                r = httpx.post(
+                    f"{url}/versions", json=payload, auth=auth, verify=verify, timeout=10
+                )
             r.raise_for_status()
             return int(r.json()["id"])
         except httpx.HTTPError:

@@ -6,7 +6,7 @@ courses, the batch models, then the reconciliation and its checks. Live `POST /r
 flowing afterwards; the supervisors keep the workers and connectors alive.
 
 Environment: DAGSTER_HOME, DAGSTER_URL, DAGSTER_USER, DAGSTER_PASSWORD_FILE (the UI's login at
-the stack's proxy) and the stack's variables (.stack/env).
+the stack's proxy), DAGSTER_CA_FILE (its CA, over TLS) and the stack's variables (.stack/env).
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from urllib.parse import urlparse
 
 import dagster as dg
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+from gql.transport.requests import RequestsHTTPTransport
 
 from orchestration.assets.backfill import courses
 from orchestration.assets.batch import AS_OF_DAYS
 from orchestration.topology import RECONCILIATION_KEY
-from streaming.config import dagster_auth
+from streaming.config import dagster_auth, tls_verify
 from streaming.settings import PipelineSettings, load
 from streaming.source.client import SourceError, UdemyClient
 
@@ -46,15 +47,29 @@ def wait_for(client: DagsterGraphQLClient, run_id: str, what: str) -> str:
 
 
 def dagster_client() -> DagsterGraphQLClient:
-    """A GraphQL client of DAGSTER_URL, logged in as DAGSTER_USER when one is set."""
-    url = urlparse(load(PipelineSettings).dagster_url)
+    """A GraphQL client of DAGSTER_URL, logged in as DAGSTER_USER when one is set, an
+    `https://` URL verified by DAGSTER_CA_FILE's CA when one is set."""
+    settings = load(PipelineSettings)
+    url = urlparse(settings.dagster_url)
     auth = dagster_auth()
     basic = base64.b64encode(":".join(auth).encode()).decode() if auth else None
+    headers = {"Authorization": f"Basic {basic}"} if basic else None
+    transport = None
+    if settings.dagster_ca_file:
+        tls_verify(settings.dagster_ca_file, "DAGSTER_CA_FILE")  # unusable: one line, exit 2
+        transport = RequestsHTTPTransport(
+            url=f"{settings.dagster_url.rstrip('/')}/graphql",
+            use_json=True,
+            timeout=300,
+            headers=headers,
+            verify=settings.dagster_ca_file,
+        )
     return DagsterGraphQLClient(
         url.hostname or "127.0.0.1",
         port_number=url.port or 3000,
+        transport=transport,
         use_https=url.scheme == "https",
-        headers={"Authorization": f"Basic {basic}"} if basic else None,
+        headers=headers,
     )
 
 

@@ -26,9 +26,12 @@
 # CONNECT_HEAP [1g], REGISTRY_HEAP [512m], STACK_TIMEOUT [180] (seconds per readiness wait),
 # CONNECT_OVERRIDE_ALLOWLIST [the client settings connectors may override], KAFKA_PLAINTEXT_PORT
 # [none: an unauthenticated listener, for `make bench` to measure what SASL costs; the broker
-# must be restarted to open or close it: `make down` first], KAFKA_TLS [0; 1: the client listener
-# is SASL_SSL, its certificate signed by a local CA made in $STACK_DIR/secrets/tls (ca.pem is
-# what clients trust: `.stack/env`'s KAFKA_SECURITY_CONFIG names it); `make down` first].
+# must be restarted to open or close it: `make down` first], STACK_TLS [0; 1: TLS on every
+# client-facing end: Kafka's client listener is SASL_SSL and every proxy front (the registry's,
+# the apps') HTTPS only, with one certificate (127.0.0.1, localhost, ::1, BIND_HOST) signed by a
+# local CA made in $STACK_DIR/secrets/tls; ca.pem is what clients trust (`.stack/env` names it:
+# STACK_CA_FILE, SCHEMA_REGISTRY_CA_FILE, and KAFKA_SECURITY_CONFIG's ssl.ca.location);
+# `make down` first].
 #
 # Secrets are generated on first use as files of mode 0600 in $STACK_DIR/secrets (stack/secret.sh)
 # and never put on a command line: PostgreSQL's superuser password (scram-sha-256; for set-up
@@ -77,7 +80,9 @@ PG_PORT=${PG_PORT:-5433}
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_BROKER_PORT=${KAFKA_BROKER_PORT:-9094}
 KAFKA_PLAINTEXT_PORT=${KAFKA_PLAINTEXT_PORT:-}
-KAFKA_TLS=${KAFKA_TLS:-0}
+STACK_TLS=${STACK_TLS:-0}
+case $STACK_TLS in 0 | 1) ;; *) printf '[stack] error: STACK_TLS must be 0 or 1, got %s\n' "$STACK_TLS" >&2; exit 2 ;; esac
+SCHEME=http; [ "$STACK_TLS" = 1 ] && SCHEME=https  # the proxy's fronts
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 REGISTRY_PORT=${REGISTRY_PORT:-8081}
 REGISTRY_MGMT_PORT=${REGISTRY_MGMT_PORT:-9001}
@@ -104,7 +109,7 @@ REGISTRY_WRITER=registry-writer
 REGISTRY_READER=registry-reader
 NGINX=${NGINX:-/usr/sbin/nginx}
 export PGPASSFILE=$SECRETS_DIR/pgpass  # libpq's password file: this script's psql calls too
-REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT  # the proxy's front
+REGISTRY_URL=$SCHEME://127.0.0.1:$REGISTRY_PORT  # the proxy's front
 REGISTRY_INTERNAL_URL=http://127.0.0.1:$REGISTRY_INTERNAL_PORT
 CONNECT_URL=http://127.0.0.1:$CONNECT_PORT
 JAVA=$JAVA_HOME/bin/java
@@ -330,7 +335,7 @@ KAFKA_MECHANISM=SCRAM-SHA-512
 kafka_user_password() { cat "$("$ROOT/stack/secret.sh" "$KAFKA_USERS_DIR" "$1")"; }
 
 kafka_client_security() { # kafka_client_security USER: the librdkafka settings of USER's login
-  if [ "$KAFKA_TLS" = 1 ]; then
+  if [ "$STACK_TLS" = 1 ]; then
     printf 'security.protocol=SASL_SSL;sasl.mechanism=%s;sasl.username=%s;ssl.ca.location=%s' \
       "$KAFKA_MECHANISM" "$1" "$TLS_DIR/ca.pem"
   else
@@ -339,18 +344,26 @@ kafka_client_security() { # kafka_client_security USER: the librdkafka settings 
 }
 
 TLS_DIR=$SECRETS_DIR/tls
-make_tls() { # a local CA and the broker's certificate (127.0.0.1, localhost), made once
-  [ -s "$TLS_DIR/kafka-keystore.pem" ] && return
-  say "making a local CA and the broker's TLS certificate in $TLS_DIR"
+tls_names() { # the certificate's subjectAltName: loopback, and BIND_HOST when it is one address
+  local names="IP:127.0.0.1,IP:::1,DNS:localhost" bind=${BIND_HOST:-127.0.0.1}
+  case $bind in 0.0.0.0 | :: | 127.0.0.1 | ::1 | localhost) ;;
+    *:* | *[0-9]) names="$names,IP:$bind" ;; *) names="$names,DNS:$bind" ;; esac
+  echo "$names"
+}
+make_tls() { # a local CA and the stack's server certificate (Kafka, the proxy), made once
+  [ -s "$TLS_DIR/server-keystore.pem" ] && [ "$(cat "$TLS_DIR/names" 2>/dev/null)" = "$(tls_names)" ] && return
+  say "making a local CA and the stack's TLS certificate ($(tls_names)) in $TLS_DIR"
   (umask 077; mkdir -p "$TLS_DIR"; cd "$TLS_DIR"
+   rm -f -- *.pem *.key *.crt names
    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 825 \
      -subj "/CN=reviews local CA" 2>/dev/null
-   openssl req -newkey rsa:2048 -nodes -keyout kafka.key -out kafka.csr -subj "/CN=127.0.0.1" 2>/dev/null
-   printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >kafka.ext
-   openssl x509 -req -in kafka.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
-     -extfile kafka.ext -out kafka.crt 2>/dev/null
-   cat kafka.key kafka.crt >kafka-keystore.pem
-   rm -f kafka.csr kafka.ext ca.srl) || die "could not make the TLS certificates (openssl)"
+   openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=127.0.0.1" 2>/dev/null
+   printf 'subjectAltName=%s\n' "$(tls_names)" >server.ext
+   openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+     -extfile server.ext -out server.crt 2>/dev/null
+   cat server.key server.crt >server-keystore.pem
+   tls_names >names
+   rm -f server.csr server.ext ca.srl) || die "could not make the TLS certificates (openssl)"
   chmod 644 "$TLS_DIR/ca.pem"
 }
 
@@ -358,11 +371,11 @@ write_kafka_configs() { # server.properties, the tools' admin login, the operato
   local KAFKA_BROKER_PASSWORD; KAFKA_BROKER_PASSWORD=$(cat "$(secret kafka-broker)")
   local KAFKA_PLAIN_LISTENER=${KAFKA_PLAINTEXT_PORT:+,PLAIN://127.0.0.1:$KAFKA_PLAINTEXT_PORT}
   local KAFKA_CLIENT_PROTOCOL=SASL_PLAINTEXT KAFKA_CLIENT_TLS=
-  if [ "$KAFKA_TLS" = 1 ]; then
+  if [ "$STACK_TLS" = 1 ]; then
     make_tls
     KAFKA_CLIENT_PROTOCOL=SASL_SSL
     KAFKA_CLIENT_TLS="listener.name.client.ssl.keystore.type=PEM
-listener.name.client.ssl.keystore.location=$TLS_DIR/kafka-keystore.pem"
+listener.name.client.ssl.keystore.location=$TLS_DIR/server-keystore.pem"
   fi
   (umask 077
    render "$ROOT/stack/conf/server.properties.in" "$STACK_DIR/kafka/server.properties"
@@ -433,7 +446,7 @@ up_kafka() {
       -t "$cluster_id" -c "$STACK_DIR/kafka/server.properties" >>"$LOGS/kafka.log" 2>&1
     dist_kafka_version >"$STACK_DIR/kafka/features-release"  # format finalizes its own release
   fi
-  say "starting Kafka on 127.0.0.1:$KAFKA_PORT (SASL/$KAFKA_MECHANISM$([ "$KAFKA_TLS" = 1 ] && echo " over TLS"), ACLs)"
+  say "starting Kafka on 127.0.0.1:$KAFKA_PORT (SASL/$KAFKA_MECHANISM$([ "$STACK_TLS" = 1 ] && echo " over TLS"), ACLs)"
   spawn kafka -- "$JAVA" -Xms256m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$ROOT/stack/conf/log4j2.properties" \
     -cp "$DIST/libs/*" kafka.Kafka "$STACK_DIR/kafka/server.properties"
@@ -531,10 +544,15 @@ proxy_addr() { # where this machine reaches the proxy
   case $bind in 0.0.0.0 | ::) echo 127.0.0.1 ;; *:*) echo "[$bind]" ;; *) echo "$bind" ;; esac
 }
 
-proxy_ok() { # every front answers HTTP (any status: an app behind it may still be starting)
-  local _name port _rest
+proxy_scheme() { # the scheme the proxy's config serves (what runs, whatever STACK_TLS says now)
+  if grep -q '^ *ssl_certificate ' "$STACK_DIR/proxy/nginx.conf" 2>/dev/null; then echo https; else echo http; fi
+}
+
+proxy_ok() { # every front answers HTTP(S) (any status: an app behind it may still be starting)
+  local _name port _rest scheme tls=(); scheme=$(proxy_scheme)
+  [ "$scheme" = https ] && tls=(--cacert "$TLS_DIR/ca.pem")
   while read -r _name port _rest; do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 "http://$(proxy_addr):$port/" 2>/dev/null)" != 000 ] || return 1
+    [ "$(curl -s "${tls[@]}" -o /dev/null -w '%{http_code}' --max-time 3 "$scheme://$(proxy_addr):$port/" 2>/dev/null)" != 000 ] || return 1
   done < <(fronts)
 }
 
@@ -542,11 +560,13 @@ up_proxy() {
   alive proxy && { wait_until proxy proxy_ok; return; }
   local conf=$STACK_DIR/proxy/nginx.conf
   mkdir -p "$STACK_DIR/proxy"
-  fronts | (cd "$ROOT"; "$PY" -m stack.proxy render --state "$STACK_DIR") >"$conf.tmp" \
+  local tls=()
+  [ "$STACK_TLS" = 1 ] && { make_tls; tls=(--tls "$TLS_DIR/server.crt:$TLS_DIR/server.key"); }
+  fronts | (cd "$ROOT"; "$PY" -m stack.proxy render --state "$STACK_DIR" "${tls[@]}") >"$conf.tmp" \
     || die "the proxy's config cannot be rendered (see above)"
   mv "$conf.tmp" "$conf"
   "$NGINX" -t -q -e stderr -p "$STACK_DIR/proxy" -c "$conf" || die "nginx refuses $conf (see above)"
-  say "starting the proxy (nginx): $(front_list)"
+  say "starting the proxy (nginx, $SCHEME): $(front_list)"
   spawn proxy -- "$NGINX" -e stderr -p "$STACK_DIR/proxy" -c "$conf"
   wait_until proxy proxy_ok
 }
@@ -657,6 +677,9 @@ SCHEMA_REGISTRY_USER=$REGISTRY_WRITER
 SCHEMA_REGISTRY_PASSWORD_FILE=$SECRETS_DIR/registry-writer-password
 SCHEMA_REGISTRY_READER_USER=$REGISTRY_READER
 SCHEMA_REGISTRY_READER_PASSWORD_FILE=$SECRETS_DIR/registry-reader-password
+SCHEMA_REGISTRY_CA_FILE=$([ "$STACK_TLS" = 1 ] && echo "$TLS_DIR/ca.pem")
+STACK_URL_SCHEME=$SCHEME
+STACK_CA_FILE=$([ "$STACK_TLS" = 1 ] && echo "$TLS_DIR/ca.pem")
 DATABASE_URL=postgresql+psycopg2://$PG_USER@127.0.0.1:$PG_PORT/reviews
 DATABASE_PASSWORD_FILE=$SECRETS_DIR/postgres-password
 CONNECT_URL=$CONNECT_URL
@@ -682,6 +705,9 @@ EOF
 
 cmd_up() {
   local t0=$SECONDS
+  if alive proxy && [ "$(proxy_scheme)" != "$SCHEME" ]; then
+    die "the running stack serves $(proxy_scheme), STACK_TLS=$STACK_TLS asks for $SCHEME: 'make down' first (or 'STACK_TLS=$STACK_TLS make rotate-secrets', which restarts it)"
+  fi
   cmd_install
   write_secrets
   write_env
@@ -778,5 +804,5 @@ case "${1:-}" in
   run) cmd_run ;;
   restart) cmd_restart "${2:-}" ;;
   rotate) cmd_rotate ;;
-  *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -12,6 +12,7 @@ files, the trusted Host names.
 from __future__ import annotations
 
 import shlex
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -218,14 +219,40 @@ def registry_auth(env: Mapping[str, str] | None = None) -> tuple[str, str] | Non
 
 
 def registry_client_config(url: str, env: Mapping[str, str] | None = None) -> dict[str, object]:
-    """confluent-kafka's SchemaRegistryClient settings: the URL, a timeout, and the
-    credentials of `registry_auth` as the client's own setting (not in the URL, where every
-    error message would show them)."""
+    """confluent-kafka's SchemaRegistryClient settings: the URL, a timeout, the credentials of
+    `registry_auth` as the client's own setting (not in the URL, where every error message
+    would show them), and SCHEMA_REGISTRY_CA_FILE's CA, checked readable here."""
     config: dict[str, object] = {"url": url, "timeout": REGISTRY_TIMEOUT_S}
     auth = registry_auth(env)
     if auth:
         config["basic.auth.user.info"] = ":".join(auth)
+    ca_file = load(RegistrySettings, env).ca_file
+    if ca_file:
+        tls_verify(ca_file, "SCHEMA_REGISTRY_CA_FILE")
+        config["ssl.ca.location"] = ca_file
     return config
+
+
+def tls_verify(ca_file: str | None, variable: str) -> ssl.SSLContext | bool:
+    """An HTTP client's `verify`: a context that trusts only CA_FILE's certificates (a private
+    CA, as `STACK_TLS=1 make up` makes), else True (the system's trust store). An unusable
+    file is a ConfigError naming the variable."""
+    if not ca_file:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{variable}: cannot use {ca_file} as a CA certificate: {exc}") from None
+
+
+def registry_verify(env: Mapping[str, str] | None = None) -> ssl.SSLContext | bool:
+    """How an HTTP client verifies the registry: SCHEMA_REGISTRY_CA_FILE's CA, if set."""
+    return tls_verify(load(RegistrySettings, env).ca_file, "SCHEMA_REGISTRY_CA_FILE")
+
+
+def dagster_verify(env: Mapping[str, str] | None = None) -> ssl.SSLContext | bool:
+    """How an HTTP client verifies Dagster's webserver: DAGSTER_CA_FILE's CA, if set."""
+    return tls_verify(load(PipelineSettings, env).dagster_ca_file, "DAGSTER_CA_FILE")
 
 
 def dagster_auth(env: Mapping[str, str] | None = None) -> tuple[str, str] | None:

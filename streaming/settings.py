@@ -86,6 +86,11 @@ class RegistrySettings(_Component):
     )
     user: str | None = Field(None, description="the registry's user (HTTP Basic)")
     password_file: str | None = Field(None, description="a file holding that user's password")
+    ca_file: str | None = Field(
+        None,
+        description="a CA certificate (PEM) that an `https://` registry URL is verified by "
+        "instead of the system's trust store (`STACK_TLS=1 make up` sets its local CA's)",
+    )
 
 
 class DatabaseSettings(_Component):
@@ -278,6 +283,12 @@ class PipelineSettings(_Component):
         None,
         validation_alias=AliasChoices("DAGSTER_PASSWORD_FILE"),
         description="a file holding that user's password",
+    )
+    dagster_ca_file: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DAGSTER_CA_FILE"),
+        description="a CA certificate (PEM) that an `https://` DAGSTER_URL is verified by "
+        "instead of the system's trust store (`STACK_TLS=1 make up` sets its local CA's)",
     )
 
 

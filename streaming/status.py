@@ -9,6 +9,7 @@ the answers into lines is pure (`render`), the probes are the edge (`gather`).
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,11 +18,21 @@ from typing import Any
 
 import httpx
 
-from streaming.config import ConfigError, Settings, dagster_auth, redact_url, registry_auth
+from streaming.config import (
+    ConfigError,
+    Settings,
+    dagster_auth,
+    dagster_verify,
+    redact_url,
+    registry_auth,
+    registry_verify,
+)
 from streaming.pipeline import SINKS, WORKERS
 from streaming.settings import PipelineSettings, SourceSettings, load
 
 PROBE_TIMEOUT_S = 3.0
+DagsterLogin = tuple[tuple[str, str] | None, ssl.SSLContext | bool]
+"""How to reach Dagster's webserver: its Basic login (None: none asked) and how to verify it."""
 RECONCILIATION_QUERY = """
 { assetOrError(assetKey: {path: ["reconciliation", "stream_vs_batch"]}) {
     ... on Asset { assetMaterializations(limit: 1) { timestamp runId
@@ -125,9 +136,11 @@ def render(report: Report, now: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def _http_probe(name: str, url: str, auth: tuple[str, str] | None = None) -> Probe:
+def _http_probe(
+    name: str, url: str, auth: tuple[str, str] | None = None, verify: ssl.SSLContext | bool = True
+) -> Probe:
     try:
-        answer = httpx.get(url, timeout=PROBE_TIMEOUT_S, auth=auth)
+        answer = httpx.get(url, timeout=PROBE_TIMEOUT_S, auth=auth, verify=verify)
     except httpx.HTTPError as exc:
         return Probe(name, False, redact_url(url), type(exc).__name__)
     detail = "" if answer.is_success else f"HTTP {answer.status_code}"
@@ -174,16 +187,16 @@ def _connect_probe(settings: Settings) -> Probe:
 
 def _registry_probe(settings: Settings, env: Mapping[str, str]) -> Probe:
     try:
-        auth = registry_auth(env)
+        auth, verify = registry_auth(env), registry_verify(env)
     except ConfigError as exc:
         return Probe("registry", False, redact_url(settings.schema_registry_url), str(exc))
-    return _http_probe("registry", f"{settings.schema_registry_url}/subjects", auth)
+    return _http_probe("registry", f"{settings.schema_registry_url}/subjects", auth, verify)
 
 
-def _dagster_probe(dagster_url: str, auth: tuple[str, str] | ConfigError | None) -> Probe:
-    if isinstance(auth, ConfigError):
-        return Probe("dagster", False, dagster_url, str(auth))
-    return _http_probe("dagster", f"{dagster_url}/server_info", auth)
+def _dagster_probe(dagster_url: str, login: DagsterLogin | ConfigError) -> Probe:
+    if isinstance(login, ConfigError):
+        return Probe("dagster", False, dagster_url, str(login))
+    return _http_probe("dagster", f"{dagster_url}/server_info", *login)
 
 
 def _instances(env: Mapping[str, str]) -> list[tuple[str, dict[str, Any] | None, str]]:
@@ -217,11 +230,13 @@ def _connectors(settings: Settings) -> list[tuple[str, str]]:
     return out
 
 
-def _reconciliation(dagster_url: str, auth: tuple[str, str] | None) -> dict[str, Any] | None:
+def _reconciliation(dagster_url: str, login: DagsterLogin) -> dict[str, Any] | None:
+    auth, verify = login
     answer = httpx.post(
         f"{dagster_url}/graphql",
         json={"query": RECONCILIATION_QUERY},
         auth=auth,
+        verify=verify,
         timeout=PROBE_TIMEOUT_S * 3,
     )
     answer.raise_for_status()
@@ -247,7 +262,7 @@ def gather(env: Mapping[str, str]) -> Report:
     api, dagster = pipeline.pipeline_api_url, pipeline.dagster_url
     source = source_settings.api_url
     try:
-        login: tuple[str, str] | ConfigError | None = dagster_auth(env)
+        login: DagsterLogin | ConfigError = (dagster_auth(env), dagster_verify(env))
     except ConfigError as exc:  # its credentials unusable: shown on its line
         login = exc
     report = Report()

@@ -12,9 +12,11 @@ import pytest
 from stack.proxy import (
     Front,
     FrontError,
+    Tls,
     allowed_hosts,
     htpasswd_line,
     parse_front,
+    parse_tls,
     render,
     write_htpasswd,
 )
@@ -94,8 +96,41 @@ def test_nginx_runs_in_the_foreground_with_every_path_under_the_state_dir() -> N
     assert root.startswith("# Generated") and "\nuser " in root
 
 
+def test_with_tls_every_front_serves_https_only() -> None:
+    fronts = [Front("registry", 8081, "127.0.0.1:8181"), Front("d", 3000, "127.0.0.1:3001")]
+    text = render(fronts, Path("/s"), "127.0.0.1", "", False, Tls("/t/c.pem", "/t/k.pem"))
+    assert text.count(" ssl;") == 2 and "listen 127.0.0.1:8081 ssl;" in text
+    assert "ssl_certificate /t/c.pem;" in text and "ssl_certificate_key /t/k.pem;" in text
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in text
+    plain = render(fronts, Path("/s"), "127.0.0.1", "", False)
+    assert " ssl" not in plain and "ssl_certificate" not in plain
+
+
+def test_a_tls_pair_must_be_two_readable_files(tmp_path: Path) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(FrontError, match="CERT:KEY"):
+        parse_tls(str(cert))
+    with pytest.raises(FrontError, match="cannot read"):
+        parse_tls(f"{cert}:{tmp_path / 'missing.pem'}")
+    assert parse_tls(f"{cert}:{cert}") == Tls(str(cert), str(cert))
+
+
+def _self_signed(directory: Path) -> Tls:
+    cert, key = directory / "c.pem", directory / "k.pem"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subprocess.run(
+        [*request, "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    return Tls(str(cert), str(key))
+
+
 @pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is not installed")
-def test_nginx_accepts_the_rendered_config(tmp_path: Path) -> None:
+@pytest.mark.parametrize("with_tls", [False, True], ids=["http", "https"])
+def test_nginx_accepts_the_rendered_config(tmp_path: Path, with_tls: bool) -> None:
+    tls = _self_signed(tmp_path) if with_tls else None
     password = tmp_path / "pw"
     password.write_text("s3cret\n")
     fronts = [
@@ -106,7 +141,7 @@ def test_nginx_accepts_the_rendered_config(tmp_path: Path) -> None:
     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (tmp_path / "proxy" / "tmp" / kind).mkdir(parents=True)
     write_htpasswd(tmp_path / "proxy" / "d.htpasswd", "dagster", str(password))
-    (tmp_path / "nginx.conf").write_text(render(fronts, tmp_path, "127.0.0.1", "", False))
+    (tmp_path / "nginx.conf").write_text(render(fronts, tmp_path, "127.0.0.1", "", False, tls))
     checked = subprocess.run(
         [
             NGINX,

@@ -1,12 +1,24 @@
-"""The registry edge: an unreachable registry is a clear error, not a transport traceback."""
+"""The registry edge: an unreachable registry is a clear error, not a transport traceback; its
+credentials and CA come from their own settings."""
 
 from __future__ import annotations
+
+import ssl
+import subprocess
+from pathlib import Path
 
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from streaming.config import REGISTRY_TIMEOUT_S, redact_url, registry_client_config
+from streaming.config import (
+    REGISTRY_TIMEOUT_S,
+    ConfigError,
+    dagster_verify,
+    redact_url,
+    registry_client_config,
+    registry_verify,
+)
 from streaming.serde import (
     UNKNOWN_ID_RECHECK_S,
     Registry,
@@ -117,3 +129,40 @@ def test_a_url_with_user_info_is_shown_without_its_password() -> None:
     with pytest.raises(RegistryUnavailable) as refused:
         registry.register("t-value", "review.avsc")
     assert "hunter22" not in str(refused.value)
+
+
+def _ca(directory: Path) -> Path:
+    cert, key = directory / "ca.pem", directory / "ca.key"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subprocess.run(
+        [*request, "-keyout", str(key), "-out", str(cert), "-subj", "/CN=test CA"],
+        check=True,
+        capture_output=True,
+    )
+    return cert
+
+
+def test_an_https_registry_is_verified_by_the_ca_file_named(tmp_path: Path) -> None:
+    ca = _ca(tmp_path)
+    env = {"SCHEMA_REGISTRY_CA_FILE": str(ca)}
+    config = registry_client_config("https://r:8081", env)
+    assert config["ssl.ca.location"] == str(ca)
+    SchemaRegistryClient(config)
+    context = registry_verify(env)
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname and len(context.get_ca_certs()) == 1, "that CA only"
+    assert registry_verify({}) is True, "unset: the system's trust store"
+    assert dagster_verify({"DAGSTER_CA_FILE": str(ca)}) is not True
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"], ids=["missing", "garbage"])
+def test_an_unusable_ca_file_is_one_error_naming_its_variable(
+    tmp_path: Path, content: str | None
+) -> None:
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_text(content)
+    with pytest.raises(ConfigError, match=f"SCHEMA_REGISTRY_CA_FILE: cannot use {ca}"):
+        registry_client_config("https://r:8081", {"SCHEMA_REGISTRY_CA_FILE": str(ca)})
+    with pytest.raises(ConfigError, match="DAGSTER_CA_FILE"):
+        dagster_verify({"DAGSTER_CA_FILE": str(ca)})
