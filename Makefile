@@ -11,10 +11,11 @@ export STACK_APPS := $(CURDIR)/services.conf
 .PHONY: run test up status down venv dev lock lint unit clean chaos bench tools rotate-secrets
 
 # $(call on_stack,COMMAND): bring the stack up unless it is, run COMMAND, then take down
-# only what this call started; the exit status is COMMAND's.
+# only what this call started; the exit status is COMMAND's. COMMAND sees STACK_DOWN_AFTER=1
+# when the stack is taken down after it (a test that restarts it need not restore it then).
 on_stack = started=0; stack/stack.sh status >/dev/null 2>&1 || started=1; \
 	stack/stack.sh up || { [ $$started = 1 ] && stack/stack.sh down; exit 1; }; \
-	$(1); rc=$$?; [ $$started = 1 ] && stack/stack.sh down; exit $$rc
+	STACK_DOWN_AFTER=$$started $(1); rc=$$?; [ $$started = 1 ] && stack/stack.sh down; exit $$rc
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PY311) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
