@@ -10,10 +10,10 @@ aggregated; the state size is what the two stores say they hold (`nbytes()`), pe
 tracked review; mismatches compare the long-term topic with the from-scratch reference.
 
 Memory is split in two: the fixed part (the RSS a warm worker adds to the bare process: its
-Kafka clients with their buffers at the fixed sizes of `streaming.workers.eos`, the compiled
+Kafka clients with their buffers at the fixed sizes of `streaming.workers.clients`, the compiled
 kernels, at the end of its first batch) and the state's: the RSS the process gives back when
 the stopped worker's stores drop their state, per million tracked reviews. The allocator is set
-up as the worker's `main` sets it (`runtime.fix_mmap_threshold`), so freed columns are returned.
+up as the worker's `main` sets it (`process.fix_mmap_threshold`), so freed columns are returned.
 
     make up && .venv/bin/python bench/aggregate_throughput.py [--records 1000000] [--runs 3]
 """
@@ -45,8 +45,8 @@ from bench.common import (
     write_result,
 )
 from streaming.config import Settings
-from streaming.workers.eos import LoopConfig
-from streaming.workers.runtime import StopFlag, fix_mmap_threshold
+from streaming.workers.clients import LoopConfig
+from streaming.workers.process import StopFlag, fix_mmap_threshold
 from streaming.workers.stats_aggregator import AggregatorTopics, StatsAggregator
 
 
@@ -77,16 +77,21 @@ class TimedAggregator(StatsAggregator):
         super().process(msgs)
         if self.rss_warm is None:
             self.rss_warm = rss_mb()
-        extra = self.metrics.extra
+
+    def tick(self) -> int:
+        """Right after the loop counted the batch: stop once every record and change is in."""
+        emitted = super().tick()
         if (
-            self.metrics.records_in >= self.target
-            and extra["changes_applied"] >= extra["changes_out"]
+            self.first is not None
+            and self.metrics.records_in >= self.target
+            and self.figures.changes_applied >= self.figures.changes_out
         ):
             self.last = time.perf_counter()
             # before close() drops the state of revoked partitions
             self.tracked = sum(len(s) for s in self.versions.partitions.values())
             self.state_bytes = self._state_bytes()
             self.stop.set()
+        return emitted
 
     def _state_bytes(self) -> int | None:
         """Bytes both stores hold, by their own `nbytes()` (None where a state lacks it)."""
@@ -150,12 +155,12 @@ def run_once(
 def state_rss_mb(worker: TimedAggregator) -> float:
     """The RSS the stopped worker's state holds: what the process gives back when the stores
     drop it (the clients are closed by then, so their buffers are not in it). Closing revoked
-    every partition, so the state is parked (kept for a partition that comes back): both go."""
+    every partition, so the state is kept (for a partition that comes back): both go."""
     gc.collect()
     with_state = rss_mb()
     for store in worker.stores:
         store.partitions.clear()
-        store.forget_parked()
+        store.discard_kept()
     gc.collect()
     return with_state - rss_mb()
 

@@ -27,9 +27,9 @@ from bench.common import produce_reviews, write_result
 from streaming.config import Settings
 from streaming.core import review_bytes, source_position
 from streaming.core.fraud import HashFraudModel
-from streaming.workers.eos import LoopConfig
+from streaming.workers.clients import LoopConfig
 from streaming.workers.fraud_filter import FraudFilter, FraudTopics
-from streaming.workers.runtime import StopFlag
+from streaming.workers.process import StopFlag
 
 
 class TimedFilter(FraudFilter):
@@ -42,8 +42,12 @@ class TimedFilter(FraudFilter):
         if self.first is None:
             self.first = time.perf_counter()
         super().process(msgs)
+
+    def tick(self) -> int:
+        """Right after the loop counted the batch: stop at `target` (the loop ends the turn)."""
         if self.metrics.records_in >= self.target:
             self.stop.set()
+        return super().tick()
 
 
 class TimedPassThrough(TimedFilter):
@@ -54,7 +58,7 @@ class TimedPassThrough(TimedFilter):
         if self.first is None:
             self.first = time.perf_counter()
         produce = self.producer.produce
-        topic = self.out.valid
+        topic = self.topics.valid
         for msg in msgs:
             produce(
                 topic,
@@ -63,10 +67,6 @@ class TimedPassThrough(TimedFilter):
                 headers=source_position.replace(msg.headers(), msg.partition(), msg.offset()),
                 timestamp=msg.timestamp()[1],
             )
-        self.metrics.records_in += len(msgs)
-        self.checkpoint.add(len(msgs))
-        if self.metrics.records_in >= self.target:
-            self.stop.set()
 
 
 def run_once(

@@ -47,7 +47,7 @@ from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame
 from streaming.pipeline import AGGREGATOR, INPUT, LONG_TERM
 from streaming.serde import Registry, local_schema
-from streaming.workers.eos import LoopConfig
+from streaming.workers.clients import LoopConfig
 from streaming.workers.snapshots import SnapshotDir
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -113,7 +113,7 @@ def produce(settings: Settings, topic: str, logs: list[Log]) -> None:
 
 
 def restore(settings: Settings, stores: list[ChangelogStore]) -> float:
-    """Both stores, every partition, side by side (as `EosWorker._release`); seconds."""
+    """Both stores, every partition, side by side (as `StoreManager.release`); seconds."""
     for store in stores:
         store.partitions.clear()
     t0 = time.monotonic()

@@ -53,7 +53,8 @@ KEEP_RESTARTS = 50
 DEFAULT_STOP_TIMEOUT_S = 30.0
 GO_FD_ENV = "PROC_GO_FD"
 """Set in a warm spare's environment: the file descriptor to read one byte from before it
-starts (end of file: exit)."""
+starts (end of file: exit). A protocol, not shared code: the processes that opt in
+(`streaming.workers.process`) define the same name, as this module imports nothing of theirs."""
 
 
 # ---------------------------------------------------------------- files

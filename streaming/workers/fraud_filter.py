@@ -22,7 +22,6 @@ HEALTH_PORT [the declared port + instance; 0 picks a free port], FRAUD_MODEL [th
 
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import dataclass
 
@@ -35,16 +34,9 @@ from streaming.core.fraud_routing import DEAD, FRAUD, route
 from streaming.pipeline import FRAUD_FILTER
 from streaming.serde import Registry, ReviewWriters, local_schema
 from streaming.settings import PipelineSettings, load
-from streaming.workers.eos import EosWorker, LoopConfig
-from streaming.workers.runtime import (
-    StopFlag,
-    await_turn,
-    health_port,
-    log_event,
-    serve,
-)
-
-log = logging.getLogger("fraud_filter")
+from streaming.workers.clients import LoopConfig
+from streaming.workers.eos import EosWorker
+from streaming.workers.process import StopFlag, run_worker
 
 
 @dataclass(frozen=True)
@@ -74,24 +66,18 @@ class FraudFilter(EosWorker):
         model: FraudModel,
         stop: StopFlag,
     ) -> None:
-        super().__init__(settings, loop, stop)
-        self.out = topics
+        super().__init__(settings, loop, stop, [topics.input], topics.dead_letter)
+        self.topics = topics
         self.model = model
         self.review_schema = local_schema("review.avsc")
         self.registry = Registry(settings.schema_registry_url)
         self.resolve = ReviewWriters(self.registry)
 
-    def topics(self) -> list[str]:
-        return [self.out.input]
-
-    def dead_letter_topic(self) -> str:
-        return self.out.dead_letter
-
     def process(self, msgs: list[Message]) -> None:
         values = [msg.value() for msg in msgs]
         codes, problems, ids = route(values, self.resolve, self.model, self.review_schema)
         produce = self.producer.produce
-        topics = (self.out.valid, self.out.fraud)
+        topics = (self.topics.valid, self.topics.fraud)
         header, position, replace = (
             source_position.HEADER,
             source_position.encode,
@@ -111,42 +97,22 @@ class FraudFilter(EosWorker):
             key = b"%d" % review_id  # the review's identity, not the producer's key
             produce(topics[code], value, key, headers=headers, timestamp=msg.timestamp()[1])
         for i, problem in problems.items():
-            msg = msgs[i]
-            self.produce_dead_letter(self.out.dead_letter, msg, str(problem), problem.kind)
-            log_event(
-                log,
-                "dead letter",
-                logging.WARNING,
-                reason=str(problem),
-                topic=msg.topic(),
-                partition=msg.partition(),
-                offset=msg.offset(),
-            )
+            self.dead_letter(msgs[i], str(problem), problem.kind)
         n_fraud = int((codes == FRAUD).sum())
-        self.metrics.records_out[self.out.fraud] += n_fraud
-        self.metrics.records_out[self.out.valid] += len(msgs) - n_fraud - len(problems)
-        self.metrics.dead_letters += len(problems)
-        self.metrics.records_in += len(msgs)
-        self.checkpoint.add(len(msgs))
+        self.metrics.records_out[self.topics.fraud] += n_fraud
+        self.metrics.records_out[self.topics.valid] += len(msgs) - n_fraud - len(problems)
+
+
+def build(settings: Settings, stop: StopFlag) -> FraudFilter:
+    """The fraud filter as its settings declare it (a bad FRAUD_MODEL: ValueError)."""
+    model = load_model(load(PipelineSettings).fraud_model)
+    return FraudFilter(
+        settings, LoopConfig.from_env(FRAUD_FILTER), FraudTopics.from_env(), model, stop
+    )
 
 
 def main() -> int:
-    await_turn(review_bytes.warm_up)  # a warm spare starts here, its imports done
-    try:
-        model = load_model(load(PipelineSettings).fraud_model)
-        settings = Settings.from_env()
-    except ValueError as exc:  # a bad FRAUD_MODEL, or a ConfigError
-        print(f"fraud-filter: {exc}", file=sys.stderr)
-        return 2
-    stop = StopFlag()
-    worker = FraudFilter(
-        settings,
-        LoopConfig.from_env(FRAUD_FILTER),
-        FraudTopics.from_env(),
-        model,
-        stop,
-    )
-    return serve(worker, health_port(FRAUD_FILTER))
+    return run_worker(FRAUD_FILTER, build, warm_up=review_bytes.warm_up)
 
 
 if __name__ == "__main__":

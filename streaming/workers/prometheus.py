@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from streaming.workers.runtime import WorkerMetrics
+from streaming.workers.metrics import WorkerMetrics
 
 PREFIX = "reviews_worker"
 STATUSES = ("ok", "restoring", "waiting", "stalled")
@@ -78,12 +78,9 @@ class WorkerCollector(Collector):
         for reason, n in sorted(m.aborts.items()):
             aborted.add_metric([*ids, reason], n)
         yield aborted
-        extra = m.extra
-        yield counter(
-            "commit_retries", "Retriable commit errors retried", extra.get("commit_retries", 0)
-        )
+        yield counter("commit_retries", "Retriable commit errors retried", m.commit_retries or 0)
         yield counter("consumer_errors", "Consumer error events (not fatal)", m.consumer_errors)
-        waits = extra.get("service_waits", 0)
+        waits = m.service_waits or 0
         yield counter("service_waits", "Aborts while a service was unreachable", waits)
         yield self._commit_latency()
         if m.last_commit_time is not None:
@@ -138,35 +135,45 @@ class WorkerCollector(Collector):
         yield assigned
 
     def _state(self) -> Iterator[Metric]:
-        m, extra = self.metrics, self.metrics.extra
+        m = self.metrics
         ids = labels_of(m)
         progress = GaugeMetricFamily(
             f"{PREFIX}_restore_records",
             "Changelog records of a restore in progress: read so far, and in all",
             labels=["worker", "instance", "store", "of"],
         )
-        for store, done in sorted(extra.get("restore_progress", {}).items()):
+        for store, done in sorted((m.restore_progress or {}).items()):
             progress.add_metric([*ids, store, "read"], done["records"])
             progress.add_metric([*ids, store, "total"], done["of"])
         yield progress
-        for key, name, doc in (
-            ("state_bytes", "state_bytes", "Bytes of state the stores hold"),
-            ("state_reviews", "state_reviews", "Reviews (current versions) in the state"),
-            ("snapshots", "snapshots", "State snapshots written"),
-        ):
-            if key in extra:
-                family = (CounterMetricFamily if key == "snapshots" else GaugeMetricFamily)(
+        stage = m.stage
+        figures: tuple[tuple[str, str, int | None], ...] = (
+            (
+                "state_bytes",
+                "Bytes of state the stores hold",
+                None if stage is None else stage.state_bytes,
+            ),
+            (
+                "state_reviews",
+                "Reviews (current versions) in the state",
+                None if stage is None else stage.state_reviews,
+            ),
+            ("snapshots", "State snapshots written", m.snapshots),
+        )
+        for name, doc, figure in figures:
+            if figure is not None:
+                family = (CounterMetricFamily if name == "snapshots" else GaugeMetricFamily)(
                     f"{PREFIX}_{name}", doc, labels=["worker", "instance"]
                 )
-                family.add_metric(ids, extra[key])
+                family.add_metric(ids, figure)
                 yield family
-        if "as_of_day" in extra:
+        if stage is not None:
             day = GaugeMetricFamily(
                 f"{PREFIX}_as_of_day_timestamp_seconds",
                 "Midnight (UTC) of the day the recent window ends on",
                 labels=["worker", "instance"],
             )
-            day.add_metric(ids, extra["as_of_day"] * DAY_S)
+            day.add_metric(ids, stage.as_of_day * DAY_S)
             yield day
 
 

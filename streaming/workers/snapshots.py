@@ -22,9 +22,9 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stack.procs import alive
 from streaming.config import REPO_ROOT
 from streaming.settings import LoopSettings, load
+from streaming.workers.process import alive
 
 MAGIC = b"REVIEWS-SNAPSHOT 1\n"
 DEFAULT_STATE_DIR = REPO_ROOT / ".stack" / "state"

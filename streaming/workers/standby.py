@@ -35,7 +35,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from streaming.config import Settings
 from streaming.core.aggregation import StateLayoutError
-from streaming.workers.runtime import log_event
+from streaming.workers.logs import log_event
 from streaming.workers.state import ChangelogStore, restore_consumer
 
 log = logging.getLogger("standby")
@@ -87,14 +87,14 @@ class Standby:
         self._thread.start()
 
     def hand_over(self) -> int:
-        """Stop following and give every whole copy to its store (`ChangelogStore.keep`);
+        """Stop following and give every whole copy to its store (`ChangelogStore.keep_standby`);
         how many."""
         t0 = time.monotonic()
         self.stopping.set()
         with self._lock:
             copies, self.copies = self.copies, {}
         for (topic, p), copy in sorted(copies.items()):
-            self.stores[topic].keep(p, copy.state, copy.offset, "standby")
+            self.stores[topic].keep_standby(p, copy.state, copy.offset, "standby")
         self._report(False, copies)
         log_event(
             log,

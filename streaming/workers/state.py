@@ -1,4 +1,4 @@
-"""Changelog-backed state stores, as Quix Streams' `StateStoreManager` and Kafka Streams' stores.
+"""Changelog-backed state stores, as Kafka Streams' and Quix Streams' state stores (one per stage).
 
 A store holds one state object per partition. Partition p of each of its input topics reads and
 writes state partition p, and every change is written to changelog partition p (a compacted
@@ -33,7 +33,7 @@ from typing import Generic, Protocol, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streaming.config import Settings
-from streaming.workers.runtime import log_event
+from streaming.workers.logs import log_event
 from streaming.workers.snapshots import (
     ChangelogIdentity,
     SnapshotDir,
@@ -100,7 +100,8 @@ class ChangelogStore(Generic[S]):
     """Per partition, its last restore: (kept | snapshot | changelog, changelog records read)."""
     _pending: dict[int, int] = field(default_factory=dict)
     _snapped: dict[int, int] = field(default_factory=dict)
-    _parked: dict[int, tuple[S, int, str]] = field(default_factory=dict)
+    _kept: dict[int, tuple[S, int, str]] = field(default_factory=dict)
+    """Committed states of partitions not owned: revoked ones, standby copies."""
     _writes: list[Future] = field(default_factory=list)
     _writer: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="snapshot")
@@ -158,26 +159,28 @@ class ChangelogStore(Generic[S]):
     def aborted(self) -> None:
         self._pending.clear()
 
-    def drop(self, partitions: Iterable[int]) -> None:
+    def discard(self, partitions: Iterable[int]) -> None:
+        """Forget the state of partitions (void after an abort, or another member's now)."""
         for p in partitions:
             self.partitions.pop(p, None)
             self.positions.pop(p, None)
 
-    def park(self, partitions: Iterable[int]) -> None:
+    def keep_revoked(self, partitions: Iterable[int]) -> None:
         """Keep the committed state of partitions a rebalance takes away, in case they come
         back (an eager rebalance revokes every partition, then reassigns most of them)."""
         for p in list(partitions):
             state, position = self.partitions.pop(p, None), self.positions.pop(p, None)
             if state is not None and position is not None:
-                self._parked[p] = (state, position, "kept")
+                self._kept[p] = (state, position, "kept")
 
-    def keep(self, partition: int, state: S, position: int, kind: str) -> None:
+    def keep_standby(self, partition: int, state: S, position: int, kind: str) -> None:
         """Hold a committed state of a partition this instance does not own yet (a standby
         copy), used if the partition is assigned while its offset is in the changelog."""
-        self._parked[partition] = (state, position, kind)
+        self._kept[partition] = (state, position, kind)
 
-    def forget_parked(self) -> None:
-        self._parked.clear()
+    def discard_kept(self) -> None:
+        """Drop the kept states (their partitions were not assigned here again)."""
+        self._kept.clear()
 
     # -- snapshots -------------------------------------------------------------------------
     def snapshot(self, partitions: Iterable[int] | None = None) -> int:
@@ -234,9 +237,9 @@ class ChangelogStore(Generic[S]):
     # -- restore ---------------------------------------------------------------------------
     def _source(self, p: int, low: int, high: int) -> Source[S]:
         """The best committed state of partition p to start from (see the module doc)."""
-        parked = self._parked.pop(p, None)
-        if parked is not None and low <= parked[1] <= high:
-            return Source(*parked)
+        kept = self._kept.pop(p, None)
+        if kept is not None and low <= kept[1] <= high:
+            return Source(*kept)
         return self.stored_source(p, low, high)
 
     def stored_source(self, p: int, low: int, high: int) -> Source[S]:

@@ -43,7 +43,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from fastavro import schemaless_writer
 
-from streaming.config import ConfigError, Settings, clock_from_env
+from streaming.config import Settings, clock_from_env
 from streaming.core import review_bytes, source_position
 from streaming.core.aggregation import BATCH_COLUMNS, CourseState, VersionChanges, VersionsState
 from streaming.core.avro_codec import confluent_frame
@@ -52,18 +52,13 @@ from streaming.core.stage_kernels import VERSION_SIZE
 from streaming.core.validity import Problem, field_problems
 from streaming.core.window import epoch_day
 from streaming.pipeline import AGGREGATOR
-from streaming.serde import Registry, RegistryUnavailable, ReviewWriters, local_schema
+from streaming.serde import Registry, ReviewWriters, local_schema
 from streaming.settings import LoopSettings, load
-from streaming.workers.eos import EosWorker, LoopConfig
-from streaming.workers.runtime import (
-    StopFlag,
-    fix_mmap_threshold,
-    health_port,
-    log_event,
-    serve,
-    spare_turn,
-    until_reachable,
-)
+from streaming.workers.clients import LoopConfig
+from streaming.workers.eos import EosWorker
+from streaming.workers.logs import log_event
+from streaming.workers.metrics import StageFigures
+from streaming.workers.process import StopFlag, run_worker, until_reachable
 from streaming.workers.state import ChangelogStore
 
 log = logging.getLogger("stats_aggregator")
@@ -97,14 +92,8 @@ class StatsAggregator(EosWorker):
         stop: StopFlag,
         clock: Clock = time.time,
     ) -> None:
-        super().__init__(settings, loop, stop)
-        self.t = topics
+        self.topics = topics
         self.clock = clock
-        self.review_schema = local_schema("review.avsc")
-        self.stat_schema = local_schema("course_statistic.avsc")
-        self.registry = Registry(settings.schema_registry_url)
-        self.resolve = ReviewWriters(self.registry)
-        self.stat_schema_ids = register_statistics(self.registry, topics)
         self.versions: ChangelogStore[VersionsState] = ChangelogStore(
             "review-versions",
             topics.versions_changelog,
@@ -119,7 +108,20 @@ class StatsAggregator(EosWorker):
             self._new_course_state,
             self._load_course_state,
         )
-        self.stores = [self.versions, self.courses]
+        super().__init__(
+            settings,
+            loop,
+            stop,
+            [topics.valid, topics.fraud, topics.changes],
+            topics.dead_letter,
+            [self.versions, self.courses],
+            internal_inputs=frozenset({topics.changes}),  # a lost change: a course inexact
+        )
+        self.review_schema = local_schema("review.avsc")
+        self.stat_schema = local_schema("course_statistic.avsc")
+        self.registry = Registry(settings.schema_registry_url)
+        self.resolve = ReviewWriters(self.registry)
+        self.stat_schema_ids = register_statistics(self.registry, topics)
         self.unpublished: set[int] = set()
         """Course partitions whose every recent record must be (re-)emitted: restored, or the
         window moved."""
@@ -127,7 +129,7 @@ class StatsAggregator(EosWorker):
         self.admin = AdminClient(settings.kafka_config())
         self._last_purge = time.monotonic()
         self.purge_interval_s = load(LoopSettings).repartition_purge_s
-        self.metrics.extra.update(as_of_day=self.today(), changes_out=0, changes_applied=0)
+        self.figures = self.metrics.stage = StageFigures(as_of_day=self.today())
 
     def today(self) -> int:
         return epoch_day(int(self.clock() * 1000))
@@ -138,27 +140,16 @@ class StatsAggregator(EosWorker):
     def _load_course_state(self, snapshot: bytes) -> CourseState:
         return CourseState.from_snapshot(snapshot, self.today())
 
-    def topics(self) -> list[str]:
-        return [self.t.valid, self.t.fraud, self.t.changes]
-
-    def dead_letter_topic(self) -> str:
-        return self.t.dead_letter
-
-    def divertible(self, topic: str) -> bool:
-        return topic != self.t.changes  # a lost change would leave a course inexact
-
     def process(self, msgs: list[Message]) -> None:
         inputs: list[Message] = []
         changes: list[Message] = []
-        changes_topic = self.t.changes
+        changes_topic = self.topics.changes
         for m in msgs:
             (changes if m.topic() == changes_topic else inputs).append(m)
         if inputs:
             self.current_versions(inputs)
         if changes:
             self.course_statistics(changes)
-        self.metrics.records_in += len(inputs)
-        self.checkpoint.add(len(msgs))
 
     # -- stage 1: current versions, changes re-keyed by course -----------------------------
     def current_versions(self, msgs: list[Message]) -> None:
@@ -178,7 +169,7 @@ class StatsAggregator(EosWorker):
         columns[:, 0], columns[:, 1], columns[:, 3] = longs[:, 0], longs[:, 2], longs[:, 1]
         columns[:, 4], columns[:, 5] = longs[:, 3], longs[:, 4]
         partitions = np.empty(len(msgs), dtype=np.int64)
-        valid_topic = self.t.valid
+        valid_topic = self.topics.valid
         for i, m in enumerate(msgs):
             partitions[i] = m.partition()
             columns[i, 6] = m.topic() == valid_topic
@@ -202,7 +193,7 @@ class StatsAggregator(EosWorker):
 
     def _produce_changes(self, out: VersionChanges) -> None:
         produce = self.producer.produce
-        topic, keys, blob = self.t.changes, self._course_keys, out.changes
+        topic, keys, blob = self.topics.changes, self._course_keys, out.changes
         start = 0
         for end, course in zip(out.ends, out.courses, strict=True):
             key = keys.get(course)
@@ -211,7 +202,7 @@ class StatsAggregator(EosWorker):
             produce(topic, blob[start:end], key)
             start = end
         self.metrics.records_out[topic] += len(out.ends)
-        self.metrics.extra["changes_out"] += len(out.ends)
+        self.figures.changes_out += len(out.ends)
 
     # -- stage 2: course statistics --------------------------------------------------------
     def course_statistics(self, msgs: list[Message]) -> None:
@@ -226,7 +217,7 @@ class StatsAggregator(EosWorker):
             self.courses.write_entries(self.producer, partition, update.entries)
             self._emit(state, update.changed, now_ms)
             self._dead_letters(batch, sorted({**update.errors, **bad}.items()))
-        self.metrics.extra["changes_applied"] += len(msgs)
+        self.figures.changes_applied += len(msgs)
 
     def _emit(self, state: CourseState, courses: set[int] | list[int], now_ms: int) -> None:
         produce = self.producer.produce
@@ -234,7 +225,9 @@ class StatsAggregator(EosWorker):
         for course_id in courses:
             key = str(course_id).encode()
             for topic, record in zip(
-                (self.t.long_term, self.t.recent), state.statistics(course_id, now_ms), strict=True
+                (self.topics.long_term, self.topics.recent),
+                state.statistics(course_id, now_ms),
+                strict=True,
             ):
                 buf.seek(0)
                 buf.truncate()
@@ -246,53 +239,44 @@ class StatsAggregator(EosWorker):
         """Refuse records: a `Problem` is the validity rule's (the record is no review), a
         bare reason the pipeline's own (a change record or header no stage wrote)."""
         for i, why in dead:
-            m = msgs[i]
-            kind = why.kind if isinstance(why, Problem) else None
-            reason = str(why)
-            self.produce_dead_letter(self.t.dead_letter, m, reason, kind)
-            log_event(
-                log,
-                "dead letter",
-                logging.WARNING,
-                reason=reason,
-                topic=m.topic(),
-                partition=m.partition(),
-                offset=m.offset(),
-            )
-        self.metrics.dead_letters += len(dead)
+            self.dead_letter(msgs[i], str(why), why.kind if isinstance(why, Problem) else None)
 
     # -- time: the recent window -----------------------------------------------------------
-    def tick(self) -> None:
+    def tick(self) -> int:
         """Move windows to the clock's day and re-emit every recent record of the partitions
-        that moved or were restored, inside the open transaction."""
+        that moved or were restored, inside the open transaction; how many records."""
         day = self.today()
         for partition, state in self.courses.partitions.items():
             if state.advance(day):
                 self.unpublished.add(partition)
-        if self.metrics.extra["as_of_day"] != day:
-            self.metrics.extra["as_of_day"] = day
+        if self.figures.as_of_day != day:
+            self.figures.as_of_day = day
             log_event(log, "window moved", as_of_day=day)
         if not self.unpublished:
-            return
-        now_ms = int(self.clock() * 1000)
+            return 0
+        now_ms, emitted = int(self.clock() * 1000), 0
         for partition in sorted(self.unpublished & self.courses.partitions.keys()):
             state = self.courses[partition]
-            self._emit_recent(state, now_ms)
+            emitted += self._emit_recent(state, now_ms)
             self.courses.write(self.producer, partition, *state.published(day))
         self.unpublished.clear()
+        return emitted
 
-    def _emit_recent(self, state: CourseState, now_ms: int) -> None:
+    def _emit_recent(self, state: CourseState, now_ms: int) -> int:
+        """Every recent record of a course partition; how many."""
         buf = io.BytesIO()
-        schema_id = self.stat_schema_ids[self.t.recent]
+        schema_id = self.stat_schema_ids[self.topics.recent]
         for course_id in state.courses:
             buf.seek(0)
             buf.truncate()
             schemaless_writer(buf, self.stat_schema, state.recent_statistic(course_id, now_ms))
             self.producer.produce(
-                self.t.recent, confluent_frame(schema_id, buf.getvalue()), str(course_id).encode()
+                self.topics.recent,
+                confluent_frame(schema_id, buf.getvalue()),
+                str(course_id).encode(),
             )
-        self.metrics.records_out[self.t.recent] += len(state.courses)
-        self.checkpoint.add(len(state.courses))
+        self.metrics.records_out[self.topics.recent] += len(state.courses)
+        return len(state.courses)
 
     def state_restored(self, store: ChangelogStore, partitions: list[int]) -> None:
         """A restored course partition re-emits its recent records unless its changelog says
@@ -307,8 +291,8 @@ class StatsAggregator(EosWorker):
     def _state_figures(self) -> None:
         """Reviews tracked and the bytes both stages' state holds (on /health)."""
         stores = (*self.versions.partitions.values(), *self.courses.partitions.values())
-        self.metrics.extra["state_reviews"] = sum(map(len, self.versions.partitions.values()))
-        self.metrics.extra["state_bytes"] = sum(s.nbytes() for s in stores)
+        self.figures.state_reviews = sum(map(len, self.versions.partitions.values()))
+        self.figures.state_bytes = sum(s.nbytes() for s in stores)
 
     def committed(self, positions: list[TopicPartition]) -> None:
         """Purge change records below committed offsets, as Kafka Streams does: they are
@@ -321,7 +305,7 @@ class StatsAggregator(EosWorker):
         done = [
             TopicPartition(tp.topic, tp.partition, tp.offset)
             for tp in positions
-            if tp.topic == self.t.changes and tp.offset > 0
+            if tp.topic == self.topics.changes and tp.offset > 0
         ]
         if done:
             for tp, fut in self.admin.delete_records(done).items():
@@ -376,30 +360,22 @@ def register_statistics(registry: Registry, topics: AggregatorTopics) -> dict[st
     }
 
 
-def main() -> int:
-    fix_mmap_threshold()  # the state's columns are released to the OS when they grow
-    wait_for_go = spare_turn(review_bytes.warm_up)  # a warm spare: its imports are done
-    try:
-        settings = Settings.from_env()
-        registry = Registry(settings.schema_registry_url)
-    except ConfigError as exc:
-        print(f"stats-aggregator: {exc}", file=sys.stderr)
-        return 2
-    topics, stop = AggregatorTopics.from_env(), StopFlag()
+def build(settings: Settings, stop: StopFlag) -> StatsAggregator | None:
+    """The aggregator as its settings declare it, once the registry has its statistics'
+    schemas (None: told to stop while waiting for it)."""
+    registry, topics = Registry(settings.schema_registry_url), AggregatorTopics.from_env()
     if not until_reachable(
         "the schema registry", lambda: register_statistics(registry, topics), stop
     ):
-        return 0  # told to stop while waiting
-    try:  # registers the statistics schemas (idempotent: known by now)
-        worker = StatsAggregator(
-            settings, LoopConfig.from_env(AGGREGATOR), topics, stop, clock_from_env()
-        )
-    except RegistryUnavailable as exc:  # gone again within milliseconds: the supervisor retries
-        print(f"stats-aggregator: {exc}", file=sys.stderr)
-        return 1
-    if wait_for_go is not None:  # a spare keeps standby copies of the state until its turn
-        worker.stand_by(wait_for_go)
-    return serve(worker, health_port(AGGREGATOR))
+        return None
+    # registers the statistics schemas (idempotent: known by now)
+    return StatsAggregator(
+        settings, LoopConfig.from_env(AGGREGATOR), topics, stop, clock_from_env()
+    )
+
+
+def main() -> int:
+    return run_worker(AGGREGATOR, build, warm_up=review_bytes.warm_up, fixed_mmap_threshold=True)
 
 
 if __name__ == "__main__":

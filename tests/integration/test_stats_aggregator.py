@@ -24,8 +24,8 @@ from streaming.config import Settings
 from streaming.core.source_position import HEADER, encode
 from streaming.core.window import MS_PER_DAY, day_to_date, epoch_day
 from streaming.serde import Registry, decode, local_schema
-from streaming.workers.eos import LoopConfig
-from streaming.workers.runtime import StopFlag
+from streaming.workers.clients import LoopConfig
+from streaming.workers.process import StopFlag
 from streaming.workers.stats_aggregator import AggregatorTopics, StatsAggregator
 from tests.integration.edit_history import (
     FIELDS,
@@ -389,11 +389,12 @@ class FailsTheDayChange(StatsAggregator):
     moved_at: int | None = None
     failed = 0
 
-    def tick(self) -> None:
-        before = self.metrics.extra["as_of_day"]
-        super().tick()
-        if self.metrics.extra["as_of_day"] != before and self.moved_at is None:
-            self.moved_at = self.metrics.extra["as_of_day"]
+    def tick(self) -> int:
+        before = self.figures.as_of_day
+        emitted = super().tick()
+        if self.figures.as_of_day != before and self.moved_at is None:
+            self.moved_at = self.figures.as_of_day
+        return emitted
 
     def commit(self) -> None:
         if self.moved_at is not None and not self.failed:

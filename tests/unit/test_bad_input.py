@@ -8,7 +8,8 @@ import pytest
 from streaming.admin import load_topic_specs
 from streaming.api.ingest import _json_media_type
 from streaming.sink.render import declared_connectors, load_connector
-from streaming.workers.eos import MAX_PRODUCE_BYTES, RECORD_SLACK_BYTES, fit_dead_letter
+from streaming.workers.clients import MAX_PRODUCE_BYTES
+from streaming.workers.dead_letters import RECORD_SLACK_BYTES, fit_dead_letter
 
 KAFKA_DEFAULT_MAX_BYTES = 1_048_588  # broker message.max.bytes, the default of every topic
 DEAD_LETTER_TOPICS = ("reviews-dead-letter", "connect-dead-letter")

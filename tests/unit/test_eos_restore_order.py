@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
-from streaming.workers.eos import EosWorker, check_copartitioned
-from streaming.workers.runtime import WorkerMetrics
+from streaming.workers.clients import LoopConfig
+from streaming.workers.metrics import WorkerMetrics
 from streaming.workers.state import ChangelogStore
+from streaming.workers.stores import StoreManager, check_copartitioned
 
 
 class FakeConsumer:
@@ -52,17 +53,6 @@ class FakeConsumer:
         return list(self.assigned)
 
 
-class Worker(EosWorker):
-    def topics(self) -> list[str]:
-        return ["in-a", "in-b"]
-
-    def process(self, msgs: Any) -> None:
-        raise AssertionError("not called here")
-
-    def dead_letter_topic(self) -> str:
-        return "dead"
-
-
 class FakeState:
     def restore(self, entries: Any) -> int:
         return 0
@@ -75,13 +65,9 @@ class FakeState:
         return cls()
 
 
-def worker(calls: list[str], committed: dict[tuple[str, int], int]) -> Worker:
-    w = object.__new__(Worker)  # no Kafka clients: the restore path only
-    w.consumer = FakeConsumer(calls, committed)  # type: ignore[assignment]
-    w.metrics = WorkerMetrics("w", "0")
-    w.settings = None  # type: ignore[assignment]
-    w.loop = type("Loop", (), {"group_id": "g"})()  # type: ignore[assignment]
-    w._held = set()
+def manager(calls: list[str], committed: dict[tuple[str, int], int]) -> StoreManager:
+    """The store manager of a worker with one store, on a fake consumer (no Kafka clients)."""
+    consumer = FakeConsumer(calls, committed)
     store: ChangelogStore[FakeState] = ChangelogStore(
         "s", "s-changelog", ("in-a", "in-b"), FakeState, FakeState.load
     )
@@ -94,18 +80,24 @@ def worker(calls: list[str], committed: dict[tuple[str, int], int]) -> Worker:
         return {}
 
     store.restore_partitions = restore_partitions  # type: ignore[method-assign]
-    w.stores = [store]
-    return w
+    metrics = WorkerMetrics("w", "0")
+    return StoreManager(consumer, [store], metrics, None, LoopConfig(group_id="g"))  # type: ignore[arg-type]
+
+
+def assign(m: StoreManager, parts: list[TopicPartition]) -> None:
+    """What the loop's rebalance callback does: assign, then hand the partitions to the stores."""
+    m.consumer.assign(parts)
+    m.assigned(parts)
 
 
 def test_assigned_partitions_are_restored_only_after_their_committed_offsets_are_read():
     calls: list[str] = []
-    w = worker(calls, {("in-a", 0): 7})
+    w = manager(calls, {("in-a", 0): 7})
     parts = [TopicPartition("in-a", 0), TopicPartition("in-b", 0)]
-    w._on_assign(w.consumer, parts)  # type: ignore[arg-type]
+    assign(w, parts)
     assert calls == ["pause in-a[0],in-b[0]"], "held, nothing restored inside the callback"
     assert w.metrics.snapshot(30)["status"] == "restoring"
-    w._release()
+    w.release()
     assert calls[1:] == [
         "committed",
         "restore [0]",
@@ -113,25 +105,25 @@ def test_assigned_partitions_are_restored_only_after_their_committed_offsets_are
         f"seek in-b[0]@{OFFSET_BEGINNING}",  # no committed offset: from the beginning
         "resume",
     ]
-    assert w.metrics.snapshot(30)["status"] == "ok" and not w._held
+    assert w.metrics.snapshot(30)["status"] == "ok" and not w.held
 
 
 def test_unstable_offsets_are_waited_for_before_restoring():
     calls: list[str] = []
-    w = worker(calls, {})
+    w = manager(calls, {})
     w.consumer.unstable = 2  # type: ignore[attr-defined]
-    w._on_assign(w.consumer, [TopicPartition("in-a", 1), TopicPartition("in-b", 1)])  # type: ignore[arg-type]
-    w._release()
+    assign(w, [TopicPartition("in-a", 1), TopicPartition("in-b", 1)])
+    w.release()
     assert calls.index("committed") < calls.index("restore [1]")
 
 
 def test_a_partition_kept_across_release_is_not_restored_twice():
     calls: list[str] = []
-    w = worker(calls, {})
-    w._on_assign(w.consumer, [TopicPartition("in-a", 0), TopicPartition("in-b", 0)])  # type: ignore[arg-type]
-    w._release()
-    w._hold([TopicPartition("in-a", 0)])  # e.g. paused again for a rewind of offsets only
-    w._release()
+    w = manager(calls, {})
+    assign(w, [TopicPartition("in-a", 0), TopicPartition("in-b", 0)])
+    w.release()
+    w.hold([TopicPartition("in-a", 0)])  # e.g. paused again for a rewind of offsets only
+    w.release()
     assert calls.count("restore [0]") == 1
 
 

@@ -21,7 +21,8 @@ from streaming.config import MAX_REQUEST_HEAD_BYTES
 from streaming.source import server as source_api
 from streaming.source.catalogue import Catalogue
 from streaming.source.generator import SampleSpec, generate
-from streaming.workers.runtime import HealthServer, WorkerMetrics
+from streaming.workers.health import HealthServer
+from streaming.workers.metrics import WorkerMetrics
 
 Server = Callable[[], AbstractContextManager[tuple[int, str]]]
 

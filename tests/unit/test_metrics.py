@@ -15,8 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from streaming.api.ingest import STALE_STATS_S, KafkaLink
 from streaming.api.serving import serve_http_extras
 from streaming.config import TrustedHosts
+from streaming.workers.health import HealthServer
+from streaming.workers.metrics import LatencyHistogram, StageFigures, WorkerMetrics
 from streaming.workers.prometheus import exposition
-from streaming.workers.runtime import HealthServer, LatencyHistogram, WorkerMetrics
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
@@ -49,12 +50,8 @@ def busy_worker() -> WorkerMetrics:
     m.aborted("MSG_SIZE_TOO_LARGE")
     m.committed()
     m.last_commit_time = 1_800_000_000.0
-    m.extra.update(
-        as_of_day=20_000,
-        state_bytes=4096,
-        state_reviews=50,
-        restore_progress={"versions": {"records": 30, "of": 90}},
-    )
+    m.stage = StageFigures(as_of_day=20_000, state_bytes=4096, state_reviews=50)
+    m.restore_progress = {"versions": {"records": 30, "of": 90}}
     m.on_stats(consumer_stats(**{"0": {"next_offset": 5, "ls_offset": 9, "rxmsgs": 70}}))
     m.on_producer_stats(json.dumps({"topics": {"out": {"partitions": {"3": {"txmsgs": 40}}}}}))
     for seconds in (0.002, 0.03, 0.03, 4.0):

@@ -128,7 +128,7 @@ def test_revoked_state_is_kept_for_its_return_only_while_the_changelog_allows(tm
     s = store(tmp_path)
     state = VersionsState()
     s.partitions, s.positions = {0: state, 1: VersionsState()}, {0: 7, 1: 9}
-    s.park([0, 1])
+    s.keep_revoked([0, 1])
     assert s.partitions == {} and s.positions == {}
     kept = s._source(0, 0, 12)
     assert (kept.kind, kept.offset, kept.state) == ("kept", 7, state)
@@ -158,10 +158,10 @@ def test_what_an_instance_owns_reads_back_while_it_lives(tmp_path: Path):
 def test_a_standby_copy_is_kept_like_revoked_state(tmp_path):
     s = store(tmp_path)
     state = VersionsState()
-    s.keep(2, state, 40, "standby")
+    s.keep_standby(2, state, 40, "standby")
     assert s._source(2, 0, 40).kind == "standby" and s._source(2, 0, 40).kind == "changelog"
-    s.keep(2, state, 40, "standby")
+    s.keep_standby(2, state, 40, "standby")
     assert s._source(2, 41, 50).kind == "changelog", "compacted or deleted past it"
-    s.keep(2, state, 40, "standby")
-    s.forget_parked()
+    s.keep_standby(2, state, 40, "standby")
+    s.discard_kept()
     assert s._source(2, 0, 40).kind == "changelog", "not assigned: dropped"

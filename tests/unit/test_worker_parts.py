@@ -1,4 +1,4 @@
-"""The stream workers' parts that need no broker: the source-position header, the checkpoint's
+"""The stream workers' parts that need no broker: the source-position header, the transaction's
 commit and retry rules (against a fake producer), the co-partitioning check, the filtering of
 consumer error events, and the consistency of the pipeline's declaration."""
 
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -16,11 +15,12 @@ from hypothesis import strategies as st
 from streaming import pipeline
 from streaming.core import source_position
 from streaming.sink.render import CONNECTORS_DIR, declared_connectors, load_connector
-from streaming.workers import checkpoint as checkpoint_module
-from streaming.workers.checkpoint import CALL_TIMEOUT_S, Checkpoint
-from streaming.workers.eos import EosWorker, check_copartitioned
-from streaming.workers.runtime import WorkerMetrics
+from streaming.workers import transaction as transaction_module
+from streaming.workers.clients import records as records_of
+from streaming.workers.metrics import WorkerMetrics
 from streaming.workers.state import ChangelogStore
+from streaming.workers.stores import check_copartitioned
+from streaming.workers.transaction import CALL_TIMEOUT_S, Transaction
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = source_position.HEADER
@@ -90,7 +90,7 @@ def test_replace_drops_a_claimed_position_and_keeps_the_rest() -> None:
         assert source_position.replace(empty, 0, 0) == [(HEADER, source_position.encode(0, 0))]
 
 
-# -- checkpoint ------------------------------------------------------------------------------
+# -- transaction -----------------------------------------------------------------------------------
 def kafka_error(
     *,
     retriable: bool = False,
@@ -138,7 +138,7 @@ METADATA = object()
 
 def test_commit_sends_offsets_then_commits_then_begins() -> None:
     producer = FakeProducer()
-    cp = Checkpoint(producer, every_records=10, interval_s=60)  # type: ignore[arg-type]
+    cp = Transaction(producer, every_records=10, interval_s=60)  # type: ignore[arg-type]
     cp.begin()
     cp.add(4)
     cp.commit(POSITIONS, METADATA)
@@ -153,7 +153,7 @@ def test_commit_sends_offsets_then_commits_then_begins() -> None:
 
 def test_commit_without_positions_skips_send_offsets() -> None:
     producer = FakeProducer()
-    cp = Checkpoint(producer, 10, 60)  # type: ignore[arg-type]
+    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]
     cp.add(1)
     cp.commit([], METADATA)
     assert producer.names() == ["commit_transaction", "begin_transaction"]
@@ -162,7 +162,7 @@ def test_commit_without_positions_skips_send_offsets() -> None:
 @pytest.mark.parametrize("method", ["commit_transaction", "send_offsets_to_transaction"])
 def test_commit_retries_retriable_errors(method: str) -> None:
     producer = FakeProducer(**{method: [kafka_error(retriable=True)] * 2})
-    cp = Checkpoint(producer, 10, 60)  # type: ignore[arg-type]
+    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]
     cp.add(3)
     cp.commit(POSITIONS, METADATA)
     assert producer.names() == [
@@ -187,7 +187,7 @@ def test_commit_retries_retriable_errors(method: str) -> None:
 )
 def test_commit_raises_what_needs_an_abort_or_is_fatal(method: str, error: KafkaException) -> None:
     producer = FakeProducer(**{method: [error]})
-    cp = Checkpoint(producer, 10, 60)  # type: ignore[arg-type]
+    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]
     cp.add(3)
     with pytest.raises(KafkaException) as info:
         cp.commit(POSITIONS, METADATA)
@@ -199,20 +199,20 @@ def test_commit_raises_what_needs_an_abort_or_is_fatal(method: str, error: Kafka
 
 def test_retriable_errors_are_retried_for_a_bounded_time(monkeypatch) -> None:
     clock = iter(range(0, 10_000, 7))  # each call to the clock: 7 s later
-    monkeypatch.setattr(checkpoint_module.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(transaction_module.time, "monotonic", lambda: float(next(clock)))
     producer = FakeProducer(commit_transaction=[kafka_error(retriable=True)] * 1_000)
-    cp = Checkpoint(producer, 10, 60)  # type: ignore[arg-type]
+    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]
     cp.add(1)
     with pytest.raises(KafkaException):
         cp.commit([], METADATA)
     tries = producer.names().count("commit_transaction")
-    assert 1 < tries <= checkpoint_module.RETRY_FOR_S / 7 + 2
+    assert 1 < tries <= transaction_module.RETRY_FOR_S / 7 + 2
     assert "begin_transaction" not in producer.names()
 
 
 def test_other_exceptions_pass_through_unretried() -> None:
     producer = FakeProducer(commit_transaction=[RuntimeError("boom")])
-    cp = Checkpoint(producer, 10, 60)  # type: ignore[arg-type]
+    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="boom"):
         cp.commit([], METADATA)
     assert producer.names() == ["commit_transaction"]
@@ -220,7 +220,7 @@ def test_other_exceptions_pass_through_unretried() -> None:
 
 def test_abort_aborts_and_begins_the_next_transaction() -> None:
     producer = FakeProducer()
-    cp = Checkpoint(producer, 10, 60)  # type: ignore[arg-type]
+    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]
     cp.add(5)
     cp.abort()
     assert producer.calls == [("abort_transaction", CALL_TIMEOUT_S), ("begin_transaction",)]
@@ -229,8 +229,8 @@ def test_abort_aborts_and_begins_the_next_transaction() -> None:
 
 def test_due_by_records_and_by_interval(monkeypatch) -> None:
     now = [1000.0]
-    monkeypatch.setattr(checkpoint_module.time, "monotonic", lambda: now[0])
-    cp = Checkpoint(FakeProducer(), every_records=100, interval_s=0.5)  # type: ignore[arg-type]
+    monkeypatch.setattr(transaction_module.time, "monotonic", lambda: now[0])
+    cp = Transaction(FakeProducer(), every_records=100, interval_s=0.5)  # type: ignore[arg-type]
     cp.begin()
     assert not cp.due(), "nothing to commit"
     now[0] += 10
@@ -313,8 +313,8 @@ class FakeMessage:
 
 
 def records(msgs: list[FakeMessage]) -> tuple[list[FakeMessage], WorkerMetrics]:
-    stub = SimpleNamespace(metrics=WorkerMetrics("w", "0"))
-    return EosWorker.records(stub, msgs), stub.metrics  # type: ignore[arg-type]
+    metrics = WorkerMetrics("w", "0")
+    return records_of(metrics, msgs), metrics  # type: ignore[arg-type]
 
 
 def test_records_without_errors_pass_as_they_are() -> None:

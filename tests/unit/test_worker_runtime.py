@@ -11,12 +11,8 @@ import pytest
 
 from streaming.config import clock_from_env
 from streaming.serde import RegistryUnavailable
-from streaming.workers.runtime import (
-    ABORT_STREAK,
-    COMMIT_STALL_S,
-    HealthServer,
-    WorkerMetrics,
-)
+from streaming.workers.health import HealthServer
+from streaming.workers.metrics import ABORT_STREAK, COMMIT_STALL_S, WorkerMetrics
 
 
 def stats(*partitions: dict) -> str:
@@ -111,7 +107,7 @@ def test_aborting_transaction_after_transaction_is_a_stall_at_once() -> None:
 def test_waiting_for_a_service_is_not_ok_and_not_a_stall() -> None:
     """It cannot commit, so /health is 503; but a restart would not bring the registry back."""
     m = WorkerMetrics("w", "0")
-    m.extra["waiting_for"] = "schema registry unreachable"
+    m.waiting_for = "schema registry unreachable"
     for _ in range(ABORT_STREAK + 3):
         m.aborted("service unreachable")
     snap = m.snapshot(stall_after_s=30)
@@ -137,7 +133,7 @@ def test_an_unreachable_service_is_waited_for_not_a_reason_to_exit(
     """A registry restart must not make a worker exit (quick exits make a crash loop, which
     stops the restarts for good): start-up waits, the loop aborts and retries."""
     from streaming.workers import eos
-    from streaming.workers.runtime import Backoff, StopFlag, until_reachable
+    from streaming.workers.process import Backoff, StopFlag, until_reachable
 
     calls, waits = [], []
 
@@ -169,7 +165,7 @@ def test_an_unreachable_service_is_waited_for_not_a_reason_to_exit(
         eos.EosWorker._wait_for_service(loop, RegistryUnavailable("http://registry.internal down"))  # type: ignore[arg-type]
     assert loop.aborts == ["service unreachable"] * 6, "each failed batch is aborted, read again"
     assert slept == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
-    assert loop.metrics.extra["waiting_for"] == "RegistryUnavailable"  # /health is public
+    assert loop.metrics.waiting_for == "RegistryUnavailable"  # /health is public
     loop._service_backoff.reset()  # what a commit does: the service answered
     eos.EosWorker._wait_for_service(loop, ConnectionError("registry down again"))  # type: ignore[arg-type]
     assert slept[-1] == 0.5, "after an answer the back-off starts again from its first wait"
@@ -180,7 +176,7 @@ def test_a_timed_out_committed_offsets_fetch_is_retried_a_fatal_error_is_not() -
     # and the worker asks again (until COMMITTED_TIMEOUT_S) rather than exit every 30 s.
     from confluent_kafka import KafkaError
 
-    from streaming.workers.eos import committed_retriable
+    from streaming.workers.stores import committed_retriable
 
     assert committed_retriable(KafkaError(KafkaError._TIMED_OUT))
     assert committed_retriable(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS, retriable=True))

@@ -1,5 +1,6 @@
-"""The open transaction of a stream worker, as Quix Streams' `Checkpoint`: it counts what went
-into it, knows when it is due, commits and aborts.
+"""The open transaction of a stream worker (Quix Streams calls it `Checkpoint`; not to be confused
+with the source API's `streaming.source.client.Checkpoint`): it counts what went into it, knows
+when it is due, commits and aborts.
 
 A commit sends the consumed positions with the consumer's group metadata (KIP-447) and commits;
 librdkafka documents both calls as safe to repeat after a retriable error, so they are retried
@@ -16,15 +17,17 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
-from streaming.workers.runtime import log_event
+from streaming.workers.logs import log_event
 
-log = logging.getLogger("checkpoint")
+log = logging.getLogger("transaction")
 RETRY_FOR_S = 60.0
 """How long a retriable commit error is retried before the loop aborts instead."""
 CALL_TIMEOUT_S = 30.0
 
 
-class Checkpoint:
+class Transaction:
+    """The loop's one open transaction: records in it, when it is due, commit and abort."""
+
     def __init__(self, producer: Producer, every_records: int, interval_s: float) -> None:
         self.producer = producer
         self.every_records = every_records
@@ -51,6 +54,7 @@ class Checkpoint:
         )
 
     def commit(self, positions: list[TopicPartition], group_metadata: object) -> None:
+        """Send the consumed `positions` with the group's metadata (KIP-447), commit, begin."""
         if positions:
             self._retry(
                 lambda: self.producer.send_offsets_to_transaction(
@@ -61,10 +65,12 @@ class Checkpoint:
         self.begin()
 
     def abort(self) -> None:
+        """Abort and begin the next: its outputs are void, the caller rewinds its inputs."""
         self.producer.abort_transaction(CALL_TIMEOUT_S)
         self.begin()
 
     def _retry(self, call: Callable[[], None]) -> None:
+        """`call`, repeated on retriable errors for up to RETRY_FOR_S (see the module doc)."""
         deadline = time.monotonic() + RETRY_FOR_S
         while True:
             try:
