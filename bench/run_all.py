@@ -48,8 +48,7 @@ from bench.common import EDIT_SEED, RESULTS, in_child, produce_edit_heavy, produ
 from bench.peers import kstreams, quix
 from bench.peers.harness import PeerRun
 from streaming import kafka_acl
-from streaming.config import Settings
-from streaming.settings import KafkaSettings, load
+from streaming.settings import KafkaSettings, Settings, load
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4

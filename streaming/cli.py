@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaException
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from streaming.config import ConfigError, Settings
 from streaming.pipeline import INPUT
+from streaming.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from streaming.sink.connect import ConnectClient, ConnectorState
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:  # a bad variable: its name and why, not a traceback
+    except SettingsError as exc:  # a bad variable: its name and why, not a traceback
         print(f"reviews {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from streaming.config import Settings
+from streaming.settings import Settings
 from streaming.sink.render import CONNECTORS_DIR, declared_connectors, render_connector
 from streaming.sink.tables import check_tables
 

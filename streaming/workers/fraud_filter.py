@@ -34,7 +34,7 @@ from streaming.core.fraud import FraudModel, load_model
 from streaming.core.fraud_routing import DEAD, FRAUD, route
 from streaming.pipeline import FRAUD_FILTER
 from streaming.serde import Registry, ReviewWriters, local_schema
-from streaming.settings import PipelineSettings, load
+from streaming.settings import PipelineSettings, load, schemas_dir
 from streaming.workers.eos import EosWorker, LoopConfig
 from streaming.workers.runtime import (
     StopFlag,
@@ -133,7 +133,7 @@ class FraudFilter(EosWorker):
 def main() -> int:
     await_turn(review_bytes.warm_up)  # a warm spare starts here, its imports done
     try:
-        model = load_model(load(PipelineSettings).fraud_model)
+        model = load_model(load(PipelineSettings).fraud_model, schemas_dir())
         settings = Settings.from_env()
     except ValueError as exc:  # a bad FRAUD_MODEL, or a ConfigError
         print(f"fraud-filter: {exc}", file=sys.stderr)

@@ -16,9 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 from stack import procs
-from streaming.config import Settings
 from streaming.db_roles import READ_API, SINK_ROLES, STATISTICS, sink_role
 from streaming.pipeline import SINKS, SinkSpec
+from streaming.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from streaming.config import Settings
 from streaming.settings import (
     COMPONENTS,
     ApiSettings,
     LoopSettings,
+    Settings,
     SettingsError,
     env_name,
     load,
@@ -37,7 +37,7 @@ def test_defaults_and_overrides() -> None:
     assert load(ApiSettings, {}).port == 8000
     assert load(ApiSettings, {"PIPELINE_API_PORT": "9000", "PIPELINE_API_WORKERS": ""}).workers == 2
     s = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "b:1", "CONNECT_USER": "u"})
-    assert s.kafka_bootstrap_servers == "b:1" and s.connect_user == "u"
+    assert s.kafka_bootstrap_servers == "b:1" and s.connect.user == "u"
     assert s.database_url.startswith("postgresql+psycopg2://")
 
 

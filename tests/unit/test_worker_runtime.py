@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from streaming.config import clock_from_env
 from streaming.serde import RegistryUnavailable
+from streaming.settings import clock_from_env
 from streaming.workers.runtime import (
     ABORT_STREAK,
     COMMIT_STALL_S,
