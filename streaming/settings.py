@@ -352,6 +352,11 @@ def env_name(model: type[_Component], name: str, info: FieldInfo) -> str:
     return f"{model.model_config.get('env_prefix', '')}{name}".upper()
 
 
+def variable(model: type[_Component], field: str) -> str:
+    """The variable `model`'s `field` is read from (for messages that name it)."""
+    return env_name(model, field, model.model_fields[field])
+
+
 def load(model: type[C], env: Mapping[str, str] | None = None) -> C:
     """The component's settings from `env` (default: the process environment); an empty
     variable counts as unset. SettingsError names the variable that does not parse."""

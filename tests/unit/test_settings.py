@@ -89,3 +89,31 @@ def test_a_kafka_secret_in_the_environment_or_missing_is_refused_by_name(
     with pytest.raises(ValueError, match=named) as refused:
         Settings.from_env(env)
     assert "hunter2secret" not in str(refused.value)
+
+
+def test_a_bad_variable_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every component is read at a process's start (`Settings.from_env`): a value that does
+    not parse stops the command with the variable's name, never a traceback."""
+    from streaming import cli
+
+    monkeypatch.setenv("COMMIT_INTERVAL_MS", "soon")
+    assert cli.main(["bootstrap"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "COMMIT_INTERVAL_MS" in err and "Traceback" not in err
+
+
+def test_only_the_workers_still_import_the_former_config_module() -> None:
+    """`streaming.config` only keeps `streaming/workers/` importing while they are restructured;
+    everything else reads `streaming.settings`."""
+    found = [
+        str(path.relative_to(ROOT))
+        for top in ("streaming", "orchestration", "chaos", "bench", "stack", "tests")
+        for path in (ROOT / top).rglob("*.py")
+        if "streaming.config" in path.read_text()
+        and path.parent != ROOT / "streaming" / "workers"
+        and path != ROOT / "streaming" / "config.py"
+        and path != Path(__file__)
+    ]
+    assert found == []
