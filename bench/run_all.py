@@ -27,7 +27,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -163,7 +162,7 @@ def plaintext(settings: Settings) -> Settings | None:
     address = os.environ.get("KAFKA_PLAINTEXT_BOOTSTRAP_SERVERS")
     if not address:
         return None
-    return replace(settings, kafka_bootstrap_servers=address, kafka_extra={})
+    return settings.replace(kafka_bootstrap_servers=address, kafka_extra={})
 
 
 def fraud(settings: Settings, runs: int, records: int) -> dict:
