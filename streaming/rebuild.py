@@ -36,7 +36,7 @@ class Plan:
     state_dirs: tuple[Path, ...]
 
 
-def plan(state_root: Path, env: Mapping[str, str]) -> Plan:
+def plan(state_root: Path, env: Mapping[str, str] | None = None) -> Plan:
     """What a rebuild removes: the topics the workers derive (never `udemy-reviews`, the
     statistics topics or the dead letters), their consumer groups and snapshot directories
     (`<STATE_DIR>/<group>`), with the environment's overrides of names."""

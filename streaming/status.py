@@ -187,7 +187,7 @@ def _connect_probe(settings: Settings) -> Probe:
     return _http_probe("connect", f"{settings.connect_url}/", auth)
 
 
-def _registry_probe(settings: Settings, env: Mapping[str, str]) -> Probe:
+def _registry_probe(settings: Settings, env: Mapping[str, str] | None) -> Probe:
     try:
         auth, verify = registry_auth(env), registry_verify(env)
     except SettingsError as exc:
@@ -201,7 +201,7 @@ def _dagster_probe(dagster_url: str, login: DagsterLogin | SettingsError) -> Pro
     return _http_probe("dagster", f"{dagster_url}/server_info", *login)
 
 
-def _instances(env: Mapping[str, str]) -> list[tuple[str, dict[str, Any] | None, str]]:
+def _instances(env: Mapping[str, str] | None) -> list[tuple[str, dict[str, Any] | None, str]]:
     out: list[tuple[str, dict[str, Any] | None, str]] = []
     for worker in WORKERS:
         for i, name in enumerate(worker.instance_names(env)):
@@ -257,7 +257,7 @@ def _reconciliation(dagster_url: str, login: DagsterLogin) -> dict[str, Any] | N
     }
 
 
-def gather(env: Mapping[str, str]) -> Report:
+def gather(env: Mapping[str, str] | None = None) -> Report:
     """Ask every part (the edge: network calls with short timeouts)."""
     settings = Settings.from_env(env)
     pipeline, source_settings = load(PipelineSettings, env), load(SourceSettings, env)
