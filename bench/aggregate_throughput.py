@@ -44,7 +44,7 @@ from bench.common import (
     rss_mb,
     write_result,
 )
-from streaming.config import Settings
+from streaming.settings import Settings
 from streaming.workers.clients import LoopConfig
 from streaming.workers.process import StopFlag, fix_mmap_threshold
 from streaming.workers.stats_aggregator import AggregatorTopics, StatsAggregator

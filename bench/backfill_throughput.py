@@ -23,10 +23,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_result
-from streaming.config import Settings
 from streaming.core.review_mapping import json_to_review
 from streaming.ingest.backfill import backfill_all
 from streaming.ingest.producer import ReviewProducer
+from streaming.settings import Settings
 from streaming.source.client import UdemyClient
 
 ROOT = Path(__file__).resolve().parents[1]

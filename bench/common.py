@@ -26,13 +26,13 @@ from typing import Any
 from confluent_kafka import Producer
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-from streaming.config import Settings
-from streaming.core.avro_codec import confluent_frame, schemas_dir, split_confluent
+from streaming.core.avro_codec import confluent_frame, split_confluent
 from streaming.core.ratings import BUCKET_FIELDS, rating_halves
 from streaming.core.source_position import HEADER, encode, order, unorder
 from streaming.core.stats import CourseStatistic, ReviewVersion, compute_from_scratch
 from streaming.core.window import epoch_day
 from streaming.serde import Registry, local_schema
+from streaming.settings import Settings, schemas_dir
 from streaming.topic_reader import read_records
 
 RESULTS = Path(__file__).resolve().parent / "results"

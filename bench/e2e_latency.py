@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_result
 from streaming.api.auth import client_token_file
-from streaming.config import Settings
+from streaming.settings import Settings
 
 UNDEFINED_TABLE = "42P01"
 """PostgreSQL's SQLSTATE for a relation that does not exist."""

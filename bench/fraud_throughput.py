@@ -24,9 +24,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import produce_reviews, write_result
-from streaming.config import Settings
 from streaming.core import review_bytes, source_position
 from streaming.core.fraud import HashFraudModel
+from streaming.settings import Settings
 from streaming.workers.clients import LoopConfig
 from streaming.workers.fraud_filter import FraudFilter, FraudTopics
 from streaming.workers.process import StopFlag

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -53,14 +52,14 @@ from orchestration.checks import reconciliation_checks
 from orchestration.resources import KafkaResource, Offsets, PostgresResource, SchemasResource
 from orchestration.topology import INPUT_TOPIC
 from streaming.batch.dbt import PROJECT_DIR
-from streaming.config import Settings
-from streaming.core.fraud import FRAUD_MODEL_ENV, load_model
+from streaming.core.fraud import load_model
 from streaming.core.ratings import rating_halves
 from streaming.core.review_bytes import pack
 from streaming.core.source_position import order
 from streaming.core.stats import ReviewVersion, compute_from_scratch
 from streaming.core.window import day_to_date
 from streaming.serde import local_schema
+from streaming.settings import PipelineSettings, Settings, load, schemas_dir
 from streaming.sink.render import load_connector
 from streaming.sink.tables import check_table, table_key
 from streaming.sql import quote
@@ -214,7 +213,7 @@ def stream_statistics(
     `compute_from_scratch`, the stream's reference, over (modified, offset) and the records'
     titles, with no SQL involved.
     """
-    model = load_model(os.environ.get(FRAUD_MODEL_ENV))
+    model = load_model(load(PipelineSettings).fraud_model, schemas_dir())
     review_schema = local_schema("review.avsc")
     versions: list[tuple[int, ReviewVersion, str]] = []
     fraud = 0

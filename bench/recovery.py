@@ -43,10 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_result
 from stack import procs
-from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame
 from streaming.pipeline import AGGREGATOR, INPUT, LONG_TERM
 from streaming.serde import Registry, local_schema
+from streaming.settings import Settings
 from streaming.workers.clients import LoopConfig
 from streaming.workers.snapshots import SnapshotDir
 

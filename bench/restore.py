@@ -33,10 +33,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_result
-from streaming.config import Settings
 from streaming.core.aggregation import CourseState, VersionsState
 from streaming.core.stats import ReviewVersion
 from streaming.core.window import MS_PER_DAY
+from streaming.settings import Settings
 from streaming.workers.snapshots import ChangelogIdentity, SnapshotDir, SnapshotHeader
 from streaming.workers.state import ChangelogStore
 

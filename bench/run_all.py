@@ -27,7 +27,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -48,8 +47,7 @@ from bench.common import EDIT_SEED, RESULTS, in_child, produce_edit_heavy, produ
 from bench.peers import kstreams, quix
 from bench.peers.harness import PeerRun
 from streaming import kafka_acl
-from streaming.config import Settings
-from streaming.settings import KafkaSettings, load
+from streaming.settings import KafkaSettings, Settings, load
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -164,7 +162,7 @@ def plaintext(settings: Settings) -> Settings | None:
     address = os.environ.get("KAFKA_PLAINTEXT_BOOTSTRAP_SERVERS")
     if not address:
         return None
-    return replace(settings, kafka_bootstrap_servers=address, kafka_extra={})
+    return settings.replace(kafka_bootstrap_servers=address, kafka_extra={})
 
 
 def fraud(settings: Settings, runs: int, records: int) -> dict:

@@ -28,8 +28,8 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import review, write_result
-from streaming.config import Settings, registry_client_config
 from streaming.ingest.producer import ReviewProducer
+from streaming.settings import Settings, registry_client_config
 from streaming.sink.connect import ConnectClient
 from streaming.sink.render import render_connector
 

@@ -44,8 +44,7 @@ from chaos.oracle import (
     edit_kinds,
     without_logical_types,
 )
-from streaming.config import kafka_security, registry_auth, registry_verify
-from streaming.settings import KafkaSettings, load
+from streaming.settings import KafkaSettings, kafka_security, load, registry_auth, registry_verify
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 Raw = tuple[int, int, bytes | None, bytes | None]

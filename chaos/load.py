@@ -48,8 +48,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from chaos.oracle import is_fraud, java_text
 from streaming.access import login_env
-from streaming.config import kafka_security, registry_auth, registry_verify
-from streaming.settings import KafkaSettings, load
+from streaming.settings import KafkaSettings, kafka_security, load, registry_auth, registry_verify
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "review.avsc"
 TOPIC = "udemy-reviews"

@@ -52,7 +52,7 @@ from orchestration.topology import RECONCILIATION_KEY
 from stack import procs
 from streaming import pipeline
 from streaming.api.auth import client_token
-from streaming.config import Settings
+from streaming.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))

@@ -40,8 +40,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from stack import procs
 from stack.txn_reaper import MIN_OPEN_MINUTES, TOOL, Hanging, Reaper, run_tool
-from streaming.config import kafka_security
-from streaming.settings import KafkaSettings, load
+from streaming.settings import KafkaSettings, kafka_security, load
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))

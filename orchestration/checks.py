@@ -29,7 +29,7 @@ from orchestration.resources import (
     SchemasResource,
     WorkerRuntimeResource,
 )
-from orchestration.supervision import (
+from orchestration.resources.supervision import (
     CONNECTOR_CHECK,
     assess_worker,
     connector_metadata,

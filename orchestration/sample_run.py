@@ -23,8 +23,7 @@ from gql.transport.requests import RequestsHTTPTransport
 from orchestration.assets.backfill import courses
 from orchestration.assets.batch import AS_OF_DAYS
 from orchestration.topology import RECONCILIATION_KEY
-from streaming.config import dagster_auth, tls_verify
-from streaming.settings import PipelineSettings, load
+from streaming.settings import PipelineSettings, dagster_auth, load, tls_verify
 from streaming.source.client import SourceError, UdemyClient
 
 RUN_TIMEOUT_S = 900

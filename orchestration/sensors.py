@@ -34,7 +34,7 @@ from orchestration.resources import (
     SchemasResource,
     WorkerRuntimeResource,
 )
-from orchestration.supervision import (
+from orchestration.resources.supervision import (
     CRASH_LOOP,
     CRASH_LOOP_RESTARTS,
     NEEDS_RUN,

@@ -34,7 +34,6 @@ from confluent_kafka.admin import (
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from streaming.config import Settings, registry_client_config
 from streaming.kafka_acl import apply_access
 from streaming.pipeline import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -43,7 +42,7 @@ from streaming.pipeline import (
     TopicSpec,
     max_message_bytes,
 )
-from streaming.settings import KafkaSettings, load
+from streaming.settings import KafkaSettings, Settings, load, registry_client_config
 
 log = logging.getLogger(__name__)
 

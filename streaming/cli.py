@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaException
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from streaming.config import ConfigError, Settings
 from streaming.pipeline import INPUT
+from streaming.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from streaming.sink.connect import ConnectClient, ConnectorState
@@ -43,15 +43,13 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
 
 def _rebuild_stream(args: argparse.Namespace) -> int:
-    import os
 
     from streaming.rebuild import WorkersRunning, plan, rebuild
-    from streaming.settings import LoopSettings, load
     from streaming.workers.snapshots import DEFAULT_STATE_DIR
 
     settings = Settings.from_env()
-    state_root = Path(load(LoopSettings).state_dir or DEFAULT_STATE_DIR)
-    the_plan = plan(state_root, os.environ)
+    state_root = Path(settings.loop.state_dir or DEFAULT_STATE_DIR)
+    the_plan = plan(state_root)
     try:
         rebuild(settings, the_plan, say=lambda line: print(f"rebuild-stream: {line}"))
     except WorkersRunning as exc:
@@ -209,11 +207,10 @@ def _connectors(args: argparse.Namespace) -> int:
 
 
 def _status_screen(args: argparse.Namespace) -> int:
-    import os
 
     from streaming.status import gather, render
 
-    report = gather(os.environ)
+    report = gather()
     print(render(report))
     return 0 if report.healthy else 1
 
@@ -242,11 +239,10 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _prometheus_config(args: argparse.Namespace) -> int:
-    import os
 
     from streaming.monitoring import scrape_config
 
-    print(scrape_config(os.environ), end="")
+    print(scrape_config(), end="")
     return 0
 
 
@@ -488,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:  # a bad variable: its name and why, not a traceback
+    except SettingsError as exc:  # a bad variable: its name and why, not a traceback
         print(f"reviews {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from streaming.config import REPO_ROOT, ConfigError, read_secret
 from streaming.db_roles import (
     ROLES,
     SERVICES,
@@ -33,7 +32,7 @@ from streaming.db_roles import (
     pgpass_line,
     role_sql,
 )
-from streaming.settings import DatabaseSettings
+from streaming.settings import REPO_ROOT, DatabaseSettings, SettingsError, read_secret
 from streaming.sql import quote
 
 SCRAM_ITERATIONS = 4096
@@ -58,7 +57,7 @@ def scram_verifier(password: str, salt: bytes | None = None) -> str:
 def directory(value: str | None, variable: str) -> Path:
     """A directory setting `reviews db-roles` needs."""
     if not value:
-        raise ConfigError(f"{variable} must name the directory of the roles' passwords")
+        raise SettingsError(f"{variable} must name the directory of the roles' passwords")
     return Path(value)
 
 
@@ -137,7 +136,7 @@ def bootstrap_roles(settings: DatabaseSettings, say: Callable[[str], None]) -> N
     passwords = {r.name: ensure_secret(password_file(r, settings)) for r in ROLES}
     url = sa.make_url(settings.url)
     if not url.database:
-        raise ConfigError("DATABASE_URL: names no database")
+        raise SettingsError("DATABASE_URL: names no database")
     engine = sa.create_engine(url)
     try:
         apply_roles(engine, url.database, passwords)

@@ -19,10 +19,11 @@ instance 0.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from streaming.settings import worker_settings
 
 PARTITIONS = 4
 """Every topic's declared count. The review stage's state partition p reads valid[p] and
@@ -201,11 +202,9 @@ class WorkerSpec:
         return f"{self.env_prefix}_INSTANCES"
 
     def instance_count(self, env: Mapping[str, str] | None = None) -> int:
-        env = os.environ if env is None else env
-        raw = env.get(self.instances_env) or str(self.instances)
-        if not raw.isdigit() or int(raw) < 1:
-            raise ValueError(f"{self.instances_env} must be a positive number, got {raw!r}")
-        return int(raw)
+        """How many instances run (`streaming.settings.worker_settings` reads the variables:
+        `env`, default the process environment)."""
+        return worker_settings(self, env).instances
 
     def instance_names(self, env: Mapping[str, str] | None = None) -> list[str]:
         """The process names: NAME alone, or NAME-0..NAME-<N-1> when there are several."""
@@ -229,8 +228,7 @@ class WorkerSpec:
 
     def topics(self, env: Mapping[str, str] | None = None) -> dict[str, str]:
         """Port -> topic, each overridable by its environment variable."""
-        env = os.environ if env is None else env
-        return {port: env.get(self.port_env(port), topic) for port, topic in self.ports.items()}
+        return worker_settings(self, env).topics
 
     @property
     def default_health_url(self) -> str:
@@ -240,11 +238,7 @@ class WorkerSpec:
         return f"http://127.0.0.1:{self.instance_port(instance, env)}/health"
 
     def instance_port(self, instance: int = 0, env: Mapping[str, str] | None = None) -> int:
-        env = os.environ if env is None else env
-        raw = env.get(self.health_port_env) or str(self.health_port)
-        if not raw.isdigit():
-            raise ValueError(f"{self.health_port_env} must be a port number, got {raw!r}")
-        return int(raw) + instance
+        return worker_settings(self, env).health_port + instance
 
     @property
     def outputs(self) -> tuple[str, ...]:

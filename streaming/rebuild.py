@@ -22,8 +22,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from streaming.admin import ensure_topics, input_max_bytes
-from streaming.config import Settings
 from streaming.pipeline import AGGREGATOR, TOPICS, WORKERS, TopicSpec, max_message_bytes
+from streaming.settings import Settings, worker_settings
 
 DELETE_WAIT_S = 60.0
 
@@ -36,7 +36,7 @@ class Plan:
     state_dirs: tuple[Path, ...]
 
 
-def plan(state_root: Path, env: Mapping[str, str]) -> Plan:
+def plan(state_root: Path, env: Mapping[str, str] | None = None) -> Plan:
     """What a rebuild removes: the topics the workers derive (never `udemy-reviews`, the
     statistics topics or the dead letters), their consumer groups and snapshot directories
     (`<STATE_DIR>/<group>`), with the environment's overrides of names."""
@@ -46,7 +46,7 @@ def plan(state_root: Path, env: Mapping[str, str]) -> Plan:
         p for p, t in AGGREGATOR.ports.items() if p in ("valid", "fraud") or by_name[t].internal
     ]
     topics = tuple(replace(by_name[AGGREGATOR.ports[p]], name=named[p]) for p in ports)
-    groups = tuple(env.get(w.group_env) or w.group_id for w in WORKERS)
+    groups = tuple(worker_settings(w, env).group_id for w in WORKERS)
     return Plan(topics, groups, tuple(state_root / g for g in groups))
 
 

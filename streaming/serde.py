@@ -22,9 +22,9 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 
-from streaming.config import redact_url, registry_client_config
 from streaming.core.avro_codec import confluent_frame, split_confluent
 from streaming.core.review_frames import Writer, writer_for
+from streaming.settings import redact_url, registry_client_config
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
 

@@ -1,28 +1,60 @@
-"""Every environment variable the pipeline's processes read: one pydantic-settings class per
-component, with its default and what it is for.
+"""The settings model: every environment variable the pipeline's processes, the `reviews` CLI
+and the Dagster resources read, with its default and what it is for, and what the clients make
+of them (librdkafka and registry configs, credentials read from their files, trusted Hosts).
 
-The classes are the single place a variable is named; `streaming.config` and the processes
-read them, and `docs/configuration.md` is generated from them (`reviews config-reference`; a
-test fails when the two drift). A value that does not parse stops the process with the
-variable's name and why (`SettingsError`), never a traceback. Secrets are never values here:
-a `*_FILE` variable names the file that holds one.
+One pydantic-settings class per component (`KafkaSettings`, ...), gathered by `Settings`, the
+deployment's settings as one value (`Settings.from_env()`); a declared worker's own variables
+(`<WORKER>_INSTANCES`, ...) are read by `worker_settings`. This module is the only reader of the
+process environment: the rest of the code takes a `Settings` (or a component) or calls `load`.
+`docs/configuration.md` is generated from the classes (`reviews config-reference`; a test fails
+when the two drift).
+
+One error type, `SettingsError`: a value that does not parse or cannot be used (a malformed
+value, a missing or unreadable secret file) names the variable and why, never a secret's value;
+a process prints it as one line and exits 2 (`exit_on_bad_settings`). Secrets are never values
+here: a `*_FILE` variable names the file that holds one.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any, TypeVar
+import shlex
+import ssl
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+if TYPE_CHECKING:
+    from streaming.pipeline import WorkerSpec
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5433/reviews"
 
 
-class SettingsError(SystemExit):
-    """A variable that does not parse: its name and why, as the process's exit message."""
+class SettingsError(ValueError):
+    """A setting that does not parse or cannot be used (a malformed value, a missing or
+    unreadable secret file): the message names the variable, never a secret's value. Processes
+    print it as one line and exit 2 (`exit_on_bad_settings`)."""
+
+
+@contextmanager
+def exit_on_bad_settings(prog: str) -> Iterator[None]:
+    """A SettingsError inside becomes one line on stderr (`prog: why`) and exit status 2,
+    never a traceback."""
+    try:
+        yield
+    except SettingsError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class _Component(BaseSettings):
@@ -290,6 +322,12 @@ class PipelineSettings(_Component):
         description="a CA certificate (PEM) that an `https://` DAGSTER_URL is verified by "
         "instead of the system's trust store (`STACK_TLS=1 make up` sets its local CA's)",
     )
+    stack_dir: str = Field(
+        ".stack",
+        validation_alias=AliasChoices("STACK_DIR"),
+        description="the local stack's state (pid files, logs, `env`; relative to the "
+        "repository), where Dagster's worker runtime finds and starts the stream workers",
+    )
 
 
 COMPONENTS: tuple[type[_Component], ...] = (
@@ -312,6 +350,11 @@ def env_name(model: type[_Component], name: str, info: FieldInfo) -> str:
     if isinstance(alias, AliasChoices):
         return str(alias.choices[0])
     return f"{model.model_config.get('env_prefix', '')}{name}".upper()
+
+
+def variable(model: type[_Component], field: str) -> str:
+    """The variable `model`'s `field` is read from (for messages that name it)."""
+    return env_name(model, field, model.model_fields[field])
 
 
 def load(model: type[C], env: Mapping[str, str] | None = None) -> C:
@@ -339,6 +382,375 @@ def load(model: type[C], env: Mapping[str, str] | None = None) -> C:
 
         problems = "; ".join(f"{variable(e['loc'][0])}: {e['msg']}" for e in exc.errors())
         raise SettingsError(f"invalid settings: {problems}") from None
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """A declared worker's own variables (`streaming.pipeline.WorkerSpec` names them)."""
+
+    instances: int
+    health_port: int
+    """Instance 0's; instance i answers on this + i."""
+    group_id: str
+    topics: dict[str, str]
+    """Port -> topic."""
+
+
+def worker_settings(spec: WorkerSpec, env: Mapping[str, str] | None = None) -> WorkerSettings:
+    """`<PREFIX>_INSTANCES`, `<PREFIX>_HEALTH_PORT`, `<PREFIX>_GROUP_ID` and each port's
+    `<PREFIX>_<PORT>_TOPIC` (default: the declaration's); an empty variable counts as unset."""
+    env = os.environ if env is None else env
+    instances = env.get(spec.instances_env) or str(spec.instances)
+    if not instances.isdigit() or int(instances) < 1:
+        raise SettingsError(f"{spec.instances_env} must be a positive number, got {instances!r}")
+    port = env.get(spec.health_port_env) or str(spec.health_port)
+    if not port.isdigit():
+        raise SettingsError(f"{spec.health_port_env} must be a port number, got {port!r}")
+    return WorkerSettings(
+        instances=int(instances),
+        health_port=int(port),
+        group_id=env.get(spec.group_env) or spec.group_id,
+        topics={p: env.get(spec.port_env(p)) or topic for p, topic in spec.ports.items()},
+    )
+
+
+class Settings(BaseModel):
+    """The deployment's settings: every component's, read from one environment at once
+    (`from_env`), so a variable that does not parse stops any process at its start. The
+    addresses the clients use most have short names (`kafka_bootstrap_servers`, ...);
+    `replace` re-points them (tests, benchmarks)."""
+
+    model_config = ConfigDict(frozen=True)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    connect: ConnectSettings = Field(default_factory=ConnectSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    loop: LoopSettings = Field(default_factory=LoopSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    kafka_extra: dict[str, str] = Field(default_factory=dict, repr=False)
+    """librdkafka's security settings (`kafka_security`), the password read from its file."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Every component from `env` (default: the process environment), and the Kafka
+        security settings with their password (a SettingsError names what is wrong)."""
+        kafka = load(KafkaSettings, env)
+        return cls(
+            kafka=kafka,
+            registry=load(RegistrySettings, env),
+            database=load(DatabaseSettings, env),
+            connect=load(ConnectSettings, env),
+            http=load(HttpSettings, env),
+            api=load(ApiSettings, env),
+            source=load(SourceSettings, env),
+            loop=load(LoopSettings, env),
+            pipeline=load(PipelineSettings, env),
+            kafka_extra=kafka_security(kafka),
+        )
+
+    @property
+    def kafka_bootstrap_servers(self) -> str:
+        return self.kafka.bootstrap_servers
+
+    @property
+    def schema_registry_url(self) -> str:
+        return self.registry.url
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url
+
+    @property
+    def connect_url(self) -> str:
+        return self.connect.url
+
+    def replace(
+        self,
+        *,
+        kafka_bootstrap_servers: str | None = None,
+        schema_registry_url: str | None = None,
+        database_url: str | None = None,
+        kafka_extra: dict[str, str] | None = None,
+    ) -> Settings:
+        """These settings with other addresses (None: keep the current one)."""
+
+        def part(component: BaseSettings, **values: object) -> Any:
+            given = {k: v for k, v in values.items() if v is not None}
+            return component.model_copy(update=given) if given else component
+
+        return self.model_copy(
+            update={
+                "kafka": part(self.kafka, bootstrap_servers=kafka_bootstrap_servers),
+                "registry": part(self.registry, url=schema_registry_url),
+                "database": part(self.database, url=database_url),
+                "kafka_extra": self.kafka_extra if kafka_extra is None else kafka_extra,
+            }
+        )
+
+    def kafka_config(self, **overrides: object) -> dict[str, object]:
+        """Base librdkafka config: bootstrap servers, security extras, then overrides."""
+        return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_extra, **overrides}
+
+    def connect_auth(self) -> tuple[str, str] | None:
+        """Connect's REST credentials (HTTP Basic), the password read from its file; None
+        without CONNECT_USER."""
+        connect = self.connect
+        if not connect.user:
+            return None
+        if not connect.password_file:
+            raise SettingsError("CONNECT_USER is set: CONNECT_PASSWORD_FILE must name its password")
+        return connect.user, read_secret(connect.password_file, "CONNECT_PASSWORD_FILE")
+
+    def sink_login(self, connector: str) -> tuple[str, str | None]:
+        """The database URL and password file the declared sink `connector` logs in with: its
+        own role (`streaming.db_roles`) and that role's password in DATABASE_SINK_SECRETS_DIR;
+        without that directory, DATABASE_URL's user and DATABASE_PASSWORD_FILE."""
+        from sqlalchemy.engine import make_url
+
+        from streaming.db_roles import sink_role
+        from streaming.pipeline import SINKS
+
+        if not self.database.sink_secrets_dir:
+            return self.database_url, self.database.password_file
+        spec = next((s for s in SINKS if s.connector == connector), None)
+        if spec is None:
+            raise SettingsError(f"{connector!r} is no sink of streaming/pipeline.py: no role")
+        user = sink_role(spec)
+        url = make_url(self.database_url).set(username=user).render_as_string(False)
+        return url, str(Path(self.database.sink_secrets_dir) / user)
+
+
+REPO_SCHEMAS = REPO_ROOT / "schemas"
+
+
+def schemas_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where the `.avsc` files are: SCHEMAS_DIR, else the repository's `schemas/`."""
+    override = load(PipelineSettings, env).schemas_dir
+    return Path(override) if override else REPO_SCHEMAS
+
+
+def clock_from_env(env: Mapping[str, str] | None = None) -> Callable[[], float]:
+    """`time.time`, shifted by CLOCK_OFFSET_S when it is set (a clear error when it is not a
+    number): how a test or a chaos run moves a restarted instance across midnight without
+    touching the machine's clock."""
+    offset = load(LoopSettings, env).clock_offset_s
+    if not offset:
+        return time.time
+    return lambda: time.time() + offset
+
+
+def _extra_kafka_config(raw: str) -> dict[str, str]:
+    """Parse `key=value;key=value` (SASL/TLS settings for a managed cluster). An error names
+    the entry by its position and key only: its value may be a password."""
+    out: dict[str, str] = {}
+    for n, item in enumerate(filter(None, (part.strip() for part in raw.split(";"))), 1):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            shown = f"key {key.strip()!r}" if sep else "no '='"
+            raise SettingsError(f"KAFKA_SECURITY_CONFIG entry {n}: expected key=value ({shown})")
+        out[key.strip()] = value.strip()
+    return out
+
+
+SECRET_KAFKA_KEYS = frozenset(
+    {"sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret"}
+)
+"""librdkafka settings that hold a secret: never a value of KAFKA_SECURITY_CONFIG (which sits in
+`.stack/env` and every process's environment), only read from a file."""
+
+
+def kafka_security(kafka: KafkaSettings) -> dict[str, str]:
+    """The librdkafka security settings of a process: KAFKA_SECURITY_CONFIG, its principal
+    (KAFKA_SASL_USERNAME over `sasl.username`) and the password read from
+    KAFKA_SASL_PASSWORD_FILE. A secret given as a value is refused by its key."""
+    extra = _extra_kafka_config(kafka.security_config)
+    secret = sorted(SECRET_KAFKA_KEYS & extra.keys())
+    if secret:
+        raise SettingsError(
+            f"KAFKA_SECURITY_CONFIG: {', '.join(secret)} must not be a value there (every "
+            "process's environment holds it); put the password in a file of mode 0600 and set "
+            "KAFKA_SASL_PASSWORD_FILE to it"
+        )
+    if kafka.sasl_username:
+        extra["sasl.username"] = kafka.sasl_username
+    if kafka.sasl_password_file:
+        extra["sasl.password"] = read_secret(kafka.sasl_password_file, "KAFKA_SASL_PASSWORD_FILE")
+    elif "sasl.username" in extra:
+        raise SettingsError(
+            f"KAFKA_SECURITY_CONFIG names the SASL user {extra['sasl.username']!r}: "
+            "KAFKA_SASL_PASSWORD_FILE must name the file of its password"
+        )
+    return extra
+
+
+def read_secret(path: str, variable: str) -> str:
+    """The secret in the file `path` names (its first line); errors name the variable and the
+    file, never the content."""
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise SettingsError(f"{variable}: {path} is empty")
+    return value
+
+
+DEFAULT_ALLOWED_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_REQUEST_HEAD_BYTES = 16 * 1024
+"""The most a request line and its headers may take on every HTTP service of ours (the APIs
+and the workers' health/metrics servers): past it, 431 before any route or auth check runs,
+and no server holds a client's megabytes of headers in memory."""
+
+
+def bind_host(env: Mapping[str, str] | None = None) -> str:
+    """BIND_HOST: the address every HTTP service of ours listens on (the APIs and the
+    workers' health/metrics servers); loopback by default, `0.0.0.0` to serve a network."""
+    return load(HttpSettings, env).bind_host
+
+
+@dataclass(frozen=True)
+class TrustedHosts:
+    """The Host headers our HTTP services answer (ALLOWED_HOSTS, comma-separated; `*` any).
+
+    A page on another site can resolve its own name to 127.0.0.1 (DNS rebinding) and then
+    read a local service as "same origin"; its requests still carry its own name as Host, so
+    a service that answers only its own names is out of that page's reach."""
+
+    names: frozenset[str]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TrustedHosts:
+        http = load(HttpSettings, env)
+        names = {n.strip().lower() for n in http.allowed_hosts.split(",") if n.strip()}
+        names = names or set(DEFAULT_ALLOWED_HOSTS)
+        host = http.bind_host
+        if host not in ("0.0.0.0", "::"):
+            names.add(host.lower())  # a service always answers the address it listens on
+        return cls(frozenset(names))
+
+    def allows(self, host_header: str | None) -> bool:
+        """A Host header (`name`, `name:port`, `[v6]:port`) is one of the names."""
+        if "*" in self.names:
+            return True
+        if not host_header:
+            return False
+        host = host_header.strip().lower()
+        if host.startswith("["):
+            host = host[1 : host.find("]")] if "]" in host else host
+        elif host.count(":") == 1:
+            host = host.split(":", 1)[0]
+        return host in self.names
+
+
+REGISTRY_TIMEOUT_S = 10.0
+"""Every registry request's timeout: both registry clients default to none, so a registry that
+accepts a connection and never answers would hang a worker for good."""
+
+
+def registry_auth(env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """The registry's credentials (HTTP Basic) of SCHEMA_REGISTRY_USER, the password read from
+    SCHEMA_REGISTRY_PASSWORD_FILE; None without a user."""
+    registry = load(RegistrySettings, env)
+    if not registry.user:
+        return None
+    if not registry.password_file:
+        raise SettingsError("SCHEMA_REGISTRY_USER is set: SCHEMA_REGISTRY_PASSWORD_FILE must be")
+    return registry.user, read_secret(registry.password_file, "SCHEMA_REGISTRY_PASSWORD_FILE")
+
+
+def registry_client_config(url: str, env: Mapping[str, str] | None = None) -> dict[str, object]:
+    """confluent-kafka's SchemaRegistryClient settings: the URL, a timeout, the credentials of
+    `registry_auth` as the client's own setting (not in the URL, where every error message
+    would show them), and SCHEMA_REGISTRY_CA_FILE's CA, checked readable here."""
+    config: dict[str, object] = {"url": url, "timeout": REGISTRY_TIMEOUT_S}
+    auth = registry_auth(env)
+    if auth:
+        config["basic.auth.user.info"] = ":".join(auth)
+    ca_file = load(RegistrySettings, env).ca_file
+    if ca_file:
+        tls_verify(ca_file, "SCHEMA_REGISTRY_CA_FILE")
+        config["ssl.ca.location"] = ca_file
+    return config
+
+
+def tls_verify(ca_file: str | None, variable: str) -> ssl.SSLContext | bool:
+    """An HTTP client's `verify`: a context that trusts only CA_FILE's certificates (a private
+    CA, as `STACK_TLS=1 make up` makes), else True (the system's trust store). An unusable
+    file is a SettingsError naming the variable."""
+    if not ca_file:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(
+            f"{variable}: cannot use {ca_file} as a CA certificate: {exc}"
+        ) from None
+
+
+def registry_verify(env: Mapping[str, str] | None = None) -> ssl.SSLContext | bool:
+    """How an HTTP client verifies the registry: SCHEMA_REGISTRY_CA_FILE's CA, if set."""
+    return tls_verify(load(RegistrySettings, env).ca_file, "SCHEMA_REGISTRY_CA_FILE")
+
+
+def dagster_verify(env: Mapping[str, str] | None = None) -> ssl.SSLContext | bool:
+    """How an HTTP client verifies Dagster's webserver: DAGSTER_CA_FILE's CA, if set."""
+    return tls_verify(load(PipelineSettings, env).dagster_ca_file, "DAGSTER_CA_FILE")
+
+
+def dagster_auth(env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """The login of Dagster's webserver behind the stack's proxy (HTTP Basic): DAGSTER_USER,
+    the password read from DAGSTER_PASSWORD_FILE; None without a user."""
+    pipeline = load(PipelineSettings, env)
+    if not pipeline.dagster_user:
+        return None
+    if not pipeline.dagster_password_file:
+        raise SettingsError("DAGSTER_USER is set: DAGSTER_PASSWORD_FILE must name its password")
+    return pipeline.dagster_user, read_secret(
+        pipeline.dagster_password_file, "DAGSTER_PASSWORD_FILE"
+    )
+
+
+def client_secret(env: Mapping[str, str] | None = None) -> str:
+    """The source API's client secret: UDEMY_CLIENT_SECRET, else the content of
+    UDEMY_CLIENT_SECRET_FILE (`make up` generates one, mode 0600), else the local default."""
+    env = os.environ if env is None else env
+    if env.get("UDEMY_CLIENT_SECRET"):
+        return env["UDEMY_CLIENT_SECRET"]
+    path = load(SourceSettings, env).client_secret_file
+    if path:
+        return read_secret(path, "UDEMY_CLIENT_SECRET_FILE")
+    return DEFAULT_CLIENT_SECRET
+
+
+DEFAULT_CLIENT_SECRET = "local-secret"
+
+
+def redact_url(url: str) -> str:
+    """`url` without the password of its user info (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The KEY=value lines of a shell environment file such as `.stack/env` (comments and blank
+    lines skipped), values unquoted as the shell that sources it would (`'a;b'` is `a;b`)."""
+    if not path.exists():
+        return {}
+    out = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            words = shlex.split(value, comments=False, posix=True)
+            out[key] = " ".join(words)
+    return out
 
 
 def reference_markdown() -> str:

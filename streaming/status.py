@@ -18,17 +18,19 @@ from typing import Any
 
 import httpx
 
-from streaming.config import (
-    ConfigError,
+from streaming.pipeline import SINKS, WORKERS
+from streaming.settings import (
+    PipelineSettings,
     Settings,
+    SettingsError,
+    SourceSettings,
     dagster_auth,
     dagster_verify,
+    load,
     redact_url,
     registry_auth,
     registry_verify,
 )
-from streaming.pipeline import SINKS, WORKERS
-from streaming.settings import PipelineSettings, SourceSettings, load
 
 PROBE_TIMEOUT_S = 3.0
 DagsterLogin = tuple[tuple[str, str] | None, ssl.SSLContext | bool]
@@ -180,26 +182,26 @@ def _postgres_probe(settings: Settings) -> Probe:
 def _connect_probe(settings: Settings) -> Probe:
     try:
         auth = settings.connect_auth()
-    except ConfigError as exc:  # its credentials unusable: shown on its line
+    except SettingsError as exc:  # its credentials unusable: shown on its line
         return Probe("connect", False, settings.connect_url, str(exc))
     return _http_probe("connect", f"{settings.connect_url}/", auth)
 
 
-def _registry_probe(settings: Settings, env: Mapping[str, str]) -> Probe:
+def _registry_probe(settings: Settings, env: Mapping[str, str] | None) -> Probe:
     try:
         auth, verify = registry_auth(env), registry_verify(env)
-    except ConfigError as exc:
+    except SettingsError as exc:
         return Probe("registry", False, redact_url(settings.schema_registry_url), str(exc))
     return _http_probe("registry", f"{settings.schema_registry_url}/subjects", auth, verify)
 
 
-def _dagster_probe(dagster_url: str, login: DagsterLogin | ConfigError) -> Probe:
-    if isinstance(login, ConfigError):
+def _dagster_probe(dagster_url: str, login: DagsterLogin | SettingsError) -> Probe:
+    if isinstance(login, SettingsError):
         return Probe("dagster", False, dagster_url, str(login))
     return _http_probe("dagster", f"{dagster_url}/server_info", *login)
 
 
-def _instances(env: Mapping[str, str]) -> list[tuple[str, dict[str, Any] | None, str]]:
+def _instances(env: Mapping[str, str] | None) -> list[tuple[str, dict[str, Any] | None, str]]:
     out: list[tuple[str, dict[str, Any] | None, str]] = []
     for worker in WORKERS:
         for i, name in enumerate(worker.instance_names(env)):
@@ -255,15 +257,15 @@ def _reconciliation(dagster_url: str, login: DagsterLogin) -> dict[str, Any] | N
     }
 
 
-def gather(env: Mapping[str, str]) -> Report:
+def gather(env: Mapping[str, str] | None = None) -> Report:
     """Ask every part (the edge: network calls with short timeouts)."""
     settings = Settings.from_env(env)
     pipeline, source_settings = load(PipelineSettings, env), load(SourceSettings, env)
     api, dagster = pipeline.pipeline_api_url, pipeline.dagster_url
     source = source_settings.api_url
     try:
-        login: DagsterLogin | ConfigError = (dagster_auth(env), dagster_verify(env))
-    except ConfigError as exc:  # its credentials unusable: shown on its line
+        login: DagsterLogin | SettingsError = (dagster_auth(env), dagster_verify(env))
+    except SettingsError as exc:  # its credentials unusable: shown on its line
         login = exc
     report = Report()
     report.services = [
@@ -280,7 +282,7 @@ def gather(env: Mapping[str, str]) -> Report:
         report.connectors = _connectors(settings)
     except Exception as exc:  # Connect down: shown, not raised
         report.connectors = [("connect", f"connectors unknown: {exc}")]
-    if isinstance(login, ConfigError):
+    if isinstance(login, SettingsError):
         report.reconciliation_error = f"Dagster at {dagster}: {login}"
         return report
     try:

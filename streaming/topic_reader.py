@@ -20,7 +20,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streaming.config import Settings
+from streaming.settings import Settings
 
 
 def read_batches(

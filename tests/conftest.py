@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streaming.config import read_env_file
+from streaming.settings import read_env_file
 
 STACK_ENV = Path(__file__).resolve().parents[1] / ".stack" / "env"
 

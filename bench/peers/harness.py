@@ -31,8 +31,8 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from bench.common import Expected, Mismatches
-from streaming.config import Settings
-from streaming.core.avro_codec import load_schema, schemas_dir, split_confluent
+from streaming.core.avro_codec import load_schema, split_confluent
+from streaming.settings import Settings, schemas_dir
 
 POLL_S = 0.05
 QUIET_S = 2.0

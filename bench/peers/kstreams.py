@@ -44,12 +44,11 @@ from bench.common import (
     produce_reviews,
 )
 from bench.peers.harness import PeerRun, StatsWatcher, input_committed, run_peer, settled
-from streaming.config import Settings, registry_client_config
-from streaming.core.avro_codec import CONFLUENT_HEADER_SIZE, schemas_dir
+from streaming.core.avro_codec import CONFLUENT_HEADER_SIZE
 from streaming.core.fraud import HashFraudModel
 from streaming.core.review_bytes import pack
 from streaming.serde import Registry
-from streaming.settings import KafkaSettings, load
+from streaming.settings import KafkaSettings, Settings, load, registry_client_config, schemas_dir
 from streaming.topic_reader import read_batches
 
 PROJECT = Path(__file__).resolve().parent / "kstreams"

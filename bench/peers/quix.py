@@ -36,11 +36,11 @@ from bench.common import (
 )
 from bench.peers import harness
 from bench.peers.harness import PeerRun
-from streaming.config import Settings
-from streaming.core.avro_codec import schemas_dir, split_confluent
+from streaming.core.avro_codec import split_confluent
 from streaming.core.fraud import HashFraudModel
 from streaming.core.review_bytes import pack
 from streaming.serde import Registry, local_schema
+from streaming.settings import Settings, schemas_dir
 from streaming.topic_reader import read_records
 
 HERE = Path(__file__).resolve().parent / "quix"

@@ -25,8 +25,8 @@ from orchestration.resources import PostgresResource, SchemasResource
 from orchestration.topology import batch_key, table_key
 from streaming.batch.dbt import PROJECT_DIR, dbt_env, dbt_executable
 from streaming.batch.verdicts import VERDICTS, judge_new_versions
-from streaming.config import clock_from_env
 from streaming.core.window import date_to_day
+from streaming.settings import clock_from_env
 from streaming.sql import quote
 
 PARTITIONED_MODEL = "recent_stats"

@@ -3,7 +3,7 @@
 Run: `reviews api` (or `python -m streaming.api.app`); PIPELINE_API_PORT [8000],
 PIPELINE_API_WORKERS [2], PIPELINE_API_TOKEN_FILE (required: the writer token of POST /reviews,
 `streaming.api.auth`), BIND_HOST [127.0.0.1], ALLOWED_HOSTS, plus the Kafka and registry
-settings of streaming.config (DATABASE_URL for the read side).
+settings of streaming.settings (DATABASE_URL for the read side).
 
 `GET /health` is 200 `ok` only while the producer can write (a broker connection up, no fatal
 error), else 503 with the reason (ours, never the broker's text or the pid: it is public);
@@ -24,9 +24,8 @@ from fastapi_offline import FastAPIOffline
 
 from streaming.api import auth, ingest, read
 from streaming.api.serving import HTTP_PROTOCOL, multiprocess_dir, serve_http_extras
-from streaming.config import ConfigError, Settings, bind_host, registry_client_config
 from streaming.ingest.producer import REVIEWS_TOPIC, ReviewProducer
-from streaming.settings import ApiSettings, load
+from streaming.settings import Settings, bind_host, exit_on_bad_settings, registry_client_config
 
 
 def create_app(
@@ -82,12 +81,11 @@ def main() -> None:
     """Serve on 127.0.0.1:PIPELINE_API_PORT with PIPELINE_API_WORKERS processes [2]: one
     process tops out at a few hundred acknowledged POSTs a second (the JSON, the validation
     and the delivery wait are Python), so ingestion scales out by processes."""
-    api = load(ApiSettings)
-    port, workers = api.port, api.workers
-    try:  # in this process, so a bad setting is one clear line, not a traceback per worker
-        registry_client_config(Settings.from_env().schema_registry_url)
-    except ConfigError as exc:
-        raise SystemExit(f"pipeline-api: {exc}") from None
+    # in this process, so a bad setting is one clear line, not a traceback per worker
+    with exit_on_bad_settings("pipeline-api"):
+        settings = Settings.from_env()
+        registry_client_config(settings.schema_registry_url)
+    port, workers = settings.api.port, settings.api.workers
     metrics_dir = multiprocess_dir("pipeline-api")  # before the workers start: they inherit it
     atexit.register(shutil.rmtree, metrics_dir, True)
     uvicorn.run(

@@ -15,9 +15,10 @@ import hmac
 import stat
 from pathlib import Path
 
-from streaming.settings import ApiSettings, load
+from streaming.settings import ApiSettings, load, variable
 
-TOKEN_FILE_ENV = "PIPELINE_API_TOKEN_FILE"
+TOKEN_FILE_ENV = variable(ApiSettings, "token_file")
+"""PIPELINE_API_TOKEN_FILE, as the messages name it."""
 MIN_TOKEN_CHARS = 16
 """Shorter tokens are refused: guessable."""
 

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Connection, Engine
 
-from streaming.config import Settings
+from streaming.settings import Settings
 
 router = APIRouter(tags=["statistics"])
 

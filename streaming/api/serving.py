@@ -7,7 +7,7 @@
   (`multiprocess_dir`).
 - A request whose Host header is not one of ALLOWED_HOSTS gets 400 before any route runs:
   a web page that re-points its own name at 127.0.0.1 (DNS rebinding) cannot read or write
-  through the browser (`streaming.config.TrustedHosts`).
+  through the browser (`streaming.settings.TrustedHosts`).
 - An HTML page (the docs: Swagger UI and ReDoc, whose assets `fastapi_offline` serves from
   the installed package, never a CDN: the page where a writer pastes the token runs no script
   from elsewhere) carries a Content-Security-Policy that allows this origin only (`DocsPolicy`).
@@ -32,7 +32,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from streaming.config import MAX_REQUEST_HEAD_BYTES, TrustedHosts
+from streaming.settings import MAX_REQUEST_HEAD_BYTES, TrustedHosts
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 HTTP_PROTOCOL = "streaming.api.serving:BoundedHeadProtocol"

@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from streaming.config import REPO_ROOT, ConfigError
+from streaming.settings import REPO_ROOT, SettingsError
 
 PROJECT_DIR = REPO_ROOT / "dbt_like_sql"
 OFFLINE_ENV = {"DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DBT_VERSION_CHECK": "false"}
@@ -29,9 +29,9 @@ def libpq_env(database_url: str) -> dict[str, str]:
     try:
         url = make_url(database_url)
     except ArgumentError as exc:
-        raise ConfigError(f"DATABASE_URL is not a database URL: {exc}") from None
+        raise SettingsError(f"DATABASE_URL is not a database URL: {exc}") from None
     if url.password:
-        raise ConfigError(
+        raise SettingsError(
             "DATABASE_URL holds a password: give it through PGPASSFILE (libpq's password file)"
         )
     values = {

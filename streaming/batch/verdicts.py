@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Engine, text
 from streaming.core.fraud import FraudModel, load_model
 from streaming.core.review_bytes import REVIEW_LAYOUT, encode_reviews, scan_bodies
 from streaming.core.validity import TEXT_FIELDS, Problem, field_problems, text_problem
-from streaming.settings import PipelineSettings, load
+from streaming.settings import PipelineSettings, load, schemas_dir
 from streaming.sql import ensure_schema, quote, swap_in
 
 VERDICTS = "review_verdicts"
@@ -165,7 +165,7 @@ def judge_new_versions(
         engine,
         source_schema=source_schema,
         schema=schema,
-        model=load_model(spec),
+        model=load_model(spec, schemas_dir()),
         model_name=spec or DEFAULT_MODEL,
         full_refresh=full_refresh,
     )

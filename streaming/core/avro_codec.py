@@ -14,10 +14,9 @@ from pathlib import Path
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 from fastavro.types import Schema
 
-from streaming.settings import PipelineSettings, load
-
-SCHEMAS_DIR_ENV = "SCHEMAS_DIR"
-"""Environment variable overriding where the `.avsc` files live (default: `<repo>/schemas`)."""
+REPO_SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
+"""The repository's `.avsc` files (a deployment's are `streaming.settings.schemas_dir()`: core
+reads no settings, its callers pass the directory)."""
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 """Marker that opens Avro's single-object encoding (spec, "Single-object encoding")."""
@@ -30,14 +29,6 @@ _CONFLUENT_HEADER = struct.Struct(">BI")
 
 class WireFormatError(ValueError):
     """A Kafka value is not in the Confluent wire format; route it to the dead-letter topic."""
-
-
-def schemas_dir() -> Path:
-    """Directory of the project's `.avsc` files; `SCHEMAS_DIR` overrides it for deployments."""
-    override = load(PipelineSettings).schemas_dir
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2] / "schemas"
 
 
 def load_schema(path: str | Path) -> Schema:

@@ -26,15 +26,12 @@ import numpy as np
 from fastavro import schemaless_writer
 
 from streaming.core.avro_codec import (
+    REPO_SCHEMAS_DIR,
     SINGLE_OBJECT_MAGIC,
     load_schema,
     schema_fingerprint_le,
-    schemas_dir,
 )
 from streaming.core.review_bytes import hash_buckets, pack
-
-FRAUD_MODEL_ENV = "FRAUD_MODEL"
-"""Environment variable callers pass to `load_model` to pick the fraud model."""
 
 FRAUD_PERCENT = 5
 """Share of hash buckets (out of 100) that the default rule calls fraud."""
@@ -63,12 +60,13 @@ class HashFraudModel:
     """The original app's rule: murmur2 of the single-object encoding, 5% of buckets are fraud."""
 
     def __init__(self, schema_path: str | Path | None = None) -> None:
-        """Load the Review schema (default `<schemas dir>/review.avsc`) and fix the hash prefix.
+        """Load the Review schema (default the repository's `schemas/review.avsc`; a
+        deployment's SCHEMAS_DIR is its caller's to pass) and fix the hash prefix.
 
         The 10-byte single-object prefix depends only on the schema, so it is computed once and
         each record costs one concatenation and one hash call.
         """
-        path = schema_path if schema_path is not None else schemas_dir() / REVIEW_SCHEMA_FILE
+        path = schema_path if schema_path is not None else REPO_SCHEMAS_DIR / REVIEW_SCHEMA_FILE
         self.schema = load_schema(path)
         self.prefix = SINGLE_OBJECT_MAGIC + schema_fingerprint_le(self.schema)
         self._prefix_array = np.frombuffer(self.prefix, dtype=np.uint8)
@@ -88,39 +86,40 @@ class HashFraudModel:
         return self.is_fraud_body(buf.getvalue())
 
 
-def load_model(spec: str | None) -> FraudModel:
+def load_model(spec: str | None, schemas_dir: Path | None = None) -> FraudModel:
     """Build the fraud model named by `spec`, "package.module:factory_or_class".
 
-    None or "" gives the default `HashFraudModel`. The attribute after the colon may be dotted
+    None or "" gives the default `HashFraudModel` (its schema from `schemas_dir`, default the
+    repository's). The attribute after the colon may be dotted
     (e.g. "pkg.mod:Models.strict") and is called without arguments. Raises ValueError naming
     the spec when it is malformed, cannot be imported, or does not yield a FraudModel.
     """
     if not spec:
-        return HashFraudModel()
+        return HashFraudModel(None if schemas_dir is None else schemas_dir / REVIEW_SCHEMA_FILE)
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
         raise ValueError(
-            f"bad {FRAUD_MODEL_ENV} spec {spec!r}: expected 'package.module:factory_or_class'"
+            f"bad FRAUD_MODEL spec {spec!r}: expected 'package.module:factory_or_class'"
         )
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(
-            f"bad {FRAUD_MODEL_ENV} spec {spec!r}: cannot import {module_name!r}: {exc}"
+            f"bad FRAUD_MODEL spec {spec!r}: cannot import {module_name!r}: {exc}"
         ) from exc
     for name in attr_path.split("."):
         try:
             target = getattr(target, name)
         except AttributeError as exc:
             raise ValueError(
-                f"bad {FRAUD_MODEL_ENV} spec {spec!r}: {module_name!r} has no {attr_path!r}"
+                f"bad FRAUD_MODEL spec {spec!r}: {module_name!r} has no {attr_path!r}"
             ) from exc
     if not callable(target):
-        raise ValueError(f"bad {FRAUD_MODEL_ENV} spec {spec!r}: {attr_path!r} is not callable")
+        raise ValueError(f"bad FRAUD_MODEL spec {spec!r}: {attr_path!r} is not callable")
     model = target()
     if not isinstance(model, FraudModel):
         raise ValueError(
-            f"bad {FRAUD_MODEL_ENV} spec {spec!r}: {attr_path!r} returned "
+            f"bad FRAUD_MODEL spec {spec!r}: {attr_path!r} returned "
             f"{type(model).__name__}, which lacks is_fraud_batch(buf, starts, ends) and "
             "is_fraud(review)"
         )

@@ -14,10 +14,10 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 from fastavro import schemaless_writer
 
-from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame
 from streaming.pipeline import INPUT
 from streaming.serde import Registry, local_schema
+from streaming.settings import Settings
 
 REVIEWS_TOPIC = INPUT.name
 DeliveryCallback = Callable[[KafkaError | None, Message], None]

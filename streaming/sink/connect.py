@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
 
-from streaming.config import Settings
+from streaming.settings import Settings
 from streaming.sink.render import CONNECTORS_DIR, declared_connectors, render_connector
 from streaming.sink.tables import check_tables
 
@@ -177,7 +177,7 @@ class ConnectClient:
         settings = Settings.from_env()
         url = database_url or settings.database_url
         configs = {
-            name: render_login(name, replace(settings, database_url=url), directory)
+            name: render_login(name, settings.replace(database_url=url), directory)
             for name in declared_connectors(directory)
         }
         check_tables(url, configs)
@@ -246,7 +246,7 @@ def render_login(name: str, settings: Settings, directory: Path = CONNECTORS_DIR
     if directory == CONNECTORS_DIR:
         url, password_file = settings.sink_login(name)
     else:
-        url, password_file = settings.database_url, settings.database_password_file
+        url, password_file = settings.database_url, settings.database.password_file
     return render_connector(name, url, directory=directory, password_file=password_file)
 
 

@@ -19,7 +19,6 @@ from urllib.parse import quote, urlencode
 
 from sqlalchemy.engine import make_url
 
-from streaming.core.avro_codec import schemas_dir
 from streaming.pipeline import (
     CONNECT_DEAD_LETTER,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -27,6 +26,7 @@ from streaming.pipeline import (
     TOPICS,
     max_message_bytes,
 )
+from streaming.settings import schemas_dir
 
 CONNECTORS_DIR = Path(__file__).with_name("connectors")
 CONNECTION_KEYS = ("connection.url", "connection.username", "connection.password")

@@ -36,11 +36,9 @@ from typing import Any
 import httpx
 import orjson
 
-from streaming.config import read_secret
 from streaming.core.review_mapping import ReviewMappingError, parse_timestamp
-from streaming.settings import SourceSettings, load
+from streaming.settings import SourceSettings, client_secret, load
 
-DEFAULT_CLIENT_SECRET = "local-secret"
 REVIEW_FIELDS_PARAM = "fields[course_review]"
 DEFAULT_REVIEW_FIELDS = "title,content,rating,created,modified,user_modified,user,course"
 """The fields a backfill needs, as the design asks for them (`_class` and `id` always come)."""
@@ -159,18 +157,6 @@ def _sort_key(item: Mapping[str, Any]) -> tuple[int, int] | None:
         return None
 
 
-def client_secret_from_env(env: Mapping[str, str] | None = None) -> str:
-    """The source API's client secret: UDEMY_CLIENT_SECRET, else the content of
-    UDEMY_CLIENT_SECRET_FILE (`make up` generates one, mode 0600), else the local default."""
-    env = os.environ if env is None else env
-    if env.get("UDEMY_CLIENT_SECRET"):
-        return env["UDEMY_CLIENT_SECRET"]
-    path = load(SourceSettings, env).client_secret_file
-    if path:
-        return read_secret(path, "UDEMY_CLIENT_SECRET_FILE")
-    return DEFAULT_CLIENT_SECRET
-
-
 class UdemyClient:
     """Review-source client: one connection pool, safe to share between threads.
 
@@ -215,12 +201,12 @@ class UdemyClient:
 
     @classmethod
     def from_env(cls, **options: Any) -> UdemyClient:
-        """From UDEMY_API_URL, UDEMY_CLIENT_ID and the secret (`client_secret_from_env`)."""
+        """From UDEMY_API_URL, UDEMY_CLIENT_ID and the secret (`settings.client_secret`)."""
         source = load(SourceSettings)
         return cls(
             source.api_url,
             source.client_id,
-            client_secret_from_env(),
+            client_secret(),
             **options,
         )
 

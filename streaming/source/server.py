@@ -33,10 +33,8 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi_offline import FastAPIOffline
 
 from streaming.api.serving import HTTP_PROTOCOL, serve_http_extras
-from streaming.config import bind_host
-from streaming.settings import SourceSettings, load
+from streaming.settings import SourceSettings, bind_host, client_secret, exit_on_bad_settings, load
 from streaming.source.catalogue import Catalogue
-from streaming.source.client import client_secret_from_env
 from streaming.source.generator import DEFAULT_SPEC, REVIEW_FIELDS, generate
 
 BASE_PATH = "/api-2.0"
@@ -313,7 +311,8 @@ def main() -> None:
     UDEMY_RATE_LIMIT (requests a second; default unlimited).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    source = load(SourceSettings)
+    with exit_on_bad_settings("source-api"):  # one line and exit 2, not a traceback
+        source, secret = load(SourceSettings), client_secret()
     spec = replace(
         DEFAULT_SPEC,
         seed=DEFAULT_SPEC.seed if source.sample_seed is None else source.sample_seed,
@@ -335,7 +334,7 @@ def main() -> None:
     app = create_app(
         catalogue,
         client_id=source.client_id,
-        client_secret=client_secret_from_env(),
+        client_secret=secret,
         rate_limit_per_s=source.rate_limit,
     )
     # No access log: one line per page would cost more than serving it in a backfill.

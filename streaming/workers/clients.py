@@ -10,15 +10,13 @@ worker's memory is its state plus a constant.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 
-from streaming.config import Settings
 from streaming.pipeline import WorkerSpec
-from streaming.settings import LoopSettings, load
+from streaming.settings import LoopSettings, Settings, load, worker_settings
 from streaming.workers.logs import log_event
 from streaming.workers.metrics import WorkerMetrics
 
@@ -68,7 +66,7 @@ class LoopConfig:
         costs more than 1/20 of that; 0: never)."""
         s = load(LoopSettings)
         return cls(
-            group_id=os.environ.get(spec.group_env) or spec.group_id,
+            group_id=worker_settings(spec).group_id,
             instance=s.worker_instance,
             commit_every_records=s.commit_every_records,
             commit_interval_ms=s.commit_interval_ms,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from streaming.config import Settings
+from streaming.settings import Settings
 from streaming.workers import refusals
 from streaming.workers.clients import MAX_PRODUCE_BYTES
 from streaming.workers.logs import log_event

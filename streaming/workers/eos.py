@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from streaming.config import Settings
+from streaming.settings import Settings
 from streaming.workers import refusals
 from streaming.workers.clients import LoopConfig, loop_consumer, loop_producer, records
 from streaming.workers.dead_letters import DeadLetters, position_of

@@ -15,7 +15,7 @@ input record is replaced.
 
 Topics and group are declared in `streaming.pipeline.FRAUD_FILTER` (overridable as
 `FRAUD_FILTER_<PORT>_TOPIC`, `FRAUD_FILTER_GROUP_ID`). Environment (defaults):
-KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL (see streaming.config), WORKER_INSTANCE [0],
+KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL (see streaming.settings), WORKER_INSTANCE [0],
 COMMIT_EVERY_RECORDS [20000], COMMIT_INTERVAL_MS [100], SESSION_TIMEOUT_MS [10000],
 HEALTH_PORT [the declared port + instance; 0 picks a free port], FRAUD_MODEL [the hash rule].
 """
@@ -27,13 +27,12 @@ from dataclasses import dataclass
 
 from confluent_kafka import Message
 
-from streaming.config import Settings
 from streaming.core import review_bytes, source_position
 from streaming.core.fraud import FraudModel, load_model
 from streaming.core.fraud_routing import DEAD, FRAUD, route
 from streaming.pipeline import FRAUD_FILTER
 from streaming.serde import Registry, ReviewWriters, local_schema
-from streaming.settings import PipelineSettings, load
+from streaming.settings import PipelineSettings, Settings, load, schemas_dir
 from streaming.workers.clients import LoopConfig
 from streaming.workers.eos import EosWorker
 from streaming.workers.process import StopFlag, run_worker
@@ -105,7 +104,7 @@ class FraudFilter(EosWorker):
 
 def build(settings: Settings, stop: StopFlag) -> FraudFilter:
     """The fraud filter as its settings declare it (a bad FRAUD_MODEL: ValueError)."""
-    model = load_model(load(PipelineSettings).fraud_model)
+    model = load_model(load(PipelineSettings).fraud_model, schemas_dir())
     return FraudFilter(
         settings, LoopConfig.from_env(FRAUD_FILTER), FraudTopics.from_env(), model, stop
     )

@@ -19,7 +19,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO
 
-from streaming.config import MAX_REQUEST_HEAD_BYTES, TrustedHosts, bind_host
+from streaming.settings import MAX_REQUEST_HEAD_BYTES, TrustedHosts, bind_host
 from streaming.workers.metrics import WorkerMetrics
 from streaming.workers.prometheus import exposition
 

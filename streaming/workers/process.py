@@ -26,10 +26,9 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaException
 
-from streaming.config import Settings
 from streaming.core.aggregation import StateLayoutError
 from streaming.pipeline import WorkerSpec
-from streaming.settings import LoopSettings, load
+from streaming.settings import LoopSettings, Settings, load
 from streaming.workers.health import HealthServer
 from streaming.workers.logs import log_event, setup_logging
 from streaming.workers.metrics import WorkerMetrics
@@ -155,7 +154,7 @@ def run_worker(
     try:
         settings = Settings.from_env()
         worker = build(settings, StopFlag())
-    except ValueError as exc:  # a ConfigError, a bad FRAUD_MODEL: a person fixes it
+    except ValueError as exc:  # a SettingsError, a bad FRAUD_MODEL: a person fixes it
         print(f"{spec.name}: {exc}", file=sys.stderr)
         return 2
     except ConnectionError as exc:  # gone again within milliseconds: the supervisor retries

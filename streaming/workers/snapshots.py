@@ -22,8 +22,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from streaming.config import REPO_ROOT
-from streaming.settings import LoopSettings, load
+from streaming.settings import REPO_ROOT, LoopSettings, load
 from streaming.workers.process import alive
 
 MAGIC = b"REVIEWS-SNAPSHOT 1\n"

@@ -33,8 +33,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from streaming.config import Settings
 from streaming.core.aggregation import StateLayoutError
+from streaming.settings import Settings
 from streaming.workers.logs import log_event
 from streaming.workers.state import ChangelogStore, restore_consumer
 

@@ -32,7 +32,7 @@ from typing import Generic, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from streaming.config import Settings
+from streaming.settings import Settings
 from streaming.workers.logs import log_event
 from streaming.workers.snapshots import (
     ChangelogIdentity,

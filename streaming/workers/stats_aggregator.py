@@ -43,7 +43,6 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from fastavro import schemaless_writer
 
-from streaming.config import Settings, clock_from_env
 from streaming.core import review_bytes, source_position
 from streaming.core.aggregation import BATCH_COLUMNS, CourseState, VersionChanges, VersionsState
 from streaming.core.avro_codec import confluent_frame
@@ -53,7 +52,7 @@ from streaming.core.validity import Problem, field_problems
 from streaming.core.window import epoch_day
 from streaming.pipeline import AGGREGATOR
 from streaming.serde import Registry, ReviewWriters, local_schema
-from streaming.settings import LoopSettings, load
+from streaming.settings import LoopSettings, Settings, clock_from_env, load
 from streaming.workers.clients import LoopConfig
 from streaming.workers.eos import EosWorker
 from streaming.workers.logs import log_event

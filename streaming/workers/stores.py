@@ -30,7 +30,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from streaming.config import Settings
+from streaming.settings import Settings
 from streaming.workers.clients import LoopConfig
 from streaming.workers.logs import log_event
 from streaming.workers.metrics import WorkerMetrics

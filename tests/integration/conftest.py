@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine, text
 from orchestration.resources import SchemasResource
 from streaming.admin import wait_for_kafka
 from streaming.batch.dbt import PROJECT_DIR
-from streaming.config import Settings, registry_client_config
+from streaming.settings import Settings, registry_client_config
 
 pytestmark = pytest.mark.integration
 

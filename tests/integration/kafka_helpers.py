@@ -27,10 +27,10 @@ from confluent_kafka.admin import (
 )
 from fastavro import schemaless_writer
 
-from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame
 from streaming.kafka_acl import create
 from streaming.serde import local_schema
+from streaming.settings import Settings
 from streaming.topic_reader import read_records
 
 ROOT = Path(__file__).resolve().parents[2]

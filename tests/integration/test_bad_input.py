@@ -62,12 +62,12 @@ from streaming.api.app import create_app
 from streaming.api.auth import bearer
 from streaming.api.ingest import MAX_BODY_BYTES
 from streaming.api.read import get_engine, router
-from streaming.config import Settings
 from streaming.core import source_position
 from streaming.core.avro_codec import confluent_frame
 from streaming.core.fraud import HashFraudModel
 from streaming.core.review_mapping import ReviewMappingError, json_to_review, parse_timestamp
 from streaming.serde import Registry, decode, local_schema
+from streaming.settings import Settings
 from streaming.sink.connect import ConnectClient
 from tests.integration import test_sink as sink_tests
 from tests.integration.kafka_helpers import (

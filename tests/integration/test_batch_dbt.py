@@ -13,8 +13,8 @@ from orchestration.resources import SchemasResource
 from streaming.batch.dbt import run_dbt
 from streaming.batch.verdicts import DEFAULT_MODEL, write_verdicts
 from streaming.cli import main as reviews
-from streaming.config import Settings
 from streaming.core.fraud import HashFraudModel
+from streaming.settings import Settings
 from tests.integration.test_orchestration import (
     AS_OF_DAY,
     _batch_rows,

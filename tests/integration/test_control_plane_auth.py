@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from streaming.config import dagster_auth, read_secret, registry_auth
+from streaming.settings import dagster_auth, read_secret, registry_auth
 
 pytestmark = pytest.mark.integration
 

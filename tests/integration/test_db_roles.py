@@ -16,9 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 from stack import procs
-from streaming.config import Settings
 from streaming.db_roles import READ_API, SINK_ROLES, STATISTICS, sink_role
 from streaming.pipeline import SINKS, SinkSpec
+from streaming.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -158,6 +158,6 @@ def test_connect_may_read_only_what_it_needs(settings: Settings) -> None:
         for line in properties.splitlines()
         if line.startswith("config.providers.dir.param.allowed.paths=")
     ]
-    assert allowed == [settings.database_sink_secrets_dir]
+    assert allowed == [settings.database.sink_secrets_dir]
     needed = [*(r.name for r in SINK_ROLES), "registry-reader-password"]
     assert sorted(os.listdir(allowed[0])) == sorted(needed)

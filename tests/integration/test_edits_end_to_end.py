@@ -23,10 +23,10 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import KafkaError, Message, Producer
 
-from streaming.config import Settings
 from streaming.core.fraud import HashFraudModel
 from streaming.core.window import epoch_day
 from streaming.serde import Registry, decode, local_schema
+from streaming.settings import Settings
 from tests.integration.edit_history import (
     FIELDS,
     courses_on_distinct_partitions,

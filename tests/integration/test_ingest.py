@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -154,7 +153,7 @@ def test_the_api_does_not_start_without_a_writer_token(settings, monkeypatch):
 
 
 def test_kafka_unavailable_is_a_503_with_retry_after(settings):
-    nowhere = replace(settings, kafka_bootstrap_servers="127.0.0.1:1")
+    nowhere = settings.replace(kafka_bootstrap_servers="127.0.0.1:1")
     with writer(nowhere, ack_timeout_s=2) as client:
         answer = client.post("/reviews", json=ITEM)
         health = client.get("/health")  # the producer's statistics came in meanwhile (1 s)

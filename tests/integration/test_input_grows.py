@@ -17,9 +17,9 @@ import pytest
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewPartitions
 
-from streaming.config import Settings
 from streaming.core.window import epoch_day
 from streaming.serde import Registry
+from streaming.settings import Settings
 from tests.integration.edit_history import (
     courses_on_distinct_partitions,
     expected_stats,

@@ -21,7 +21,6 @@ import httpx
 import pytest
 
 from stack import procs
-from streaming.config import Settings
 from streaming.core.window import epoch_day
 from streaming.pipeline import (
     AGGREGATOR,
@@ -30,6 +29,7 @@ from streaming.pipeline import (
     VERSIONS_CHANGELOG,
     WorkerSpec,
 )
+from streaming.settings import Settings
 from streaming.workers.snapshots import SnapshotDir
 from tests.integration.edit_history import courses_on_distinct_partitions, expected_stats, history
 from tests.integration.test_edits_end_to_end import (

@@ -28,9 +28,8 @@ from confluent_kafka.admin import (
 )
 
 from streaming.access import PRINCIPALS, Principal, allows, login_env
-from streaming.config import Settings, kafka_security
 from streaming.pipeline import TOPICS
-from streaming.settings import KafkaSettings, load
+from streaming.settings import KafkaSettings, Settings, kafka_security, load
 
 REFUSED = {
     KafkaError.TOPIC_AUTHORIZATION_FAILED,

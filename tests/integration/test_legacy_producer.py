@@ -23,10 +23,9 @@ from bench.peers.kstreams import build
 from orchestration.resources import SchemasResource
 from stack.kafka_client_security import java_properties, parse, read_password
 from streaming.access import login_env
-from streaming.config import Settings
 from streaming.core.window import epoch_day
 from streaming.serde import Registry
-from streaming.settings import KafkaSettings, load
+from streaming.settings import KafkaSettings, Settings, load
 from tests.integration.edit_history import (
     courses_on_distinct_partitions,
     expected_stats,

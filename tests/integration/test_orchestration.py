@@ -44,7 +44,6 @@ from orchestration.sensors import observe_stream
 from orchestration.topology import SINKS, Stage, table_key, topic_key
 from streaming.admin import load_topic_specs
 from streaming.batch.dbt import dbt_executable
-from streaming.config import REPO_ROOT, Settings
 from streaming.core.fraud import HashFraudModel
 from streaming.core.ratings import BUCKET_FIELDS, RATINGS, rating_halves
 from streaming.core.source_position import order
@@ -52,7 +51,8 @@ from streaming.core.stats import ReviewVersion, compute_from_scratch
 from streaming.core.validity import classify
 from streaming.core.window import MS_PER_DAY, day_to_date
 from streaming.kafka_acl import revoke
-from streaming.source.client import UdemyClient, client_secret_from_env
+from streaming.settings import REPO_ROOT, Settings, client_secret
+from streaming.source.client import UdemyClient
 from streaming.sql import ensure_schema
 from tests.integration.kafka_helpers import grant_topics
 
@@ -777,7 +777,7 @@ def test_backfill_asset_puts_a_small_course_into_kafka(settings: Settings) -> No
             "review_source": ReviewSourceResource(
                 api_url=os.environ["UDEMY_API_URL"],
                 client_id=os.environ["UDEMY_CLIENT_ID"],
-                client_secret=client_secret_from_env(),
+                client_secret=client_secret(),
             ),
         },
     )

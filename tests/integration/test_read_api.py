@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from streaming.api.read import get_engine, router
-from streaming.config import Settings
+from streaming.settings import Settings
 from tests.integration.kafka_helpers import free_port
 
 pytestmark = pytest.mark.integration

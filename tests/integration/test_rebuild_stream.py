@@ -14,9 +14,9 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streaming.admin import ensure_topics
-from streaming.config import Settings
 from streaming.pipeline import AGGREGATOR, FRAUD_FILTER
 from streaming.rebuild import Plan, WorkersRunning, plan, rebuild
+from streaming.settings import Settings
 
 
 @pytest.fixture

@@ -30,14 +30,14 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from streaming.config import (
+from streaming.core.review_mapping import json_to_review
+from streaming.settings import (
     Settings,
     dagster_verify,
     read_env_file,
     registry_client_config,
     registry_verify,
 )
-from streaming.core.review_mapping import json_to_review
 from tests.integration.test_bad_input import ITEM, unique_id, valid_review_id
 
 ROOT = Path(__file__).resolve().parents[2]

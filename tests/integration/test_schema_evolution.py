@@ -27,11 +27,11 @@ from sqlalchemy import Engine
 
 from orchestration.resources import SchemasResource
 from streaming.admin import SchemaRefused, register_schemas
-from streaming.config import Settings, registry_client_config
 from streaming.core.avro_codec import confluent_frame
 from streaming.core.window import epoch_day
 from streaming.pipeline import TopicSpec
 from streaming.serde import SCHEMAS_DIR
+from streaming.settings import Settings, registry_client_config
 from tests.integration.edit_history import (
     courses_on_distinct_partitions,
     expected_stats,

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
 from streaming.access import OPERATOR, PRINCIPALS
-from streaming.config import Settings
 from streaming.db_roles import ROLES
+from streaming.settings import Settings
 
 STACK = Path(__file__).resolve().parents[2] / ".stack"
 GENERATED = (

@@ -24,11 +24,11 @@ from fastapi.testclient import TestClient
 
 from streaming.api.read import STAT_COLUMNS, get_engine, router
 from streaming.cli import main
-from streaming.config import Settings
 from streaming.core.avro_codec import confluent_frame
 from streaming.db_roles import SINK_ROLES, pgpass_line
 from streaming.kafka_acl import revoke
 from streaming.serde import AvroEncoder, Registry
+from streaming.settings import Settings
 from streaming.sink.connect import ConnectClient, ConnectError
 from streaming.sink.render import (
     CONNECTION_KEYS,

@@ -19,10 +19,10 @@ import pytest
 from confluent_kafka import Producer, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streaming.config import Settings
 from streaming.core.aggregation import CourseState, VersionsState
 from streaming.core.stats import ReviewVersion
 from streaming.core.window import MS_PER_DAY
+from streaming.settings import Settings
 from streaming.workers import standby
 from streaming.workers.snapshots import (
     ChangelogIdentity,

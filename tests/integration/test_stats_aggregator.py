@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from streaming.config import Settings
 from streaming.core.source_position import HEADER, encode
 from streaming.core.window import MS_PER_DAY, day_to_date, epoch_day
 from streaming.serde import Registry, decode, local_schema
+from streaming.settings import Settings
 from streaming.workers.clients import LoopConfig
 from streaming.workers.process import StopFlag
 from streaming.workers.stats_aggregator import AggregatorTopics, StatsAggregator

@@ -5,7 +5,7 @@ import uuid
 import pytest
 from confluent_kafka import Producer
 
-from streaming.config import Settings
+from streaming.settings import Settings
 from streaming.topic_reader import read_batches, read_records
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer
 
 from stack.txn_reaper import MIN_OPEN_MINUTES, TOOL, Reaper, run_tool
-from streaming.config import Settings
+from streaming.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_DIR = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))

@@ -19,11 +19,11 @@ from sqlalchemy import Engine, text
 
 from orchestration.assets.reconciliation import read_refusals
 from orchestration.resources import KafkaResource, SchemasResource
-from streaming.config import Settings
 from streaming.core import java_text
 from streaming.core.validity import RATING, TEXT, TIMESTAMP, TOMBSTONE, UNDECODABLE
 from streaming.core.window import epoch_day
 from streaming.serde import Registry
+from streaming.settings import Settings
 from tests.integration.edit_history import (
     courses_on_distinct_partitions,
     expected_stats,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streaming.admin import SCHEMAS_DIR, TopicLayoutError, check_partition_counts, load_topic_specs
-from streaming.config import Settings
+from streaming.settings import Settings
 
 
 def test_topic_declarations_follow_the_design():

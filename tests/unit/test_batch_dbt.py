@@ -13,8 +13,8 @@ import yaml
 
 from orchestration.resources import OfflineDbtCliResource
 from streaming.batch.dbt import OFFLINE_ENV, PROJECT_DIR, dbt_env, dbt_executable, libpq_env
-from streaming.config import ConfigError
 from streaming.core.window import RECENT_DAYS
+from streaming.settings import SettingsError
 
 
 def test_the_connection_comes_from_database_url() -> None:
@@ -33,7 +33,7 @@ def test_the_connection_comes_from_database_url() -> None:
 
 @pytest.mark.parametrize("url", ["postgresql://app:s3cret@db/stats", "not a url"])
 def test_a_password_or_a_malformed_url_is_refused_without_showing_it(url: str) -> None:
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(SettingsError) as caught:
         libpq_env(url)
     assert "s3cret" not in str(caught.value)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from streaming.config import ConfigError, Settings
 from streaming.db_bootstrap import password_file, scram_verifier, write_pgpass_files
 from streaming.db_roles import (
     BATCH,
@@ -28,7 +27,7 @@ from streaming.db_roles import (
     role_sql,
 )
 from streaming.pipeline import SINKS
-from streaming.settings import DatabaseSettings
+from streaming.settings import DatabaseSettings, Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITES = re.compile(r"\b(insert|update|delete|truncate|create|owner|all)\b")
@@ -135,7 +134,7 @@ def test_password_files_go_where_their_service_reads_them(tmp_path: Path) -> Non
     settings = DatabaseSettings(roles_dir=str(tmp_path / "r"), sink_secrets_dir=str(tmp_path / "c"))
     assert password_file(role(READ_API), settings) == tmp_path / "r" / READ_API
     assert password_file(SINK_ROLES[0], settings) == tmp_path / "c" / SINK_ROLES[0].name
-    with pytest.raises(ConfigError, match="DATABASE_SINK_SECRETS_DIR"):
+    with pytest.raises(SettingsError, match="DATABASE_SINK_SECRETS_DIR"):
         password_file(SINK_ROLES[0], DatabaseSettings(roles_dir=str(tmp_path)))
 
 
@@ -163,5 +162,5 @@ def test_a_declared_sink_logs_in_as_its_own_role(tmp_path: Path) -> None:
         env["DATABASE_URL"],
         env["DATABASE_PASSWORD_FILE"],
     ), "without a secrets directory: DATABASE_URL's user, as before"
-    with pytest.raises(ConfigError, match="no sink"):
+    with pytest.raises(SettingsError, match="no sink"):
         Settings.from_env({**env, "DATABASE_SINK_SECRETS_DIR": str(tmp_path)}).sink_login("other")

@@ -15,14 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streaming.core.avro_codec import (
-    SCHEMAS_DIR_ENV,
     SINGLE_OBJECT_MAGIC,
     WireFormatError,
     canonical_form,
     confluent_frame,
     load_schema,
     schema_fingerprint_le,
-    schemas_dir,
     single_object_encoding,
     split_confluent,
 )
@@ -36,6 +34,7 @@ from streaming.core.review_bytes import (
     scan_bodies,
     to_positive,
 )
+from streaming.settings import schemas_dir
 
 REVIEW_AVSC = Path(__file__).resolve().parents[2] / "schemas" / "review.avsc"
 
@@ -351,15 +350,16 @@ def test_is_fraud_on_dict_equals_is_fraud_body(
 
 
 def test_schemas_dir_defaults_to_repo_schemas(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(SCHEMAS_DIR_ENV, raising=False)
+    monkeypatch.delenv("SCHEMAS_DIR", raising=False)
     assert schemas_dir() == REVIEW_AVSC.parent
 
 
 def test_schemas_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     shutil.copy(REVIEW_AVSC, tmp_path / "review.avsc")
-    monkeypatch.setenv(SCHEMAS_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("SCHEMAS_DIR", str(tmp_path))
     assert schemas_dir() == tmp_path
-    assert HashFraudModel().prefix == HashFraudModel(REVIEW_AVSC).prefix
+    model = load_model(None, schemas_dir())  # the caller passes the deployment's directory
+    assert isinstance(model, HashFraudModel) and model.prefix == HashFraudModel(REVIEW_AVSC).prefix
 
 
 # --- pluggable models --------------------------------------------------------------------------
@@ -390,7 +390,7 @@ NOT_CALLABLE = 42
 
 
 def test_default_model_is_hash_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(SCHEMAS_DIR_ENV, raising=False)
+    monkeypatch.delenv("SCHEMAS_DIR", raising=False)
     for spec in (None, ""):
         model = load_model(spec)
         assert isinstance(model, HashFraudModel)
@@ -409,7 +409,7 @@ def test_load_model_by_nested_factory() -> None:
 
 
 def test_load_builtin_model_by_dotted_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(SCHEMAS_DIR_ENV, raising=False)
+    monkeypatch.delenv("SCHEMAS_DIR", raising=False)
     assert isinstance(load_model("streaming.core.fraud:HashFraudModel"), HashFraudModel)
 
 

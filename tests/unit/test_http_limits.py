@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from streaming.api import app as pipeline_api
 from streaming.api import ingest
 from streaming.api.serving import HTTP_PROTOCOL
-from streaming.config import MAX_REQUEST_HEAD_BYTES
+from streaming.settings import MAX_REQUEST_HEAD_BYTES
 from streaming.source import server as source_api
 from streaming.source.catalogue import Catalogue
 from streaming.source.generator import SampleSpec, generate

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streaming.api.ingest import STALE_STATS_S, KafkaLink
 from streaming.api.serving import serve_http_extras
-from streaming.config import TrustedHosts
+from streaming.settings import TrustedHosts
 from streaming.workers.health import HealthServer
 from streaming.workers.metrics import LatencyHistogram, StageFigures, WorkerMetrics
 from streaming.workers.prometheus import exposition

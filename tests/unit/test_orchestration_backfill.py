@@ -7,8 +7,8 @@ import dagster as dg
 from orchestration.assets.backfill import course_reviews, courses
 from orchestration.resources import KafkaResource, ReviewSourceResource, SchemaRegistryResource
 from orchestration.topology import BACKFILL_KEY
-from streaming.config import Settings
 from streaming.ingest.backfill import BackfillResult
+from streaming.settings import Settings
 
 
 class RecordingSource(ReviewSourceResource):

@@ -11,7 +11,7 @@ from orchestration.definitions import defs
 from orchestration.schedules import nightly_batch
 from orchestration.topology import RECONCILIATION_KEY, batch_key, table_key, topic_key
 from streaming.batch.dbt import PROJECT_DIR
-from streaming.config import REPO_ROOT
+from streaming.settings import REPO_ROOT
 
 
 def test_dagster_validates_the_definitions() -> None:

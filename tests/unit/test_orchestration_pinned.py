@@ -1,5 +1,5 @@
 """What a run reaches is the deployment's: a run config cannot re-point the code location's
-resources at another URL, executable, module or directory (orchestration.resources.pinned)."""
+resources at another URL, executable, module or directory (orchestration.resources.deployed)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 
 from orchestration.definitions import defs
-from orchestration.resources import ConnectResource, pinned
+from orchestration.resources import ConnectResource, deployed
 
 LOCATIONS = [
     ("kafka", "bootstrap_servers", "evil:9092"),
@@ -39,17 +39,17 @@ def test_the_scratch_schemas_stay_a_runs_choice() -> None:
     dg.validate_run_config(job, {"resources": {"schemas": {"config": {"batch_schema": "b2"}}}})
 
 
-def test_a_pinned_resource_is_the_deployments_read_in_the_run(
+def test_a_deployed_resource_is_the_settings_read_in_the_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("PINNED_TEST_CONNECT_URL", "http://connect.internal:8083")
+    monkeypatch.setenv("CONNECT_URL", "http://connect.internal:8083")
     seen: list[str] = []
 
     @dg.asset
     def probe(connect: ConnectResource) -> None:
         seen.append(connect.url)
 
-    resources = {"connect": pinned(ConnectResource(url=dg.EnvVar("PINNED_TEST_CONNECT_URL")))}
+    resources = {"connect": deployed(ConnectResource)}
     assert dg.materialize([probe], resources=resources).success
     assert seen == ["http://connect.internal:8083"]
     evil = {"resources": {"connect": {"config": {"url": "http://evil.example"}}}}

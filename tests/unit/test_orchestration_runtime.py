@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from orchestration.resources import LocalProcessRuntime, WorkerStatus
-from orchestration.supervision import HELD, OK, assess_worker
+from orchestration.resources.supervision import HELD, OK, assess_worker
 from stack import procs
-from streaming.config import REPO_ROOT
+from streaming.settings import REPO_ROOT
 
 NAME = "fake-1"
 

@@ -17,13 +17,7 @@ from orchestration.resources import (
     WorkerRuntimeResource,
     WorkerStatus,
 )
-from orchestration.sensors import (
-    RUN_KEY_TAG,
-    course_catalogue,
-    supervise_connect,
-    worker_supervisor,
-)
-from orchestration.supervision import (
+from orchestration.resources.supervision import (
     CRASH_LOOP_RESTARTS,
     DEAD,
     HELD,
@@ -33,6 +27,12 @@ from orchestration.supervision import (
     SLOW,
     STALLED,
     assess_worker,
+)
+from orchestration.sensors import (
+    RUN_KEY_TAG,
+    course_catalogue,
+    supervise_connect,
+    worker_supervisor,
 )
 from orchestration.topology import WORKERS, table_key, topic_key
 from streaming.sink.connect import ConnectClient

@@ -9,7 +9,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaming.core.avro_codec import load_schema, schemas_dir
+from streaming.core.avro_codec import load_schema
 from streaming.core.ratings import RATINGS
 from streaming.core.review_mapping import (
     ReviewMappingError,
@@ -18,6 +18,7 @@ from streaming.core.review_mapping import (
     parse_timestamp,
     review_to_json,
 )
+from streaming.settings import schemas_dir
 
 REVIEW_SCHEMA = load_schema(schemas_dir() / "review.avsc")
 MISSING = object()

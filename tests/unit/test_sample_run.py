@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.sample_run import login_line, verdict_line
-from streaming.config import ConfigError, dagster_auth
-from streaming.settings import PipelineSettings, load
+from streaming.settings import PipelineSettings, SettingsError, dagster_auth, load
 
 PAGE = "http://127.0.0.1:3000/assets/reconciliation/stream_vs_batch"
 
@@ -36,5 +35,5 @@ def test_the_login_line_names_the_user_and_the_password_file_not_the_password(
     assert "'dagster'" in line and str(password) in line and "s3cret" not in line
     assert dagster_auth(env) == ("dagster", "s3cret")
     assert dagster_auth({}) is None
-    with pytest.raises(ConfigError, match="DAGSTER_PASSWORD_FILE"):
+    with pytest.raises(SettingsError, match="DAGSTER_PASSWORD_FILE"):
         dagster_auth({"DAGSTER_USER": "dagster"})

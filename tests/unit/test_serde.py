@@ -11,20 +11,20 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from streaming.config import (
-    REGISTRY_TIMEOUT_S,
-    ConfigError,
-    dagster_verify,
-    redact_url,
-    registry_client_config,
-    registry_verify,
-)
 from streaming.serde import (
     UNKNOWN_ID_RECHECK_S,
     Registry,
     RegistryUnavailable,
     ReviewWriters,
     UnknownSchemaError,
+)
+from streaming.settings import (
+    REGISTRY_TIMEOUT_S,
+    SettingsError,
+    dagster_verify,
+    redact_url,
+    registry_client_config,
+    registry_verify,
 )
 
 
@@ -162,7 +162,7 @@ def test_an_unusable_ca_file_is_one_error_naming_its_variable(
     ca = tmp_path / "ca.pem"
     if content is not None:
         ca.write_text(content)
-    with pytest.raises(ConfigError, match=f"SCHEMA_REGISTRY_CA_FILE: cannot use {ca}"):
+    with pytest.raises(SettingsError, match=f"SCHEMA_REGISTRY_CA_FILE: cannot use {ca}"):
         registry_client_config("https://r:8081", {"SCHEMA_REGISTRY_CA_FILE": str(ca)})
-    with pytest.raises(ConfigError, match="DAGSTER_CA_FILE"):
+    with pytest.raises(SettingsError, match="DAGSTER_CA_FILE"):
         dagster_verify({"DAGSTER_CA_FILE": str(ca)})

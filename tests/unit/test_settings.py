@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from streaming.config import Settings
 from streaming.settings import (
     COMPONENTS,
     ApiSettings,
     LoopSettings,
+    Settings,
     SettingsError,
     env_name,
     load,
@@ -37,7 +37,7 @@ def test_defaults_and_overrides() -> None:
     assert load(ApiSettings, {}).port == 8000
     assert load(ApiSettings, {"PIPELINE_API_PORT": "9000", "PIPELINE_API_WORKERS": ""}).workers == 2
     s = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "b:1", "CONNECT_USER": "u"})
-    assert s.kafka_bootstrap_servers == "b:1" and s.connect_user == "u"
+    assert s.kafka_bootstrap_servers == "b:1" and s.connect.user == "u"
     assert s.database_url.startswith("postgresql+psycopg2://")
 
 
@@ -89,3 +89,16 @@ def test_a_kafka_secret_in_the_environment_or_missing_is_refused_by_name(
     with pytest.raises(ValueError, match=named) as refused:
         Settings.from_env(env)
     assert "hunter2secret" not in str(refused.value)
+
+
+def test_a_bad_variable_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every component is read at a process's start (`Settings.from_env`): a value that does
+    not parse stops the command with the variable's name, never a traceback."""
+    from streaming import cli
+
+    monkeypatch.setenv("COMMIT_INTERVAL_MS", "soon")
+    assert cli.main(["bootstrap"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "COMMIT_INTERVAL_MS" in err and "Traceback" not in err

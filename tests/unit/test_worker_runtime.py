@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from streaming.config import clock_from_env
 from streaming.serde import RegistryUnavailable
+from streaming.settings import SettingsError, clock_from_env
 from streaming.workers.health import HealthServer
 from streaming.workers.metrics import ABORT_STREAK, COMMIT_STALL_S, WorkerMetrics
 
@@ -123,7 +123,7 @@ def test_the_clock_offset_moves_the_aggregators_and_the_batch_sides_clock() -> N
     assert clock_from_env({}) is time.time
     shifted = clock_from_env({"CLOCK_OFFSET_S": "86400"})
     assert abs(shifted() - time.time() - 86400) < 5
-    with pytest.raises(SystemExit, match="CLOCK_OFFSET_S: Input should be a valid number"):
+    with pytest.raises(SettingsError, match="CLOCK_OFFSET_S: Input should be a valid number"):
         clock_from_env({"CLOCK_OFFSET_S": "tomorrow"})
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import dagster as dg
 
-from orchestration.resources import WorkerStatus
+from orchestration.resources.worker_runtime import WorkerStatus
 from orchestration.topology import SinkSpec, WorkerSpec, table_key, topic_key
 from stack import procs
 from streaming.sink.connect import ConnectorState, describe
