@@ -52,6 +52,13 @@ class VersionColumn(IntEnum):
     VALID = 6
 
 
+class Bound(IntEnum):
+    """The columns of a table of (start, end) byte offsets, such as the titles of a batch."""
+
+    START = 0
+    END = 1
+
+
 class MemberColumn(IntEnum):
     """The int64 columns of member entries replayed (`upsert_members`); HALVES 0: removed."""
 
@@ -187,7 +194,7 @@ def apply_versions(
             batch[i, VersionColumn.HALVES],
             batch[i, VersionColumn.VALID],
         )
-        t0, t1 = titles[i, 0], titles[i, 1]
+        t0, t1 = titles[i, Bound.START], titles[i, Bound.END]
         row = hx.find(index, ids, ids, review, review)
         if row >= 0 and (mod < modified[row] or (mod == modified[row] and posn <= position[row])):
             pos = _put_change(changes, pos, TITLE, review, 0, 0, 0, 0, mod, buf, t0, t1)

@@ -50,6 +50,9 @@ CHANGE_ERRORS = {
     kernels.RATING_NEVER_ADDED: "retracting a rating never added",
     kernels.TWICE: "adding a review already counted",
 }
+_HISTOGRAM = (int(Histogram.ALL_TIME), int(Histogram.RECENT))
+_LATEST = (int(Figure.LATEST), int(Figure.RECENT_LATEST))
+"""By whether recent: the histogram and latest-time columns (plain ints: a record's hot path)."""
 _MEMBER_COLUMNS = ("m_review", "m_course", "m_created", "m_halves")
 _COURSE_COLUMNS = ("course_ids", "live", "hist", "figures")
 
@@ -376,8 +379,8 @@ class CourseState:
         return self._statistic(slot, False, as_of_time), self._statistic(slot, True, as_of_time)
 
     def _statistic(self, slot: int, recent: bool, as_of_time: int) -> CourseStatistic:
-        counts = self.hist[slot, Histogram.RECENT if recent else Histogram.ALL_TIME].tolist()
-        last = int(self.figures[slot, Figure.RECENT_LATEST if recent else Figure.LATEST])
+        counts = self.hist[slot, _HISTOGRAM[recent]].tolist()
+        last = int(self.figures[slot, _LATEST[recent]])
         window = window_bounds(self.as_of_day) if recent else (None, None)
         return statistic_record(
             int(self.course_ids[slot]), self._titles[slot][2], counts, last, window, as_of_time

@@ -36,7 +36,7 @@ from streaming.core.aggregation.formats import (
 )
 from streaming.core.review_bytes import Longs, Spans
 from streaming.core.review_frames import Writer, frame_batch
-from streaming.core.stage_kernels import VersionColumn
+from streaming.core.stage_kernels import Bound, VersionColumn
 from streaming.core.stats import ReviewVersion
 from streaming.core.validity import Problem, field_problems
 
@@ -60,9 +60,10 @@ _CHANGELOG_FIELDS = {
 @dataclass(frozen=True, slots=True)
 class IncomingVersions:
     """A batch of records read as versions: columns[i] by `VersionColumn` (int64), applied
-    where `use`; record i's course title is buf[titles[i, 0]:titles[i, 1]] (UTF-8, checked);
-    the problem of every record refused, by index (a `validity.Problem` when the record is no
-    review, a bare reason when it lacks the position header the fraud filter writes)."""
+    where `use`; record i's course title is buf[start:end] for titles[i] (`Bound`s; UTF-8,
+    checked); the problem of every record refused, by index (a `validity.Problem` when the
+    record is no review, a bare reason when it lacks the position header the fraud filter
+    writes)."""
 
     columns: np.ndarray
     use: np.ndarray
@@ -182,7 +183,7 @@ class VersionsState:
         value."""
         n = len(batch)
         self._reserve(n)
-        lengths = titles[:, 1] - titles[:, 0]
+        lengths = titles[:, Bound.END] - titles[:, Bound.START]
         changes = np.empty(2 * kernels.CHANGE_HEAD * n + int(lengths[use].sum()), np.uint8)
         ends = np.empty(2 * n, np.int64)
         courses = np.empty(2 * n, np.int64)
