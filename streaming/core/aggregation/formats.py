@@ -14,11 +14,13 @@ later version change it:
 
 The compiled kernels (`streaming.core.stage_kernels`) write and read the same bytes; their sizes
 and format bytes are defined there (numba freezes them) and checked against the layouts here.
+`parse_course_changelog` reads a course-stats changelog as arrays (a restore).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -94,3 +96,52 @@ class RecordFormatError(ValueError):
 class StateLayoutError(RuntimeError):
     """A changelog written by an earlier layout of the state, which this version cannot read
     exactly: the stream's state must be rebuilt from `udemy-reviews`."""
+
+
+def parse_course_changelog(
+    entries: Iterable[tuple[bytes | None, bytes | None]],
+) -> tuple[np.ndarray, dict[int, tuple[int, bytes]], int | None, int]:
+    """The latest member rows (halves 0: removed) sorted by (course, review), the latest
+    title of each course, the latest published day, and how many entries could not be read,
+    from changelog entries in order. One dict store per entry; the parsing is done on
+    arrays."""
+    member_raw: dict[bytes, bytes | None] = {}
+    title_raw: dict[bytes, bytes] = {}
+    unreadable = 0
+    day: int | None = None
+    member_size, title_size, value_size = MEMBER_KEY.size, TITLE_KEY.size, MEMBER_VALUE.size
+    at = TITLE_VALUE.size  # the title's UTF-8 bytes
+    for key, value in entries:  # a bad entry is skipped: the key keeps its value before it
+        if key is None:
+            unreadable += 1
+        elif len(key) == member_size and key[0] == MEMBER_TAG:
+            if value is None or len(value) == value_size:
+                member_raw[key] = value
+            else:
+                unreadable += 1
+        elif len(key) == title_size and key[0] == TITLE_TAG and value and len(value) >= at:
+            try:
+                value[at:].decode("utf-8")  # not publishable: unreadable
+            except UnicodeDecodeError:
+                unreadable += 1
+                continue
+            title_raw[key] = value
+        elif key == PUBLISHED_DAY_KEY and value is not None and len(value) == DAY.size:
+            (day,) = DAY.unpack(value)
+        else:
+            unreadable += 1
+    titles = {
+        TITLE_KEY.unpack(key)[1]: (TITLE_VALUE.unpack_from(value)[0], value[TITLE_VALUE.size :])
+        for key, value in title_raw.items()
+    }
+    good = member_raw
+    parsed = np.frombuffer(b"".join(good), MEMBER_KEY_DTYPE)
+    table = np.zeros(len(good), dtype=MEMBERS_DTYPE)
+    table["course"], table["review"] = parsed["course"], parsed["review"]
+    present = np.fromiter((v is not None for v in good.values()), bool, len(good))
+    counted = np.frombuffer(b"".join(v for v in good.values() if v), MEMBER_VALUE_DTYPE)
+    table["created"][present], table["halves"][present] = counted["created"], counted["halves"]
+    bad = present & ((table["halves"] < 1) | (table["halves"] > 10))
+    unreadable += int(bad.sum())
+    table = table[~bad]
+    return table[np.lexsort((table["review"], table["course"]))], titles, day, unreadable
