@@ -29,7 +29,7 @@ import psycopg2.extensions
 from sqlalchemy import Connection, Engine, text
 
 from streaming.core.fraud import FraudModel, load_model
-from streaming.core.review_bytes import REVIEW_LAYOUT, encode_reviews, scan_bodies
+from streaming.core.review_bytes import REVIEW_LAYOUT, Longs, encode_reviews, scan_bodies
 from streaming.core.validity import TEXT_FIELDS, Problem, field_problems, text_problem
 from streaming.settings import PipelineSettings, load, schemas_dir
 from streaming.sql import ensure_schema, quote, swap_in
@@ -201,7 +201,7 @@ def judge(
     readable = nul < 0
     longs, _, invalid = field_problems(buf, starts, ends, readable)
     fraud = model.is_fraud_batch(buf, starts, ends)
-    return fraud, longs[:, 4], {**problems, **invalid}
+    return fraud, longs[:, Longs.HALVES], {**problems, **invalid}
 
 
 def _copy_chunk(cursor: object, relation: str, chunk: list, model: FraudModel) -> tuple[int, int]:

@@ -10,6 +10,7 @@ Kafka's hash for the whole project, tested against Kafka's own vectors.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import IntEnum
 from itertools import chain
 from typing import Any
 
@@ -440,19 +441,44 @@ def _rating_halves(buf: np.ndarray, pos: int, length: int) -> int:
     return halves if 1 <= halves <= 10 else -1
 
 
+class Longs(IntEnum):
+    """The columns of `extract_fields`' longs."""
+
+    ID = 0
+    CREATED = 1
+    MODIFIED = 2
+    COURSE = 3
+    HALVES = 4
+    """Rating halves 1..10; -1 when the rating is not spelled "D.0"/"D.5"."""
+
+
+class Spans(IntEnum):
+    """The columns of `extract_fields`' spans: byte offsets into the batch's buffer."""
+
+    RATING_START = 0
+    RATING_END = 1
+    TITLE_START = 2
+    TITLE_END = 3
+    """The course title's."""
+
+
+_FIELDS, _SPANS = len(Longs), len(Spans)
+
+
 @numba.njit(cache=True, nogil=True)
 def extract_fields(
     buf: np.ndarray, starts: np.ndarray, ends: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What the aggregator needs from each canonical Review body, without decoding it.
 
-    Returns (longs, spans, ok): longs[i] = (id, created, modified, course.id, halves) with
-    halves -1 when the rating is not spelled "D.0"/"D.5"; spans[i] = (start, end) of the rating
-    and of the course title in `buf`; ok[i] False for a body that is not one whole Review.
+    Returns (longs, spans, ok): longs[i] by `Longs` (id, created, modified, course.id, halves)
+    with halves -1 when the rating is not spelled "D.0"/"D.5"; spans[i] by `Spans` ((start,
+    end) of the rating and of the course title in `buf`); ok[i] False for a body that is not
+    one whole Review.
     """
     n = starts.shape[0]
-    longs = np.zeros((n, 5), dtype=np.int64)
-    spans = np.zeros((n, 4), dtype=np.int64)
+    longs = np.zeros((n, _FIELDS), dtype=np.int64)
+    spans = np.zeros((n, _SPANS), dtype=np.int64)
     ok = np.ones(n, dtype=np.bool_)
     for i in range(n):
         pos = starts[i]
@@ -472,27 +498,28 @@ def extract_fields(
                 break
             if kind == 0:
                 if f == 0:
-                    longs[i, 0] = value
+                    longs[i, Longs.ID] = value
                 elif f == 4:
-                    longs[i, 1] = value
+                    longs[i, Longs.CREATED] = value
                 elif f == 5:
-                    longs[i, 2] = value
+                    longs[i, Longs.MODIFIED] = value
                 else:
-                    longs[i, 3] = value
+                    longs[i, Longs.COURSE] = value
             else:
                 if value < 0 or value > end - pos:
                     good = False
                     break
                 if f == 3:
-                    spans[i, 0] = pos
-                    spans[i, 1] = pos + value
+                    spans[i, Spans.RATING_START] = pos
+                    spans[i, Spans.RATING_END] = pos + value
                 elif f == 10:
-                    spans[i, 2] = pos
-                    spans[i, 3] = pos + value
+                    spans[i, Spans.TITLE_START] = pos
+                    spans[i, Spans.TITLE_END] = pos + value
                 pos += value
         ok[i] = good and pos == end
         if ok[i]:
-            longs[i, 4] = _rating_halves(buf, spans[i, 0], spans[i, 1] - spans[i, 0])
+            r0, r1 = spans[i, Spans.RATING_START], spans[i, Spans.RATING_END]
+            longs[i, Longs.HALVES] = _rating_halves(buf, r0, r1 - r0)
     return longs, spans, ok
 
 

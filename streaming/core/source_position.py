@@ -58,6 +58,23 @@ def find(headers: Sequence[tuple[str, bytes | None]] | None) -> tuple[int, int]:
     raise ValueError(f"no {HEADER} header: records here come from the fraud filter")
 
 
+OFFSET_LIMIT = 1 << OFFSET_BITS
+
+
+def header_order(headers: Sequence[tuple[str, bytes | None]] | None) -> int:
+    """The record's position as one orderable int (`order`), from its headers: the fraud
+    filter's usual lone header read directly, anything else through `find`; ValueError when
+    they carry none of ours."""
+    if headers is not None and len(headers) == 1:
+        name, value = headers[0]
+        if name == HEADER and value is not None and len(value) == 12:
+            partition = int.from_bytes(value[:4], "big", signed=True)
+            offset = int.from_bytes(value[4:], "big", signed=True)
+            if 0 <= partition <= MAX_PARTITION and 0 <= offset < OFFSET_LIMIT:
+                return (partition << OFFSET_BITS) | offset
+    return order(*find(headers))
+
+
 def replace(
     headers: Sequence[tuple[str, bytes | None]] | None, partition: int, offset: int
 ) -> list[tuple[str, bytes | None]]:

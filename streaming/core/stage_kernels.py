@@ -12,10 +12,15 @@ the per-record work, so no Python object is built per review, per record or per 
 - `recount`: the per-course figures a scan of the member rows gives (after a restore, when a
   window moves, or when the latest review of a course was retracted).
 
-Layouts are those of `streaming.core.aggregation` (big-endian, a leading format byte).
+Byte layouts are those of `streaming.core.aggregation.formats` (big-endian, a leading format
+byte); their sizes and the column layouts of the arrays the kernels take (`VersionColumn`,
+`MemberColumn`, `Figure`, `Histogram`) are defined here, in the compiled module, because numba
+freezes them into its cached machine code, which it invalidates only when this file changes.
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
 
 import numba
 import numpy as np
@@ -30,8 +35,59 @@ CHANGE_FORMAT, VERSION_FORMAT = 2, 4
 CHANGE_HEAD, VERSION_SIZE = 36, 43
 MEMBER_KEY_SIZE, MEMBER_VALUE_SIZE = 17, 9
 RETRACT, ADD, TITLE = 1, 2, 4
+TITLE_MODIFIED_AT = 28
+"""Byte offset of the title's modified time in a packed change."""
 
-# error codes of apply_changes (aggregation.CHANGE_ERRORS says them in words)
+
+class VersionColumn(IntEnum):
+    """The int64 columns of a table of review versions: a batch of incoming versions
+    (`apply_versions`) and a changelog replayed (`upsert_versions`)."""
+
+    REVIEW = 0
+    MODIFIED = 1
+    POSITION = 2
+    CREATED = 3
+    COURSE = 4
+    HALVES = 5
+    VALID = 6
+
+
+class Bound(IntEnum):
+    """The columns of a table of (start, end) byte offsets, such as the titles of a batch."""
+
+    START = 0
+    END = 1
+
+
+class MemberColumn(IntEnum):
+    """The int64 columns of member entries replayed (`upsert_members`); HALVES 0: removed."""
+
+    SLOT = 0
+    REVIEW = 1
+    CREATED = 2
+    HALVES = 3
+
+
+class Figure(IntEnum):
+    """The columns of a course slot's figures: its latest review time (all-time, recent) with
+    how many counted reviews share it (the column after each time), and whether it must be
+    recounted (`recount`)."""
+
+    LATEST = 0
+    AT_LATEST = 1
+    RECENT_LATEST = 2
+    AT_RECENT_LATEST = 3
+    DIRTY = 4
+
+
+class Histogram(IntEnum):
+    """The second axis of a course slot's histograms of rating halves."""
+
+    ALL_TIME = 0
+    RECENT = 1
+
+
+# error codes of apply_changes (aggregation.courses.CHANGE_ERRORS says them in words)
 NOT_A_CHANGE, BAD_HALVES, BAD_TITLE, UNSEEN_COURSE, NEVER_ADDED, RATING_NEVER_ADDED, TWICE = range(
     1, 8
 )
@@ -76,7 +132,7 @@ def _put_change(
     out[pos + 18] = old_h
     _put_i64(out, pos + 19, new_c)
     out[pos + 27] = new_h
-    _put_i64(out, pos + 28, title_m)
+    _put_i64(out, pos + TITLE_MODIFIED_AT, title_m)
     pos += CHANGE_HEAD
     if flags & TITLE:
         n = t1 - t0
@@ -117,8 +173,8 @@ def apply_versions(
     versions: np.ndarray,
     version_src: np.ndarray,
 ) -> tuple[int, int, int]:
-    """Apply the versions of `batch` (columns review, modified, position, created, course,
-    halves, valid; rows where `use`) in order; titles[i] = (start, end) in `buf`.
+    """Apply the versions of `batch` (`VersionColumn`s; rows where `use`) in order;
+    titles[i] = (start, end) in `buf`.
 
     Writes the change records to `changes` (record k ends at change_ends[k], routed to
     change_course[k]) and the changelog values (VERSION_SIZE each) to `versions`, the input
@@ -130,15 +186,15 @@ def apply_versions(
         if not use[i]:
             continue
         review, mod, posn, cre, crs, hv, ok = (
-            batch[i, 0],
-            batch[i, 1],
-            batch[i, 2],
-            batch[i, 3],
-            batch[i, 4],
-            batch[i, 5],
-            batch[i, 6],
+            batch[i, VersionColumn.REVIEW],
+            batch[i, VersionColumn.MODIFIED],
+            batch[i, VersionColumn.POSITION],
+            batch[i, VersionColumn.CREATED],
+            batch[i, VersionColumn.COURSE],
+            batch[i, VersionColumn.HALVES],
+            batch[i, VersionColumn.VALID],
         )
-        t0, t1 = titles[i, 0], titles[i, 1]
+        t0, t1 = titles[i, Bound.START], titles[i, Bound.END]
         row = hx.find(index, ids, ids, review, review)
         if row >= 0 and (mod < modified[row] or (mod == modified[row] and posn <= position[row])):
             pos = _put_change(changes, pos, TITLE, review, 0, 0, 0, 0, mod, buf, t0, t1)
@@ -220,18 +276,22 @@ def upsert_versions(
     rows: int,
     table: np.ndarray,
 ) -> int:
-    """Set each review of `table` (columns review, course, modified, position, created, halves,
-    valid) to its row there, unconditionally (a changelog replayed in order); the rows used."""
+    """Set each review of `table` (`VersionColumn`s) to its row there, unconditionally (a
+    changelog replayed in order); the rows used."""
     for i in range(table.shape[0]):
-        review = table[i, 0]
+        review = table[i, VersionColumn.REVIEW]
         row = hx.find(index, ids, ids, review, review)
         if row < 0:
             row = rows
             rows += 1
             ids[row] = review
             hx.insert(index, ids, ids, row)
-        course[row], modified[row], position[row] = table[i, 1], table[i, 2], table[i, 3]
-        created[row], halves[row], valid[row] = table[i, 4], table[i, 5], table[i, 6]
+        course[row] = table[i, VersionColumn.COURSE]
+        modified[row] = table[i, VersionColumn.MODIFIED]
+        position[row] = table[i, VersionColumn.POSITION]
+        created[row] = table[i, VersionColumn.CREATED]
+        halves[row] = table[i, VersionColumn.HALVES]
+        valid[row] = table[i, VersionColumn.VALID]
     return rows
 
 
@@ -245,7 +305,8 @@ def _in_window(created: int, first_day: int, last_day: int) -> bool:
 @numba.njit(cache=True, nogil=True, inline="always")
 def _see_latest(figures: np.ndarray, c: int, col: int, created: int) -> None:
     """A counted review of course slot c created at `created`: the latest time (figures[c,
-    col]) and how many reviews share it (figures[c, col + 1])."""
+    col], `Figure.LATEST` or `Figure.RECENT_LATEST`) and how many reviews share it (the
+    column after it)."""
     if figures[c, col + 1] == 0 or created > figures[c, col]:
         figures[c, col] = created
         figures[c, col + 1] = 1
@@ -258,18 +319,21 @@ def _count(
     figures: np.ndarray, hist: np.ndarray, c: int, created: int, h: int, sign: int, recent: bool
 ) -> None:
     """Count (sign 1) or uncount (-1) one review in course slot c: histograms and the latest
-    review time with how many reviews share it (figures columns: max, n at max, recent max,
-    n at recent max, dirty). An uncounted latest review leaves the course dirty (`recount`)."""
-    for col, on in ((0, True), (2, recent)):
+    review time with how many reviews share it (`Figure`). An uncounted latest review leaves
+    the course dirty (`recount`)."""
+    for axis, col, on in (
+        (Histogram.ALL_TIME, Figure.LATEST, True),
+        (Histogram.RECENT, Figure.RECENT_LATEST, recent),
+    ):
         if not on:
             continue
-        hist[c, col // 2, h] += sign
+        hist[c, axis, h] += sign
         if sign > 0:
             _see_latest(figures, c, col, created)
         elif created == figures[c, col]:
             figures[c, col + 1] -= 1
             if figures[c, col + 1] == 0:
-                figures[c, 4] = 1
+                figures[c, Figure.DIRTY] = 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -367,8 +431,8 @@ def apply_changes(
                 best_title[c] = i
             else:
                 b0 = ends[b - 1] if b > 0 else 0
-                b_m = _get_i64(buf, b0 + 28)
-                t_m = _get_i64(buf, s0 + 28)
+                b_m = _get_i64(buf, b0 + TITLE_MODIFIED_AT)
+                t_m = _get_i64(buf, s0 + TITLE_MODIFIED_AT)
                 if t_m > b_m or (
                     t_m == b_m
                     and _bytes_greater(buf, s0 + CHANGE_HEAD, end, b0 + CHANGE_HEAD, ends[b])
@@ -427,12 +491,13 @@ def upsert_members(
     window: tuple[int, int],
     table: np.ndarray,
 ) -> int:
-    """Replay member entries (columns course slot, review, created, halves; halves 0: removed),
-    the latest per key, on top of the state: the old row of a key is uncounted first. Returns
-    the rows used; courses whose latest review time may have moved are left dirty."""
+    """Replay member entries (`MemberColumn`s), the latest per key, on top of the state: the
+    old row of a key is uncounted first. Returns the rows used; courses whose latest review
+    time may have moved are left dirty."""
     first_day, last_day = window
     for i in range(table.shape[0]):
-        c, review, new_c, new_h = table[i, 0], table[i, 1], table[i, 2], table[i, 3]
+        c, review = table[i, MemberColumn.SLOT], table[i, MemberColumn.REVIEW]
+        new_c, new_h = table[i, MemberColumn.CREATED], table[i, MemberColumn.HALVES]
         row = hx.find(index, m_review, m_course, review, c)
         if row >= 0:
             old_c = m_created[row]
@@ -479,9 +544,9 @@ def recount(
         created, h = m_created[row], m_halves[row]
         recent = _in_window(created, first_day, last_day)
         if histograms:
-            hist[c, 0, h] += 1
+            hist[c, Histogram.ALL_TIME, h] += 1
             if recent:
-                hist[c, 1, h] += 1
-        for col, on in ((0, True), (2, recent)):
+                hist[c, Histogram.RECENT, h] += 1
+        for col, on in ((Figure.LATEST, True), (Figure.RECENT_LATEST, recent)):
             if on:
                 _see_latest(figures, c, col, created)

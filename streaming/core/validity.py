@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from streaming.core.ratings import normalise_rating, rating_halves
-from streaming.core.review_bytes import extract_fields
+from streaming.core.review_bytes import Longs, Spans, extract_fields
 
 UNDECODABLE, TOMBSTONE, TEXT, RATING, TIMESTAMP = (
     "undecodable",
@@ -124,7 +124,8 @@ def field_problems(
 ) -> tuple[np.ndarray, np.ndarray, dict[int, Problem]]:
     """The rule's field checks over a batch of canonical Review bodies (the stream's aggregator
     and the batch's verdicts step alike): `review_bytes.extract_fields`' (longs, spans) with
-    every valid rating's halves filled in, and the problem of each readable body that has one.
+    every valid rating's halves filled in (columns `review_bytes.Longs`, `Spans`), and the
+    problem of each readable body that has one.
 
     Ratings spelled "D.0"/"D.5" are read compiled; the rare other spelling goes through
     `rating_problem` here, in Python.
@@ -132,14 +133,15 @@ def field_problems(
     longs, spans, _ = extract_fields(buf, starts, ends)
     problems: dict[int, Problem] = {}
     raw = None
-    for i in np.flatnonzero(readable & (longs[:, 4] < 0)).tolist():
+    for i in np.flatnonzero(readable & (longs[:, Longs.HALVES] < 0)).tolist():
         raw = buf.tobytes() if raw is None else raw
-        rating = raw[spans[i, 0] : spans[i, 1]].decode("utf-8")
+        rating = raw[spans[i, Spans.RATING_START] : spans[i, Spans.RATING_END]].decode("utf-8")
         problem = rating_problem(rating)
         if problem is None:
-            longs[i, 4] = rating_halves(rating)
+            longs[i, Longs.HALVES] = rating_halves(rating)
         else:
             problems[i] = problem
-    for i in np.flatnonzero(readable & timestamps_out_of_range(longs[:, 1], longs[:, 2])).tolist():
+    created, modified = longs[:, Longs.CREATED], longs[:, Longs.MODIFIED]
+    for i in np.flatnonzero(readable & timestamps_out_of_range(created, modified)).tolist():
         problems.setdefault(i, Problem(TIMESTAMP, TIMESTAMP_REASON))
     return longs, spans, problems

@@ -43,12 +43,11 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from fastavro import schemaless_writer
 
-from streaming.core import review_bytes, source_position
-from streaming.core.aggregation import BATCH_COLUMNS, CourseState, VersionChanges, VersionsState
+from streaming.core import review_bytes
+from streaming.core.aggregation import CourseState, VersionChanges, VersionsState, read_versions
 from streaming.core.avro_codec import confluent_frame
-from streaming.core.review_frames import frame_batch
-from streaming.core.stage_kernels import VERSION_SIZE
-from streaming.core.validity import Problem, field_problems
+from streaming.core.stage_kernels import VERSION_SIZE, VersionColumn
+from streaming.core.validity import Problem
 from streaming.core.window import epoch_day
 from streaming.pipeline import AGGREGATOR
 from streaming.serde import Registry, ReviewWriters, local_schema
@@ -152,43 +151,32 @@ class StatsAggregator(EosWorker):
 
     # -- stage 1: current versions, changes re-keyed by course -----------------------------
     def current_versions(self, msgs: list[Message]) -> None:
-        """Frame and read the batch at once, then apply each partition's versions with one
-        compiled call (`VersionsState.apply_batch`); Python is left with the headers, the
-        rare record whose rating needs reading or a reason, and the produce calls. Records the
-        validity rule refuses (`frame_batch`, `validity.field_problems`) go to dead letters."""
-        batch = frame_batch([m.value() for m in msgs], self.resolve, self.review_schema)
-        longs, spans, invalid = field_problems(
-            batch.buf, batch.body_starts, batch.ends, batch.readable
-        )
-        dead: dict[int, Problem | str] = {**batch.problems, **invalid}
-        use = batch.readable.copy()
-        use[list(invalid)] = False
-        columns = np.empty((len(msgs), len(BATCH_COLUMNS)), dtype=np.int64)
-        # extract_fields' longs: id, created, modified, course id, halves
-        columns[:, 0], columns[:, 1], columns[:, 3] = longs[:, 0], longs[:, 2], longs[:, 1]
-        columns[:, 4], columns[:, 5] = longs[:, 3], longs[:, 4]
-        partitions = np.empty(len(msgs), dtype=np.int64)
+        """Read the batch as versions at once (`aggregation.read_versions`: the validity
+        rule's checks, the fields, the source positions), then apply each partition's versions
+        with one compiled call (`VersionsState.apply_batch`); Python is left with the produce
+        calls. Records refused go to dead letters."""
         valid_topic = self.topics.valid
-        for i, m in enumerate(msgs):
-            partitions[i] = m.partition()
-            columns[i, 6] = m.topic() == valid_topic
-            if use[i]:
-                try:
-                    columns[i, 2] = source_order(m.headers())
-                except ValueError as exc:
-                    dead[i] = str(exc)
-                    use[i] = False
-        buf = batch.buf
-        titles = spans[:, 2:4]
+        incoming = read_versions(
+            [m.value() for m in msgs],
+            [m.headers() for m in msgs],
+            [m.topic() == valid_topic for m in msgs],
+            self.resolve,
+            self.review_schema,
+        )
+        partitions = np.fromiter((m.partition() for m in msgs), np.int64, len(msgs))
+        columns, use, titles = incoming.columns, incoming.use, incoming.titles
         for partition in np.unique(partitions).tolist():
             rows = np.flatnonzero(partitions == partition)
-            out = self.versions[partition].apply_batch(columns[rows], use[rows], buf, titles[rows])
+            out = self.versions[partition].apply_batch(
+                columns[rows], use[rows], incoming.buf, titles[rows]
+            )
             self._produce_changes(out)
             # keyed by the review id itself: a compacted changelog needs a key, and the id is
             # the review's identity whatever key its record travelled with
-            keys = [b"%d" % rid for rid in columns[rows[out.sources], 0].tolist()]
+            reviews = columns[rows[out.sources], VersionColumn.REVIEW].tolist()
+            keys = [b"%d" % rid for rid in reviews]
             self.versions.write_all(self.producer, partition, keys, out.versions, VERSION_SIZE)
-        self._dead_letters(msgs, sorted(dead.items()))
+        self._dead_letters(msgs, sorted(incoming.problems.items()))
 
     def _produce_changes(self, out: VersionChanges) -> None:
         produce = self.producer.produce
@@ -332,23 +320,6 @@ def course_keys(msgs: list[Message]) -> tuple[list[int], list[bytes | None], dic
             course_ids.append(-1)
             values.append(None)
     return course_ids, values, bad
-
-
-def source_order(headers: list[tuple[str, bytes]] | None) -> int:
-    """The record's position in udemy-reviews as one orderable int (`source_position.order`),
-    from the fraud filter's header (its usual lone header read directly; anything else through
-    `source_position.find`)."""
-    if headers is not None and len(headers) == 1:
-        name, value = headers[0]
-        if name == source_position.HEADER and value is not None and len(value) == 12:
-            partition = int.from_bytes(value[:4], "big", signed=True)
-            offset = int.from_bytes(value[4:], "big", signed=True)
-            if 0 <= partition <= source_position.MAX_PARTITION and 0 <= offset < OFFSET_LIMIT:
-                return (partition << source_position.OFFSET_BITS) | offset
-    return source_position.order(*source_position.find(headers))
-
-
-OFFSET_LIMIT = 1 << source_position.OFFSET_BITS
 
 
 def register_statistics(registry: Registry, topics: AggregatorTopics) -> dict[str, int]:

@@ -11,11 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streaming.core.aggregation import (
-    Change,
     CourseState,
     RecordFormatError,
     StateLayoutError,
     VersionsState,
+)
+from streaming.core.stage_kernels import valid_utf8
+from streaming.core.stats import ReviewVersion, compute_from_scratch
+from tests.unit.aggregation_records import (
+    Change,
     member_key,
     pack_change,
     pack_version,
@@ -23,8 +27,6 @@ from streaming.core.aggregation import (
     unpack_change,
     unpack_version,
 )
-from streaming.core.stage_kernels import valid_utf8
-from streaming.core.stats import ReviewVersion, compute_from_scratch
 
 DAY = 20_000
 MS = 86_400_000

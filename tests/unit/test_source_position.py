@@ -8,9 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streaming.core import source_position
-from streaming.core.source_position import MAX_PARTITION, OFFSET_BITS, order, unorder
+from streaming.core.source_position import (
+    MAX_PARTITION,
+    OFFSET_BITS,
+    header_order,
+    order,
+    unorder,
+)
 from streaming.core.validity import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, timestamps_out_of_range
-from streaming.workers.stats_aggregator import source_order
 
 positions = st.tuples(st.integers(0, MAX_PARTITION), st.integers(0, (1 << OFFSET_BITS) - 1))
 
@@ -30,8 +35,8 @@ def test_a_position_outside_the_range_is_refused(pair: tuple[int, int]) -> None:
 @given(positions)
 def test_the_aggregators_header_reading_is_the_same_order(pos: tuple[int, int]) -> None:
     header = (source_position.HEADER, source_position.encode(*pos))
-    assert source_order([header]) == order(*pos)  # the lone header, read directly
-    assert source_order([("other", b"x"), header]) == order(*pos)  # through find
+    assert header_order([header]) == order(*pos)  # the lone header, read directly
+    assert header_order([("other", b"x"), header]) == order(*pos)  # through find
 
 
 def test_timestamps_outside_what_python_and_postgresql_store_are_refused() -> None:

@@ -18,13 +18,7 @@ from fastavro.validation import validate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming.core.aggregation import (
-    Change,
-    CourseState,
-    VersionsState,
-    pack_change,
-    title_key,
-)
+from streaming.core.aggregation import CourseState, VersionsState
 from streaming.core.ratings import (
     BUCKET_FIELDS,
     RATINGS,
@@ -46,6 +40,7 @@ from streaming.core.window import (
     epoch_day,
     window_bounds,
 )
+from tests.unit.aggregation_records import Change, pack_change, title_key
 
 AS_OF = 20_000  # 2024-10-04
 T = 7  # as_of_time of the statistics records compared here (CourseState needs an int)
