@@ -172,7 +172,7 @@ class Store:
 
 
 @dataclass(frozen=True)
-class Stage:
+class WorkerStage:
     """One hop of a worker: the topics (by port name) it reads and writes, and its store."""
 
     name: str
@@ -191,7 +191,7 @@ class WorkerSpec:
     env_prefix: str
     """Ports are overridable per environment as `<env_prefix>_<PORT>_TOPIC` (tests, benchmarks)."""
     ports: Mapping[str, str]
-    stages: tuple[Stage, ...]
+    stages: tuple[WorkerStage, ...]
     health_port: int
     instances: int = 2
     """How many instances run by default (`<env_prefix>_INSTANCES` overrides): two, so a
@@ -259,7 +259,7 @@ FRAUD_FILTER = WorkerSpec(
         "fraud": FRAUD.name,
         "dead_letter": DEAD_LETTER.name,
     },
-    stages=(Stage("fraud filter", ("input",), ("valid", "fraud", "dead_letter")),),
+    stages=(WorkerStage("fraud filter", ("input",), ("valid", "fraud", "dead_letter")),),
     health_port=8091,
 )
 
@@ -279,13 +279,13 @@ AGGREGATOR = WorkerSpec(
         "dead_letter": DEAD_LETTER.name,
     },
     stages=(
-        Stage(
+        WorkerStage(
             "current versions",
             ("valid", "fraud"),
             ("changes", "dead_letter"),
             Store("review-versions", "versions_changelog"),
         ),
-        Stage(
+        WorkerStage(
             "course statistics",
             ("changes",),
             ("long_term", "recent", "dead_letter"),
@@ -311,11 +311,10 @@ class SinkSpec:
         return f"connect-{self.connector}"  # Connect's name for a sink's consumer group
 
 
-SINKS: tuple[SinkSpec, ...] = (
-    SinkSpec("udemy-reviews", INPUT.name, "reviews"),
-    SinkSpec("long-term-stats", LONG_TERM.name, "long_term_stats"),
-    SinkSpec("recent-stats", RECENT.name, "recent_stats"),
-)
+REVIEWS_SINK = SinkSpec("udemy-reviews", INPUT.name, "reviews")
+LONG_TERM_SINK = SinkSpec("long-term-stats", LONG_TERM.name, "long_term_stats")
+RECENT_SINK = SinkSpec("recent-stats", RECENT.name, "recent_stats")
+SINKS: tuple[SinkSpec, ...] = (REVIEWS_SINK, LONG_TERM_SINK, RECENT_SINK)
 
 
 @dataclass(frozen=True)
