@@ -337,7 +337,9 @@ def main() -> int:
     kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers)
     runs: list[dict[str, Any]] = []
     try:
-        print(f"generating {args.reviews:,} reviews into {base}.reviews ...", flush=True)
+        print(
+            f"generating {args.reviews:,} reviews into {base}.{REVIEWS_SINK.table} ...", flush=True
+        )
         started = time.perf_counter()
         rows = create_reviews(engine, base, args.reviews, args.courses, args.days)
         generated = time.perf_counter()
