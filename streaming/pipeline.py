@@ -13,8 +13,8 @@ Reads as the data flow, as a Kafka Streams topology would:
         -> long-term-stats, recent-stats
 
 Instances: a worker runs instances 0..N-1; instance i serves its health on `health_port + i`
-(the base port overridable by `<HEALTH_PORT_ENV>`), and `<HEALTH_URL_ENV>` in `.stack/env` names
-instance 0.
+(the base port overridable by `<PREFIX>_HEALTH_PORT`), and `<PREFIX>_HEALTH_URL` in `.stack/env`
+(services.conf) names instance 0.
 """
 
 from __future__ import annotations
@@ -216,10 +216,6 @@ class WorkerSpec:
         return f"{self.env_prefix}_HEALTH_PORT"
 
     @property
-    def health_url_env(self) -> str:
-        return f"{self.env_prefix}_HEALTH_URL"
-
-    @property
     def group_env(self) -> str:
         return f"{self.env_prefix}_GROUP_ID"
 
@@ -229,10 +225,6 @@ class WorkerSpec:
     def topics(self, env: Mapping[str, str] | None = None) -> dict[str, str]:
         """Port -> topic, each overridable by its environment variable."""
         return worker_settings(self, env).topics
-
-    @property
-    def default_health_url(self) -> str:
-        return f"http://127.0.0.1:{self.health_port}/health"
 
     def health_url(self, instance: int = 0, env: Mapping[str, str] | None = None) -> str:
         return f"http://127.0.0.1:{self.instance_port(instance, env)}/health"
