@@ -233,11 +233,6 @@ def as_version(record: InputRecord) -> tuple[int, ReviewVersion, str]:
     return r["id"], version, r["course"]["title"]
 
 
-def edit_heavy_versions(n: int, seed: int = EDIT_SEED) -> list[tuple[int, ReviewVersion, str]]:
-    """The edit-heavy input as data, without Kafka: the input of `compute_from_scratch`."""
-    return [as_version(rec) for rec in edit_heavy_records(n, seed)]
-
-
 Expected = dict[int, tuple[int, float]]
 """Per course id: the (count_reviews, sum_rating) its final long-term statistic must show."""
 

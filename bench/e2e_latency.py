@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_result
 from streaming.api.auth import client_token_file
+from streaming.pipeline import LONG_TERM_SINK
 from streaming.settings import Settings
 
 UNDEFINED_TABLE = "42P01"
@@ -46,7 +47,8 @@ class Poller(threading.Thread):
 
     def run(self) -> None:
         query = sa.text(
-            "select course_id from long_term_stats where course_id >= :lo and course_id < :hi"
+            f"select course_id from {LONG_TERM_SINK.table}"
+            " where course_id >= :lo and course_id < :hi"
         )
         floor = self.lo
         with self.engine.connect() as conn:

@@ -58,6 +58,7 @@ from streaming.core.review_bytes import pack
 from streaming.core.source_position import order
 from streaming.core.stats import ReviewVersion, compute_from_scratch
 from streaming.core.window import day_to_date
+from streaming.pipeline import LONG_TERM_SINK, RECENT_SINK, REVIEWS_SINK
 from streaming.serde import local_schema
 from streaming.settings import PipelineSettings, Settings, load, schemas_dir
 from streaming.sink.render import load_connector
@@ -168,21 +169,23 @@ class CaughtUpKafka(KafkaResource):
 
 def check_sink_table(engine: Engine) -> None:
     """The sink's `reviews` table exists, keyed by Kafka coordinates: the scratch one copies it."""
-    table = f"{SINK_SCHEMA}.reviews"
+    table = f"{SINK_SCHEMA}.{REVIEWS_SINK.table}"
     if table_key(engine, table) is None:
         raise SystemExit(f"{table} does not exist yet: the sink creates it with its first record")
-    config = {**load_connector("udemy-reviews"), "collection.name.format": table}
-    check_table(engine, "udemy-reviews", config)
+    config = {**load_connector(REVIEWS_SINK.connector), "collection.name.format": table}
+    check_table(engine, REVIEWS_SINK.connector, config)
 
 
 def create_reviews(engine: Engine, schema: str, reviews: int, courses: int, days: int) -> int:
     """The scratch `reviews` table (the sink's columns, keys and types), filled; rows written."""
     check_sink_table(engine)
-    relation = f"{quote(schema)}.{quote('reviews')}"
+    relation = f"{quote(schema)}.{quote(REVIEWS_SINK.table)}"
     now = datetime.now(UTC).replace(tzinfo=None)
     with engine.begin() as conn:
         conn.execute(text(f"create schema {quote(schema)}"))
-        conn.execute(text(f"create table {relation} (like {SINK_SCHEMA}.reviews including all)"))
+        conn.execute(
+            text(f"create table {relation} (like {SINK_SCHEMA}.{REVIEWS_SINK.table} including all)")
+        )
         conn.execute(text("select setseed(:seed)"), {"seed": SEED})
         rows = conn.execute(
             text(GENERATE.format(reviews=relation)),
@@ -218,7 +221,7 @@ def stream_statistics(
     versions: list[tuple[int, ReviewVersion, str]] = []
     fraud = 0
     buf = io.BytesIO()
-    sql = READ_VERSIONS.format(reviews=f"{quote(schema)}.{quote('reviews')}")
+    sql = READ_VERSIONS.format(reviews=f"{quote(schema)}.{quote(REVIEWS_SINK.table)}")
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(text(sql))
         for chunk in result.partitions():
@@ -260,7 +263,7 @@ def _timestamp(ms: int) -> datetime:
 def write_stream_tables(engine: Engine, schema: str, stats: dict[int, tuple[dict, dict]]) -> None:
     """long_term_stats and recent_stats shaped as the sink's, holding the stream's numbers."""
     with engine.begin() as conn:
-        for index, table in enumerate(("long_term_stats", "recent_stats")):
+        for index, table in enumerate((LONG_TERM_SINK.table, RECENT_SINK.table)):
             relation = f"{quote(schema)}.{quote(table)}"
             conn.execute(
                 text(f"create table {relation} (like {SINK_SCHEMA}.{table} including all)")
@@ -334,7 +337,9 @@ def main() -> int:
     kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers)
     runs: list[dict[str, Any]] = []
     try:
-        print(f"generating {args.reviews:,} reviews into {base}.reviews ...", flush=True)
+        print(
+            f"generating {args.reviews:,} reviews into {base}.{REVIEWS_SINK.table} ...", flush=True
+        )
         started = time.perf_counter()
         rows = create_reviews(engine, base, args.reviews, args.courses, args.days)
         generated = time.perf_counter()

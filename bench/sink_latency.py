@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import review, write_result
 from streaming.ingest.producer import ReviewProducer
+from streaming.pipeline import REVIEWS_SINK
 from streaming.settings import Settings, registry_client_config
 from streaming.sink.connect import ConnectClient
 from streaming.sink.render import render_connector
@@ -53,7 +54,7 @@ def run(
 ) -> dict:
     tag = uuid.uuid4().hex[:8]
     topic, schema, name = f"bench-sink-{tag}", f"bench_sink_{tag}", f"bench-sink-{tag}"
-    table = f"{schema}.reviews"
+    table = f"{schema}.{REVIEWS_SINK.table}"
     admin = AdminClient(settings.kafka_config())
     admin.create_topics([NewTopic(topic, 4, 1)])[topic].result(30)
     engine = sa.create_engine(settings.database_url)
@@ -70,14 +71,14 @@ def run(
             return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
 
     try:
-        url, password_file = settings.sink_login("udemy-reviews")  # the sink's own role
+        url, password_file = settings.sink_login(REVIEWS_SINK.connector)  # the sink's own role
         with engine.begin() as conn:
             conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
             conn.execute(
                 sa.text(f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {sa.make_url(url).username}")
             )
         config = render_connector(
-            "udemy-reviews",
+            REVIEWS_SINK.connector,
             url,
             topic=topic,
             table=table,

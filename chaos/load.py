@@ -47,11 +47,12 @@ from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from chaos.oracle import is_fraud, java_text
+from streaming import pipeline
 from streaming.access import login_env
 from streaming.settings import KafkaSettings, kafka_security, load, registry_auth, registry_verify
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "review.avsc"
-TOPIC = "udemy-reviews"
+TOPIC = pipeline.INPUT.name
 SUBJECT = f"{TOPIC}-value"
 MS_PER_DAY = 86_400_000
 CREATED_SPAN_MS = 120 * MS_PER_DAY

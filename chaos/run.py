@@ -60,12 +60,10 @@ RECOVERY_TIMEOUT_S = 240.0
 POLL_S = 0.05
 STOP_S = 13.0
 """SIGSTOP length: past the 10 s consumer session, short of two sensor evaluations (15 s)."""
-WATCHED = (
-    "udemy-reviews",
-    "udemy-reviews-valid",
-    "udemy-reviews-fraud",
-    "reviews-dead-letter",
+WATCHED = tuple(
+    t.name for t in (pipeline.INPUT, pipeline.VALID, pipeline.FRAUD, pipeline.DEAD_LETTER)
 )
+"""The topics whose end offsets open the run's window (`chaos.check` judges what follows)."""
 DAY_S = 86_400
 
 

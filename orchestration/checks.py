@@ -14,7 +14,7 @@ from sqlalchemy import inspect, text
 
 from orchestration.assets.batch import batch_model_keys
 from orchestration.assets.reconciliation import MISMATCHES_TABLE, REFUSALS_TABLE, cell
-from orchestration.assets.stream import STATS_TABLES, latest_update_s
+from orchestration.assets.stream import latest_update_s
 from orchestration.freshness import (
     BATCH_CHECK,
     STREAM_CHECK,
@@ -38,8 +38,11 @@ from orchestration.resources.supervision import (
 )
 from orchestration.topology import (
     INPUT_TOPIC,
+    LONG_TERM_TABLE,
+    RECENT_TABLE,
     RECONCILIATION_KEY,
     SINKS,
+    STATS_TABLES,
     WORKERS,
     SinkSpec,
     WorkerSpec,
@@ -239,8 +242,8 @@ freshness_checks = [_stream_fresh_check(t) for t in sorted(STATS_TABLES)] + [
 ]
 
 reconciliation_checks = [
-    _agreement_check("long_term", "long_term_stats"),
-    _agreement_check("recent", "recent_stats"),
+    _agreement_check("long_term", LONG_TERM_TABLE),
+    _agreement_check("recent", RECENT_TABLE),
     refusals_agree,
 ]
 health_checks = [_worker_check(w) for w in WORKERS] + [_connector_check(s) for s in SINKS]

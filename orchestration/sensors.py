@@ -22,7 +22,7 @@ from typing import Any
 import dagster as dg
 
 from orchestration.assets.backfill import courses
-from orchestration.assets.stream import STATS_TABLES, observe_tables, observe_topics
+from orchestration.assets.stream import observe_tables, observe_topics
 from orchestration.checks import batch_model_freshness, batch_model_keys, stream_table_freshness
 from orchestration.jobs import restart_connector_job, restart_worker_job
 from orchestration.resources import (
@@ -48,7 +48,7 @@ from orchestration.resources.supervision import (
     worker_check,
     worker_observations,
 )
-from orchestration.topology import SINKS, WORKERS, WorkerSpec
+from orchestration.topology import SINKS, STATS_TABLES, WORKERS, WorkerSpec
 from streaming.sink.connect import ConnectError, describe
 
 RUN_KEY_TAG = "dagster/run_key"

@@ -15,16 +15,19 @@ from streaming.pipeline import (
     FRAUD,
     INPUT,
     LONG_TERM,
+    LONG_TERM_SINK,
     RECENT,
+    RECENT_SINK,
+    REVIEWS_SINK,
     SINKS,
     VALID,
     WORKERS,
+    GroupStage,
     SinkSpec,
     WorkerSpec,
     group_stages,
     lineage,
 )
-from streaming.pipeline import GroupStage as Stage
 
 INPUT_TOPIC = INPUT.name
 VALID_TOPIC = VALID.name
@@ -33,11 +36,16 @@ LONG_TERM_TOPIC = LONG_TERM.name
 RECENT_TOPIC = RECENT.name
 DEAD_LETTER_TOPIC = DEAD_LETTER.name
 CONNECT_DEAD_LETTER_TOPIC = CONNECT_DEAD_LETTER.name
+REVIEWS_TABLE = REVIEWS_SINK.table
+LONG_TERM_TABLE = LONG_TERM_SINK.table
+RECENT_TABLE = RECENT_SINK.table
+STATS_TABLES = frozenset({LONG_TERM_TABLE, RECENT_TABLE})
+"""The sink's statistics tables; the batch's dbt models that rebuild them have their names."""
 
 TOPIC_UPSTREAM: dict[str, tuple[str, ...]] = lineage()
 """Which topics each topic is computed from (the lineage the stream workers implement)."""
 
-STAGES: tuple[Stage, ...] = group_stages()
+STAGES: tuple[GroupStage, ...] = group_stages()
 """Upstream first: a stage's target offsets are read once every stage before it caught up."""
 
 BACKFILL_KEY = dg.AssetKey(["ingest", "course_reviews"])
@@ -49,16 +57,20 @@ __all__ = [
     "DEAD_LETTER_TOPIC",
     "FRAUD_TOPIC",
     "INPUT_TOPIC",
+    "LONG_TERM_TABLE",
     "LONG_TERM_TOPIC",
+    "RECENT_TABLE",
     "RECENT_TOPIC",
     "RECONCILIATION_KEY",
+    "REVIEWS_TABLE",
     "SINKS",
     "STAGES",
+    "STATS_TABLES",
     "TOPIC_UPSTREAM",
     "VALID_TOPIC",
     "WORKERS",
+    "GroupStage",
     "SinkSpec",
-    "Stage",
     "WorkerSpec",
     "batch_key",
     "table_key",

@@ -13,8 +13,8 @@ Reads as the data flow, as a Kafka Streams topology would:
         -> long-term-stats, recent-stats
 
 Instances: a worker runs instances 0..N-1; instance i serves its health on `health_port + i`
-(the base port overridable by `<HEALTH_PORT_ENV>`), and `<HEALTH_URL_ENV>` in `.stack/env` names
-instance 0.
+(the base port overridable by `<PREFIX>_HEALTH_PORT`), and `<PREFIX>_HEALTH_URL` in `.stack/env`
+(services.conf) names instance 0.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ class Store:
 
 
 @dataclass(frozen=True)
-class Stage:
+class WorkerStage:
     """One hop of a worker: the topics (by port name) it reads and writes, and its store."""
 
     name: str
@@ -191,7 +191,7 @@ class WorkerSpec:
     env_prefix: str
     """Ports are overridable per environment as `<env_prefix>_<PORT>_TOPIC` (tests, benchmarks)."""
     ports: Mapping[str, str]
-    stages: tuple[Stage, ...]
+    stages: tuple[WorkerStage, ...]
     health_port: int
     instances: int = 2
     """How many instances run by default (`<env_prefix>_INSTANCES` overrides): two, so a
@@ -216,10 +216,6 @@ class WorkerSpec:
         return f"{self.env_prefix}_HEALTH_PORT"
 
     @property
-    def health_url_env(self) -> str:
-        return f"{self.env_prefix}_HEALTH_URL"
-
-    @property
     def group_env(self) -> str:
         return f"{self.env_prefix}_GROUP_ID"
 
@@ -229,10 +225,6 @@ class WorkerSpec:
     def topics(self, env: Mapping[str, str] | None = None) -> dict[str, str]:
         """Port -> topic, each overridable by its environment variable."""
         return worker_settings(self, env).topics
-
-    @property
-    def default_health_url(self) -> str:
-        return f"http://127.0.0.1:{self.health_port}/health"
 
     def health_url(self, instance: int = 0, env: Mapping[str, str] | None = None) -> str:
         return f"http://127.0.0.1:{self.instance_port(instance, env)}/health"
@@ -259,7 +251,7 @@ FRAUD_FILTER = WorkerSpec(
         "fraud": FRAUD.name,
         "dead_letter": DEAD_LETTER.name,
     },
-    stages=(Stage("fraud filter", ("input",), ("valid", "fraud", "dead_letter")),),
+    stages=(WorkerStage("fraud filter", ("input",), ("valid", "fraud", "dead_letter")),),
     health_port=8091,
 )
 
@@ -279,13 +271,13 @@ AGGREGATOR = WorkerSpec(
         "dead_letter": DEAD_LETTER.name,
     },
     stages=(
-        Stage(
+        WorkerStage(
             "current versions",
             ("valid", "fraud"),
             ("changes", "dead_letter"),
             Store("review-versions", "versions_changelog"),
         ),
-        Stage(
+        WorkerStage(
             "course statistics",
             ("changes",),
             ("long_term", "recent", "dead_letter"),
@@ -311,11 +303,10 @@ class SinkSpec:
         return f"connect-{self.connector}"  # Connect's name for a sink's consumer group
 
 
-SINKS: tuple[SinkSpec, ...] = (
-    SinkSpec("udemy-reviews", INPUT.name, "reviews"),
-    SinkSpec("long-term-stats", LONG_TERM.name, "long_term_stats"),
-    SinkSpec("recent-stats", RECENT.name, "recent_stats"),
-)
+REVIEWS_SINK = SinkSpec("udemy-reviews", INPUT.name, "reviews")
+LONG_TERM_SINK = SinkSpec("long-term-stats", LONG_TERM.name, "long_term_stats")
+RECENT_SINK = SinkSpec("recent-stats", RECENT.name, "recent_stats")
+SINKS: tuple[SinkSpec, ...] = (REVIEWS_SINK, LONG_TERM_SINK, RECENT_SINK)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from typing import Any
 import httpx2
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro import parse_schema, schemaless_reader
 from fastavro.schema import to_parsing_canonical_form
 
-from streaming.core.avro_codec import confluent_frame, split_confluent
+from streaming.core.avro_codec import split_confluent
 from streaming.core.review_frames import Writer, writer_for
 from streaming.settings import redact_url, registry_client_config
 
@@ -109,19 +109,6 @@ class Registry:
                     f"schema registry at {self.url} cannot serve now: {exc}"
                 ) from exc
             raise
-
-
-class AvroEncoder:
-    """Encode dicts of one schema to Confluent-framed Avro under a fixed schema id."""
-
-    def __init__(self, registry: Registry, subject: str, schema_file: str) -> None:
-        self.schema = local_schema(schema_file)
-        self.schema_id = registry.register(subject, schema_file)
-
-    def encode(self, record: dict[str, Any]) -> bytes:
-        buf = io.BytesIO()
-        schemaless_writer(buf, self.schema, record)
-        return confluent_frame(self.schema_id, buf.getvalue())
 
 
 def decode(registry: Registry, value: bytes, reader_schema: dict[str, Any]) -> dict[str, Any]:

@@ -22,15 +22,16 @@ from sqlalchemy import Engine, text
 
 from orchestration.dbt_project import BUILT_DAILY, DBT_PROJECT, MANIFEST, TRANSLATOR, dbt_connection
 from orchestration.resources import PostgresResource, SchemasResource
-from orchestration.topology import batch_key, table_key
+from orchestration.topology import RECENT_TABLE, REVIEWS_TABLE, batch_key, table_key
 from streaming.batch.dbt import PROJECT_DIR, dbt_env, dbt_executable
 from streaming.batch.verdicts import VERDICTS, judge_new_versions
 from streaming.core.window import date_to_day
 from streaming.settings import clock_from_env
 from streaming.sql import quote
 
-PARTITIONED_MODEL = "recent_stats"
-"""The one model that takes the as-of day (var('as_of_day'))."""
+PARTITIONED_MODEL = RECENT_TABLE
+"""The one model that takes the as-of day (var('as_of_day')): the batch's `recent_stats`, named
+as the stream table it rebuilds."""
 AS_OF_DAYS = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_offset=1, timezone="UTC")
 """One partition per as-of day (UTC); end_offset=1: today's day is a partition, not only the
 finished ones, as the nightly job has always built the window ending today."""
@@ -122,7 +123,7 @@ def batch_recent_stats(
 
 @dg.asset(
     key=batch_key(VERDICTS),
-    deps=[table_key("reviews")],
+    deps=[table_key(REVIEWS_TABLE)],
     group_name="batch",
     kinds={"python", "postgres"},
     freshness_policy=BUILT_DAILY,

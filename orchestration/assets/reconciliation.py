@@ -36,9 +36,12 @@ from orchestration.resources import (
 )
 from orchestration.topology import (
     INPUT_TOPIC,
+    LONG_TERM_TABLE,
+    RECENT_TABLE,
     RECONCILIATION_KEY,
+    REVIEWS_TABLE,
     STAGES,
-    Stage,
+    GroupStage,
     batch_key,
     table_key,
     topic_key,
@@ -94,7 +97,7 @@ class ReconciliationConfig(dg.Config):
 
 @dataclass(frozen=True)
 class StageProgress:
-    stage: Stage
+    stage: GroupStage
     target: int
     lag_at_cut: int
     seconds: float
@@ -135,7 +138,7 @@ def wait_for_stages(
     kafka: KafkaResource,
     cut: Offsets,
     timeout_s: float,
-    stages: Iterable[Stage] = STAGES,
+    stages: Iterable[GroupStage] = STAGES,
 ) -> list[StageProgress]:
     """Wait, upstream first, until every stage's group committed up to the cut (see module)."""
     deadline = time.monotonic() + timeout_s
@@ -383,7 +386,7 @@ def read_at_a_cut(
     ones; again at a new cut while input arrives or the UTC day changes during an attempt."""
     schema = schemas.reconciliation_schema
     engine = postgres.engine()
-    tables = {"long_term": "long_term_stats", "recent": "recent_stats"}
+    tables = {"long_term": LONG_TERM_TABLE, "recent": RECENT_TABLE}
     for attempt in range(1, config.attempts + 1):
         cut = kafka.end_offsets([INPUT_TOPIC])
         as_of_day = config.as_of_day if config.as_of_day is not None else today()
@@ -393,12 +396,13 @@ def read_at_a_cut(
             for kind, table in tables.items()
         }
         build_batch_tables(engine, postgres.database_url, schemas.stream_schema, schema, as_of_day)
+        # the batch's models are named as the stream tables they rebuild
         batch = {
-            "long_term": read_statistics(engine, f"{quote(schema)}.{quote('long_term_stats')}"),
+            "long_term": read_statistics(engine, f"{quote(schema)}.{quote(LONG_TERM_TABLE)}"),
             # the model keeps a set of rows per as-of day: this one's
             "recent": read_statistics(
                 engine,
-                f"(select * from {quote(schema)}.{quote('recent_stats')} "
+                f"(select * from {quote(schema)}.{quote(RECENT_TABLE)} "
                 f"where window_end_day = date '1970-01-01' + {int(as_of_day)})",
             ),
         }
@@ -468,9 +472,9 @@ def write_refusals(engine: Engine, schema: str, counts: list[RefusalCount]) -> N
     key=RECONCILIATION_KEY,
     deps=[
         topic_key(INPUT_TOPIC),
-        table_key("reviews"),
-        table_key("long_term_stats"),
-        table_key("recent_stats"),
+        table_key(REVIEWS_TABLE),
+        table_key(LONG_TERM_TABLE),
+        table_key(RECENT_TABLE),
     ],
     group_name="reconciliation",
     kinds={"python", "postgres"},
@@ -504,7 +508,7 @@ def stream_vs_batch(
     write_mismatches(engine, schemas.reconciliation_schema, mismatches)
     now = time.time()
     newest = _newest_seconds([*stream["long_term"].values(), *stream["recent"].values()])
-    last_batch = context.instance.get_latest_materialization_event(batch_key("long_term_stats"))
+    last_batch = context.instance.get_latest_materialization_event(batch_key(LONG_TERM_TABLE))
     stream_age = None if newest is None else now - newest
     batch_age = None if last_batch is None else now - last_batch.timestamp
     compared = {kind: len(batch[kind].keys() | stream[kind].keys()) for kind in KINDS}

@@ -21,14 +21,13 @@ from orchestration.topology import (
     INPUT_TOPIC,
     SINKS,
     STAGES,
+    STATS_TABLES,
     TOPIC_UPSTREAM,
     table_key,
     topic_key,
 )
 from streaming.admin import load_topic_specs
 from streaming.sql import quote
-
-STATS_TABLES = frozenset({"long_term_stats", "recent_stats"})
 
 
 def topic_specs() -> list[dg.AssetSpec]:

@@ -10,6 +10,7 @@ override).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -21,32 +22,46 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Connection, Engine
 
+from streaming import pipeline
+from streaming.core.avro_codec import REPO_SCHEMAS_DIR
 from streaming.settings import Settings
 
 router = APIRouter(tags=["statistics"])
 
-STAT_COLUMNS: tuple[tuple[str, sa.types.TypeEngine[Any]], ...] = (
-    ("course_id", sa.BigInteger()),
-    ("course_title", sa.Text()),
-    ("average_rating", sa.Float()),
-    ("count_reviews", sa.BigInteger()),
-    ("count_five_stars", sa.BigInteger()),
-    ("count_four_stars", sa.BigInteger()),
-    ("count_three_stars", sa.BigInteger()),
-    ("count_two_stars", sa.BigInteger()),
-    ("count_one_star", sa.BigInteger()),
-    ("count_zero_star", sa.BigInteger()),
-    ("last_review_time", sa.DateTime()),
-    ("sum_rating", sa.Float()),
-    ("window_start_day", sa.Date()),
-    ("window_end_day", sa.Date()),
-    ("as_of_time", sa.DateTime()),
+_SQL_TYPES: dict[str, type[sa.types.TypeEngine[Any]]] = {
+    "long": sa.BigInteger,
+    "string": sa.Text,
+    "double": sa.Float,
+    "timestamp-millis": sa.DateTime,
+    "date": sa.Date,
+}
+"""The column type the sink (Connect's JDBC sink) makes of an Avro type or logical type."""
+
+
+def _stat_columns(schema_file: str) -> tuple[tuple[str, sa.types.TypeEngine[Any]], ...]:
+    """The statistic's fields in its `.avsc` (null of a union dropped), as the sink's columns."""
+    fields = json.loads((REPO_SCHEMAS_DIR / schema_file).read_text(encoding="utf-8"))["fields"]
+    columns = []
+    for f in fields:
+        types = f["type"] if isinstance(f["type"], list) else [f["type"]]
+        (avro_type,) = [t for t in types if t != "null"]
+        key = avro_type if isinstance(avro_type, str) else avro_type.get("logicalType")
+        columns.append((f["name"], _SQL_TYPES[key]()))
+    return tuple(columns)
+
+
+STAT_COLUMNS: tuple[tuple[str, sa.types.TypeEngine[Any]], ...] = _stat_columns(
+    pipeline.LONG_TERM.value_schema or ""
 )
 """The CourseStatistic fields, which the sink turns into columns of the same names."""
 
 _metadata = sa.MetaData()
-LONG_TERM = sa.Table("long_term_stats", _metadata, *(sa.Column(n, t) for n, t in STAT_COLUMNS))
-RECENT = sa.Table("recent_stats", _metadata, *(sa.Column(n, t) for n, t in STAT_COLUMNS))
+LONG_TERM = sa.Table(
+    pipeline.LONG_TERM_SINK.table, _metadata, *(sa.Column(n, t) for n, t in STAT_COLUMNS)
+)
+RECENT = sa.Table(
+    pipeline.RECENT_SINK.table, _metadata, *(sa.Column(n, t) for n, t in STAT_COLUMNS)
+)
 UNDEFINED_TABLE = "42P01"
 FIRST_SERVABLE = datetime(1, 1, 1)
 LAST_SERVABLE = datetime(9999, 12, 31, 23, 59, 59, 999999)

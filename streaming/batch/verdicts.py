@@ -31,6 +31,7 @@ from sqlalchemy import Connection, Engine, text
 from streaming.core.fraud import FraudModel, load_model
 from streaming.core.review_bytes import REVIEW_LAYOUT, Longs, encode_reviews, scan_bodies
 from streaming.core.validity import TEXT_FIELDS, Problem, field_problems, text_problem
+from streaming.pipeline import REVIEWS_SINK
 from streaming.settings import PipelineSettings, load, schemas_dir
 from streaming.sql import ensure_schema, quote, swap_in
 
@@ -120,12 +121,13 @@ def write_verdicts(
     full_refresh: bool = False,
 ) -> VerdictRun:
     """Judge the versions of `source_schema.reviews` that `schema.review_verdicts` lacks."""
-    reviews = f"{quote(source_schema)}.{quote('reviews')}"
+    reviews = f"{quote(source_schema)}.{quote(REVIEWS_SINK.table)}"
     with engine.connect() as conn:
         if conn.execute(text("select to_regclass(:t)"), {"t": reviews}).scalar() is None:
             raise MissingReviews(
-                f"no table {source_schema}.reviews: the sink connector udemy-reviews has written "
-                "nothing yet (is it deployed, has anything been ingested?)"
+                f"no table {source_schema}.{REVIEWS_SINK.table}: the sink connector "
+                f"{REVIEWS_SINK.connector} has written nothing yet (is it deployed, has anything "
+                "been ingested?)"
             )
     ensure_schema(engine, schema)
     table = f"{quote(schema)}.{quote(VERDICTS)}"

@@ -48,11 +48,6 @@ def schema_fingerprint_le(schema: Schema) -> bytes:
     return bytes.fromhex(fingerprint(canonical_form(schema), "CRC-64-AVRO"))
 
 
-def single_object_encoding(body: bytes, fingerprint_le: bytes) -> bytes:
-    """Frame an Avro binary body as a single object: C3 01, schema fingerprint, body."""
-    return SINGLE_OBJECT_MAGIC + fingerprint_le + body
-
-
 def split_confluent(value: bytes) -> tuple[int, bytes]:
     """Split a Confluent-framed value into (schema id, Avro body).
 

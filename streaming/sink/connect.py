@@ -18,8 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from streaming.settings import Settings
-from streaming.sink.render import CONNECTORS_DIR, declared_connectors, render_connector
-from streaming.sink.tables import check_tables
+from streaming.sink.render import CONNECTORS_DIR, render_connector
 
 DeployResult = Literal["created", "updated", "unchanged"]
 POLL_INTERVAL_S = 0.25
@@ -169,20 +168,6 @@ class ConnectClient:
         resp = self._request("PUT", f"/connectors/{_q(name)}/config", json=desired)
         return "created" if resp.status_code == 201 else "updated"
 
-    def deploy_all(
-        self, database_url: str | None = None, directory: Path = CONNECTORS_DIR
-    ) -> dict[str, DeployResult]:
-        """Deploy every connector kept as configuration (`render_login`); none when one's
-        table exists with another primary key (IncompatibleTable, `sink.tables`)."""
-        settings = Settings.from_env()
-        url = database_url or settings.database_url
-        configs = {
-            name: render_login(name, settings.replace(database_url=url), directory)
-            for name in declared_connectors(directory)
-        }
-        check_tables(url, configs)
-        return {name: self.deploy(name, config) for name, config in configs.items()}
-
     def status(self, name: str) -> ConnectorState:
         return ConnectorState.from_json(
             self._request("GET", f"/connectors/{_q(name)}/status").json()
@@ -208,11 +193,6 @@ class ConnectClient:
         """Shut the tasks down (their consumers leave the group), keeping config and offsets;
         unlike a pause, nothing of the connector keeps running. `resume` starts it again."""
         self._request("PUT", f"/connectors/{_q(name)}/stop")
-
-    def reset_offsets(self, name: str) -> None:
-        """Forget a stopped connector's committed offsets (KIP-875): once resumed, a sink reads
-        its topics again from `auto.offset.reset` (earliest here), re-delivering every record."""
-        self._request("DELETE", f"/connectors/{_q(name)}/offsets")
 
     def delete(self, name: str) -> None:
         self._request("DELETE", f"/connectors/{_q(name)}")

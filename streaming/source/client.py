@@ -320,20 +320,6 @@ class UdemyClient:
                 state = replace(state, reviews=state.reviews + len(results))
                 yield replace(page, results=results, state=state)
 
-    def iter_reviews(
-        self, course_id: int, *, concurrency: int = 1, checkpoint: Checkpoint | None = None
-    ) -> Iterator[Review]:
-        """Every review of a course once; with `checkpoint`, resumes an unfinished walk and
-        records progress after each page has been handed over in full."""
-        state = checkpoint.load(course_id, self.page_size) if checkpoint else None
-        for page in self.iter_pages(course_id, state=state, concurrency=concurrency):
-            yield from page.results
-            state = page.state
-            if checkpoint:
-                checkpoint.save(state)
-        if checkpoint is not None and state is not None:
-            checkpoint.save(replace(state, complete=True))
-
     def _main_pass(
         self, course_id: int, state: WalkState, concurrency: int
     ) -> Iterator[ReviewPage]:

@@ -331,11 +331,6 @@ class Sample:
     def __len__(self) -> int:
         return len(self.ids)
 
-    @property
-    def version_count(self) -> int:
-        """Number of versions `versions()` yields: one per review plus one per earlier version."""
-        return len(self.ids) + len(self.earlier_row)
-
     @cached_property
     def course_positions(self) -> dict[int, int]:
         """Course id -> its position in `courses` (the value `course_index` holds)."""

@@ -29,7 +29,7 @@ from fastavro import schemaless_writer
 
 from streaming.core.avro_codec import confluent_frame
 from streaming.kafka_acl import create
-from streaming.serde import local_schema
+from streaming.serde import Registry, local_schema
 from streaming.settings import Settings
 from streaming.topic_reader import read_records
 
@@ -102,6 +102,19 @@ def encode_review(schema_id: int, record: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     schemaless_writer(buf, local_schema("review.avsc"), record)
     return confluent_frame(schema_id, buf.getvalue())
+
+
+class AvroEncoder:
+    """Encode dicts of one schema to Confluent-framed Avro under a fixed schema id."""
+
+    def __init__(self, registry: Registry, subject: str, schema_file: str) -> None:
+        self.schema = local_schema(schema_file)
+        self.schema_id = registry.register(subject, schema_file)
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        schemaless_writer(buf, self.schema, record)
+        return confluent_frame(self.schema_id, buf.getvalue())
 
 
 def producer(settings: Settings) -> Producer:

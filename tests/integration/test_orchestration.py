@@ -41,7 +41,7 @@ from orchestration.resources import (
     SchemasResource,
 )
 from orchestration.sensors import observe_stream
-from orchestration.topology import SINKS, Stage, table_key, topic_key
+from orchestration.topology import SINKS, GroupStage, table_key, topic_key
 from streaming.admin import load_topic_specs
 from streaming.batch.dbt import dbt_executable
 from streaming.core.fraud import HashFraudModel
@@ -616,11 +616,11 @@ def test_offset_reads_tell_transaction_markers_from_unread_records(
     assert kafka.committed_offsets(group, [temp_topic]) == {(temp_topic, 0): 3}
     assert kafka.has_records(temp_topic, 0, 3, 4) is False
     assert kafka.has_records(temp_topic, 0, 2, 4) is True
-    stage = Stage("test sink", group, (temp_topic,))
+    stage = GroupStage("test sink", group, (temp_topic,))
     [progress] = wait_for_stages(kafka, ends, timeout_s=30, stages=[stage])
     assert progress.lag_at_cut == 1
 
-    behind = Stage("idle group", f"t-{uuid.uuid4().hex}", (temp_topic,))
+    behind = GroupStage("idle group", f"t-{uuid.uuid4().hex}", (temp_topic,))
     with pytest.raises(dg.Failure, match="has not reached the cut"):
         wait_for_stages(kafka, ends, timeout_s=1, stages=[behind])
 

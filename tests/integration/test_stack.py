@@ -20,8 +20,9 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from streaming.admin import SCHEMAS_DIR, load_topic_specs
-from streaming.serde import AvroEncoder, Registry, decode, local_schema
+from streaming.serde import Registry, decode, local_schema
 from streaming.settings import Settings
+from tests.integration.kafka_helpers import AvroEncoder
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,8 @@ import base64
 import itertools
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -20,12 +21,33 @@ from streaming.source.client import (
     DEFAULT_REVIEW_FIELDS,
     Checkpoint,
     RetryPolicy,
+    Review,
     SourceError,
     UdemyClient,
     WalkState,
 )
 from streaming.source.generator import Course, SampleSpec, generate
 from streaming.source.server import create_app
+
+
+def iter_reviews(
+    source: UdemyClient,
+    course_id: int,
+    *,
+    concurrency: int = 1,
+    checkpoint: Checkpoint | None = None,
+) -> Iterator[Review]:
+    """Every review of a course once (`iter_pages`' results); with `checkpoint`, resumes an
+    unfinished walk and records progress after each page has been handed over in full."""
+    state = checkpoint.load(course_id, source.page_size) if checkpoint else None
+    for page in source.iter_pages(course_id, state=state, concurrency=concurrency):
+        yield from page.results
+        state = page.state
+        if checkpoint:
+            checkpoint.save(state)
+    if checkpoint is not None and state is not None:
+        checkpoint.save(replace(state, complete=True))
+
 
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
 AUTH = ("client", "secret")
@@ -121,7 +143,7 @@ def test_exact_multiple_of_page_size_ends() -> None:
     catalogue = catalogue_of(40)
     course = catalogue.courses[0]
     transport = AppTransport(catalogue)
-    ids = [item["id"] for item in client(transport, page_size=10).iter_reviews(course.id)]
+    ids = [item["id"] for item in iter_reviews(client(transport, page_size=10), course.id)]
     assert ids == all_ids(catalogue, course)
     assert transport.pages == [1, 2, 3, 4, 1]  # main pass, then one catch-up page
 
@@ -135,7 +157,7 @@ def test_stops_on_an_empty_page_even_if_next_is_set() -> None:
         page_body([], more),
         page_body([item], None),  # catch-up page 1: reaches the walk's head at once
     )
-    reviews = list(client(script, page_size=1).iter_reviews(5))
+    reviews = list(iter_reviews(client(script, page_size=1), 5))
     assert [r["id"] for r in reviews] == [1, 2]
     assert [r.url.params["page"] for r in script.requests] == ["1", "2", "3", "1"]
 
@@ -143,7 +165,7 @@ def test_stops_on_an_empty_page_even_if_next_is_set() -> None:
 def test_empty_course() -> None:
     catalogue = catalogue_of(1, courses=2)
     transport = AppTransport(catalogue)
-    assert list(client(transport).iter_reviews(catalogue.courses[1].id)) == []
+    assert list(iter_reviews(client(transport), catalogue.courses[1].id)) == []
     assert transport.pages == [1]
 
 
@@ -158,7 +180,7 @@ def test_reviews_added_mid_walk_no_gaps_no_duplicates(concurrency: int) -> None:
                 add_new_review(catalogue, course)
 
     transport = AppTransport(catalogue, after=arrivals)
-    walk = client(transport, page_size=20).iter_reviews(course.id, concurrency=concurrency)
+    walk = iter_reviews(client(transport, page_size=20), course.id, concurrency=concurrency)
     ids = [item["id"] for item in walk]
     assert len(ids) == len(set(ids))
     assert sorted(ids) == sorted(all_ids(catalogue, course))
@@ -189,7 +211,7 @@ def test_page_fetched_ahead_is_fetched_again_when_reviews_arrived_in_between() -
     catalogue = catalogue_of(100)
     course = catalogue.courses[0]
     transport = OutOfOrder(catalogue, course)
-    walk = client(transport, page_size=20).iter_reviews(course.id, concurrency=2)
+    walk = iter_reviews(client(transport, page_size=20), course.id, concurrency=2)
     ids = [item["id"] for item in walk]
     assert sorted(ids) == sorted(all_ids(catalogue, course))
     assert len(ids) == len(set(ids)) == 105
@@ -202,7 +224,7 @@ def test_walk_ends_under_endless_arrivals(concurrency: int) -> None:
     course = catalogue.courses[0]
     before = set(all_ids(catalogue, course))
     transport = AppTransport(catalogue, after=lambda served: add_new_review(catalogue, course))
-    walk = client(transport, page_size=10).iter_reviews(course.id, concurrency=concurrency)
+    walk = iter_reviews(client(transport, page_size=10), course.id, concurrency=concurrency)
     ids = [item["id"] for item in walk]
     assert len(ids) == len(set(ids))
     assert before <= set(ids)
@@ -227,7 +249,7 @@ def test_new_version_near_the_top_is_collected_by_the_catch_up() -> None:
             )
 
     walk = client(AppTransport(catalogue, after=edit_newest), page_size=20)
-    versions = [(item["id"], item["rating"]) for item in walk.iter_reviews(course.id)]
+    versions = [(item["id"], item["rating"]) for item in iter_reviews(walk, course.id)]
     assert (newest["id"], 1.0) in versions
     assert len(versions) == 61
 
@@ -314,7 +336,7 @@ def test_4xx_not_retried() -> None:
 def test_unknown_course_and_bad_credentials() -> None:
     catalogue = catalogue_of(10)
     with pytest.raises(SourceError) as caught:
-        list(client(AppTransport(catalogue)).iter_reviews(12345))
+        list(iter_reviews(client(AppTransport(catalogue)), 12345))
     assert (caught.value.status, caught.value.detail) == (404, "Not found.")
     wrong = UdemyClient(BASE_URL, "client", "nope", transport=AppTransport(catalogue))
     with pytest.raises(SourceError) as caught:
@@ -361,8 +383,8 @@ def test_checkpoint_resumes_where_the_walk_stopped(tmp_path: Path) -> None:
     catalogue = catalogue_of(95)
     course = catalogue.courses[0]
     checkpoint = Checkpoint(tmp_path)
-    first_run = client(AppTransport(catalogue), page_size=10).iter_reviews(
-        course.id, checkpoint=checkpoint
+    first_run = iter_reviews(
+        client(AppTransport(catalogue), page_size=10), course.id, checkpoint=checkpoint
     )
     taken = [next(first_run)["id"] for _ in range(31)]  # pages 1-3 handed over, one of page 4
     first_run.close()
@@ -373,7 +395,7 @@ def test_checkpoint_resumes_where_the_walk_stopped(tmp_path: Path) -> None:
     transport = AppTransport(catalogue)
     rest = [
         item["id"]
-        for item in client(transport, page_size=10).iter_reviews(course.id, checkpoint=checkpoint)
+        for item in iter_reviews(client(transport, page_size=10), course.id, checkpoint=checkpoint)
     ]
     assert transport.pages == [4, 5, 6, 7, 8, 9, 10, 1]
     assert set(taken[:30]) | set(rest) == set(all_ids(catalogue, course))
@@ -401,7 +423,7 @@ def test_resumed_walk_past_the_end_just_catches_up(tmp_path: Path) -> None:
     checkpoint.save(WalkState(course.id, 10, next_page=9, head=head, reviews=30))
     added = add_new_review(catalogue, course)
     transport = AppTransport(catalogue)
-    walk = client(transport, page_size=10).iter_reviews(course.id, checkpoint=checkpoint)
+    walk = iter_reviews(client(transport, page_size=10), course.id, checkpoint=checkpoint)
     assert [item["id"] for item in walk] == [added, *all_ids(catalogue, course)[1:10]]
     assert transport.pages == [9, 1]
 

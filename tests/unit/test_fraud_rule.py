@@ -21,7 +21,6 @@ from streaming.core.avro_codec import (
     confluent_frame,
     load_schema,
     schema_fingerprint_le,
-    single_object_encoding,
     split_confluent,
 )
 from streaming.core.fraud import FraudModel, HashFraudModel, load_model
@@ -263,6 +262,12 @@ def test_fingerprint_matches_avro_spec(schema_json: str, canonical: str, expecte
 def test_review_fingerprint_matches_fastavro(review_schema: Any) -> None:
     expected = bytes.fromhex(fingerprint(canonical_form(review_schema), "CRC-64-AVRO"))
     assert schema_fingerprint_le(review_schema) == expected
+
+
+def single_object_encoding(body: bytes, fingerprint_le: bytes) -> bytes:
+    """Frame an Avro binary body as a single object: C3 01, schema fingerprint, body (the bytes
+    the original app hashed; the fraud filter hashes prefix + body without building them)."""
+    return SINGLE_OBJECT_MAGIC + fingerprint_le + body
 
 
 def test_single_object_encoding_layout() -> None:

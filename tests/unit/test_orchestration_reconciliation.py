@@ -8,7 +8,7 @@ from pydantic import Field
 
 from orchestration.assets.reconciliation import Mismatch, cell, compare, wait_for_stages
 from orchestration.resources import KafkaResource
-from orchestration.topology import STAGES, Stage
+from orchestration.topology import STAGES, GroupStage
 
 ROW = {
     "course_title": "Apache Kafka Series | Learn Apache Kafka for Beginners",
@@ -114,7 +114,7 @@ def test_a_gap_of_markers_only_counts_as_caught_up() -> None:
     kafka = ScriptedKafka(
         bootstrap_servers="unused:9092", committed={"g": 9}, markers=["long-term-stats"]
     )
-    stage = Stage("sink", "g", ("long-term-stats",))
+    stage = GroupStage("sink", "g", ("long-term-stats",))
     [progress] = wait_for_stages(kafka, {("udemy-reviews", 0): 10}, 5, [stage])
     assert progress.lag_at_cut == 1
 
