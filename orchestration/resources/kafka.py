@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import dagster as dg
 from confluent_kafka import (
@@ -49,7 +50,7 @@ class KafkaResource(dg.ConfigurableResource):
             kafka_bootstrap_servers=self.bootstrap_servers, schema_registry_url=schema_registry_url
         )
 
-    def config(self, **overrides: object) -> dict[str, object]:
+    def config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka settings: bootstrap servers, security extras, then overrides."""
         return {
             "bootstrap.servers": self.bootstrap_servers,
