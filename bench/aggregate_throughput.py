@@ -143,7 +143,7 @@ def run_once(
     reviews = worker.tracked
     per_review = None if worker.state_bytes is None else worker.state_bytes / max(reviews, 1)
     return OurRun(
-        data.records / (worker.last - worker.first),
+        data.records / (worker.last - worker.first),  # type: ignore[operator]  # set: it consumed
         (worker.rss_warm or rss_before) - rss_before,
         rss_state,
         reviews,

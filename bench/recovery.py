@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -171,7 +172,8 @@ class StatWatcher(threading.Thread):
     def poll(self) -> None:
         for m in self.consumer.consume(1000, timeout=0.2):
             if m.error() is None and m.value():
-                record = schemaless_reader(io.BytesIO(m.value()[5:]), self.schema)
+                body = m.value()[5:]  # type: ignore[index]  # not None: checked above
+                record = cast("dict[str, Any]", schemaless_reader(io.BytesIO(body), self.schema))
                 self.seen.add(int(record["course_id"]))
 
 

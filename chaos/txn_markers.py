@@ -73,7 +73,9 @@ class Round:
     back_after_s: float = 0.0
 
 
-def commit_loop(bootstrap: str, txn_id: str, partitions: int, stop: threading.Event, out: Round):
+def commit_loop(
+    bootstrap: str, txn_id: str, partitions: int, stop: threading.Event, out: Round
+) -> None:
     """Small transactions over every partition until stopped or the broker goes away."""
     producer = Producer(
         {

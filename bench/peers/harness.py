@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -116,8 +117,8 @@ class StatsWatcher:
             if msg.error() or msg.value() is None:
                 continue
             self.last_arrival = time.monotonic()
-            _, body = split_confluent(msg.value())
-            rec = self._read(io.BytesIO(body), self._schema, self._schema)
+            _, body = split_confluent(msg.value())  # type: ignore[arg-type]  # not None: checked above
+            rec = cast("dict[str, Any]", self._read(io.BytesIO(body), self._schema, self._schema))
             self.latest[rec["course_id"]] = (rec["count_reviews"], rec["sum_rating"])
         return all(_reached(self.latest.get(c), pair) for c, pair in self.expected.items())
 

@@ -116,8 +116,8 @@ class KafkaResource(dg.ConfigurableResource):
                 if error is None:
                     stamp = msg.timestamp()[1] / 1000
                     newest = stamp if newest is None else max(newest, stamp)
-                if error is not None or msg.offset() >= live[msg.partition()] - 1:
-                    pending.discard(msg.partition())
+                if error is not None or msg.offset() >= live[msg.partition()] - 1:  # type: ignore[operator, index]  # a consumed record's is set
+                    pending.discard(msg.partition())  # type: ignore[arg-type]  # ... or an EOF event's
             if pending:
                 raise TimeoutError(f"no answer reading the end of {topic} {sorted(pending)}")
             return newest
@@ -129,7 +129,7 @@ class KafkaResource(dg.ConfigurableResource):
         refusals): each partition from its beginning to its end."""
         settings = self.settings(schema_registry_url="")
         for msg in read_records(settings, topic, timeout_s=self.timeout_s * 10):
-            yield msg.headers(), msg.value()
+            yield msg.headers(), msg.value()  # type: ignore[misc]  # a consumed record's headers: a list
 
     def _probe_consumer(self) -> Consumer:
         """A read_committed consumer of its own group that commits nothing: for reads at
@@ -165,7 +165,7 @@ class KafkaResource(dg.ConfigurableResource):
                     continue
                 error = msg.error()
                 if error is None:
-                    return msg.offset() < end
+                    return msg.offset() < end  # type: ignore[operator]  # a consumed record's is set
                 if error.code() == KafkaError._PARTITION_EOF:
                     return False
                 raise KafkaException(error)
