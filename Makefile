@@ -84,6 +84,7 @@ lint: dev
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/mypy
+	@$(VENV)/bin/mypy bench/peers/quix/app.py
 
 clean: down
 	rm -rf .stack
