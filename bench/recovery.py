@@ -32,6 +32,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -72,10 +73,10 @@ def health(url: str) -> dict | None:
     return body if isinstance(body, dict) else None
 
 
-def until(what: str, cond: object, timeout_s: float = 120) -> float:
+def until(what: str, cond: Callable[[], object], timeout_s: float = 120) -> float:
     """Seconds until cond() holds (polled every 20 ms)."""
     t0 = time.monotonic()
-    while not cond():  # type: ignore[operator]
+    while not cond():
         if time.monotonic() - t0 > timeout_s:
             raise TimeoutError(f"{what}: not after {timeout_s:.0f} s")
         time.sleep(0.02)  # poll interval

@@ -61,7 +61,7 @@ class _Stdout(threading.Thread):
 
     def run(self) -> None:
         with self.log.open("w") as out:
-            for line in self.proc.stdout:  # type: ignore[union-attr]
+            for line in self.proc.stdout:  # type: ignore[union-attr]  # started with stdout=PIPE
                 out.write(line)
                 out.flush()
                 if self.first_ms is None and line.startswith("FIRST "):

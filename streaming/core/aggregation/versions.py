@@ -173,7 +173,7 @@ class VersionsState:
 
     def as_dict(self) -> dict[int, ReviewVersion]:
         """Every current version (for comparisons; not on any hot path)."""
-        return {rid: self.get(rid) for rid in self.ids[: self._rows].tolist()}  # type: ignore[misc]
+        return {rid: self.get(rid) for rid in self.ids[: self._rows].tolist()}  # type: ignore[misc]  # each id has one
 
     def apply_batch(
         self, batch: np.ndarray, use: np.ndarray, buf: np.ndarray, titles: np.ndarray
