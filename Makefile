@@ -26,7 +26,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(VENV)/bin/python -m pip install -q --no-deps -e .
 	@touch $@
 
-# What the tests and linters add (pytest, hypothesis, schemathesis, ruff, pandas, uv).
+# What the tests and linters add (pytest, hypothesis, schemathesis, ruff, mypy, pandas, uv).
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.lock
 	$(VENV)/bin/python -m pip install -q -r requirements-dev.lock
 	@touch $@
@@ -83,6 +83,8 @@ unit: dev
 lint: dev
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy
+	@$(VENV)/bin/mypy bench/peers/quix/app.py
 
 clean: down
 	rm -rf .stack

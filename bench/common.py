@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Producer
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
@@ -90,7 +90,7 @@ def _produce_all(settings: Settings, records: Iterable[tuple[str, dict, int | No
         headers = None if position is None else [(HEADER, encode(*unorder(position)))]
         while True:
             try:
-                p.produce(topic, value, str(r["id"]).encode(), headers=headers)
+                p.produce(topic, value, str(r["id"]).encode(), headers=headers)  # type: ignore[arg-type]  # invariant list (stub)
                 break
             except BufferError:
                 p.poll(0.05)
@@ -342,7 +342,7 @@ def _plain_schema(name: str) -> dict:
             return [strip(v) for v in node]
         return node
 
-    return parse_schema(strip(json.loads((schemas_dir() / name).read_text())))
+    return cast("dict", parse_schema(strip(json.loads((schemas_dir() / name).read_text()))))
 
 
 def latest_statistics(settings: Settings, topic: str) -> dict[int, dict]:
@@ -352,7 +352,8 @@ def latest_statistics(settings: Settings, topic: str) -> dict[int, dict]:
     for msg in read_records(settings, topic):
         if msg.value() is None:
             continue
-        rec = schemaless_reader(io.BytesIO(split_confluent(msg.value())[1]), schema, schema)
+        value = cast(bytes, msg.value())  # not None: checked above
+        rec = cast("dict", schemaless_reader(io.BytesIO(split_confluent(value)[1]), schema, schema))
         latest[rec["course_id"]] = rec
     return latest
 
@@ -371,7 +372,7 @@ def count_mismatches(
     reference's all-time ones: a course missing, extra or with any compared field different
     counts once."""
     latest = latest_statistics(settings, topic)
-    wrong, shown = 0, []
+    wrong, shown = 0, list[str]()
     for course in sorted(latest.keys() | reference.keys()):
         if course not in latest:
             diffs = ["missing from the output"]

@@ -21,7 +21,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -55,7 +57,9 @@ class Poller(threading.Thread):
             while not self.stop.is_set():
                 now = time.time()
                 try:
-                    rows = conn.execute(query, {"lo": floor, "hi": self.hi}).all()
+                    rows: Sequence[sa.Row[Any]] = conn.execute(
+                        query, {"lo": floor, "hi": self.hi}
+                    ).all()
                 except sa.exc.ProgrammingError as exc:
                     if getattr(exc.orig, "pgcode", None) != UNDEFINED_TABLE:
                         raise

@@ -32,7 +32,9 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -71,10 +73,10 @@ def health(url: str) -> dict | None:
     return body if isinstance(body, dict) else None
 
 
-def until(what: str, cond: object, timeout_s: float = 120) -> float:
+def until(what: str, cond: Callable[[], object], timeout_s: float = 120) -> float:
     """Seconds until cond() holds (polled every 20 ms)."""
     t0 = time.monotonic()
-    while not cond():  # type: ignore[operator]
+    while not cond():
         if time.monotonic() - t0 > timeout_s:
             raise TimeoutError(f"{what}: not after {timeout_s:.0f} s")
         time.sleep(0.02)  # poll interval
@@ -171,7 +173,8 @@ class StatWatcher(threading.Thread):
     def poll(self) -> None:
         for m in self.consumer.consume(1000, timeout=0.2):
             if m.error() is None and m.value():
-                record = schemaless_reader(io.BytesIO(m.value()[5:]), self.schema)
+                body = m.value()[5:]  # type: ignore[index]  # not None: checked above
+                record = cast("dict[str, Any]", schemaless_reader(io.BytesIO(body), self.schema))
                 self.seen.add(int(record["course_id"]))
 
 

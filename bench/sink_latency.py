@@ -19,7 +19,9 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -41,7 +43,7 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))]
 
 
-def wait_until(check, timeout_s: float, what: str) -> None:
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
@@ -126,7 +128,7 @@ def run(
         assert producer.flush(60) == 0
         wait_until(lambda: count() == n + 1, 120, f"{n} rows")
         with engine.connect() as conn:
-            rows = conn.execute(
+            rows: Sequence[sa.Row[Any, Any]] = conn.execute(
                 sa.text(f"SELECT id, extract(epoch FROM sunk_at) FROM {table} WHERE id <> :w"),
                 {"w": review(0)["id"]},
             ).all()

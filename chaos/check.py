@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import sqlalchemy as sa
@@ -120,7 +120,7 @@ def read_topic(
                         continue
                     raise RuntimeError(f"reading {topic}: {err}")
                 if keep(m):
-                    out.append((m.partition(), m.offset(), m.key(), m.value()))
+                    out.append((m.partition(), m.offset(), m.key(), m.value()))  # type: ignore[arg-type]  # a consumed record's is set
         if pending:
             raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to the end")
         return out
@@ -138,7 +138,9 @@ def decode_statistics(records: Iterable[Raw], schemas: Callable[[int], Any]) -> 
         (schema_id,) = struct.unpack(">I", value[1:5])
         if schema_id not in parsed:
             parsed[schema_id] = parse_schema(schemas(schema_id))
-        stat = schemaless_reader(BytesIO(value[5:]), parsed[schema_id], None)
+        stat = cast(
+            "dict[str, Any]", schemaless_reader(BytesIO(value[5:]), parsed[schema_id], None)
+        )
         course = int(stat["course_id"])
         if course not in latest or latest[course][0] < offset:
             latest[course] = (offset, stat)
@@ -160,7 +162,8 @@ def table_rows(database_url: str, table: str) -> dict[int, dict]:
 
 def api_stats(api_url: str, courses: Iterable[int]) -> tuple[dict[int, dict], dict[int, dict]]:
     """The read API's all-time and recent statistics per course (timestamps parsed)."""
-    all_time, recent = {}, {}
+    all_time: dict[int, dict] = {}
+    recent: dict[int, dict] = {}
     with httpx.Client(base_url=api_url, timeout=30) as client:
         for course in courses:
             r = client.get(f"/courses/{course}/stats")
@@ -205,13 +208,18 @@ def routing(
     return {"lost": lost, "duplicated": duplicated, "misrouted": misrouted}
 
 
+def _headers(m: Message) -> dict[str, bytes | None]:
+    """A consumed record's headers by name (a list of (str, bytes) pairs; the stub: or a dict)."""
+    return dict(m.headers() or [])  # type: ignore[arg-type]  # consumed headers are bytes
+
+
 def source_position(m: Message) -> tuple[int, int] | None:
     """The input position an output names: the fraud filter's `source.position` header
     (int32 partition, int64 offset, big-endian) or a dead letter's `dlq.source.*` headers."""
-    headers = dict(m.headers() or [])
+    headers = _headers(m)
     if "dlq.source.partition" in headers:  # a dead letter keeps the input's own headers too
         try:
-            return int(headers["dlq.source.partition"]), int(headers["dlq.source.offset"])
+            return int(headers["dlq.source.partition"]), int(headers["dlq.source.offset"])  # type: ignore[arg-type]  # None: TypeError
         except (KeyError, TypeError, ValueError):
             return None
     value = headers.get("source.position")
@@ -224,7 +232,7 @@ def source_position(m: Message) -> tuple[int, int] | None:
 def input_position(m: Message) -> tuple[int, int] | None:
     """Where in udemy-reviews a dead letter's record was: the fraud filter's carry its own
     input coordinates, the aggregator's the fraud filter's `source.position` header."""
-    headers = dict(m.headers() or [])
+    headers = _headers(m)
     if headers.get("dlq.source.topic") == b"udemy-reviews":
         return source_position(m)
     value = headers.get("source.position")
@@ -240,7 +248,7 @@ def read_refusals(bootstrap: str, start: Mapping[int, int]) -> dict[tuple[int, i
     out: dict[tuple[int, int], str] = {}
 
     def note(m: Message) -> bool:
-        kind = dict(m.headers() or []).get("dlq.kind")
+        kind = _headers(m).get("dlq.kind")
         position = input_position(m) if kind is not None else None
         if kind is not None and position is not None:
             out[position] = kind.decode()
@@ -275,7 +283,7 @@ def read_routed(
 
     def note(m: Message) -> bool:
         if keep(m):
-            positions[(m.partition(), m.offset())] = source_position(m)
+            positions[(m.partition(), m.offset())] = source_position(m)  # type: ignore[index]  # a consumed record's is set
             return True
         return False
 

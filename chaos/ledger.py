@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from chaos.oracle import EDIT_KINDS as ORACLE_KINDS
 from chaos.oracle import REFUSAL_KINDS
@@ -27,7 +28,10 @@ RESTARTED = ("postgres", "registry", "connect", "daemon")
 SUMMARY_NAMES = {"postgres": "pg", "registry": "registry", "connect": "connect", "daemon": "daemon"}
 
 
-def lost_and_duplicated(inputs: Counter[Record], outputs: Counter[Record]) -> tuple[int, int]:
+K = TypeVar("K", bound=Hashable)
+
+
+def lost_and_duplicated(inputs: Counter[K], outputs: Counter[K]) -> tuple[int, int]:
     """Input records absent from the outputs, and output records beyond their input count."""
     return sum((inputs - outputs).values()), sum((outputs - inputs).values())
 

@@ -177,7 +177,7 @@ def _java_replacement(err: UnicodeDecodeError) -> tuple[str, int]:
     return "\ufffd", err.end
 
 
-codecs.register_error("chaos-oracle-java", _java_replacement)
+codecs.register_error("chaos-oracle-java", _java_replacement)  # type: ignore[arg-type]  # decoding only
 
 
 def java_text(data: bytes) -> str:

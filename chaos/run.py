@@ -217,7 +217,7 @@ class Killer(threading.Thread):
 def all_committing(since: float, timeout_s: float = 180) -> float:
     """Wait until every worker instance committed after `since`; seconds from `since`."""
     for inst in instances():
-        wait_until(f"{inst.name} committing", lambda i=inst: committing_since(i, since), timeout_s)
+        wait_until(f"{inst.name} committing", lambda i=inst: committing_since(i, since), timeout_s)  # type: ignore[misc]  # i binds inst
     return time.time() - since
 
 
@@ -308,7 +308,7 @@ def jump_clock(offset_s: float, out: Outcome) -> None:
         inst = Instance(pipeline.AGGREGATOR, i)
         wait_until(
             f"{inst.name} on day {day}",
-            lambda i=inst: (i.health() or {}).get("as_of_day") == day,
+            lambda i=inst: (i.health() or {}).get("as_of_day") == day,  # type: ignore[misc]  # i binds inst
             120,
         )
     took = all_committing(wall, 300)
@@ -353,8 +353,8 @@ def reconcile(out: Outcome, as_of_day: int, since: float) -> None:
     if mat is None or event is None or event.timestamp < since:
         out.failures.append(f"reconciliation run {run_id} ended {status} without a result")
         return
-    out.mismatches = int(mat.metadata["mismatches"].value)
-    out.refusal_kinds_differing = int(mat.metadata["refusal_kinds_differing"].value)
+    out.mismatches = int(mat.metadata["mismatches"].value)  # type: ignore[arg-type]  # an int's
+    out.refusal_kinds_differing = int(mat.metadata["refusal_kinds_differing"].value)  # type: ignore[arg-type]  # ditto
     if status != "SUCCESS":
         out.failures.append(f"reconciliation run {run_id} ended {status}")
 

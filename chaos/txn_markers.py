@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -72,7 +73,9 @@ class Round:
     back_after_s: float = 0.0
 
 
-def commit_loop(bootstrap: str, txn_id: str, partitions: int, stop: threading.Event, out: Round):
+def commit_loop(
+    bootstrap: str, txn_id: str, partitions: int, stop: threading.Event, out: Round
+) -> None:
     """Small transactions over every partition until stopped or the broker goes away."""
     producer = Producer(
         {
@@ -98,7 +101,7 @@ def commit_loop(bootstrap: str, txn_id: str, partitions: int, stop: threading.Ev
         return  # the broker was killed: this producer is abandoned with the round
 
 
-def quiet(bootstrap: str) -> dict[str, object]:
+def quiet(bootstrap: str) -> dict[str, Any]:
     """A client config that does not log each refused connection while the broker is down."""
     return {**kafka_security(load(KafkaSettings)), "bootstrap.servers": bootstrap, "log_level": 0}
 

@@ -8,6 +8,7 @@ same checks on every evaluation, healthy or not.
 """
 
 import time
+from typing import Any
 
 import dagster as dg
 from sqlalchemy import inspect, text
@@ -174,7 +175,7 @@ def stream_table_freshness(
     exists = inspect(engine).has_table(table, schema=schema)
     latest = latest_update_s(engine, schema, table) if exists else None
     verdict = stream_freshness(latest, newest)
-    metadata: dict[str, object] = {"allowed_lag_s": STREAM_SLACK_S}
+    metadata: dict[str, Any] = {"allowed_lag_s": STREAM_SLACK_S}
     if verdict.lag_s is not None:
         metadata["lag_behind_input_s"] = round(verdict.lag_s, 1)
     if newest is not None:

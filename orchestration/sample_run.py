@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import sys
 import time
+from collections.abc import Mapping
 from urllib.parse import urlparse
 
 import dagster as dg
@@ -94,14 +95,14 @@ def main() -> int:
         print(f"[run] the review source is not answering: {exc}", file=sys.stderr)
         return 1
     with dg.DagsterInstance.get() as instance:
-        known = set(instance.get_dynamic_partitions(courses.name))
+        known = set(instance.get_dynamic_partitions(courses.name))  # type: ignore[arg-type]  # named
         new = [c for c in course_ids if c not in known]
         if new:
-            instance.add_dynamic_partitions(courses.name, new)
-        keys = instance.get_dynamic_partitions(courses.name)
+            instance.add_dynamic_partitions(courses.name, new)  # type: ignore[arg-type]  # named
+        keys = instance.get_dynamic_partitions(courses.name)  # type: ignore[arg-type]  # named
     print(f"[run] {len(course_ids)} courses in the catalogue ({len(new)} new)", flush=True)
     today_key = AS_OF_DAYS.get_last_partition_key()  # today's as-of day (UTC)
-    steps = [
+    steps: list[tuple[str, str, dict[str, str | None]]] = [
         (
             "course_backfill",
             f"backfill of {len(keys)} courses",
@@ -142,7 +143,7 @@ def verdict(ui: str) -> str:
     return verdict_line(meta, page)
 
 
-def verdict_line(meta: dict[str, object], page: str) -> str:
+def verdict_line(meta: Mapping[str, object], page: str) -> str:
     """The closing line of `make run`'s sample run, from the reconciliation's metadata."""
     differing, courses = meta.get("courses_differing", 0), meta.get("courses", "?")
     if not meta.get("mismatches"):

@@ -142,7 +142,7 @@ def worker_supervisor(worker: WorkerSpec) -> dg.SensorDefinition:
             seen = float(state.get("seen_restart", 0))
             new = [r for r in restarts if float(r.get("time", 0)) > seen]
             events += restart_observations(worker, instance, new)
-            entry = {
+            entry: dict[str, Any] = {
                 "last": {**assessment.snapshot, "time": now},
                 "incident": None,
                 "seen_restart": max([seen, *(float(r["time"]) for r in new)]),
@@ -254,7 +254,7 @@ def observe_stream(
 def course_catalogue(
     context: dg.SensorEvaluationContext, review_source: ReviewSourceResource
 ) -> dg.SensorResult | dg.SkipReason:
-    known = set(context.instance.get_dynamic_partitions(courses.name))
+    known = set(context.instance.get_dynamic_partitions(courses.name))  # type: ignore[arg-type]  # named
     new = sorted({str(c) for c in review_source.course_ids()} - known, key=int)
     if not new:
         return dg.SkipReason(f"no new course ({len(known)} known)")

@@ -310,7 +310,7 @@ class Supervisor:
                 return False
             if self.restart_now:
                 self.restart_now = False
-                terminate(self.child.pid, self.stop_timeout_s, lambda _p: self.child.poll() is None)
+                terminate(self.child.pid, self.stop_timeout_s, lambda _p: self.child.poll() is None)  # type: ignore[union-attr]  # asserted above
                 return True
 
     def _pause(self, backoff: float) -> bool:
@@ -347,7 +347,7 @@ class Supervisor:
     def _shutdown(self) -> None:
         self._discard_spare()
         if self.child is not None and self.child.poll() is None:
-            terminate(self.child.pid, self.stop_timeout_s, lambda _p: self.child.poll() is None)
+            terminate(self.child.pid, self.stop_timeout_s, lambda _p: self.child.poll() is None)  # type: ignore[union-attr]  # checked above
         _file(self.state, self.name, ".pid").unlink(missing_ok=True)
         _file(self.state, self.name, ".sup.pid").unlink(missing_ok=True)
         self.save(state="stopped", pid=None)

@@ -296,7 +296,9 @@ def _db_roles(args: argparse.Namespace) -> int:
     try:
         bootstrap_roles(load(DatabaseSettings), say=lambda line: print(f"db-roles: {line}"))
     except SQLAlchemyError as exc:
-        print(f"db-roles: PostgreSQL: {str(exc.orig or exc).splitlines()[0]}", file=sys.stderr)
+        # only a DBAPIError has .orig: any other SQLAlchemyError raises AttributeError here
+        orig = exc.orig  # type: ignore[attr-defined]  # a DBAPIError's (see above)
+        print(f"db-roles: PostgreSQL: {str(orig or exc).splitlines()[0]}", file=sys.stderr)
         return 1
     return 0
 

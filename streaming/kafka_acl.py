@@ -30,6 +30,7 @@ from confluent_kafka.admin import (
     ResourceType,
     ScramCredentialInfo,
     ScramMechanism,
+    UserScramCredentialAlteration,
     UserScramCredentialUpsertion,
 )
 
@@ -62,7 +63,7 @@ def upsert_credentials(
 ) -> list[str]:
     """Every principal's SCRAM credential, from its password file."""
     kind = ScramMechanism[mechanism.replace("-", "_")]
-    upserts = [
+    upserts: list[UserScramCredentialAlteration] = [
         UserScramCredentialUpsertion(
             p.name,
             ScramCredentialInfo(kind, SCRAM_ITERATIONS),
@@ -93,7 +94,17 @@ def desired_bindings(principals: Iterable[Principal] = PRINCIPALS) -> set[AclBin
     }
 
 
-def _key(b: AclBinding) -> tuple[object, ...]:
+def _key(
+    b: AclBinding,
+) -> tuple[
+    ResourceType | str | int,
+    str,
+    ResourcePatternType | str | int,
+    str,
+    str,
+    AclOperation | str | int,
+    AclPermissionType | str | int,
+]:
     return (
         b.restype,
         b.name,
@@ -121,7 +132,11 @@ def revoke(admin: AdminClient, bindings: list[AclBinding], timeout_s: float = 30
 
 
 def _resource(b: AclBinding) -> tuple[str, str, str]:
-    return (b.restype.name, b.name, b.resource_pattern_type.name)
+    return (
+        b.restype.name,  # type: ignore[union-attr]  # AclBinding turned a str/int into the enum
+        b.name,
+        b.resource_pattern_type.name,  # type: ignore[union-attr]  # likewise
+    )
 
 
 def existing_bindings(
@@ -132,10 +147,10 @@ def existing_bindings(
     for p in principals:
         query = AclBindingFilter(
             ResourceType.ANY,
-            None,
+            None,  # type: ignore[arg-type]  # a filter's None matches any name (stub: str)
             ResourcePatternType.ANY,
             f"User:{p.name}",
-            None,
+            None,  # type: ignore[arg-type]  # ... and any host (stub: str)
             AclOperation.ANY,
             AclPermissionType.ANY,
         )

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -40,7 +40,8 @@ class UnknownSchemaError(LookupError):
 @cache
 def local_schema(file_name: str) -> dict[str, Any]:
     """A schema of `schemas/`, parsed once per process."""
-    return parse_schema(json.loads((SCHEMAS_DIR / file_name).read_text()))
+    # every schema there is a record: parsed, a dict
+    return cast("dict[str, Any]", parse_schema(json.loads((SCHEMAS_DIR / file_name).read_text())))
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class Registry:
                     msg = f"schema id {schema_id} is not in the registry"
                     raise UnknownSchemaError(msg) from exc
                 raise
-            parsed = parse_schema(json.loads(schema_str))
+            parsed = cast("dict[str, Any]", parse_schema(json.loads(schema_str)))  # values: records
             found = WriterSchema(schema_id, parsed, to_parsing_canonical_form(parsed))
             self._by_id[schema_id] = found
         return found
@@ -120,7 +121,7 @@ def decode(registry: Registry, value: bytes, reader_schema: dict[str, Any]) -> d
     schema_id, body = split_confluent(value)
     writer = registry.writer_schema(schema_id)
     bio = io.BytesIO(body)
-    record = schemaless_reader(bio, writer.parsed, reader_schema)
+    record = cast("dict[str, Any]", schemaless_reader(bio, writer.parsed, reader_schema))
     if bio.tell() != len(body):
         raise ValueError(f"{len(body) - bio.tell()} trailing bytes after the Avro body")
     return record

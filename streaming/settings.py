@@ -490,7 +490,7 @@ class Settings(BaseModel):
             }
         )
 
-    def kafka_config(self, **overrides: object) -> dict[str, object]:
+    def kafka_config(self, **overrides: Any) -> dict[str, Any]:
         """Base librdkafka config: bootstrap servers, security extras, then overrides."""
         return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_extra, **overrides}
 

@@ -174,7 +174,9 @@ def _postgres_probe(settings: Settings) -> Probe:
             conn.execute(sa.text("select 1"))
         return Probe("postgres", True, where)
     except sa.exc.SQLAlchemyError as exc:
-        return Probe("postgres", False, where, str(exc.orig or exc).splitlines()[0])
+        # only a DBAPIError has .orig: any other SQLAlchemyError raises AttributeError here
+        orig = exc.orig  # type: ignore[attr-defined]  # a DBAPIError's (see above)
+        return Probe("postgres", False, where, str(orig or exc).splitlines()[0])
     finally:
         engine.dispose()
 

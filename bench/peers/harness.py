@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -60,7 +61,7 @@ class _Stdout(threading.Thread):
 
     def run(self) -> None:
         with self.log.open("w") as out:
-            for line in self.proc.stdout:  # type: ignore[union-attr]
+            for line in self.proc.stdout:  # type: ignore[union-attr]  # started with stdout=PIPE
                 out.write(line)
                 out.flush()
                 if self.first_ms is None and line.startswith("FIRST "):
@@ -116,8 +117,8 @@ class StatsWatcher:
             if msg.error() or msg.value() is None:
                 continue
             self.last_arrival = time.monotonic()
-            _, body = split_confluent(msg.value())
-            rec = self._read(io.BytesIO(body), self._schema, self._schema)
+            _, body = split_confluent(msg.value())  # type: ignore[arg-type]  # not None: checked above
+            rec = cast("dict[str, Any]", self._read(io.BytesIO(body), self._schema, self._schema))
             self.latest[rec["course_id"]] = (rec["count_reviews"], rec["sum_rating"])
         return all(_reached(self.latest.get(c), pair) for c, pair in self.expected.items())
 

@@ -437,7 +437,7 @@ def read_refusals(
                 f"{quote(schema)}.{quote(VERDICTS)} where verdict = 'invalid'"
             )
         ).all()
-    batch.update({(int(p), int(o)): str(kind) for p, o, kind in rows})
+    batch.update({(int(p), int(o)): str(kind) for p, o, kind in rows})  # type: ignore[call-overload]  # Row: object
     return batch, stream
 
 

@@ -132,7 +132,7 @@ def observe_tables(
     """
     with engine.connect() as conn:
         activity = {
-            name: (int(rows), int(writes))
+            name: (int(rows), int(writes))  # type: ignore[call-overload]  # Row unpacks as object
             for name, rows, writes in conn.execute(
                 text(
                     "select relname, n_live_tup, n_tup_ins + n_tup_upd "

@@ -25,4 +25,4 @@ class OfflineDbtCliResource(DbtCliResource):
     @classmethod
     def from_settings(cls, settings: Settings) -> OfflineDbtCliResource:
         """The repository's dbt project, run by the dbt installed beside this Python."""
-        return cls(project_dir=DBT_PROJECT, dbt_executable=dbt_executable())
+        return cls(project_dir=DBT_PROJECT, dbt_executable=dbt_executable())  # type: ignore[arg-type]  # its validator takes a DbtProject

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import dagster as dg
 from confluent_kafka import (
@@ -49,7 +50,7 @@ class KafkaResource(dg.ConfigurableResource):
             kafka_bootstrap_servers=self.bootstrap_servers, schema_registry_url=schema_registry_url
         )
 
-    def config(self, **overrides: object) -> dict[str, object]:
+    def config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka settings: bootstrap servers, security extras, then overrides."""
         return {
             "bootstrap.servers": self.bootstrap_servers,
@@ -115,8 +116,8 @@ class KafkaResource(dg.ConfigurableResource):
                 if error is None:
                     stamp = msg.timestamp()[1] / 1000
                     newest = stamp if newest is None else max(newest, stamp)
-                if error is not None or msg.offset() >= live[msg.partition()] - 1:
-                    pending.discard(msg.partition())
+                if error is not None or msg.offset() >= live[msg.partition()] - 1:  # type: ignore[operator, index]  # a consumed record's is set
+                    pending.discard(msg.partition())  # type: ignore[arg-type]  # ... or an EOF event's
             if pending:
                 raise TimeoutError(f"no answer reading the end of {topic} {sorted(pending)}")
             return newest
@@ -128,7 +129,7 @@ class KafkaResource(dg.ConfigurableResource):
         refusals): each partition from its beginning to its end."""
         settings = self.settings(schema_registry_url="")
         for msg in read_records(settings, topic, timeout_s=self.timeout_s * 10):
-            yield msg.headers(), msg.value()
+            yield msg.headers(), msg.value()  # type: ignore[misc]  # a consumed record's headers: a list
 
     def _probe_consumer(self) -> Consumer:
         """A read_committed consumer of its own group that commits nothing: for reads at
@@ -164,7 +165,7 @@ class KafkaResource(dg.ConfigurableResource):
                     continue
                 error = msg.error()
                 if error is None:
-                    return msg.offset() < end
+                    return msg.offset() < end  # type: ignore[operator]  # a consumed record's is set
                 if error.code() == KafkaError._PARTITION_EOF:
                     return False
                 raise KafkaException(error)

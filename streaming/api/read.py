@@ -11,11 +11,11 @@ override).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -148,7 +148,7 @@ def _reading(engine: Engine) -> Iterator[Connection]:
         raise HTTPException(503, "the statistics database is unavailable") from exc
 
 
-def _statistic(row: Mapping[str, Any], prefix: str = "") -> CourseStatistic | None:
+def _statistic(row: sa.RowMapping, prefix: str = "") -> CourseStatistic | None:
     values = {name: row[prefix + name] for name, _ in STAT_COLUMNS}
     if values["course_id"] is None:
         return None
@@ -235,7 +235,8 @@ def list_courses(
     results = []
     for row in rows:
         all_time, recent = _statistic(row, "l_"), _statistic(row, "r_")
-        results.append(_course((all_time or recent).course_id, all_time, recent))
+        either = cast("CourseStatistic", all_time or recent)  # the join has one side at least
+        results.append(_course(either.course_id, all_time, recent))
     more = page * page_size < count
     return CoursePage(
         count=count,

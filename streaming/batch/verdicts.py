@@ -179,7 +179,7 @@ def _read_chunks(engine: Engine, select: str) -> Iterator[list[tuple[Any, ...]]]
     decoding a million rows' strings only to encode them again costs more than the judging."""
     raw = engine.raw_connection()
     try:
-        cursor = raw.driver_connection.cursor(name="review_verdicts")  # type: ignore[union-attr]
+        cursor = raw.driver_connection.cursor(name="review_verdicts")  # type: ignore[union-attr]  # open: it has one
         psycopg2.extensions.register_type(psycopg2.extensions.BYTES, cursor)
         cursor.itersize = CHUNK
         cursor.execute(select)
@@ -227,5 +227,5 @@ def _copy_chunk(cursor: object, relation: str, chunk: list, model: FraudModel) -
         verdict = FRAUD if is_fraud else VALID
         lines.write(f"{row[0]}\t{partition}\t{offset}\t{verdict}\t\\N\t\\N\t{h}\n")
     lines.seek(0)
-    cursor.copy_expert(f"copy {relation} from stdin", lines)  # type: ignore[attr-defined]
+    cursor.copy_expert(f"copy {relation} from stdin", lines)  # type: ignore[attr-defined]  # psycopg2's
     return n_fraud, len(problems)

@@ -38,7 +38,7 @@ def find(index: np.ndarray, key_a: np.ndarray, key_b: np.ndarray, a: int, b: int
     mask = np.uint64(len(index) - 1)
     slot = _hash(a, b) & mask
     while True:
-        row = index[slot]
+        row: int = index[slot]
         if row < 0:
             return -1
         if key_a[row] == a and key_b[row] == b:

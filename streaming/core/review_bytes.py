@@ -241,7 +241,7 @@ _EMPTY = np.zeros(0, dtype=np.uint8)
 def murmur2(data: bytes) -> int:
     """Kafka's `Utils.murmur2` as the signed 32-bit int Java returns."""
     h = _murmur2_parts(_EMPTY, np.frombuffer(data, dtype=np.uint8), 0, len(data))
-    return h - 0x1_0000_0000 if h & 0x8000_0000 else h
+    return h - 0x1_0000_0000 if h & 0x8000_0000 else h  # type: ignore[return-value]  # boxed as int
 
 
 def to_positive(x: int) -> int:
@@ -294,7 +294,7 @@ def _read_varint(buf: np.ndarray, pos: int, end: int) -> tuple[int, int, bool]:
     while pos < end and shift < 64:
         byte = buf[pos]
         pos += 1
-        acc |= (np.int64(byte) & 0x7F) << shift
+        acc |= (np.int64(byte) & 0x7F) << shift  # type: ignore[assignment]  # numba: all int64
         if byte < 0x80:
             return (acc >> 1) ^ -(acc & 1), pos, True
         shift += 7
@@ -438,7 +438,7 @@ def _rating_halves(buf: np.ndarray, pos: int, length: int) -> int:
     if whole < 0 or whole > 5 or (frac != 48 and frac != 53):  # '0' / '5'
         return -1
     halves = whole * 2 + (1 if frac == 53 else 0)
-    return halves if 1 <= halves <= 10 else -1
+    return halves if 1 <= halves <= 10 else -1  # type: ignore[return-value]  # int64 is int here
 
 
 class Longs(IntEnum):

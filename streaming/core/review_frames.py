@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
@@ -107,7 +107,11 @@ def frame_batch(
     problems: dict[int, Problem] = {}
     # a tombstone is rare: one C-speed membership test spares the batch a Python pass
     tombstones = [i for i, v in enumerate(values) if v is None] if None in values else []
-    packed = [b"" if v is None else v for v in values] if tombstones else list(values)
+    packed = (
+        [b"" if v is None else v for v in values]
+        if tombstones
+        else cast("list[bytes]", list(values))  # no None in values
+    )
     buf, starts, ends = pack(packed)
     sids = frame_schema_ids(buf, starts, ends)
     readable = np.zeros(n, dtype=bool)
@@ -192,7 +196,8 @@ def reencode(value: bytes, writer: Writer, review_schema: Any) -> bytes:
     """Decode a framed value with its writer schema into the Review schema, strings as Java
     decodes them (invalid UTF-8 replaced with U+FFFD), and encode it canonically."""
     bio = _WholeReads(value[HEADER:])
-    record: dict[str, Any] = schemaless_reader(bio, writer.as_bytes, writer.review_as_bytes)
+    # a Review-shaped schema (a record) decodes to a dict
+    record = cast("dict[str, Any]", schemaless_reader(bio, writer.as_bytes, writer.review_as_bytes))
     if bio.tell() != len(value) - HEADER:
         raise ValueError("trailing bytes after the Avro body")
     out = io.BytesIO()

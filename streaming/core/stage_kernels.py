@@ -106,7 +106,7 @@ def _get_i64(buf: np.ndarray, pos: int) -> int:
     v = np.uint64(0)
     for k in range(8):
         v = (v << np.uint64(8)) | np.uint64(buf[pos + k])
-    return np.int64(v)
+    return np.int64(v)  # type: ignore[return-value]  # numba's int64 is Python's int when boxed
 
 
 @numba.njit(cache=True, nogil=True)
@@ -147,7 +147,7 @@ def _bytes_greater(buf: np.ndarray, a0: int, a1: int, b0: int, b1: int) -> bool:
     n = min(a1 - a0, b1 - b0)
     for k in range(n):
         if buf[a0 + k] != buf[b0 + k]:
-            return buf[a0 + k] > buf[b0 + k]
+            return buf[a0 + k] > buf[b0 + k]  # type: ignore[no-any-return]  # uint8 > uint8: bool
     return a1 - a0 > b1 - b0
 
 
@@ -316,7 +316,13 @@ def _see_latest(figures: np.ndarray, c: int, col: int, created: int) -> None:
 
 @numba.njit(cache=True, nogil=True)
 def _count(
-    figures: np.ndarray, hist: np.ndarray, c: int, created: int, h: int, sign: int, recent: bool
+    figures: np.ndarray,
+    hist: np.ndarray,
+    c: int,
+    created: int,
+    h: int | np.int64,
+    sign: int,
+    recent: bool,
 ) -> None:
     """Count (sign 1) or uncount (-1) one review in course slot c: histograms and the latest
     review time with how many reviews share it (`Figure`). An uncounted latest review leaves

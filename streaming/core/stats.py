@@ -147,7 +147,7 @@ def compute_from_scratch(
         elif supersedes(version, stored):
             current[review_id] = version
         course_id = version.course_id
-        title = record[2] if len(record) > 2 else ""  # type: ignore[misc]
+        title = record[2] if len(record) > 2 else ""
         if title_wins(version.modified_ms, title, best_title.get(course_id)):
             best_title[course_id] = (version.modified_ms, title)
     by_course: dict[int, list[ReviewVersion]] = {course_id: [] for course_id in best_title}

@@ -54,7 +54,9 @@ class _Deliveries:
         if err is not None:
             self.errors.append(str(err))
             return
-        partition, offset = msg.partition(), msg.offset()
+        partition: int
+        offset: int
+        partition, offset = msg.partition(), msg.offset()  # type: ignore[assignment]  # a delivered record's are set
         if offset > self.offsets.get(partition, -1):
             self.offsets[partition] = offset
 

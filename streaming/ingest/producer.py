@@ -58,7 +58,7 @@ class ReviewProducer:
     def produce_raw(
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
-        self.producer.produce(topic, value, key, headers=headers)
+        self.producer.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]  # invariant list (stub)
 
     def poll(self, timeout: float = 0) -> int:
         return self.producer.poll(timeout)

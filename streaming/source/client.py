@@ -262,7 +262,11 @@ class UdemyClient:
     def fetch_page(self, course_id: int, page: int, *, page_size: int | None = None) -> ReviewPage:
         """One page of a course's reviews, as served (no de-duplication)."""
         size = page_size or self.page_size
-        params = {"page": page, "page_size": size, REVIEW_FIELDS_PARAM: self.fields}
+        params: dict[str, str | int] = {
+            "page": page,
+            "page_size": size,
+            REVIEW_FIELDS_PARAM: self.fields,
+        }
         body = self.get_json(self.reviews_url(course_id), params)
         try:
             count, results, has_next = int(body["count"]), list(body["results"]), bool(body["next"])

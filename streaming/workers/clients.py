@@ -133,7 +133,7 @@ def records(metrics: WorkerMetrics, msgs: list[Message]) -> list[Message]:
         return msgs
     for m in errors:
         err = m.error()
-        if err.fatal():
+        if err.fatal():  # type: ignore[union-attr]  # these are the messages with an error
             raise KafkaException(err)
         metrics.consumer_errors += 1
         log_event(log, "consumer error", logging.WARNING, error=str(err), topic=m.topic())

@@ -33,7 +33,7 @@ Position = tuple[str, int, int]
 
 
 def position_of(msg: Message) -> Position:
-    return msg.topic(), msg.partition(), msg.offset()  # type: ignore[return-value]
+    return msg.topic(), msg.partition(), msg.offset()  # type: ignore[return-value]  # a consumed record's is set
 
 
 class DeadLetters:
@@ -75,7 +75,7 @@ class DeadLetters:
         headers = dead_letter_headers(msg, reason, self.worker_id, kind)
         limit = min(self.topic_max_bytes(topic), MAX_PRODUCE_BYTES)  # the client's limit too
         value, headers = fit_dead_letter(msg.key(), msg.value(), headers, limit)
-        self.producer.produce(topic, value, msg.key(), headers=headers)
+        self.producer.produce(topic, value, msg.key(), headers=headers)  # type: ignore[arg-type]  # invariant list (stub)
 
     def topic_max_bytes(self, topic: str) -> int:
         """A topic's max.message.bytes, read once (the broker refuses a larger record, which
@@ -157,7 +157,7 @@ def dead_letter_headers(
     return [
         ("dlq.error", reason.encode()),
         *([] if kind is None else [("dlq.kind", kind.encode())]),
-        ("dlq.source.topic", msg.topic().encode()),
+        ("dlq.source.topic", msg.topic().encode()),  # type: ignore[union-attr]  # a consumed record's is set
         ("dlq.source.partition", str(msg.partition()).encode()),
         ("dlq.source.offset", str(msg.offset()).encode()),
         ("dlq.worker", worker.encode()),

@@ -89,12 +89,12 @@ class FraudFilter(EosWorker):
                 continue
             claimed = msg.headers()  # usually none: the position is then the only header
             headers = (
-                [(header, position(msg.partition(), msg.offset()))]  # type: ignore[arg-type]
+                [(header, position(msg.partition(), msg.offset()))]  # type: ignore[arg-type]  # a consumed record's is set
                 if claimed is None
-                else replace(claimed, msg.partition(), msg.offset())  # type: ignore[arg-type]
+                else replace(claimed, msg.partition(), msg.offset())  # type: ignore[arg-type]  # a consumed record's is set
             )
             key = b"%d" % review_id  # the review's identity, not the producer's key
-            produce(topics[code], value, key, headers=headers, timestamp=msg.timestamp()[1])
+            produce(topics[code], value, key, headers=headers, timestamp=msg.timestamp()[1])  # type: ignore[arg-type]  # invariant list (stub)
         for i, problem in problems.items():
             self.dead_letter(msgs[i], str(problem), problem.kind)
         n_fraud = int((codes == FRAUD).sum())

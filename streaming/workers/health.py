@@ -17,7 +17,8 @@ import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, BinaryIO
+from io import BufferedIOBase
+from typing import Any
 
 from streaming.settings import MAX_REQUEST_HEAD_BYTES, TrustedHosts, bind_host
 from streaming.workers.metrics import WorkerMetrics
@@ -32,7 +33,7 @@ class _HeadLimit:
     line, up to 100 lines of 64 KiB; past `limit` bytes in all this raises the HTTPException
     that BaseHTTPRequestHandler answers with 431."""
 
-    def __init__(self, raw: BinaryIO, limit: int) -> None:
+    def __init__(self, raw: BufferedIOBase, limit: int) -> None:
         self.raw, self.left = raw, limit
 
     def readline(self, size: int = -1) -> bytes:
@@ -83,10 +84,12 @@ def _handler(outer: HealthServer, trusted: TrustedHosts) -> type[BaseHTTPRequest
     """The request handler of `outer` (read at request time: a test may change its limits)."""
 
     class Handler(BaseHTTPRequestHandler):
+        raw_requestline: bytes  # set by handle_one_request (typeshed does not declare it)
+
         def parse_request(self) -> bool:
             """The standard parsing, the headers capped at MAX_REQUEST_HEAD_BYTES."""
             stream, limit = self.rfile, MAX_REQUEST_HEAD_BYTES - len(self.raw_requestline)
-            self.rfile = _HeadLimit(stream, limit)  # type: ignore[assignment]
+            self.rfile = _HeadLimit(stream, limit)  # type: ignore[assignment]  # only .readline()
             try:
                 return super().parse_request()
             finally:

@@ -185,14 +185,14 @@ class Standby:
 
     def _apply(self, msgs: list[Message]) -> None:
         for m in msgs:
-            copy = self.copies.get((m.topic(), m.partition()))  # type: ignore[arg-type]
+            copy = self.copies.get((m.topic(), m.partition()))  # type: ignore[arg-type]  # a consumed record's is set
             if copy is None:
                 continue
             err = m.error()
             if err is None:
                 copy.pending.append((m.key(), m.value()))
             elif err.code() == KafkaError._PARTITION_EOF:
-                self._catch_up(m.topic(), copy, m.offset())  # type: ignore[arg-type]
+                self._catch_up(m.topic(), copy, m.offset())  # type: ignore[arg-type]  # an EOF event has them set
             elif err.fatal():
                 raise KafkaException(err)
             else:

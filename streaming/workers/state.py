@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
@@ -115,7 +115,12 @@ class ChangelogStore(Generic[S]):
         producer.produce(self.changelog, value, key, partition, on_delivery=self.delivered)
 
     def write_all(
-        self, producer: Producer, partition: int, keys: list[bytes | None], values: bytes, size: int
+        self,
+        producer: Producer,
+        partition: int,
+        keys: Sequence[bytes | None],
+        values: bytes,
+        size: int,
     ) -> None:
         """Changes of state partition `partition`: values[size k:size (k+1)] under keys[k]. Only
         the last one reports its delivery: it is where the partition's state ends (a
@@ -145,7 +150,8 @@ class ChangelogStore(Generic[S]):
     def delivered(self, err: KafkaError | None, msg: Message) -> None:
         """Delivery report of a changelog write: where the partition's state now ends."""
         if err is None:
-            p, end = msg.partition(), msg.offset() + 1  # type: ignore[operator]
+            p: int
+            p, end = msg.partition(), msg.offset() + 1  # type: ignore[assignment, operator]  # delivered: set
             if end > self._pending.get(p, -1):
                 self._pending[p] = end
 
@@ -292,7 +298,7 @@ class ChangelogStore(Generic[S]):
         for p, (read, _, end) in counts.items():
             self.positions[p] = end
             self.restored_from[p] = (sources[p].kind, read)
-            self._snapped[p] = starts[p] if sources[p].kind == "snapshot" else -1  # type: ignore[assignment]
+            self._snapped[p] = starts[p] if sources[p].kind == "snapshot" else -1  # type: ignore[assignment]  # a snapshot has its offset
         self.partitions.update(states)
         log_event(
             log,
@@ -357,10 +363,10 @@ def read_changelog_with(
         for m in msgs:
             err = m.error()
             if err is None:
-                entries[m.partition()].append((m.key(), m.value()))  # type: ignore[index]
+                entries[m.partition()].append((m.key(), m.value()))  # type: ignore[index]  # a consumed record's is set
             elif err.code() == KafkaError._PARTITION_EOF:  # at its end (the LSO)
-                todo.discard(m.partition())  # type: ignore[arg-type]
-                ends[m.partition()] = m.offset()  # type: ignore[index]
+                todo.discard(m.partition())  # type: ignore[arg-type]  # an EOF event has them set
+                ends[m.partition()] = m.offset()  # type: ignore[index, assignment]  # an EOF event has them set
             elif err.fatal():
                 raise KafkaException(err)
             else:

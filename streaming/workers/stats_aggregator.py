@@ -158,7 +158,7 @@ class StatsAggregator(EosWorker):
         valid_topic = self.topics.valid
         incoming = read_versions(
             [m.value() for m in msgs],
-            [m.headers() for m in msgs],
+            [m.headers() for m in msgs],  # type: ignore[misc]  # a consumed record's are a list
             [m.topic() == valid_topic for m in msgs],
             self.resolve,
             self.review_schema,
@@ -195,7 +195,7 @@ class StatsAggregator(EosWorker):
     def course_statistics(self, msgs: list[Message]) -> None:
         by_partition: dict[int, list[Message]] = {}
         for m in msgs:
-            by_partition.setdefault(m.partition(), []).append(m)  # type: ignore[arg-type]
+            by_partition.setdefault(m.partition(), []).append(m)  # type: ignore[arg-type]  # a consumed record's is set
         now_ms = int(self.clock() * 1000)
         for partition, batch in by_partition.items():
             state = self.courses[partition]
@@ -277,7 +277,10 @@ class StatsAggregator(EosWorker):
 
     def _state_figures(self) -> None:
         """Reviews tracked and the bytes both stages' state holds (on /health)."""
-        stores = (*self.versions.partitions.values(), *self.courses.partitions.values())
+        stores: tuple[VersionsState | CourseState, ...] = (
+            *self.versions.partitions.values(),
+            *self.courses.partitions.values(),
+        )
         self.figures.state_reviews = sum(map(len, self.versions.partitions.values()))
         self.figures.state_bytes = sum(s.nbytes() for s in stores)
 
@@ -313,7 +316,7 @@ def course_keys(msgs: list[Message]) -> tuple[list[int], list[bytes | None], dic
     for i, m in enumerate(msgs):
         key = m.key()
         try:
-            course_ids.append(int(key))  # type: ignore[arg-type]
+            course_ids.append(int(key))  # type: ignore[arg-type]  # None: TypeError, caught below
             values.append(m.value())
         except (TypeError, ValueError):
             bad[i] = f"aggregator change record: key {key!r} is not a course id"

@@ -108,7 +108,7 @@ def postgres_login_works(env: dict[str, str], password: str) -> bool:
 
 
 def status(url: str, verify: ssl.SSLContext | bool, **kwargs: object) -> int:
-    return httpx.get(url, timeout=10, verify=verify, **kwargs).status_code  # type: ignore[arg-type]
+    return httpx.get(url, timeout=10, verify=verify, **kwargs).status_code  # type: ignore[arg-type]  # httpx's own keyword arguments
 
 
 @pytest.mark.last(phase=2)

@@ -34,17 +34,17 @@ def test_routing_by_input_position_losses_duplicates_wrong_topic_wrong_key() -> 
         VALID: [((0, 1), b"1", b"a"), ((1, 1), b"3", b"c"), ((0, 0), b"9", b"earlier")],
         FRAUD: [((0, 2), b"2", b"b")],
     }
-    assert routing(window, oracle, right) == {"lost": 0, "duplicated": 0, "misrouted": 0}  # type: ignore[arg-type]
+    assert routing(window, oracle, right) == {"lost": 0, "duplicated": 0, "misrouted": 0}  # type: ignore[arg-type]  # Verdicts stands in for the Oracle
     swapped = {VALID: [((0, 1), b"1", b"a"), ((0, 2), b"2", b"b")], FRAUD: [((1, 1), b"3", b"c")]}
-    assert routing(window, oracle, swapped)["misrouted"] == 2  # type: ignore[arg-type]
+    assert routing(window, oracle, swapped)["misrouted"] == 2  # type: ignore[arg-type]  # Verdicts stands in for the Oracle
     doubled = {**right, VALID: [*right[VALID], ((0, 1), b"1", b"a")]}
-    assert routing(window, oracle, doubled)["duplicated"] == 1  # type: ignore[arg-type]
+    assert routing(window, oracle, doubled)["duplicated"] == 1  # type: ignore[arg-type]  # Verdicts stands in for the Oracle
     lost = {**right, FRAUD: []}
-    assert routing(window, oracle, lost)["lost"] == 1  # type: ignore[arg-type]
+    assert routing(window, oracle, lost)["lost"] == 1  # type: ignore[arg-type]  # Verdicts stands in for the Oracle
     keyed_as_input = {**right, FRAUD: [((0, 2), b"\0" * 7 + b"\2", b"b")]}
-    assert routing(window, oracle, keyed_as_input)["misrouted"] == 1  # type: ignore[arg-type]
+    assert routing(window, oracle, keyed_as_input)["misrouted"] == 1  # type: ignore[arg-type]  # Verdicts stands in for the Oracle
     changed = {**right, FRAUD: [((0, 2), b"2", b"B")]}
-    assert routing(window, oracle, changed)["misrouted"] == 1  # type: ignore[arg-type]
+    assert routing(window, oracle, changed)["misrouted"] == 1  # type: ignore[arg-type]  # Verdicts stands in for the Oracle
 
 
 def test_two_acknowledged_edits_of_one_review_are_two_records() -> None:

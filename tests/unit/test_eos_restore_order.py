@@ -79,9 +79,9 @@ def manager(calls: list[str], committed: dict[tuple[str, int], int]) -> StoreMan
         store.partitions.update({p: FakeState() for p in partitions})
         return {}
 
-    store.restore_partitions = restore_partitions  # type: ignore[method-assign]
+    store.restore_partitions = restore_partitions  # type: ignore[method-assign]  # a stand-in restore
     metrics = WorkerMetrics("w", "0")
-    return StoreManager(consumer, [store], metrics, None, LoopConfig(group_id="g"))  # type: ignore[arg-type]
+    return StoreManager(consumer, [store], metrics, None, LoopConfig(group_id="g"))  # type: ignore[arg-type]  # fake consumer and metrics
 
 
 def assign(m: StoreManager, parts: list[TopicPartition]) -> None:
@@ -111,7 +111,7 @@ def test_assigned_partitions_are_restored_only_after_their_committed_offsets_are
 def test_unstable_offsets_are_waited_for_before_restoring():
     calls: list[str] = []
     w = manager(calls, {})
-    w.consumer.unstable = 2  # type: ignore[attr-defined]
+    w.consumer.unstable = 2  # type: ignore[attr-defined]  # the fake consumer's own knob
     assign(w, [TopicPartition("in-a", 1), TopicPartition("in-b", 1)])
     w.release()
     assert calls.index("committed") < calls.index("restore [1]")

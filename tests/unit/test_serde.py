@@ -53,7 +53,7 @@ def test_a_registry_answering_5xx_is_unavailable_not_a_crash(status: int) -> Non
     # Seen in a chaos run: PostgreSQL restarting under Apicurio made it answer 500, and the
     # aggregator exited on the traceback instead of waiting like it does for a refused connection.
     registry = Registry("http://127.0.0.1:1/apis/ccompat/v7")
-    registry._client = _Answers(status)  # type: ignore[assignment]
+    registry._client = _Answers(status)  # type: ignore[assignment]  # a fake registry client
     with pytest.raises(RegistryUnavailable, match="cannot serve now"):
         registry.register("t-value", "review.avsc")
     with pytest.raises(RegistryUnavailable):
@@ -63,7 +63,7 @@ def test_a_registry_answering_5xx_is_unavailable_not_a_crash(status: int) -> Non
 @pytest.mark.parametrize("status", [404, 409, 422])
 def test_a_registry_4xx_stays_the_registrys_answer(status: int) -> None:
     registry = Registry("http://127.0.0.1:1/apis/ccompat/v7")
-    registry._client = _Answers(status)  # type: ignore[assignment]
+    registry._client = _Answers(status)  # type: ignore[assignment]  # a fake registry client
     with pytest.raises(SchemaRegistryError):
         registry.register("t-value", "review.avsc")
 
@@ -87,10 +87,10 @@ def test_a_404_from_a_registry_without_subjects_is_a_retry_not_a_dead_letter() -
     """Restarting over storage that is not ready, a registry answers 404 for every id: that
     must not convict records (the worker would dead-letter them all)."""
     registry = Registry("http://127.0.0.1:1/apis/ccompat/v7")
-    registry._client = _Forgetful([])  # type: ignore[assignment]
+    registry._client = _Forgetful([])  # type: ignore[assignment]  # a fake registry client
     with pytest.raises(RegistryUnavailable, match="lists no subjects"):
         registry.writer_schema(7)
-    registry._client = _Forgetful(["udemy-reviews-value"])  # type: ignore[assignment]
+    registry._client = _Forgetful(["udemy-reviews-value"])  # type: ignore[assignment]  # a fake registry client
     with pytest.raises(UnknownSchemaError, match="schema id 7 is not in the registry"):
         registry.writer_schema(7)
 
@@ -98,7 +98,7 @@ def test_a_404_from_a_registry_without_subjects_is_a_retry_not_a_dead_letter() -
 def test_an_unknown_id_is_asked_again_after_a_while() -> None:
     registry = Registry("http://127.0.0.1:1/apis/ccompat/v7")
     answers = _Forgetful(["udemy-reviews-value"])
-    registry._client = answers  # type: ignore[assignment]
+    registry._client = answers  # type: ignore[assignment]  # a fake registry client
     now = [0.0]
     writers = ReviewWriters(registry, clock=lambda: now[0])
     assert writers(9) is None and writers(9) is None

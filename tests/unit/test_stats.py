@@ -537,7 +537,7 @@ def test_rating_halves_and_star_buckets(rating: str, halves: int, field: str) ->
     ],
 )
 def test_normalise_rating_accepts_half_steps(value: object, expected: str) -> None:
-    assert normalise_rating(value) == expected  # type: ignore[arg-type]
+    assert normalise_rating(value) == expected  # type: ignore[arg-type]  # other types on purpose
     assert rating_halves(str(value)) == RATINGS.index(expected) + 1
 
 
@@ -563,7 +563,7 @@ def test_normalise_rating_accepts_half_steps(value: object, expected: str) -> No
 )
 def test_normalise_rating_rejects_with_a_reason(value: object, reason: str) -> None:
     with pytest.raises(ValueError, match=re.escape(reason)):
-        normalise_rating(value)  # type: ignore[arg-type]
+        normalise_rating(value)  # type: ignore[arg-type]  # other types on purpose
 
 
 def test_rating_halves_rejects_garbage() -> None:

@@ -138,7 +138,7 @@ METADATA = object()
 
 def test_commit_sends_offsets_then_commits_then_begins() -> None:
     producer = FakeProducer()
-    cp = Transaction(producer, every_records=10, interval_s=60)  # type: ignore[arg-type]
+    cp = Transaction(producer, every_records=10, interval_s=60)  # type: ignore[arg-type]  # a fake producer
     cp.begin()
     cp.add(4)
     cp.commit(POSITIONS, METADATA)
@@ -153,7 +153,7 @@ def test_commit_sends_offsets_then_commits_then_begins() -> None:
 
 def test_commit_without_positions_skips_send_offsets() -> None:
     producer = FakeProducer()
-    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]
+    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]  # a fake producer
     cp.add(1)
     cp.commit([], METADATA)
     assert producer.names() == ["commit_transaction", "begin_transaction"]
@@ -162,7 +162,7 @@ def test_commit_without_positions_skips_send_offsets() -> None:
 @pytest.mark.parametrize("method", ["commit_transaction", "send_offsets_to_transaction"])
 def test_commit_retries_retriable_errors(method: str) -> None:
     producer = FakeProducer(**{method: [kafka_error(retriable=True)] * 2})
-    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]
+    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]  # a fake producer
     cp.add(3)
     cp.commit(POSITIONS, METADATA)
     assert producer.names() == [
@@ -187,7 +187,7 @@ def test_commit_retries_retriable_errors(method: str) -> None:
 )
 def test_commit_raises_what_needs_an_abort_or_is_fatal(method: str, error: KafkaException) -> None:
     producer = FakeProducer(**{method: [error]})
-    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]
+    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]  # a fake producer
     cp.add(3)
     with pytest.raises(KafkaException) as info:
         cp.commit(POSITIONS, METADATA)
@@ -201,7 +201,7 @@ def test_retriable_errors_are_retried_for_a_bounded_time(monkeypatch) -> None:
     clock = iter(range(0, 10_000, 7))  # each call to the clock: 7 s later
     monkeypatch.setattr(transaction_module.time, "monotonic", lambda: float(next(clock)))
     producer = FakeProducer(commit_transaction=[kafka_error(retriable=True)] * 1_000)
-    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]
+    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]  # a fake producer
     cp.add(1)
     with pytest.raises(KafkaException):
         cp.commit([], METADATA)
@@ -212,7 +212,7 @@ def test_retriable_errors_are_retried_for_a_bounded_time(monkeypatch) -> None:
 
 def test_other_exceptions_pass_through_unretried() -> None:
     producer = FakeProducer(commit_transaction=[RuntimeError("boom")])
-    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]
+    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]  # a fake producer
     with pytest.raises(RuntimeError, match="boom"):
         cp.commit([], METADATA)
     assert producer.names() == ["commit_transaction"]
@@ -220,7 +220,7 @@ def test_other_exceptions_pass_through_unretried() -> None:
 
 def test_abort_aborts_and_begins_the_next_transaction() -> None:
     producer = FakeProducer()
-    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]
+    cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]  # a fake producer
     cp.add(5)
     cp.abort()
     assert producer.calls == [("abort_transaction", CALL_TIMEOUT_S), ("begin_transaction",)]
@@ -230,7 +230,7 @@ def test_abort_aborts_and_begins_the_next_transaction() -> None:
 def test_due_by_records_and_by_interval(monkeypatch) -> None:
     now = [1000.0]
     monkeypatch.setattr(transaction_module.time, "monotonic", lambda: now[0])
-    cp = Transaction(FakeProducer(), every_records=100, interval_s=0.5)  # type: ignore[arg-type]
+    cp = Transaction(FakeProducer(), every_records=100, interval_s=0.5)  # type: ignore[arg-type]  # a fake producer
     cp.begin()
     assert not cp.due(), "nothing to commit"
     now[0] += 10
@@ -314,7 +314,7 @@ class FakeMessage:
 
 def records(msgs: list[FakeMessage]) -> tuple[list[FakeMessage], WorkerMetrics]:
     metrics = WorkerMetrics("w", "0")
-    return records_of(metrics, msgs), metrics  # type: ignore[arg-type]
+    return records_of(metrics, msgs), metrics  # type: ignore[arg-type]  # fake messages
 
 
 def test_records_without_errors_pass_as_they_are() -> None:

@@ -162,12 +162,12 @@ def test_an_unreachable_service_is_waited_for_not_a_reason_to_exit(
     monkeypatch.setattr(eos.time, "sleep", slept.append)
     loop = Loop()
     for _ in range(6):
-        eos.EosWorker._wait_for_service(loop, RegistryUnavailable("http://registry.internal down"))  # type: ignore[arg-type]
+        eos.EosWorker._wait_for_service(loop, RegistryUnavailable("http://registry.internal down"))  # type: ignore[arg-type]  # a fake loop
     assert loop.aborts == ["service unreachable"] * 6, "each failed batch is aborted, read again"
     assert slept == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
     assert loop.metrics.waiting_for == "RegistryUnavailable"  # /health is public
     loop._service_backoff.reset()  # what a commit does: the service answered
-    eos.EosWorker._wait_for_service(loop, ConnectionError("registry down again"))  # type: ignore[arg-type]
+    eos.EosWorker._wait_for_service(loop, ConnectionError("registry down again"))  # type: ignore[arg-type]  # a fake loop
     assert slept[-1] == 0.5, "after an answer the back-off starts again from its first wait"
 
 

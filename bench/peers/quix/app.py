@@ -23,7 +23,7 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -98,7 +98,8 @@ class ConfluentAvroDeserializer(Deserializer):
         self.schema = schema
 
     def __call__(self, value: bytes, ctx: SerializationContext) -> dict[str, Any]:
-        return schemaless_reader(io.BytesIO(value[CONFLUENT_HEADER.size :]), self.schema, None)
+        body = io.BytesIO(value[CONFLUENT_HEADER.size :])
+        return cast("dict[str, Any]", schemaless_reader(body, self.schema, None))  # a record
 
 
 class ConfluentAvroSerializer(Serializer):

@@ -109,7 +109,8 @@ class CourseState:
         """Bytes this state holds in memory (member rows with room to grow, index, courses)."""
         arrays = (*_MEMBER_COLUMNS, *_COURSE_COLUMNS)
         titles = sum(len(raw) for _, raw, _ in self._titles)
-        return sum(getattr(self, c).nbytes for c in arrays) + self._index.nbytes + titles
+        columns: int = sum(getattr(self, c).nbytes for c in arrays)
+        return columns + self._index.nbytes + titles
 
     # -- slots and room ----------------------------------------------------------------------
     def _slot(self, course_id: int) -> int:
@@ -134,7 +135,8 @@ class CourseState:
         if hx.needs_growth(self._index, need):
             self._index = hx.build(self.m_review, self.m_course, self._rows, hx.capacity_for(need))
 
-    def _members(self) -> tuple[np.ndarray, ...]:
+    def _members(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """The member index, _MEMBER_COLUMNS and the row count, as the kernels take them."""
         return (self._index, *(getattr(self, c) for c in _MEMBER_COLUMNS), self._rows)
 
     def _window(self) -> tuple[int, int]:

@@ -45,6 +45,8 @@ Headers = Sequence[tuple[str, bytes | None]] | None
 _INT_COLUMNS = ("ids", "course", "modified", "position", "created")
 _BYTE_COLUMNS = ("halves", "valid")
 """The state's columns, in the order a snapshot holds them."""
+_Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""The arrays of _INT_COLUMNS then _BYTE_COLUMNS, as the kernels take them."""
 _CHANGELOG_FIELDS = {
     VersionColumn.REVIEW: "review",
     VersionColumn.MODIFIED: "modified",
@@ -143,7 +145,7 @@ class VersionsState:
 
     def nbytes(self) -> int:
         """Bytes this state holds in memory (its columns, room to grow included, and index)."""
-        columns = sum(getattr(self, c).nbytes for c in (*_INT_COLUMNS, *_BYTE_COLUMNS))
+        columns: int = sum(getattr(self, c).nbytes for c in (*_INT_COLUMNS, *_BYTE_COLUMNS))
         return columns + self._index.nbytes
 
     def _reserve(self, more: int) -> None:
@@ -153,7 +155,7 @@ class VersionsState:
         if hx.needs_growth(self._index, need):
             self._index = hx.build(self.ids, self.ids, self._rows, hx.capacity_for(need))
 
-    def _columns(self) -> tuple[np.ndarray, ...]:
+    def _columns(self) -> _Columns:
         return tuple(getattr(self, c) for c in (*_INT_COLUMNS, *_BYTE_COLUMNS))
 
     def get(self, review_id: int) -> ReviewVersion | None:
@@ -171,7 +173,7 @@ class VersionsState:
 
     def as_dict(self) -> dict[int, ReviewVersion]:
         """Every current version (for comparisons; not on any hot path)."""
-        return {rid: self.get(rid) for rid in self.ids[: self._rows].tolist()}  # type: ignore[misc]
+        return {rid: self.get(rid) for rid in self.ids[: self._rows].tolist()}  # type: ignore[misc]  # each id has one
 
     def apply_batch(
         self, batch: np.ndarray, use: np.ndarray, buf: np.ndarray, titles: np.ndarray
