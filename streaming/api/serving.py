@@ -28,7 +28,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.datastructures import Headers
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -135,7 +135,8 @@ class DocsPolicy:
 
 
 class TrustedHostGuard:
-    """ASGI middleware: 400 for a Host header that is not trusted."""
+    """ASGI middleware: 400 for a Host header that is not trusted (or empty), with its reason
+    as every refusal of ours gives it (`{"detail": ...}`)."""
 
     def __init__(self, app: ASGIApp, trusted: TrustedHosts) -> None:
         self.app = app
@@ -145,7 +146,9 @@ class TrustedHostGuard:
         if scope["type"] in ("http", "websocket") and not self.trusted.allows(
             Headers(scope=scope).get("host")
         ):
-            response = PlainTextResponse("untrusted Host header (ALLOWED_HOSTS)", status_code=400)
+            response = JSONResponse(
+                {"detail": "untrusted Host header (ALLOWED_HOSTS)"}, status_code=400
+            )
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -158,6 +158,9 @@ def test_an_api_serves_request_metrics_and_refuses_foreign_hosts() -> None:
     assert value(text, "http_request_duration_seconds_count", handler="/hello/{name}") == 2
     rebound = TestClient(app, base_url="http://evil.example").get("/hello/a")
     assert rebound.status_code == 400
+    assert rebound.json() == {"detail": "untrusted Host header (ALLOWED_HOSTS)"}, "its reason"
+    empty = client.get("/hello/a", headers={"Host": ""})  # schemathesis found this one
+    assert empty.status_code == 400 and "Host" in empty.json()["detail"]
 
 
 class Clock:
