@@ -296,8 +296,8 @@ def _db_roles(args: argparse.Namespace) -> int:
     try:
         bootstrap_roles(load(DatabaseSettings), say=lambda line: print(f"db-roles: {line}"))
     except SQLAlchemyError as exc:
-        # only a DBAPIError has .orig: any other SQLAlchemyError raises AttributeError here
-        orig = exc.orig  # type: ignore[attr-defined]  # a DBAPIError's (see above)
+        # the driver's own error, which a DBAPIError carries (other SQLAlchemyErrors have none)
+        orig = getattr(exc, "orig", None)
         print(f"db-roles: PostgreSQL: {str(orig or exc).splitlines()[0]}", file=sys.stderr)
         return 1
     return 0

@@ -174,8 +174,8 @@ def _postgres_probe(settings: Settings) -> Probe:
             conn.execute(sa.text("select 1"))
         return Probe("postgres", True, where)
     except sa.exc.SQLAlchemyError as exc:
-        # only a DBAPIError has .orig: any other SQLAlchemyError raises AttributeError here
-        orig = exc.orig  # type: ignore[attr-defined]  # a DBAPIError's (see above)
+        # the driver's own error, which a DBAPIError carries (other SQLAlchemyErrors have none)
+        orig = getattr(exc, "orig", None)
         return Probe("postgres", False, where, str(orig or exc).splitlines()[0])
     finally:
         engine.dispose()

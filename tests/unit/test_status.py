@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
+from streaming import status
 from streaming.cli import COMMAND_ENV, build_parser
+from streaming.settings import Settings
 from streaming.status import Probe, Report, render
 
 NOW = 1_800_000_000.0
@@ -102,3 +105,21 @@ def test_a_worker_that_cannot_commit_is_unhealthy_and_says_why(status: str) -> N
     text = render(r, now=NOW)
     assert f"fraud-filter-0       {status}" in text and f"why: {why}" in text
     assert not r.healthy
+
+
+class _Refusing:
+    """An engine whose connect raises an SQLAlchemyError that carries no driver error."""
+
+    def connect(self) -> None:
+        raise sa.exc.ArgumentError("no such dialect option")
+
+    def dispose(self) -> None:
+        pass
+
+
+def test_a_database_error_without_a_driver_error_is_a_down_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sa, "create_engine", lambda *a, **k: _Refusing())
+    probe = status._postgres_probe(Settings())
+    assert probe == Probe("postgres", False, probe.where, "no such dialect option")
