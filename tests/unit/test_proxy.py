@@ -20,6 +20,7 @@ from stack.proxy import (
     render,
     write_htpasswd,
 )
+from tests.unit.certificates import self_signed
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -116,21 +117,10 @@ def test_a_tls_pair_must_be_two_readable_files(tmp_path: Path) -> None:
     assert parse_tls(f"{cert}:{cert}") == Tls(str(cert), str(cert))
 
 
-def _self_signed(directory: Path) -> Tls:
-    cert, key = directory / "c.pem", directory / "k.pem"
-    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-    subprocess.run(
-        [*request, "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )
-    return Tls(str(cert), str(key))
-
-
 @pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is not installed")
 @pytest.mark.parametrize("with_tls", [False, True], ids=["http", "https"])
 def test_nginx_accepts_the_rendered_config(tmp_path: Path, with_tls: bool) -> None:
-    tls = _self_signed(tmp_path) if with_tls else None
+    tls = Tls(*map(str, self_signed(tmp_path, "127.0.0.1"))) if with_tls else None
     password = tmp_path / "pw"
     password.write_text("s3cret\n")
     fronts = [

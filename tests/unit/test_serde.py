@@ -4,7 +4,6 @@ credentials and CA come from their own settings."""
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from streaming.settings import (
     registry_client_config,
     registry_verify,
 )
+from tests.unit.certificates import self_signed
 
 
 def test_an_unreachable_registry_names_its_url():
@@ -131,19 +131,8 @@ def test_a_url_with_user_info_is_shown_without_its_password() -> None:
     assert "hunter22" not in str(refused.value)
 
 
-def _ca(directory: Path) -> Path:
-    cert, key = directory / "ca.pem", directory / "ca.key"
-    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-    subprocess.run(
-        [*request, "-keyout", str(key), "-out", str(cert), "-subj", "/CN=test CA"],
-        check=True,
-        capture_output=True,
-    )
-    return cert
-
-
 def test_an_https_registry_is_verified_by_the_ca_file_named(tmp_path: Path) -> None:
-    ca = _ca(tmp_path)
+    ca = self_signed(tmp_path, "test CA")[0]
     env = {"SCHEMA_REGISTRY_CA_FILE": str(ca)}
     config = registry_client_config("https://r:8081", env)
     assert config["ssl.ca.location"] == str(ca)
