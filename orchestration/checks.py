@@ -53,6 +53,25 @@ from orchestration.topology import (
 from streaming.sql import quote
 
 SAMPLE_ROWS = 20
+_NOT_YET = dg.AssetCheckResult(passed=False, description="no reconciliation has run yet")
+
+
+def _recorded(
+    postgres: PostgresResource,
+    schemas: SchemasResource,
+    table: str,
+    query: str,
+    params: dict[str, Any],
+) -> list[Any] | None:
+    """The rows `query` selects from one of the reconciliation's tables (named `{table}` in
+    it), or None when no reconciliation has created that table yet."""
+    engine = postgres.engine()
+    schema = schemas.reconciliation_schema
+    if not inspect(engine).has_table(table, schema=schema):
+        return None
+    qualified = f"{quote(schema)}.{quote(table)}"
+    with engine.connect() as conn:
+        return list(conn.execute(text(query.format(table=qualified)), params).all())
 
 
 def _agreement_check(kind: str, table: str) -> dg.AssetChecksDefinition:
@@ -64,19 +83,16 @@ def _agreement_check(kind: str, table: str) -> dg.AssetChecksDefinition:
         "tolerance, recent windows ending on the as-of day.",
     )
     def check(postgres: PostgresResource, schemas: SchemasResource) -> dg.AssetCheckResult:
-        engine = postgres.engine()
-        schema = schemas.reconciliation_schema
-        if not inspect(engine).has_table(MISMATCHES_TABLE, schema=schema):
-            return dg.AssetCheckResult(passed=False, description="no reconciliation has run yet")
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    f"select course_id, field, batch, stream, reason "
-                    f"from {quote(schema)}.{quote(MISMATCHES_TABLE)} "
-                    "where kind = :kind order by course_id, field"
-                ),
-                {"kind": kind},
-            ).all()
+        rows = _recorded(
+            postgres,
+            schemas,
+            MISMATCHES_TABLE,
+            "select course_id, field, batch, stream, reason from {table} "
+            "where kind = :kind order by course_id, field",
+            {"kind": kind},
+        )
+        if rows is None:
+            return _NOT_YET
         sample = "\n".join(
             f"| {r[0]} | {r[1]} | {cell(r[2])} | {cell(r[3])} | {r[4]} |"
             for r in rows[:SAMPLE_ROWS]
@@ -104,17 +120,15 @@ def _agreement_check(kind: str, table: str) -> dg.AssetChecksDefinition:
     "sink's dead letters.",
 )
 def refusals_agree(postgres: PostgresResource, schemas: SchemasResource) -> dg.AssetCheckResult:
-    engine = postgres.engine()
-    schema = schemas.reconciliation_schema
-    if not inspect(engine).has_table(REFUSALS_TABLE, schema=schema):
-        return dg.AssetCheckResult(passed=False, description="no reconciliation has run yet")
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "select kind, batch, stream, differing "
-                f"from {quote(schema)}.{quote(REFUSALS_TABLE)} order by kind"
-            )
-        ).all()
+    rows = _recorded(
+        postgres,
+        schemas,
+        REFUSALS_TABLE,
+        "select kind, batch, stream, differing from {table} order by kind",
+        {},
+    )
+    if rows is None:
+        return _NOT_YET
     table = "\n".join(f"| {r[0]} | {r[1]} | {r[2]} | {r[3] or 'none'} |" for r in rows)
     return dg.AssetCheckResult(
         passed=all(not r[3] for r in rows),

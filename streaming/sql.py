@@ -5,6 +5,8 @@ swapped in atomically. The batch models themselves are dbt's (dbt_like_sql/)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
@@ -33,3 +35,21 @@ def swap_in(conn: Connection, schema: str, name: str) -> None:
     conn.execute(
         text(f"alter table {quote(schema)}.{quote(name + '__new')} rename to {quote(name)}")
     )
+
+
+def replace_table(
+    engine: Engine, schema: str, name: str, columns: str, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Replace `schema.name` by a table of `columns` (SQL column definitions) holding `rows`
+    (dicts keyed by column name), built aside and swapped in atomically (`swap_in`)."""
+    scratch = f"{quote(schema)}.{quote(name + '__new')}"
+    ensure_schema(engine, schema)
+    with engine.begin() as conn:
+        conn.execute(text(f"drop table if exists {scratch}"))
+        conn.execute(text(f"create table {scratch} ({columns})"))
+        if rows:
+            names = list(rows[0])
+            listed = ", ".join(quote(column) for column in names)
+            values = ", ".join(f":{column}" for column in names)
+            conn.execute(text(f"insert into {scratch} ({listed}) values ({values})"), list(rows))
+        swap_in(conn, schema, name)

@@ -59,7 +59,7 @@ from streaming.refused import (
     stream_refusals,
 )
 from streaming.serde import Registry, ReviewWriters
-from streaming.sql import ensure_schema, quote, swap_in
+from streaming.sql import quote, replace_table
 
 EXACT_FIELDS = (
     "course_title",
@@ -267,26 +267,14 @@ def stale_window(kind: str, course_id: int, as_of_day: int, end_day: int | None)
 
 def write_mismatches(engine: Engine, schema: str, mismatches: list[Mismatch]) -> None:
     """Replace `schema.mismatches`, which the asset checks read."""
-    scratch = f"{quote(schema)}.{quote(MISMATCHES_TABLE + '__new')}"
-    ensure_schema(engine, schema)
-    with engine.begin() as conn:
-        conn.execute(text(f"drop table if exists {scratch}"))
-        conn.execute(
-            text(
-                f"create table {scratch} (kind text not null, course_id bigint not null, "
-                "field text not null, batch text not null, stream text not null, "
-                "reason text not null)"
-            )
-        )
-        if mismatches:
-            conn.execute(
-                text(
-                    f"insert into {scratch} "
-                    "values (:kind, :course_id, :field, :batch, :stream, :reason)"
-                ),
-                [m.__dict__ for m in mismatches],
-            )
-        swap_in(conn, schema, MISMATCHES_TABLE)
+    replace_table(
+        engine,
+        schema,
+        MISMATCHES_TABLE,
+        "kind text not null, course_id bigint not null, field text not null, "
+        "batch text not null, stream text not null, reason text not null",
+        [m.__dict__ for m in mismatches],
+    )
 
 
 def _newest_seconds(rows: Iterable[Mapping[str, Any]]) -> float | None:
@@ -443,29 +431,22 @@ def read_refusals(
 
 def write_refusals(engine: Engine, schema: str, counts: list[RefusalCount]) -> None:
     """Replace `schema.refusals`, which the `refusals_agree` check reads."""
-    scratch = f"{quote(schema)}.{quote(REFUSALS_TABLE + '__new')}"
-    with engine.begin() as conn:
-        conn.execute(text(f"drop table if exists {scratch}"))
-        conn.execute(
-            text(
-                f"create table {scratch} (kind text primary key, batch bigint not null, "
-                "stream bigint not null, differing text not null)"
-            )
-        )
-        if counts:
-            conn.execute(
-                text(f"insert into {scratch} values (:kind, :batch, :stream, :differing)"),
-                [
-                    {
-                        "kind": c.kind,
-                        "batch": c.batch,
-                        "stream": c.stream,
-                        "differing": " ".join(f"p{p}@{o}" for p, o in c.differing),
-                    }
-                    for c in counts
-                ],
-            )
-        swap_in(conn, schema, REFUSALS_TABLE)
+    replace_table(
+        engine,
+        schema,
+        REFUSALS_TABLE,
+        "kind text primary key, batch bigint not null, stream bigint not null, "
+        "differing text not null",
+        [
+            {
+                "kind": c.kind,
+                "batch": c.batch,
+                "stream": c.stream,
+                "differing": " ".join(f"p{p}@{o}" for p, o in c.differing),
+            }
+            for c in counts
+        ],
+    )
 
 
 @dg.asset(

@@ -41,15 +41,8 @@ BASE_PATH = "/api-2.0"
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 12
 FIELDS_PARAM = "fields[course_review]"
-DEFAULT_REVIEW_FIELDS: tuple[str, ...] = (
-    "_class",
-    "id",
-    "title",
-    "content",
-    "rating",
-    "created",
-    "modified",
-    "user",
+DEFAULT_REVIEW_FIELDS: tuple[str, ...] = tuple(
+    name for name in REVIEW_FIELDS if name not in ("user_modified", "course")
 )
 """Fields served when the request has no `fields[course_review]` (the course is left out)."""
 
