@@ -1,9 +1,14 @@
-"""End-to-end latency: `POST /reviews` answered -> the course's row in PostgreSQL, at steady rates.
+"""End-to-end latency: `POST /reviews` answered -> the course's row in PostgreSQL, at steady rates,
+with the time to each hop on the way.
 
 Each POSTed review belongs to a course of its own, so its course's `long_term_stats` row appears
 exactly when this review has gone through the fraud filter, the aggregator and the JDBC sink
 (fraud reviews too: a course's row exists from its first review, with zero counts). A poller
-watches the table every 10 ms; latency = first seen - POST answered (wall clock, one machine).
+watches the table every 2 ms; latency = first seen - POST answered (wall clock, one machine).
+The breakdown: a read_committed consumer of each hop's output records when the review (or its
+course) first becomes visible there, i.e. when that hop's transaction committed (plus a fetch):
+the input (the API's produce), the valid or fraud topic (the fraud filter), the changes topic
+(the aggregator's first stage), `long-term-stats` (its second stage), then the row (the sink).
 
     make up && .venv/bin/python bench/e2e_latency.py [--rates 100,1000] [--seconds 20]
 """
@@ -15,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,16 +30,94 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from confluent_kafka import Consumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_result
 from streaming.api.auth import client_token_file
-from streaming.pipeline import LONG_TERM_SINK
+from streaming.pipeline import CHANGES, FRAUD, INPUT, LONG_TERM, LONG_TERM_SINK, VALID
 from streaming.settings import Settings
 
 UNDEFINED_TABLE = "42P01"
 """PostgreSQL's SQLSTATE for a relation that does not exist."""
+POLL_S = 0.002
+"""The row poller's interval: the resolution of the last hop (goals are 80 ms and up)."""
+HOPS: dict[str, tuple[str, ...]] = {
+    "input": (INPUT.name,),
+    "fraud_filter": (VALID.name, FRAUD.name),
+    "versions_stage": (CHANGES.name,),
+    "course_stage": (LONG_TERM.name,),
+}
+"""Each hop and the topics its committed output lands in (keyed by the review or course id,
+the same number in this load)."""
+PERCENTILES = (50, 99)
+
+
+class HopWatcher(threading.Thread):
+    """Records when each id in [lo, hi) first becomes visible (read_committed) on each hop."""
+
+    def __init__(self, settings: Settings, lo: int, hi: int) -> None:
+        super().__init__(daemon=True)
+        self.lo, self.hi = lo, hi
+        self.seen: dict[str, dict[int, float]] = {hop: {} for hop in HOPS}
+        self.hop_of = {topic: hop for hop, topics in HOPS.items() for topic in topics}
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.consumer = Consumer(
+            settings.kafka_config(
+                **{
+                    "group.id": f"bench-e2e-{lo}",
+                    "isolation.level": "read_committed",
+                    "enable.auto.commit": False,
+                    # the broker answers a fetch as soon as a record is committed; this only
+                    # bounds an idle fetch, so the watcher adds no wait of its own
+                    "fetch.wait.max.ms": 100,
+                }
+            )
+        )
+
+    def run(self) -> None:
+        consumer = self.consumer
+        try:
+            consumer.assign(self._ends())
+            self.ready.set()  # positioned before the load: nothing of it missed
+            while not self.stop.is_set():
+                self._take(consumer.consume(1000, timeout=0.05))
+        finally:
+            consumer.close()
+
+    def _ends(self) -> list[TopicPartition]:
+        """Every partition of the hops' topics at its current end."""
+        out = []
+        for topic in self.hop_of:
+            meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+            for p in meta.partitions:
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), 10)
+                out.append(TopicPartition(topic, p, high))
+        return out
+
+    def _take(self, msgs: list) -> None:
+        now = time.time()
+        for m in msgs:
+            if m.error() is not None or m.key() is None:
+                continue
+            try:
+                key = int(m.key())
+            except ValueError:
+                continue
+            if self.lo <= key < self.hi:
+                self.seen[self.hop_of[m.topic()]].setdefault(key, now)
+
+
+def percentiles(values: list[float]) -> dict[str, int | None]:
+    """p50, p99 and max of `values` (ms), rounded; None for no values."""
+    ordered = sorted(values)
+    out: dict[str, int | None] = {}
+    for p in PERCENTILES:
+        out[f"p{p}_ms"] = round(ordered[int(p / 100 * (len(ordered) - 1))]) if ordered else None
+    out["max_ms"] = round(ordered[-1]) if ordered else None
+    return out
 
 
 class Poller(threading.Thread):
@@ -70,7 +152,7 @@ class Poller(threading.Thread):
                 while floor in self.seen:
                     floor += 1
                 conn.commit()
-                time.sleep(0.01)  # the poll interval: the measurement's resolution
+                time.sleep(POLL_S)
 
 
 LUA = Path(__file__).with_name("e2e_load.lua")
@@ -115,19 +197,28 @@ def measure(settings: Settings, api_url: str, rate: int, seconds: float, connect
     engine = sa.create_engine(settings.database_url)
     # wrk builds one request per thread that it never sends, so ids can run one past base + n
     poller = Poller(engine, base, base + n + 1)
+    hops = HopWatcher(settings, base, base + n + 1)
+    hops.start()
+    if not hops.ready.wait(30):
+        raise SystemExit("the hop watcher could not position itself on the topics in 30 s")
     poller.start()
     answered, failures = load(api_url, rate, n, base, connections)
     deadline = time.monotonic() + 60
     while len(poller.seen.keys() & answered.keys()) < len(answered) and time.monotonic() < deadline:
         time.sleep(0.1)  # waiting for the tail to arrive
-    poller.stop.set()
-    poller.join()
+    for thread in (poller, hops):
+        thread.stop.set()
+        thread.join()
     engine.dispose()
     times = sorted(answered.values())
     achieved = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
     counted = {c: t for c, t in answered.items() if c >= base + rate}
-    lat = sorted((poller.seen[c] - t) * 1000 for c, t in counted.items() if c in poller.seen)
-    p99 = lat[int(0.99 * (len(lat) - 1))] if lat else float("nan")
+    lat = [(poller.seen[c] - t) * 1000 for c, t in counted.items() if c in poller.seen]
+    breakdown = {
+        hop: percentiles([(seen[c] - t) * 1000 for c, t in counted.items() if c in seen])
+        for hop, seen in hops.seen.items()
+    }
+    breakdown["row"] = percentiles(lat)
     return {
         "rate": rate,
         "achieved_rps": round(achieved),
@@ -135,9 +226,8 @@ def measure(settings: Settings, api_url: str, rate: int, seconds: float, connect
         "failed": failures,
         "unanswered": n - len(answered) - failures,
         "missing": len(counted) - len(lat),
-        "p50_ms": round(statistics.median(lat)) if lat else None,
-        "p99_ms": round(p99) if lat else None,
-        "max_ms": round(lat[-1]) if lat else None,
+        **percentiles(lat),
+        "breakdown": breakdown,
     }
 
 

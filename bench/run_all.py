@@ -69,12 +69,18 @@ GOALS: dict[str, tuple[str, float]] = {
     "aggregate_mismatches": ("<=", 0),
     "aggregate_keyless_mismatches": ("<=", 0),
     "aggregate_keyless_vs_keyed": (">=", 0.9),
-    "e2e_p99_ms_at_1k": ("<", 1000),
+    "e2e_p50_ms_at_1k": ("<", 80),
+    "e2e_p99_ms_at_1k": ("<", 300),
+    "e2e_p99_ms_at_100": ("<", 250),
     "backfill_1m_s": ("<", 60),
     "recovery_s": ("<", 5),
     "recovery_max_s": ("<", 10),
     "reconcile_1m_s": ("<", 30),
 }
+
+
+ACHIEVED_SHARE = 0.95
+"""A load rate counts only when the generator achieved this share of it."""
 
 
 def log(msg: str) -> None:
@@ -320,16 +326,27 @@ def _aggregate_figures(
 
 
 def e2e(settings: Settings, runs: int, records: int) -> dict:
-    """POST answered -> PostgreSQL row, 20 s at 100/s and at 1,000/s; medians of the runs."""
+    """POST answered -> PostgreSQL row, 20 s at 100/s and at 1,000/s; medians of the runs, with
+    the time to each hop (`e2e_<hop>_p50_ms_at_<rate>`). A rate the load generator did not
+    achieve (95 %) is not measured: its latencies would be those of a lighter load."""
     api = os.environ.get("PIPELINE_API_URL", "http://127.0.0.1:8000")
     out: dict[str, float] = {}
     for rate, suffix in ((100, "100"), (1000, "1k")):
         res = [e2e_latency.measure(settings, api, rate, 20, 64) for _ in range(runs)]
         for r in res:
             log(f"e2e {rate}/s: {json.dumps(r)}")
+        achieved = round(median([r["achieved_rps"] for r in res]))
+        out[f"e2e_achieved_rps_at_{suffix}"] = achieved
+        if achieved < ACHIEVED_SHARE * rate:
+            log(f"e2e {rate}/s: not measured (the load achieved {achieved}/s)")
+            continue
         out[f"e2e_p50_ms_at_{suffix}"] = round(median([r["p50_ms"] for r in res]))
         out[f"e2e_p99_ms_at_{suffix}"] = round(median([r["p99_ms"] for r in res]))
-        out[f"e2e_achieved_rps_at_{suffix}"] = round(median([r["achieved_rps"] for r in res]))
+        for hop in (*e2e_latency.HOPS, "row"):
+            for p in ("p50_ms", "p99_ms"):
+                values = [r["breakdown"][hop][p] for r in res if r["breakdown"][hop][p] is not None]
+                if values:
+                    out[f"e2e_{hop}_{p}_at_{suffix}"] = round(median(values))
     return out
 
 

@@ -126,6 +126,21 @@ def loop_producer(
     )
 
 
+def take(consumer: Consumer, batch: int, wait_s: float) -> list[Message]:
+    """Up to `batch` records the consumer already holds, without waiting; when it holds none,
+    wait up to `wait_s` for the first and take what arrived with it. `consume(n, timeout)`
+    alone would wait the whole timeout for a batch that is not full, however early the first
+    record came: a hop would hold each record for its poll timeout. A batch shorter than
+    `batch` thus means the input is drained."""
+    msgs = consumer.consume(batch, timeout=0)
+    if msgs or wait_s <= 0:
+        return msgs
+    first = consumer.poll(wait_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(batch - 1, timeout=0)] if batch > 1 else [first]
+
+
 def records(metrics: WorkerMetrics, msgs: list[Message]) -> list[Message]:
     """The records of a consumed batch; error events logged and counted (fatal: raised)."""
     errors = [m for m in msgs if m.error() is not None]

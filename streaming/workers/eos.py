@@ -1,16 +1,15 @@
 """The exactly-once loop every stream worker runs, as in confluent-kafka's eos-transactions example.
 
-consume a batch -> `process` it (a transform that produces into the open transaction) -> every
-N records or T ms: send the consumed positions with the consumer's group metadata, commit, begin
-the next one (`streaming.workers.transaction`). The loop counts what it consumed; a worker
-declares its topics and stores and writes the transform, nothing else.
+consume a batch -> `process` it (a transform that produces into the open transaction) -> once
+the input is drained (less than a batch was there), or every N records or T ms: send the
+consumed positions with the consumer's group metadata, commit, begin the next one
+(`streaming.workers.transaction`). So a record waits for its commit, not for a timer; at high
+rates batches are full and transactions grow as before. The loop counts what it consumed.
 
-Around the loop: the stores' assign / revoke / restore / snapshot (`streaming.workers.stores`,
-whose held partitions are released at the top of a turn), the dead letters and the careful pass
-over a batch the broker refused (`streaming.workers.dead_letters`), the Kafka clients
-(`streaming.workers.clients`). An error that requires an abort aborts and rewinds; fatal errors
-(fenced) end the process for the supervisor to restart; consumer error events that are not
-fatal are logged and counted, never processed as records.
+Around the loop: the stores' assign / revoke / restore / snapshot (`streaming.workers.stores`),
+the dead letters and the careful pass over a batch the broker refused (`.dead_letters`), the
+clients (`.clients`). An error that requires an abort aborts and rewinds; fatal errors (fenced)
+end the process for the supervisor to restart; consumer error events are logged and counted.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from streaming.settings import Settings
 from streaming.workers import refusals
-from streaming.workers.clients import LoopConfig, loop_consumer, loop_producer, records
+from streaming.workers.clients import LoopConfig, loop_consumer, loop_producer, records, take
 from streaming.workers.dead_letters import DeadLetters, position_of
 from streaming.workers.logs import log_event
 from streaming.workers.metrics import WorkerMetrics
@@ -68,6 +67,7 @@ class EosWorker(ABC):
         self.transaction = Transaction(
             self.producer, loop.commit_every_records, loop.commit_interval_ms / 1000
         )
+        self.idle_wait_s = min(loop.commit_interval_ms / 1000, 0.5)  # for an idle turn's record
         snapshots = SnapshotDir.from_env(loop.group_id) if loop.snapshot_interval_s else None
         self.stores = StoreManager(
             self.consumer, stores, self.metrics, settings, loop, snapshots, self.state_restored
@@ -177,9 +177,10 @@ class EosWorker(ABC):
             self.transaction.add(self.tick())
             if self.transaction.records:
                 self.commit()
-        interval = self.loop.commit_interval_ms / 1000
         batch = 1 if careful else self.loop.batch_size
-        msgs = records(self.metrics, self.consumer.consume(batch, timeout=min(interval, 0.5)))
+        # an open transaction takes what is there and commits; none waits for a first record
+        polled = take(self.consumer, batch, 0 if self.transaction.records else self.idle_wait_s)
+        msgs = records(self.metrics, polled)
         if msgs:
             letters.careful_record = position_of(msgs[-1]) if careful else None
             self._transform(msgs)
@@ -189,7 +190,7 @@ class EosWorker(ABC):
             letters.record_passed()
         if careful:
             letters.caught_up(self._consumed())
-        elif self.transaction.due():
+        elif self.transaction.due(drained=len(polled) < batch):
             self.commit()
         elif not self.transaction.records and self.stores.snapshot_due():
             self.stores.snapshot()  # idle after a commit: the state is the committed one

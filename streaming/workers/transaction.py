@@ -45,12 +45,15 @@ class Transaction:
         """`n` more records (consumed or produced) belong to the open transaction."""
         self.records += n
 
-    def due(self) -> bool:
-        """Something to commit, and enough records or time since the transaction began."""
+    def due(self, drained: bool) -> bool:
+        """Something to commit, and the input `drained` (nothing more to read now), or enough
+        records or time since the transaction began."""
         if not self.records:
             return False
         return (
-            self.records >= self.every_records or time.monotonic() - self.started >= self.interval_s
+            drained
+            or self.records >= self.every_records
+            or time.monotonic() - self.started >= self.interval_s
         )
 
     def commit(self, positions: list[TopicPartition], group_metadata: object) -> None:

@@ -17,6 +17,7 @@ from streaming.core import source_position
 from streaming.sink.render import CONNECTORS_DIR, declared_connectors, load_connector
 from streaming.workers import transaction as transaction_module
 from streaming.workers.clients import records as records_of
+from streaming.workers.clients import take
 from streaming.workers.metrics import WorkerMetrics
 from streaming.workers.state import ChangelogStore
 from streaming.workers.stores import check_copartitioned
@@ -227,29 +228,31 @@ def test_abort_aborts_and_begins_the_next_transaction() -> None:
     assert cp.records == 0
 
 
-def test_due_by_records_and_by_interval(monkeypatch) -> None:
+def test_due_when_drained_or_by_records_or_by_interval(monkeypatch) -> None:
     now = [1000.0]
     monkeypatch.setattr(transaction_module.time, "monotonic", lambda: now[0])
     cp = Transaction(FakeProducer(), every_records=100, interval_s=0.5)  # type: ignore[arg-type]  # a fake producer
     cp.begin()
-    assert not cp.due(), "nothing to commit"
+    assert not cp.due(drained=True), "nothing to commit"
     now[0] += 10
-    assert not cp.due(), "nothing to commit, however long it has been"
+    assert not cp.due(drained=True), "nothing to commit, however long it has been"
     cp.begin()
-    cp.add(99)
-    assert not cp.due()
+    cp.add(1)
+    assert cp.due(drained=True), "drained: one record commits at once, no timer"
+    cp.add(98)
+    assert not cp.due(drained=False)
     now[0] += 0.49
-    assert not cp.due()
+    assert not cp.due(drained=False)
     now[0] += 0.01
-    assert cp.due(), "by interval"
+    assert cp.due(drained=False), "by interval"
     cp.begin()
     assert cp.records == 0
     cp.add(60)
-    assert not cp.due()
+    assert not cp.due(drained=False)
     cp.add(40)
-    assert cp.due(), "by records"
+    assert cp.due(drained=False), "by records"
     cp.commit([], METADATA)
-    assert not cp.due()
+    assert not cp.due(drained=True)
 
 
 # -- co-partitioning -------------------------------------------------------------------------
@@ -404,3 +407,50 @@ def test_services_conf_runs_every_worker() -> None:
 def test_health_ports_do_not_collide() -> None:
     ports = [w.health_port + i for w in pipeline.WORKERS for i in range(10)]
     assert len(ports) == len(set(ports))
+
+
+# -- taking a batch ---------------------------------------------------------------------------
+class FakeConsumer:
+    """Holds `queued` records; `arriving` come one per `poll`, as the network would deliver."""
+
+    def __init__(self, queued: list[int], arriving: list[list[int]] | None = None) -> None:
+        self.queued, self.arriving = list(queued), list(arriving or [])
+        self.waits: list[float] = []
+
+    def consume(self, n: int, timeout: float) -> list[int]:
+        assert timeout == 0, "take never blocks in consume: it would wait out the timeout"
+        taken, self.queued = self.queued[:n], self.queued[n:]
+        return taken
+
+    def poll(self, timeout: float) -> int | None:
+        self.waits.append(timeout)
+        if not self.arriving:
+            return None
+        first, *rest = self.arriving.pop(0)
+        self.queued += rest
+        return first
+
+
+def take_from(consumer: FakeConsumer, batch: int, wait_s: float) -> list[int]:
+    return take(consumer, batch, wait_s)  # type: ignore[arg-type, return-value]  # fakes
+
+
+def test_take_returns_what_is_held_without_waiting() -> None:
+    consumer = FakeConsumer([1, 2, 3], arriving=[[4]])
+    assert take_from(consumer, 2, 0.1) == [1, 2], "a full batch: not drained"
+    assert take_from(consumer, 2, 0.1) == [3], "short: drained, commit now"
+    assert consumer.waits == [], "records were held: no wait"
+
+
+def test_take_waits_for_the_first_record_and_takes_what_came_with_it() -> None:
+    consumer = FakeConsumer([], arriving=[[7, 8, 9]])
+    assert take_from(consumer, 5, 0.1) == [7, 8, 9]
+    assert consumer.waits == [0.1]
+    assert take_from(consumer, 5, 0.1) == [] and consumer.waits == [0.1, 0.1], "idle: waited"
+    assert take_from(FakeConsumer([], [[1, 2]]), 1, 0.1) == [1], "a batch of one is one"
+
+
+def test_take_with_an_open_transaction_never_waits() -> None:
+    consumer = FakeConsumer([], arriving=[[1]])
+    assert take_from(consumer, 5, 0) == []
+    assert consumer.waits == [], "the open transaction commits instead of waiting"
