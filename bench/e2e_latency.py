@@ -57,11 +57,13 @@ PERCENTILES = (50, 99)
 class HopWatcher(threading.Thread):
     """Records when each id in [lo, hi) first becomes visible (read_committed) on each hop."""
 
-    def __init__(self, settings: Settings, lo: int, hi: int) -> None:
+    def __init__(
+        self, settings: Settings, lo: int, hi: int, hops: dict[str, tuple[str, ...]]
+    ) -> None:
         super().__init__(daemon=True)
         self.lo, self.hi = lo, hi
-        self.seen: dict[str, dict[int, float]] = {hop: {} for hop in HOPS}
-        self.hop_of = {topic: hop for hop, topics in HOPS.items() for topic in topics}
+        self.seen: dict[str, dict[int, float]] = {hop: {} for hop in hops}
+        self.hop_of = {topic: hop for hop, topics in hops.items() for topic in topics}
         self.stop = threading.Event()
         self.ready = threading.Event()
         self.consumer = Consumer(
@@ -121,18 +123,17 @@ def percentiles(values: list[float]) -> dict[str, int | None]:
 
 
 class Poller(threading.Thread):
-    """Records when each course id in [lo, hi) first shows up in long_term_stats."""
+    """Records when each course id in [lo, hi) first shows up in `table` (long_term_stats)."""
 
-    def __init__(self, engine: sa.Engine, lo: int, hi: int) -> None:
+    def __init__(self, engine: sa.Engine, lo: int, hi: int, table: str) -> None:
         super().__init__(daemon=True)
-        self.engine, self.lo, self.hi = engine, lo, hi
+        self.engine, self.lo, self.hi, self.table = engine, lo, hi, table
         self.seen: dict[int, float] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
         query = sa.text(
-            f"select course_id from {LONG_TERM_SINK.table}"
-            " where course_id >= :lo and course_id < :hi"
+            f"select course_id from {self.table} where course_id >= :lo and course_id < :hi"
         )
         floor = self.lo
         with self.engine.connect() as conn:
@@ -190,23 +191,32 @@ def load(
         return answered, failures
 
 
-def measure(settings: Settings, api_url: str, rate: int, seconds: float, connections: int) -> dict:
-    """One steady run; the first second is warm-up (connections, caches) and not counted."""
+def measure(
+    settings: Settings,
+    api_url: str,
+    rate: int,
+    seconds: float,
+    connections: int,
+    table: str = LONG_TERM_SINK.table,
+    hops: dict[str, tuple[str, ...]] = HOPS,
+) -> dict:
+    """One steady run; the first second is warm-up (connections, caches) and not counted.
+    `table` and `hops`: where the pipeline under test lands (ours by default; a peer's)."""
     base = 2_000_000_000 + random.randrange(10**9)
     n = int(rate * seconds)
     engine = sa.create_engine(settings.database_url)
     # wrk builds one request per thread that it never sends, so ids can run one past base + n
-    poller = Poller(engine, base, base + n + 1)
-    hops = HopWatcher(settings, base, base + n + 1)
-    hops.start()
-    if not hops.ready.wait(30):
+    poller = Poller(engine, base, base + n + 1, table)
+    watcher = HopWatcher(settings, base, base + n + 1, hops)
+    watcher.start()
+    if not watcher.ready.wait(30):
         raise SystemExit("the hop watcher could not position itself on the topics in 30 s")
     poller.start()
     answered, failures = load(api_url, rate, n, base, connections)
     deadline = time.monotonic() + 60
     while len(poller.seen.keys() & answered.keys()) < len(answered) and time.monotonic() < deadline:
         time.sleep(0.1)  # waiting for the tail to arrive
-    for thread in (poller, hops):
+    for thread in (poller, watcher):
         thread.stop.set()
         thread.join()
     engine.dispose()
@@ -216,7 +226,7 @@ def measure(settings: Settings, api_url: str, rate: int, seconds: float, connect
     lat = [(poller.seen[c] - t) * 1000 for c, t in counted.items() if c in poller.seen]
     breakdown = {
         hop: percentiles([(seen[c] - t) * 1000 for c, t in counted.items() if c in seen])
-        for hop, seen in hops.seen.items()
+        for hop, seen in watcher.seen.items()
     }
     breakdown["row"] = percentiles(lat)
     return {

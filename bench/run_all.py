@@ -44,14 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import aggregate_throughput, e2e_latency, fraud_throughput
 from bench.common import EDIT_SEED, RESULTS, in_child, produce_edit_heavy, produce_reviews
-from bench.peers import kstreams, quix
+from bench.peers import kstreams, kstreams_e2e, quix
 from bench.peers.harness import PeerRun
 from streaming import kafka_acl
+from streaming.pipeline import LONG_TERM_SINK
 from streaming.settings import KafkaSettings, Settings, load
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
-LOGS = ROOT / ".stack" / "logs" / "bench"
+STACK = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))
+LOGS = STACK / "logs" / "bench"
 QUIX_RUNS = 1
 """Quix Streams runs once per step, not --runs times: its 1M aggregation alone takes ~3.5 min."""
 
@@ -72,6 +74,7 @@ GOALS: dict[str, tuple[str, float]] = {
     "e2e_p50_ms_at_1k": ("<", 80),
     "e2e_p99_ms_at_1k": ("<", 300),
     "e2e_p99_ms_at_100": ("<", 250),
+    "e2e_vs_kstreams_p99": ("<=", 0.5),
     "backfill_1m_s": ("<", 60),
     "recovery_s": ("<", 5),
     "recovery_max_s": ("<", 10),
@@ -325,28 +328,58 @@ def _aggregate_figures(
     return figures
 
 
+E2E_RATES = ((100, "100"), (1000, "1k"))
+"""The e2e step's steady rates (reviews/s) and their figures' suffixes."""
+
+
 def e2e(settings: Settings, runs: int, records: int) -> dict:
-    """POST answered -> PostgreSQL row, 20 s at 100/s and at 1,000/s; medians of the runs, with
-    the time to each hop (`e2e_<hop>_p50_ms_at_<rate>`). A rate the load generator did not
-    achieve (95 %) is not measured: its latencies would be those of a lighter load."""
+    """POST answered -> PostgreSQL row, 20 s at each of E2E_RATES: ours, then the Kafka Streams
+    pipeline (`bench/peers/kstreams_e2e.py`) on the same load while ours is stopped; medians of
+    the runs, with the time to each hop (`e2e_<hop>_p50_ms_at_<rate>`). A rate the load
+    generator did not achieve (95 %) is not measured: its latencies would be a lighter load's."""
     api = os.environ.get("PIPELINE_API_URL", "http://127.0.0.1:8000")
+    kstreams.build()
+    ours = {
+        rate: [e2e_latency.measure(settings, api, rate, 20, 64) for _ in range(runs)]
+        for rate, _ in E2E_RATES
+    }
+    with kstreams_e2e.ours_paused(STACK), kstreams_e2e.running(settings, api, LOGS) as peer:
+        theirs = {
+            rate: [
+                e2e_latency.measure(settings, api, rate, 20, 64, peer.table, peer.hops)
+                for _ in range(runs)
+            ]
+            for rate, _ in E2E_RATES
+        }
+    kstreams_e2e.wait_until_through(settings, api, LONG_TERM_SINK.table)  # ours back
     out: dict[str, float] = {}
-    for rate, suffix in ((100, "100"), (1000, "1k")):
-        res = [e2e_latency.measure(settings, api, rate, 20, 64) for _ in range(runs)]
-        for r in res:
-            log(f"e2e {rate}/s: {json.dumps(r)}")
-        achieved = round(median([r["achieved_rps"] for r in res]))
-        out[f"e2e_achieved_rps_at_{suffix}"] = achieved
-        if achieved < ACHIEVED_SHARE * rate:
-            log(f"e2e {rate}/s: not measured (the load achieved {achieved}/s)")
-            continue
-        out[f"e2e_p50_ms_at_{suffix}"] = round(median([r["p50_ms"] for r in res]))
-        out[f"e2e_p99_ms_at_{suffix}"] = round(median([r["p99_ms"] for r in res]))
-        for hop in (*e2e_latency.HOPS, "row"):
-            for p in ("p50_ms", "p99_ms"):
-                values = [r["breakdown"][hop][p] for r in res if r["breakdown"][hop][p] is not None]
-                if values:
-                    out[f"e2e_{hop}_{p}_at_{suffix}"] = round(median(values))
+    for rate, suffix in E2E_RATES:
+        out.update(_e2e_figures("e2e", ours[rate], rate, suffix))
+        out.update(_e2e_figures("kstreams_e2e", theirs[rate], rate, suffix))
+    if {"e2e_p99_ms_at_1k", "kstreams_e2e_p99_ms_at_1k"} <= out.keys():
+        out["e2e_vs_kstreams_p99"] = round(
+            out["e2e_p99_ms_at_1k"] / out["kstreams_e2e_p99_ms_at_1k"], 2
+        )
+    return out
+
+
+def _e2e_figures(name: str, res: list[dict], rate: int, suffix: str) -> dict[str, float]:
+    """One engine's figures at one rate: medians of its runs, or only the rate it achieved
+    when that is under ACHIEVED_SHARE of the offered one."""
+    for r in res:
+        log(f"{name} {rate}/s: {json.dumps(r)}")
+    achieved = round(median([r["achieved_rps"] for r in res]))
+    out: dict[str, float] = {f"{name}_achieved_rps_at_{suffix}": achieved}
+    if achieved < ACHIEVED_SHARE * rate:
+        log(f"{name} {rate}/s: not measured (the load achieved {achieved}/s)")
+        return out
+    for p in ("p50_ms", "p99_ms"):
+        out[f"{name}_{p}_at_{suffix}"] = round(median([r[p] for r in res]))
+    for hop in res[0]["breakdown"]:
+        for p in ("p50_ms", "p99_ms"):
+            values = [r["breakdown"][hop][p] for r in res if r["breakdown"][hop][p] is not None]
+            if values:
+                out[f"{name}_{hop}_{p}_at_{suffix}"] = round(median(values))
     return out
 
 

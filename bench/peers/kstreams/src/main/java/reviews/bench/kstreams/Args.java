@@ -31,6 +31,11 @@ final class Args {
     return value;
   }
 
+  /** The value of an optional {@code --name}, or {@code fallback} without it. */
+  String get(String name, String fallback) {
+    return values.getOrDefault(name, fallback);
+  }
+
   int integer(String name) {
     return Integer.parseInt(get(name));
   }

@@ -17,9 +17,19 @@ import org.apache.kafka.streams.StreamsBuilder;
 import org.apache.kafka.streams.Topology;
 import org.apache.kafka.streams.kstream.Branched;
 import org.apache.kafka.streams.kstream.Consumed;
+import org.apache.kafka.streams.kstream.KStream;
 import org.apache.kafka.streams.kstream.Produced;
+import org.apache.kafka.streams.processor.api.FixedKeyProcessor;
+import org.apache.kafka.streams.processor.api.FixedKeyProcessorContext;
+import org.apache.kafka.streams.processor.api.FixedKeyRecord;
+import org.apache.kafka.streams.processor.api.RecordMetadata;
 
-/** The original fraud app: reviews -> valid / fraud by a hash of the review's Avro bytes. */
+/**
+ * The original fraud app: reviews -> valid / fraud by a hash of the review's Avro bytes. With
+ * {@code --position-header true} each record also carries its position in the input (the
+ * {@code source.position} header ours adds), which the KTable aggregator orders versions by: the
+ * latency run chains the two apps as ours chains its fraud filter and aggregator.
+ */
 final class FraudApp {
   private FraudApp() {}
 
@@ -32,13 +42,37 @@ final class FraudApp {
     // The original also logged every record from a peek on each branch; left out, as it would
     // time the logger rather than the topology.
     StreamsBuilder builder = new StreamsBuilder();
-    builder.stream(args.get("input"), Consumed.with(Serdes.String(), reviews))
-        .peek(Main.firstRecord())
+    KStream<String, GenericRecord> input = builder
+        .stream(args.get("input"), Consumed.with(Serdes.String(), reviews))
+        .peek(Main.firstRecord());
+    if (Boolean.parseBoolean(args.get("position-header", "false"))) {
+      input = input.processValues(AddPosition::new);
+    }
+    input
         .split()
         .branch((key, review) -> !rule.isFraud(review),
             Branched.withConsumer(valid -> valid.to(args.get("valid"), out)))
         .defaultBranch(Branched.withConsumer(fraud -> fraud.to(args.get("fraud"), out)));
     return builder.build();
+  }
+
+  /** Adds the record's (partition, offset) as the 12-byte {@code source.position} header. */
+  static final class AddPosition
+      implements FixedKeyProcessor<String, GenericRecord, GenericRecord> {
+    private FixedKeyProcessorContext<String, GenericRecord> context;
+
+    @Override
+    public void init(FixedKeyProcessorContext<String, GenericRecord> context) {
+      this.context = context;
+    }
+
+    @Override
+    public void process(FixedKeyRecord<String, GenericRecord> record) {
+      RecordMetadata at = context.recordMetadata().orElseThrow();
+      byte[] position = ByteBuffer.allocate(12).putInt(at.partition()).putLong(at.offset()).array();
+      record.headers().add(KTableAggregateApp.POSITION_HEADER, position);
+      context.forward(record);
+    }
   }
 
   /**

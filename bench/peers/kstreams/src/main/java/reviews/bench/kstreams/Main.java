@@ -63,7 +63,10 @@ public final class Main {
     p.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, 1);
     // Ours commit every 100 ms (or 20,000 records); 100 ms is also Streams' EOS default.
     p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 100);
-    p.put(StreamsConfig.consumerPrefix(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG), "earliest");
+    // earliest for the throughput runs (fresh topics); the latency run starts on a live input
+    // at its end (--offset-reset latest), as a new deployment of the pipeline would
+    p.put(StreamsConfig.consumerPrefix(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG),
+        args.get("offset-reset", "earliest"));
     // Ours consume batches of 5,000 (Streams default 1,000) with these fetch sizes.
     p.put(StreamsConfig.consumerPrefix(ConsumerConfig.MAX_POLL_RECORDS_CONFIG), 5_000);
     p.put(StreamsConfig.consumerPrefix(ConsumerConfig.FETCH_MAX_BYTES_CONFIG), 52_428_800);
