@@ -16,6 +16,7 @@ the input (the API's produce), the valid or fraud topic (the fraud filter), the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -30,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_result
 from streaming.api.auth import client_token_file
+from streaming.ingest.producer import ReviewProducer
 from streaming.pipeline import CHANGES, FRAUD, INPUT, LONG_TERM, LONG_TERM_SINK, VALID
 from streaming.settings import Settings
 
@@ -52,6 +54,8 @@ HOPS: dict[str, tuple[str, ...]] = {
 """Each hop and the topics its committed output lands in (keyed by the review or course id,
 the same number in this load)."""
 PERCENTILES = (50, 99)
+KEYLESS_SHARE = 0.1
+"""The share of the load another producer writes with no key (the re-keying path)."""
 
 
 class HopWatcher(threading.Thread):
@@ -122,6 +126,54 @@ def percentiles(values: list[float]) -> dict[str, int | None]:
     return out
 
 
+class KeylessLoad(threading.Thread):
+    """Another producer's share of the load: reviews written straight to udemy-reviews with no
+    key (as the original Java producer writes), paced at `rate`/s, each of a course of its own;
+    records when the broker acknowledged each (its "answer")."""
+
+    def __init__(self, settings: Settings, rate: float, ids: range) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.rate, self.ids = settings, rate, ids
+        self.acked: dict[int, float] = {}
+        self.failed = 0
+
+    def run(self) -> None:
+        producer = ReviewProducer(self.settings, INPUT.name, **{"linger.ms": 1})
+
+        def delivered(err: KafkaError | None, msg: Message, *, review_id: int) -> None:
+            if err is None:
+                self.acked[review_id] = time.time()
+            else:
+                self.failed += 1
+
+        start = time.monotonic()
+        for k, review_id in enumerate(self.ids):
+            due = start + k / self.rate
+            while (now := time.monotonic()) < due:
+                producer.poll(min(due - now, 0.002))
+            now_ms = int(time.time() * 1000)
+            value = producer.encode(
+                {
+                    "id": review_id,
+                    "title": None,
+                    "content": "",
+                    "rating": "4.5",
+                    "created": now_ms,
+                    "modified": now_ms,
+                    "user": {"title": "Bench", "name": "Bench", "display_name": "Bench"},
+                    "course": {"id": review_id, "title": "Bench", "url": "/bench/"},
+                }
+            )
+            producer.producer.produce(
+                INPUT.name,
+                value,
+                None,
+                on_delivery=functools.partial(delivered, review_id=review_id),
+            )
+            producer.poll(0)
+        producer.flush(30)
+
+
 class Poller(threading.Thread):
     """Records when each course id in [lo, hi) first shows up in `table` (long_term_stats)."""
 
@@ -160,7 +212,7 @@ LUA = Path(__file__).with_name("e2e_load.lua")
 
 
 def load(
-    api_url: str, rate: int, count: int, base: int, connections: int
+    api_url: str, rate: float, count: int, base: int, connections: int
 ) -> tuple[dict[int, float], int]:
     """POST `count` reviews at `rate`/s with wrk; returns {id: answered epoch s} and failures."""
     if shutil.which("wrk") is None:
@@ -199,20 +251,30 @@ def measure(
     connections: int,
     table: str = LONG_TERM_SINK.table,
     hops: dict[str, tuple[str, ...]] = HOPS,
+    keyless_share: float = KEYLESS_SHARE,
 ) -> dict:
-    """One steady run; the first second is warm-up (connections, caches) and not counted.
-    `table` and `hops`: where the pipeline under test lands (ours by default; a peer's)."""
+    """One steady run of `rate` reviews/s: `keyless_share` of them written with no key by
+    another producer, the rest POSTed. The first second is warm-up (connections, caches) and
+    not counted. `table` and `hops`: where the pipeline under test lands (ours by default)."""
     base = 2_000_000_000 + random.randrange(10**9)
-    n = int(rate * seconds)
-    engine = sa.create_engine(settings.database_url)
+    keyless_rate = rate * keyless_share
+    n = round((rate - keyless_rate) * seconds)
     # wrk builds one request per thread that it never sends, so ids can run one past base + n
-    poller = Poller(engine, base, base + n + 1, table)
-    watcher = HopWatcher(settings, base, base + n + 1, hops)
+    keyless_ids = range(base + n + 1, base + n + 1 + round(keyless_rate * seconds))
+    engine = sa.create_engine(settings.database_url)
+    poller = Poller(engine, base, keyless_ids.stop, table)
+    watcher = HopWatcher(settings, base, keyless_ids.stop, hops)
     watcher.start()
     if not watcher.ready.wait(30):
         raise SystemExit("the hop watcher could not position itself on the topics in 30 s")
     poller.start()
-    answered, failures = load(api_url, rate, n, base, connections)
+    keyless = KeylessLoad(settings, keyless_rate, keyless_ids)
+    if keyless_ids:
+        keyless.start()
+    answered, failures = load(api_url, rate - keyless_rate, n, base, connections)
+    if keyless_ids:
+        keyless.join()
+    answered.update(keyless.acked)
     deadline = time.monotonic() + 60
     while len(poller.seen.keys() & answered.keys()) < len(answered) and time.monotonic() < deadline:
         time.sleep(0.1)  # waiting for the tail to arrive
@@ -222,19 +284,26 @@ def measure(
     engine.dispose()
     times = sorted(answered.values())
     achieved = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
-    counted = {c: t for c, t in answered.items() if c >= base + rate}
+    counted = {c: t for c, t in answered.items() if t >= times[0] + 1} if times else {}
     lat = [(poller.seen[c] - t) * 1000 for c, t in counted.items() if c in poller.seen]
     breakdown = {
         hop: percentiles([(seen[c] - t) * 1000 for c, t in counted.items() if c in seen])
         for hop, seen in watcher.seen.items()
     }
     breakdown["row"] = percentiles(lat)
+    breakdown["row_keyless"] = percentiles(
+        [
+            (poller.seen[c] - t) * 1000
+            for c, t in counted.items()
+            if c in poller.seen and c in keyless_ids
+        ]
+    )
     return {
         "rate": rate,
         "achieved_rps": round(achieved),
         "answered": len(answered),
-        "failed": failures,
-        "unanswered": n - len(answered) - failures,
+        "failed": failures + keyless.failed,
+        "unanswered": n + len(keyless_ids) - len(answered) - failures - keyless.failed,
         "missing": len(counted) - len(lat),
         **percentiles(lat),
         "breakdown": breakdown,
