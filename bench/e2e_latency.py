@@ -43,7 +43,7 @@ from streaming.settings import Settings
 
 UNDEFINED_TABLE = "42P01"
 """PostgreSQL's SQLSTATE for a relation that does not exist."""
-POLL_S = 0.002
+POLL_S = 0.005
 """The row poller's interval: the resolution of the last hop (goals are 80 ms and up)."""
 HOPS: dict[str, tuple[str, ...]] = {
     "input": (INPUT.name,),

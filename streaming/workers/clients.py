@@ -42,8 +42,15 @@ PRODUCER_BUFFERS = {
     # a transaction holds at most commit_every_records inputs' outputs (~10 MB); the queue
     # must never refuse one mid-transaction (default: 100,000 records, 1 GB)
     "queue.buffering.max.messages": 1_000_000,
+    # a transaction begun right after a commit finds the coordinator still writing the last
+    # one's markers: its first AddPartitionsToTxn is answered CONCURRENT_TRANSACTIONS and
+    # retried after retry.backoff.ms, librdkafka's 100 ms by default (doubling to 1 s), which
+    # a busy hop's next commit then waits for. The Java client backs off 20 ms for this error
+    # (KAFKA-5477); the markers take a few ms here.
+    "retry.backoff.ms": 5,
+    "retry.backoff.max.ms": 100,
 }
-"""The transactional producer's buffers."""
+"""The transactional producer's buffers and retry pace."""
 Stats = Callable[[str], None]
 """A librdkafka statistics callback (the JSON every statistics.interval.ms)."""
 
@@ -130,8 +137,7 @@ def take(consumer: Consumer, batch: int, wait_s: float) -> list[Message]:
     """Up to `batch` records the consumer already holds, without waiting; when it holds none,
     wait up to `wait_s` for the first and take what arrived with it. `consume(n, timeout)`
     alone would wait the whole timeout for a batch that is not full, however early the first
-    record came: a hop would hold each record for its poll timeout. A batch shorter than
-    `batch` thus means the input is drained."""
+    record came: a hop would hold each record for its poll timeout before even processing it."""
     msgs = consumer.consume(batch, timeout=0)
     if msgs or wait_s <= 0:
         return msgs

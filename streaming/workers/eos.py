@@ -1,10 +1,10 @@
 """The exactly-once loop every stream worker runs, as in confluent-kafka's eos-transactions example.
 
-consume a batch -> `process` it (a transform that produces into the open transaction) -> once
-the input is drained (less than a batch was there), or every N records or T ms: send the
-consumed positions with the consumer's group metadata, commit, begin the next one
-(`streaming.workers.transaction`). So a record waits for its commit, not for a timer; at high
-rates batches are full and transactions grow as before. The loop counts what it consumed.
+consume a batch -> `process` it (a transform that produces into the open transaction) -> every
+N records or T ms: send the consumed positions with the consumer's group metadata, commit, begin
+the next one (`streaming.workers.transaction`). A batch is what the consumer holds, taken without
+waiting, or the first record to arrive (`clients.take`): an idle hop handles a record at once and,
+its transaction being older than T, commits it at once. The loop counts what it consumed.
 
 Around the loop: the stores' assign / revoke / restore / snapshot (`streaming.workers.stores`),
 the dead letters and the careful pass over a batch the broker refused (`.dead_letters`), the
@@ -178,9 +178,9 @@ class EosWorker(ABC):
             if self.transaction.records:
                 self.commit()
         batch = 1 if careful else self.loop.batch_size
-        # an open transaction takes what is there and commits; none waits for a first record
-        polled = take(self.consumer, batch, 0 if self.transaction.records else self.idle_wait_s)
-        msgs = records(self.metrics, polled)
+        txn = self.transaction  # with records in it, wait no longer than until it is due
+        wait = txn.time_left() if txn.records else self.idle_wait_s
+        msgs = records(self.metrics, take(self.consumer, batch, wait))
         if msgs:
             letters.careful_record = position_of(msgs[-1]) if careful else None
             self._transform(msgs)
@@ -190,7 +190,7 @@ class EosWorker(ABC):
             letters.record_passed()
         if careful:
             letters.caught_up(self._consumed())
-        elif self.transaction.due(drained=len(polled) < batch):
+        elif self.transaction.due():
             self.commit()
         elif not self.transaction.records and self.stores.snapshot_due():
             self.stores.snapshot()  # idle after a commit: the state is the committed one

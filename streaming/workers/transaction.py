@@ -45,16 +45,17 @@ class Transaction:
         """`n` more records (consumed or produced) belong to the open transaction."""
         self.records += n
 
-    def due(self, drained: bool) -> bool:
-        """Something to commit, and the input `drained` (nothing more to read now), or enough
-        records or time since the transaction began."""
+    def due(self) -> bool:
+        """Something to commit, and enough records or time since the transaction began."""
         if not self.records:
             return False
         return (
-            drained
-            or self.records >= self.every_records
-            or time.monotonic() - self.started >= self.interval_s
+            self.records >= self.every_records or time.monotonic() - self.started >= self.interval_s
         )
+
+    def time_left(self) -> float:
+        """Seconds until the open transaction is due by its interval (0: it is)."""
+        return max(0.0, self.interval_s - (time.monotonic() - self.started))
 
     def commit(self, positions: list[TopicPartition], group_metadata: object) -> None:
         """Send the consumed `positions` with the group's metadata (KIP-447), commit, begin."""

@@ -228,31 +228,33 @@ def test_abort_aborts_and_begins_the_next_transaction() -> None:
     assert cp.records == 0
 
 
-def test_due_when_drained_or_by_records_or_by_interval(monkeypatch) -> None:
+def test_due_by_records_and_by_interval(monkeypatch) -> None:
     now = [1000.0]
     monkeypatch.setattr(transaction_module.time, "monotonic", lambda: now[0])
     cp = Transaction(FakeProducer(), every_records=100, interval_s=0.5)  # type: ignore[arg-type]  # a fake producer
     cp.begin()
-    assert not cp.due(drained=True), "nothing to commit"
+    assert not cp.due(), "nothing to commit"
     now[0] += 10
-    assert not cp.due(drained=True), "nothing to commit, however long it has been"
-    cp.begin()
+    assert not cp.due(), "nothing to commit, however long it has been"
     cp.add(1)
-    assert cp.due(drained=True), "drained: one record commits at once, no timer"
-    cp.add(98)
-    assert not cp.due(drained=False)
+    assert cp.due(), "a record in a transaction older than the interval: at once"
+    cp.begin()
+    cp.add(99)
+    assert not cp.due()
     now[0] += 0.49
-    assert not cp.due(drained=False)
+    assert not cp.due()
     now[0] += 0.01
-    assert cp.due(drained=False), "by interval"
+    assert cp.due(), "by interval"
     cp.begin()
     assert cp.records == 0
     cp.add(60)
-    assert not cp.due(drained=False)
+    assert not cp.due() and cp.time_left() == 0.5
+    now[0] += 0.2
+    assert round(cp.time_left(), 6) == 0.3, "how long a turn may wait for more input"
     cp.add(40)
-    assert cp.due(drained=False), "by records"
+    assert cp.due(), "by records"
     cp.commit([], METADATA)
-    assert not cp.due(drained=True)
+    assert not cp.due()
 
 
 # -- co-partitioning -------------------------------------------------------------------------
@@ -437,8 +439,8 @@ def take_from(consumer: FakeConsumer, batch: int, wait_s: float) -> list[int]:
 
 def test_take_returns_what_is_held_without_waiting() -> None:
     consumer = FakeConsumer([1, 2, 3], arriving=[[4]])
-    assert take_from(consumer, 2, 0.1) == [1, 2], "a full batch: not drained"
-    assert take_from(consumer, 2, 0.1) == [3], "short: drained, commit now"
+    assert take_from(consumer, 2, 0.1) == [1, 2], "a full batch"
+    assert take_from(consumer, 2, 0.1) == [3], "what is there, not a wait for a full batch"
     assert consumer.waits == [], "records were held: no wait"
 
 
@@ -450,7 +452,7 @@ def test_take_waits_for_the_first_record_and_takes_what_came_with_it() -> None:
     assert take_from(FakeConsumer([], [[1, 2]]), 1, 0.1) == [1], "a batch of one is one"
 
 
-def test_take_with_an_open_transaction_never_waits() -> None:
+def test_take_without_time_to_wait_never_waits() -> None:
     consumer = FakeConsumer([], arriving=[[1]])
     assert take_from(consumer, 5, 0) == []
-    assert consumer.waits == [], "the open transaction commits instead of waiting"
+    assert consumer.waits == [], "a transaction that is due commits instead of waiting"
