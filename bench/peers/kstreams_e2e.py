@@ -223,6 +223,7 @@ def running(settings: Settings, api_url: str, log_dir: Path) -> Iterator[PeerPip
                     valid=valid,
                     fraud=flagged,
                     position_header="true",
+                    key_by_id="true",
                     offset_reset="latest",
                     **common,
                 ),

@@ -27,8 +27,9 @@ import org.apache.kafka.streams.processor.api.RecordMetadata;
 /**
  * The original fraud app: reviews -> valid / fraud by a hash of the review's Avro bytes. With
  * {@code --position-header true} each record also carries its position in the input (the
- * {@code source.position} header ours adds), which the KTable aggregator orders versions by: the
- * latency run chains the two apps as ours chains its fraud filter and aggregator.
+ * {@code source.position} header ours adds), which the KTable aggregator orders versions by, and
+ * with {@code --key-by-id true} it is keyed by the review's id: the latency run chains the two
+ * apps as ours chains its fraud filter and aggregator, on the same keyless and keyed input.
  */
 final class FraudApp {
   private FraudApp() {}
@@ -47,6 +48,11 @@ final class FraudApp {
         .peek(Main.firstRecord());
     if (Boolean.parseBoolean(args.get("position-header", "false"))) {
       input = input.processValues(AddPosition::new);
+    }
+    if (Boolean.parseBoolean(args.get("key-by-id", "false"))) {
+      // another producer may send no key (the original one): key each copy by the review's
+      // id, as ours does, or the aggregator's groupByKey would drop it
+      input = input.selectKey((key, review) -> review.get("id").toString());
     }
     input
         .split()
