@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from streaming.core.avro_codec import confluent_frame, split_confluent
@@ -33,6 +34,7 @@ from streaming.core.stats import CourseStatistic, ReviewVersion, compute_from_sc
 from streaming.core.window import epoch_day
 from streaming.serde import Registry, local_schema
 from streaming.settings import Settings, schemas_dir
+from streaming.sink.connect import ConnectClient
 from streaming.topic_reader import read_records
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -417,3 +419,31 @@ def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def remove_connector(connect: ConnectClient, admin: AdminClient, name: str) -> None:
+    """A benchmark's own connector gone, with its consumer group: stopped before deletion, so
+    no task consumer rejoins the deleted group."""
+    connect.stop(name)
+    connect.wait_for(name, lambda s: s.state == "STOPPED" and not s.tasks, 60)
+    connect.delete(name)
+    connect.close()
+    admin.delete_consumer_groups([f"connect-{name}"])[f"connect-{name}"].result(30)
+
+
+def own_course_review(
+    review_id: int, created_ms: int, rating: str, course: int | None = None
+) -> dict:
+    """A review (the Avro record's dict) of a course of its own, unless `course` is given: a
+    course's statistics row then appears exactly when this review is through the pipeline."""
+    course = review_id if course is None else course
+    return {
+        "id": review_id,
+        "title": None,
+        "content": "",
+        "rating": rating,
+        "created": created_ms,
+        "modified": created_ms,
+        "user": {"title": "Bench", "name": "Bench", "display_name": f"Bench {review_id}"},
+        "course": {"id": course, "title": f"Course {course}", "url": "/bench/"},
+    }

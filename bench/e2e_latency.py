@@ -35,7 +35,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import write_result
+from bench.common import own_course_review, write_result
 from streaming.api.auth import client_token_file
 from streaming.ingest.producer import ReviewProducer
 from streaming.pipeline import CHANGES, FRAUD, INPUT, LONG_TERM, LONG_TERM_SINK, VALID
@@ -152,18 +152,7 @@ class KeylessLoad(threading.Thread):
             while (now := time.monotonic()) < due:
                 producer.poll(min(due - now, 0.002))
             now_ms = int(time.time() * 1000)
-            value = producer.encode(
-                {
-                    "id": review_id,
-                    "title": None,
-                    "content": "",
-                    "rating": "4.5",
-                    "created": now_ms,
-                    "modified": now_ms,
-                    "user": {"title": "Bench", "name": "Bench", "display_name": "Bench"},
-                    "course": {"id": review_id, "title": "Bench", "url": "/bench/"},
-                }
-            )
+            value = producer.encode(own_course_review(review_id, now_ms, "4.5"))
             producer.producer.produce(
                 INPUT.name,
                 value,
@@ -277,16 +266,8 @@ def preload(settings: Settings, reviews: int, courses: int, timeout_s: float = 1
         created = int(time.time() * 1000) - 86_400_000
         for i in range(reviews):
             review_id, course = PRELOAD_REVIEW_BASE + i, PRELOAD_COURSE_BASE + i % courses
-            review = {
-                "id": review_id,
-                "title": None,
-                "content": "",
-                "rating": ("5.0", "4.5", "4.0", "3.0", "1.5")[i % 5],
-                "created": created + i,
-                "modified": created + i,
-                "user": {"title": "Pre", "name": "Pre", "display_name": f"Pre {i}"},
-                "course": {"id": course, "title": f"Course {course}", "url": "/pre/"},
-            }
+            rating = ("5.0", "4.5", "4.0", "3.0", "1.5")[i % 5]
+            review = own_course_review(review_id, created + i, rating, course)
             while True:
                 try:
                     producer.produce(review)

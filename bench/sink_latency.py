@@ -29,7 +29,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import review, write_result
+from bench.common import remove_connector, review, write_result
 from streaming.ingest.producer import ReviewProducer
 from streaming.pipeline import REVIEWS_SINK
 from streaming.settings import Settings, registry_client_config
@@ -132,12 +132,8 @@ def run(
                 sa.text(f"SELECT id, extract(epoch FROM sunk_at) FROM {table} WHERE id <> :w"),
                 {"w": review(0)["id"]},
             ).all()
-    finally:  # stopped before deletion, so no task consumer rejoins the deleted group
-        connect.stop(name)
-        connect.wait_for(name, lambda s: s.state == "STOPPED" and not s.tasks, 60)
-        connect.delete(name)
-        connect.close()
-        admin.delete_consumer_groups([f"connect-{name}"])[f"connect-{name}"].result(30)
+    finally:
+        remove_connector(connect, admin, name)
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
         engine.dispose()

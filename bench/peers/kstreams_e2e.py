@@ -35,6 +35,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from bench.common import remove_connector
 from bench.peers.kstreams import INPUT_SUBJECT, _App, _create_topics, _fresh_app
 from stack import procs
 from streaming.api.auth import client_token_file
@@ -174,12 +175,8 @@ def _sink(settings: Settings, topic: str, schema: str) -> Iterator[str]:
         connect.deploy(name, config)
         connect.wait_for(name, lambda s: s.running, 120)
         yield table
-    finally:  # stopped before deletion, so no task consumer rejoins the deleted group
-        connect.stop(name)
-        connect.wait_for(name, lambda s: s.state == "STOPPED" and not s.tasks, 60)
-        connect.delete(name)
-        connect.close()
-        admin.delete_consumer_groups([f"connect-{name}"])[f"connect-{name}"].result(30)
+    finally:
+        remove_connector(connect, admin, name)
         revoke(admin, grants)
         with engine.begin() as conn:
             conn.execute(sa.text(f"drop schema {schema} cascade"))
