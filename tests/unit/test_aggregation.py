@@ -392,6 +392,7 @@ def test_a_snapshot_and_the_changelog_after_it_equal_the_live_state():
             assert courses.restore(live.courses_log[cn:]) == 0
             got = {cid: courses.statistics(cid, T) for cid in courses.courses}
             assert got == live.snapshot() == live.scratch()
+            assert title_bytes_kept(courses) and title_bytes_kept(live.courses)
             assert courses.to_snapshot() == live.courses.to_snapshot(), "same member table"
 
 
@@ -505,6 +506,11 @@ def test_retracting_the_latest_review_finds_the_one_before():
     assert all_time["last_review_time"] == recent["last_review_time"] == (DAY - 3) * MS
     state.apply([(7, pack_change(Change(1, retract=((DAY - 3) * MS, 8))))])
     assert state.statistics(7, T)[0]["last_review_time"] == 0
+
+
+def title_bytes_kept(state: CourseState) -> bool:
+    """`nbytes` counts titles by a running sum (read on every commit): it is their bytes."""
+    return state._title_bytes == sum(len(raw) for _, raw, _ in state._titles)
 
 
 def test_state_bytes_per_review_stay_compact():

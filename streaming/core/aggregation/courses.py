@@ -78,6 +78,7 @@ class CourseState:
         "_index",
         "_rows",
         "_slots",
+        "_title_bytes",
         "_titles",
         *_MEMBER_COLUMNS,
         *_COURSE_COLUMNS,
@@ -94,6 +95,8 @@ class CourseState:
         """Every course id given a slot, also those a refused record named."""
         self._titles: list[tuple[int | None, bytes, str]] = []
         """Per slot: (modified that won the title, None before any; UTF-8 title; title)."""
+        self._title_bytes = 0
+        """The UTF-8 titles' bytes, kept as they change (`nbytes` is read on every commit)."""
         self._rows = 0
         self._index = np.full(hx.MIN_CAPACITY, hx.EMPTY, dtype=np.int32)
         self.m_review, self.m_created = np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -108,9 +111,8 @@ class CourseState:
     def nbytes(self) -> int:
         """Bytes this state holds in memory (member rows with room to grow, index, courses)."""
         arrays = (*_MEMBER_COLUMNS, *_COURSE_COLUMNS)
-        titles = sum(len(raw) for _, raw, _ in self._titles)
         columns: int = sum(getattr(self, c).nbytes for c in arrays)
-        return columns + self._index.nbytes + titles
+        return columns + self._index.nbytes + self._title_bytes
 
     # -- slots and room ----------------------------------------------------------------------
     def _slot(self, course_id: int) -> int:
@@ -127,6 +129,10 @@ class CourseState:
                 self.figures = _zero_grown(self.figures, grow)
             self.course_ids[slot] = course_id
         return slot
+
+    def _set_title(self, slot: int, modified: int | None, raw: bytes, text: str) -> None:
+        self._title_bytes += len(raw) - len(self._titles[slot][1])
+        self._titles[slot] = (modified, raw, text)
 
     def _reserve(self, more: int) -> None:
         need = self._rows + more
@@ -200,8 +206,8 @@ class CourseState:
             present,
         )
         self._recount_dirty()
-        for slot in np.flatnonzero(self.live[:courses]).tolist():
-            if self.course_ids[slot] not in self.courses:
+        for slot in np.unique(slots[slots >= 0]).tolist():  # a course goes live by its changes
+            if self.live[slot] and int(self.course_ids[slot]) not in self.courses:
                 self._go_live(slot)
         changed = {int(self.course_ids[s]) for s in np.flatnonzero(touched).tolist()}
         entries = _member_entries(keys.tobytes(), member_values.tobytes(), present, n_entries)
@@ -240,7 +246,7 @@ class CourseState:
         if current is not None and (modified, raw) <= (current, current_raw):
             return False, False
         retitled = current is None or raw != current_raw
-        self._titles[slot] = (modified, raw, raw.decode("utf-8") if retitled else text)
+        self._set_title(slot, modified, raw, raw.decode("utf-8") if retitled else text)
         return True, retitled
 
     def title(self, course_id: int) -> tuple[int | None, str]:
@@ -259,9 +265,10 @@ class CourseState:
             self.published_day = day
         for course_id, (modified, raw) in titles.items():
             slot = self._slot(course_id)
-            self._titles[slot] = (modified, raw, raw.decode("utf-8"))
+            self._set_title(slot, modified, raw, raw.decode("utf-8"))
             self._go_live(slot)
-        known = np.isin(members["course"], np.fromiter(self.courses, np.int64, len(self.courses)))
+        courses = self.courses  # a lookup per entry: the tail is small, the state may be large
+        known = np.fromiter((c in courses for c in members["course"].tolist()), bool, len(members))
         orphans = ~known & (members["halves"] != 0) if fresh else ~known
         self._replay(members[known])
         return unreadable + int(orphans.sum())
@@ -335,7 +342,7 @@ class CourseState:
                     f"course-stats snapshot: a title is not UTF-8 ({exc})"
                 ) from exc
             slot = state._slot(course_id)
-            state._titles[slot] = (None if mod == NO_VALUE else mod, raw, text)
+            state._set_title(slot, None if mod == NO_VALUE else mod, raw, text)
             state._go_live(slot)
         table = np.frombuffer(data, MEMBERS_DTYPE, m, offset)
         if m and not ((table["halves"] >= 1) & (table["halves"] <= 10)).all():
