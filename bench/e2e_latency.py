@@ -3,8 +3,9 @@ with the time to each hop on the way.
 
 Each POSTed review belongs to a course of its own, so its course's `long_term_stats` row appears
 exactly when this review has gone through the fraud filter, the aggregator and the JDBC sink
-(fraud reviews too: a course's row exists from its first review, with zero counts). A poller
-watches the table every 2 ms; latency = first seen - POST answered (wall clock, one machine).
+(fraud reviews too: a course's row exists from its first review, with zero counts). A trigger
+notifies each row as its transaction commits; latency = row notified - POST answered (wall
+clock, one machine).
 The breakdown: a read_committed consumer of each hop's output records when the review (or its
 course) first becomes visible there, i.e. when that hop's transaction committed (plus a fetch):
 the input (the API's produce), the valid or fraud topic (the fraud filter), the changes topic
@@ -20,13 +21,13 @@ import functools
 import json
 import os
 import random
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,8 @@ from streaming.settings import Settings
 
 UNDEFINED_TABLE = "42P01"
 """PostgreSQL's SQLSTATE for a relation that does not exist."""
-POLL_S = 0.005
-"""The row poller's interval: the resolution of the last hop (goals are 80 ms and up)."""
+POLL_S = 0.5
+"""How often to look for the sink's table on a fresh stack (its rows are then notified)."""
 HOPS: dict[str, tuple[str, ...]] = {
     "input": (INPUT.name,),
     "fraud_filter": (VALID.name, FRAUD.name),
@@ -163,38 +164,88 @@ class KeylessLoad(threading.Thread):
         producer.flush(30)
 
 
-class Poller(threading.Thread):
-    """Records when each course id in [lo, hi) first shows up in `table` (long_term_stats)."""
+class RowWatcher(threading.Thread):
+    """Records when each course id in [lo, hi) first shows up in `table` (long_term_stats).
+
+    Not a rows: a trigger on the table (installed for the run, dropped after) notifies the
+    course id when its row is inserted, and PostgreSQL delivers it when the sink's transaction
+    commits, i.e. when the row becomes visible. A rows's resolution is its interval and its
+    cost grows with the rows already there; this one is the notification's delivery (well
+    under a millisecond here) at a cost per new row. Until the sink has created its table (a
+    fresh stack) it looks for it every POLL_S, then reads the rows the trigger missed once."""
 
     def __init__(self, engine: sa.Engine, lo: int, hi: int, table: str) -> None:
         super().__init__(daemon=True)
         self.engine, self.lo, self.hi, self.table = engine, lo, hi, table
         self.seen: dict[int, float] = {}
         self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.channel = f"bench_e2e_{lo}"
 
     def run(self) -> None:
-        query = sa.text(
-            f"select course_id from {self.table} where course_id >= :lo and course_id < :hi"
-        )
-        floor = self.lo
-        with self.engine.connect() as conn:
-            while not self.stop.is_set():
-                now = time.time()
+        raw = self.engine.raw_connection()
+        try:
+            conn = raw.driver_connection
+            assert conn is not None  # a pooled connection just checked out
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f"LISTEN {self.channel}")
+                installed = self._install(cur)
+                self.ready.set()  # installed before the load, or the catch-up reads the first
+                while not self.stop.is_set() and not installed:
+                    time.sleep(POLL_S)  # the sink creates the table with its first row
+                    installed = self._install(cur)
+                if self.stop.is_set():
+                    return
                 try:
-                    rows: Sequence[sa.Row[Any]] = conn.execute(
-                        query, {"lo": floor, "hi": self.hi}
-                    ).all()
-                except sa.exc.ProgrammingError as exc:
-                    if getattr(exc.orig, "pgcode", None) != UNDEFINED_TABLE:
-                        raise
-                    conn.rollback()
-                    rows = []  # a fresh stack: the sink creates the table with its first row
-                for (cid,) in rows:
-                    self.seen.setdefault(cid, now)
-                while floor in self.seen:
-                    floor += 1
-                conn.commit()
-                time.sleep(POLL_S)
+                    self._catch_up(cur)
+                    self._listen(conn)
+                finally:
+                    cur.execute(f"DROP TRIGGER IF EXISTS {self.channel} ON {self.table}")
+        finally:
+            raw.close()
+
+    def _install(self, cur: Any) -> bool:
+        """The trigger on the table; False while the table does not exist."""
+        cur.execute(
+            f"""CREATE OR REPLACE FUNCTION {self.channel}() RETURNS trigger LANGUAGE plpgsql
+            AS $$ BEGIN
+              IF NEW.course_id >= {self.lo} AND NEW.course_id < {self.hi} THEN
+                PERFORM pg_notify('{self.channel}', NEW.course_id::text);
+              END IF;
+              RETURN NULL;
+            END $$"""
+        )
+        try:
+            cur.execute(
+                f"CREATE TRIGGER {self.channel} AFTER INSERT ON {self.table} "
+                f"FOR EACH ROW EXECUTE FUNCTION {self.channel}()"
+            )
+        except Exception as exc:  # psycopg2's UndefinedTable: the sink has not created it yet
+            if getattr(exc, "pgcode", None) != UNDEFINED_TABLE:
+                raise
+            return False
+        return True
+
+    def _catch_up(self, cur: Any) -> None:
+        """Rows committed before the trigger was there (a fresh stack only)."""
+        now = time.time()
+        cur.execute(
+            f"SELECT course_id FROM {self.table} WHERE course_id >= %s AND course_id < %s",
+            (self.lo, self.hi),
+        )
+        for (cid,) in cur.fetchall():
+            self.seen.setdefault(cid, now)
+
+    def _listen(self, conn: Any) -> None:
+        while not self.stop.is_set():
+            if not select.select([conn], [], [], 0.1)[0]:
+                continue
+            conn.poll()
+            now = time.time()
+            for note in conn.notifies:
+                self.seen.setdefault(int(note.payload), now)
+            conn.notifies.clear()
 
 
 LUA = Path(__file__).with_name("e2e_load.lua")
@@ -307,12 +358,14 @@ def measure(
     # wrk builds one request per thread that it never sends, so ids can run one past base + n
     keyless_ids = range(base + n + 1, base + n + 1 + round(keyless_rate * seconds))
     engine = sa.create_engine(settings.database_url)
-    poller = Poller(engine, base, keyless_ids.stop, table)
+    rows = RowWatcher(engine, base, keyless_ids.stop, table)
     watcher = HopWatcher(settings, base, keyless_ids.stop, hops)
     watcher.start()
     if not watcher.ready.wait(30):
         raise SystemExit("the hop watcher could not position itself on the topics in 30 s")
-    poller.start()
+    rows.start()
+    if not rows.ready.wait(30):
+        raise SystemExit(f"could not watch {table} in 30 s")
     keyless = KeylessLoad(settings, keyless_rate, keyless_ids)
     if keyless_ids:
         keyless.start()
@@ -321,16 +374,16 @@ def measure(
         keyless.join()
     answered.update(keyless.acked)
     deadline = time.monotonic() + 60
-    while len(poller.seen.keys() & answered.keys()) < len(answered) and time.monotonic() < deadline:
+    while len(rows.seen.keys() & answered.keys()) < len(answered) and time.monotonic() < deadline:
         time.sleep(0.1)  # waiting for the tail to arrive
-    for thread in (poller, watcher):
+    for thread in (rows, watcher):
         thread.stop.set()
         thread.join()
     engine.dispose()
     times = sorted(answered.values())
     achieved = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
     counted = {c: t for c, t in answered.items() if t >= times[0] + 1} if times else {}
-    lat = [(poller.seen[c] - t) * 1000 for c, t in counted.items() if c in poller.seen]
+    lat = [(rows.seen[c] - t) * 1000 for c, t in counted.items() if c in rows.seen]
     breakdown = {
         hop: percentiles([(seen[c] - t) * 1000 for c, t in counted.items() if c in seen])
         for hop, seen in watcher.seen.items()
@@ -338,13 +391,13 @@ def measure(
     breakdown["row"] = percentiles(lat)
     minutes: dict[int, list[float]] = {}
     for c, t in counted.items():
-        if c in poller.seen:
-            minutes.setdefault(int((t - times[0]) // 60), []).append((poller.seen[c] - t) * 1000)
+        if c in rows.seen:
+            minutes.setdefault(int((t - times[0]) // 60), []).append((rows.seen[c] - t) * 1000)
     breakdown["row_keyless"] = percentiles(
         [
-            (poller.seen[c] - t) * 1000
+            (rows.seen[c] - t) * 1000
             for c, t in counted.items()
-            if c in poller.seen and c in keyless_ids
+            if c in rows.seen and c in keyless_ids
         ]
     )
     return {
