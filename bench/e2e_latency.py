@@ -202,6 +202,7 @@ class RowWatcher(threading.Thread):
                     self._listen(conn)
                 finally:
                     cur.execute(f"DROP TRIGGER IF EXISTS {self.channel} ON {self.table}")
+                    cur.execute(f"DROP FUNCTION {self.channel}()")
         finally:
             raw.close()
 
