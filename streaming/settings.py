@@ -243,6 +243,13 @@ class LoopSettings(_Component):
         validation_alias=AliasChoices("COMMIT_INTERVAL_MS"),
         description="... or this many milliseconds",
     )
+    commit_min_ms: int = Field(
+        10,
+        ge=0,
+        validation_alias=AliasChoices("COMMIT_MIN_MS"),
+        description="... or, once there is nothing more to read, this many (at low rates a "
+        "record waits for no timer; the floor bounds the transactions per second)",
+    )
     session_timeout_ms: int = Field(
         10_000,
         validation_alias=AliasChoices("SESSION_TIMEOUT_MS"),

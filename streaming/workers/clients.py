@@ -61,6 +61,7 @@ class LoopConfig:
     instance: str = "0"
     commit_every_records: int = 20_000
     commit_interval_ms: int = 100
+    commit_min_ms: int = 10
     batch_size: int = 5_000
     session_timeout_ms: int = 10_000
     snapshot_interval_s: float = 30.0
@@ -68,15 +69,16 @@ class LoopConfig:
     @classmethod
     def from_env(cls, spec: WorkerSpec) -> LoopConfig:
         """`<PREFIX>_GROUP_ID` [the declared group], WORKER_INSTANCE [0], COMMIT_EVERY_RECORDS
-        [20000], COMMIT_INTERVAL_MS [100], SESSION_TIMEOUT_MS [10000], SNAPSHOT_INTERVAL_S
-        [30] (how often changed state is snapshotted to STATE_DIR, or less often when a snapshot
-        costs more than 1/20 of that; 0: never)."""
+        [20000], COMMIT_INTERVAL_MS [100], COMMIT_MIN_MS [10], SESSION_TIMEOUT_MS [10000],
+        SNAPSHOT_INTERVAL_S [30] (how often changed state is snapshotted to STATE_DIR, or less
+        often when a snapshot costs more than 1/20 of that; 0: never)."""
         s = load(LoopSettings)
         return cls(
             group_id=worker_settings(spec).group_id,
             instance=s.worker_instance,
             commit_every_records=s.commit_every_records,
             commit_interval_ms=s.commit_interval_ms,
+            commit_min_ms=s.commit_min_ms,
             session_timeout_ms=s.session_timeout_ms,
             snapshot_interval_s=s.snapshot_interval_s,
         )

@@ -64,9 +64,8 @@ class EosWorker(ABC):
         self.producer = loop_producer(
             settings, loop, self.compression, self.metrics.on_producer_stats
         )
-        self.transaction = Transaction(
-            self.producer, loop.commit_every_records, loop.commit_interval_ms / 1000
-        )
+        every_s, min_s = loop.commit_interval_ms / 1000, loop.commit_min_ms / 1000
+        self.transaction = Transaction(self.producer, loop.commit_every_records, every_s, min_s)
         self.idle_wait_s = min(loop.commit_interval_ms / 1000, 0.5)  # for an idle turn's record
         snapshots = SnapshotDir.from_env(loop.group_id) if loop.snapshot_interval_s else None
         self.stores = StoreManager(
@@ -181,6 +180,7 @@ class EosWorker(ABC):
         txn = self.transaction  # with records in it, wait no longer than until it is due
         wait = txn.time_left() if txn.records else self.idle_wait_s
         msgs = records(self.metrics, take(self.consumer, batch, wait))
+        drained = len(msgs) < batch  # the consumer held no more: due at the minimum age
         if msgs:
             letters.careful_record = position_of(msgs[-1]) if careful else None
             self._transform(msgs)
@@ -190,7 +190,7 @@ class EosWorker(ABC):
             letters.record_passed()
         if careful:
             letters.caught_up(self._consumed())
-        elif self.transaction.due():
+        elif self.transaction.due(drained):
             self.commit()
         elif not self.transaction.records and self.stores.snapshot_due():
             self.stores.snapshot()  # idle after a commit: the state is the committed one

@@ -28,10 +28,15 @@ CALL_TIMEOUT_S = 30.0
 class Transaction:
     """The loop's one open transaction: records in it, when it is due, commit and abort."""
 
-    def __init__(self, producer: Producer, every_records: int, interval_s: float) -> None:
+    def __init__(
+        self, producer: Producer, every_records: int, interval_s: float, min_age_s: float = 0.0
+    ) -> None:
+        """Due at `every_records` records or `interval_s` seconds, or once the input is
+        drained and the transaction is `min_age_s` old (at most `interval_s`)."""
         self.producer = producer
         self.every_records = every_records
         self.interval_s = interval_s
+        self.min_age_s = min(min_age_s, interval_s)
         self.records = 0
         self.started = time.monotonic()
         self.retries = 0
@@ -45,17 +50,23 @@ class Transaction:
         """`n` more records (consumed or produced) belong to the open transaction."""
         self.records += n
 
-    def due(self) -> bool:
-        """Something to commit, and enough records or time since the transaction began."""
+    def due(self, drained: bool) -> bool:
+        """Something to commit, and enough records or time since the transaction began; or
+        nothing more to read (`drained`) and the minimum age reached: a record waits for no
+        timer at low rates, while at high rates transactions grow to their interval."""
         if not self.records:
             return False
+        age = time.monotonic() - self.started
         return (
-            self.records >= self.every_records or time.monotonic() - self.started >= self.interval_s
+            self.records >= self.every_records
+            or age >= self.interval_s
+            or (drained and age >= self.min_age_s)
         )
 
     def time_left(self) -> float:
-        """Seconds until the open transaction is due by its interval (0: it is)."""
-        return max(0.0, self.interval_s - (time.monotonic() - self.started))
+        """Seconds until the open transaction, its input drained, is due (0: it is): how
+        long to wait for more input to join it."""
+        return max(0.0, self.min_age_s - (time.monotonic() - self.started))
 
     def commit(self, positions: list[TopicPartition], group_metadata: object) -> None:
         """Send the consumed `positions` with the group's metadata (KIP-447), commit, begin."""

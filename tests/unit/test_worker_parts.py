@@ -152,6 +152,35 @@ def test_commit_sends_offsets_then_commits_then_begins() -> None:
     assert (cp.records, cp.retries) == (0, 0)
 
 
+@pytest.mark.parametrize(
+    ("records", "age", "drained", "due"),
+    [
+        (0, 5.0, True, False),  # nothing to commit, however old
+        (3, 0.005, True, False),  # drained but younger than the floor: more may join
+        (3, 0.01, True, True),  # drained at the floor: commit, no timer
+        (3, 0.05, False, False),  # more to read: the transaction grows
+        (3, 0.1, False, True),  # ... up to its interval
+        (10, 0.0, False, True),  # ... or its record count
+    ],
+)
+def test_a_transaction_is_due_when_drained_at_its_floor_or_full(
+    monkeypatch, records: int, age: float, drained: bool, due: bool
+) -> None:
+    now = [0.0]  # ages exact in floating point
+    monkeypatch.setattr(transaction_module.time, "monotonic", lambda: now[0])
+    cp = Transaction(FakeProducer(), 10, 0.1, min_age_s=0.01)  # type: ignore[arg-type]  # a fake producer
+    cp.begin()
+    cp.add(records)
+    now[0] += age
+    assert cp.due(drained) is due
+    assert cp.time_left() == pytest.approx(max(0.0, 0.01 - age))
+
+
+def test_the_floor_is_never_above_the_interval() -> None:
+    cp = Transaction(FakeProducer(), 10, 0.1, min_age_s=5)  # type: ignore[arg-type]  # a fake producer
+    assert cp.min_age_s == 0.1
+
+
 def test_commit_without_positions_skips_send_offsets() -> None:
     producer = FakeProducer()
     cp = Transaction(producer, 10, 60)  # type: ignore[arg-type]  # a fake producer
@@ -233,28 +262,27 @@ def test_due_by_records_and_by_interval(monkeypatch) -> None:
     monkeypatch.setattr(transaction_module.time, "monotonic", lambda: now[0])
     cp = Transaction(FakeProducer(), every_records=100, interval_s=0.5)  # type: ignore[arg-type]  # a fake producer
     cp.begin()
-    assert not cp.due(), "nothing to commit"
+    assert not cp.due(False), "nothing to commit"
     now[0] += 10
-    assert not cp.due(), "nothing to commit, however long it has been"
+    assert not cp.due(False), "nothing to commit, however long it has been"
     cp.add(1)
-    assert cp.due(), "a record in a transaction older than the interval: at once"
+    assert cp.due(False), "a record in a transaction older than the interval: at once"
     cp.begin()
     cp.add(99)
-    assert not cp.due()
+    assert not cp.due(False)
     now[0] += 0.49
-    assert not cp.due()
+    assert not cp.due(False)
     now[0] += 0.01
-    assert cp.due(), "by interval"
+    assert cp.due(False), "by interval"
     cp.begin()
     assert cp.records == 0
     cp.add(60)
-    assert not cp.due() and cp.time_left() == 0.5
+    assert not cp.due(False)
     now[0] += 0.2
-    assert round(cp.time_left(), 6) == 0.3, "how long a turn may wait for more input"
     cp.add(40)
-    assert cp.due(), "by records"
+    assert cp.due(False), "by records"
     cp.commit([], METADATA)
-    assert not cp.due()
+    assert not cp.due(False)
 
 
 # -- co-partitioning -------------------------------------------------------------------------
