@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
+from starlette.requests import ClientDisconnect
 
 from streaming.api import auth
 from streaming.core.review_mapping import LONG_MAX, ReviewMappingError, json_to_review
@@ -211,8 +212,10 @@ _BEARER = HTTPBearer(
 )
 
 
-def require_writer(request: Request, _: Any = Depends(_BEARER)) -> None:  # noqa: B008
-    """401 unless the request carries the writer token; `_BEARER` documents the scheme."""
+async def require_writer(request: Request, _: Any = Depends(_BEARER)) -> None:  # noqa: B008
+    """401 unless the request carries the writer token; `_BEARER` documents the scheme. Async:
+    a constant-time compare needs no thread, and FastAPI runs a sync dependency in its thread
+    pool (a hand-off and a wake-up per request)."""
     if not auth.authorized(request.headers.get("authorization"), request.app.state.writer_token):
         raise HTTPException(
             401,
@@ -254,10 +257,14 @@ async def post_review(request: Request) -> JSONResponse:
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         return JSONResponse({"detail": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            return JSONResponse({"detail": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return JSONResponse({"detail": f"body over {MAX_BODY_BYTES} bytes"}, 413)
+    except ClientDisconnect:  # gone before its body arrived: nothing stored, nobody to answer
+        log.info("client disconnected before its body arrived; nothing stored")
+        return JSONResponse({"detail": "client disconnected before its body arrived"}, 400)
     try:
         item = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -3,6 +3,7 @@ lifespan (which starts the producer) not run and the state it sets given by hand
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -78,3 +79,42 @@ def test_the_docs_load_nothing_from_another_host(api: TestClient, page: str) -> 
     for asset in assets:
         assert api.get(asset).status_code == 200, asset
     assert "default-src 'self'" in response.headers["content-security-policy"]
+
+
+def test_a_client_gone_before_its_body_stores_nothing_and_logs_no_error(
+    api: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A load generator stopping mid-request: the body never arrives. Nothing is produced (the
+    app has no producer here: reaching it would raise), no traceback is logged."""
+    head = [
+        (b"host", b"localhost"),
+        (b"content-type", b"application/json"),
+        (b"authorization", f"Bearer {TOKEN}".encode()),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/reviews",
+        "raw_path": b"/reviews",
+        "query_string": b"",
+        "headers": head,
+        "client": ("127.0.0.1", 5000),
+        "server": ("localhost", 80),
+    }
+    events = iter([{"type": "http.request", "body": b'{"id": 1', "more_body": True}])
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return next(events, {"type": "http.disconnect"})
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(api.app(scope, receive, send))
+    assert sent[0]["status"] == 400
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert any("disconnected before its body" in r.getMessage() for r in caplog.records)
