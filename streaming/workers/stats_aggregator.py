@@ -31,15 +31,17 @@ instance], REPARTITION_PURGE_S [30] (how often consumed change records are delet
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from fastavro import schemaless_writer
 
@@ -297,14 +299,17 @@ class StatsAggregator(EosWorker):
             for tp in positions
             if tp.topic == self.topics.changes and tp.offset > 0
         ]
-        if done:
+        if done:  # not waited for: the broker's answer can take a commit's time or more
             for tp, fut in self.admin.delete_records(done).items():
-                try:
-                    fut.result(10)
-                except KafkaException as exc:  # a later purge covers it; never fail the loop
-                    log_event(
-                        log, "purge failed", logging.WARNING, partition=tp.partition, error=str(exc)
-                    )
+                fut.add_done_callback(functools.partial(_purged, tp.partition))
+
+
+def _purged(partition: int, fut: Future) -> None:
+    """A purge's answer (in the admin client's thread): a failure is logged, never fatal; a
+    later purge covers it."""
+    exc = fut.exception()
+    if exc is not None:
+        log_event(log, "purge failed", logging.WARNING, partition=partition, error=str(exc))
 
 
 def course_keys(msgs: list[Message]) -> tuple[list[int], list[bytes | None], dict[int, str]]:

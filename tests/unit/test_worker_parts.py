@@ -4,7 +4,9 @@ consumer error events, and the consistency of the pipeline's declaration."""
 
 from __future__ import annotations
 
+import logging
 import re
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from streaming.workers.clients import records as records_of
 from streaming.workers.clients import take
 from streaming.workers.metrics import WorkerMetrics
 from streaming.workers.state import ChangelogStore
+from streaming.workers.stats_aggregator import _purged
 from streaming.workers.stores import check_copartitioned
 from streaming.workers.transaction import CALL_TIMEOUT_S, Transaction
 
@@ -484,3 +487,18 @@ def test_take_without_time_to_wait_never_waits() -> None:
     consumer = FakeConsumer([], arriving=[[1]])
     assert take_from(consumer, 5, 0) == []
     assert consumer.waits == [], "a transaction that is due commits instead of waiting"
+
+
+def test_a_purge_is_not_waited_for_and_its_failure_only_logged(caplog) -> None:
+    """The aggregator fires its repartition purge and goes on; the answer comes on the admin
+    client's thread: a failure is a warning (a later purge covers it), success says nothing."""
+    ok: Future = Future()
+    ok.set_result(None)
+    failed: Future = Future()
+    failed.set_exception(KafkaException(KafkaError(KafkaError.REQUEST_TIMED_OUT)))
+    with caplog.at_level(logging.WARNING, logger="stats_aggregator"):
+        _purged(0, ok)
+        _purged(3, failed)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "purge failed"
+    ]
