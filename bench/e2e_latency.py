@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg2
+import psycopg2.errors
 import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
@@ -167,12 +169,13 @@ class KeylessLoad(threading.Thread):
 class RowWatcher(threading.Thread):
     """Records when each course id in [lo, hi) first shows up in `table` (long_term_stats).
 
-    Not a rows: a trigger on the table (installed for the run, dropped after) notifies the
+    Not a poller: a trigger on the table (installed for the run, dropped after) notifies the
     course id when its row is inserted, and PostgreSQL delivers it when the sink's transaction
-    commits, i.e. when the row becomes visible. A rows's resolution is its interval and its
+    commits, i.e. when the row becomes visible. A poller's resolution is its interval and its
     cost grows with the rows already there; this one is the notification's delivery (well
     under a millisecond here) at a cost per new row. Until the sink has created its table (a
-    fresh stack) it looks for it every POLL_S, then reads the rows the trigger missed once."""
+    fresh stack) it looks for it every POLL_S, then reads the rows the trigger missed once.
+    `error`: why it stopped watching, when it could not (`measure` stops with it)."""
 
     def __init__(self, engine: sa.Engine, lo: int, hi: int, table: str) -> None:
         super().__init__(daemon=True)
@@ -181,8 +184,17 @@ class RowWatcher(threading.Thread):
         self.stop = threading.Event()
         self.ready = threading.Event()
         self.channel = f"bench_e2e_{lo}"
+        self.error: str | None = None
 
     def run(self) -> None:
+        try:
+            self._watch()
+        except (sa.exc.SQLAlchemyError, psycopg2.Error) as exc:  # e.g. no TRIGGER privilege
+            self.error = f"{type(exc).__name__}: {exc}".strip()
+        finally:
+            self.ready.set()
+
+    def _watch(self) -> None:
         raw = self.engine.raw_connection()
         try:
             conn = raw.driver_connection
@@ -222,9 +234,7 @@ class RowWatcher(threading.Thread):
                 f"CREATE TRIGGER {self.channel} AFTER INSERT ON {self.table} "
                 f"FOR EACH ROW EXECUTE FUNCTION {self.channel}()"
             )
-        except Exception as exc:  # psycopg2's UndefinedTable: the sink has not created it yet
-            if getattr(exc, "pgcode", None) != UNDEFINED_TABLE:
-                raise
+        except psycopg2.errors.UndefinedTable:  # the sink has not created it yet
             return False
         return True
 
@@ -365,8 +375,8 @@ def measure(
     if not watcher.ready.wait(30):
         raise SystemExit("the hop watcher could not position itself on the topics in 30 s")
     rows.start()
-    if not rows.ready.wait(30):
-        raise SystemExit(f"could not watch {table} in 30 s")
+    if not rows.ready.wait(30) or rows.error:
+        raise SystemExit(f"could not watch {table}: {rows.error or 'no answer in 30 s'}")
     keyless = KeylessLoad(settings, keyless_rate, keyless_ids)
     if keyless_ids:
         keyless.start()
@@ -380,6 +390,8 @@ def measure(
     for thread in (rows, watcher):
         thread.stop.set()
         thread.join()
+    if rows.error:  # it stopped watching mid-run: its rows would read as missing
+        raise SystemExit(f"stopped watching {table}: {rows.error}")
     engine.dispose()
     times = sorted(answered.values())
     achieved = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
